@@ -1,0 +1,73 @@
+//! Expand a scenario into cells: one independent experiment per mitigation, with its knobs
+//! in real-world time and then scaled.
+
+use crate::knobs::Knobs;
+use crate::mitigation::MitigationSpec;
+use crate::scenario::{Scenario, TimeScaleSpec};
+use crate::timescale::{self, TimeScale};
+use crate::verdict::Verdict;
+
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub scenario: String,
+    pub label: String,
+    pub mitigation: MitigationSpec,
+    pub describe: String,
+    pub expected: Verdict,
+    pub why: Option<String>,
+    /// Real-world knobs after the mitigation.
+    pub real: Knobs,
+    /// What the lab runs with.
+    pub scaled: Knobs,
+    pub time_scale: TimeScale,
+}
+
+/// Cells whose label or mitigation name matches one of `only` (all cells when empty).
+/// Errors name the cell and the ordering a factor would flip.
+pub fn expand(
+    scenario: &Scenario,
+    only: &[String],
+    time_scale: Option<TimeScaleSpec>,
+) -> Result<Vec<Cell>, String> {
+    let spec = time_scale.unwrap_or(scenario.time_scale);
+    let mut cells = Vec::new();
+    for c in &scenario.cells {
+        let m = &c.mitigation.value;
+        let label = m.label();
+        let kind = label.split('=').next().unwrap_or(&label).to_string();
+        if !only.is_empty() && !only.iter().any(|o| *o == label || *o == kind) {
+            continue;
+        }
+        let mut real = scenario.base_knobs();
+        m.as_mitigation()
+            .apply(&mut real)
+            .map_err(|e| format!("cell `{label}`: {e}"))?;
+        let (scaled, time_scale) = timescale::scale(&real, spec).map_err(|e| {
+            format!("cell `{label}`: {e}\n  hint: use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering")
+        })?;
+        cells.push(Cell {
+            scenario: scenario.name.clone(),
+            describe: m.as_mitigation().describe(),
+            label,
+            mitigation: m.clone(),
+            expected: c.expect,
+            why: c.why.clone(),
+            real,
+            scaled,
+            time_scale,
+        });
+    }
+    if cells.is_empty() {
+        let known: Vec<String> = scenario
+            .cells
+            .iter()
+            .map(|c| c.mitigation.value.label())
+            .collect();
+        return Err(format!(
+            "no cell matches --mitigation {}\n  hint: this scenario's cells are: {}",
+            only.join(", "),
+            known.join(", ")
+        ));
+    }
+    Ok(cells)
+}

@@ -1,0 +1,118 @@
+//! Network namespaces the lab creates, and deletes when dropped.
+//!
+//! Names carry the idlelab process id (`idlelab-<pid>-c<cell>-<role>`) so that a later run
+//! can tell a leftover of a killed run from a namespace in use, and reap it.
+
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+pub const PREFIX: &str = "idlelab-";
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: String) -> Result<Netns> {
+        run("ip", &["netns", "add", &name], None)
+            .with_context(|| format!("creating network namespace {name}"))?;
+        Ok(Netns { name })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Run `ip -n <ns> -batch -` with these lines.
+    pub fn ip_batch(&self, lines: &[String]) -> Result<()> {
+        let input = lines.join("\n") + "\n";
+        run("ip", &["-n", &self.name, "-batch", "-"], Some(&input))
+            .with_context(|| format!("configuring links in {}", self.name))
+            .map(|_| ())
+    }
+
+    /// Run a command inside the namespace and return its stdout.
+    pub fn exec(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        run("ip", &full, stdin)
+    }
+
+    /// Write a sysctl of this namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")], None)
+            .map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name], None);
+    }
+}
+
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("cannot run `{program}`; `idlelab doctor` lists what is missing")
+        })?;
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Delete namespaces and temp dirs left by idlelab processes that no longer exist
+/// (a run killed with SIGKILL cannot clean up after itself). Returns what was removed.
+pub fn reap_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            return false;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            return false;
+        };
+        pid != std::process::id() as i32 && !PathBuf::from(format!("/proc/{pid}")).exists()
+    };
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead(&name) && run("ip", &["netns", "del", &name], None).is_ok() {
+                removed.push(format!("netns {name}"));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed.push(format!("temp dir {}", e.path().display()));
+            }
+        }
+    }
+    removed
+}

@@ -1,0 +1,77 @@
+//! Processes the lab starts inside its namespaces, killed when dropped.
+//!
+//! Each child enters its namespace with `setns` before `exec`, leads its own process group,
+//! optionally drops to another uid (Envoy runs as 1337, as in a pod, so the capture rule can
+//! exempt it), and gets `PR_SET_PDEATHSIG(SIGKILL)` so it dies with the harness even when the
+//! harness is killed outright. Drop kills the whole group and reaps it.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use tokio::process::{Child, Command};
+
+pub struct LabProcess {
+    pub name: String,
+    pub pid: i32,
+    pub child: Child,
+}
+
+pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Result<LabProcess> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let fd = ns.as_raw_fd();
+    cmd.process_group(0);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(uid) = uid {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // After the uid change: changing credentials clears the parent-death signal.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    drop(ns);
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    Ok(LabProcess {
+        name: name.to_string(),
+        pid,
+        child,
+    })
+}
+
+impl LabProcess {
+    /// Whether it has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for LabProcess {
+    fn drop(&mut self) {
+        // Already reaped: its pid may belong to someone else by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if self.pid > 0 {
+            // SAFETY: plain syscalls on our own child's process group.
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(self.pid, &mut status, 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! redis-server in the server namespace.
+//!
+//! Started with `tcp-keepalive 0`: redis's own default (300 s) sends keepalive probes from the
+//! server side, which would keep a middlebox's flow alive and hide the failures the lab exists
+//! to show. `timeout 0` keeps redis from closing idle clients itself.
+
+use super::process::{LabProcess, spawn};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn redis_bin() -> Option<PathBuf> {
+    super::envoy::find_in_path("redis-server")
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
+}
+
+pub struct RedisServer {
+    pub process: LabProcess,
+    pub socket: PathBuf,
+}
+
+pub async fn start(dir: &Path, port: u16, netns: &Path, name: &str) -> Result<RedisServer> {
+    let bin = redis_bin().context("redis-server not found: run `just setup`")?;
+    let socket = dir.join("redis.sock");
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args([
+        "--bind",
+        "0.0.0.0",
+        "--port",
+        &port.to_string(),
+        "--protected-mode",
+        "no",
+    ])
+    .args([
+        "--tcp-keepalive",
+        "0",
+        "--timeout",
+        "0",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ])
+    .arg("--unixsocket")
+    .arg(&socket)
+    .arg("--dir")
+    .arg(dir)
+    .arg("--logfile")
+    .arg(dir.join("redis.log"))
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut process = spawn(name, cmd, netns, None)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = process.exited() {
+            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+            bail!(
+                "redis-server exited during start-up ({status}): {}",
+                log.lines().last().unwrap_or("")
+            );
+        }
+        if ping(&socket).await.is_ok() {
+            return Ok(RedisServer { process, socket });
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("redis-server did not answer PING within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+async fn ping(socket: &Path) -> Result<()> {
+    let mut s = tokio::net::UnixStream::connect(socket).await?;
+    s.write_all(b"PING\r\n").await?;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).await?;
+    if &buf != b"+PONG\r\n" {
+        bail!("unexpected answer to PING");
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! idlelab: reproduce the failures of idle pooled connections behind an Istio sidecar and
+//! cloud middleboxes, and record per mitigation whether they still reproduce.
+//!
+//! # Layout
+//!
+//! Data flows one way: load → expand → run → observe → judge → report. Each module knows
+//! only the ones before it.
+//!
+//! - [`duration`]: real-world durations as scenario files write them (`70m`, `1h`).
+//! - [`scenario`]: load and validate a scenario file (strict: errors name file, line, column).
+//! - [`hop`]: one type per hop kind on the path (`sidecar`, …), as the scenario describes it.
+//! - [`mitigation`]: one type per mitigation, each with its lab and its Istio rendering.
+//! - [`knobs`]: a cell's settings after its mitigation, the single input of a backend.
+//! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
+//! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
+//! - [`lab`]: the local backend: namespaces, nftables, a real Envoy and server per cell.
+//! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
+//!   per client library.
+//! - [`verdict`]: the verdict, a pure function of the probe's observations.
+//! - [`events`]: what the runner tells reporters.
+//! - [`runner`]: runs cells concurrently, judges them, emits events; handles Ctrl-C.
+//! - [`report`]: reporters (terminal, summary.json, summary.md) that consume events.
+//! - [`doctor`]: prerequisites, found or missing, with their fixes.
+//! - [`cli`]: the `idlelab` command line.
+
+pub mod cells;
+pub mod cli;
+pub mod doctor;
+pub mod duration;
+pub mod events;
+pub mod hop;
+pub mod knobs;
+pub mod lab;
+pub mod mitigation;
+pub mod probe;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod timescale;
+pub mod verdict;

@@ -1,0 +1,49 @@
+//! `app-heartbeat`: the app sends a protocol-level PING on every idle pooled connection at
+//! this interval.
+//!
+//! ```text
+//!   app ──PING──▶ sidecar ──PING──▶ … ──▶ server      bytes cross every hop, so every idle
+//!       ◀─PONG──          ◀─PONG──                    timer on the path starts over
+//! ```
+
+use super::{IstioContext, IstioForm, Mitigation};
+use crate::duration::Dur;
+use crate::knobs::Knobs;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct AppHeartbeat(pub Dur);
+
+impl Mitigation for AppHeartbeat {
+    fn label(&self) -> String {
+        format!("app-heartbeat={}", self.0)
+    }
+    fn describe(&self) -> String {
+        format!("the app PINGs each idle pooled connection every {}", self.0)
+    }
+    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+        if self.0.is_zero() {
+            return Err("a heartbeat interval of 0s would never idle; give a duration".into());
+        }
+        knobs.client.heartbeat = Some(self.0);
+        Ok(())
+    }
+    fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
+        vec![IstioForm::AppSetting {
+            what: format!("the app pings idle pooled connections every {}", self.0),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_the_heartbeat() {
+        let mut k = super::super::test_knobs();
+        AppHeartbeat(Dur::secs(1200)).apply(&mut k).unwrap();
+        assert_eq!(k.client.heartbeat, Some(Dur::secs(1200)));
+    }
+}

@@ -1,0 +1,77 @@
+//! `istio-idle-timeout`: `ISTIO_META_IDLE_TIMEOUT` through the pod's `proxy.istio.io/config`.
+//!
+//! ```text
+//!   app ──▶ [sidecar: every tcp_proxy, service chains and PassthroughCluster, idle_timeout = X] ──▶ …
+//! ```
+//!
+//! Istio reads it at bootstrap as node metadata `IdleTimeout` and uses it for every outbound
+//! TCP chain without a DestinationRule value, the virtualOutbound passthrough chain (since
+//! 1.14) and inbound chains.
+
+use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
+use crate::duration::Dur;
+use crate::knobs::Knobs;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct IstioIdleTimeout(pub Dur);
+
+impl Mitigation for IstioIdleTimeout {
+    fn label(&self) -> String {
+        format!("istio-idle-timeout={}", self.0)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "pod annotation proxy.istio.io/config: ISTIO_META_IDLE_TIMEOUT={} on the client sidecar",
+            self.0
+        )
+    }
+    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+        need_sidecar(knobs, "istio-idle-timeout")?.idle_timeout = self.0;
+        Ok(())
+    }
+    fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
+        vec![IstioForm::PodAnnotation {
+            key: "proxy.istio.io/config".into(),
+            value: format!(
+                "proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n",
+                go_duration(self.0)
+            ),
+        }]
+    }
+}
+
+/// Istio parses Go durations: `24h0m0s`, `0s`.
+pub(crate) fn go_duration(d: Dur) -> String {
+    let ms = d.0.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.0.as_secs();
+    if s == 0 {
+        return "0s".into();
+    }
+    format!("{}h{}m{}s", s / 3600, (s % 3600) / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raises_the_sidecar_timeout_and_renders_the_annotation() {
+        let mut k = super::super::test_knobs();
+        let m = IstioIdleTimeout(Dur::secs(86400));
+        m.apply(&mut k).unwrap();
+        assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(86400));
+        let r = m.istio_resources(&super::super::test_ctx());
+        assert_eq!(
+            r,
+            vec![IstioForm::PodAnnotation {
+                key: "proxy.istio.io/config".into(),
+                value: "proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: 24h0m0s\n".into()
+            }]
+        );
+    }
+}

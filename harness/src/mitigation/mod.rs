@@ -1,0 +1,121 @@
+//! Mitigations: one small type per file, each with two renderings.
+//!
+//! ```text
+//!   scenario cell ──▶ MitigationSpec ──┬─ apply(&mut Knobs)      local lab: an Envoy field, a capture
+//!                                      │                          rule left out, a socket option, a pool policy
+//!                                      └─ istio_resources(&ctx)  cluster: the annotation / EnvoyFilter /
+//!                                                                 DestinationRule that does the same
+//! ```
+//!
+//! Adding a mitigation: write one file with a type that implements [`Mitigation`], add one
+//! line to [`MitigationSpec`] (its name in scenario files) and one to `as_mitigation`.
+
+pub mod app_heartbeat;
+pub mod app_keepalive;
+pub mod envoyfilter_idle_timeout;
+pub mod exclude_outbound_ports;
+pub mod istio_idle_timeout;
+pub mod none;
+pub mod pool_max_idle;
+
+use crate::knobs::Knobs;
+use serde::{Deserialize, Serialize};
+
+/// What a mitigation is on a cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "form")]
+pub enum IstioForm {
+    /// An annotation on the client pod's template.
+    PodAnnotation { key: String, value: String },
+    /// A Kubernetes manifest applied to the cell's namespace.
+    Manifest { kind: String, yaml: String },
+    /// A setting of the application itself; Istio has nothing to do.
+    AppSetting { what: String },
+}
+
+/// Where the cluster form applies.
+#[derive(Clone, Debug)]
+pub struct IstioContext {
+    pub namespace: String,
+    /// Label `app:` of the client (probe) pod, for workload selectors.
+    pub client_app: String,
+    /// FQDN of the service, e.g. `redis.cell-1.svc.cluster.local`.
+    pub service_host: String,
+    pub service_port: u16,
+}
+
+pub trait Mitigation {
+    /// Short, unique label for reports and test names, e.g. `istio-idle-timeout=24h`.
+    fn label(&self) -> String;
+    /// One line: what changes on the path.
+    fn describe(&self) -> String;
+    /// Change the local lab's knobs; `Err` says why this path has nothing to apply it to.
+    fn apply(&self, knobs: &mut Knobs) -> Result<(), String>;
+    /// The Istio resources (or app setting) that do the same on a cluster.
+    fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm>;
+}
+
+/// The `mitigation:` of a cell, as written in scenario files.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MitigationSpec {
+    #[serde(rename = "none")]
+    NoMitigation,
+    AppKeepalive(app_keepalive::AppKeepalive),
+    IstioIdleTimeout(istio_idle_timeout::IstioIdleTimeout),
+    EnvoyfilterIdleTimeout(envoyfilter_idle_timeout::EnvoyFilterIdleTimeout),
+    ExcludeOutboundPorts(exclude_outbound_ports::ExcludeOutboundPorts),
+    PoolMaxIdle(pool_max_idle::PoolMaxIdle),
+    AppHeartbeat(app_heartbeat::AppHeartbeat),
+}
+
+impl MitigationSpec {
+    pub fn as_mitigation(&self) -> &dyn Mitigation {
+        match self {
+            MitigationSpec::NoMitigation => &none::NoMitigation,
+            MitigationSpec::AppKeepalive(m) => m,
+            MitigationSpec::IstioIdleTimeout(m) => m,
+            MitigationSpec::EnvoyfilterIdleTimeout(m) => m,
+            MitigationSpec::ExcludeOutboundPorts(m) => m,
+            MitigationSpec::PoolMaxIdle(m) => m,
+            MitigationSpec::AppHeartbeat(m) => m,
+        }
+    }
+    pub fn label(&self) -> String {
+        self.as_mitigation().label()
+    }
+}
+
+/// Render a JSON value as YAML for a manifest.
+pub(crate) fn to_yaml(v: &serde_json::Value) -> String {
+    serde_saphyr::to_string(v).expect("a JSON value always renders as YAML")
+}
+
+pub(crate) fn need_sidecar<'a>(
+    knobs: &'a mut Knobs,
+    what: &str,
+) -> Result<&'a mut crate::hop::SidecarHop, String> {
+    knobs.sidecar_mut().ok_or_else(|| {
+        format!("{what} changes the client sidecar, and this path has no `sidecar` hop")
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn test_ctx() -> IstioContext {
+    IstioContext {
+        namespace: "cell-1".into(),
+        client_app: "idlelab-probe".into(),
+        service_host: "redis.cell-1.svc.cluster.local".into(),
+        service_port: 6379,
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_knobs() -> Knobs {
+    let s = crate::scenario::parse(
+        "name: t\nsummary: s\nservice: redis\npath: [{sidecar: {idle_timeout: 1h}}]\nidle: 70m\ncells: [{mitigation: none, expect: idle-closed}]\n",
+        std::path::Path::new("t.yaml"),
+    )
+    .unwrap();
+    s.base_knobs()
+}

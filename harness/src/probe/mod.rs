@@ -1,0 +1,426 @@
+//! The probe: a real client pool, warmed, left idle, then reused.
+//!
+//! ```text
+//!   idlelab probe  (stdin: ProbeSpec JSON)
+//!     open N connections ─▶ one command each (warm) ─▶ idle (heartbeats if asked)
+//!       ─▶ checkout (pool policy) ─▶ one command each (reuse) ─▶ reconnect + retry on failure
+//!   stdout: {"phase": …} lines while it runs, then {"observations": {…}}
+//! ```
+//!
+//! The same binary runs inside the local lab's app namespace and as a pod on a cluster.
+//! The pool is the probe's own: it never PINGs on checkout unless a mitigation asks for it,
+//! because pools that validate on checkout hide exactly the failure the lab reproduces.
+//! One module per client library (`redis`, …) implements [`Client`].
+
+pub mod observation;
+pub mod redis;
+pub mod stream;
+
+use crate::scenario::Service;
+use observation::{Attempt, ConnObservation, Observations, Outcome};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stream::{LogHandle, ObservedStream, StreamLog};
+use tokio::net::TcpStream;
+
+/// TCP keepalive for the probe's sockets, in the kernel's whole seconds.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct KeepaliveSecs {
+    pub time_s: u64,
+    pub interval_s: u64,
+    pub probes: u32,
+}
+
+/// What the probe is asked to do, with durations already scaled.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ProbeSpec {
+    pub service: Service,
+    /// `ip:port` the app connects to (the server's address; a sidecar captures it).
+    pub target: String,
+    pub pool: usize,
+    pub keepalive: Option<KeepaliveSecs>,
+    pub idle_ms: u64,
+    pub heartbeat_ms: Option<u64>,
+    pub pool_max_idle_ms: Option<u64>,
+    pub request_timeout_ms: u64,
+}
+
+/// One line of the probe's stdout.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeLine {
+    Phase {
+        name: String,
+        ms: u64,
+        #[serde(default)]
+        idle_ms: Option<u64>,
+    },
+    Observations(Observations),
+    Error(String),
+}
+
+/// A failed client call, as the library reported it.
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub timeout: bool,
+    pub io_kind: Option<io::ErrorKind>,
+    pub text: String,
+}
+
+/// One client library. Its connections are cheap handles (cloned into heartbeat tasks).
+pub trait Client: Send + Sync + 'static {
+    type Conn: Clone + Send + Sync + 'static;
+    fn handshake(
+        &self,
+        stream: ObservedStream,
+    ) -> impl Future<Output = Result<Self::Conn, ClientError>> + Send;
+    /// The first command on a fresh connection.
+    fn warm(
+        &self,
+        conn: &mut Self::Conn,
+        id: usize,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+    /// A protocol-level PING (mitigation `app-heartbeat`).
+    fn heartbeat(
+        &self,
+        conn: &mut Self::Conn,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+    /// The command sent on reuse.
+    fn request(
+        &self,
+        conn: &mut Self::Conn,
+        id: usize,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+}
+
+struct Slot<C: Client> {
+    conn: C::Conn,
+    log: LogHandle,
+    local_addr: String,
+    opened_ms: u64,
+    keepalive: bool,
+}
+
+struct Probe<C: Client> {
+    client: C,
+    spec: ProbeSpec,
+    clock: Instant,
+}
+
+fn emit(line: &ProbeLine) {
+    let mut out = io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+impl<C: Client> Probe<C> {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.request_timeout_ms)
+    }
+
+    fn phase(&self, name: &str, idle_ms: Option<u64>) {
+        emit(&ProbeLine::Phase {
+            name: name.into(),
+            ms: self.now_ms(),
+            idle_ms,
+        });
+    }
+
+    async fn connect(&self) -> Result<Slot<C>, ClientError> {
+        let target = self.spec.target.clone();
+        let opened_ms = self.now_ms();
+        let tcp = tokio::time::timeout(self.timeout(), TcpStream::connect(&target))
+            .await
+            .map_err(|_| ClientError {
+                timeout: true,
+                io_kind: None,
+                text: format!("connect to {target} timed out"),
+            })?
+            .map_err(|e| ClientError {
+                timeout: false,
+                io_kind: Some(e.kind()),
+                text: format!("connect to {target}: {e}"),
+            })?;
+        let sock = socket2::SockRef::from(&tcp);
+        if let Some(ka) = self.spec.keepalive {
+            let params = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(ka.time_s))
+                .with_interval(Duration::from_secs(ka.interval_s))
+                .with_retries(ka.probes);
+            sock.set_tcp_keepalive(&params).map_err(|e| ClientError {
+                timeout: false,
+                io_kind: Some(e.kind()),
+                text: format!("SO_KEEPALIVE: {e}"),
+            })?;
+        }
+        let keepalive = sock.keepalive().unwrap_or(false);
+        let _ = tcp.set_nodelay(true);
+        let local_addr = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (stream, log) = ObservedStream::new(tcp, self.clock);
+        let conn = tokio::time::timeout(self.timeout(), self.client.handshake(stream))
+            .await
+            .map_err(|_| ClientError {
+                timeout: true,
+                io_kind: None,
+                text: "handshake timed out".into(),
+            })??;
+        Ok(Slot {
+            conn,
+            log,
+            local_addr,
+            opened_ms,
+            keepalive,
+        })
+    }
+
+    /// Run one request with the request timeout, and say how it ended.
+    async fn attempt<F, Fut>(&self, log: &LogHandle, f: F) -> Attempt
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), ClientError>>,
+    {
+        let at_ms = self.now_ms();
+        let started = Instant::now();
+        // A little grace over the library's own response timeout, so its error wins.
+        let r = tokio::time::timeout(self.timeout() + Duration::from_millis(250), f()).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let r = r.unwrap_or_else(|_| {
+            Err(ClientError {
+                timeout: true,
+                io_kind: None,
+                text: "no answer within the request timeout".into(),
+            })
+        });
+        match r {
+            Ok(()) => Attempt {
+                at_ms,
+                latency_ms,
+                outcome: Outcome::Ok,
+                error: None,
+            },
+            Err(e) => Attempt {
+                at_ms,
+                latency_ms,
+                outcome: classify(&e, &log.get()),
+                error: Some(e.text),
+            },
+        }
+    }
+}
+
+/// How a failed request ended, from the library's error and what the socket saw.
+pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
+    fn by_kind(k: io::ErrorKind) -> Option<Outcome> {
+        match k {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                Some(Outcome::Reset)
+            }
+            io::ErrorKind::BrokenPipe => Some(Outcome::BrokenPipe),
+            io::ErrorKind::TimedOut => Some(Outcome::Timeout),
+            io::ErrorKind::UnexpectedEof => Some(Outcome::Eof),
+            _ => None,
+        }
+    }
+    if err.timeout {
+        return Outcome::Timeout;
+    }
+    if let Some(o) = log.error.as_ref().and_then(|(_, k, _)| by_kind(*k)) {
+        return o;
+    }
+    if log.eof_ms.is_some() {
+        return Outcome::Eof;
+    }
+    err.io_kind.and_then(by_kind).unwrap_or(Outcome::Error)
+}
+
+async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations, ClientError> {
+    let probe = Arc::new(Probe {
+        client,
+        spec,
+        clock: Instant::now(),
+    });
+    let spec = &probe.spec;
+
+    probe.phase("warm", None);
+    let mut slots = Vec::with_capacity(spec.pool);
+    for id in 0..spec.pool {
+        let mut slot = probe.connect().await?;
+        probe.client.warm(&mut slot.conn, id).await?;
+        slots.push(slot);
+    }
+
+    let idle_started_ms = probe.now_ms();
+    let idle = Duration::from_millis(spec.idle_ms);
+    let idle_end = tokio::time::Instant::now() + idle;
+    probe.phase("idle", Some(spec.idle_ms));
+
+    // Heartbeats: one task per connection, PING every interval until the idle period ends.
+    let mut beats = tokio::task::JoinSet::new();
+    if let Some(every) = spec.heartbeat_ms.map(Duration::from_millis) {
+        for (id, slot) in slots.iter().enumerate() {
+            let (probe, mut conn, log) = (probe.clone(), slot.conn.clone(), slot.log.clone());
+            beats.spawn(async move {
+                let (mut sent, mut failure) = (0u32, None);
+                let mut next = tokio::time::Instant::now() + every;
+                while next < idle_end {
+                    tokio::time::sleep_until(next).await;
+                    let a = probe
+                        .attempt(&log, || probe.client.heartbeat(&mut conn))
+                        .await;
+                    sent += 1;
+                    if !a.outcome.is_ok() {
+                        failure = Some(a);
+                        break;
+                    }
+                    next += every;
+                }
+                (id, sent, failure)
+            });
+        }
+    }
+    tokio::time::sleep_until(idle_end).await;
+    let mut heartbeat = vec![(0u32, None); slots.len()];
+    while let Some(r) = beats.join_next().await {
+        let (id, sent, failure) = r.expect("heartbeat task");
+        heartbeat[id] = (sent, failure);
+    }
+
+    let reuse_started_ms = probe.now_ms();
+    probe.phase("reuse", None);
+    let mut reuses = tokio::task::JoinSet::new();
+    for (id, (slot, (heartbeats, heartbeat_failure))) in
+        slots.into_iter().zip(heartbeat).enumerate()
+    {
+        let probe = probe.clone();
+        reuses.spawn(async move {
+            let before = slot.log.get();
+            let last_activity_ms = before.last_activity_ms().unwrap_or(slot.opened_ms);
+            let peer_closed_ms = before.eof_ms;
+            let peer_reset_ms = before
+                .error
+                .as_ref()
+                .filter(|(_, k, _)| *k == io::ErrorKind::ConnectionReset)
+                .map(|(t, _, _)| *t);
+            let (local_addr, opened_ms, keepalive) =
+                (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
+
+            // Checkout: the pool's policy decides whether this connection is used at all.
+            let mut replaced_before_use = None;
+            let mut slot = slot;
+            if let Some(max) = probe.spec.pool_max_idle_ms {
+                let idle_for = probe.now_ms().saturating_sub(last_activity_ms);
+                if idle_for > max {
+                    replaced_before_use =
+                        Some(format!("idle {} ms > max idle {} ms", idle_for, max));
+                    drop(slot);
+                    slot = probe.connect().await?;
+                }
+            }
+            let log = slot.log.clone();
+            let mut conn = slot.conn.clone();
+            let reuse = probe
+                .attempt(&log, || probe.client.request(&mut conn, id))
+                .await;
+            let retry_after_reconnect = if reuse.outcome.is_ok() {
+                None
+            } else {
+                match probe.connect().await {
+                    Ok(mut fresh) => {
+                        let log = fresh.log.clone();
+                        Some(
+                            probe
+                                .attempt(&log, || probe.client.request(&mut fresh.conn, id))
+                                .await,
+                        )
+                    }
+                    Err(e) => Some(Attempt {
+                        at_ms: probe.now_ms(),
+                        latency_ms: 0,
+                        outcome: if e.timeout {
+                            Outcome::Timeout
+                        } else {
+                            Outcome::Error
+                        },
+                        error: Some(e.text),
+                    }),
+                }
+            };
+            Ok::<_, ClientError>(ConnObservation {
+                id,
+                local_addr,
+                opened_ms,
+                last_activity_ms,
+                heartbeats,
+                heartbeat_failure,
+                peer_closed_ms,
+                peer_reset_ms,
+                replaced_before_use,
+                reuse,
+                retry_after_reconnect,
+                keepalive,
+            })
+        });
+    }
+    let mut connections = Vec::with_capacity(spec.pool);
+    while let Some(r) = reuses.join_next().await {
+        connections.push(r.expect("reuse task")?);
+    }
+    connections.sort_by_key(|c| c.id);
+    Ok(Observations {
+        service: spec.service.name().into(),
+        target: spec.target.clone(),
+        pool: spec.pool,
+        idle_started_ms,
+        idle_ms: spec.idle_ms,
+        reuse_started_ms,
+        connections,
+    })
+}
+
+/// `idlelab probe`: read the spec, run, print observations. Returns the process exit code.
+pub async fn main_from_stdin() -> i32 {
+    let mut input = String::new();
+    if let Err(e) = io::Read::read_to_string(&mut io::stdin(), &mut input) {
+        emit(&ProbeLine::Error(format!(
+            "cannot read the probe spec from stdin: {e}"
+        )));
+        return 2;
+    }
+    let spec: ProbeSpec = match serde_json::from_str(&input) {
+        Ok(s) => s,
+        Err(e) => {
+            emit(&ProbeLine::Error(format!("bad probe spec: {e}")));
+            return 2;
+        }
+    };
+    let result = match spec.service {
+        Service::Redis => {
+            run_with(
+                redis::RedisClient::new(Duration::from_millis(spec.request_timeout_ms)),
+                spec,
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(obs) => {
+            emit(&ProbeLine::Observations(obs));
+            0
+        }
+        Err(e) => {
+            emit(&ProbeLine::Error(format!(
+                "probe failed before the reuse phase: {}",
+                e.text
+            )));
+            1
+        }
+    }
+}

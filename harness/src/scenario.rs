@@ -1,0 +1,471 @@
+//! Scenario files: what to reproduce, on which path, and the cells to compare.
+//!
+//! Loading is strict: an unknown key, a duration without a unit or a mitigation that has
+//! nothing to act on is an error that names the file, the line and the column, says what
+//! was expected and gives a hint. The format is documented in `scenarios/README.md`.
+
+use crate::duration::Dur;
+use crate::hop::Hop;
+use crate::mitigation::MitigationSpec;
+use crate::verdict::Verdict;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The server behind the path.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    Redis,
+}
+
+impl Service {
+    pub fn port(self) -> u16 {
+        match self {
+            Service::Redis => 6379,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Redis => "redis",
+        }
+    }
+}
+
+/// TCP keepalive on a socket: `SO_KEEPALIVE` with `TCP_KEEPIDLE` / `TCP_KEEPINTVL` / `TCP_KEEPCNT`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    pub time: Dur,
+    pub interval: Dur,
+    pub probes: u32,
+}
+
+/// `keepalive: off` or `keepalive: {time: 600s, interval: 75s, probes: 9}`.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
+pub struct KeepaliveSetting(pub Option<Keepalive>);
+
+impl<'de> Deserialize<'de> for KeepaliveSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeepaliveSetting;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`off` or {time: 600s, interval: 75s, probes: 9}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(KeepaliveSetting(None)),
+                    other => Err(E::custom(format!(
+                        "expected `off` or {{time: 600s, interval: 75s, probes: 9}}, found `{other}`"
+                    ))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                if v {
+                    Err(E::custom(
+                        "keepalive needs its timers: write {time: 600s, interval: 75s, probes: 9}",
+                    ))
+                } else {
+                    Ok(KeepaliveSetting(None))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                Keepalive::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|k| KeepaliveSetting(Some(k)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn default_pool() -> usize {
+    4
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(2)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    /// Pooled connections, each warmed, idled and reused once.
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+    #[serde(default)]
+    pub keepalive: KeepaliveSetting,
+    /// How long the probe waits for an answer before calling the connection hung. Not scaled.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+impl Default for ClientSpec {
+    fn default() -> Self {
+        ClientSpec {
+            pool: default_pool(),
+            keepalive: KeepaliveSetting(None),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+/// `time_scale: auto` or a factor (`720` runs 1 h as 5 s).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
+pub enum TimeScaleSpec {
+    #[default]
+    Auto,
+    Factor(u32),
+}
+
+impl<'de> Deserialize<'de> for TimeScaleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TimeScaleSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto` or a whole factor ≥ 1, e.g. 720")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                TimeScaleSpec::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                TimeScaleSpec::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                TimeScaleSpec::parse(&v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TimeScaleSpec {
+    pub fn parse(v: &str) -> Result<Self, String> {
+        if v == "auto" {
+            return Ok(TimeScaleSpec::Auto);
+        }
+        match v.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(TimeScaleSpec::Factor(n)),
+            _ => Err(format!(
+                "expected `auto` or a whole factor ≥ 1 (e.g. 720: 1h runs as 5s), found `{v}`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TimeScaleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimeScaleSpec::Auto => f.write_str("auto"),
+            TimeScaleSpec::Factor(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// One cell: a mitigation and the verdict it is expected to give.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellSpec {
+    pub mitigation: Spanned<MitigationSpec>,
+    pub expect: Verdict,
+    /// One line on why this verdict is expected; reports show it.
+    #[serde(default)]
+    pub why: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub summary: String,
+    pub service: Service,
+    #[serde(default)]
+    pub client: ClientSpec,
+    /// Hops from the app to the server, in order; empty means a direct connection.
+    #[serde(default)]
+    pub path: Vec<Hop>,
+    /// How long the pool sits idle, in real-world time.
+    pub idle: Dur,
+    #[serde(default)]
+    pub time_scale: TimeScaleSpec,
+    pub cells: Vec<CellSpec>,
+    /// Where the scenario came from (set by `load`).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// A scenario file that cannot be used, with where and why.
+#[derive(Debug)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Find a scenario by name (`redis-idle` → `<dir>/redis-idle.yaml`) or by path.
+pub fn resolve(name_or_path: &str, dir: &Path) -> Result<PathBuf, ScenarioError> {
+    let p = Path::new(name_or_path);
+    if p.extension().is_some() || name_or_path.contains('/') {
+        return Ok(p.to_path_buf());
+    }
+    let candidate = dir.join(format!("{name_or_path}.yaml"));
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    let known = list(dir).unwrap_or_default().join(", ");
+    Err(ScenarioError {
+        file: candidate,
+        line: None,
+        column: None,
+        message: format!("no scenario named `{name_or_path}`"),
+        hint: Some(format!("shipped scenarios in {}: {known}", dir.display())),
+    })
+}
+
+/// Names of the scenarios in a directory, sorted.
+pub fn list(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".yaml"))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        message: format!("cannot read the scenario file: {e}"),
+        hint: Some("pass a scenario name from scenarios/ or a path to a .yaml file".into()),
+    })?;
+    parse(&text, path)
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let mut scenario: Scenario =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let loc = e.location();
+            let message = first_line(&e.to_string());
+            ScenarioError {
+                file: path.to_path_buf(),
+                line: loc.map(|l| l.line()),
+                column: loc.map(|l| l.column()),
+                hint: hint_for(&message),
+                message,
+            }
+        })?;
+    scenario.source = path.to_path_buf();
+    scenario.validate()?;
+    Ok(scenario)
+}
+
+/// serde-saphyr renders a snippet under its message; the summary line is the message.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+fn hint_for(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("check the spelling against scenarios/README.md; unknown keys are refused so a typo cannot silently change an experiment".into())
+    } else if message.contains("unknown variant") {
+        Some("scenarios/README.md lists every service, hop, mitigation and verdict".into())
+    } else if message.contains("duration") {
+        Some("durations take a unit: 600s, 70m, 1h, 1h 30m".into())
+    } else if message.contains("missing field") {
+        Some("scenarios/README.md shows a complete scenario".into())
+    } else {
+        None
+    }
+}
+
+impl Scenario {
+    fn error_at(
+        &self,
+        loc: Option<serde_saphyr::Location>,
+        message: String,
+        hint: Option<String>,
+    ) -> ScenarioError {
+        let loc = loc.filter(|l| l.line() > 0);
+        ScenarioError {
+            file: self.source.clone(),
+            line: loc.map(|l| l.line()),
+            column: loc.map(|l| l.column()),
+            message,
+            hint,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        if self.name.trim().is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(self.error_at(
+                None,
+                format!("name `{}` must be letters, digits, `-` or `_`", self.name),
+                None,
+            ));
+        }
+        if self.client.pool == 0 || self.client.pool > 2000 {
+            return Err(self.error_at(
+                None,
+                format!(
+                    "client.pool is {}, expected 1 to 2000 connections",
+                    self.client.pool
+                ),
+                None,
+            ));
+        }
+        if self.cells.is_empty() {
+            return Err(self.error_at(
+                None,
+                "cells is empty: a scenario compares at least one mitigation".into(),
+                Some("start with `- {mitigation: none, expect: idle-closed}`".into()),
+            ));
+        }
+        let sidecars = self
+            .path
+            .iter()
+            .filter(|h| matches!(h, Hop::Sidecar(_)))
+            .count();
+        if sidecars > 1 {
+            return Err(self.error_at(
+                None,
+                "path has more than one client sidecar".into(),
+                Some("the app pod has one sidecar; put later proxies in as other hop kinds".into()),
+            ));
+        }
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for (i, cell) in self.cells.iter().enumerate() {
+            let label = cell.mitigation.value.label();
+            let loc = Some(cell.mitigation.referenced);
+            if let Some((_, line)) = seen.iter().find(|(l, _)| *l == label) {
+                return Err(self.error_at(
+                    loc,
+                    format!("cells[{i}] repeats mitigation `{label}` (first on line {line})"),
+                    Some(
+                        "each cell is one experiment; give it other parameters or remove it".into(),
+                    ),
+                ));
+            }
+            seen.push((label.clone(), cell.mitigation.referenced.line()));
+            let mut knobs = self.base_knobs();
+            if let Err(why) = cell.mitigation.value.as_mitigation().apply(&mut knobs) {
+                return Err(self.error_at(
+                    loc,
+                    format!("cells[{i}]: mitigation `{label}` cannot apply: {why}"),
+                    None,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The knobs every cell starts from, before its mitigation.
+    pub fn base_knobs(&self) -> crate::knobs::Knobs {
+        crate::knobs::Knobs {
+            service: self.service,
+            client: crate::knobs::ClientKnobs {
+                pool: self.client.pool,
+                keepalive: self.client.keepalive.0,
+                pool_max_idle: None,
+                heartbeat: None,
+                request_timeout: self.client.request_timeout,
+            },
+            path: self.path.clone(),
+            idle: self.idle,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: t\nsummary: s\nservice: redis\nclient: {pool: 2, keepalive: off}\npath:\n  - sidecar: {idle_timeout: 1h, route: passthrough}\nidle: 70m\ncells:\n  - {mitigation: none, expect: idle-closed}\n  - {mitigation: {app-keepalive: {time: 600s, interval: 75s, probes: 9}}, expect: idle-closed}\n  - {mitigation: {istio-idle-timeout: 24h}, expect: survived}\n";
+
+    fn parse_str(s: &str) -> Result<Scenario, ScenarioError> {
+        parse(s, Path::new("t.yaml"))
+    }
+
+    #[test]
+    fn parses_a_complete_scenario() {
+        let s = parse_str(GOOD).unwrap();
+        assert_eq!(s.cells.len(), 3);
+        assert_eq!(s.idle, Dur::secs(4200));
+        assert_eq!(s.path[0].kind(), "sidecar");
+        assert_eq!(s.time_scale, TimeScaleSpec::Auto);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = parse_str(&GOOD.replace("idle: 70m", "idle: 70m\nidel_period: 3m")).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("idel_period"), "{e}");
+        assert!(e.hint.is_some());
+    }
+
+    #[test]
+    fn bad_duration_is_refused_with_its_line() {
+        let e = parse_str(&GOOD.replace("idle: 70m", "idle: 70")).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.to_string().contains("70s"), "{e}");
+    }
+
+    #[test]
+    fn unknown_mitigation_and_duplicate_cells() {
+        let e = parse_str(&GOOD.replace("istio-idle-timeout", "istio-idle-timout")).unwrap_err();
+        assert!(e.message.contains("istio-idle-timout"), "{e}");
+        let dup = format!("{GOOD}  - {{mitigation: none, expect: survived}}\n");
+        let e = parse_str(&dup).unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert!(e.message.contains("repeats"), "{e}");
+    }
+
+    #[test]
+    fn sidecar_mitigation_without_sidecar_is_refused() {
+        let no_sidecar = GOOD.replace(
+            "path:\n  - sidecar: {idle_timeout: 1h, route: passthrough}\n",
+            "",
+        );
+        let e = parse_str(&no_sidecar).unwrap_err();
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(e.message.contains("sidecar"), "{e}");
+    }
+}
