@@ -43,7 +43,13 @@ pub fn expand(
             .apply(&mut real)
             .map_err(|e| format!("cell `{label}`: {e}"))?;
         let (scaled, time_scale) = timescale::scale(&real, spec).map_err(|e| {
-            format!("cell `{label}`: {e}\n  hint: use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering")
+            let at = c.mitigation.referenced;
+            format!(
+                "{}:{}:{}: cell `{label}`: {e}\n  hint: use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering",
+                scenario.source.display(),
+                at.line(),
+                at.column()
+            )
         })?;
         cells.push(Cell {
             scenario: scenario.name.clone(),

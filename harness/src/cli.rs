@@ -161,7 +161,7 @@ fn prepare(name: &str, args: &ScenarioArgs) -> Result<(scenario::Scenario, Vec<c
     match cells::expand(&s, &args.mitigations, args.time_scale) {
         Ok(c) => Ok((s, c)),
         Err(e) => {
-            eprintln!("error: {}: {e}", s.source.display());
+            eprintln!("error: {e}");
             Err(2)
         }
     }

@@ -24,7 +24,7 @@ impl Dur {
         }
         if t.chars().all(|c| c.is_ascii_digit() || c == '.') {
             return Err(format!(
-                "expected a duration with a unit, found `{t}`; hint: write `{t}s` for seconds or `{t}m` for minutes"
+                "expected a duration with a unit, found `{t}` (write `{t}s` for seconds or `{t}m` for minutes)"
             ));
         }
         humantime::parse_duration(t).map(Dur).map_err(|e| {

@@ -294,8 +294,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
 
 /// serde-saphyr renders a snippet under its message; the summary line is the message.
 fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or(s).trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let mut line = s.lines().next().unwrap_or(s).trim();
+    line = line.strip_prefix("error: ").unwrap_or(line);
+    // "line 6 column 7: …": the location is already in front of the message.
+    if let Some(rest) = line.strip_prefix("line ") {
+        if let Some((_, msg)) = rest.split_once(": ") {
+            line = msg;
+        }
+    }
+    line.to_string()
 }
 
 fn hint_for(message: &str) -> Option<String> {
@@ -308,7 +315,7 @@ fn hint_for(message: &str) -> Option<String> {
     } else if message.contains("missing field") {
         Some("scenarios/README.md shows a complete scenario".into())
     } else {
-        None
+        Some("scenarios/README.md shows the format with a complete example".into())
     }
 }
 
@@ -390,7 +397,9 @@ impl Scenario {
                 return Err(self.error_at(
                     loc,
                     format!("cells[{i}]: mitigation `{label}` cannot apply: {why}"),
-                    None,
+                    Some(
+                        "give the path the hop this mitigation acts on, or remove the cell".into(),
+                    ),
                 ));
             }
         }

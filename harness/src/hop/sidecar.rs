@@ -39,8 +39,9 @@ pub struct SidecarHop {
     pub idle_timeout: Dur,
     #[serde(default)]
     pub route: Route,
-    /// Ports whose outbound traffic is not captured (set by `exclude-outbound-ports`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Ports whose outbound traffic is not captured: only the `exclude-outbound-ports`
+    /// mitigation sets them, so a scenario cannot hide a mitigation in its path.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub exclude_outbound_ports: Vec<u16>,
 }
 

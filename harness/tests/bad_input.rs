@@ -1,0 +1,129 @@
+//! Bad input: a clear error (file, line, what was expected, a hint), exit code 2, nothing created.
+
+mod common;
+use common::*;
+
+fn expect_refused(file: &str, line_col: &str, words: &[&str]) {
+    let out = tempdir();
+    let target = out.path().join("run");
+    let path = fixture(&format!("bad/{file}"));
+    let o = run(&[
+        "run",
+        path.to_str().unwrap(),
+        "--out",
+        target.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{file}: {}", text(&o));
+    assert!(
+        err.contains(&format!("{file}:{line_col}")),
+        "{file}: names the file, line and column: {err}"
+    );
+    for w in words {
+        assert!(err.contains(w), "{file}: mentions `{w}`: {err}");
+    }
+    assert!(err.contains("hint:"), "{file}: gives a hint: {err}");
+    assert!(!target.exists(), "{file}: nothing created");
+}
+
+#[test]
+fn unknown_key() {
+    expect_refused("unknown-key.yaml", "5:", &["unknown field `rout`", "route"]);
+}
+
+#[test]
+fn bare_duration() {
+    expect_refused("bare-duration.yaml", "6:", &["duration", "70m"]);
+}
+
+#[test]
+fn unknown_mitigation() {
+    expect_refused(
+        "unknown-mitigation.yaml",
+        "9:",
+        &["istio-idle-timout", "istio-idle-timeout"],
+    );
+}
+
+#[test]
+fn unknown_verdict() {
+    expect_refused("unknown-verdict.yaml", "8:", &["closed", "idle-closed"]);
+}
+
+#[test]
+fn sidecar_mitigation_without_sidecar() {
+    expect_refused(
+        "no-sidecar.yaml",
+        "8:",
+        &["exclude-outbound-ports", "no `sidecar` hop"],
+    );
+}
+
+#[test]
+fn not_yaml() {
+    expect_refused("not-yaml.yaml", "2:", &["expected"]);
+}
+
+#[test]
+fn a_time_scale_that_flips_an_ordering_is_refused_naming_the_pair() {
+    expect_refused(
+        "flipping-scale.yaml",
+        "9:",
+        &["time scale 1200", "path[0].sidecar.idle_timeout", "`idle`"],
+    );
+    // The same from the command line, on a shipped scenario.
+    let o = run(&[
+        "run",
+        "redis-idle",
+        "--mitigation",
+        "none",
+        "--time-scale",
+        "1200",
+        "--out",
+        "/nonexistent/x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("breaks the ordering"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn unknown_scenario_name_lists_the_shipped_ones() {
+    let o = run(&["run", "redis-idel"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no scenario named `redis-idel`") && err.contains("redis-idle"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_envoy_is_a_prerequisite_error() {
+    let o = idlelab(&["run", "redis-idle", "--out", "/tmp/idlelab-test-never"])
+        .env("ENVOY_BIN", "/nonexistent/envoy")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("envoy") && err.contains("just setup"), "{err}");
+    assert!(!std::path::Path::new("/tmp/idlelab-test-never").exists());
+}
+
+#[test]
+fn every_shipped_scenario_is_valid() {
+    let o = run(&["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("redis-idle: ok") && out.contains("redis-idle-passthrough: ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decides nothing on this path"),
+        "the clamped keepalive interval is reported: {out}"
+    );
+}

@@ -1,0 +1,140 @@
+//! Helpers for the integration tests: they run the real `idlelab` binary, as root, against
+//! a real Envoy and a real redis-server.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_idlelab")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The lab needs root and the prerequisites `just setup` installs; a test that cannot run
+/// the lab fails and says how to fix it (it never skips).
+pub fn require_lab() {
+    assert!(
+        nix_is_root(),
+        "the lab tests need root (network namespaces, nftables): run `sudo just test`"
+    );
+    let out = Command::new(bin())
+        .arg("doctor")
+        .output()
+        .expect("run idlelab doctor");
+    assert!(
+        out.status.success(),
+        "prerequisites missing; run `just setup`:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn idlelab(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args).current_dir(repo());
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    idlelab(args).output().expect("run idlelab")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn summary(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");
+    serde_json::from_str(&text).expect("summary.json parses")
+}
+
+pub fn cell<'a>(summary: &'a Value, prefix: &str) -> &'a Value {
+    summary["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cell"].as_str().unwrap().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no cell {prefix} in {summary}"))
+}
+
+/// Envoy counters of a cell whose name ends with `suffix`, summed.
+pub fn counter(cell: &Value, suffix: &str) -> u64 {
+    cell["evidence"]["lab"]["envoy_counters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.ends_with(suffix))
+                .map(|(_, v)| v.as_u64().unwrap())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Everything a run with this pid may have left: namespaces, temp dirs, processes.
+pub fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("idlelab-{pid}-");
+    let mut left = Vec::new();
+    for dir in ["/run/netns", "/tmp"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    left.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .and_then(|x| x.parse::<u32>().ok())
+            });
+        if cmdline.contains(&prefix) || ppid == Some(pid) {
+            left.push(format!("process {p}: {cmdline}"));
+        }
+    }
+    left
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("idlelab-test-")
+        .tempdir()
+        .unwrap()
+}
