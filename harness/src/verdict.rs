@@ -161,6 +161,7 @@ mod tests {
                 error: (!outcome.is_ok()).then(|| "boom".into()),
             },
             retry_after_reconnect: None,
+            reconnects: 0,
             keepalive: false,
         }
     }

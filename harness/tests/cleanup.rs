@@ -35,7 +35,7 @@ fn ctrl_c_in_the_idle_phase_removes_everything() {
             .unwrap();
         seen.push_str(&line);
         seen.push('\n');
-        if line.contains(": idle ") {
+        if line.contains(": phase idle ") {
             break;
         }
     }

@@ -353,8 +353,11 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                     }),
                 }
             };
+            let reconnects = u32::from(replaced_before_use.is_some())
+                + u32::from(retry_after_reconnect.is_some());
             Ok::<_, ClientError>(ConnObservation {
                 id,
+                reconnects,
                 local_addr,
                 opened_ms,
                 last_activity_ms,

@@ -66,7 +66,10 @@ pub struct ConnObservation {
     /// shows the server itself was fine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_reconnect: Option<Attempt>,
-    /// Socket-level facts the probe read from its own socket.
+    /// New connections this slot needed: a replacement at checkout, a reconnect after a failure.
+    #[serde(default)]
+    pub reconnects: u32,
+    /// SO_KEEPALIVE, read back from the probe's own socket.
     #[serde(default)]
     pub keepalive: bool,
 }

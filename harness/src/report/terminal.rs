@@ -47,7 +47,7 @@ impl Reporter for TerminalReporter {
             Event::CellPhase { cell, phase } if self.verbose => {
                 let _ = writeln!(
                     out,
-                    "  {cell}: {}",
+                    "  {cell}: phase {}",
                     match phase {
                         Phase::Setup => "setup".to_string(),
                         Phase::Warm => "warm".to_string(),
@@ -100,9 +100,11 @@ impl Reporter for TerminalReporter {
                 format!("{:.1} s", c.wall_ms as f64 / 1000.0),
             ]);
         }
-        println!("\n{table}");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "\n{table}");
         let passed = s.cells.iter().filter(|c| c.pass).count();
-        println!(
+        let _ = writeln!(
+            out,
             "{}: {passed} of {} cells matched their expectation in {:.1} s; results in {}",
             s.scenario,
             s.cells.len(),
