@@ -24,11 +24,7 @@ pub struct Cell {
 
 /// Cells whose label or mitigation name matches one of `only` (all cells when empty).
 /// Errors name the cell and the ordering a factor would flip.
-pub fn expand(
-    scenario: &Scenario,
-    only: &[String],
-    time_scale: Option<TimeScaleSpec>,
-) -> Result<Vec<Cell>, String> {
+pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScaleSpec>) -> Result<Vec<Cell>, String> {
     let spec = time_scale.unwrap_or(scenario.time_scale);
     let mut cells = Vec::new();
     for c in &scenario.cells {
@@ -39,9 +35,7 @@ pub fn expand(
             continue;
         }
         let mut real = scenario.base_knobs();
-        m.as_mitigation()
-            .apply(&mut real)
-            .map_err(|e| format!("cell `{label}`: {e}"))?;
+        m.as_mitigation().apply(&mut real).map_err(|e| format!("cell `{label}`: {e}"))?;
         let (scaled, time_scale) = timescale::scale(&real, spec).map_err(|e| {
             let at = c.mitigation.referenced;
             format!(
@@ -64,11 +58,7 @@ pub fn expand(
         });
     }
     if cells.is_empty() {
-        let known: Vec<String> = scenario
-            .cells
-            .iter()
-            .map(|c| c.mitigation.value.label())
-            .collect();
+        let known: Vec<String> = scenario.cells.iter().map(|c| c.mitigation.value.label()).collect();
         return Err(format!(
             "no cell matches --mitigation {}\n  hint: this scenario's cells are: {}",
             only.join(", "),

@@ -1,10 +1,7 @@
 //! The `idlelab` command line. Exit codes: 0 every cell matched, 1 some did not,
 //! 2 bad input or missing prerequisites, 130 interrupted.
 
-use crate::report::{
-    Reporter, RunSummary, json::JsonReporter, markdown::MarkdownReporter,
-    terminal::TerminalReporter,
-};
+use crate::report::{Reporter, RunSummary, json::JsonReporter, markdown::MarkdownReporter, terminal::TerminalReporter};
 use crate::runner::{self, Emitter, RunOptions};
 use crate::scenario::{self, TimeScaleSpec};
 use crate::{cells, doctor, lab};
@@ -85,11 +82,7 @@ enum Command {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime")
 }
 
 pub fn main() -> i32 {
@@ -127,24 +120,13 @@ pub fn main() -> i32 {
             0
         }
         Command::Check { scenarios, args } => check(&scenarios, &args),
-        Command::Run {
-            scenario,
-            args,
-            out,
-            results_dir,
-            jobs,
-            verbose,
-        } => match prepare(&scenario, &args) {
+        Command::Run { scenario, args, out, results_dir, jobs, verbose } => match prepare(&scenario, &args) {
             Err(code) => code,
             Ok((s, cells)) => run(&s, cells, &args, out, &results_dir, jobs, verbose)
                 .map(|sum| if sum.pass { 0 } else { 1 })
                 .unwrap_or_else(|c| c),
         },
-        Command::Bench {
-            scenarios,
-            scenarios_dir,
-            out,
-        } => crate::cli::bench(scenarios, scenarios_dir, out),
+        Command::Bench { scenarios, scenarios_dir, out } => crate::cli::bench(scenarios, scenarios_dir, out),
     }
 }
 
@@ -168,11 +150,7 @@ fn prepare(name: &str, args: &ScenarioArgs) -> Result<(scenario::Scenario, Vec<c
 }
 
 fn check(names: &[String], args: &ScenarioArgs) -> i32 {
-    let names = if names.is_empty() {
-        scenario::list(&args.scenarios_dir).unwrap_or_default()
-    } else {
-        names.to_vec()
-    };
+    let names = if names.is_empty() { scenario::list(&args.scenarios_dir).unwrap_or_default() } else { names.to_vec() };
     let mut code = 0;
     for n in &names {
         match prepare(n, args) {
@@ -180,19 +158,9 @@ fn check(names: &[String], args: &ScenarioArgs) -> i32 {
             Ok((s, cells)) => {
                 println!("{}: ok, {} cells", s.name, cells.len());
                 for c in &cells {
-                    let vals: Vec<String> = c
-                        .time_scale
-                        .values
-                        .iter()
-                        .map(|v| format!("{} {}→{}", v.label, v.real, v.scaled))
-                        .collect();
-                    println!(
-                        "  {} (expect {}): ×{} {}",
-                        c.label,
-                        c.expected,
-                        c.time_scale.factor,
-                        vals.join(", ")
-                    );
+                    let vals: Vec<String> =
+                        c.time_scale.values.iter().map(|v| format!("{} {}→{}", v.label, v.real, v.scaled)).collect();
+                    println!("  {} (expect {}): ×{} {}", c.label, c.expected, c.time_scale.factor, vals.join(", "));
                     for note in c.time_scale.notes() {
                         println!("    note: {note}");
                     }
@@ -204,9 +172,7 @@ fn check(names: &[String], args: &ScenarioArgs) -> i32 {
 }
 
 fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
-    let stamp = jiff::Timestamp::now()
-        .strftime("%Y%m%dT%H%M%SZ")
-        .to_string();
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
     results_dir.join(format!("{scenario}-{stamp}"))
 }
 
@@ -234,12 +200,8 @@ fn run(
     }
     let reporters: Vec<Box<dyn Reporter>> = vec![
         Box::new(TerminalReporter { verbose }),
-        Box::new(JsonReporter {
-            path: out_dir.join("summary.json"),
-        }),
-        Box::new(MarkdownReporter {
-            path: out_dir.join("summary.md"),
-        }),
+        Box::new(JsonReporter { path: out_dir.join("summary.json") }),
+        Box::new(MarkdownReporter { path: out_dir.join("summary.md") }),
     ];
     let emitter = Emitter::new(reporters);
     let opts = RunOptions {
@@ -272,19 +234,9 @@ fn run(
 }
 
 fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
-    let names = if names.is_empty() {
-        vec![
-            "redis-idle".to_string(),
-            "redis-idle-passthrough".to_string(),
-        ]
-    } else {
-        names
-    };
-    let args = ScenarioArgs {
-        scenarios_dir,
-        mitigations: vec![],
-        time_scale: None,
-    };
+    let names =
+        if names.is_empty() { vec!["redis-idle".to_string(), "redis-idle-passthrough".to_string()] } else { names };
+    let args = ScenarioArgs { scenarios_dir, mitigations: vec![], time_scale: None };
     let mut rows = Vec::new();
     let mut code = 0;
     for n in &names {
@@ -292,20 +244,8 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
             Ok(x) => x,
             Err(c) => return c,
         };
-        let dir = std::env::temp_dir().join(format!(
-            "{}{}-bench-{n}",
-            lab::netns::PREFIX,
-            std::process::id()
-        ));
-        let summary = match run(
-            &s,
-            cells,
-            &args,
-            Some(dir.clone()),
-            Path::new("results"),
-            None,
-            false,
-        ) {
+        let dir = std::env::temp_dir().join(format!("{}{}-bench-{n}", lab::netns::PREFIX, std::process::id()));
+        let summary = match run(&s, cells, &args, Some(dir.clone()), Path::new("results"), None, false) {
             Ok(sum) => sum,
             Err(c) => return c,
         };
@@ -313,18 +253,10 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
         if !summary.pass {
             code = 1;
         }
-        let lab: Vec<&lab::LabEvidence> = summary
-            .cells
-            .iter()
-            .filter_map(|c| c.evidence.lab.as_ref())
-            .collect();
+        let lab: Vec<&lab::LabEvidence> = summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
         let overhead: Vec<u64> = lab.iter().map(|l| l.setup_ms + l.teardown_ms).collect();
         let max = overhead.iter().copied().max().unwrap_or(0);
-        let mean = if overhead.is_empty() {
-            0
-        } else {
-            overhead.iter().sum::<u64>() / overhead.len() as u64
-        };
+        let mean = if overhead.is_empty() { 0 } else { overhead.iter().sum::<u64>() / overhead.len() as u64 };
         let factors: Vec<u32> = summary.cells.iter().map(|c| c.time_scale.factor).collect();
         rows.push(serde_json::json!({
             "scenario": s.name,
@@ -354,15 +286,7 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     }
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(vec![
-        "scenario",
-        "cells",
-        "pass",
-        "wall",
-        "setup+teardown mean",
-        "max",
-        "time scale",
-    ]);
+    table.set_header(vec!["scenario", "cells", "pass", "wall", "setup+teardown mean", "max", "time scale"]);
     for r in &rows {
         table.add_row(vec![
             r["scenario"].as_str().unwrap_or("").to_string(),

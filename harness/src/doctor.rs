@@ -15,9 +15,7 @@ pub fn tools_dir() -> PathBuf {
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
     cache.join("idlelab")
 }
 
@@ -29,13 +27,8 @@ pub struct Check {
 
 fn version_of(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty())?
-        .trim()
-        .to_string();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let line = text.lines().find(|l| !l.trim().is_empty())?.trim().to_string();
     Some(line)
 }
 
@@ -51,13 +44,7 @@ pub fn checks() -> Vec<Check> {
             // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" → "1.40.0 (<path>)"
             let after = v.split("version: ").nth(1).unwrap_or(&v);
             let ver = after.split('/').nth(1).unwrap_or(after).to_string();
-            format!(
-                "{ver} ({})",
-                envoy
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            )
+            format!("{ver} ({})", envoy.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
         });
     vec![
         Check {
@@ -91,8 +78,7 @@ pub fn checks() -> Vec<Check> {
         },
         Check {
             name: "redis-server",
-            found: crate::lab::redis_server::redis_bin()
-                .and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
+            found: crate::lab::redis_server::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
             fix: "just setup   (apt-get install -y redis-server)",
         },
     ]
@@ -115,17 +101,9 @@ pub fn report(checks: &[Check]) -> bool {
 
 /// The missing ones, as one message (for `run`, which refuses to start without them).
 pub fn missing(checks: &[Check]) -> Option<String> {
-    let missing: Vec<String> = checks
-        .iter()
-        .filter(|c| c.found.is_none())
-        .map(|c| format!("  {}: {}", c.name, c.fix))
-        .collect();
-    (!missing.is_empty()).then(|| {
-        format!(
-            "missing prerequisites (see `idlelab doctor`):\n{}",
-            missing.join("\n")
-        )
-    })
+    let missing: Vec<String> =
+        checks.iter().filter(|c| c.found.is_none()).map(|c| format!("  {}: {}", c.name, c.fix)).collect();
+    (!missing.is_empty()).then(|| format!("missing prerequisites (see `idlelab doctor`):\n{}", missing.join("\n")))
 }
 
 /// Why this Envoy cannot serve as the sidecar, if it cannot: the sidecar runs as uid 1337, so
@@ -134,24 +112,15 @@ pub fn missing(checks: &[Check]) -> Option<String> {
 pub fn envoy_unusable(bin: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let real = std::fs::canonicalize(bin).ok()?;
-    let head = std::fs::read(&real)
-        .ok()
-        .map(|b| b.get(..2) == Some(b"#!"))
-        .unwrap_or(false);
+    let head = std::fs::read(&real).ok().map(|b| b.get(..2) == Some(b"#!")).unwrap_or(false);
     if head {
-        return Some(format!(
-            "{} is a script, not the Envoy binary",
-            real.display()
-        ));
+        return Some(format!("{} is a script, not the Envoy binary", real.display()));
     }
     let mut p = real.as_path();
     loop {
         let mode = std::fs::metadata(p).ok()?.permissions().mode();
         if mode & 0o001 == 0 {
-            return Some(format!(
-                "{} is not executable by other users (uid 1337)",
-                p.display()
-            ));
+            return Some(format!("{} is not executable by other users (uid 1337)", p.display()));
         }
         match p.parent() {
             Some(parent) if parent != p => p = parent,

@@ -18,18 +18,16 @@ impl Dur {
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
         if t.is_empty() {
-            return Err(
-                "expected a duration such as 70m, 1h, 600s or 1h 30m, found nothing".into(),
-            );
+            return Err("expected a duration such as 70m, 1h, 600s or 1h 30m, found nothing".into());
         }
         if t.chars().all(|c| c.is_ascii_digit() || c == '.') {
             return Err(format!(
                 "expected a duration with a unit, found `{t}` (write `{t}s` for seconds or `{t}m` for minutes)"
             ));
         }
-        humantime::parse_duration(t).map(Dur).map_err(|e| {
-            format!("expected a duration such as 70m, 1h, 600s or 1h 30m, found `{t}` ({e})")
-        })
+        humantime::parse_duration(t)
+            .map(Dur)
+            .map_err(|e| format!("expected a duration such as 70m, 1h, 600s or 1h 30m, found `{t}` ({e})"))
     }
     pub fn as_secs_f64(self) -> f64 {
         self.0.as_secs_f64()

@@ -18,14 +18,35 @@ pub enum Precision {
     Millis,
 }
 
+/// What a duration is on the path; the time scale derives from it which orderings decide
+/// the outcome (see `timescale::deciding_pairs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// How long the pool sits idle.
+    Idle,
+    /// A hop forgets or closes an idle connection after this. `refreshed_by_probes`: the hop
+    /// keeps per-flow state that any segment refreshes (conntrack), so keepalive probes that
+    /// cross it keep the flow; an Envoy hop terminates TCP and only bytes reset its timer.
+    Timeout { refreshed_by_probes: bool },
+    /// The app's protocol-level PING interval.
+    Heartbeat,
+    /// The pool's maximum idle time before it discards a connection at checkout.
+    PoolMaxIdle,
+    /// Idle time before the first keepalive probe (any socket: app, Envoy upstream, gateway).
+    KeepaliveTime,
+    /// Time between keepalive probes.
+    KeepaliveInterval,
+    /// `TCP_USER_TIMEOUT`: bounded by the request timeout, not by the path.
+    UserTimeout,
+}
+
 /// A mutable view of one duration of the cell, for the time scale.
 pub struct KnobDuration<'a> {
     pub label: String,
     pub value: &'a mut Dur,
     pub precision: Precision,
-    /// Whether its ordering against the other deciding durations decides the outcome.
-    /// A duration that decides nothing may be clamped to the kernel's minimum.
-    pub deciding: bool,
+    pub role: Role,
 }
 
 /// Client-side settings: the app's pool and socket.
@@ -37,6 +58,8 @@ pub struct ClientKnobs {
     pub pool_max_idle: Option<Dur>,
     /// The app sends a protocol-level PING on each idle pooled connection at this interval.
     pub heartbeat: Option<Dur>,
+    /// `TCP_USER_TIMEOUT` on the app's socket: unacknowledged data fails the socket after this.
+    pub tcp_user_timeout: Option<Dur>,
     /// How long the probe waits for one answer; the lab's patience, not a modelled duration,
     /// so it is not scaled.
     pub request_timeout: Dur,
@@ -53,33 +76,21 @@ pub struct Knobs {
 impl Knobs {
     /// Every duration the time scale applies to, with what it decides.
     pub fn durations_mut(&mut self) -> Vec<KnobDuration<'_>> {
-        let probes_matter = self.path.iter().any(Hop::refreshed_by_probes);
         let mut out = vec![KnobDuration {
             label: "idle".into(),
             value: &mut self.idle,
             precision: Precision::Millis,
-            deciding: true,
+            role: Role::Idle,
         }];
         if let Some(ka) = self.client.keepalive.as_mut() {
-            out.push(KnobDuration {
-                label: "client.keepalive.time".into(),
-                value: &mut ka.time,
-                precision: Precision::WholeSeconds,
-                deciding: true,
-            });
-            out.push(KnobDuration {
-                label: "client.keepalive.interval".into(),
-                value: &mut ka.interval,
-                precision: Precision::WholeSeconds,
-                deciding: probes_matter,
-            });
+            out.extend(ka.durations_mut("client.keepalive"));
         }
         if let Some(d) = self.client.pool_max_idle.as_mut() {
             out.push(KnobDuration {
                 label: "client.pool_max_idle".into(),
                 value: d,
                 precision: Precision::Millis,
-                deciding: true,
+                role: Role::PoolMaxIdle,
             });
         }
         if let Some(d) = self.client.heartbeat.as_mut() {
@@ -87,7 +98,15 @@ impl Knobs {
                 label: "client.heartbeat".into(),
                 value: d,
                 precision: Precision::Millis,
-                deciding: true,
+                role: Role::Heartbeat,
+            });
+        }
+        if let Some(d) = self.client.tcp_user_timeout.as_mut() {
+            out.push(KnobDuration {
+                label: "client.tcp_user_timeout".into(),
+                value: d,
+                precision: Precision::Millis,
+                role: Role::UserTimeout,
             });
         }
         for (i, hop) in self.path.iter_mut().enumerate() {
@@ -99,12 +118,14 @@ impl Knobs {
     pub fn sidecar(&self) -> Option<&crate::hop::SidecarHop> {
         self.path.iter().find_map(|h| match h {
             Hop::Sidecar(s) => Some(s),
+            _ => None,
         })
     }
 
     pub fn sidecar_mut(&mut self) -> Option<&mut crate::hop::SidecarHop> {
         self.path.iter_mut().find_map(|h| match h {
             Hop::Sidecar(s) => Some(s),
+            _ => None,
         })
     }
 }

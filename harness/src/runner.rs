@@ -48,17 +48,9 @@ async fn run_one(cell: Cell, emitter: Emitter) -> CellReport {
     let started = Instant::now();
     let label = cell.label.clone();
     let phase_emitter = emitter.clone();
-    let phase = move |p: Phase| {
-        phase_emitter.emit(Event::CellPhase {
-            cell: label.clone(),
-            phase: p,
-        })
-    };
+    let phase = move |p: Phase| phase_emitter.emit(Event::CellPhase { cell: label.clone(), phase: p });
     let result = crate::lab::run_cell(&cell.scaled, &phase).await;
-    let mut evidence = Evidence {
-        notes: cell.time_scale.notes().collect(),
-        ..Default::default()
-    };
+    let mut evidence = Evidence { notes: cell.time_scale.notes().collect(), ..Default::default() };
     let (verdict, explanation, error) = match result {
         Ok(outcome) => {
             let (v, why) = verdict::judge(&outcome.observations);
@@ -71,11 +63,7 @@ async fn run_one(cell: Cell, emitter: Emitter) -> CellReport {
     let ctx = IstioContext {
         namespace: format!("idlelab-{}", cell.scenario),
         client_app: "idlelab-probe".into(),
-        service_host: format!(
-            "{}.idlelab-{}.svc.cluster.local",
-            cell.real.service.name(),
-            cell.scenario
-        ),
+        service_host: format!("{}.idlelab-{}.svc.cluster.local", cell.real.service.name(), cell.scenario),
         service_port: cell.real.service.port(),
     };
     CellReport {
@@ -97,8 +85,7 @@ async fn run_one(cell: Cell, emitter: Emitter) -> CellReport {
 }
 
 async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -134,12 +121,7 @@ pub async fn run(
     let mut by_task = std::collections::HashMap::new();
     for cell in cells {
         let (emitter, permits) = (emitter.clone(), permits.clone());
-        let identity = (
-            cell.scenario.clone(),
-            cell.label.clone(),
-            cell.mitigation.clone(),
-            cell.expected,
-        );
+        let identity = (cell.scenario.clone(), cell.label.clone(), cell.mitigation.clone(), cell.expected);
         let handle = set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore");
             run_one(cell, emitter).await
@@ -215,11 +197,7 @@ fn panic_report(
         why_expected: None,
         error: Some(format!("the cell panicked: {msg}")),
         wall_ms: 0,
-        time_scale: crate::timescale::TimeScale {
-            factor: 1,
-            auto: false,
-            values: vec![],
-        },
+        time_scale: crate::timescale::TimeScale { factor: 1, auto: false, values: vec![], orderings: vec![] },
         istio: vec![],
         evidence: Evidence::default(),
     }

@@ -42,6 +42,27 @@ pub struct Keepalive {
     pub probes: u32,
 }
 
+impl Keepalive {
+    /// Its two durations for the time scale, labelled under `prefix`.
+    pub fn durations_mut(&mut self, prefix: &str) -> Vec<crate::knobs::KnobDuration<'_>> {
+        use crate::knobs::{KnobDuration, Precision, Role};
+        vec![
+            KnobDuration {
+                label: format!("{prefix}.time"),
+                value: &mut self.time,
+                precision: Precision::WholeSeconds,
+                role: Role::KeepaliveTime,
+            },
+            KnobDuration {
+                label: format!("{prefix}.interval"),
+                value: &mut self.interval,
+                precision: Precision::WholeSeconds,
+                role: Role::KeepaliveInterval,
+            },
+        ]
+    }
+}
+
 /// `keepalive: off` or `keepalive: {time: 600s, interval: 75s, probes: 9}`.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
 pub struct KeepaliveSetting(pub Option<Keepalive>);
@@ -64,17 +85,12 @@ impl<'de> Deserialize<'de> for KeepaliveSetting {
             }
             fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
                 if v {
-                    Err(E::custom(
-                        "keepalive needs its timers: write {time: 600s, interval: 75s, probes: 9}",
-                    ))
+                    Err(E::custom("keepalive needs its timers: write {time: 600s, interval: 75s, probes: 9}"))
                 } else {
                     Ok(KeepaliveSetting(None))
                 }
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 Keepalive::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(|k| KeepaliveSetting(Some(k)))
             }
@@ -150,9 +166,7 @@ impl TimeScaleSpec {
         }
         match v.parse::<u32>() {
             Ok(n) if n >= 1 => Ok(TimeScaleSpec::Factor(n)),
-            _ => Err(format!(
-                "expected `auto` or a whole factor ≥ 1 (e.g. 720: 1h runs as 5s), found `{v}`"
-            )),
+            _ => Err(format!("expected `auto` or a whole factor ≥ 1 (e.g. 720: 1h runs as 5s), found `{v}`")),
         }
     }
 }
@@ -251,12 +265,7 @@ pub fn resolve(name_or_path: &str, dir: &Path) -> Result<PathBuf, ScenarioError>
 pub fn list(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".yaml"))
-                .map(str::to_owned)
-        })
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".yaml")).map(str::to_owned))
         .collect();
     names.sort();
     Ok(names)
@@ -275,18 +284,17 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 
 pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     let options = serde_saphyr::options! { strict_booleans: true };
-    let mut scenario: Scenario =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-            let loc = e.location();
-            let message = first_line(&e.to_string());
-            ScenarioError {
-                file: path.to_path_buf(),
-                line: loc.map(|l| l.line()),
-                column: loc.map(|l| l.column()),
-                hint: hint_for(&message),
-                message,
-            }
-        })?;
+    let mut scenario: Scenario = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let loc = e.location();
+        let message = first_line(&e.to_string());
+        ScenarioError {
+            file: path.to_path_buf(),
+            line: loc.map(|l| l.line()),
+            column: loc.map(|l| l.column()),
+            hint: hint_for(&message),
+            message,
+        }
+    })?;
     scenario.source = path.to_path_buf();
     scenario.validate()?;
     Ok(scenario)
@@ -320,12 +328,7 @@ fn hint_for(message: &str) -> Option<String> {
 }
 
 impl Scenario {
-    fn error_at(
-        &self,
-        loc: Option<serde_saphyr::Location>,
-        message: String,
-        hint: Option<String>,
-    ) -> ScenarioError {
+    fn error_at(&self, loc: Option<serde_saphyr::Location>, message: String, hint: Option<String>) -> ScenarioError {
         let loc = loc.filter(|l| l.line() > 0);
         ScenarioError {
             file: self.source.clone(),
@@ -337,25 +340,14 @@ impl Scenario {
     }
 
     fn validate(&self) -> Result<(), ScenarioError> {
-        if self.name.trim().is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if self.name.trim().is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(self.error_at(
-                None,
-                format!("name `{}` must be letters, digits, `-` or `_`", self.name),
-                None,
-            ));
+            return Err(self.error_at(None, format!("name `{}` must be letters, digits, `-` or `_`", self.name), None));
         }
         if self.client.pool == 0 || self.client.pool > 2000 {
             return Err(self.error_at(
                 None,
-                format!(
-                    "client.pool is {}, expected 1 to 2000 connections",
-                    self.client.pool
-                ),
+                format!("client.pool is {}, expected 1 to 2000 connections", self.client.pool),
                 None,
             ));
         }
@@ -366,11 +358,7 @@ impl Scenario {
                 Some("start with `- {mitigation: none, expect: idle-closed}`".into()),
             ));
         }
-        let sidecars = self
-            .path
-            .iter()
-            .filter(|h| matches!(h, Hop::Sidecar(_)))
-            .count();
+        let sidecars = self.path.iter().filter(|h| matches!(h, Hop::Sidecar(_))).count();
         if sidecars > 1 {
             return Err(self.error_at(
                 None,
@@ -386,9 +374,7 @@ impl Scenario {
                 return Err(self.error_at(
                     loc,
                     format!("cells[{i}] repeats mitigation `{label}` (first on line {line})"),
-                    Some(
-                        "each cell is one experiment; give it other parameters or remove it".into(),
-                    ),
+                    Some("each cell is one experiment; give it other parameters or remove it".into()),
                 ));
             }
             seen.push((label.clone(), cell.mitigation.referenced.line()));
@@ -397,9 +383,7 @@ impl Scenario {
                 return Err(self.error_at(
                     loc,
                     format!("cells[{i}]: mitigation `{label}` cannot apply: {why}"),
-                    Some(
-                        "give the path the hop this mitigation acts on, or remove the cell".into(),
-                    ),
+                    Some("give the path the hop this mitigation acts on, or remove the cell".into()),
                 ));
             }
         }
@@ -415,6 +399,7 @@ impl Scenario {
                 keepalive: self.client.keepalive.0,
                 pool_max_idle: None,
                 heartbeat: None,
+                tcp_user_timeout: None,
                 request_timeout: self.client.request_timeout,
             },
             path: self.path.clone(),
@@ -469,10 +454,7 @@ mod tests {
 
     #[test]
     fn sidecar_mitigation_without_sidecar_is_refused() {
-        let no_sidecar = GOOD.replace(
-            "path:\n  - sidecar: {idle_timeout: 1h, route: passthrough}\n",
-            "",
-        );
+        let no_sidecar = GOOD.replace("path:\n  - sidecar: {idle_timeout: 1h, route: passthrough}\n", "");
         let e = parse_str(&no_sidecar).unwrap_err();
         assert_eq!(e.line, Some(9), "{e}");
         assert!(e.message.contains("sidecar"), "{e}");

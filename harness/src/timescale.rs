@@ -1,23 +1,32 @@
 //! Time scale: run a 1 h timeout in seconds without changing what decides the outcome.
 //!
 //! One factor per cell divides every duration of that cell. Kernel knobs take whole seconds
-//! (≥ 1 s), Envoy and the probe take milliseconds. After rounding, every pair of *deciding*
-//! durations must keep the order the scenario gave them, at least [`MIN_GAP`] apart, and
-//! every deciding duration must stay ≥ [`MIN_GAP`]: a factor that flips or squeezes one is
-//! refused with the pair named. `auto` picks the largest factor that keeps them all.
-//! A duration that decides nothing on the cell's path (a keepalive probe interval when no
-//! hop sees probes) is clamped to the kernel's minimum and the summary says so.
+//! (≥ 1 s), Envoy and the probe take milliseconds. The orderings that decide a cell's outcome
+//! come from what each duration is on the path ([`Role`]):
+//!
+//! - the idle period against every hop's timeout (does the timer fire while idle?);
+//! - the heartbeat against every timeout (do the PINGs come before it fires?);
+//! - the pool's max idle against the idle period (is the connection replaced at checkout?);
+//! - every keepalive time against every timeout (do probes start before the hop gives up?);
+//! - every keepalive interval against the timeouts of hops that probes refresh (conntrack).
+//!
+//! After rounding, each such pair must keep the order the scenario gave it, at least
+//! [`MIN_GAP`] apart, and the idle period must stay ≥ [`MIN_GAP`]: a factor that breaks one is
+//! refused with the pair named. `auto` picks the largest factor that keeps them all. A
+//! kernel duration that is in no deciding pair (a keepalive interval when no hop sees
+//! probes) is clamped to the kernel's 1 s minimum and the summary says so. `TCP_USER_TIMEOUT`
+//! is checked against the (unscaled) request timeout instead.
 
 use crate::duration::{Dur, human};
-use crate::knobs::{Knobs, Precision};
+use crate::knobs::{Knobs, Precision, Role};
 use crate::scenario::TimeScaleSpec;
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
 
-/// The smallest gap kept between two deciding durations, and the smallest deciding duration.
-/// One second absorbs process start-up, scheduling on a busy 2-core machine and the
-/// millisecond skew between warming the first and the last pooled connection.
+/// The smallest gap kept between two durations whose order decides the outcome, and the
+/// shortest idle period. One second absorbs process start-up, scheduling on a busy 2-core
+/// machine and the millisecond skew between warming the first and the last connection.
 pub const MIN_GAP: Duration = Duration::from_secs(1);
 /// The largest factor `auto` considers.
 pub const MAX_FACTOR: u32 = 100_000;
@@ -28,6 +37,8 @@ pub struct ScaledValue {
     pub real: Dur,
     pub scaled: Dur,
     pub precision: Precision,
+    pub role: Role,
+    /// Whether the value is in an ordering that decides the outcome.
     pub deciding: bool,
     /// Why the value is not simply `real / factor`, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,13 +50,13 @@ pub struct TimeScale {
     pub factor: u32,
     pub auto: bool,
     pub values: Vec<ScaledValue>,
+    /// The orderings that decide this cell, as `a < b` in real-world time.
+    pub orderings: Vec<String>,
 }
 
 impl TimeScale {
     pub fn notes(&self) -> impl Iterator<Item = String> + '_ {
-        self.values
-            .iter()
-            .filter_map(|v| v.note.as_ref().map(|n| format!("{}: {n}", v.label)))
+        self.values.iter().filter_map(|v| v.note.as_ref().map(|n| format!("{}: {n}", v.label)))
     }
 }
 
@@ -62,12 +73,28 @@ impl fmt::Display for OrderingError {
     }
 }
 
-fn scale_one(
-    real: Dur,
-    factor: u32,
-    precision: Precision,
-    deciding: bool,
-) -> (Dur, Option<String>) {
+/// Index pairs of durations whose order decides the outcome.
+pub fn deciding_pairs(roles: &[Role]) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for (i, a) in roles.iter().enumerate() {
+        for (j, b) in roles.iter().enumerate() {
+            let decides = match (a, b) {
+                (Role::Idle, Role::Timeout { .. }) => true,
+                (Role::Heartbeat, Role::Timeout { .. }) => true,
+                (Role::PoolMaxIdle, Role::Idle) => true,
+                (Role::KeepaliveTime, Role::Timeout { .. }) => true,
+                (Role::KeepaliveInterval, Role::Timeout { refreshed_by_probes: true }) => true,
+                _ => false,
+            };
+            if decides && i != j {
+                pairs.push((i, j));
+            }
+        }
+    }
+    pairs
+}
+
+fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (Dur, Option<String>) {
     let exact = real.0.as_secs_f64() / factor as f64;
     match precision {
         Precision::Millis => {
@@ -76,55 +103,45 @@ fn scale_one(
         }
         Precision::WholeSeconds => {
             let s = exact.round();
+            let exact_text = human(Duration::from_millis((exact * 1000.0).round() as u64));
             if s < 1.0 {
                 let note = if deciding {
-                    format!(
-                        "{} rounds below the kernel's 1 s minimum; set to 1s",
-                        human(Duration::from_secs_f64(exact))
-                    )
+                    format!("{exact_text} rounds below the kernel's 1 s minimum; set to 1s")
                 } else {
                     format!(
-                        "decides nothing on this path; clamped to the kernel's 1 s minimum (exact value {})",
-                        human(Duration::from_secs_f64(exact))
+                        "decides nothing on this path; clamped to the kernel's 1 s minimum (exact value {exact_text})"
                     )
                 };
                 (Dur::secs(1), Some(note))
             } else {
                 let v = Dur::secs(s as u64);
-                let note = ((v.0.as_secs_f64() - exact).abs() > 0.0005).then(|| {
-                    format!(
-                        "kernel takes whole seconds: {} rounded to {}",
-                        human(Duration::from_secs_f64(exact)),
-                        v
-                    )
-                });
+                let note = ((v.0.as_secs_f64() - exact).abs() > 0.0005)
+                    .then(|| format!("kernel takes whole seconds: {exact_text} rounded to {v}"));
                 (v, note)
             }
         }
     }
 }
 
-fn scaled_values(knobs: &Knobs, factor: u32) -> Vec<ScaledValue> {
+fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, usize)>) {
     let mut k = knobs.clone();
-    k.durations_mut()
+    let durations = k.durations_mut();
+    let roles: Vec<Role> = durations.iter().map(|d| d.role).collect();
+    let pairs = deciding_pairs(&roles);
+    let values = durations
         .into_iter()
-        .map(|d| {
-            let (scaled, note) = scale_one(*d.value, factor, d.precision, d.deciding);
-            ScaledValue {
-                label: d.label,
-                real: *d.value,
-                scaled,
-                precision: d.precision,
-                deciding: d.deciding,
-                note,
-            }
+        .enumerate()
+        .map(|(i, d)| {
+            let deciding = pairs.iter().any(|(a, b)| *a == i || *b == i);
+            let (scaled, note) = scale_one(*d.value, factor, d.precision, deciding);
+            ScaledValue { label: d.label, real: *d.value, scaled, precision: d.precision, role: d.role, deciding, note }
         })
-        .collect()
+        .collect();
+    (values, pairs)
 }
 
-fn check(values: &[ScaledValue], factor: u32) -> Result<(), OrderingError> {
-    let deciding: Vec<&ScaledValue> = values.iter().filter(|v| v.deciding).collect();
-    for v in &deciding {
+fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor: u32) -> Result<(), OrderingError> {
+    for v in values.iter().filter(|v| v.role == Role::Idle) {
         if v.scaled.0 < MIN_GAP {
             return Err(OrderingError {
                 factor,
@@ -138,50 +155,55 @@ fn check(values: &[ScaledValue], factor: u32) -> Result<(), OrderingError> {
             });
         }
     }
-    for (i, a) in deciding.iter().enumerate() {
-        for b in &deciding[i + 1..] {
-            let (lo, hi) = match a.real.cmp(&b.real) {
-                std::cmp::Ordering::Less => (a, b),
-                std::cmp::Ordering::Greater => (b, a),
-                std::cmp::Ordering::Equal => continue,
-            };
-            if hi.scaled.0 < lo.scaled.0 + MIN_GAP {
-                return Err(OrderingError {
-                    factor,
-                    message: format!(
-                        "time scale {factor} breaks the ordering `{}` ({}) < `{}` ({}): scaled to {} and {}, less than {} apart",
-                        lo.label,
-                        lo.real,
-                        hi.label,
-                        hi.real,
-                        lo.scaled,
-                        hi.scaled,
-                        human(MIN_GAP)
-                    ),
-                });
-            }
+    for &(i, j) in pairs {
+        let (a, b) = (&values[i], &values[j]);
+        let (lo, hi) = match a.real.cmp(&b.real) {
+            std::cmp::Ordering::Less => (a, b),
+            std::cmp::Ordering::Greater => (b, a),
+            std::cmp::Ordering::Equal => continue,
+        };
+        if hi.scaled.0 < lo.scaled.0 + MIN_GAP {
+            return Err(OrderingError {
+                factor,
+                message: format!(
+                    "time scale {factor} breaks the ordering `{}` ({}) < `{}` ({}): scaled to {} and {}, less than {} apart",
+                    lo.label,
+                    lo.real,
+                    hi.label,
+                    hi.real,
+                    lo.scaled,
+                    hi.scaled,
+                    human(MIN_GAP)
+                ),
+            });
+        }
+    }
+    let request = knobs.client.request_timeout;
+    for v in values.iter().filter(|v| v.role == Role::UserTimeout) {
+        if v.scaled >= request {
+            return Err(OrderingError {
+                factor,
+                message: format!(
+                    "`{}` ({} → {}) must stay below `client.request_timeout` ({request}, not scaled), or the request timeout fires first",
+                    v.label, v.real, v.scaled
+                ),
+            });
         }
     }
     Ok(())
 }
 
 /// The largest factor the analytical bounds allow (before rounding is checked).
-fn upper_bound(knobs: &Knobs) -> u32 {
-    let values = scaled_values(knobs, 1);
-    let deciding: Vec<f64> = values
-        .iter()
-        .filter(|v| v.deciding)
-        .map(|v| v.real.as_secs_f64())
-        .collect();
+fn upper_bound(values: &[ScaledValue], pairs: &[(usize, usize)]) -> u32 {
     let gap = MIN_GAP.as_secs_f64();
     let mut bound = MAX_FACTOR as f64;
-    for (i, a) in deciding.iter().enumerate() {
-        bound = bound.min(a / gap);
-        for b in &deciding[i + 1..] {
-            let d = (a - b).abs();
-            if d > 0.0 {
-                bound = bound.min(d / gap);
-            }
+    for v in values.iter().filter(|v| v.role == Role::Idle) {
+        bound = bound.min(v.real.as_secs_f64() / gap);
+    }
+    for &(i, j) in pairs {
+        let d = (values[i].real.as_secs_f64() - values[j].real.as_secs_f64()).abs();
+        if d > 0.0 {
+            bound = bound.min(d / gap);
         }
     }
     bound.floor().max(1.0) as u32
@@ -191,13 +213,16 @@ fn upper_bound(knobs: &Knobs) -> u32 {
 pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), OrderingError> {
     let (factor, auto) = match spec {
         TimeScaleSpec::Factor(f) => {
-            check(&scaled_values(knobs, f), f)?;
+            let (values, pairs) = scaled_values(knobs, f);
+            check(knobs, &values, &pairs, f)?;
             (f, false)
         }
         TimeScaleSpec::Auto => {
-            let mut f = upper_bound(knobs);
+            let (values, pairs) = scaled_values(knobs, 1);
+            let mut f = upper_bound(&values, &pairs);
             loop {
-                match check(&scaled_values(knobs, f), f) {
+                let (values, pairs) = scaled_values(knobs, f);
+                match check(knobs, &values, &pairs, f) {
                     Ok(()) => break,
                     Err(e) if f == 1 => return Err(e),
                     Err(_) => f -= 1,
@@ -206,19 +231,23 @@ pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), O
             (f, true)
         }
     };
-    let values = scaled_values(knobs, factor);
+    let (values, pairs) = scaled_values(knobs, factor);
+    let orderings = pairs
+        .iter()
+        .filter_map(|&(i, j)| {
+            let (a, b) = (&values[i], &values[j]);
+            match a.real.cmp(&b.real) {
+                std::cmp::Ordering::Less => Some(format!("{} < {}", a.label, b.label)),
+                std::cmp::Ordering::Greater => Some(format!("{} < {}", b.label, a.label)),
+                std::cmp::Ordering::Equal => None,
+            }
+        })
+        .collect();
     let mut scaled = knobs.clone();
     for (d, v) in scaled.durations_mut().into_iter().zip(&values) {
         *d.value = v.scaled;
     }
-    Ok((
-        scaled,
-        TimeScale {
-            factor,
-            auto,
-            values,
-        },
-    ))
+    Ok((scaled, TimeScale { factor, auto, values, orderings }))
 }
 
 #[cfg(test)]
@@ -249,31 +278,14 @@ mod tests {
     #[test]
     fn keepalive_time_takes_whole_seconds_and_a_useless_interval_is_clamped() {
         let mut k = base();
-        AppKeepalive {
-            time: Dur::secs(600),
-            interval: Dur::secs(75),
-            probes: 9,
-        }
-        .apply(&mut k)
-        .unwrap();
+        AppKeepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 }.apply(&mut k).unwrap();
         let (k, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
         let ka = k.client.keepalive.unwrap();
         assert_eq!(ka.time, Dur::secs(1));
         assert_eq!(ka.interval, Dur::secs(1));
-        let interval = ts
-            .values
-            .iter()
-            .find(|v| v.label == "client.keepalive.interval")
-            .unwrap();
+        let interval = ts.values.iter().find(|v| v.label == "client.keepalive.interval").unwrap();
         assert!(!interval.deciding);
-        assert!(
-            interval
-                .note
-                .as_deref()
-                .unwrap()
-                .contains("decides nothing"),
-            "{interval:?}"
-        );
+        assert!(interval.note.as_deref().unwrap().contains("decides nothing"), "{interval:?}");
     }
 
     #[test]

@@ -43,42 +43,25 @@ impl fmt::Display for Verdict {
 /// The verdict and one sentence that says which observations produced it.
 pub fn judge(obs: &Observations) -> (Verdict, String) {
     let n = obs.connections.len();
-    let failed: Vec<_> = obs
-        .connections
-        .iter()
-        .filter_map(|c| c.first_failure().map(|f| (c, f)))
-        .collect();
-    let count =
-        |pred: &dyn Fn(Outcome) -> bool| failed.iter().filter(|(_, f)| pred(f.outcome)).count();
+    let failed: Vec<_> = obs.connections.iter().filter_map(|c| c.first_failure().map(|f| (c, f))).collect();
+    let count = |pred: &dyn Fn(Outcome) -> bool| failed.iter().filter(|(_, f)| pred(f.outcome)).count();
 
     let hung = count(&|o| o == Outcome::Timeout);
     if hung > 0 {
         return (
             Verdict::Hung,
-            format!(
-                "{hung} of {n} requests got no answer within the request timeout ({} ms)",
-                failed[0].1.latency_ms
-            ),
+            format!("{hung} of {n} requests got no answer within the request timeout ({} ms)", failed[0].1.latency_ms),
         );
     }
     if !failed.is_empty() {
-        let fin_seen = failed
-            .iter()
-            .filter(|(c, _)| c.peer_closed_ms.is_some())
-            .count();
+        let fin_seen = failed.iter().filter(|(c, _)| c.peer_closed_ms.is_some()).count();
         let resets = count(&|o| o == Outcome::Reset);
         let (c, f) = failed[0];
-        let text = f
-            .error
-            .clone()
-            .unwrap_or_else(|| format!("{:?}", f.outcome));
+        let text = f.error.clone().unwrap_or_else(|| format!("{:?}", f.outcome));
         if fin_seen > 0 {
-            let after = c
-                .peer_closed_ms
-                .map(|t| t.saturating_sub(c.last_activity_ms.min(t)));
-            let after = after
-                .map(|ms| format!(" {:.2} s after its last activity", ms as f64 / 1000.0))
-                .unwrap_or_default();
+            let after = c.peer_closed_ms.map(|t| t.saturating_sub(c.last_activity_ms.min(t)));
+            let after =
+                after.map(|ms| format!(" {:.2} s after its last activity", ms as f64 / 1000.0)).unwrap_or_default();
             return (
                 Verdict::IdleClosed,
                 format!(
@@ -105,37 +88,17 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
             ),
         );
     }
-    let replaced = obs
-        .connections
-        .iter()
-        .filter(|c| c.replaced_before_use.is_some())
-        .count();
+    let replaced = obs.connections.iter().filter(|c| c.replaced_before_use.is_some()).count();
     if replaced > 0 {
-        let why = obs
-            .connections
-            .iter()
-            .find_map(|c| c.replaced_before_use.clone())
-            .unwrap_or_default();
+        let why = obs.connections.iter().find_map(|c| c.replaced_before_use.clone()).unwrap_or_default();
         return (
             Verdict::Recovered,
-            format!(
-                "no request failed; the pool replaced {replaced} of {n} connections at checkout ({why})"
-            ),
+            format!("no request failed; the pool replaced {replaced} of {n} connections at checkout ({why})"),
         );
     }
     let beats: u32 = obs.connections.iter().map(|c| c.heartbeats).sum();
-    let beats = if beats > 0 {
-        format!(" after {beats} heartbeats")
-    } else {
-        String::new()
-    };
-    (
-        Verdict::Survived,
-        format!(
-            "all {n} pooled connections answered after {} ms idle{beats}",
-            obs.idle_ms
-        ),
-    )
+    let beats = if beats > 0 { format!(" after {beats} heartbeats") } else { String::new() };
+    (Verdict::Survived, format!("all {n} pooled connections answered after {} ms idle{beats}", obs.idle_ms))
 }
 
 #[cfg(test)]
@@ -154,12 +117,7 @@ mod tests {
             peer_closed_ms: fin.then_some(6020),
             peer_reset_ms: None,
             replaced_before_use: None,
-            reuse: Attempt {
-                at_ms: 7100,
-                latency_ms: 1,
-                outcome,
-                error: (!outcome.is_ok()).then(|| "boom".into()),
-            },
+            reuse: Attempt { at_ms: 7100, latency_ms: 1, outcome, error: (!outcome.is_ok()).then(|| "boom".into()) },
             retry_after_reconnect: None,
             reconnects: 0,
             keepalive: false,
@@ -180,35 +138,15 @@ mod tests {
 
     #[test]
     fn each_verdict_follows_its_observations() {
-        assert_eq!(
-            judge(&obs(vec![conn(Outcome::Ok, false)])).0,
-            Verdict::Survived
-        );
-        assert_eq!(
-            judge(&obs(vec![
-                conn(Outcome::Ok, false),
-                conn(Outcome::Eof, true)
-            ]))
-            .0,
-            Verdict::IdleClosed
-        );
-        assert_eq!(
-            judge(&obs(vec![conn(Outcome::Reset, false)])).0,
-            Verdict::ResetOnReuse
-        );
+        assert_eq!(judge(&obs(vec![conn(Outcome::Ok, false)])).0, Verdict::Survived);
+        assert_eq!(judge(&obs(vec![conn(Outcome::Ok, false), conn(Outcome::Eof, true)])).0, Verdict::IdleClosed);
+        assert_eq!(judge(&obs(vec![conn(Outcome::Reset, false)])).0, Verdict::ResetOnReuse);
         assert_eq!(
             judge(&obs(vec![conn(Outcome::Reset, true)])).0,
             Verdict::IdleClosed,
             "a FIN first means the idle close did it"
         );
-        assert_eq!(
-            judge(&obs(vec![
-                conn(Outcome::Timeout, false),
-                conn(Outcome::Reset, false)
-            ]))
-            .0,
-            Verdict::Hung
-        );
+        assert_eq!(judge(&obs(vec![conn(Outcome::Timeout, false), conn(Outcome::Reset, false)])).0, Verdict::Hung);
         let mut c = conn(Outcome::Ok, true);
         c.replaced_before_use = Some("idle 7 s > max idle 3 s".into());
         let (v, why) = judge(&obs(vec![c]));
@@ -219,12 +157,8 @@ mod tests {
     #[test]
     fn a_failed_heartbeat_is_a_failed_request() {
         let mut c = conn(Outcome::Ok, true);
-        c.heartbeat_failure = Some(Attempt {
-            at_ms: 8000,
-            latency_ms: 0,
-            outcome: Outcome::Eof,
-            error: Some("closed".into()),
-        });
+        c.heartbeat_failure =
+            Some(Attempt { at_ms: 8000, latency_ms: 0, outcome: Outcome::Eof, error: Some("closed".into()) });
         assert_eq!(judge(&obs(vec![c])).0, Verdict::IdleClosed);
     }
 }

@@ -7,18 +7,10 @@ fn expect_refused(file: &str, line_col: &str, words: &[&str]) {
     let out = tempdir();
     let target = out.path().join("run");
     let path = fixture(&format!("bad/{file}"));
-    let o = run(&[
-        "run",
-        path.to_str().unwrap(),
-        "--out",
-        target.to_str().unwrap(),
-    ]);
+    let o = run(&["run", path.to_str().unwrap(), "--out", target.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{file}: {}", text(&o));
-    assert!(
-        err.contains(&format!("{file}:{line_col}")),
-        "{file}: names the file, line and column: {err}"
-    );
+    assert!(err.contains(&format!("{file}:{line_col}")), "{file}: names the file, line and column: {err}");
     for w in words {
         assert!(err.contains(w), "{file}: mentions `{w}`: {err}");
     }
@@ -38,11 +30,7 @@ fn bare_duration() {
 
 #[test]
 fn unknown_mitigation() {
-    expect_refused(
-        "unknown-mitigation.yaml",
-        "9:",
-        &["istio-idle-timout", "istio-idle-timeout"],
-    );
+    expect_refused("unknown-mitigation.yaml", "9:", &["istio-idle-timout", "istio-idle-timeout"]);
 }
 
 #[test]
@@ -52,11 +40,7 @@ fn unknown_verdict() {
 
 #[test]
 fn sidecar_mitigation_without_sidecar() {
-    expect_refused(
-        "no-sidecar.yaml",
-        "8:",
-        &["exclude-outbound-ports", "no `sidecar` hop"],
-    );
+    expect_refused("no-sidecar.yaml", "8:", &["exclude-outbound-ports", "no `sidecar` hop"]);
 }
 
 #[test]
@@ -66,28 +50,11 @@ fn not_yaml() {
 
 #[test]
 fn a_time_scale_that_flips_an_ordering_is_refused_naming_the_pair() {
-    expect_refused(
-        "flipping-scale.yaml",
-        "9:",
-        &["time scale 1200", "path[0].sidecar.idle_timeout", "`idle`"],
-    );
+    expect_refused("flipping-scale.yaml", "9:", &["time scale 1200", "path[0].sidecar.idle_timeout", "`idle`"]);
     // The same from the command line, on a shipped scenario.
-    let o = run(&[
-        "run",
-        "redis-idle",
-        "--mitigation",
-        "none",
-        "--time-scale",
-        "1200",
-        "--out",
-        "/nonexistent/x",
-    ]);
+    let o = run(&["run", "redis-idle", "--mitigation", "none", "--time-scale", "1200", "--out", "/nonexistent/x"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("breaks the ordering"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("breaks the ordering"), "{}", text(&o));
 }
 
 #[test]
@@ -95,10 +62,7 @@ fn unknown_scenario_name_lists_the_shipped_ones() {
     let o = run(&["run", "redis-idel"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("no scenario named `redis-idel`") && err.contains("redis-idle"),
-        "{err}"
-    );
+    assert!(err.contains("no scenario named `redis-idel`") && err.contains("redis-idle"), "{err}");
 }
 
 #[test]
@@ -118,12 +82,6 @@ fn every_shipped_scenario_is_valid() {
     let o = run(&["check"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("redis-idle: ok") && out.contains("redis-idle-passthrough: ok"),
-        "{out}"
-    );
-    assert!(
-        out.contains("decides nothing on this path"),
-        "the clamped keepalive interval is reported: {out}"
-    );
+    assert!(out.contains("redis-idle: ok") && out.contains("redis-idle-passthrough: ok"), "{out}");
+    assert!(out.contains("decides nothing on this path"), "the clamped keepalive interval is reported: {out}");
 }

@@ -29,10 +29,7 @@ fn ctrl_c_in_the_idle_phase_removes_everything() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = String::new();
     loop {
-        let line = lines
-            .next()
-            .expect("the run reaches the idle phase")
-            .unwrap();
+        let line = lines.next().expect("the run reaches the idle phase").unwrap();
         seen.push_str(&line);
         seen.push('\n');
         if line.contains(": phase idle ") {
@@ -40,10 +37,7 @@ fn ctrl_c_in_the_idle_phase_removes_everything() {
         }
     }
     // While idle: the lab exists.
-    assert!(
-        !leftovers(pid).is_empty(),
-        "the lab should be up while idle:\n{seen}"
-    );
+    assert!(!leftovers(pid).is_empty(), "the lab should be up while idle:\n{seen}");
     nix_kill(pid, libc::SIGINT);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{seen}");
@@ -54,30 +48,17 @@ fn ctrl_c_in_the_idle_phase_removes_everything() {
 fn a_panic_in_a_cell_removes_everything() {
     require_lab();
     let out = tempdir();
-    let o = idlelab(&[
-        "run",
-        "redis-idle",
-        "--mitigation",
-        "none",
-        "--out",
-        out.path().to_str().unwrap(),
-    ])
-    .env("IDLELAB_FAULT", "panic-after-setup")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let o = idlelab(&["run", "redis-idle", "--mitigation", "none", "--out", out.path().to_str().unwrap()])
+        .env("IDLELAB_FAULT", "panic-after-setup")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = o.id();
     let o = o.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let s = summary(out.path());
-    assert!(
-        cell(&s, "none")["error"]
-            .as_str()
-            .unwrap()
-            .contains("panicked"),
-        "{s}"
-    );
+    assert!(cell(&s, "none")["error"].as_str().unwrap().contains("panicked"), "{s}");
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }
 

@@ -11,18 +11,20 @@ use std::net::Ipv4Addr;
 fn generated_sidecar_bootstraps_pass_envoy_validate() {
     let envoy = envoy_bin().expect("Envoy not found: run `just setup` or set ENVOY_BIN");
     let dir = common::tempdir();
-    for (route, timeout, excluded) in [
-        (Route::Service, 6, vec![]),
-        (Route::Passthrough, 0, vec![6379]),
-    ] {
+    for (route, timeout, excluded) in [(Route::Service, 6, vec![]), (Route::Passthrough, 0, vec![6379])] {
         let hop = SidecarHop {
             idle_timeout: Dur::secs(timeout),
             route,
             exclude_outbound_ports: excluded,
+            exclude_outbound_ip_ranges: vec!["198.18.0.0/15".into()],
+            upstream_keepalive: Some(idlelab::scenario::Keepalive {
+                time: Dur::secs(2),
+                interval: Dur::secs(1),
+                probes: 3,
+            }),
+            service_idle_timeout: Some(Dur::secs(3)),
         };
-        let files = EnvoyFiles {
-            dir: dir.path().to_path_buf(),
-        };
+        let files = EnvoyFiles { dir: dir.path().to_path_buf() };
         let config = sidecar::bootstrap(&hop, "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
         let path = dir.path().join(format!("{route:?}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();

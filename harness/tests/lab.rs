@@ -8,12 +8,7 @@ fn redis_idle_reproduces_the_sidecar_idle_close_and_each_mitigation() {
     require_lab();
     let out = tempdir();
     let o = run(&["run", "redis-idle", "--out", out.path().to_str().unwrap()]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "every cell must match:\n{}",
-        text(&o)
-    );
+    assert_eq!(o.status.code(), Some(0), "every cell must match:\n{}", text(&o));
     let s = summary(out.path());
     assert_eq!(s["schema_version"], 1);
     assert_eq!(s["backend"], "local");
@@ -22,53 +17,22 @@ fn redis_idle_reproduces_the_sidecar_idle_close_and_each_mitigation() {
     // Baseline: Envoy's idle timeout fired (its counter, its access log) and the client saw it.
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "idle-closed", "{none}");
-    assert!(
-        counter(none, ".idle_timeout") >= 4,
-        "Envoy's idle_timeout counter: {none}"
-    );
-    let log = none["evidence"]["lab"]["envoy_access_log"]
-        .as_array()
-        .unwrap();
-    assert!(
-        log.iter()
-            .any(|l| l["close_reason"] == "tcp_session_idle_timeout"),
-        "{log:?}"
-    );
-    let conns = none["evidence"]["observations"]["connections"]
-        .as_array()
-        .unwrap();
-    assert!(
-        conns.iter().all(|c| c["peer_closed_ms"].is_u64()),
-        "FIN seen while idle on every connection: {conns:?}"
-    );
-    assert!(
-        conns
-            .iter()
-            .all(|c| c["retry_after_reconnect"]["outcome"] == "ok"),
-        "the server itself was fine"
-    );
+    assert!(counter(none, ".idle_timeout") >= 4, "Envoy's idle_timeout counter: {none}");
+    let log = access_log(none);
+    assert!(log.iter().any(|l| l["close_reason"] == "tcp_session_idle_timeout"), "{log:?}");
+    let conns = none["evidence"]["observations"]["connections"].as_array().unwrap();
+    assert!(conns.iter().all(|c| c["peer_closed_ms"].is_u64()), "FIN seen while idle on every connection: {conns:?}");
+    assert!(conns.iter().all(|c| c["retry_after_reconnect"]["outcome"] == "ok"), "the server itself was fine");
 
     // Client-side: keepalive is really on the app's socket, and Envoy still closes.
     let ka = cell(&s, "app-keepalive");
     assert_eq!(ka["verdict"], "idle-closed", "{ka}");
     assert!(counter(ka, ".idle_timeout") >= 4, "{ka}");
-    let sockets = ka["evidence"]["lab"]["sockets"].as_array().unwrap();
-    let app_sockets_with_timer = sockets
-        .iter()
-        .flat_map(|snap| snap["sockets"].as_array().unwrap())
-        .filter(|sock| sock["process"] == "idlelab" && sock["keepalive"] == true)
-        .count();
-    assert!(
-        app_sockets_with_timer >= 4,
-        "the app's sockets must show timer:(keepalive…): {sockets:?}"
-    );
-    assert!(
-        ka["evidence"]["observations"]["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["keepalive"] == true)
-    );
+    let app = sockets(ka, "app", None);
+    let app_sockets_with_timer =
+        app.iter().filter(|sock| sock["process"] == "idlelab" && sock["keepalive"] == true).count();
+    assert!(app_sockets_with_timer >= 4, "the app's sockets must show timer:(keepalive…): {app:?}");
+    assert!(ka["evidence"]["observations"]["connections"].as_array().unwrap().iter().all(|c| c["keepalive"] == true));
 
     // Envoy knobs.
     for m in ["istio-idle-timeout", "envoyfilter-idle-timeout"] {
@@ -79,104 +43,60 @@ fn redis_idle_reproduces_the_sidecar_idle_close_and_each_mitigation() {
     // Capture rule: the connection never passed through Envoy.
     let excl = cell(&s, "exclude-outbound-ports");
     assert_eq!(excl["verdict"], "survived", "{excl}");
-    assert_eq!(
-        counter(
-            excl,
-            "outbound|6379||redis.idlelab.svc.cluster.local.downstream_cx_total"
-        ),
-        0,
-        "{excl}"
-    );
+    assert_eq!(counter(excl, "outbound|6379||redis.idlelab.svc.cluster.local.downstream_cx_total"), 0, "{excl}");
     // Pool and heartbeat.
     let pool = cell(&s, "pool-max-idle");
     assert_eq!(pool["verdict"], "recovered", "{pool}");
     let hb = cell(&s, "app-heartbeat");
     assert_eq!(hb["verdict"], "survived", "{hb}");
-    assert!(
-        hb["evidence"]["observations"]["connections"][0]["heartbeats"]
-            .as_u64()
-            .unwrap()
-            >= 2,
-        "{hb}"
-    );
-    assert!(
-        std::fs::read_to_string(out.path().join("summary.md"))
-            .unwrap()
-            .contains("| `none` |")
-    );
+    assert!(hb["evidence"]["observations"]["connections"][0]["heartbeats"].as_u64().unwrap() >= 2, "{hb}");
+    assert!(std::fs::read_to_string(out.path().join("summary.md")).unwrap().contains("| `none` |"));
 }
 
 #[test]
 fn redis_idle_passthrough_goes_through_passthrough_cluster() {
     require_lab();
     let out = tempdir();
-    let o = run(&[
-        "run",
-        "redis-idle-passthrough",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = run(&["run", "redis-idle-passthrough", "--out", out.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let s = summary(out.path());
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "idle-closed");
-    assert!(
-        counter(none, "tcp.PassthroughCluster.idle_timeout") >= 4,
-        "{none}"
-    );
+    assert!(counter(none, "tcp.PassthroughCluster.idle_timeout") >= 4, "{none}");
     let ef = cell(&s, "envoyfilter-idle-timeout");
-    assert!(
-        counter(ef, "tcp.PassthroughCluster.downstream_cx_total") >= 4,
-        "went through the passthrough chain: {ef}"
-    );
+    assert!(counter(ef, "tcp.PassthroughCluster.downstream_cx_total") >= 4, "went through the passthrough chain: {ef}");
 }
 
 #[test]
 fn verdicts_follow_the_physics_not_the_names() {
     require_lab();
     let out = tempdir();
-    let o = run(&[
-        "run",
-        fixture("physics-short-idle.yaml").to_str().unwrap(),
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = run(&["run", fixture("physics-short-idle.yaml").to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let s = summary(out.path());
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "survived", "idle 50m < timeout 1h: {none}");
     assert_eq!(counter(none, ".idle_timeout"), 0);
     let lowered = cell(&s, "istio-idle-timeout");
-    assert_eq!(
-        lowered["verdict"], "idle-closed",
-        "a 40m timeout fires in a 50m idle: {lowered}"
-    );
+    assert_eq!(lowered["verdict"], "idle-closed", "a 40m timeout fires in a 50m idle: {lowered}");
 }
 
 #[test]
 fn a_cell_that_does_not_match_exits_1_and_cleans_up() {
     require_lab();
     let out = tempdir();
-    let child = idlelab(&[
-        "run",
-        fixture("wrong-expectation.yaml").to_str().unwrap(),
-        "--out",
-        out.path().to_str().unwrap(),
-    ])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child =
+        idlelab(&["run", fixture("wrong-expectation.yaml").to_str().unwrap(), "--out", out.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
     let pid = child.id();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let s = summary(out.path());
     assert_eq!(s["pass"], false);
     assert_eq!(cell(&s, "none")["verdict"], "idle-closed");
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("FAIL none"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL none"), "{}", text(&o));
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }

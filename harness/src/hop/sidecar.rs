@@ -13,7 +13,8 @@
 //! carry no bytes and end at Envoy's own socket, so they never reset that timer.
 
 use crate::duration::Dur;
-use crate::knobs::{KnobDuration, Precision};
+use crate::knobs::{KnobDuration, Precision, Role};
+use crate::scenario::Keepalive;
 use serde::{Deserialize, Serialize};
 
 fn istio_default_idle_timeout() -> Dur {
@@ -39,23 +40,68 @@ pub struct SidecarHop {
     pub idle_timeout: Dur,
     #[serde(default)]
     pub route: Route,
+    /// Keepalive on Envoy's upstream sockets (`upstream_connection_options.tcp_keepalive`),
+    /// as a mesh-wide `meshConfig.tcpKeepalive` would set it; the `dr-tcp-keepalive`
+    /// mitigation sets it for the service's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_keepalive: Option<Keepalive>,
     /// Ports whose outbound traffic is not captured: only the `exclude-outbound-ports`
     /// mitigation sets them, so a scenario cannot hide a mitigation in its path.
     #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub exclude_outbound_ports: Vec<u16>,
+    /// Destination ranges whose outbound traffic is not captured (`exclude-outbound-ip-ranges`).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_outbound_ip_ranges: Vec<String>,
+    /// The service chain's own idle timeout, from a DestinationRule `connectionPool.tcp.idleTimeout`
+    /// (`dr-idle-timeout`); the passthrough chain and other pods keep `idle_timeout`.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub service_idle_timeout: Option<Dur>,
+}
+
+impl Default for SidecarHop {
+    fn default() -> Self {
+        SidecarHop {
+            idle_timeout: istio_default_idle_timeout(),
+            route: Route::Service,
+            upstream_keepalive: None,
+            exclude_outbound_ports: vec![],
+            exclude_outbound_ip_ranges: vec![],
+            service_idle_timeout: None,
+        }
+    }
 }
 
 impl SidecarHop {
     pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
-        if self.idle_timeout.is_zero() {
-            return vec![];
+        let mut out = Vec::new();
+        if !self.idle_timeout.is_zero() {
+            out.push(KnobDuration {
+                label: format!("path[{index}].sidecar.idle_timeout"),
+                value: &mut self.idle_timeout,
+                precision: Precision::Millis,
+                role: Role::Timeout { refreshed_by_probes: false },
+            });
         }
-        vec![KnobDuration {
-            label: format!("path[{index}].sidecar.idle_timeout"),
-            value: &mut self.idle_timeout,
-            precision: Precision::Millis,
-            deciding: true,
-        }]
+        if let Some(t) = self.service_idle_timeout.as_mut().filter(|t| !t.is_zero()) {
+            out.push(KnobDuration {
+                label: format!("path[{index}].sidecar.service_idle_timeout"),
+                value: t,
+                precision: Precision::Millis,
+                role: Role::Timeout { refreshed_by_probes: false },
+            });
+        }
+        if let Some(ka) = self.upstream_keepalive.as_mut() {
+            out.extend(ka.durations_mut(&format!("path[{index}].sidecar.upstream_keepalive")));
+        }
+        out
+    }
+
+    /// The idle timeout of the chain the app's connection takes.
+    pub fn effective_idle_timeout(&self) -> Dur {
+        match (self.route, self.service_idle_timeout) {
+            (Route::Service, Some(t)) => t,
+            _ => self.idle_timeout,
+        }
     }
 
     /// Envoy's stat prefix for the chain the app's connection takes, as Istio names it.

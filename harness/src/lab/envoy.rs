@@ -13,8 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ENVOY_UID: u32 = 1337;
-pub const TCP_PROXY: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 /// Where the Envoy binary is: `$ENVOY_BIN`, then what `just setup` installed, then `$PATH`.
 pub fn envoy_bin() -> Option<PathBuf> {
@@ -29,11 +28,7 @@ pub fn envoy_bin() -> Option<PathBuf> {
 }
 
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
 }
 
 /// Envoy's duration format: `"6.000s"`.
@@ -73,6 +68,15 @@ pub fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Dur, access_log
     })
 }
 
+/// `upstream_connection_options` with TCP keepalive (Envoy takes whole seconds here).
+pub fn upstream_keepalive(ka: crate::scenario::Keepalive) -> Value {
+    json!({"tcp_keepalive": {
+        "keepalive_time": ka.time.0.as_secs().max(1),
+        "keepalive_interval": ka.interval.0.as_secs().max(1),
+        "keepalive_probes": ka.probes
+    }})
+}
+
 pub fn static_cluster(name: &str, addr: &str, port: u16) -> Value {
     json!({
         "name": name,
@@ -82,12 +86,7 @@ pub fn static_cluster(name: &str, addr: &str, port: u16) -> Value {
     })
 }
 
-pub fn bootstrap(
-    node_id: &str,
-    admin_socket: &Path,
-    listeners: Vec<Value>,
-    clusters: Vec<Value>,
-) -> Value {
+pub fn bootstrap(node_id: &str, admin_socket: &Path, listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
     json!({
         "node": {"id": node_id, "cluster": "idlelab"},
         "admin": {"address": {"pipe": {"path": admin_socket}}},
@@ -124,12 +123,7 @@ impl EnvoyFiles {
 }
 
 impl Envoy {
-    pub async fn start(
-        name: &str,
-        files: EnvoyFiles,
-        config: &Value,
-        netns: &Path,
-    ) -> Result<Envoy> {
+    pub async fn start(name: &str, files: EnvoyFiles, config: &Value, netns: &Path) -> Result<Envoy> {
         let bin = envoy_bin().context("Envoy not found: run `just setup` or set ENVOY_BIN")?;
         std::fs::write(files.bootstrap(), serde_json::to_vec_pretty(config)?)?;
         let mut cmd = tokio::process::Command::new(&bin);
@@ -150,12 +144,7 @@ impl Envoy {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let process = spawn(name, cmd, netns, Some(ENVOY_UID))?;
-        let mut envoy = Envoy {
-            process,
-            admin: files.admin(),
-            access_log: files.access_log(),
-            log: files.log(),
-        };
+        let mut envoy = Envoy { process, admin: files.admin(), access_log: files.access_log(), log: files.log() };
         envoy.wait_ready().await?;
         Ok(envoy)
     }
@@ -165,11 +154,7 @@ impl Envoy {
         loop {
             if let Some(status) = self.process.exited() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                bail!(
-                    "{} exited during start-up ({status}): {}",
-                    self.process.name,
-                    last_lines(&log, 5)
-                );
+                bail!("{} exited during start-up ({status}): {}", self.process.name, last_lines(&log, 5));
             }
             if let Ok(body) = admin_get(&self.admin, "/ready").await {
                 if body.trim() == "LIVE" {
@@ -217,10 +202,7 @@ fn last_lines(s: &str, n: usize) -> String {
 /// Envoy answers HTTP/1.0 with 426).
 pub async fn admin_get(socket: &Path, path: &str) -> Result<String> {
     let mut s = tokio::net::UnixStream::connect(socket).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
@@ -228,10 +210,7 @@ pub async fn admin_get(socket: &Path, path: &str) -> Result<String> {
     if !head.starts_with("HTTP/1.1 200") {
         bail!("admin {path}: {}", head.lines().next().unwrap_or(""));
     }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         return Ok(dechunk(body));
     }
     Ok(body.to_string())

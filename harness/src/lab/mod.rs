@@ -1,24 +1,26 @@
 //! The local backend: one cell = its own network namespaces, processes and temp dir.
 //!
 //! ```text
-//!   netns idlelab-<pid>-c<n>-app                       netns idlelab-<pid>-c<n>-srv
-//!   ┌────────────────────────────────┐   veth /30    ┌─────────────────────────┐
-//!   │ idlelab probe  [+ sidecar Envoy]│──────────────│ redis-server            │
-//!   │ 198.18.x.y+1                    │              │ 198.18.x.y+2            │
-//!   └────────────────────────────────┘               └─────────────────────────┘
+//!   netns …-app                      netns …-mb1 (one per middlebox)        netns …-srv
+//!   ┌────────────────────────────┐   ┌──────────────────────────┐   ┌─────────────────────┐
+//!   │ idlelab probe              │──▶│ forward + conntrack      │──▶│ redis-server        │
+//!   │ [sidecar Envoy + capture]  │   │ forgets idle flows       │   │                     │
+//!   └────────────────────────────┘   └──────────────────────────┘   └─────────────────────┘
 //! ```
 //!
 //! Addresses come from 198.18.0.0/15 (RFC 2544, for benchmarking labs) and exist only inside
-//! the cell's namespaces: the host namespace gets no lab address, route or rule. Everything a
-//! cell creates is owned by a guard whose `Drop` removes it, so success, failure, Ctrl-C and
-//! panics all clean up the same way.
+//! the cell's namespaces (`topology`): the host namespace gets no lab address, route or rule.
+//! Everything a cell creates is owned by a guard whose `Drop` removes it, so success,
+//! failure, Ctrl-C and panics all clean up the same way.
 
 pub mod envoy;
+pub mod middlebox;
 pub mod netns;
 pub mod process;
 pub mod redis_server;
 pub mod sidecar;
 pub mod sockets;
+pub mod topology;
 
 use crate::events::Phase;
 use crate::hop::Hop;
@@ -26,32 +28,43 @@ use crate::knobs::Knobs;
 use crate::probe::observation::Observations;
 use crate::probe::{KeepaliveSecs, ProbeLine, ProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
-use netns::Netns;
+use middlebox::MiddleboxView;
 use serde::Serialize;
 use serde_json::Value;
 use sockets::SocketSnapshot;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use topology::Topology;
 
 static CELL_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// What one Envoy of the path recorded.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EnvoyEvidence {
+    /// `sidecar`, …
+    pub role: String,
+    /// Non-zero counters about connections and idle timeouts.
+    pub counters: BTreeMap<String, u64>,
+    /// One JSON object per closed connection (duration, response flags, close reason).
+    pub access_log: Vec<Value>,
+}
 
 /// What the local lab recorded besides the probe's observations.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LabEvidence {
     pub namespaces: Vec<String>,
     pub addresses: BTreeMap<String, String>,
-    /// Envoy counters of the sidecar (non-zero ones about connections and idle timeouts).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub envoy_counters: BTreeMap<String, u64>,
-    /// The sidecar's access log: one JSON object per closed connection.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub envoy_access_log: Vec<Value>,
-    /// `ss` in the app namespace after warm-up and just before the reuse.
+    pub envoys: Vec<EnvoyEvidence>,
+    /// `ss` in the namespaces with sockets, after warm-up and just before the reuse.
     pub sockets: Vec<SocketSnapshot>,
+    /// Each middlebox's conntrack entries and forgotten-segment counter, after warm-up,
+    /// before and after the reuse.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub middleboxes: Vec<MiddleboxView>,
     pub setup_ms: u64,
     pub teardown_ms: u64,
 }
@@ -63,9 +76,9 @@ pub struct CellOutcome {
 
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
 struct CellLab {
-    envoy: Option<envoy::Envoy>,
+    envoys: Vec<(String, envoy::Envoy)>,
     server: Option<redis_server::RedisServer>,
-    namespaces: Vec<Netns>,
+    topology: Topology,
     dir: tempfile::TempDir,
 }
 
@@ -75,13 +88,31 @@ impl CellLab {
         drop(self);
         t.elapsed().as_millis() as u64
     }
+
+    /// Sockets in every namespace that has some, and every middlebox's view.
+    fn snapshot(&self, knobs: &Knobs, moment: &str, evidence: &mut LabEvidence) {
+        for node in &self.topology.nodes {
+            if node.role.starts_with("mb") {
+                if let Some(Hop::Middlebox(_)) = hop_of(knobs, &node.role) {
+                    evidence.middleboxes.push(middlebox::snapshot(&node.netns, &node.role, moment));
+                }
+            } else if moment != "after-reuse" {
+                evidence.sockets.push(sockets::snapshot(&node.netns, &node.role, moment));
+            }
+        }
+    }
 }
 
-fn link_addrs(seq: u32, link: u32) -> (Ipv4Addr, Ipv4Addr) {
-    // 512 cells × 64 /30 links in 198.18.0.0/15.
-    let cell = seq % 512;
-    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + cell * 256 + link * 4;
-    (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
+/// The node role of each path hop that has its own namespace: `mb<index>`.
+fn node_role(index: usize, hop: &Hop) -> Option<String> {
+    match hop {
+        Hop::Middlebox(_) => Some(format!("mb{index}")),
+        Hop::Sidecar(_) => None,
+    }
+}
+
+fn hop_of<'a>(knobs: &'a Knobs, role: &str) -> Option<&'a Hop> {
+    knobs.path.iter().enumerate().find(|(i, h)| node_role(*i, h).as_deref() == Some(role)).map(|(_, h)| h)
 }
 
 fn probe_spec(knobs: &Knobs, target: String) -> ProbeSpec {
@@ -98,6 +129,7 @@ fn probe_spec(knobs: &Knobs, target: String) -> ProbeSpec {
         idle_ms: ms(knobs.idle),
         heartbeat_ms: knobs.client.heartbeat.map(ms),
         pool_max_idle_ms: knobs.client.pool_max_idle.map(ms),
+        tcp_user_timeout_ms: knobs.client.tcp_user_timeout.map(ms),
         request_timeout_ms: ms(knobs.client.request_timeout),
     }
 }
@@ -109,61 +141,41 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
     let seq = CELL_SEQ.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     let tag = format!("{}{pid}-c{seq}", netns::PREFIX);
-    let (app_ip, srv_ip) = link_addrs(seq, 0);
     let port = knobs.service.port();
 
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{tag}-"))
-        .tempdir()
-        .context("creating the cell's temp dir")?;
+    let dir = tempfile::Builder::new().prefix(&format!("{tag}-")).tempdir().context("creating the cell's temp dir")?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let names = [format!("{tag}-app"), format!("{tag}-srv")];
-    let namespaces = tokio::task::spawn_blocking(move || -> Result<Vec<Netns>> {
-        let app = Netns::create(names[0].clone())?;
-        let srv = Netns::create(names[1].clone())?;
-        app.ip_batch(&[
-            format!("link add eth0 type veth peer name eth0 netns {}", srv.name),
-            format!("addr add {app_ip}/30 dev eth0"),
-            "link set eth0 up".into(),
-            "link set lo up".into(),
-        ])?;
-        srv.ip_batch(&[
-            format!("addr add {srv_ip}/30 dev eth0"),
-            "link set eth0 up".into(),
-            "link set lo up".into(),
-        ])?;
-        Ok(vec![app, srv])
-    })
-    .await??;
-    let mut lab = CellLab {
-        envoy: None,
-        server: None,
-        namespaces,
-        dir,
+    let mut roles = vec!["app".to_string()];
+    roles.extend(knobs.path.iter().enumerate().filter_map(|(i, h)| node_role(i, h)));
+    roles.push("srv".into());
+    let topology = {
+        let tag = tag.clone();
+        tokio::task::spawn_blocking(move || Topology::build(&tag, seq, &roles)).await??
     };
-    let (app, srv) = (&lab.namespaces[0], &lab.namespaces[1]);
+    let mut lab = CellLab { envoys: Vec::new(), server: None, topology, dir };
+    let srv_ip = lab.topology.server().toward_app.expect("the server has an address");
     let mut evidence = LabEvidence {
-        namespaces: lab.namespaces.iter().map(|n| n.name.clone()).collect(),
-        addresses: BTreeMap::from([
-            ("app".into(), app_ip.to_string()),
-            ("server".into(), srv_ip.to_string()),
-        ]),
+        namespaces: lab.topology.nodes.iter().map(|n| n.netns.name.clone()).collect(),
+        addresses: lab
+            .topology
+            .nodes
+            .iter()
+            .map(|n| {
+                let ip = n.toward_app.unwrap_or_else(|| topology::link_addrs(seq, 0).0);
+                (n.role.clone(), ip.to_string())
+            })
+            .collect(),
         ..Default::default()
     };
 
     let server_dir = lab.dir.path().join("server");
     std::fs::create_dir(&server_dir)?;
     lab.server = Some(
-        redis_server::start(
-            &server_dir,
-            port,
-            &srv.path(),
-            &format!("{tag} redis-server"),
-        )
-        .await?,
+        redis_server::start(&server_dir, port, &lab.topology.server().netns.path(), &format!("{tag} redis-server"))
+            .await?,
     );
 
-    for hop in &knobs.path {
+    for (i, hop) in knobs.path.iter().enumerate() {
         match hop {
             Hop::Sidecar(h) => {
                 let dir = lab.dir.path().join("sidecar");
@@ -171,10 +183,14 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
                 let files = envoy::EnvoyFiles { dir };
                 let name = format!("{tag} sidecar envoy");
-                lab.envoy = Some(
-                    sidecar::start(h, knobs.service.name(), srv_ip, port, files, app, &name)
-                        .await?,
-                );
+                let app = &lab.topology.app().netns;
+                let envoy = sidecar::start(h, knobs.service.name(), srv_ip, port, files, app, &name).await?;
+                lab.envoys.push(("sidecar".into(), envoy));
+            }
+            Hop::Middlebox(h) => {
+                let role = node_role(i, hop).expect("a middlebox has a node");
+                let ns = &lab.topology.node(&role).netns;
+                middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
             }
         }
     }
@@ -192,7 +208,7 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::from(stderr));
-    let mut probe = process::spawn(&format!("{tag} probe"), cmd, &app.path(), None)?;
+    let mut probe = process::spawn(&format!("{tag} probe"), cmd, &lab.topology.app().netns.path(), None)?;
     let mut stdin = probe.child.stdin.take().expect("piped");
     stdin.write_all(&serde_json::to_vec(&spec)?).await?;
     drop(stdin);
@@ -209,7 +225,7 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
                         "idle" => {
                             let ms = idle_ms.unwrap_or(0);
                             phase(Phase::Idle { ms });
-                            evidence.sockets.push(sockets::snapshot(app, "app", "after-warm"));
+                            lab.snapshot(knobs, "after-warm", &mut evidence);
                             let margin = (ms / 4).min(300);
                             snapshot_at = Some(tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(margin)));
                         }
@@ -223,51 +239,28 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
             }
             _ = async { tokio::time::sleep_until(snapshot_at.expect("guarded")).await }, if snapshot_at.is_some() => {
                 snapshot_at = None;
-                evidence.sockets.push(sockets::snapshot(app, "app", "before-reuse"));
+                lab.snapshot(knobs, "before-reuse", &mut evidence);
             }
         }
     }
     let status = probe.child.wait().await?;
-    let observations =
-        observations.ok_or_else(|| anyhow!("the probe exited ({status}) without observations"))?;
+    let observations = observations.ok_or_else(|| anyhow!("the probe exited ({status}) without observations"))?;
 
-    if let Some(envoy) = &lab.envoy {
-        evidence.envoy_counters = envoy
-            .counters(&[
-                "idle_timeout",
-                "downstream_cx_total",
-                "upstream_cx_total",
-                "upstream_cx_destroy",
-            ])
-            .await
-            .unwrap_or_default();
-        // The access logger flushes every 100 ms; the last connections closed when the probe exited.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        evidence.envoy_access_log = envoy.access_log_entries();
+    lab.snapshot(knobs, "after-reuse", &mut evidence);
+    // The access loggers flush every 100 ms; the last connections closed when the probe exited.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for (role, envoy) in &lab.envoys {
+        evidence.envoys.push(EnvoyEvidence {
+            role: role.clone(),
+            counters: envoy
+                .counters(&["idle_timeout", "downstream_cx_total", "upstream_cx_total", "upstream_cx_destroy"])
+                .await
+                .unwrap_or_default(),
+            access_log: envoy.access_log_entries(),
+        });
     }
     phase(Phase::Teardown);
     drop(probe);
     evidence.teardown_ms = tokio::task::spawn_blocking(move || lab.teardown()).await?;
-    Ok(CellOutcome {
-        observations,
-        evidence,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cells_get_distinct_subnets_inside_198_18_0_0_15() {
-        let (a, b) = link_addrs(0, 0);
-        assert_eq!(
-            (a, b),
-            (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2))
-        );
-        let (c, _) = link_addrs(300, 1);
-        assert_eq!(c, Ipv4Addr::new(198, 19, 44, 5));
-        let (d, _) = link_addrs(511, 63);
-        assert!(d.octets()[0] == 198 && d.octets()[1] == 19);
-    }
+    Ok(CellOutcome { observations, evidence })
 }

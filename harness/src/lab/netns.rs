@@ -16,8 +16,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn create(name: String) -> Result<Netns> {
-        run("ip", &["netns", "add", &name], None)
-            .with_context(|| format!("creating network namespace {name}"))?;
+        run("ip", &["netns", "add", &name], None).with_context(|| format!("creating network namespace {name}"))?;
         Ok(Netns { name })
     }
 
@@ -42,8 +41,7 @@ impl Netns {
 
     /// Write a sysctl of this namespace (`net.*` keys are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")], None)
-            .map(|_| ())
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")], None).map(|_| ())
     }
 }
 
@@ -56,31 +54,17 @@ impl Drop for Netns {
 pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| {
-            format!("cannot run `{program}`; `idlelab doctor` lists what is missing")
-        })?;
+        .with_context(|| format!("cannot run `{program}`; `idlelab doctor` lists what is missing"))?;
     if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(text.as_bytes())?;
+        child.stdin.take().expect("piped stdin").write_all(text.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

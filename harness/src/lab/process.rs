@@ -28,10 +28,7 @@ pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Re
                 return Err(std::io::Error::last_os_error());
             }
             if let Some(uid) = uid {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0
-                {
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -45,11 +42,7 @@ pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Re
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
     drop(ns);
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    Ok(LabProcess {
-        name: name.to_string(),
-        pid,
-        child,
-    })
+    Ok(LabProcess { name: name.to_string(), pid, child })
 }
 
 impl LabProcess {

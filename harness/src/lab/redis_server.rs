@@ -24,44 +24,23 @@ pub async fn start(dir: &Path, port: u16, netns: &Path, name: &str) -> Result<Re
     let bin = redis_bin().context("redis-server not found: run `just setup`")?;
     let socket = dir.join("redis.sock");
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args([
-        "--bind",
-        "0.0.0.0",
-        "--port",
-        &port.to_string(),
-        "--protected-mode",
-        "no",
-    ])
-    .args([
-        "--tcp-keepalive",
-        "0",
-        "--timeout",
-        "0",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ])
-    .arg("--unixsocket")
-    .arg(&socket)
-    .arg("--dir")
-    .arg(dir)
-    .arg("--logfile")
-    .arg(dir.join("redis.log"))
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    cmd.args(["--bind", "0.0.0.0", "--port", &port.to_string(), "--protected-mode", "no"])
+        .args(["--tcp-keepalive", "0", "--timeout", "0", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut process = spawn(name, cmd, netns, None)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = process.exited() {
             let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-            bail!(
-                "redis-server exited during start-up ({status}): {}",
-                log.lines().last().unwrap_or("")
-            );
+            bail!("redis-server exited during start-up ({status}): {}", log.lines().last().unwrap_or(""));
         }
         if ping(&socket).await.is_ok() {
             return Ok(RedisServer { process, socket });

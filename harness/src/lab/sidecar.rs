@@ -32,23 +32,14 @@ pub fn names(hop: &SidecarHop, service: &str, port: u16) -> SidecarNames {
         Route::Service => service_cluster.clone(),
         Route::Passthrough => "PassthroughCluster".into(),
     };
-    SidecarNames {
-        service_cluster,
-        stat_prefix,
-    }
+    SidecarNames { service_cluster, stat_prefix }
 }
 
 /// The sidecar's Envoy bootstrap, as Istio would shape its outbound side.
-pub fn bootstrap(
-    hop: &SidecarHop,
-    service: &str,
-    server: Ipv4Addr,
-    port: u16,
-    files: &EnvoyFiles,
-) -> Value {
+pub fn bootstrap(hop: &SidecarHop, service: &str, server: Ipv4Addr, port: u16, files: &EnvoyFiles) -> Value {
     let n = names(hop, service, port);
     let log = files.access_log();
-    let passthrough = json!({
+    let mut passthrough = json!({
         "name": "PassthroughCluster",
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
@@ -67,39 +58,47 @@ pub fn bootstrap(
             "filters": [envoy::tcp_proxy("PassthroughCluster", "PassthroughCluster", hop.idle_timeout, &log)]
         }]
     })];
+    let keepalive = hop.upstream_keepalive.map(envoy::upstream_keepalive);
+    if let (Route::Passthrough, Some(ka)) = (hop.route, &keepalive) {
+        passthrough["upstream_connection_options"] = ka.clone();
+    }
     let mut clusters = vec![passthrough];
     if hop.route == Route::Service {
         listeners.push(json!({
             "name": format!("{server}_{port}"),
             "address": {"socket_address": {"address": server.to_string(), "port_value": port}},
             "bind_to_port": false,
-            "filter_chains": [{"filters": [envoy::tcp_proxy(&n.stat_prefix, &n.service_cluster, hop.idle_timeout, &log)]}]
+            "filter_chains": [{"filters": [
+                envoy::tcp_proxy(&n.stat_prefix, &n.service_cluster, hop.effective_idle_timeout(), &log)
+            ]}]
         }));
-        clusters.push(envoy::static_cluster(
-            &n.service_cluster,
-            &server.to_string(),
-            port,
-        ));
+        let mut cluster = envoy::static_cluster(&n.service_cluster, &server.to_string(), port);
+        if let Some(ka) = keepalive {
+            cluster["upstream_connection_options"] = ka;
+        }
+        clusters.push(cluster);
     }
     envoy::bootstrap("sidecar~idlelab-probe", &files.admin(), listeners, clusters)
 }
 
 /// The outbound capture, in the order istio-iptables builds ISTIO_OUTPUT.
 pub fn capture_ruleset(hop: &SidecarHop) -> String {
-    let excluded = if hop.exclude_outbound_ports.is_empty() {
-        String::new()
-    } else {
-        let ports = hop
-            .exclude_outbound_ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("    tcp dport {{ {ports} }} return comment \"excludeOutboundPorts\"\n")
-    };
+    let list = |items: Vec<String>| items.join(", ");
+    let mut rules = Vec::new();
+    if !hop.exclude_outbound_ports.is_empty() {
+        let ports = list(hop.exclude_outbound_ports.iter().map(u16::to_string).collect());
+        rules.push(format!("tcp dport {{ {ports} }} return comment \"excludeOutboundPorts\""));
+    }
+    rules.push(format!("meta skuid {} return comment \"Envoy's own traffic\"", envoy::ENVOY_UID));
+    rules.push("ip daddr 127.0.0.1 return".into());
+    if !hop.exclude_outbound_ip_ranges.is_empty() {
+        let ranges = list(hop.exclude_outbound_ip_ranges.clone());
+        rules.push(format!("ip daddr {{ {ranges} }} return comment \"excludeOutboundIPRanges\""));
+    }
+    rules.push(format!("meta l4proto tcp redirect to :{OUTBOUND_PORT}"));
+    let body: String = rules.iter().map(|r| format!("    {r}\n")).collect();
     format!(
-        "table ip idlelab_capture {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{excluded}    meta skuid {uid} return comment \"Envoy's own traffic\"\n    ip daddr 127.0.0.1 return\n    meta l4proto tcp redirect to :{OUTBOUND_PORT}\n  }}\n}}\n",
-        uid = envoy::ENVOY_UID
+        "table ip idlelab_capture {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{body}  }}\n}}\n"
     )
 }
 
@@ -126,46 +125,22 @@ mod tests {
     use crate::duration::Dur;
 
     fn hop(route: Route) -> SidecarHop {
-        SidecarHop {
-            idle_timeout: Dur::secs(6),
-            route,
-            exclude_outbound_ports: vec![],
-        }
+        SidecarHop { idle_timeout: Dur::secs(6), route, ..Default::default() }
     }
 
     #[test]
     fn service_route_adds_a_listener_and_cluster() {
-        let files = EnvoyFiles {
-            dir: "/tmp/x".into(),
-        };
-        let b = bootstrap(
-            &hop(Route::Service),
-            "redis",
-            Ipv4Addr::new(198, 18, 0, 2),
-            6379,
-            &files,
-        );
+        let files = EnvoyFiles { dir: "/tmp/x".into() };
+        let b = bootstrap(&hop(Route::Service), "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
         let listeners = b["static_resources"]["listeners"].as_array().unwrap();
         assert_eq!(listeners.len(), 2);
         assert_eq!(listeners[1]["name"], "198.18.0.2_6379");
         assert_eq!(listeners[1]["bind_to_port"], false);
         let tp = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(tp["idle_timeout"], "6.000s");
-        assert_eq!(
-            tp["stat_prefix"],
-            "outbound|6379||redis.idlelab.svc.cluster.local"
-        );
-        let b = bootstrap(
-            &hop(Route::Passthrough),
-            "redis",
-            Ipv4Addr::new(198, 18, 0, 2),
-            6379,
-            &files,
-        );
-        assert_eq!(
-            b["static_resources"]["listeners"].as_array().unwrap().len(),
-            1
-        );
+        assert_eq!(tp["stat_prefix"], "outbound|6379||redis.idlelab.svc.cluster.local");
+        let b = bootstrap(&hop(Route::Passthrough), "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
+        assert_eq!(b["static_resources"]["listeners"].as_array().unwrap().len(), 1);
     }
 
     #[test]
@@ -173,8 +148,10 @@ mod tests {
         let mut h = hop(Route::Service);
         assert!(!capture_ruleset(&h).contains("dport"));
         h.exclude_outbound_ports = vec![6379, 3306];
+        h.exclude_outbound_ip_ranges = vec!["198.18.0.0/15".into()];
         let r = capture_ruleset(&h);
         let excl = r.find("tcp dport { 6379, 3306 } return").unwrap();
-        assert!(excl < r.find("redirect").unwrap(), "{r}");
+        let range = r.find("ip daddr { 198.18.0.0/15 } return").unwrap();
+        assert!(excl < r.find("redirect").unwrap() && range < r.find("redirect").unwrap(), "{r}");
     }
 }

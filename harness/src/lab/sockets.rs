@@ -55,15 +55,8 @@ pub fn parse_ss(text: &str) -> Vec<SocketView> {
 }
 
 pub fn snapshot(ns: &Netns, role: &str, moment: &str) -> SocketSnapshot {
-    let sockets = ns
-        .exec("ss", &["-tanoHp"], None)
-        .map(|t| parse_ss(&t))
-        .unwrap_or_default();
-    SocketSnapshot {
-        netns_role: role.into(),
-        moment: moment.into(),
-        sockets,
-    }
+    let sockets = ns.exec("ss", &["-tanoHp"], None).map(|t| parse_ss(&t)).unwrap_or_default();
+    SocketSnapshot { netns_role: role.into(), moment: moment.into(), sockets }
 }
 
 #[cfg(test)]

@@ -30,9 +30,7 @@ impl Mitigation for AppHeartbeat {
         Ok(())
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
-        vec![IstioForm::AppSetting {
-            what: format!("the app pings idle pooled connections every {}", self.0),
-        }]
+        vec![IstioForm::AppSetting { what: format!("the app pings idle pooled connections every {}", self.0) }]
     }
 }
 

@@ -22,10 +22,7 @@ pub struct AppKeepalive {
 
 impl Mitigation for AppKeepalive {
     fn label(&self) -> String {
-        format!(
-            "app-keepalive={}/{}/{}",
-            self.time, self.interval, self.probes
-        )
+        format!("app-keepalive={}/{}/{}", self.time, self.interval, self.probes)
     }
     fn describe(&self) -> String {
         format!(
@@ -37,11 +34,7 @@ impl Mitigation for AppKeepalive {
         if self.probes == 0 {
             return Err("probes must be at least 1".into());
         }
-        knobs.client.keepalive = Some(Keepalive {
-            time: self.time,
-            interval: self.interval,
-            probes: self.probes,
-        });
+        knobs.client.keepalive = Some(Keepalive { time: self.time, interval: self.interval, probes: self.probes });
         Ok(())
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
@@ -63,21 +56,10 @@ mod tests {
     #[test]
     fn sets_the_client_socket_option() {
         let mut k = super::super::test_knobs();
-        let m = AppKeepalive {
-            time: Dur::secs(600),
-            interval: Dur::secs(75),
-            probes: 9,
-        };
+        let m = AppKeepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 };
         m.apply(&mut k).unwrap();
         assert_eq!(k.client.keepalive.unwrap().time, Dur::secs(600));
-        assert_eq!(
-            k.sidecar().unwrap().idle_timeout,
-            Dur::secs(3600),
-            "the sidecar is untouched"
-        );
-        assert!(matches!(
-            m.istio_resources(&super::super::test_ctx())[0],
-            IstioForm::AppSetting { .. }
-        ));
+        assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(3600), "the sidecar is untouched");
+        assert!(matches!(m.istio_resources(&super::super::test_ctx())[0], IstioForm::AppSetting { .. }));
     }
 }

@@ -15,8 +15,7 @@ use crate::knobs::Knobs;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub const TCP_PROXY_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub const TCP_PROXY_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(transparent)]
@@ -30,10 +29,7 @@ impl Mitigation for EnvoyFilterIdleTimeout {
         if self.0.is_zero() {
             "EnvoyFilter merges idle_timeout: 0s (off) into the sidecar's outbound tcp_proxy".into()
         } else {
-            format!(
-                "EnvoyFilter merges idle_timeout: {} into the sidecar's outbound tcp_proxy",
-                self.0
-            )
+            format!("EnvoyFilter merges idle_timeout: {} into the sidecar's outbound tcp_proxy", self.0)
         }
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
@@ -63,10 +59,7 @@ impl Mitigation for EnvoyFilterIdleTimeout {
                 }]
             }
         });
-        vec![IstioForm::Manifest {
-            kind: "EnvoyFilter".into(),
-            yaml: to_yaml(&v),
-        }]
+        vec![IstioForm::Manifest { kind: "EnvoyFilter".into(), yaml: to_yaml(&v) }]
     }
 }
 
@@ -81,9 +74,7 @@ mod tests {
         m.apply(&mut k).unwrap();
         assert!(k.sidecar().unwrap().idle_timeout.is_zero());
         let r = m.istio_resources(&super::super::test_ctx());
-        let IstioForm::Manifest { yaml, .. } = &r[0] else {
-            panic!("{r:?}")
-        };
+        let IstioForm::Manifest { yaml, .. } = &r[0] else { panic!("{r:?}") };
         assert!(yaml.contains(TCP_PROXY_TYPE_URL), "{yaml}");
         assert!(yaml.contains("idle_timeout: 0s"), "{yaml}");
         assert!(yaml.contains("SIDECAR_OUTBOUND"), "{yaml}");

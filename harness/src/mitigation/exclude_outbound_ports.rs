@@ -18,11 +18,7 @@ pub struct ExcludeOutboundPorts(pub Vec<u16>);
 
 impl ExcludeOutboundPorts {
     fn list(&self) -> String {
-        self.0
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.0.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -31,20 +27,13 @@ impl Mitigation for ExcludeOutboundPorts {
         format!("exclude-outbound-ports={}", self.list())
     }
     fn describe(&self) -> String {
-        format!(
-            "outbound capture skips port(s) {}: the app's socket reaches the next hop itself",
-            self.list()
-        )
+        format!("outbound capture skips port(s) {}: the app's socket reaches the next hop itself", self.list())
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
         if self.0.is_empty() {
             return Err("list at least one port".into());
         }
-        if self
-            .0
-            .iter()
-            .any(|p| matches!(p, 0 | 15000 | 15001 | 15006))
-        {
+        if self.0.iter().any(|p| matches!(p, 0 | 15000 | 15001 | 15006)) {
             return Err("0 and Envoy's own ports 15000/15001/15006 cannot be excluded".into());
         }
         let sidecar = need_sidecar(knobs, "exclude-outbound-ports")?;

@@ -22,10 +22,7 @@ impl Mitigation for IstioIdleTimeout {
         format!("istio-idle-timeout={}", self.0)
     }
     fn describe(&self) -> String {
-        format!(
-            "pod annotation proxy.istio.io/config: ISTIO_META_IDLE_TIMEOUT={} on the client sidecar",
-            self.0
-        )
+        format!("pod annotation proxy.istio.io/config: ISTIO_META_IDLE_TIMEOUT={} on the client sidecar", self.0)
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
         need_sidecar(knobs, "istio-idle-timeout")?.idle_timeout = self.0;
@@ -34,10 +31,7 @@ impl Mitigation for IstioIdleTimeout {
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
         vec![IstioForm::PodAnnotation {
             key: "proxy.istio.io/config".into(),
-            value: format!(
-                "proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n",
-                go_duration(self.0)
-            ),
+            value: format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(self.0)),
         }]
     }
 }

@@ -91,13 +91,8 @@ pub(crate) fn to_yaml(v: &serde_json::Value) -> String {
     serde_saphyr::to_string(v).expect("a JSON value always renders as YAML")
 }
 
-pub(crate) fn need_sidecar<'a>(
-    knobs: &'a mut Knobs,
-    what: &str,
-) -> Result<&'a mut crate::hop::SidecarHop, String> {
-    knobs.sidecar_mut().ok_or_else(|| {
-        format!("{what} changes the client sidecar, and this path has no `sidecar` hop")
-    })
+pub(crate) fn need_sidecar<'a>(knobs: &'a mut Knobs, what: &str) -> Result<&'a mut crate::hop::SidecarHop, String> {
+    knobs.sidecar_mut().ok_or_else(|| format!("{what} changes the client sidecar, and this path has no `sidecar` hop"))
 }
 
 #[cfg(test)]

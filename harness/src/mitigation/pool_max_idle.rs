@@ -23,10 +23,7 @@ impl Mitigation for PoolMaxIdle {
         format!("pool-max-idle={}", self.0)
     }
     fn describe(&self) -> String {
-        format!(
-            "the pool discards connections idle longer than {} at checkout",
-            self.0
-        )
+        format!("the pool discards connections idle longer than {} at checkout", self.0)
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
         if self.0.is_zero() {
@@ -37,10 +34,7 @@ impl Mitigation for PoolMaxIdle {
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
         vec![IstioForm::AppSetting {
-            what: format!(
-                "the app's pool: max idle time {} (e.g. SetConnMaxIdleTime)",
-                self.0
-            ),
+            what: format!("the app's pool: max idle time {} (e.g. SetConnMaxIdleTime)", self.0),
         }]
     }
 }

@@ -45,6 +45,8 @@ pub struct ProbeSpec {
     pub idle_ms: u64,
     pub heartbeat_ms: Option<u64>,
     pub pool_max_idle_ms: Option<u64>,
+    #[serde(default)]
+    pub tcp_user_timeout_ms: Option<u64>,
     pub request_timeout_ms: u64,
 }
 
@@ -73,27 +75,13 @@ pub struct ClientError {
 /// One client library. Its connections are cheap handles (cloned into heartbeat tasks).
 pub trait Client: Send + Sync + 'static {
     type Conn: Clone + Send + Sync + 'static;
-    fn handshake(
-        &self,
-        stream: ObservedStream,
-    ) -> impl Future<Output = Result<Self::Conn, ClientError>> + Send;
+    fn handshake(&self, stream: ObservedStream) -> impl Future<Output = Result<Self::Conn, ClientError>> + Send;
     /// The first command on a fresh connection.
-    fn warm(
-        &self,
-        conn: &mut Self::Conn,
-        id: usize,
-    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+    fn warm(&self, conn: &mut Self::Conn, id: usize) -> impl Future<Output = Result<(), ClientError>> + Send;
     /// A protocol-level PING (mitigation `app-heartbeat`).
-    fn heartbeat(
-        &self,
-        conn: &mut Self::Conn,
-    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+    fn heartbeat(&self, conn: &mut Self::Conn) -> impl Future<Output = Result<(), ClientError>> + Send;
     /// The command sent on reuse.
-    fn request(
-        &self,
-        conn: &mut Self::Conn,
-        id: usize,
-    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+    fn request(&self, conn: &mut Self::Conn, id: usize) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
 struct Slot<C: Client> {
@@ -127,11 +115,7 @@ impl<C: Client> Probe<C> {
     }
 
     fn phase(&self, name: &str, idle_ms: Option<u64>) {
-        emit(&ProbeLine::Phase {
-            name: name.into(),
-            ms: self.now_ms(),
-            idle_ms,
-        });
+        emit(&ProbeLine::Phase { name: name.into(), ms: self.now_ms(), idle_ms });
     }
 
     async fn connect(&self) -> Result<Slot<C>, ClientError> {
@@ -139,11 +123,7 @@ impl<C: Client> Probe<C> {
         let opened_ms = self.now_ms();
         let tcp = tokio::time::timeout(self.timeout(), TcpStream::connect(&target))
             .await
-            .map_err(|_| ClientError {
-                timeout: true,
-                io_kind: None,
-                text: format!("connect to {target} timed out"),
-            })?
+            .map_err(|_| ClientError { timeout: true, io_kind: None, text: format!("connect to {target} timed out") })?
             .map_err(|e| ClientError {
                 timeout: false,
                 io_kind: Some(e.kind()),
@@ -161,24 +141,21 @@ impl<C: Client> Probe<C> {
                 text: format!("SO_KEEPALIVE: {e}"),
             })?;
         }
+        if let Some(ms) = self.spec.tcp_user_timeout_ms {
+            sock.set_tcp_user_timeout(Some(Duration::from_millis(ms))).map_err(|e| ClientError {
+                timeout: false,
+                io_kind: Some(e.kind()),
+                text: format!("TCP_USER_TIMEOUT: {e}"),
+            })?;
+        }
         let keepalive = sock.keepalive().unwrap_or(false);
         let _ = tcp.set_nodelay(true);
         let local_addr = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let (stream, log) = ObservedStream::new(tcp, self.clock);
         let conn = tokio::time::timeout(self.timeout(), self.client.handshake(stream))
             .await
-            .map_err(|_| ClientError {
-                timeout: true,
-                io_kind: None,
-                text: "handshake timed out".into(),
-            })??;
-        Ok(Slot {
-            conn,
-            log,
-            local_addr,
-            opened_ms,
-            keepalive,
-        })
+            .map_err(|_| ClientError { timeout: true, io_kind: None, text: "handshake timed out".into() })??;
+        Ok(Slot { conn, log, local_addr, opened_ms, keepalive })
     }
 
     /// Run one request with the request timeout, and say how it ended.
@@ -193,25 +170,11 @@ impl<C: Client> Probe<C> {
         let r = tokio::time::timeout(self.timeout() + Duration::from_millis(250), f()).await;
         let latency_ms = started.elapsed().as_millis() as u64;
         let r = r.unwrap_or_else(|_| {
-            Err(ClientError {
-                timeout: true,
-                io_kind: None,
-                text: "no answer within the request timeout".into(),
-            })
+            Err(ClientError { timeout: true, io_kind: None, text: "no answer within the request timeout".into() })
         });
         match r {
-            Ok(()) => Attempt {
-                at_ms,
-                latency_ms,
-                outcome: Outcome::Ok,
-                error: None,
-            },
-            Err(e) => Attempt {
-                at_ms,
-                latency_ms,
-                outcome: classify(&e, &log.get()),
-                error: Some(e.text),
-            },
+            Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+            Err(e) => Attempt { at_ms, latency_ms, outcome: classify(&e, &log.get()), error: Some(e.text) },
         }
     }
 }
@@ -220,9 +183,7 @@ impl<C: Client> Probe<C> {
 pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
     fn by_kind(k: io::ErrorKind) -> Option<Outcome> {
         match k {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
-                Some(Outcome::Reset)
-            }
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Some(Outcome::Reset),
             io::ErrorKind::BrokenPipe => Some(Outcome::BrokenPipe),
             io::ErrorKind::TimedOut => Some(Outcome::Timeout),
             io::ErrorKind::UnexpectedEof => Some(Outcome::Eof),
@@ -242,11 +203,7 @@ pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
 }
 
 async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations, ClientError> {
-    let probe = Arc::new(Probe {
-        client,
-        spec,
-        clock: Instant::now(),
-    });
+    let probe = Arc::new(Probe { client, spec, clock: Instant::now() });
     let spec = &probe.spec;
 
     probe.phase("warm", None);
@@ -272,9 +229,7 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                 let mut next = tokio::time::Instant::now() + every;
                 while next < idle_end {
                     tokio::time::sleep_until(next).await;
-                    let a = probe
-                        .attempt(&log, || probe.client.heartbeat(&mut conn))
-                        .await;
+                    let a = probe.attempt(&log, || probe.client.heartbeat(&mut conn)).await;
                     sent += 1;
                     if !a.outcome.is_ok() {
                         failure = Some(a);
@@ -296,21 +251,15 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
     let reuse_started_ms = probe.now_ms();
     probe.phase("reuse", None);
     let mut reuses = tokio::task::JoinSet::new();
-    for (id, (slot, (heartbeats, heartbeat_failure))) in
-        slots.into_iter().zip(heartbeat).enumerate()
-    {
+    for (id, (slot, (heartbeats, heartbeat_failure))) in slots.into_iter().zip(heartbeat).enumerate() {
         let probe = probe.clone();
         reuses.spawn(async move {
             let before = slot.log.get();
             let last_activity_ms = before.last_activity_ms().unwrap_or(slot.opened_ms);
             let peer_closed_ms = before.eof_ms;
-            let peer_reset_ms = before
-                .error
-                .as_ref()
-                .filter(|(_, k, _)| *k == io::ErrorKind::ConnectionReset)
-                .map(|(t, _, _)| *t);
-            let (local_addr, opened_ms, keepalive) =
-                (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
+            let peer_reset_ms =
+                before.error.as_ref().filter(|(_, k, _)| *k == io::ErrorKind::ConnectionReset).map(|(t, _, _)| *t);
+            let (local_addr, opened_ms, keepalive) = (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
 
             // Checkout: the pool's policy decides whether this connection is used at all.
             let mut replaced_before_use = None;
@@ -318,43 +267,31 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
             if let Some(max) = probe.spec.pool_max_idle_ms {
                 let idle_for = probe.now_ms().saturating_sub(last_activity_ms);
                 if idle_for > max {
-                    replaced_before_use =
-                        Some(format!("idle {} ms > max idle {} ms", idle_for, max));
+                    replaced_before_use = Some(format!("idle {} ms > max idle {} ms", idle_for, max));
                     drop(slot);
                     slot = probe.connect().await?;
                 }
             }
             let log = slot.log.clone();
             let mut conn = slot.conn.clone();
-            let reuse = probe
-                .attempt(&log, || probe.client.request(&mut conn, id))
-                .await;
+            let reuse = probe.attempt(&log, || probe.client.request(&mut conn, id)).await;
             let retry_after_reconnect = if reuse.outcome.is_ok() {
                 None
             } else {
                 match probe.connect().await {
                     Ok(mut fresh) => {
                         let log = fresh.log.clone();
-                        Some(
-                            probe
-                                .attempt(&log, || probe.client.request(&mut fresh.conn, id))
-                                .await,
-                        )
+                        Some(probe.attempt(&log, || probe.client.request(&mut fresh.conn, id)).await)
                     }
                     Err(e) => Some(Attempt {
                         at_ms: probe.now_ms(),
                         latency_ms: 0,
-                        outcome: if e.timeout {
-                            Outcome::Timeout
-                        } else {
-                            Outcome::Error
-                        },
+                        outcome: if e.timeout { Outcome::Timeout } else { Outcome::Error },
                         error: Some(e.text),
                     }),
                 }
             };
-            let reconnects = u32::from(replaced_before_use.is_some())
-                + u32::from(retry_after_reconnect.is_some());
+            let reconnects = u32::from(replaced_before_use.is_some()) + u32::from(retry_after_reconnect.is_some());
             Ok::<_, ClientError>(ConnObservation {
                 id,
                 reconnects,
@@ -392,9 +329,7 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
 pub async fn main_from_stdin() -> i32 {
     let mut input = String::new();
     if let Err(e) = io::Read::read_to_string(&mut io::stdin(), &mut input) {
-        emit(&ProbeLine::Error(format!(
-            "cannot read the probe spec from stdin: {e}"
-        )));
+        emit(&ProbeLine::Error(format!("cannot read the probe spec from stdin: {e}")));
         return 2;
     }
     let spec: ProbeSpec = match serde_json::from_str(&input) {
@@ -405,13 +340,7 @@ pub async fn main_from_stdin() -> i32 {
         }
     };
     let result = match spec.service {
-        Service::Redis => {
-            run_with(
-                redis::RedisClient::new(Duration::from_millis(spec.request_timeout_ms)),
-                spec,
-            )
-            .await
-        }
+        Service::Redis => run_with(redis::RedisClient::new(Duration::from_millis(spec.request_timeout_ms)), spec).await,
     };
     match result {
         Ok(obs) => {
@@ -419,10 +348,7 @@ pub async fn main_from_stdin() -> i32 {
             0
         }
         Err(e) => {
-            emit(&ProbeLine::Error(format!(
-                "probe failed before the reuse phase: {}",
-                e.text
-            )));
+            emit(&ProbeLine::Error(format!("probe failed before the reuse phase: {}", e.text)));
             1
         }
     }

@@ -77,9 +77,7 @@ pub struct ConnObservation {
 impl ConnObservation {
     /// The first request on this connection that failed, if any.
     pub fn first_failure(&self) -> Option<&Attempt> {
-        self.heartbeat_failure
-            .as_ref()
-            .or((!self.reuse.outcome.is_ok()).then_some(&self.reuse))
+        self.heartbeat_failure.as_ref().or((!self.reuse.outcome.is_ok()).then_some(&self.reuse))
     }
 }
 

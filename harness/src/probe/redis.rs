@@ -29,11 +29,7 @@ fn err(e: RedisError) -> ClientError {
         }
         src = s.source();
     }
-    ClientError {
-        timeout: e.is_timeout(),
-        io_kind,
-        text: e.to_string(),
-    }
+    ClientError { timeout: e.is_timeout(), io_kind, text: e.to_string() }
 }
 
 impl Client for RedisClient {
@@ -42,28 +38,17 @@ impl Client for RedisClient {
     async fn handshake(&self, stream: ObservedStream) -> Result<Self::Conn, ClientError> {
         let info = RedisConnectionInfo::default().set_skip_set_lib_name();
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(self.response_timeout));
-        let (conn, driver) = MultiplexedConnection::new_with_config(&info, stream, config)
-            .await
-            .map_err(err)?;
+        let (conn, driver) = MultiplexedConnection::new_with_config(&info, stream, config).await.map_err(err)?;
         tokio::spawn(driver);
         Ok(conn)
     }
 
     async fn warm(&self, conn: &mut Self::Conn, id: usize) -> Result<(), ClientError> {
-        redis::cmd("SET")
-            .arg(format!("idlelab:{id}"))
-            .arg(id)
-            .query_async::<()>(conn)
-            .await
-            .map_err(err)
+        redis::cmd("SET").arg(format!("idlelab:{id}")).arg(id).query_async::<()>(conn).await.map_err(err)
     }
 
     async fn heartbeat(&self, conn: &mut Self::Conn) -> Result<(), ClientError> {
-        redis::cmd("PING")
-            .query_async::<String>(conn)
-            .await
-            .map(|_| ())
-            .map_err(err)
+        redis::cmd("PING").query_async::<String>(conn).await.map(|_| ()).map_err(err)
     }
 
     async fn request(&self, conn: &mut Self::Conn, id: usize) -> Result<(), ClientError> {

@@ -48,14 +48,7 @@ pub struct ObservedStream {
 impl ObservedStream {
     pub fn new(inner: TcpStream, clock: Instant) -> (Self, LogHandle) {
         let log = Arc::new(Mutex::new(StreamLog::default()));
-        (
-            ObservedStream {
-                inner,
-                log: log.clone(),
-                clock,
-            },
-            LogHandle(log),
-        )
+        (ObservedStream { inner, log: log.clone(), clock }, LogHandle(log))
     }
 
     fn now(&self) -> u64 {
@@ -71,11 +64,7 @@ impl ObservedStream {
 }
 
 impl AsyncRead for ObservedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
@@ -98,11 +87,7 @@ impl AsyncRead for ObservedStream {
 }
 
 impl AsyncWrite for ObservedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, data);
         match &r {

@@ -9,10 +9,7 @@ pub struct JsonReporter {
 
 impl Reporter for JsonReporter {
     fn finish(&mut self, summary: &RunSummary) -> anyhow::Result<()> {
-        std::fs::write(
-            &self.path,
-            [serde_json::to_vec_pretty(summary)?, b"\n".to_vec()].concat(),
-        )?;
+        std::fs::write(&self.path, [serde_json::to_vec_pretty(summary)?, b"\n".to_vec()].concat())?;
         Ok(())
     }
 }

@@ -9,10 +9,7 @@ pub struct MarkdownReporter {
 }
 
 fn cell_row(c: &CellReport) -> String {
-    let verdict = c
-        .verdict
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "error".into());
+    let verdict = c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into());
     let mark = if c.pass { "✅" } else { "❌" };
     let evidence = c.error.clone().unwrap_or_else(|| c.explanation.clone());
     format!(
@@ -26,11 +23,7 @@ fn cell_row(c: &CellReport) -> String {
 
 pub fn render(s: &RunSummary) -> String {
     let mut out = String::new();
-    let status = if s.pass {
-        "all cells matched"
-    } else {
-        "some cells did NOT match"
-    };
+    let status = if s.pass { "all cells matched" } else { "some cells did NOT match" };
     let _ = writeln!(out, "# {} — {status}\n", s.scenario);
     let _ = writeln!(out, "{}\n", s.summary);
     let _ = writeln!(
@@ -51,36 +44,36 @@ pub fn render(s: &RunSummary) -> String {
         if let Some(why) = &c.why_expected {
             let _ = writeln!(out, "\nExpected `{}`: {why}", c.expected);
         }
-        let scaled: Vec<String> = c
-            .time_scale
-            .values
-            .iter()
-            .map(|v| format!("`{}` {} → {}", v.label, v.real, v.scaled))
-            .collect();
-        let _ = writeln!(
-            out,
-            "\nTime scale ×{}: {}.",
-            c.time_scale.factor,
-            scaled.join(", ")
-        );
+        let scaled: Vec<String> =
+            c.time_scale.values.iter().map(|v| format!("`{}` {} → {}", v.label, v.real, v.scaled)).collect();
+        let _ = writeln!(out, "\nTime scale ×{}: {}.", c.time_scale.factor, scaled.join(", "));
         for note in c.time_scale.notes() {
             let _ = writeln!(out, "- {note}");
         }
         if let Some(lab) = &c.evidence.lab {
-            let counters: Vec<String> = lab
-                .envoy_counters
-                .iter()
-                .filter(|(k, _)| k.ends_with("idle_timeout"))
-                .map(|(k, v)| format!("`{k}` = {v}"))
-                .collect();
-            if !counters.is_empty() {
-                let _ = writeln!(out, "\nEnvoy: {}.", counters.join(", "));
+            for envoy in &lab.envoys {
+                let counters: Vec<String> = envoy
+                    .counters
+                    .iter()
+                    .filter(|(k, _)| k.ends_with("idle_timeout"))
+                    .map(|(k, v)| format!("`{k}` = {v}"))
+                    .collect();
+                let flags: Vec<&str> =
+                    envoy.access_log.iter().filter_map(|l| l["flags"].as_str()).filter(|f| *f != "-").collect();
+                if !counters.is_empty() || !flags.is_empty() {
+                    let flags =
+                        if flags.is_empty() { String::new() } else { format!("; response flags {}", flags.join(", ")) };
+                    let _ = writeln!(out, "\nEnvoy ({}): {}{flags}.", envoy.role, counters.join(", "));
+                }
             }
-            let _ = writeln!(
-                out,
-                "\nSetup {} ms, teardown {} ms.",
-                lab.setup_ms, lab.teardown_ms
-            );
+            for mb in lab.middleboxes.iter().filter(|m| m.moment == "after-reuse") {
+                let _ = writeln!(
+                    out,
+                    "\nMiddlebox {}: {} segments of forgotten flows refused.",
+                    mb.role, mb.forgotten_segments
+                );
+            }
+            let _ = writeln!(out, "\nSetup {} ms, teardown {} ms.", lab.setup_ms, lab.teardown_ms);
         }
         for note in &c.evidence.notes {
             let _ = writeln!(out, "- {note}");

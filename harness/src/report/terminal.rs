@@ -14,35 +14,14 @@ impl Reporter for TerminalReporter {
     fn on_event(&mut self, event: &Event) {
         let mut out = std::io::stdout().lock();
         match event {
-            Event::RunStarted {
-                scenario,
-                backend,
-                cells,
-                out_dir,
-            } => {
-                let _ = writeln!(
-                    out,
-                    "{scenario}: {} cells on the {backend} backend → {}",
-                    cells.len(),
-                    out_dir.display()
-                );
+            Event::RunStarted { scenario, backend, cells, out_dir } => {
+                let _ =
+                    writeln!(out, "{scenario}: {} cells on the {backend} backend → {}", cells.len(), out_dir.display());
             }
-            Event::CellScaled {
-                cell,
-                factor,
-                auto,
-                values,
-            } => {
+            Event::CellScaled { cell, factor, auto, values } => {
                 let how = if *auto { "auto" } else { "fixed" };
-                let vals: Vec<String> = values
-                    .iter()
-                    .map(|v| format!("{} {}→{}", v.label, v.real, v.scaled))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "  {cell}: time scale ×{factor} ({how}): {}",
-                    vals.join(", ")
-                );
+                let vals: Vec<String> = values.iter().map(|v| format!("{} {}→{}", v.label, v.real, v.scaled)).collect();
+                let _ = writeln!(out, "  {cell}: time scale ×{factor} ({how}): {}", vals.join(", "));
             }
             Event::CellPhase { cell, phase } if self.verbose => {
                 let _ = writeln!(
@@ -59,10 +38,7 @@ impl Reporter for TerminalReporter {
             }
             Event::CellFinished(c) => {
                 let mark = if c.pass { "PASS" } else { "FAIL" };
-                let verdict = c
-                    .verdict
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "error".into());
+                let verdict = c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into());
                 let detail = c.error.clone().unwrap_or_else(|| c.explanation.clone());
                 let _ = writeln!(
                     out,
@@ -80,20 +56,11 @@ impl Reporter for TerminalReporter {
     fn finish(&mut self, s: &RunSummary) -> anyhow::Result<()> {
         let mut table = Table::new();
         table.load_style(presets::UTF8_FULL_CONDENSED);
-        table.set_header(vec![
-            "mitigation",
-            "verdict",
-            "expected",
-            "match",
-            "scale",
-            "wall",
-        ]);
+        table.set_header(vec!["mitigation", "verdict", "expected", "match", "scale", "wall"]);
         for c in &s.cells {
             table.add_row(vec![
                 c.cell.clone(),
-                c.verdict
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "error".into()),
+                c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into()),
                 c.expected.to_string(),
                 if c.pass { "yes".into() } else { "NO".into() },
                 format!("×{}", c.time_scale.factor),

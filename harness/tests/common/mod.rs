@@ -11,44 +11,25 @@ pub fn bin() -> &'static str {
 }
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The lab needs root and the prerequisites `just setup` installs; a test that cannot run
 /// the lab fails and says how to fix it (it never skips).
 pub fn require_lab() {
-    assert!(
-        nix_is_root(),
-        "the lab tests need root (network namespaces, nftables): run `sudo just test`"
-    );
-    let out = Command::new(bin())
-        .arg("doctor")
-        .output()
-        .expect("run idlelab doctor");
-    assert!(
-        out.status.success(),
-        "prerequisites missing; run `just setup`:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(nix_is_root(), "the lab tests need root (network namespaces, nftables): run `sudo just test`");
+    let out = Command::new(bin()).arg("doctor").output().expect("run idlelab doctor");
+    assert!(out.status.success(), "prerequisites missing; run `just setup`:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -63,11 +44,7 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 pub fn text(o: &Output) -> String {
-    format!(
-        "--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 pub fn summary(dir: &Path) -> Value {
@@ -84,15 +61,43 @@ pub fn cell<'a>(summary: &'a Value, prefix: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no cell {prefix} in {summary}"))
 }
 
-/// Envoy counters of a cell whose name ends with `suffix`, summed.
+/// Envoy counters of a cell (every Envoy of the path) whose name ends with `suffix`, summed.
 pub fn counter(cell: &Value, suffix: &str) -> u64 {
-    cell["evidence"]["lab"]["envoy_counters"]
-        .as_object()
+    envoys(cell)
+        .iter()
+        .filter_map(|e| e["counters"].as_object())
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| k.ends_with(suffix))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+pub fn envoys(cell: &Value) -> Vec<Value> {
+    cell["evidence"]["lab"]["envoys"].as_array().cloned().unwrap_or_default()
+}
+
+/// Access log entries of every Envoy of the cell.
+pub fn access_log(cell: &Value) -> Vec<Value> {
+    envoys(cell).iter().flat_map(|e| e["access_log"].as_array().cloned().unwrap_or_default()).collect()
+}
+
+/// Sockets seen by `ss` in the namespace `role`, at one moment or at any (`None`).
+pub fn sockets(cell: &Value, role: &str, moment: Option<&str>) -> Vec<Value> {
+    cell["evidence"]["lab"]["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["netns_role"] == role && moment.is_none_or(|m| s["moment"] == m))
+        .flat_map(|s| s["sockets"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The middleboxes' forgotten-segment counters after the reuse, summed.
+pub fn forgotten_segments(cell: &Value) -> u64 {
+    cell["evidence"]["lab"]["middleboxes"]
+        .as_array()
         .map(|m| {
-            m.iter()
-                .filter(|(k, _)| k.ends_with(suffix))
-                .map(|(_, v)| v.as_u64().unwrap())
-                .sum()
+            m.iter().filter(|v| v["moment"] == "after-reuse").map(|v| v["forgotten_segments"].as_u64().unwrap()).sum()
         })
         .unwrap_or(0)
 }
@@ -117,14 +122,9 @@ pub fn leftovers(pid: u32) -> Vec<String> {
         };
         let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .and_then(|x| x.parse::<u32>().ok())
-            });
+        let ppid = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| {
+            s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok())
+        });
         if cmdline.contains(&prefix) || ppid == Some(pid) {
             left.push(format!("process {p}: {cmdline}"));
         }
@@ -133,8 +133,5 @@ pub fn leftovers(pid: u32) -> Vec<String> {
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("idlelab-test-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("idlelab-test-").tempdir().unwrap()
 }

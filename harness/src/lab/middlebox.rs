@@ -1,0 +1,85 @@
+//! The `middlebox` hop in the local lab: a forwarding namespace whose conntrack forgets idle
+//! flows, and what it answers to segments of a forgotten flow.
+//!
+//! ```text
+//!   ── to-app ──▶ [ forward: ct state invalid → counter "forgotten" → reject with tcp reset | drop ] ── to-srv ──▶
+//!                   nf_conntrack_tcp_timeout_established = idle_timeout, nf_conntrack_tcp_loose = 0
+//! ```
+//!
+//! With `loose = 0` conntrack never adopts a flow from a mid-stream segment, so once the
+//! entry expired, every segment of the flow is `invalid`: exactly a cloud LB that forgot it.
+
+use super::netns::Netns;
+use crate::hop::{MiddleboxHop, OnUnknown};
+use anyhow::Result;
+use serde::Serialize;
+
+pub const TABLE: &str = "idlelab_middlebox";
+
+pub fn ruleset(hop: &MiddleboxHop) -> String {
+    let verdict = match hop.on_unknown {
+        OnUnknown::Reset => "reject with tcp reset",
+        OnUnknown::Drop => "drop",
+    };
+    format!(
+        "table inet {TABLE} {{\n  counter forgotten {{ }}\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    ct state invalid meta l4proto tcp counter name \"forgotten\" {verdict}\n  }}\n}}\n"
+    )
+}
+
+/// Install the rules, then the conntrack sysctls (they exist once conntrack is active in the netns).
+pub fn start(hop: &MiddleboxHop, ns: &Netns) -> Result<()> {
+    ns.exec("nft", &["-f", "-"], Some(&ruleset(hop)))?;
+    ns.exec(
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_tcp_loose=0",
+            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={}", hop.idle_timeout.0.as_secs().max(1)),
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// What the middlebox knew at one moment.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct MiddleboxView {
+    pub role: String,
+    pub moment: String,
+    /// Segments of forgotten flows answered with RST or dropped, so far.
+    pub forgotten_segments: u64,
+    /// `conntrack -L -p tcp` lines.
+    pub conntrack: Vec<String>,
+}
+
+pub fn snapshot(ns: &Netns, role: &str, moment: &str) -> MiddleboxView {
+    let counter = ns.exec("nft", &["list", "counter", "inet", TABLE, "forgotten"], None).unwrap_or_default();
+    let conntrack = ns
+        .exec("conntrack", &["-L", "-p", "tcp"], None)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    MiddleboxView { role: role.into(), moment: moment.into(), forgotten_segments: parse_packets(&counter), conntrack }
+}
+
+fn parse_packets(nft_counter: &str) -> u64 {
+    nft_counter.split_whitespace().skip_while(|w| *w != "packets").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Dur;
+
+    #[test]
+    fn rules_and_counter() {
+        let hop = MiddleboxHop { preset: None, idle_timeout: Dur::secs(3), on_unknown: OnUnknown::Drop };
+        let r = ruleset(&hop);
+        assert!(r.contains("ct state invalid meta l4proto tcp counter name \"forgotten\" drop"), "{r}");
+        let listing = "table inet idlelab_middlebox {\n\tcounter forgotten {\n\t\tpackets 3 bytes 156\n\t}\n}\n";
+        assert_eq!(parse_packets(listing), 3);
+    }
+}
