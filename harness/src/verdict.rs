@@ -48,9 +48,15 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
 
     let hung = count(&|o| o == Outcome::Timeout);
     if hung > 0 {
+        let (c, f) = failed.iter().find(|(_, f)| f.outcome == Outcome::Timeout).expect("counted");
+        let how = f.error.clone().unwrap_or_else(|| "no answer".into());
         return (
             Verdict::Hung,
-            format!("{hung} of {n} requests got no answer within the request timeout ({} ms)", failed[0].1.latency_ms),
+            format!(
+                "{hung} of {n} requests got no answer; connection {} failed after {:.2} s: {how}",
+                c.id,
+                f.latency_ms as f64 / 1000.0
+            ),
         );
     }
     if !failed.is_empty() {

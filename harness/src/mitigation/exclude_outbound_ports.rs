@@ -42,6 +42,7 @@ impl Mitigation for ExcludeOutboundPorts {
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
         vec![IstioForm::PodAnnotation {
+            pod: "client".into(),
             key: "traffic.sidecar.istio.io/excludeOutboundPorts".into(),
             value: self.list(),
         }]
@@ -62,6 +63,7 @@ mod tests {
         assert_eq!(
             m.istio_resources(&super::super::test_ctx()),
             vec![IstioForm::PodAnnotation {
+                pod: "client".into(),
                 key: "traffic.sidecar.istio.io/excludeOutboundPorts".into(),
                 value: "6379".into()
             }]

@@ -30,6 +30,7 @@ impl Mitigation for IstioIdleTimeout {
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
         vec![IstioForm::PodAnnotation {
+            pod: "client".into(),
             key: "proxy.istio.io/config".into(),
             value: format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(self.0)),
         }]
@@ -63,6 +64,7 @@ mod tests {
         assert_eq!(
             r,
             vec![IstioForm::PodAnnotation {
+                pod: "client".into(),
                 key: "proxy.istio.io/config".into(),
                 value: "proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: 24h0m0s\n".into()
             }]

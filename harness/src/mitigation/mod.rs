@@ -12,11 +12,15 @@
 
 pub mod app_heartbeat;
 pub mod app_keepalive;
+pub mod dr_idle_timeout;
+pub mod dr_tcp_keepalive;
 pub mod envoyfilter_idle_timeout;
+pub mod exclude_outbound_ip_ranges;
 pub mod exclude_outbound_ports;
 pub mod istio_idle_timeout;
 pub mod none;
 pub mod pool_max_idle;
+pub mod tcp_user_timeout;
 
 use crate::knobs::Knobs;
 use serde::{Deserialize, Serialize};
@@ -25,8 +29,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "form")]
 pub enum IstioForm {
-    /// An annotation on the client pod's template.
-    PodAnnotation { key: String, value: String },
+    /// An annotation on a pod's template: `pod` is `client` or `server`.
+    PodAnnotation { pod: String, key: String, value: String },
     /// A Kubernetes manifest applied to the cell's namespace.
     Manifest { kind: String, yaml: String },
     /// A setting of the application itself; Istio has nothing to do.
@@ -67,6 +71,10 @@ pub enum MitigationSpec {
     ExcludeOutboundPorts(exclude_outbound_ports::ExcludeOutboundPorts),
     PoolMaxIdle(pool_max_idle::PoolMaxIdle),
     AppHeartbeat(app_heartbeat::AppHeartbeat),
+    DrTcpKeepalive(dr_tcp_keepalive::DrTcpKeepalive),
+    DrIdleTimeout(dr_idle_timeout::DrIdleTimeout),
+    ExcludeOutboundIpRanges(exclude_outbound_ip_ranges::ExcludeOutboundIpRanges),
+    TcpUserTimeout(tcp_user_timeout::TcpUserTimeout),
 }
 
 impl MitigationSpec {
@@ -79,6 +87,10 @@ impl MitigationSpec {
             MitigationSpec::ExcludeOutboundPorts(m) => m,
             MitigationSpec::PoolMaxIdle(m) => m,
             MitigationSpec::AppHeartbeat(m) => m,
+            MitigationSpec::DrTcpKeepalive(m) => m,
+            MitigationSpec::DrIdleTimeout(m) => m,
+            MitigationSpec::ExcludeOutboundIpRanges(m) => m,
+            MitigationSpec::TcpUserTimeout(m) => m,
         }
     }
     pub fn label(&self) -> String {

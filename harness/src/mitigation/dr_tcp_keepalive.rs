@@ -1,0 +1,82 @@
+//! `dr-tcp-keepalive`: DestinationRule `connectionPool.tcp.tcpKeepalive`: keepalive on the
+//! client sidecar's *upstream* socket.
+//!
+//! ```text
+//!   app ──▶ [sidecar Envoy] ══upstream socket, SO_KEEPALIVE══▶ middlebox ──▶ server
+//!                            probes cross the middlebox and refresh its flow
+//! ```
+//!
+//! Envoy renders it as the cluster's `upstream_connection_options.tcp_keepalive`. The app's
+//! own keepalive never reaches this socket: it ends at the local Envoy.
+
+use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
+use crate::duration::Dur;
+use crate::knobs::Knobs;
+use crate::scenario::Keepalive;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DrTcpKeepalive {
+    pub time: Dur,
+    pub interval: Dur,
+    pub probes: u32,
+}
+
+impl Mitigation for DrTcpKeepalive {
+    fn label(&self) -> String {
+        format!("dr-tcp-keepalive={}/{}/{}", self.time, self.interval, self.probes)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "DestinationRule tcpKeepalive: the client sidecar's upstream sockets probe after {} idle, every {}, {} probes",
+            self.time, self.interval, self.probes
+        )
+    }
+    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+        if self.probes == 0 {
+            return Err("probes must be at least 1".into());
+        }
+        let sidecar = need_sidecar(knobs, "dr-tcp-keepalive")?;
+        sidecar.upstream_keepalive = Some(Keepalive { time: self.time, interval: self.interval, probes: self.probes });
+        Ok(())
+    }
+    fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
+        let v = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "idlelab-tcp-keepalive", "namespace": ctx.namespace},
+            "spec": {
+                "host": ctx.service_host,
+                "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {
+                    "time": format!("{}s", self.time.0.as_secs()),
+                    "interval": format!("{}s", self.interval.0.as_secs()),
+                    "probes": self.probes
+                }}}}
+            }
+        });
+        vec![IstioForm::Manifest { kind: "DestinationRule".into(), yaml: to_yaml(&v) }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_on_the_sidecars_upstream() {
+        let mut k = super::super::test_knobs();
+        let m = DrTcpKeepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 };
+        m.apply(&mut k).unwrap();
+        assert_eq!(k.sidecar().unwrap().upstream_keepalive.unwrap().time, Dur::secs(60));
+        assert!(k.client.keepalive.is_none(), "the app's socket is untouched");
+        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::test_ctx())[0] else { panic!() };
+        assert!(
+            yaml.contains("tcpKeepalive")
+                && yaml.contains("time: 60s")
+                && yaml.contains("redis.cell-1.svc.cluster.local"),
+            "{yaml}"
+        );
+    }
+}

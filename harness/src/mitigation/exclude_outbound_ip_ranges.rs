@@ -1,0 +1,65 @@
+//! `exclude-outbound-ip-ranges`: `traffic.sidecar.istio.io/excludeOutboundIPRanges`.
+//!
+//! ```text
+//!   app ──(capture skips these destinations)───────────────────▶ next hop
+//!         the app's own socket, with its own options, crosses the path
+//! ```
+//!
+//! The ranges are used as written; the local lab's addresses are in 198.18.0.0/15
+//! (`[198.18.0.0/15]` excludes every lab destination).
+
+use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
+use crate::knobs::Knobs;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct ExcludeOutboundIpRanges(pub Vec<String>);
+
+fn valid_cidr(c: &str) -> bool {
+    match c.split_once('/') {
+        Some((ip, len)) => ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32),
+        None => false,
+    }
+}
+
+impl Mitigation for ExcludeOutboundIpRanges {
+    fn label(&self) -> String {
+        format!("exclude-outbound-ip-ranges={}", self.0.join(","))
+    }
+    fn describe(&self) -> String {
+        format!("outbound capture skips {}: the app's socket reaches the next hop itself", self.0.join(", "))
+    }
+    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Err("list at least one IPv4 CIDR, e.g. 198.18.0.0/15".into());
+        }
+        if let Some(bad) = self.0.iter().find(|c| !valid_cidr(c)) {
+            return Err(format!("`{bad}` is not an IPv4 CIDR such as 198.18.0.0/15"));
+        }
+        need_sidecar(knobs, "exclude-outbound-ip-ranges")?.exclude_outbound_ip_ranges.extend(self.0.iter().cloned());
+        Ok(())
+    }
+    fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
+        vec![IstioForm::PodAnnotation {
+            pod: "client".into(),
+            key: "traffic.sidecar.istio.io/excludeOutboundIPRanges".into(),
+            value: self.0.join(","),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_and_applies_ranges() {
+        let mut k = super::super::test_knobs();
+        ExcludeOutboundIpRanges(vec!["198.18.0.0/15".into()]).apply(&mut k).unwrap();
+        assert_eq!(k.sidecar().unwrap().exclude_outbound_ip_ranges, vec!["198.18.0.0/15"]);
+        assert!(ExcludeOutboundIpRanges(vec!["198.18.0.0".into()]).apply(&mut k).unwrap_err().contains("CIDR"));
+        assert!(ExcludeOutboundIpRanges(vec!["10.0.0.0/33".into()]).apply(&mut k).is_err());
+    }
+}
