@@ -122,6 +122,13 @@ impl Knobs {
         })
     }
 
+    pub fn server_sidecars_mut(&mut self) -> impl Iterator<Item = &mut crate::hop::ServerSidecarHop> {
+        self.path.iter_mut().filter_map(|h| match h {
+            Hop::ServerSidecar(s) => Some(s),
+            _ => None,
+        })
+    }
+
     pub fn sidecar_mut(&mut self) -> Option<&mut crate::hop::SidecarHop> {
         self.path.iter_mut().find_map(|h| match h {
             Hop::Sidecar(s) => Some(s),

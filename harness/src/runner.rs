@@ -65,6 +65,16 @@ async fn run_one(cell: Cell, emitter: Emitter) -> CellReport {
         client_app: "idlelab-probe".into(),
         service_host: format!("{}.idlelab-{}.svc.cluster.local", cell.real.service.name(), cell.scenario),
         service_port: cell.real.service.port(),
+        sidecar_pods: cell
+            .real
+            .path
+            .iter()
+            .filter_map(|h| match h {
+                crate::hop::Hop::Sidecar(_) => Some("client".to_string()),
+                crate::hop::Hop::ServerSidecar(_) => Some("server".to_string()),
+                _ => None,
+            })
+            .collect(),
     };
     CellReport {
         scenario: cell.scenario.clone(),

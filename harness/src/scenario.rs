@@ -358,13 +358,22 @@ impl Scenario {
                 Some("start with `- {mitigation: none, expect: idle-closed}`".into()),
             ));
         }
-        let sidecars = self.path.iter().filter(|h| matches!(h, Hop::Sidecar(_))).count();
-        if sidecars > 1 {
-            return Err(self.error_at(
-                None,
-                "path has more than one client sidecar".into(),
-                Some("the app pod has one sidecar; put later proxies in as other hop kinds".into()),
-            ));
+        let last = self.path.len().saturating_sub(1);
+        for (i, hop) in self.path.iter().enumerate() {
+            let misplaced = match hop {
+                Hop::Sidecar(_) if i != 0 => Some("the client sidecar sits in the app's pod: it must be the first hop"),
+                Hop::ServerSidecar(_) if i != last => {
+                    Some("the server sidecar sits in the server's pod: it must be the last hop")
+                }
+                _ => None,
+            };
+            if let Some(why) = misplaced {
+                return Err(self.error_at(
+                    None,
+                    format!("path[{i}] ({}): {why}", hop.kind()),
+                    Some("list the hops from the app to the server, in order".into()),
+                ));
+            }
         }
         let mut seen: Vec<(String, u64)> = Vec::new();
         for (i, cell) in self.cells.iter().enumerate() {

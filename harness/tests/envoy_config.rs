@@ -4,7 +4,7 @@ mod common;
 use idlelab::duration::Dur;
 use idlelab::hop::{Route, SidecarHop};
 use idlelab::lab::envoy::{EnvoyFiles, envoy_bin};
-use idlelab::lab::sidecar;
+use idlelab::lab::{server_sidecar, sidecar};
 use std::net::Ipv4Addr;
 
 #[test]
@@ -41,4 +41,22 @@ fn generated_sidecar_bootstraps_pass_envoy_validate() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+#[test]
+fn generated_server_sidecar_bootstrap_passes_envoy_validate() {
+    let envoy = envoy_bin().expect("Envoy not found: run `just setup` or set ENVOY_BIN");
+    let dir = common::tempdir();
+    let files = EnvoyFiles { dir: dir.path().to_path_buf() };
+    let config =
+        server_sidecar::bootstrap(&idlelab::hop::ServerSidecarHop { idle_timeout: Dur::secs(6) }, 6379, &files);
+    let path = dir.path().join("inbound.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let o = std::process::Command::new(&envoy)
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .args(["--disable-hot-restart", "--log-level", "error"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }

@@ -8,9 +8,11 @@
 //! How a hop is built in the local lab lives in `lab/`; the scenario side only describes it.
 
 pub mod middlebox;
+pub mod server_sidecar;
 pub mod sidecar;
 
 pub use middlebox::{MiddleboxHop, OnUnknown};
+pub use server_sidecar::ServerSidecarHop;
 pub use sidecar::{Route, SidecarHop};
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub enum Hop {
     Sidecar(SidecarHop),
     Middlebox(MiddleboxHop),
+    ServerSidecar(ServerSidecarHop),
 }
 
 impl Hop {
@@ -28,6 +31,7 @@ impl Hop {
         match self {
             Hop::Sidecar(_) => "sidecar",
             Hop::Middlebox(_) => "middlebox",
+            Hop::ServerSidecar(_) => "server-sidecar",
         }
     }
 
@@ -36,6 +40,7 @@ impl Hop {
         match self {
             Hop::Sidecar(h) => h.durations_mut(index),
             Hop::Middlebox(h) => h.durations_mut(index),
+            Hop::ServerSidecar(h) => h.durations_mut(index),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod middlebox;
 pub mod netns;
 pub mod process;
 pub mod redis_server;
+pub mod server_sidecar;
 pub mod sidecar;
 pub mod sockets;
 pub mod topology;
@@ -83,6 +84,14 @@ struct CellLab {
 }
 
 impl CellLab {
+    /// A directory for one Envoy's files, writable by its uid (1337).
+    fn envoy_files(&self, role: &str) -> Result<envoy::EnvoyFiles> {
+        let dir = self.dir.path().join(role);
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+        Ok(envoy::EnvoyFiles { dir })
+    }
+
     fn teardown(self) -> u64 {
         let t = Instant::now();
         drop(self);
@@ -107,7 +116,7 @@ impl CellLab {
 fn node_role(index: usize, hop: &Hop) -> Option<String> {
     match hop {
         Hop::Middlebox(_) => Some(format!("mb{index}")),
-        Hop::Sidecar(_) => None,
+        Hop::Sidecar(_) | Hop::ServerSidecar(_) => None,
     }
 }
 
@@ -178,10 +187,7 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
     for (i, hop) in knobs.path.iter().enumerate() {
         match hop {
             Hop::Sidecar(h) => {
-                let dir = lab.dir.path().join("sidecar");
-                std::fs::create_dir(&dir)?;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
-                let files = envoy::EnvoyFiles { dir };
+                let files = lab.envoy_files("sidecar")?;
                 let name = format!("{tag} sidecar envoy");
                 let app = &lab.topology.app().netns;
                 let envoy = sidecar::start(h, knobs.service.name(), srv_ip, port, files, app, &name).await?;
@@ -191,6 +197,13 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
                 let role = node_role(i, hop).expect("a middlebox has a node");
                 let ns = &lab.topology.node(&role).netns;
                 middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
+            }
+            Hop::ServerSidecar(h) => {
+                let files = lab.envoy_files("server-sidecar")?;
+                let name = format!("{tag} server-sidecar envoy");
+                let ns = &lab.topology.server().netns;
+                let envoy = server_sidecar::start(h, port, files, ns, &name).await?;
+                lab.envoys.push(("server-sidecar".into(), envoy));
             }
         }
     }

@@ -1,14 +1,16 @@
-//! `istio-idle-timeout`: `ISTIO_META_IDLE_TIMEOUT` through the pod's `proxy.istio.io/config`.
+//! `istio-idle-timeout`: `ISTIO_META_IDLE_TIMEOUT` through `proxy.istio.io/config` on every
+//! pod of the path that has a sidecar.
 //!
 //! ```text
-//!   app ──▶ [sidecar: every tcp_proxy, service chains and PassthroughCluster, idle_timeout = X] ──▶ …
+//!   app ──▶ [client sidecar: every outbound tcp_proxy, PassthroughCluster included, = X] ──▶ …
+//!       ──▶ [server sidecar: inbound tcp_proxy = X] ──▶ server
 //! ```
 //!
 //! Istio reads it at bootstrap as node metadata `IdleTimeout` and uses it for every outbound
 //! TCP chain without a DestinationRule value, the virtualOutbound passthrough chain (since
 //! 1.14) and inbound chains.
 
-use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
+use super::{IstioContext, IstioForm, Mitigation};
 use crate::duration::Dur;
 use crate::knobs::Knobs;
 use serde::{Deserialize, Serialize};
@@ -22,18 +24,30 @@ impl Mitigation for IstioIdleTimeout {
         format!("istio-idle-timeout={}", self.0)
     }
     fn describe(&self) -> String {
-        format!("pod annotation proxy.istio.io/config: ISTIO_META_IDLE_TIMEOUT={} on the client sidecar", self.0)
+        format!("pod annotation proxy.istio.io/config: ISTIO_META_IDLE_TIMEOUT={} on every pod with a sidecar", self.0)
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
-        need_sidecar(knobs, "istio-idle-timeout")?.idle_timeout = self.0;
-        Ok(())
+        let mut applied = false;
+        if let Some(s) = knobs.sidecar_mut() {
+            s.idle_timeout = self.0;
+            applied = true;
+        }
+        for s in knobs.server_sidecars_mut() {
+            s.idle_timeout = self.0;
+            applied = true;
+        }
+        if applied { Ok(()) } else { Err("istio-idle-timeout changes sidecars, and this path has none".into()) }
     }
-    fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
-        vec![IstioForm::PodAnnotation {
-            pod: "client".into(),
-            key: "proxy.istio.io/config".into(),
-            value: format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(self.0)),
-        }]
+    fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
+        let value = format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(self.0));
+        ctx.sidecar_pods
+            .iter()
+            .map(|pod| IstioForm::PodAnnotation {
+                pod: pod.clone(),
+                key: "proxy.istio.io/config".into(),
+                value: value.clone(),
+            })
+            .collect()
     }
 }
 

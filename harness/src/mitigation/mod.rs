@@ -46,6 +46,8 @@ pub struct IstioContext {
     /// FQDN of the service, e.g. `redis.cell-1.svc.cluster.local`.
     pub service_host: String,
     pub service_port: u16,
+    /// The pods that have a sidecar on this path: `client`, `server`.
+    pub sidecar_pods: Vec<String>,
 }
 
 pub trait Mitigation {
@@ -114,6 +116,7 @@ pub(crate) fn test_ctx() -> IstioContext {
         client_app: "idlelab-probe".into(),
         service_host: "redis.cell-1.svc.cluster.local".into(),
         service_port: 6379,
+        sidecar_pods: vec!["client".into()],
     }
 }
 

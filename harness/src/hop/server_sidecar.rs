@@ -1,0 +1,53 @@
+//! The server pod's sidecar: Envoy's inbound side, with Istio's inbound capture.
+//!
+//! ```text
+//!   … ──▶ ┌──────────── server pod (netns) ──────────────────────────────┐
+//!         │ nat PREROUTING: tcp → redirect :15006                        │
+//!         │ Envoy virtualInbound :15006 ── inbound|<port>|| ──▶ 127.0.0.1:<port> server
+//!         └───────────────────────────── tcp_proxy idle_timeout ─────────┘
+//! ```
+//!
+//! Its idle timeout is Istio's 1 h by default, set per pod by `ISTIO_META_IDLE_TIMEOUT`; a
+//! DestinationRule `idleTimeout` on the client side does not reach it (istio#60009). It must
+//! be the last hop of a path.
+
+use crate::duration::Dur;
+use crate::knobs::{KnobDuration, Precision, Role};
+use serde::{Deserialize, Serialize};
+
+fn istio_default_idle_timeout() -> Dur {
+    Dur::secs(3600)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSidecarHop {
+    /// The inbound `tcp_proxy` `idle_timeout`; `0s` turns it off.
+    #[serde(default = "istio_default_idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+impl Default for ServerSidecarHop {
+    fn default() -> Self {
+        ServerSidecarHop { idle_timeout: istio_default_idle_timeout() }
+    }
+}
+
+impl ServerSidecarHop {
+    pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+        if self.idle_timeout.is_zero() {
+            return vec![];
+        }
+        vec![KnobDuration {
+            label: format!("path[{index}].server-sidecar.idle_timeout"),
+            value: &mut self.idle_timeout,
+            precision: Precision::Millis,
+            role: Role::Timeout { refreshed_by_probes: false },
+        }]
+    }
+
+    /// Envoy's stat prefix of the inbound chain, as Istio names it.
+    pub fn stat_prefix(port: u16) -> String {
+        format!("inbound|{port}||")
+    }
+}
