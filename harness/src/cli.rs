@@ -68,6 +68,12 @@ enum Command {
     Doctor,
     /// Run the probe: a probe spec as JSON on stdin, observations as JSON lines on stdout.
     Probe,
+    /// The lab's HTTP server (run inside a server namespace by the lab).
+    #[command(hide = true)]
+    ServeHttp {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// Remove namespaces and temp dirs left by idlelab runs that were killed outright.
     Reap,
     /// Time whole scenarios and per-cell setup/teardown; write results/bench.json.
@@ -94,6 +100,20 @@ pub fn main() -> i32 {
             .build()
             .expect("tokio runtime")
             .block_on(crate::probe::main_from_stdin()),
+        Command::ServeHttp { listen } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(crate::lab::http_server::serve(listen)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
         Command::Doctor => {
             if doctor::report(&doctor::checks()) {
                 0

@@ -115,6 +115,10 @@ impl Knobs {
         out
     }
 
+    pub fn client_library_pool(&self) -> bool {
+        self.service.library_pool()
+    }
+
     pub fn sidecar(&self) -> Option<&crate::hop::SidecarHop> {
         self.path.iter().find_map(|h| match h {
             Hop::Sidecar(s) => Some(s),

@@ -18,18 +18,31 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "kebab-case")]
 pub enum Service {
     Redis,
+    /// HTTP/1.1 keep-alive to a hyper server, through hyper-util's pooled client.
+    Http,
+    /// The same with TLS, terminated at a `gateway` hop (`tls: true`).
+    Https,
 }
 
 impl Service {
     pub fn port(self) -> u16 {
         match self {
             Service::Redis => 6379,
+            Service::Http => 8080,
+            Service::Https => 8443,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Service::Redis => "redis",
+            Service::Http => "http",
+            Service::Https => "https",
         }
+    }
+    /// Whether the client library manages its own pool (the probe cannot address one
+    /// pooled connection, so per-connection mitigations such as heartbeats do not apply).
+    pub fn library_pool(self) -> bool {
+        matches!(self, Service::Http | Service::Https)
     }
 }
 
@@ -356,6 +369,29 @@ impl Scenario {
                 None,
                 "cells is empty: a scenario compares at least one mitigation".into(),
                 Some("start with `- {mitigation: none, expect: idle-closed}`".into()),
+            ));
+        }
+        let gateways: Vec<&crate::hop::GatewayHop> =
+            self.path.iter().filter_map(|h| if let Hop::Gateway(g) = h { Some(g) } else { None }).collect();
+        if gateways.len() > 1 {
+            return Err(self.error_at(
+                None,
+                "path has more than one gateway".into(),
+                Some("the lab models one ingress gateway per path".into()),
+            ));
+        }
+        if self.service == Service::Https && !gateways.iter().any(|g| g.tls) {
+            return Err(self.error_at(
+                None,
+                "service https needs a `gateway` hop with `tls: true`: the lab terminates TLS at the gateway".into(),
+                Some("add `- gateway: {tls: true}` to the path, or use `service: http`".into()),
+            ));
+        }
+        if self.service != Service::Https && gateways.iter().any(|g| g.tls) {
+            return Err(self.error_at(
+                None,
+                format!("a gateway with `tls: true` needs `service: https`, not {}", self.service.name()),
+                None,
             ));
         }
         let last = self.path.len().saturating_sub(1);

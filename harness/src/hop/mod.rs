@@ -7,10 +7,12 @@
 //! Each hop kind is one small type in its own file, with the parameters a scenario sets.
 //! How a hop is built in the local lab lives in `lab/`; the scenario side only describes it.
 
+pub mod gateway;
 pub mod middlebox;
 pub mod server_sidecar;
 pub mod sidecar;
 
+pub use gateway::GatewayHop;
 pub use middlebox::{MiddleboxHop, OnUnknown};
 pub use server_sidecar::ServerSidecarHop;
 pub use sidecar::{Route, SidecarHop};
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub enum Hop {
     Sidecar(SidecarHop),
     Middlebox(MiddleboxHop),
+    Gateway(GatewayHop),
     ServerSidecar(ServerSidecarHop),
 }
 
@@ -31,6 +34,7 @@ impl Hop {
         match self {
             Hop::Sidecar(_) => "sidecar",
             Hop::Middlebox(_) => "middlebox",
+            Hop::Gateway(_) => "gateway",
             Hop::ServerSidecar(_) => "server-sidecar",
         }
     }
@@ -40,6 +44,7 @@ impl Hop {
         match self {
             Hop::Sidecar(h) => h.durations_mut(index),
             Hop::Middlebox(h) => h.durations_mut(index),
+            Hop::Gateway(h) => h.durations_mut(index),
             Hop::ServerSidecar(h) => h.durations_mut(index),
         }
     }
@@ -47,6 +52,6 @@ impl Hop {
     /// Whether the lab gives this hop a namespace of its own on the path (a sidecar lives
     /// in its pod's namespace).
     pub fn has_own_namespace(&self) -> bool {
-        matches!(self, Hop::Middlebox(_))
+        matches!(self, Hop::Middlebox(_) | Hop::Gateway(_))
     }
 }

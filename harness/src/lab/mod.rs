@@ -14,6 +14,8 @@
 //! failure, Ctrl-C and panics all clean up the same way.
 
 pub mod envoy;
+pub mod gateway;
+pub mod http_server;
 pub mod middlebox;
 pub mod netns;
 pub mod process;
@@ -21,6 +23,7 @@ pub mod redis_server;
 pub mod server_sidecar;
 pub mod sidecar;
 pub mod sockets;
+pub mod tls;
 pub mod topology;
 
 use crate::events::Phase;
@@ -28,6 +31,7 @@ use crate::hop::Hop;
 use crate::knobs::Knobs;
 use crate::probe::observation::Observations;
 use crate::probe::{KeepaliveSecs, ProbeLine, ProbeSpec};
+use crate::scenario::Service;
 use anyhow::{Context, Result, anyhow, bail};
 use middlebox::MiddleboxView;
 use serde::Serialize;
@@ -78,7 +82,7 @@ pub struct CellOutcome {
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
 struct CellLab {
     envoys: Vec<(String, envoy::Envoy)>,
-    server: Option<redis_server::RedisServer>,
+    server: Option<process::LabProcess>,
     topology: Topology,
     dir: tempfile::TempDir,
 }
@@ -116,6 +120,7 @@ impl CellLab {
 fn node_role(index: usize, hop: &Hop) -> Option<String> {
     match hop {
         Hop::Middlebox(_) => Some(format!("mb{index}")),
+        Hop::Gateway(_) => Some(format!("gw{index}")),
         Hop::Sidecar(_) | Hop::ServerSidecar(_) => None,
     }
 }
@@ -140,6 +145,7 @@ fn probe_spec(knobs: &Knobs, target: String) -> ProbeSpec {
         pool_max_idle_ms: knobs.client.pool_max_idle.map(ms),
         tcp_user_timeout_ms: knobs.client.tcp_user_timeout.map(ms),
         request_timeout_ms: ms(knobs.client.request_timeout),
+        tls_ca_pem: None,
     }
 }
 
@@ -179,10 +185,22 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
 
     let server_dir = lab.dir.path().join("server");
     std::fs::create_dir(&server_dir)?;
-    lab.server = Some(
-        redis_server::start(&server_dir, port, &lab.topology.server().netns.path(), &format!("{tag} redis-server"))
-            .await?,
-    );
+    let server_ns = lab.topology.server().netns.path();
+    let server_name = format!("{tag} {} server", knobs.service.name());
+    lab.server = Some(match knobs.service {
+        Service::Redis => redis_server::start(&server_dir, port, &server_ns, &server_name).await?,
+        Service::Http | Service::Https => http_server::start(port, &server_ns, &server_name).await?,
+    });
+    // The app connects to the gateway when there is one, else to the server.
+    let target_ip = knobs
+        .path
+        .iter()
+        .enumerate()
+        .find_map(|(i, h)| matches!(h, Hop::Gateway(_)).then(|| node_role(i, h)).flatten())
+        .map(|role| lab.topology.node(&role).toward_app.expect("a gateway has an address"))
+        .unwrap_or(srv_ip);
+    let run_ca =
+        if knobs.service == Service::Https { Some(tls::generate().context("generating the run's CA")?) } else { None };
 
     for (i, hop) in knobs.path.iter().enumerate() {
         match hop {
@@ -190,13 +208,43 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
                 let files = lab.envoy_files("sidecar")?;
                 let name = format!("{tag} sidecar envoy");
                 let app = &lab.topology.app().netns;
-                let envoy = sidecar::start(h, knobs.service.name(), srv_ip, port, files, app, &name).await?;
+                let envoy = sidecar::start(h, knobs.service.name(), target_ip, port, files, app, &name).await?;
                 lab.envoys.push(("sidecar".into(), envoy));
             }
             Hop::Middlebox(h) => {
                 let role = node_role(i, hop).expect("a middlebox has a node");
                 let ns = &lab.topology.node(&role).netns;
                 middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
+            }
+            Hop::Gateway(h) => {
+                let role = node_role(i, hop).expect("a gateway has a node");
+                let files = lab.envoy_files(&role)?;
+                let tls_files = match &run_ca {
+                    Some(ca) if h.tls => {
+                        let t = gateway::TlsFiles { cert: files.dir.join("cert.pem"), key: files.dir.join("key.pem") };
+                        std::fs::write(&t.cert, &ca.cert_pem)?;
+                        std::fs::write(&t.key, &ca.key_pem)?;
+                        std::fs::set_permissions(&t.key, std::fs::Permissions::from_mode(0o644))?;
+                        Some(t)
+                    }
+                    _ => None,
+                };
+                let node = lab.topology.node(&role);
+                let listen = node.toward_app.expect("a gateway has an address");
+                let name = format!("{tag} gateway envoy");
+                let envoy = gateway::start(
+                    h,
+                    knobs.service.name(),
+                    listen,
+                    srv_ip,
+                    port,
+                    files,
+                    tls_files.as_ref(),
+                    &node.netns,
+                    &name,
+                )
+                .await?;
+                lab.envoys.push(("gateway".into(), envoy));
             }
             Hop::ServerSidecar(h) => {
                 let files = lab.envoy_files("server-sidecar")?;
@@ -213,7 +261,8 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
     }
 
     // The probe: this same binary, inside the app namespace, as root (not exempt from capture).
-    let spec = probe_spec(knobs, format!("{srv_ip}:{port}"));
+    let mut spec = probe_spec(knobs, format!("{target_ip}:{port}"));
+    spec.tls_ca_pem = run_ca.as_ref().map(|ca| ca.ca_pem.clone());
     let exe = std::env::current_exe().context("locating the idlelab binary for the probe")?;
     let mut cmd = tokio::process::Command::new(exe);
     let stderr = std::fs::File::create(lab.dir.path().join("probe.stderr"))?;

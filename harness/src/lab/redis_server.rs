@@ -15,12 +15,7 @@ pub fn redis_bin() -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
 }
 
-pub struct RedisServer {
-    pub process: LabProcess,
-    pub socket: PathBuf,
-}
-
-pub async fn start(dir: &Path, port: u16, netns: &Path, name: &str) -> Result<RedisServer> {
+pub async fn start(dir: &Path, port: u16, netns: &Path, name: &str) -> Result<LabProcess> {
     let bin = redis_bin().context("redis-server not found: run `just setup`")?;
     let socket = dir.join("redis.sock");
     let mut cmd = tokio::process::Command::new(bin);
@@ -43,7 +38,7 @@ pub async fn start(dir: &Path, port: u16, netns: &Path, name: &str) -> Result<Re
             bail!("redis-server exited during start-up ({status}): {}", log.lines().last().unwrap_or(""));
         }
         if ping(&socket).await.is_ok() {
-            return Ok(RedisServer { process, socket });
+            return Ok(process);
         }
         if tokio::time::Instant::now() > deadline {
             bail!("redis-server did not answer PING within 10 s");

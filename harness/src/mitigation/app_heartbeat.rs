@@ -26,6 +26,12 @@ impl Mitigation for AppHeartbeat {
         if self.0.is_zero() {
             return Err("a heartbeat interval of 0s would never idle; give a duration".into());
         }
+        if knobs.client_library_pool() {
+            return Err(format!(
+                "{}'s client pools its own connections, so the probe cannot ping each idle one; use pool-max-idle",
+                knobs.service.name()
+            ));
+        }
         knobs.client.heartbeat = Some(self.0);
         Ok(())
     }

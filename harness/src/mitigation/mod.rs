@@ -17,6 +17,7 @@ pub mod dr_tcp_keepalive;
 pub mod envoyfilter_idle_timeout;
 pub mod exclude_outbound_ip_ranges;
 pub mod exclude_outbound_ports;
+pub mod gateway_keepalive;
 pub mod istio_idle_timeout;
 pub mod none;
 pub mod pool_max_idle;
@@ -77,6 +78,7 @@ pub enum MitigationSpec {
     DrIdleTimeout(dr_idle_timeout::DrIdleTimeout),
     ExcludeOutboundIpRanges(exclude_outbound_ip_ranges::ExcludeOutboundIpRanges),
     TcpUserTimeout(tcp_user_timeout::TcpUserTimeout),
+    GatewayKeepalive(gateway_keepalive::GatewayKeepalive),
 }
 
 impl MitigationSpec {
@@ -93,6 +95,7 @@ impl MitigationSpec {
             MitigationSpec::DrIdleTimeout(m) => m,
             MitigationSpec::ExcludeOutboundIpRanges(m) => m,
             MitigationSpec::TcpUserTimeout(m) => m,
+            MitigationSpec::GatewayKeepalive(m) => m,
         }
     }
     pub fn label(&self) -> String {

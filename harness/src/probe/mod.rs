@@ -12,6 +12,7 @@
 //! because pools that validate on checkout hide exactly the failure the lab reproduces.
 //! One module per client library (`redis`, …) implements [`Client`].
 
+pub mod http;
 pub mod observation;
 pub mod redis;
 pub mod stream;
@@ -48,6 +49,9 @@ pub struct ProbeSpec {
     #[serde(default)]
     pub tcp_user_timeout_ms: Option<u64>,
     pub request_timeout_ms: u64,
+    /// For https: the PEM of the CA the gateway's certificate was issued by.
+    #[serde(default)]
+    pub tls_ca_pem: Option<String>,
 }
 
 /// One line of the probe's stdout.
@@ -98,6 +102,27 @@ struct Probe<C: Client> {
     clock: Instant,
 }
 
+/// Apply the spec's socket options to a fresh socket; returns (keepalive read back, local address).
+pub(crate) fn configure_socket(tcp: &TcpStream, spec: &ProbeSpec) -> io::Result<(bool, String)> {
+    let sock = socket2::SockRef::from(tcp);
+    if let Some(ka) = spec.keepalive {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(ka.time_s))
+            .with_interval(Duration::from_secs(ka.interval_s))
+            .with_retries(ka.probes);
+        sock.set_tcp_keepalive(&params)?;
+    }
+    if let Some(ms) = spec.tcp_user_timeout_ms {
+        sock.set_tcp_user_timeout(Some(Duration::from_millis(ms)))?;
+    }
+    let _ = tcp.set_nodelay(true);
+    Ok((sock.keepalive().unwrap_or(false), tcp.local_addr().map(|a| a.to_string()).unwrap_or_default()))
+}
+
+pub(crate) fn emit_phase(name: &str, ms: u64, idle_ms: Option<u64>) {
+    emit(&ProbeLine::Phase { name: name.into(), ms, idle_ms });
+}
+
 fn emit(line: &ProbeLine) {
     let mut out = io::stdout().lock();
     let _ = serde_json::to_writer(&mut out, line);
@@ -129,28 +154,11 @@ impl<C: Client> Probe<C> {
                 io_kind: Some(e.kind()),
                 text: format!("connect to {target}: {e}"),
             })?;
-        let sock = socket2::SockRef::from(&tcp);
-        if let Some(ka) = self.spec.keepalive {
-            let params = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(ka.time_s))
-                .with_interval(Duration::from_secs(ka.interval_s))
-                .with_retries(ka.probes);
-            sock.set_tcp_keepalive(&params).map_err(|e| ClientError {
-                timeout: false,
-                io_kind: Some(e.kind()),
-                text: format!("SO_KEEPALIVE: {e}"),
-            })?;
-        }
-        if let Some(ms) = self.spec.tcp_user_timeout_ms {
-            sock.set_tcp_user_timeout(Some(Duration::from_millis(ms))).map_err(|e| ClientError {
-                timeout: false,
-                io_kind: Some(e.kind()),
-                text: format!("TCP_USER_TIMEOUT: {e}"),
-            })?;
-        }
-        let keepalive = sock.keepalive().unwrap_or(false);
-        let _ = tcp.set_nodelay(true);
-        let local_addr = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (keepalive, local_addr) = configure_socket(&tcp, &self.spec).map_err(|e| ClientError {
+            timeout: false,
+            io_kind: Some(e.kind()),
+            text: format!("socket options: {e}"),
+        })?;
         let (stream, log) = ObservedStream::new(tcp, self.clock);
         let conn = tokio::time::timeout(self.timeout(), self.client.handshake(stream))
             .await
@@ -341,6 +349,7 @@ pub async fn main_from_stdin() -> i32 {
     };
     let result = match spec.service {
         Service::Redis => run_with(redis::RedisClient::new(Duration::from_millis(spec.request_timeout_ms)), spec).await,
+        Service::Http | Service::Https => http::run(spec).await,
     };
     match result {
         Ok(obs) => {

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 pub struct StreamLog {
     pub last_read_ms: Option<u64>,
     pub last_write_ms: Option<u64>,
+    /// Bytes written so far: which connection carried a request is the one whose count grew.
+    pub bytes_written: u64,
     /// A read returned end-of-file: the peer's FIN.
     pub eof_ms: Option<u64>,
     /// The first I/O error: when, its kind and its text.
@@ -93,7 +95,9 @@ impl AsyncWrite for ObservedStream {
         match &r {
             Poll::Ready(Ok(n)) if *n > 0 => {
                 let now = this.now();
-                this.log.lock().expect("stream log").last_write_ms = Some(now);
+                let mut log = this.log.lock().expect("stream log");
+                log.last_write_ms = Some(now);
+                log.bytes_written += *n as u64;
             }
             Poll::Ready(Err(e)) => this.record_error(e),
             _ => {}

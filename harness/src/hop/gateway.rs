@@ -1,0 +1,61 @@
+//! An ingress gateway: an Envoy listener in front of the server (Istio's ingress gateway).
+//!
+//! ```text
+//!   … ──▶ ┌ gateway netns ─────────────────────────────────────────────┐ ──▶ server
+//!         │ Envoy listener <ip>:<port> [TLS terminated] [socket_options] │
+//!         │   accepted sockets inherit the listener's SO_KEEPALIVE …     │
+//!         │   tcp_proxy idle_timeout ──▶ cluster to the server            │
+//!         └──────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The app connects to the gateway's address. With `keepalive` (set by the
+//! `gateway-keepalive` mitigation, or here for a gateway that has it already), the listener
+//! carries SO_KEEPALIVE / TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT at STATE_PREBIND, so every
+//! accepted downstream socket probes back through whatever sits in front of the gateway.
+
+use crate::duration::Dur;
+use crate::knobs::{KnobDuration, Precision, Role};
+use crate::scenario::Keepalive;
+use serde::{Deserialize, Serialize};
+
+fn istio_default_idle_timeout() -> Dur {
+    Dur::secs(3600)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayHop {
+    /// The gateway's `tcp_proxy` `idle_timeout`; `0s` turns it off.
+    #[serde(default = "istio_default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Terminate TLS at the gateway (a certificate from a CA generated for the run).
+    #[serde(default)]
+    pub tls: bool,
+    /// Keepalive socket options on the listener (inherited by accepted sockets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Keepalive>,
+}
+
+impl Default for GatewayHop {
+    fn default() -> Self {
+        GatewayHop { idle_timeout: istio_default_idle_timeout(), tls: false, keepalive: None }
+    }
+}
+
+impl GatewayHop {
+    pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+        let mut out = Vec::new();
+        if !self.idle_timeout.is_zero() {
+            out.push(KnobDuration {
+                label: format!("path[{index}].gateway.idle_timeout"),
+                value: &mut self.idle_timeout,
+                precision: Precision::Millis,
+                role: Role::Timeout { refreshed_by_probes: false },
+            });
+        }
+        if let Some(ka) = self.keepalive.as_mut() {
+            out.extend(ka.durations_mut(&format!("path[{index}].gateway.keepalive")));
+        }
+        out
+    }
+}

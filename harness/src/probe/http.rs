@@ -1,0 +1,325 @@
+//! HTTP(S) through hyper-util's pooled client: the library owns the pool.
+//!
+//! ```text
+//!   hyper-util Client (pool_max_idle_per_host N, retry_canceled_requests(false))
+//!     └─ ObservingConnector: TCP socket the probe opens (keepalive, TCP_USER_TIMEOUT),
+//!        wrapped in ObservedStream, then TLS (rustls, trusting the run's CA) for https
+//! ```
+//!
+//! `retry_canceled_requests` is off: its default retries a request whose pooled connection
+//! turned out closed, which hides exactly the race the lab reproduces. hyper-util discards a
+//! pooled connection it already saw closed (a FIN while idle) at checkout and opens another,
+//! so an idle close shows up as `recovered`, while a flow a middlebox forgot looks healthy
+//! until the request meets the RST.
+//!
+//! The connector records every connection it opens; after each reuse request the probe finds
+//! which connection carried it (the one written to since the request started).
+
+use super::observation::{Attempt, ConnObservation, Observations, Outcome};
+use super::stream::{LogHandle, ObservedStream};
+use super::{ClientError, ProbeSpec, classify, emit_phase};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A connection the connector opened.
+#[derive(Clone)]
+struct ConnRecord {
+    log: LogHandle,
+    local_addr: String,
+    opened_ms: u64,
+    keepalive: bool,
+}
+
+enum Stream {
+    Plain(ObservedStream),
+    Tls(Box<tokio_rustls::client::TlsStream<ObservedStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What hyper-util's pool holds: the stream, as hyper's I/O traits.
+pub struct PooledIo(TokioIo<Stream>);
+
+impl Read for PooledIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl Write for PooledIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl Connection for PooledIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+#[derive(Clone)]
+struct ObservingConnector {
+    spec: Arc<ProbeSpec>,
+    clock: Instant,
+    tls: Option<tokio_rustls::TlsConnector>,
+    opened: Arc<Mutex<Vec<ConnRecord>>>,
+}
+
+impl tower_service::Service<hyper::Uri> for ObservingConnector {
+    type Response = PooledIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<PooledIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let opened_ms = this.clock.elapsed().as_millis() as u64;
+            let tcp = tokio::net::TcpStream::connect(&this.spec.target).await?;
+            let (keepalive, local_addr) = super::configure_socket(&tcp, &this.spec)?;
+            let (observed, log) = ObservedStream::new(tcp, this.clock);
+            let stream = match &this.tls {
+                None => Stream::Plain(observed),
+                Some(tls) => {
+                    let name =
+                        rustls::pki_types::ServerName::try_from(crate::lab::tls::SERVER_NAME).expect("valid name");
+                    Stream::Tls(Box::new(tls.connect(name, observed).await?))
+                }
+            };
+            this.opened.lock().expect("registry").push(ConnRecord { log, local_addr, opened_ms, keepalive });
+            Ok(PooledIo(TokioIo::new(stream)))
+        })
+    }
+}
+
+fn tls_connector(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, ClientError> {
+    let bad = |text: String| ClientError { timeout: false, io_kind: None, text };
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = io::BufReader::new(ca_pem.as_bytes());
+    for cert in rustls_pemfile_certs(&mut reader).map_err(|e| bad(format!("reading the run's CA: {e}")))? {
+        roots.add(cert).map_err(|e| bad(format!("adding the run's CA: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// PEM certificates, through rustls' own PEM parser.
+fn rustls_pemfile_certs(reader: &mut dyn io::BufRead) -> io::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut text = Vec::new();
+    reader.read_to_end(&mut text)?;
+    rustls::pki_types::CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))
+}
+
+fn client_error(e: &hyper_util::client::legacy::Error) -> ClientError {
+    let mut io_kind = None;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut text = e.to_string();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        if !text.contains(&s.to_string()) {
+            text = format!("{text}: {s}");
+        }
+        src = s.source();
+    }
+    ClientError { timeout: false, io_kind, text }
+}
+
+pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_millis() as u64;
+    let spec = Arc::new(spec);
+    let tls = match &spec.tls_ca_pem {
+        Some(pem) => Some(tls_connector(pem)?),
+        None => None,
+    };
+    let opened = Arc::new(Mutex::new(Vec::<ConnRecord>::new()));
+    let connector = ObservingConnector { spec: spec.clone(), clock, tls: tls.clone(), opened: opened.clone() };
+    let new_client = || -> Client<ObservingConnector, Empty<Bytes>> {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(spec.pool)
+            .pool_idle_timeout(spec.pool_max_idle_ms.map(Duration::from_millis))
+            .pool_timer(TokioTimer::new())
+            .retry_canceled_requests(false)
+            .build(connector.clone())
+    };
+    let client = new_client();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = |path: &str| -> hyper::Uri {
+        format!("{scheme}://{}{path}", crate::lab::tls::SERVER_NAME).parse().expect("valid URI")
+    };
+    let timeout = Duration::from_millis(spec.request_timeout_ms);
+    let request = |client: &Client<ObservingConnector, Empty<Bytes>>, path: &'static str| {
+        let client = client.clone();
+        let uri = uri(path);
+        async move {
+            let r = tokio::time::timeout(timeout, async {
+                let resp = client.get(uri).await.map_err(|e| client_error(&e))?;
+                resp.into_body().collect().await.map_err(|e| ClientError {
+                    timeout: false,
+                    io_kind: None,
+                    text: format!("reading the response body: {e}"),
+                })?;
+                Ok::<(), ClientError>(())
+            })
+            .await;
+            r.unwrap_or_else(|_| {
+                Err(ClientError { timeout: true, io_kind: None, text: "no answer within the request timeout".into() })
+            })
+        }
+    };
+
+    emit_phase("warm", now(), None);
+    let mut warm = tokio::task::JoinSet::new();
+    for _ in 0..spec.pool {
+        warm.spawn(request(&client, "/warm"));
+    }
+    while let Some(r) = warm.join_next().await {
+        r.expect("warm task")?;
+    }
+    let warmed = opened.lock().expect("registry").clone();
+
+    let idle_started_ms = now();
+    emit_phase("idle", idle_started_ms, Some(spec.idle_ms));
+    tokio::time::sleep(Duration::from_millis(spec.idle_ms)).await;
+
+    let reuse_started_ms = now();
+    emit_phase("reuse", reuse_started_ms, None);
+    let before: Vec<_> = warmed.iter().map(|c| c.log.get()).collect();
+    let mut unserved: Vec<usize> = (0..warmed.len()).collect();
+    let mut rows: Vec<ConnObservation> = Vec::new();
+    let written = |all: &[ConnRecord]| all.iter().map(|c| c.log.get().bytes_written).collect::<Vec<u64>>();
+    for j in 0..warmed.len() {
+        let at_ms = now();
+        let started = Instant::now();
+        let before_writes = written(&opened.lock().expect("registry"));
+        let result = request(&client, "/").await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let all = opened.lock().expect("registry").clone();
+        let after_writes = written(&all);
+        let used = (0..all.len()).find(|&i| after_writes[i] > before_writes.get(i).copied().unwrap_or(0));
+        let reuse = match &result {
+            Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+            Err(e) => {
+                let log = used.map(|i| all[i].log.get()).unwrap_or_default();
+                Attempt { at_ms, latency_ms, outcome: classify(e, &log), error: Some(e.text.clone()) }
+            }
+        };
+        // Which pooled connection this request stands for: the one that carried it, or (when the
+        // pool opened a new one) the first warmed connection no request used.
+        let (row_conn, replaced) = match used {
+            Some(i) if i < warmed.len() => {
+                unserved.retain(|u| *u != i);
+                (i, None)
+            }
+            _ => {
+                let i = if unserved.is_empty() { j.min(warmed.len() - 1) } else { unserved.remove(0) };
+                (
+                    i,
+                    Some(
+                        "hyper-util's pool did not hand it out (it saw the connection closed) and opened a new one"
+                            .to_string(),
+                    ),
+                )
+            }
+        };
+        // After a failure, a fresh client (so a fresh connection), as an app retrying would get.
+        let retry_after_reconnect = if result.is_err() {
+            let at_ms = now();
+            let started = Instant::now();
+            let r = request(&new_client(), "/").await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            Some(match r {
+                Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+                Err(e) => Attempt { at_ms, latency_ms, outcome: Outcome::Error, error: Some(e.text) },
+            })
+        } else {
+            None
+        };
+        let c = &warmed[row_conn];
+        let b = &before[row_conn];
+        rows.push(ConnObservation {
+            id: row_conn,
+            local_addr: c.local_addr.clone(),
+            opened_ms: c.opened_ms,
+            last_activity_ms: b.last_activity_ms().unwrap_or(c.opened_ms),
+            heartbeats: 0,
+            heartbeat_failure: None,
+            peer_closed_ms: b.eof_ms,
+            peer_reset_ms: b.error.as_ref().filter(|e| e.1 == io::ErrorKind::ConnectionReset).map(|e| e.0),
+            reconnects: u32::from(replaced.is_some()) + u32::from(retry_after_reconnect.is_some()),
+            replaced_before_use: replaced,
+            reuse,
+            retry_after_reconnect,
+            keepalive: c.keepalive,
+        });
+    }
+    rows.sort_by_key(|r| r.id);
+    Ok(Observations {
+        service: spec.service.name().into(),
+        target: spec.target.clone(),
+        pool: spec.pool,
+        idle_started_ms,
+        idle_ms: spec.idle_ms,
+        reuse_started_ms,
+        connections: rows,
+    })
+}
