@@ -78,7 +78,7 @@ enum Command {
     Reap,
     /// Time whole scenarios and per-cell setup/teardown; write results/bench.json.
     Bench {
-        /// Scenarios to time (default: redis-idle and redis-idle-passthrough).
+        /// Scenarios to time (default: every shipped scenario).
         scenarios: Vec<String>,
         #[arg(long, default_value = "scenarios", env = "IDLELAB_SCENARIOS")]
         scenarios_dir: PathBuf,
@@ -255,7 +255,7 @@ fn run(
 
 fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     let names =
-        if names.is_empty() { vec!["redis-idle".to_string(), "redis-idle-passthrough".to_string()] } else { names };
+        if names.is_empty() { scenario::list(&scenarios_dir).unwrap_or_default() } else { names };
     let args = ScenarioArgs { scenarios_dir, mitigations: vec![], time_scale: None };
     let mut rows = Vec::new();
     let mut code = 0;

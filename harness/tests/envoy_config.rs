@@ -1,62 +1,68 @@
-//! The sidecar bootstraps the lab generates are accepted by the real Envoy (`--mode validate`).
+//! The Envoy bootstraps the lab generates (client sidecar, server sidecar, gateway) are
+//! accepted by the real Envoy (`--mode validate`).
 
 mod common;
 use idlelab::duration::Dur;
-use idlelab::hop::{Route, SidecarHop};
+use idlelab::hop::{GatewayHop, Route, ServerSidecarHop, SidecarHop};
 use idlelab::lab::envoy::{EnvoyFiles, envoy_bin};
-use idlelab::lab::{server_sidecar, sidecar};
+use idlelab::lab::{gateway, server_sidecar, sidecar, tls};
+use idlelab::scenario::Keepalive;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
-#[test]
-fn generated_sidecar_bootstraps_pass_envoy_validate() {
+fn assert_envoy_accepts(dir: &Path, name: &str, config: &serde_json::Value) {
     let envoy = envoy_bin().expect("Envoy not found: run `just setup` or set ENVOY_BIN");
-    let dir = common::tempdir();
-    for (route, timeout, excluded) in [(Route::Service, 6, vec![]), (Route::Passthrough, 0, vec![6379])] {
-        let hop = SidecarHop {
-            idle_timeout: Dur::secs(timeout),
-            route,
-            exclude_outbound_ports: excluded,
-            exclude_outbound_ip_ranges: vec!["198.18.0.0/15".into()],
-            upstream_keepalive: Some(idlelab::scenario::Keepalive {
-                time: Dur::secs(2),
-                interval: Dur::secs(1),
-                probes: 3,
-            }),
-            service_idle_timeout: Some(Dur::secs(3)),
-        };
-        let files = EnvoyFiles { dir: dir.path().to_path_buf() };
-        let config = sidecar::bootstrap(&hop, "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
-        let path = dir.path().join(format!("{route:?}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let o = std::process::Command::new(&envoy)
-            .args(["--mode", "validate", "-c"])
-            .arg(&path)
-            .args(["--disable-hot-restart", "--log-level", "error"])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{route:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-}
-
-#[test]
-fn generated_server_sidecar_bootstrap_passes_envoy_validate() {
-    let envoy = envoy_bin().expect("Envoy not found: run `just setup` or set ENVOY_BIN");
-    let dir = common::tempdir();
-    let files = EnvoyFiles { dir: dir.path().to_path_buf() };
-    let config =
-        server_sidecar::bootstrap(&idlelab::hop::ServerSidecarHop { idle_timeout: Dur::secs(6) }, 6379, &files);
-    let path = dir.path().join("inbound.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
     let o = std::process::Command::new(&envoy)
         .args(["--mode", "validate", "-c"])
         .arg(&path)
         .args(["--disable-hot-restart", "--log-level", "error"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{name}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+fn keepalive() -> Option<Keepalive> {
+    Some(Keepalive { time: Dur::secs(2), interval: Dur::secs(1), probes: 3 })
+}
+
+#[test]
+fn client_sidecar_bootstraps_pass_envoy_validate() {
+    let dir = common::tempdir();
+    let files = EnvoyFiles { dir: dir.path().to_path_buf() };
+    for (route, timeout, excluded) in [(Route::Service, 6, vec![]), (Route::Passthrough, 0, vec![6379])] {
+        let hop = SidecarHop {
+            idle_timeout: Dur::secs(timeout),
+            route,
+            exclude_outbound_ports: excluded,
+            exclude_outbound_ip_ranges: vec!["198.18.0.0/15".into()],
+            upstream_keepalive: keepalive(),
+            service_idle_timeout: Some(Dur::secs(3)),
+        };
+        let config = sidecar::bootstrap(&hop, "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
+        assert_envoy_accepts(dir.path(), &format!("{route:?}"), &config);
+    }
+}
+
+#[test]
+fn server_sidecar_bootstrap_passes_envoy_validate() {
+    let dir = common::tempdir();
+    let files = EnvoyFiles { dir: dir.path().to_path_buf() };
+    let config = server_sidecar::bootstrap(&ServerSidecarHop { idle_timeout: Dur::secs(6) }, 6379, &files);
+    assert_envoy_accepts(dir.path(), "inbound", &config);
+}
+
+#[test]
+fn gateway_bootstrap_with_tls_and_keepalive_passes_envoy_validate() {
+    let dir = common::tempdir();
+    let ca = tls::generate().unwrap();
+    let files = EnvoyFiles { dir: dir.path().to_path_buf() };
+    let tls_files = gateway::TlsFiles { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") };
+    std::fs::write(&tls_files.cert, &ca.cert_pem).unwrap();
+    std::fs::write(&tls_files.key, &ca.key_pem).unwrap();
+    let hop = GatewayHop { idle_timeout: Dur::secs(6), tls: true, keepalive: keepalive() };
+    let ip = Ipv4Addr::new(198, 18, 0, 6);
+    let config = gateway::bootstrap(&hop, "https", ip, Ipv4Addr::new(198, 18, 0, 10), 8443, &files, Some(&tls_files));
+    assert_envoy_accepts(dir.path(), "gateway", &config);
 }
