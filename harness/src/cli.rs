@@ -254,8 +254,7 @@ fn run(
 }
 
 fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
-    let names =
-        if names.is_empty() { scenario::list(&scenarios_dir).unwrap_or_default() } else { names };
+    let names = if names.is_empty() { scenario::list(&scenarios_dir).unwrap_or_default() } else { names };
     let args = ScenarioArgs { scenarios_dir, mitigations: vec![], time_scale: None };
     let mut rows = Vec::new();
     let mut code = 0;

@@ -61,7 +61,7 @@ fn gateway_bootstrap_with_tls_and_keepalive_passes_envoy_validate() {
     let tls_files = gateway::TlsFiles { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") };
     std::fs::write(&tls_files.cert, &ca.cert_pem).unwrap();
     std::fs::write(&tls_files.key, &ca.key_pem).unwrap();
-    let hop = GatewayHop { idle_timeout: Dur::secs(6), tls: true, keepalive: keepalive() };
+    let hop = GatewayHop { idle_timeout: Dur::secs(6), tls: true, keepalive: keepalive(), socket_options: vec![] };
     let ip = Ipv4Addr::new(198, 18, 0, 6);
     let config = gateway::bootstrap(&hop, "https", ip, Ipv4Addr::new(198, 18, 0, 10), 8443, &files, Some(&tls_files));
     assert_envoy_accepts(dir.path(), "gateway", &config);

@@ -34,11 +34,49 @@ pub struct GatewayHop {
     /// Keepalive socket options on the listener (inherited by accepted sockets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Keepalive>,
+    /// Further listener `socket_options`, passed to Envoy as written (not time-scaled: put
+    /// durations in `keepalive`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_options: Vec<SocketOption>,
+}
+
+/// One Envoy `SocketOption` with an integer value.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SocketOption {
+    pub level: i64,
+    pub name: i64,
+    pub int_value: i64,
+    #[serde(default)]
+    pub state: SocketState,
+}
+
+/// When Envoy applies the option (`socket_option.proto`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SocketState {
+    /// Before bind(): inherited by accepted sockets.
+    #[default]
+    Prebind,
+    Bound,
+    /// After listen(); Istio ≥ 1.9 fails these on listeners (istio#28879).
+    Listening,
+}
+
+impl SocketOption {
+    pub fn envoy_json(&self) -> serde_json::Value {
+        let state = match self.state {
+            SocketState::Prebind => "STATE_PREBIND",
+            SocketState::Bound => "STATE_BOUND",
+            SocketState::Listening => "STATE_LISTENING",
+        };
+        serde_json::json!({"level": self.level, "name": self.name, "int_value": self.int_value, "state": state})
+    }
 }
 
 impl Default for GatewayHop {
     fn default() -> Self {
-        GatewayHop { idle_timeout: istio_default_idle_timeout(), tls: false, keepalive: None }
+        GatewayHop { idle_timeout: istio_default_idle_timeout(), tls: false, keepalive: None, socket_options: vec![] }
     }
 }
 

@@ -51,8 +51,11 @@ pub fn bootstrap(
         "address": {"socket_address": {"address": listen.to_string(), "port_value": port}},
         "filter_chains": [chain]
     });
-    if let Some(ka) = &hop.keepalive {
-        listener["socket_options"] = socket_options(ka);
+    let mut options: Vec<Value> =
+        hop.keepalive.as_ref().map(|ka| socket_options(ka)).and_then(|v| v.as_array().cloned()).unwrap_or_default();
+    options.extend(hop.socket_options.iter().map(|o| o.envoy_json()));
+    if !options.is_empty() {
+        listener["socket_options"] = Value::Array(options);
     }
     let cluster = envoy::static_cluster(&cluster_name, &server.to_string(), port);
     envoy::bootstrap("router~idlelab-gateway", &files.admin(), vec![listener], vec![cluster])
@@ -87,12 +90,19 @@ mod tests {
             idle_timeout: Dur::secs(6),
             tls: true,
             keepalive: Some(Keepalive { time: Dur::secs(1), interval: Dur::secs(1), probes: 3 }),
+            socket_options: vec![crate::hop::gateway::SocketOption {
+                level: 6,
+                name: 18,
+                int_value: 5000,
+                state: Default::default(),
+            }],
         };
         let tls = TlsFiles { cert: "/tmp/x/cert.pem".into(), key: "/tmp/x/key.pem".into() };
         let ip = Ipv4Addr::new(198, 18, 0, 6);
         let b = bootstrap(&hop, "https", ip, Ipv4Addr::new(198, 18, 0, 10), 8443, &files, Some(&tls));
         let l = &b["static_resources"]["listeners"][0];
-        assert_eq!(l["socket_options"].as_array().unwrap().len(), 4);
+        assert_eq!(l["socket_options"].as_array().unwrap().len(), 5);
+        assert_eq!(l["socket_options"][4]["name"], 18, "TCP_USER_TIMEOUT passed as written");
         assert_eq!(l["socket_options"][0]["state"], "STATE_PREBIND");
         assert!(
             l["filter_chains"][0]["transport_socket"]["typed_config"]["@type"]
