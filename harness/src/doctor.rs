@@ -77,6 +77,17 @@ pub fn checks() -> Vec<Check> {
             },
         },
         Check {
+            name: "mariadbd (MariaDB server)",
+            found: version_of("mariadbd", &["--version"]),
+            fix: "just setup   (apt-get install -y mariadb-server)",
+        },
+        Check { name: "memcached", found: version_of("memcached", &["-V"]), fix: "just setup   (apt-get install -y memcached)" },
+        Check {
+            name: "conntrack (evidence from middleboxes)",
+            found: version_of("conntrack", &["--version"]),
+            fix: "just setup   (apt-get install -y conntrack)",
+        },
+        Check {
             name: "redis-server",
             found: crate::lab::redis_server::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
             fix: "just setup   (apt-get install -y redis-server)",

@@ -60,6 +60,10 @@ pub struct ClientKnobs {
     pub heartbeat: Option<Dur>,
     /// `TCP_USER_TIMEOUT` on the app's socket: unacknowledged data fails the socket after this.
     pub tcp_user_timeout: Option<Dur>,
+    /// The pool checks a connection with a protocol ping before handing it out.
+    pub test_on_borrow: bool,
+    /// The pool discards a connection older than this at checkout.
+    pub pool_max_lifetime: Option<Dur>,
     /// How long the probe waits for one answer; the lab's patience, not a modelled duration,
     /// so it is not scaled.
     pub request_timeout: Dur,
@@ -69,6 +73,8 @@ pub struct ClientKnobs {
 pub struct Knobs {
     pub service: Service,
     pub client: ClientKnobs,
+    /// The server's own idle timeout (`0s` = off).
+    pub server_idle_timeout: Dur,
     pub path: Vec<Hop>,
     pub idle: Dur,
 }
@@ -99,6 +105,22 @@ impl Knobs {
                 value: d,
                 precision: Precision::Millis,
                 role: Role::Heartbeat,
+            });
+        }
+        if let Some(d) = self.client.pool_max_lifetime.as_mut() {
+            out.push(KnobDuration {
+                label: "client.pool_max_lifetime".into(),
+                value: d,
+                precision: Precision::Millis,
+                role: Role::PoolMaxIdle,
+            });
+        }
+        if !self.server_idle_timeout.is_zero() {
+            out.push(KnobDuration {
+                label: "server.idle_timeout".into(),
+                value: &mut self.server_idle_timeout,
+                precision: Precision::WholeSeconds,
+                role: Role::Timeout { refreshed_by_probes: false },
             });
         }
         if let Some(d) = self.client.tcp_user_timeout.as_mut() {

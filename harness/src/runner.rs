@@ -44,12 +44,12 @@ pub struct RunOptions {
     pub time_scale_label: String,
 }
 
-async fn run_one(cell: Cell, emitter: Emitter) -> CellReport {
+async fn run_one(cell: Cell, shared: Arc<crate::lab::RunShared>, emitter: Emitter) -> CellReport {
     let started = Instant::now();
     let label = cell.label.clone();
     let phase_emitter = emitter.clone();
     let phase = move |p: Phase| phase_emitter.emit(Event::CellPhase { cell: label.clone(), phase: p });
-    let result = crate::lab::run_cell(&cell.scaled, &phase).await;
+    let result = crate::lab::run_cell(&cell.scaled, &shared, &phase).await;
     let mut evidence = Evidence { notes: cell.time_scale.notes().collect(), ..Default::default() };
     let (verdict, explanation, error) = match result {
         Ok(outcome) => {
@@ -127,14 +127,22 @@ pub async fn run(
     }
     let order: Vec<String> = cells.iter().map(|c| c.label.clone()).collect();
     let permits = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    // Removed when the run ends, interrupted or not (its guard drops with this function).
+    let shared = match crate::lab::RunShared::new() {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let reports: Vec<CellReport> = cells.into_iter().map(|c| setup_failure(c, &e)).collect();
+            return Ok(summary_of(scenario, opts, started, started_at, reports));
+        }
+    };
     let mut set = JoinSet::new();
     let mut by_task = std::collections::HashMap::new();
     for cell in cells {
-        let (emitter, permits) = (emitter.clone(), permits.clone());
+        let (emitter, permits, shared) = (emitter.clone(), permits.clone(), shared.clone());
         let identity = (cell.scenario.clone(), cell.label.clone(), cell.mitigation.clone(), cell.expected);
         let handle = set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore");
-            run_one(cell, emitter).await
+            run_one(cell, shared, emitter).await
         });
         by_task.insert(handle.id(), identity);
     }
@@ -160,9 +168,19 @@ pub async fn run(
         }
     }
     reports.sort_by_key(|r| order.iter().position(|l| *l == r.cell));
-    let wall_ms = started.elapsed().as_millis() as u64;
-    emitter.emit(Event::RunFinished { wall_ms });
-    Ok(RunSummary {
+    let summary = summary_of(scenario, opts, started, started_at, reports);
+    emitter.emit(Event::RunFinished { wall_ms: summary.wall_ms });
+    Ok(summary)
+}
+
+fn summary_of(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    started: Instant,
+    started_at: String,
+    reports: Vec<CellReport>,
+) -> RunSummary {
+    RunSummary {
         schema_version: SCHEMA_VERSION,
         scenario: scenario.name.clone(),
         summary: scenario.summary.clone(),
@@ -170,10 +188,30 @@ pub async fn run(
         time_scale: opts.time_scale_label.clone(),
         pass: reports.iter().all(|r| r.pass),
         started_at,
-        wall_ms,
+        wall_ms: started.elapsed().as_millis() as u64,
         out_dir: opts.out_dir.clone(),
         cells: reports,
-    })
+    }
+}
+
+/// A cell that could not start because the run itself could not be set up.
+fn setup_failure(cell: Cell, e: &anyhow::Error) -> CellReport {
+    CellReport {
+        scenario: cell.scenario,
+        cell: cell.label,
+        mitigation: cell.mitigation,
+        describe: cell.describe,
+        expected: cell.expected,
+        verdict: None,
+        pass: false,
+        explanation: String::new(),
+        why_expected: cell.why,
+        error: Some(format!("{e:#}")),
+        wall_ms: 0,
+        time_scale: cell.time_scale,
+        istio: vec![],
+        evidence: Evidence::default(),
+    }
 }
 
 /// A cell whose task panicked: its guards already cleaned up during unwinding.

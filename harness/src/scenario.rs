@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "kebab-case")]
 pub enum Service {
     Redis,
+    /// MariaDB (`mariadbd`) through `mysql_async`'s pool.
+    Mysql,
+    /// memcached through `memcache-async` on the probe's own sockets and pool.
+    Memcached,
     /// HTTP/1.1 keep-alive to a hyper server, through hyper-util's pooled client.
     Http,
     /// The same with TLS, terminated at a `gateway` hop (`tls: true`).
@@ -28,6 +32,8 @@ impl Service {
     pub fn port(self) -> u16 {
         match self {
             Service::Redis => 6379,
+            Service::Mysql => 3306,
+            Service::Memcached => 11211,
             Service::Http => 8080,
             Service::Https => 8443,
         }
@@ -35,6 +41,8 @@ impl Service {
     pub fn name(self) -> &'static str {
         match self {
             Service::Redis => "redis",
+            Service::Mysql => "mysql",
+            Service::Memcached => "memcached",
             Service::Http => "http",
             Service::Https => "https",
         }
@@ -42,7 +50,24 @@ impl Service {
     /// Whether the client library manages its own pool (the probe cannot address one
     /// pooled connection, so per-connection mitigations such as heartbeats do not apply).
     pub fn library_pool(self) -> bool {
-        matches!(self, Service::Http | Service::Https)
+        matches!(self, Service::Http | Service::Https | Service::Mysql)
+    }
+    /// The server's own idle timeout when the scenario does not set one: redis `timeout 0`
+    /// (off), MariaDB's `wait_timeout` default of 8 h, memcached's `idle_timeout` 0 (off).
+    pub fn default_server_idle_timeout(self) -> Dur {
+        match self {
+            Service::Mysql => Dur::secs(28800),
+            _ => Dur::secs(0),
+        }
+    }
+    /// The server's own idle-timeout setting, by its name there.
+    pub fn server_idle_setting(self) -> &'static str {
+        match self {
+            Service::Redis => "redis `timeout`",
+            Service::Mysql => "MariaDB `wait_timeout`",
+            Service::Memcached => "memcached `-o idle_timeout`",
+            Service::Http | Service::Https => "none (the hyper server has no idle timeout)",
+        }
     }
 }
 
@@ -193,6 +218,17 @@ impl fmt::Display for TimeScaleSpec {
     }
 }
 
+/// `server: {idle_timeout: 8h}`: the server's own idle timeout (redis `timeout`, MariaDB
+/// `wait_timeout`, memcached `-o idle_timeout`); `0s` = off. Default: the server's own
+/// default (redis off, MariaDB 8 h, memcached off), so it never hides or causes a failure
+/// by accident.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+}
+
 /// One cell: a mitigation and the verdict it is expected to give.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +248,9 @@ pub struct Scenario {
     pub service: Service,
     #[serde(default)]
     pub client: ClientSpec,
+    /// The server's own settings that could end an idle connection, made explicit.
+    #[serde(default)]
+    pub server: ServerSpec,
     /// Hops from the app to the server, in order; empty means a direct connection.
     #[serde(default)]
     pub path: Vec<Hop>,
@@ -380,6 +419,13 @@ impl Scenario {
                 Some("the lab models one ingress gateway per path".into()),
             ));
         }
+        if self.service == Service::Http && !self.server.idle_timeout.unwrap_or_default().is_zero() {
+            return Err(self.error_at(
+                None,
+                "the lab's HTTP server has no idle timeout of its own; remove `server.idle_timeout`".into(),
+                None,
+            ));
+        }
         if self.service == Service::Https && !gateways.iter().any(|g| g.tls) {
             return Err(self.error_at(
                 None,
@@ -445,8 +491,11 @@ impl Scenario {
                 pool_max_idle: None,
                 heartbeat: None,
                 tcp_user_timeout: None,
+                test_on_borrow: false,
+                pool_max_lifetime: None,
                 request_timeout: self.client.request_timeout,
             },
+            server_idle_timeout: self.server.idle_timeout.unwrap_or(self.service.default_server_idle_timeout()),
             path: self.path.clone(),
             idle: self.idle,
         }

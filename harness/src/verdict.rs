@@ -139,6 +139,7 @@ mod tests {
             idle_ms: 7000,
             reuse_started_ms: 7100,
             connections: conns,
+            notes: vec![],
         }
     }
 

@@ -16,7 +16,9 @@
 pub mod envoy;
 pub mod gateway;
 pub mod http_server;
+pub mod memcached_server;
 pub mod middlebox;
+pub mod mysql_server;
 pub mod netns;
 pub mod process;
 pub mod redis_server;
@@ -45,6 +47,28 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use topology::Topology;
 
 static CELL_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// What the cells of one run share, removed when the run ends: the MariaDB template data
+/// directory, initialised once by the first cell that needs it.
+pub struct RunShared {
+    dir: tempfile::TempDir,
+    mysql_template: tokio::sync::OnceCell<std::path::PathBuf>,
+}
+
+impl RunShared {
+    pub fn new() -> Result<RunShared> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}{}-run-", netns::PREFIX, std::process::id()))
+            .tempdir()
+            .context("creating the run's temp dir")?;
+        Ok(RunShared { dir, mysql_template: tokio::sync::OnceCell::new() })
+    }
+
+    async fn mysql_template(&self) -> Result<&std::path::Path> {
+        let dir = self.dir.path();
+        self.mysql_template.get_or_try_init(|| mysql_server::init_template(dir)).await.map(|p| p.as_path())
+    }
+}
 
 /// What one Envoy of the path recorded.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -146,11 +170,13 @@ fn probe_spec(knobs: &Knobs, target: String) -> ProbeSpec {
         tcp_user_timeout_ms: knobs.client.tcp_user_timeout.map(ms),
         request_timeout_ms: ms(knobs.client.request_timeout),
         tls_ca_pem: None,
+        test_on_borrow: knobs.client.test_on_borrow,
+        pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
     }
 }
 
 /// Run one cell with already scaled knobs. `phase` is told where the cell is.
-pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> Result<CellOutcome> {
+pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) + Send + Sync)) -> Result<CellOutcome> {
     let started = Instant::now();
     phase(Phase::Setup);
     let seq = CELL_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -187,10 +213,23 @@ pub async fn run_cell(knobs: &Knobs, phase: &(dyn Fn(Phase) + Send + Sync)) -> R
     std::fs::create_dir(&server_dir)?;
     let server_ns = lab.topology.server().netns.path();
     let server_name = format!("{tag} {} server", knobs.service.name());
+    let server_idle_s = knobs.server_idle_timeout.0.as_secs();
     lab.server = Some(match knobs.service {
-        Service::Redis => redis_server::start(&server_dir, port, &server_ns, &server_name).await?,
+        Service::Redis => redis_server::start(&server_dir, port, server_idle_s, &server_ns, &server_name).await?,
+        Service::Mysql => {
+            let template = shared.mysql_template().await?;
+            mysql_server::start(template, &server_dir, port, server_idle_s, &server_ns, &server_name).await?
+        }
+        Service::Memcached => memcached_server::start(port, server_idle_s, &server_ns, &server_name).await?,
         Service::Http | Service::Https => http_server::start(port, &server_ns, &server_name).await?,
     });
+    // Probe interval and count for libraries that only set the idle time (mysql_async) come
+    // from the namespace's sysctls, as they would from the pod's.
+    if let Some(ka) = knobs.client.keepalive {
+        let app = &lab.topology.app().netns;
+        app.sysctl("net.ipv4.tcp_keepalive_intvl", &ka.interval.0.as_secs().max(1).to_string())?;
+        app.sysctl("net.ipv4.tcp_keepalive_probes", &ka.probes.to_string())?;
+    }
     // The app connects to the gateway when there is one, else to the server.
     let target_ip = knobs
         .path

@@ -100,3 +100,35 @@ pub fn reap_stale() -> Vec<String> {
     }
     removed
 }
+
+/// Wait until something in namespace `ns` accepts TCP connections on `port` (127.0.0.1), by
+/// connecting from a short-lived thread that entered the namespace; no process is spawned.
+pub async fn wait_listening(ns: &std::path::Path, port: u16, within: std::time::Duration) -> Result<()> {
+    let ns = std::fs::File::open(ns)?;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+        // SAFETY: setns changes this blocking-pool thread only, and it is set back below
+        // before the thread runs anything else.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("entering the namespace: {}", std::io::Error::last_os_error());
+        }
+        let deadline = std::time::Instant::now() + within;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let result = loop {
+            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100)).is_ok() {
+                break Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                break Err(anyhow::anyhow!("nothing listened on port {port} within {within:?}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        // Back to where the thread was, so the pooled thread is clean for the next task.
+        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("leaving the namespace: {}", std::io::Error::last_os_error());
+        }
+        result
+    })
+    .await?
+}

@@ -15,12 +15,24 @@ pub fn redis_bin() -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
 }
 
-pub async fn start(dir: &Path, port: u16, netns: &Path, name: &str) -> Result<LabProcess> {
+/// `idle_timeout_s`: redis' own `timeout` (0 = off), from the scenario's `server.idle_timeout`.
+pub async fn start(dir: &Path, port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
     let bin = redis_bin().context("redis-server not found: run `just setup`")?;
     let socket = dir.join("redis.sock");
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(["--bind", "0.0.0.0", "--port", &port.to_string(), "--protected-mode", "no"])
-        .args(["--tcp-keepalive", "0", "--timeout", "0", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args([
+            "--tcp-keepalive",
+            "0",
+            "--timeout",
+            &idle_timeout_s.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ])
         .arg("--unixsocket")
         .arg(&socket)
         .arg("--dir")

@@ -21,6 +21,8 @@ pub mod gateway_keepalive;
 pub mod istio_idle_timeout;
 pub mod none;
 pub mod pool_max_idle;
+pub mod pool_max_lifetime;
+pub mod pool_test_on_borrow;
 pub mod tcp_user_timeout;
 
 use crate::knobs::Knobs;
@@ -79,6 +81,8 @@ pub enum MitigationSpec {
     ExcludeOutboundIpRanges(exclude_outbound_ip_ranges::ExcludeOutboundIpRanges),
     TcpUserTimeout(tcp_user_timeout::TcpUserTimeout),
     GatewayKeepalive(gateway_keepalive::GatewayKeepalive),
+    PoolTestOnBorrow(pool_test_on_borrow::PoolTestOnBorrow),
+    PoolMaxLifetime(pool_max_lifetime::PoolMaxLifetime),
 }
 
 impl MitigationSpec {
@@ -96,6 +100,8 @@ impl MitigationSpec {
             MitigationSpec::ExcludeOutboundIpRanges(m) => m,
             MitigationSpec::TcpUserTimeout(m) => m,
             MitigationSpec::GatewayKeepalive(m) => m,
+            MitigationSpec::PoolTestOnBorrow(m) => m,
+            MitigationSpec::PoolMaxLifetime(m) => m,
         }
     }
     pub fn label(&self) -> String {

@@ -321,5 +321,6 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         idle_ms: spec.idle_ms,
         reuse_started_ms,
         connections: rows,
+        notes: vec![],
     })
 }

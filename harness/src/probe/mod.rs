@@ -13,6 +13,8 @@
 //! One module per client library (`redis`, …) implements [`Client`].
 
 pub mod http;
+pub mod memcached;
+pub mod mysql;
 pub mod observation;
 pub mod redis;
 pub mod stream;
@@ -52,6 +54,12 @@ pub struct ProbeSpec {
     /// For https: the PEM of the CA the gateway's certificate was issued by.
     #[serde(default)]
     pub tls_ca_pem: Option<String>,
+    /// Ping each connection at checkout and replace it when the ping fails.
+    #[serde(default)]
+    pub test_on_borrow: bool,
+    /// Replace a connection older than this at checkout.
+    #[serde(default)]
+    pub pool_max_lifetime_ms: Option<u64>,
 }
 
 /// One line of the probe's stdout.
@@ -86,10 +94,15 @@ pub trait Client: Send + Sync + 'static {
     fn heartbeat(&self, conn: &mut Self::Conn) -> impl Future<Output = Result<(), ClientError>> + Send;
     /// The command sent on reuse.
     fn request(&self, conn: &mut Self::Conn, id: usize) -> impl Future<Output = Result<(), ClientError>> + Send;
+    /// Whether the library reads its socket all the time (so the stream log sees a FIN as it
+    /// arrives). When it does not, the probe peeks at the socket before the reuse.
+    fn reads_eagerly(&self) -> bool;
 }
 
 struct Slot<C: Client> {
     conn: C::Conn,
+    /// The socket, for a peek before the reuse (valid while `conn` lives).
+    fd: std::os::fd::RawFd,
     log: LogHandle,
     local_addr: String,
     opened_ms: u64,
@@ -159,11 +172,12 @@ impl<C: Client> Probe<C> {
             io_kind: Some(e.kind()),
             text: format!("socket options: {e}"),
         })?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
         let (stream, log) = ObservedStream::new(tcp, self.clock);
         let conn = tokio::time::timeout(self.timeout(), self.client.handshake(stream))
             .await
             .map_err(|_| ClientError { timeout: true, io_kind: None, text: "handshake timed out".into() })??;
-        Ok(Slot { conn, log, local_addr, opened_ms, keepalive })
+        Ok(Slot { conn, fd, log, local_addr, opened_ms, keepalive })
     }
 
     /// Run one request with the request timeout, and say how it ended.
@@ -184,6 +198,28 @@ impl<C: Client> Probe<C> {
             Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
             Err(e) => Attempt { at_ms, latency_ms, outcome: classify(&e, &log.get()), error: Some(e.text) },
         }
+    }
+}
+
+enum PeerState {
+    Open,
+    Closed,
+    Reset,
+}
+
+/// What a socket has received while nobody read it: `recv(MSG_PEEK | MSG_DONTWAIT)` returns 0
+/// after the peer's FIN, fails with ECONNRESET after an RST, and would block on a quiet one.
+fn peek(fd: std::os::fd::RawFd) -> PeerState {
+    let mut byte = [0u8; 1];
+    // SAFETY: a non-blocking peek into a local buffer on a socket the probe still holds.
+    let n = unsafe { libc::recv(fd, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match n {
+        0 => PeerState::Closed,
+        n if n > 0 => PeerState::Open,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::ConnectionReset => PeerState::Reset,
+            _ => PeerState::Open,
+        },
     }
 }
 
@@ -264,9 +300,16 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
         reuses.spawn(async move {
             let before = slot.log.get();
             let last_activity_ms = before.last_activity_ms().unwrap_or(slot.opened_ms);
-            let peer_closed_ms = before.eof_ms;
-            let peer_reset_ms =
+            let mut peer_closed_ms = before.eof_ms;
+            let mut peer_reset_ms =
                 before.error.as_ref().filter(|(_, k, _)| *k == io::ErrorKind::ConnectionReset).map(|(t, _, _)| *t);
+            if !probe.client.reads_eagerly() {
+                match peek(slot.fd) {
+                    PeerState::Closed => peer_closed_ms = Some(probe.now_ms()),
+                    PeerState::Reset => peer_reset_ms = Some(probe.now_ms()),
+                    PeerState::Open => {}
+                }
+            }
             let (local_addr, opened_ms, keepalive) = (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
 
             // Checkout: the pool's policy decides whether this connection is used at all.
@@ -276,9 +319,28 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                 let idle_for = probe.now_ms().saturating_sub(last_activity_ms);
                 if idle_for > max {
                     replaced_before_use = Some(format!("idle {} ms > max idle {} ms", idle_for, max));
-                    drop(slot);
-                    slot = probe.connect().await?;
                 }
+            }
+            if let Some(max) = probe.spec.pool_max_lifetime_ms {
+                let age = probe.now_ms().saturating_sub(opened_ms);
+                if replaced_before_use.is_none() && age > max {
+                    replaced_before_use = Some(format!("age {} ms > max lifetime {} ms", age, max));
+                }
+            }
+            if replaced_before_use.is_none() && probe.spec.test_on_borrow {
+                let mut conn = slot.conn.clone();
+                let ping = probe.attempt(&slot.log, || probe.client.heartbeat(&mut conn)).await;
+                if !ping.outcome.is_ok() {
+                    replaced_before_use = Some(format!(
+                        "test-on-borrow: the ping failed ({:?}: {})",
+                        ping.outcome,
+                        ping.error.unwrap_or_default()
+                    ));
+                }
+            }
+            if replaced_before_use.is_some() {
+                drop(slot);
+                slot = probe.connect().await?;
             }
             let log = slot.log.clone();
             let mut conn = slot.conn.clone();
@@ -330,6 +392,7 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
         idle_ms: spec.idle_ms,
         reuse_started_ms,
         connections,
+        notes: vec![],
     })
 }
 
@@ -349,6 +412,8 @@ pub async fn main_from_stdin() -> i32 {
     };
     let result = match spec.service {
         Service::Redis => run_with(redis::RedisClient::new(Duration::from_millis(spec.request_timeout_ms)), spec).await,
+        Service::Memcached => run_with(memcached::MemcachedClient, spec).await,
+        Service::Mysql => mysql::run(spec).await,
         Service::Http | Service::Https => http::run(spec).await,
     };
     match result {

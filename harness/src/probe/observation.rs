@@ -90,4 +90,7 @@ pub struct Observations {
     pub idle_ms: u64,
     pub reuse_started_ms: u64,
     pub connections: Vec<ConnObservation>,
+    /// What the client library did, in words (e.g. "checkout discarded 4 pooled connections").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }

@@ -51,6 +51,10 @@ impl Client for RedisClient {
         redis::cmd("PING").query_async::<String>(conn).await.map(|_| ()).map_err(err)
     }
 
+    fn reads_eagerly(&self) -> bool {
+        true
+    }
+
     async fn request(&self, conn: &mut Self::Conn, id: usize) -> Result<(), ClientError> {
         redis::cmd("GET")
             .arg(format!("idlelab:{id}"))

@@ -1,0 +1,22 @@
+//! memcached in the server namespace, with its own idle timeout explicit
+//! (`-o idle_timeout`, from the scenario's `server.idle_timeout`; memcached's default, 0, is off).
+
+use super::process::{LabProcess, spawn};
+use anyhow::{Result, bail};
+use std::path::Path;
+use std::time::Duration;
+
+pub async fn start(port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
+    let mut cmd = tokio::process::Command::new("memcached");
+    cmd.args(["-u", "root", "-l", "0.0.0.0", "-p", &port.to_string(), "-U", "0", "-t", "1", "-m", "16"])
+        .args(["-o", &format!("idle_timeout={idle_timeout_s}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut process = spawn(name, cmd, netns, None)?;
+    if let Err(e) = super::netns::wait_listening(netns, port, Duration::from_secs(10)).await {
+        let exited = process.exited().map(|s| format!(" (exited: {s})")).unwrap_or_default();
+        bail!("memcached did not start{exited}: {e}");
+    }
+    Ok(process)
+}

@@ -1,0 +1,278 @@
+//! MySQL / MariaDB through `mysql_async`'s pool: the library owns the pool and its sockets.
+//!
+//! ```text
+//!   Pool (constraints 0..N, inactive_connection_ttl, abs_conn_ttl, tcp_keepalive)
+//!     warm: N connections at once, `SELECT 1` each, back to the pool
+//!     idle
+//!     reuse: N checkouts held together, [COM_PING on borrow], `SELECT 1` each
+//! ```
+//!
+//! `mysql_async` checks a pooled connection's socket at checkout and silently drops one that
+//! already saw a FIN or RST, taking another: an idle close becomes `recovered`, while a flow a
+//! middlebox forgot looks healthy until the query meets the RST. The probe cannot wrap the
+//! library's sockets, so it reads their states from `/proc` (its own sockets, in its own
+//! network namespace) just before the reuse, and tells which connection served each checkout
+//! by `CONNECTION_ID()`. Keepalive: the library sets only the idle time; the interval and count
+//! come from the namespace's sysctls, which the lab sets.
+
+use super::observation::{Attempt, ConnObservation, Observations, Outcome};
+use super::stream::StreamLog;
+use super::{ClientError, ProbeSpec, classify, emit_phase};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn err(e: &mysql_async::Error) -> ClientError {
+    let io_kind = match e {
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => Some(io.kind()),
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
+            Some(std::io::ErrorKind::UnexpectedEof)
+        }
+        _ => None,
+    };
+    ClientError { timeout: false, io_kind, text: e.to_string() }
+}
+
+async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(|e| err(&e)),
+        Err(_) => {
+            Err(ClientError { timeout: true, io_kind: None, text: "no answer within the request timeout".into() })
+        }
+    }
+}
+
+/// TCP states of this process's sockets toward `port`: (established, close-wait).
+pub fn own_socket_states(port: u16) -> (usize, usize) {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.to_string_lossy();
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let (mut established, mut close_wait) = (0, 0);
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 || !inodes.contains(cols[9]) {
+            continue;
+        }
+        let rem_port = cols[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        if rem_port != Some(port) {
+            continue;
+        }
+        match cols[3] {
+            "01" => established += 1,
+            "08" => close_wait += 1,
+            _ => {}
+        }
+    }
+    (established, close_wait)
+}
+
+pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_millis() as u64;
+    let limit = Duration::from_millis(spec.request_timeout_ms);
+    let (host, port) = spec.target.rsplit_once(':').expect("ip:port");
+    let port: u16 = port.parse().expect("a port");
+    // With no inactive_connection_ttl, mysql_async keeps only `min` idle connections and closes
+    // the rest when they return; with one, it keeps up to `max` and retires the idle ones above
+    // `min` after the TTL. So: min = max = pool, or min = 0 when the pool has a max idle time.
+    let min = if spec.pool_max_idle_ms.is_some() { 0 } else { spec.pool.max(1) };
+    let mut pool_opts = PoolOpts::default()
+        .with_constraints(PoolConstraints::new(min, spec.pool.max(1)).expect("min <= max"))
+        .with_reset_connection(false)
+        .with_abs_conn_ttl(spec.pool_max_lifetime_ms.map(Duration::from_millis));
+    if let Some(ms) = spec.pool_max_idle_ms {
+        pool_opts = pool_opts
+            .with_inactive_connection_ttl(Duration::from_millis(ms))
+            .with_ttl_check_interval(Duration::from_secs(1));
+    }
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port)
+        .user(Some("root"))
+        .prefer_socket(false)
+        .tcp_keepalive(spec.keepalive.map(|k| Duration::from_secs(k.time_s)))
+        .pool_opts(pool_opts);
+    let pool = Pool::new(opts);
+
+    emit_phase("warm", now(), None);
+    let mut warm = tokio::task::JoinSet::new();
+    for _ in 0..spec.pool {
+        let pool = pool.clone();
+        let opened_ms = now();
+        warm.spawn(async move {
+            let mut conn = timed(limit, pool.get_conn()).await?;
+            timed(limit, conn.query_drop("SELECT 1")).await?;
+            Ok::<_, ClientError>((conn, opened_ms))
+        });
+    }
+    let mut held: Vec<(Conn, u64)> = Vec::new();
+    while let Some(r) = warm.join_next().await {
+        held.push(r.expect("warm task")?);
+    }
+    let warmed: Vec<(u32, u64, u64)> = held.iter().map(|(c, opened)| (c.id(), *opened, now())).collect();
+    drop(held); // back to the pool
+
+    let idle_started_ms = now();
+    emit_phase("idle", idle_started_ms, Some(spec.idle_ms));
+    tokio::time::sleep(Duration::from_millis(spec.idle_ms)).await;
+
+    let (established, close_wait) = own_socket_states(port);
+    let checked_ms = now();
+    let reuse_started_ms = now();
+    emit_phase("reuse", reuse_started_ms, None);
+    let mut notes = vec![format!(
+        "before the reuse, {close_wait} of the pool's sockets had received the peer's FIN (CLOSE-WAIT) and {established} were established"
+    )];
+    let index: HashMap<u32, usize> = warmed.iter().enumerate().map(|(i, (id, _, _))| (*id, i)).collect();
+    let mut unserved: Vec<usize> = (0..warmed.len()).collect();
+    let mut rows = Vec::new();
+    let mut in_use: Vec<Conn> = Vec::new();
+    let mut discarded_at_checkout = 0;
+    let mut served_ids = Vec::new();
+    let mut failed_pings_total = 0;
+    for j in 0..warmed.len() {
+        let at_ms = now();
+        let started = Instant::now();
+        let mut replaced_by_probe = None;
+        let outcome: Result<u32, ClientError> = async {
+            let mut conn = timed(limit, pool.get_conn()).await?;
+            // Test on borrow, as pools do it: ping each candidate, discard the ones that fail,
+            // until one answers (a new connection at the latest).
+            let mut failed_pings = Vec::new();
+            while spec.test_on_borrow && failed_pings.len() <= spec.pool {
+                match timed(limit, conn.ping()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        failed_pings.push(e.text);
+                        let _ = tokio::time::timeout(limit, conn.disconnect()).await;
+                        conn = timed(limit, pool.get_conn()).await?;
+                    }
+                }
+            }
+            failed_pings_total += failed_pings.len();
+            if let Some(first) = failed_pings.first() {
+                replaced_by_probe =
+                    Some(format!("test-on-borrow: COM_PING failed on {} pooled connection(s) ({first})", failed_pings.len()));
+            }
+            let id = conn.id();
+            let r = timed(limit, conn.query_drop("SELECT 1")).await;
+            in_use.push(conn);
+            r.map(|_| id)
+        }
+        .await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        if let Ok(id) = &outcome {
+            served_ids.push(*id);
+        }
+        let served_by = outcome.as_ref().ok().and_then(|id| index.get(id).copied());
+        let reuse = match &outcome {
+            Ok(_) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+            Err(e) => {
+                Attempt { at_ms, latency_ms, outcome: classify(e, &StreamLog::default()), error: Some(e.text.clone()) }
+            }
+        };
+        let (row, replaced) = match (served_by, &replaced_by_probe) {
+            (Some(i), None) => {
+                unserved.retain(|u| *u != i);
+                (i, None)
+            }
+            _ if outcome.is_err() && replaced_by_probe.is_none() => {
+                // The failed query ran on a pooled connection; which one is unknown, take the next.
+                (if unserved.is_empty() { j.min(warmed.len() - 1) } else { unserved.remove(0) }, None)
+            }
+            _ => {
+                let i = if unserved.is_empty() { j.min(warmed.len() - 1) } else { unserved.remove(0) };
+                let why = replaced_by_probe.clone().unwrap_or_else(|| {
+                    discarded_at_checkout += 1;
+                    if failed_pings_total > 0 {
+                        "test-on-borrow discarded it during an earlier checkout (COM_PING failed)".into()
+                    } else if spec.pool_max_idle_ms.is_some() {
+                        "mysql_async's pool retired it after inactive_connection_ttl and opened a new connection".into()
+                    } else if spec.pool_max_lifetime_ms.is_some() {
+                        "mysql_async's pool retired it after abs_conn_ttl and opened a new connection".into()
+                    } else {
+                        "mysql_async's checkout found its socket closed, dropped it silently and opened a new connection".into()
+                    }
+                });
+                (i, Some(why))
+            }
+        };
+        let retry_after_reconnect = if outcome.is_err() {
+            let at_ms = now();
+            let started = Instant::now();
+            let r: Result<(), ClientError> = async {
+                let mut conn = timed(limit, Conn::new(pool_free_opts(host, port))).await?;
+                timed(limit, conn.query_drop("SELECT 1")).await?;
+                let _ = conn.disconnect().await;
+                Ok(())
+            }
+            .await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            Some(match r {
+                Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+                Err(e) => Attempt { at_ms, latency_ms, outcome: Outcome::Error, error: Some(e.text) },
+            })
+        } else {
+            None
+        };
+        let (_, opened_ms, last_activity_ms) = warmed[row];
+        // The probe cannot tell which socket belonged to which discarded connection; when as
+        // many sockets were in CLOSE-WAIT as connections were discarded, each had seen a FIN.
+        let peer_closed_ms =
+            (replaced.is_some() && replaced_by_probe.is_none() && close_wait > 0).then_some(checked_ms);
+        rows.push(ConnObservation {
+            id: row,
+            local_addr: String::new(),
+            opened_ms,
+            last_activity_ms,
+            heartbeats: 0,
+            heartbeat_failure: None,
+            peer_closed_ms,
+            peer_reset_ms: None,
+            reconnects: u32::from(replaced.is_some()) + u32::from(retry_after_reconnect.is_some()),
+            replaced_before_use: replaced,
+            reuse,
+            retry_after_reconnect,
+            keepalive: spec.keepalive.is_some(),
+        });
+    }
+    notes.push(format!(
+        "connection ids: warmed {:?}, reused {:?}",
+        warmed.iter().map(|w| w.0).collect::<Vec<_>>(),
+        served_ids
+    ));
+    if discarded_at_checkout > 0 {
+        notes.push(format!("checkout discarded {discarded_at_checkout} pooled connections and opened new ones"));
+    }
+    drop(in_use);
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.disconnect()).await;
+    rows.sort_by_key(|r| r.id);
+    Ok(Observations {
+        service: spec.service.name().into(),
+        target: spec.target.clone(),
+        pool: spec.pool,
+        idle_started_ms,
+        idle_ms: spec.idle_ms,
+        reuse_started_ms,
+        connections: rows,
+        notes,
+    })
+}
+
+/// Options for one connection outside the pool (the retry after a failure).
+fn pool_free_opts(host: &str, port: u16) -> OptsBuilder {
+    OptsBuilder::default().ip_or_hostname(host).tcp_port(port).user(Some("root")).prefer_socket(false)
+}
