@@ -286,6 +286,7 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
             "setup_teardown_ms_max": max,
             "setup_ms_max": lab.iter().map(|l| l.setup_ms).max().unwrap_or(0),
             "teardown_ms_max": lab.iter().map(|l| l.teardown_ms).max().unwrap_or(0),
+            "server_start_ms_max": lab.iter().map(|l| l.server_start_ms).max().unwrap_or(0),
             "time_scale_min": factors.iter().min(),
             "time_scale_max": factors.iter().max(),
         }));
@@ -305,7 +306,16 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     }
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(vec!["scenario", "cells", "pass", "wall", "setup+teardown mean", "max", "time scale"]);
+    table.set_header(vec![
+        "scenario",
+        "cells",
+        "pass",
+        "wall",
+        "setup+teardown mean",
+        "max",
+        "server start max",
+        "time scale",
+    ]);
     for r in &rows {
         table.add_row(vec![
             r["scenario"].as_str().unwrap_or("").to_string(),
@@ -314,6 +324,7 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
             format!("{:.1} s", r["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0),
             format!("{} ms", r["setup_teardown_ms_mean"]),
             format!("{} ms", r["setup_teardown_ms_max"]),
+            format!("{} ms", r["server_start_ms_max"]),
             format!("×{}–×{}", r["time_scale_min"], r["time_scale_max"]),
         ]);
     }

@@ -81,7 +81,11 @@ pub fn checks() -> Vec<Check> {
             found: version_of("mariadbd", &["--version"]),
             fix: "just setup   (apt-get install -y mariadb-server)",
         },
-        Check { name: "memcached", found: version_of("memcached", &["-V"]), fix: "just setup   (apt-get install -y memcached)" },
+        Check {
+            name: "memcached",
+            found: version_of("memcached", &["-V"]),
+            fix: "just setup   (apt-get install -y memcached)",
+        },
         Check {
             name: "conntrack (evidence from middleboxes)",
             found: version_of("conntrack", &["--version"]),

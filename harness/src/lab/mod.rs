@@ -95,6 +95,9 @@ pub struct LabEvidence {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub middleboxes: Vec<MiddleboxView>,
     pub setup_ms: u64,
+    /// Of the setup: starting the server until it accepts connections (MariaDB includes
+    /// copying the template data directory; the run's one-time initialisation is not counted).
+    pub server_start_ms: u64,
     pub teardown_ms: u64,
 }
 
@@ -214,6 +217,10 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
     let server_ns = lab.topology.server().netns.path();
     let server_name = format!("{tag} {} server", knobs.service.name());
     let server_idle_s = knobs.server_idle_timeout.0.as_secs();
+    if knobs.service == Service::Mysql {
+        shared.mysql_template().await?;
+    }
+    let server_started = Instant::now();
     lab.server = Some(match knobs.service {
         Service::Redis => redis_server::start(&server_dir, port, server_idle_s, &server_ns, &server_name).await?,
         Service::Mysql => {
@@ -223,6 +230,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
         Service::Memcached => memcached_server::start(port, server_idle_s, &server_ns, &server_name).await?,
         Service::Http | Service::Https => http_server::start(port, &server_ns, &server_name).await?,
     });
+    evidence.server_start_ms = server_started.elapsed().as_millis() as u64;
     // Probe interval and count for libraries that only set the idle time (mysql_async) come
     // from the namespace's sysctls, as they would from the pod's.
     if let Some(ka) = knobs.client.keepalive {

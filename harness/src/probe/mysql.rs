@@ -164,8 +164,10 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             }
             failed_pings_total += failed_pings.len();
             if let Some(first) = failed_pings.first() {
-                replaced_by_probe =
-                    Some(format!("test-on-borrow: COM_PING failed on {} pooled connection(s) ({first})", failed_pings.len()));
+                replaced_by_probe = Some(format!(
+                    "test-on-borrow: COM_PING failed on {} pooled connection(s) ({first})",
+                    failed_pings.len()
+                ));
             }
             let id = conn.id();
             let r = timed(limit, conn.query_drop("SELECT 1")).await;
