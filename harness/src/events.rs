@@ -19,9 +19,25 @@ pub enum Phase {
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    RunStarted { scenario: String, backend: String, cells: Vec<String>, out_dir: std::path::PathBuf },
-    CellScaled { cell: String, factor: u32, auto: bool, values: Vec<crate::timescale::ScaledValue> },
-    CellPhase { cell: String, phase: Phase },
+    /// `cells`: the key of every cell run, in order (repeated cells once per run).
+    RunStarted {
+        title: String,
+        backend: String,
+        cells: Vec<String>,
+        out_dir: std::path::PathBuf,
+    },
+    CellScaled {
+        cell: String,
+        factor: u32,
+        auto: bool,
+        values: Vec<crate::timescale::ScaledValue>,
+    },
+    CellPhase {
+        cell: String,
+        phase: Phase,
+    },
     CellFinished(Box<CellReport>),
-    RunFinished { wall_ms: u64 },
+    RunFinished {
+        wall_ms: u64,
+    },
 }

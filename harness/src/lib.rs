@@ -18,13 +18,17 @@
 //!   per client library.
 //! - [`verdict`]: the verdict, a pure function of the probe's observations.
 //! - [`events`]: what the runner tells reporters.
-//! - [`runner`]: runs cells concurrently, judges them, emits events; handles Ctrl-C.
-//! - [`report`]: reporters (terminal, summary.json, summary.md) that consume events.
+//! - [`runner`]: runs cells concurrently (and repeatedly), judges them, emits events; handles
+//!   Ctrl-C.
+//! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html) that
+//!   consume events.
+//! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
 //! - [`doctor`]: prerequisites, found or missing, with their fixes.
 //! - [`cli`]: the `idlelab` command line.
 
 pub mod cells;
 pub mod cli;
+pub mod compare;
 pub mod doctor;
 pub mod duration;
 pub mod events;

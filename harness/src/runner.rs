@@ -1,15 +1,19 @@
 //! The runner: cells → local lab → probe observations → verdict, emitting events.
 //!
 //! It never prints: reporters turn its events into the terminal view and the files.
-//! Cells run concurrently (each in its own namespaces), bounded by `jobs`. Ctrl-C or
-//! SIGTERM aborts the cells, whose guards remove every namespace, process and temp dir.
+//! Cells run concurrently (each in its own namespaces), bounded by `jobs`; with `repeat`,
+//! each cell runs that many times and a verdict that differs between runs fails the cell.
+//! Ctrl-C or SIGTERM aborts the cells, whose guards remove every namespace, process and
+//! temp dir.
 
 use crate::cells::Cell;
 use crate::events::{Event, Phase};
-use crate::mitigation::IstioContext;
-use crate::report::{CellReport, Evidence, Reporter, RunSummary, SCHEMA_VERSION};
+use crate::lab::RunShared;
+use crate::mitigation::{IstioContext, MitigationSpec};
+use crate::report::{CellReport, Evidence, RepeatOutcome, Reporter, RunSummary, SCHEMA_VERSION, ScenarioSummary};
 use crate::scenario::Scenario;
-use crate::verdict;
+use crate::verdict::{self, Verdict};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,28 +43,32 @@ impl Emitter {
 pub struct Interrupted;
 
 pub struct RunOptions {
+    /// `run` or `matrix`: names the run in reports.
+    pub title: String,
     pub jobs: usize,
+    pub repeat: u32,
     pub out_dir: PathBuf,
     pub time_scale_label: String,
 }
 
-async fn run_one(cell: Cell, shared: Arc<crate::lab::RunShared>, emitter: Emitter) -> CellReport {
-    let started = Instant::now();
-    let label = cell.label.clone();
-    let phase_emitter = emitter.clone();
-    let phase = move |p: Phase| phase_emitter.emit(Event::CellPhase { cell: label.clone(), phase: p });
-    let result = crate::lab::run_cell(&cell.scaled, &shared, &phase).await;
-    let mut evidence = Evidence { notes: cell.time_scale.notes().collect(), ..Default::default() };
-    let (verdict, explanation, error) = match result {
-        Ok(outcome) => {
-            let (v, why) = verdict::judge(&outcome.observations);
-            evidence.observations = Some(outcome.observations);
-            evidence.lab = Some(outcome.evidence);
-            (Some(v), why, None)
-        }
-        Err(e) => (None, String::new(), Some(format!("{e:#}"))),
-    };
-    let ctx = IstioContext {
+/// A cell's name in events and test reports: `scenario::mitigation`, with `#n` for the n-th
+/// run of a repeated cell.
+pub fn cell_key(scenario: &str, label: &str, run: u32, repeat: u32) -> String {
+    if repeat > 1 { format!("{scenario}::{label}#{run}") } else { format!("{scenario}::{label}") }
+}
+
+/// What identifies a cell when its task can no longer tell (a panic).
+#[derive(Clone)]
+struct Identity {
+    scenario: String,
+    label: String,
+    mitigation: MitigationSpec,
+    expected: Verdict,
+    key: String,
+}
+
+fn istio_context(cell: &Cell) -> IstioContext {
+    IstioContext {
         namespace: format!("idlelab-{}", cell.scenario),
         client_app: "idlelab-probe".into(),
         service_host: format!("{}.idlelab-{}.svc.cluster.local", cell.real.service.name(), cell.scenario),
@@ -75,23 +83,51 @@ async fn run_one(cell: Cell, shared: Arc<crate::lab::RunShared>, emitter: Emitte
                 _ => None,
             })
             .collect(),
-    };
+    }
+}
+
+fn report_of(cell: &Cell, key: &str) -> CellReport {
     CellReport {
         scenario: cell.scenario.clone(),
         cell: cell.label.clone(),
-        istio: cell.mitigation.as_mitigation().istio_resources(&ctx),
-        mitigation: cell.mitigation,
-        describe: cell.describe,
+        key: key.to_string(),
+        mitigation: cell.mitigation.clone(),
+        describe: cell.describe.clone(),
         expected: cell.expected,
-        pass: verdict == Some(cell.expected),
-        verdict,
-        explanation,
-        why_expected: cell.why,
-        error,
-        wall_ms: started.elapsed().as_millis() as u64,
-        time_scale: cell.time_scale,
-        evidence,
+        verdict: None,
+        pass: false,
+        stable: true,
+        explanation: String::new(),
+        why_expected: cell.why.clone(),
+        error: None,
+        wall_ms: 0,
+        time_scale: cell.time_scale.clone(),
+        istio: cell.mitigation.as_mitigation().istio_resources(&istio_context(cell)),
+        evidence: Evidence { notes: cell.time_scale.notes().collect(), ..Default::default() },
+        repeats: vec![],
     }
+}
+
+async fn run_one(cell: Arc<Cell>, key: String, shared: Arc<RunShared>, emitter: Emitter) -> CellReport {
+    let started = Instant::now();
+    let phase_key = key.clone();
+    let phase_emitter = emitter.clone();
+    let phase = move |p: Phase| phase_emitter.emit(Event::CellPhase { cell: phase_key.clone(), phase: p });
+    let result = crate::lab::run_cell(&cell.scaled, &shared, &phase).await;
+    let mut report = report_of(&cell, &key);
+    match result {
+        Ok(outcome) => {
+            let (v, why) = verdict::judge(&outcome.observations);
+            report.evidence.observations = Some(outcome.observations);
+            report.evidence.lab = Some(outcome.evidence);
+            report.verdict = Some(v);
+            report.explanation = why;
+        }
+        Err(e) => report.error = Some(format!("{e:#}")),
+    }
+    report.pass = report.verdict == Some(cell.expected);
+    report.wall_ms = started.elapsed().as_millis() as u64;
+    report
 }
 
 async fn interrupted() {
@@ -102,62 +138,82 @@ async fn interrupted() {
     }
 }
 
-/// Run the cells of one scenario. `Err(Interrupted)` after Ctrl-C, once everything is removed.
+/// Run cells (of one scenario or many). `Err(Interrupted)` after Ctrl-C, once everything is removed.
 pub async fn run(
-    scenario: &Scenario,
+    scenarios: &[Scenario],
     cells: Vec<Cell>,
     opts: &RunOptions,
     emitter: &Emitter,
 ) -> Result<RunSummary, Interrupted> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now().to_string();
+    let repeat = opts.repeat.max(1);
+    let cells: Vec<Arc<Cell>> = cells.into_iter().map(Arc::new).collect();
+    let tasks: Vec<(usize, u32, String)> = cells
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| (1..=repeat).map(move |r| (i, r, cell_key(&c.scenario, &c.label, r, repeat))))
+        .collect();
     emitter.emit(Event::RunStarted {
-        scenario: scenario.name.clone(),
+        title: opts.title.clone(),
         backend: "local".into(),
-        cells: cells.iter().map(|c| c.label.clone()).collect(),
+        cells: tasks.iter().map(|t| t.2.clone()).collect(),
         out_dir: opts.out_dir.clone(),
     });
     for c in &cells {
         emitter.emit(Event::CellScaled {
-            cell: c.label.clone(),
+            cell: cell_key(&c.scenario, &c.label, 1, 1),
             factor: c.time_scale.factor,
             auto: c.time_scale.auto,
             values: c.time_scale.values.clone(),
         });
     }
-    let order: Vec<String> = cells.iter().map(|c| c.label.clone()).collect();
-    let permits = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     // Removed when the run ends, interrupted or not (its guard drops with this function).
-    let shared = match crate::lab::RunShared::new() {
+    let shared = match RunShared::new() {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            let reports: Vec<CellReport> = cells.into_iter().map(|c| setup_failure(c, &e)).collect();
-            return Ok(summary_of(scenario, opts, started, started_at, reports));
+            let reports = cells
+                .iter()
+                .map(|c| {
+                    let mut r = report_of(c, &cell_key(&c.scenario, &c.label, 1, 1));
+                    r.error = Some(format!("{e:#}"));
+                    r
+                })
+                .collect();
+            return Ok(summary_of(scenarios, opts, started, started_at, reports));
         }
     };
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let mut set = JoinSet::new();
-    let mut by_task = std::collections::HashMap::new();
-    for cell in cells {
+    let mut by_task = HashMap::new();
+    for (i, run_no, key) in tasks {
+        let cell = cells[i].clone();
+        let identity = Identity {
+            scenario: cell.scenario.clone(),
+            label: cell.label.clone(),
+            mitigation: cell.mitigation.clone(),
+            expected: cell.expected,
+            key: key.clone(),
+        };
         let (emitter, permits, shared) = (emitter.clone(), permits.clone(), shared.clone());
-        let identity = (cell.scenario.clone(), cell.label.clone(), cell.mitigation.clone(), cell.expected);
         let handle = set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore");
-            run_one(cell, shared, emitter).await
+            (i, run_no, run_one(cell, key, shared, emitter).await)
         });
-        by_task.insert(handle.id(), identity);
+        by_task.insert(handle.id(), (i, run_no, identity));
     }
-    let mut reports = Vec::new();
+    let mut runs: Vec<Vec<(u32, CellReport)>> = vec![Vec::new(); cells.len()];
     let collect = async {
         while let Some(r) = set.join_next_with_id().await {
-            let report = match r {
-                Ok((_, report)) => report,
+            let (i, run_no, report) = match r {
+                Ok((_, done)) => done,
                 Err(e) => {
-                    let identity = by_task.remove(&e.id()).expect("every task is known");
-                    panic_report(identity, e)
+                    let (i, run_no, identity) = by_task.remove(&e.id()).expect("every task is known");
+                    (i, run_no, panic_report(identity, &cells[i], e))
                 }
             };
             emitter.emit(Event::CellFinished(Box::new(report.clone())));
-            reports.push(report);
+            runs[i].push((run_no, report));
         }
     };
     tokio::select! {
@@ -167,25 +223,69 @@ pub async fn run(
             return Err(Interrupted);
         }
     }
-    reports.sort_by_key(|r| order.iter().position(|l| *l == r.cell));
-    let summary = summary_of(scenario, opts, started, started_at, reports);
+    let reports = runs.into_iter().map(combine_repeats).collect();
+    let summary = summary_of(scenarios, opts, started, started_at, reports);
     emitter.emit(Event::RunFinished { wall_ms: summary.wall_ms });
     Ok(summary)
 }
 
+/// One report per cell: the first run in full, every run's verdict, and whether they agree.
+fn combine_repeats(mut runs: Vec<(u32, CellReport)>) -> CellReport {
+    runs.sort_by_key(|(n, _)| *n);
+    let outcomes: Vec<RepeatOutcome> = runs
+        .iter()
+        .map(|(n, r)| RepeatOutcome {
+            run: *n,
+            verdict: r.verdict,
+            pass: r.pass,
+            wall_ms: r.wall_ms,
+            error: r.error.clone(),
+        })
+        .collect();
+    let mut first = runs.into_iter().next().expect("at least one run").1;
+    if outcomes.len() > 1 {
+        first.key = cell_key(&first.scenario, &first.cell, 1, 1);
+        first.stable = outcomes.iter().all(|o| o.verdict == outcomes[0].verdict);
+        first.pass = outcomes.iter().all(|o| o.pass);
+        if !first.stable {
+            let verdicts: Vec<String> =
+                outcomes.iter().map(|o| o.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into())).collect();
+            first.explanation =
+                format!("the verdict flipped between runs: {}; {}", verdicts.join(", "), first.explanation);
+        }
+        first.repeats = outcomes;
+    }
+    first
+}
+
 fn summary_of(
-    scenario: &Scenario,
+    scenarios: &[Scenario],
     opts: &RunOptions,
     started: Instant,
     started_at: String,
     reports: Vec<CellReport>,
 ) -> RunSummary {
+    let scenario_summaries = scenarios
+        .iter()
+        .map(|s| {
+            let cells: Vec<&CellReport> = reports.iter().filter(|r| r.scenario == s.name).collect();
+            ScenarioSummary {
+                name: s.name.clone(),
+                summary: s.summary.clone(),
+                source: s.source.clone(),
+                pass: cells.iter().all(|r| r.pass),
+                cells: cells.len(),
+            }
+        })
+        .collect();
     RunSummary {
         schema_version: SCHEMA_VERSION,
-        scenario: scenario.name.clone(),
-        summary: scenario.summary.clone(),
+        scenario: opts.title.clone(),
+        summary: scenarios.iter().map(|s| s.summary.clone()).collect::<Vec<_>>().join("; "),
+        scenarios: scenario_summaries,
         backend: "local".into(),
         time_scale: opts.time_scale_label.clone(),
+        repeat: opts.repeat.max(1),
         pass: reports.iter().all(|r| r.pass),
         started_at,
         wall_ms: started.elapsed().as_millis() as u64,
@@ -194,36 +294,8 @@ fn summary_of(
     }
 }
 
-/// A cell that could not start because the run itself could not be set up.
-fn setup_failure(cell: Cell, e: &anyhow::Error) -> CellReport {
-    CellReport {
-        scenario: cell.scenario,
-        cell: cell.label,
-        mitigation: cell.mitigation,
-        describe: cell.describe,
-        expected: cell.expected,
-        verdict: None,
-        pass: false,
-        explanation: String::new(),
-        why_expected: cell.why,
-        error: Some(format!("{e:#}")),
-        wall_ms: 0,
-        time_scale: cell.time_scale,
-        istio: vec![],
-        evidence: Evidence::default(),
-    }
-}
-
 /// A cell whose task panicked: its guards already cleaned up during unwinding.
-fn panic_report(
-    (scenario, cell, mitigation, expected): (
-        String,
-        String,
-        crate::mitigation::MitigationSpec,
-        crate::verdict::Verdict,
-    ),
-    e: tokio::task::JoinError,
-) -> CellReport {
+fn panic_report(identity: Identity, cell: &Cell, e: tokio::task::JoinError) -> CellReport {
     let msg = if e.is_panic() {
         let p = e.into_panic();
         p.downcast_ref::<&str>()
@@ -233,20 +305,11 @@ fn panic_report(
     } else {
         "cancelled".into()
     };
-    CellReport {
-        scenario,
-        cell,
-        mitigation,
-        describe: String::new(),
-        expected,
-        verdict: None,
-        pass: false,
-        explanation: String::new(),
-        why_expected: None,
-        error: Some(format!("the cell panicked: {msg}")),
-        wall_ms: 0,
-        time_scale: crate::timescale::TimeScale { factor: 1, auto: false, values: vec![], orderings: vec![] },
-        istio: vec![],
-        evidence: Evidence::default(),
-    }
+    let mut r = report_of(cell, &identity.key);
+    r.scenario = identity.scenario;
+    r.cell = identity.label;
+    r.mitigation = identity.mitigation;
+    r.expected = identity.expected;
+    r.error = Some(format!("the cell panicked: {msg}"));
+    r
 }

@@ -1,14 +1,19 @@
 //! Reporters consume the runner's events; each writes one view of the run.
 //!
 //! ```text
-//!   runner ──Event──▶ TerminalReporter   (progress lines and the final table)
+//!   runner ──Event──▶ TerminalReporter   (live view or plain lines, then a table)
 //!                 ├──▶ JsonReporter       (summary.json, schema in results/README.md)
-//!                 └──▶ MarkdownReporter   (summary.md)
+//!                 ├──▶ MarkdownReporter   (summary.md)
+//!                 ├──▶ JunitReporter      (junit.xml)
+//!                 └──▶ HtmlReporter       (report.html, with a timeline per cell)
 //! ```
 
+pub mod html;
 pub mod json;
+pub mod junit;
 pub mod markdown;
 pub mod terminal;
+pub mod timeline;
 
 use crate::events::Event;
 use crate::lab::LabEvidence;
@@ -19,19 +24,25 @@ use crate::verdict::Verdict;
 use serde::Serialize;
 use std::path::PathBuf;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything known about one cell after it ran.
 #[derive(Clone, Debug, Serialize)]
 pub struct CellReport {
     pub scenario: String,
+    /// The mitigation's label, e.g. `istio-idle-timeout=24h`.
     pub cell: String,
+    /// `scenario::cell`: the name in events and JUnit.
+    pub key: String,
     pub mitigation: MitigationSpec,
     pub describe: String,
     pub expected: Verdict,
     /// None when the cell could not run (see `error`).
     pub verdict: Option<Verdict>,
+    /// Every run matched (with `--repeat`, every run gave the same, expected verdict).
     pub pass: bool,
+    /// Every run gave the same verdict (always true for a single run).
+    pub stable: bool,
     /// Which observations produced the verdict, in one sentence.
     pub explanation: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,7 +53,30 @@ pub struct CellReport {
     pub time_scale: TimeScale,
     /// The same mitigation on a cluster.
     pub istio: Vec<IstioForm>,
+    /// The evidence of the first run.
     pub evidence: Evidence,
+    /// With `--repeat N`: every run's outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<RepeatOutcome>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RepeatOutcome {
+    pub run: u32,
+    pub verdict: Option<Verdict>,
+    pub pass: bool,
+    pub wall_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioSummary {
+    pub name: String,
+    pub summary: String,
+    pub source: PathBuf,
+    pub pass: bool,
+    pub cells: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Default)]
@@ -55,11 +89,15 @@ pub struct Evidence {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     pub schema_version: u32,
+    /// The scenario's name for `idlelab run`, `matrix` for `idlelab matrix`.
     pub scenario: String,
     pub summary: String,
+    pub scenarios: Vec<ScenarioSummary>,
     pub backend: String,
     /// `auto` or the factor asked for; each cell records the factor it ran with.
     pub time_scale: String,
+    /// Runs per cell (`--repeat`).
+    pub repeat: u32,
     pub pass: bool,
     pub started_at: String,
     pub wall_ms: u64,

@@ -1,0 +1,136 @@
+//! `report.html`: one self-contained page (no network): the matrix, and per cell what was
+//! measured, its timeline (SVG, see `timeline`), the scaled durations, Envoy's and the
+//! middleboxes' evidence and the mitigation's cluster form.
+
+use super::{CellReport, Reporter, RunSummary, timeline};
+use crate::mitigation::IstioForm;
+use minijinja::value::Serde;
+use minijinja::{Environment, Value, context};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+const TEMPLATE: &str = include_str!("report.html");
+
+pub struct HtmlReporter {
+    pub path: PathBuf,
+}
+
+fn envoy_lines(c: &CellReport) -> Vec<String> {
+    let Some(lab) = &c.evidence.lab else { return vec![] };
+    lab.envoys
+        .iter()
+        .map(|e| {
+            let timeouts: u64 = e.counters.iter().filter(|(k, _)| k.ends_with(".idle_timeout")).map(|(_, v)| v).sum();
+            let flags: Vec<&str> =
+                e.access_log.iter().filter_map(|l| l["flags"].as_str()).filter(|f| *f != "-").collect();
+            let reasons: Vec<&str> = e.access_log.iter().filter_map(|l| l["close_reason"].as_str()).collect();
+            format!(
+                "{}: idle timeouts {timeouts}, {} connections logged, response flags [{}], close reasons [{}]",
+                e.role,
+                e.access_log.len(),
+                flags.join(", "),
+                reasons.join(", ")
+            )
+        })
+        .collect()
+}
+
+fn middlebox_lines(c: &CellReport) -> Vec<String> {
+    let Some(lab) = &c.evidence.lab else { return vec![] };
+    lab.middleboxes
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}: {} flows tracked, {} forgotten-flow segments refused so far",
+                m.role,
+                m.moment,
+                m.conntrack.len(),
+                m.forgotten_segments
+            )
+        })
+        .collect()
+}
+
+fn istio_lines(c: &CellReport) -> Vec<String> {
+    c.istio
+        .iter()
+        .map(|f| match f {
+            IstioForm::PodAnnotation { pod, key, value } => format!("{pod} pod annotation {key}: {value}"),
+            IstioForm::Manifest { yaml, .. } => yaml.clone(),
+            IstioForm::AppSetting { what } => what.clone(),
+        })
+        .collect()
+}
+
+pub fn render(s: &RunSummary) -> anyhow::Result<String> {
+    let mut env = Environment::new();
+    env.add_template("report.html", TEMPLATE)?;
+    let cells: Vec<Value> = s
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let mut notes = c.evidence.notes.clone();
+            if let Some(o) = &c.evidence.observations {
+                notes.extend(o.notes.iter().cloned());
+            }
+            let timeline =
+                c.evidence.observations.as_ref().map(|o| Value::from_safe_string(timeline::svg(o, &c.time_scale)));
+            let repeats: Vec<String> = c
+                .repeats
+                .iter()
+                .map(|r| format!("#{} {}", r.run, r.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into())))
+                .collect();
+            let fields = json!({
+                "index": index,
+                "scenario": c.scenario,
+                "cell": c.cell,
+                "key": c.key,
+                "verdict": c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into()),
+                "expected": c.expected.to_string(),
+                "pass": c.pass,
+                "factor": c.time_scale.factor,
+                "describe": c.describe,
+                "why": c.why_expected,
+                "evidence": c.error.clone().unwrap_or_else(|| c.explanation.clone()),
+                "repeats": repeats.join(", "),
+                "notes": notes,
+                "values": c.time_scale.values,
+                "envoy": envoy_lines(c),
+                "middleboxes": middlebox_lines(c),
+                "istio": istio_lines(c),
+            });
+            let mut map: BTreeMap<String, Value> = fields
+                .as_object()
+                .expect("an object")
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(Serde(v))))
+                .collect();
+            if let Some(t) = timeline {
+                map.insert("timeline".into(), t);
+            }
+            Value::from(map)
+        })
+        .collect();
+    let tmpl = env.get_template("report.html")?;
+    let run = json!({
+        "scenario": s.scenario,
+        "backend": s.backend,
+        "time_scale": s.time_scale,
+        "repeat": s.repeat,
+        "started_at": s.started_at,
+        "wall_ms": s.wall_ms,
+        "pass": s.pass,
+    });
+    Ok(tmpl.render(
+        context! { run => Value::from(Serde(&run)), scenarios => Value::from(Serde(&s.scenarios)), cells => cells },
+    )?)
+}
+
+impl Reporter for HtmlReporter {
+    fn finish(&mut self, summary: &RunSummary) -> anyhow::Result<()> {
+        std::fs::write(&self.path, render(summary)?)?;
+        Ok(())
+    }
+}
