@@ -75,7 +75,6 @@ fn report_html_renders_in_chromium_without_console_errors() {
     let dir = run_kept("redis-sidecar-upstream", &[]);
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(!html.contains("https://"), "self-contained: nothing fetched from the network");
-    );
     assert!(!html.contains("<link") && !html.contains("src=\""), "no external resources");
     assert_eq!(html.matches("<svg").count(), 4, "a timeline per cell");
     let profile = tempdir();
