@@ -22,16 +22,16 @@ struct Cli {
 }
 
 #[derive(clap::Args, Clone)]
-struct ScenarioArgs {
+pub(crate) struct ScenarioArgs {
     /// Directory holding the shipped scenarios.
     #[arg(long, default_value = "scenarios", env = "IDLELAB_SCENARIOS")]
-    scenarios_dir: PathBuf,
+    pub scenarios_dir: PathBuf,
     /// Run only these cells (a mitigation name such as `none`, or a full cell label).
     #[arg(long = "mitigation", value_name = "NAME")]
-    mitigations: Vec<String>,
+    pub mitigations: Vec<String>,
     /// `auto` (the strongest compression that keeps every deciding ordering) or a factor.
     #[arg(long, value_name = "auto|N", value_parser = TimeScaleSpec::parse)]
-    time_scale: Option<TimeScaleSpec>,
+    pub time_scale: Option<TimeScaleSpec>,
 }
 
 #[derive(Subcommand)]
@@ -107,7 +107,7 @@ enum Command {
     },
     /// Remove namespaces and temp dirs left by idlelab runs that were killed outright.
     Reap,
-    /// Time whole scenarios and per-cell setup/teardown; write results/bench.json.
+    /// Time every scenario, the whole matrix and a 1,000-connection pool; write results/bench.json.
     Bench {
         /// Scenarios to time (default: every shipped scenario).
         scenarios: Vec<String>,
@@ -176,8 +176,16 @@ pub fn main() -> i32 {
                 Err(code) => code,
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
-                    let exec =
-                        Exec { title: s.name.clone(), out, results_dir, jobs, repeat, verbose, time_scale_label };
+                    let exec = Exec {
+                        title: s.name.clone(),
+                        out,
+                        results_dir,
+                        jobs,
+                        repeat,
+                        verbose,
+                        quiet: false,
+                        time_scale_label,
+                    };
                     execute(vec![s], cells, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
                 }
             }
@@ -208,12 +216,13 @@ pub fn main() -> i32 {
                 jobs: Some(jobs),
                 repeat,
                 verbose,
+                quiet: false,
                 time_scale_label: label,
             };
             execute(loaded, all, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
         }
         Command::Compare { old, new } => crate::compare::main(&old, &new),
-        Command::Bench { scenarios, scenarios_dir, out } => crate::cli::bench(scenarios, scenarios_dir, out),
+        Command::Bench { scenarios, scenarios_dir, out } => crate::bench::main(scenarios, scenarios_dir, out),
     }
 }
 
@@ -275,17 +284,23 @@ fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
 }
 
 /// How to execute a set of cells (a scenario's, or the matrix's).
-struct Exec {
-    title: String,
-    out: Option<PathBuf>,
-    results_dir: PathBuf,
-    jobs: Option<usize>,
-    repeat: u32,
-    verbose: bool,
-    time_scale_label: String,
+pub(crate) struct Exec {
+    pub title: String,
+    pub out: Option<PathBuf>,
+    pub results_dir: PathBuf,
+    pub jobs: Option<usize>,
+    pub repeat: u32,
+    pub verbose: bool,
+    /// No terminal view (the benchmark prints its own table).
+    pub quiet: bool,
+    pub time_scale_label: String,
 }
 
-fn execute(scenarios: Vec<scenario::Scenario>, cells: Vec<cells::Cell>, exec: Exec) -> Result<RunSummary, i32> {
+pub(crate) fn execute(
+    scenarios: Vec<scenario::Scenario>,
+    cells: Vec<cells::Cell>,
+    exec: Exec,
+) -> Result<RunSummary, i32> {
     if let Some(msg) = doctor::missing(&doctor::checks()) {
         eprintln!("error: {msg}");
         return Err(2);
@@ -303,13 +318,15 @@ fn execute(scenarios: Vec<scenario::Scenario>, cells: Vec<cells::Cell>, exec: Ex
         eprintln!("error: cannot create {}: {e}", out_dir.display());
         return Err(2);
     }
-    let reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(TerminalReporter::new(exec.verbose)),
+    let mut reporters: Vec<Box<dyn Reporter>> = vec![
         Box::new(JsonReporter { path: out_dir.join("summary.json") }),
         Box::new(MarkdownReporter { path: out_dir.join("summary.md") }),
         Box::new(JunitReporter { path: out_dir.join("junit.xml") }),
         Box::new(HtmlReporter { path: out_dir.join("report.html") }),
     ];
+    if !exec.quiet {
+        reporters.insert(0, Box::new(TerminalReporter::new(exec.verbose)));
+    }
     let emitter = Emitter::new(reporters);
     let opts = RunOptions {
         title: exec.title.clone(),
@@ -340,92 +357,4 @@ fn execute(scenarios: Vec<scenario::Scenario>, cells: Vec<cells::Cell>, exec: Ex
         }
     }
     Ok(summary)
-}
-
-fn bench(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
-    let names = if names.is_empty() { scenario::list(&scenarios_dir).unwrap_or_default() } else { names };
-    let args = ScenarioArgs { scenarios_dir, mitigations: vec![], time_scale: None };
-    let mut rows = Vec::new();
-    let mut code = 0;
-    for n in &names {
-        let (s, cells) = match prepare(n, &args, None) {
-            Ok(x) => x,
-            Err(c) => return c,
-        };
-        let dir = std::env::temp_dir().join(format!("{}{}-bench-{n}", lab::netns::PREFIX, std::process::id()));
-        let exec = Exec {
-            title: s.name.clone(),
-            out: Some(dir.clone()),
-            results_dir: PathBuf::from("results"),
-            jobs: None,
-            repeat: 1,
-            verbose: false,
-            time_scale_label: s.time_scale.to_string(),
-        };
-        let summary = match execute(vec![s.clone()], cells, exec) {
-            Ok(sum) => sum,
-            Err(c) => return c,
-        };
-        let _ = std::fs::remove_dir_all(&dir);
-        if !summary.pass {
-            code = 1;
-        }
-        let lab: Vec<&lab::LabEvidence> = summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
-        let overhead: Vec<u64> = lab.iter().map(|l| l.setup_ms + l.teardown_ms).collect();
-        let max = overhead.iter().copied().max().unwrap_or(0);
-        let mean = if overhead.is_empty() { 0 } else { overhead.iter().sum::<u64>() / overhead.len() as u64 };
-        let factors: Vec<u32> = summary.cells.iter().map(|c| c.time_scale.factor).collect();
-        rows.push(serde_json::json!({
-            "scenario": s.name,
-            "cells": summary.cells.len(),
-            "pass": summary.pass,
-            "wall_ms": summary.wall_ms,
-            "setup_teardown_ms_mean": mean,
-            "setup_teardown_ms_max": max,
-            "setup_ms_max": lab.iter().map(|l| l.setup_ms).max().unwrap_or(0),
-            "teardown_ms_max": lab.iter().map(|l| l.teardown_ms).max().unwrap_or(0),
-            "server_start_ms_max": lab.iter().map(|l| l.server_start_ms).max().unwrap_or(0),
-            "time_scale_min": factors.iter().min(),
-            "time_scale_max": factors.iter().max(),
-        }));
-    }
-    let machine = serde_json::json!({
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "envoy": doctor::checks().into_iter().find(|c| c.name == "envoy").and_then(|c| c.found),
-    });
-    let doc = serde_json::json!({"schema_version": 1, "at": jiff::Timestamp::now().to_string(), "machine": machine, "scenarios": rows});
-    if let Some(parent) = out.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    if let Err(e) = std::fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap_or_default()) {
-        eprintln!("error: writing {}: {e}", out.display());
-        return 1;
-    }
-    let mut table = comfy_table::Table::new();
-    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(vec![
-        "scenario",
-        "cells",
-        "pass",
-        "wall",
-        "setup+teardown mean",
-        "max",
-        "server start max",
-        "time scale",
-    ]);
-    for r in &rows {
-        table.add_row(vec![
-            r["scenario"].as_str().unwrap_or("").to_string(),
-            r["cells"].to_string(),
-            r["pass"].to_string(),
-            format!("{:.1} s", r["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0),
-            format!("{} ms", r["setup_teardown_ms_mean"]),
-            format!("{} ms", r["setup_teardown_ms_max"]),
-            format!("{} ms", r["server_start_ms_max"]),
-            format!("×{}–×{}", r["time_scale_min"], r["time_scale_max"]),
-        ]);
-    }
-    println!("\n{table}\nwritten to {}", out.display());
-    code
 }

@@ -24,8 +24,10 @@
 //!   consume events.
 //! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
 //! - [`doctor`]: prerequisites, found or missing, with their fixes.
+//! - [`bench`]: `idlelab bench`, the figures the README quotes.
 //! - [`cli`]: the `idlelab` command line.
 
+pub mod bench;
 pub mod cells;
 pub mod cli;
 pub mod compare;

@@ -140,6 +140,8 @@ mod tests {
             reuse_started_ms: 7100,
             connections: conns,
             notes: vec![],
+            finished_ms: 0,
+            peak_rss_kib: 0,
         }
     }
 

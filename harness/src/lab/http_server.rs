@@ -44,8 +44,8 @@ pub async fn serve(listen: SocketAddr) -> Result<()> {
 
 /// Start the server in a namespace and wait until it listens.
 pub async fn start(port: u16, netns: &Path, name: &str) -> Result<LabProcess> {
-    let exe = std::env::current_exe().context("locating the idlelab binary for the HTTP server")?;
-    let mut cmd = tokio::process::Command::new(exe);
+    // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.args(["serve-http", "--listen", &format!("0.0.0.0:{port}")])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

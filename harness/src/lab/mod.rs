@@ -310,8 +310,8 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
     // The probe: this same binary, inside the app namespace, as root (not exempt from capture).
     let mut spec = probe_spec(knobs, format!("{target_ip}:{port}"));
     spec.tls_ca_pem = run_ca.as_ref().map(|ca| ca.ca_pem.clone());
-    let exe = std::env::current_exe().context("locating the idlelab binary for the probe")?;
-    let mut cmd = tokio::process::Command::new(exe);
+    // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
     let stderr = std::fs::File::create(lab.dir.path().join("probe.stderr"))?;
     cmd.arg("probe")
         .stdin(std::process::Stdio::piped())

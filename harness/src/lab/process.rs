@@ -27,6 +27,12 @@ pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Re
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Room for a pool of a thousand connections (Envoy holds two sockets per one).
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max.min(65536);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
             if let Some(uid) = uid {
                 if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
                     return Err(std::io::Error::last_os_error());

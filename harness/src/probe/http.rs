@@ -322,5 +322,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         reuse_started_ms,
         connections: rows,
         notes: vec![],
+        finished_ms: 0,
+        peak_rss_kib: 0,
     })
 }

@@ -393,11 +393,24 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
         reuse_started_ms,
         connections,
         notes: vec![],
+        finished_ms: 0,
+        peak_rss_kib: 0,
     })
+}
+
+/// VmHWM of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// `idlelab probe`: read the spec, run, print observations. Returns the process exit code.
 pub async fn main_from_stdin() -> i32 {
+    let started = Instant::now();
     let mut input = String::new();
     if let Err(e) = io::Read::read_to_string(&mut io::stdin(), &mut input) {
         emit(&ProbeLine::Error(format!("cannot read the probe spec from stdin: {e}")));
@@ -417,7 +430,9 @@ pub async fn main_from_stdin() -> i32 {
         Service::Http | Service::Https => http::run(spec).await,
     };
     match result {
-        Ok(obs) => {
+        Ok(mut obs) => {
+            obs.finished_ms = started.elapsed().as_millis() as u64;
+            obs.peak_rss_kib = peak_rss_kib();
             emit(&ProbeLine::Observations(obs));
             0
         }

@@ -271,6 +271,8 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         reuse_started_ms,
         connections: rows,
         notes,
+        finished_ms: 0,
+        peak_rss_kib: 0,
     })
 }
 

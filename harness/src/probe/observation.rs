@@ -90,6 +90,12 @@ pub struct Observations {
     pub idle_ms: u64,
     pub reuse_started_ms: u64,
     pub connections: Vec<ConnObservation>,
+    /// When the probe finished classifying the reuses (ms since it started).
+    #[serde(default)]
+    pub finished_ms: u64,
+    /// The probe's peak resident memory (VmHWM), in KiB.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
     /// What the client library did, in words (e.g. "checkout discarded 4 pooled connections").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

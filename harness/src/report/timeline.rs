@@ -191,6 +191,8 @@ mod tests {
             reuse_started_ms: 7010,
             connections: vec![conn(0), conn(1)],
             notes: vec![],
+            finished_ms: 0,
+            peak_rss_kib: 0,
         };
         let ts =
             crate::timescale::scale(&crate::mitigation::test_knobs(), crate::scenario::TimeScaleSpec::Auto).unwrap().1;

@@ -1,0 +1,184 @@
+//! `idlelab bench` (`just bench`): the figures the README quotes, measured on this machine.
+//!
+//! - every scenario on its own: wall time, per-cell setup + teardown, server start, the factors;
+//! - the whole matrix at once: its wall time;
+//! - a pool of 1,000 connections through one sidecar Envoy (redis-idle's baseline): the same
+//!   verdict as the 4-connection cell, the probe's peak RSS, and the time to open the pool and
+//!   to classify every reuse.
+//!
+//! Results go to `results/bench.json` and a table.
+
+use crate::cli::{Exec, ScenarioArgs, execute, prepare};
+use crate::report::RunSummary;
+use crate::{doctor, lab, scenario};
+use comfy_table::{Table, presets};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// Run cells with no terminal view, into a temp dir removed afterwards.
+fn quiet(
+    title: &str,
+    scenarios: Vec<scenario::Scenario>,
+    cells: Vec<crate::cells::Cell>,
+    jobs: Option<usize>,
+) -> Result<RunSummary, i32> {
+    let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", lab::netns::PREFIX, std::process::id()));
+    let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
+    let exec = Exec {
+        title: title.into(),
+        out: Some(dir.clone()),
+        results_dir: PathBuf::from("results"),
+        jobs,
+        repeat: 1,
+        verbose: false,
+        quiet: true,
+        time_scale_label: label,
+    };
+    let r = execute(scenarios, cells, exec);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn scenario_row(summary: &RunSummary) -> Value {
+    let lab: Vec<&lab::LabEvidence> = summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
+    let overhead: Vec<u64> = lab.iter().map(|l| l.setup_ms + l.teardown_ms).collect();
+    let mean = if overhead.is_empty() { 0 } else { overhead.iter().sum::<u64>() / overhead.len() as u64 };
+    let factors: Vec<u32> = summary.cells.iter().map(|c| c.time_scale.factor).collect();
+    json!({
+        "scenario": summary.scenario,
+        "cells": summary.cells.len(),
+        "pass": summary.pass,
+        "wall_ms": summary.wall_ms,
+        "setup_teardown_ms_mean": mean,
+        "setup_teardown_ms_max": overhead.iter().max(),
+        "setup_ms_max": lab.iter().map(|l| l.setup_ms).max(),
+        "teardown_ms_max": lab.iter().map(|l| l.teardown_ms).max(),
+        "server_start_ms_max": lab.iter().map(|l| l.server_start_ms).max(),
+        "time_scale_min": factors.iter().min(),
+        "time_scale_max": factors.iter().max(),
+    })
+}
+
+/// redis-idle's baseline with `pool` connections: (verdict, peak RSS KiB, open ms, classify ms).
+fn pool_cell(args: &ScenarioArgs, pool: usize) -> Result<Value, i32> {
+    let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
+    let (s, cells) = prepare("redis-idle", &args, Some(pool))?;
+    let summary = quiet(&format!("pool-{pool}"), vec![s], cells, None)?;
+    let c = &summary.cells[0];
+    let o = c.evidence.observations.as_ref();
+    Ok(json!({
+        "pool": pool,
+        "verdict": c.verdict.map(|v| v.to_string()),
+        "pass": c.pass,
+        "probe_peak_rss_mib": o.map(|o| o.peak_rss_kib as f64 / 1024.0),
+        "open_ms": o.map(|o| o.idle_started_ms),
+        "classify_ms": o.map(|o| o.finished_ms.saturating_sub(o.reuse_started_ms)),
+        "wall_ms": c.wall_ms,
+        "error": c.error,
+    }))
+}
+
+pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
+    let args = ScenarioArgs { scenarios_dir: scenarios_dir.clone(), mitigations: vec![], time_scale: None };
+    let names = if names.is_empty() { scenario::list(&scenarios_dir).unwrap_or_default() } else { names };
+    let mut code = 0;
+    let mut rows = Vec::new();
+    let mut everything = (Vec::new(), Vec::new());
+    for n in &names {
+        let (s, cells) = match prepare(n, &args, None) {
+            Ok(x) => x,
+            Err(c) => return c,
+        };
+        everything.0.push(s.clone());
+        everything.1.extend(cells.iter().cloned());
+        eprintln!("bench: {n} ({} cells)", cells.len());
+        match quiet(n, vec![s], cells, None) {
+            Ok(summary) => {
+                code = code.max(if summary.pass { 0 } else { 1 });
+                rows.push(scenario_row(&summary));
+            }
+            Err(c) => return c,
+        }
+    }
+    eprintln!("bench: the whole matrix ({} cells)", everything.1.len());
+    let matrix = match quiet("matrix", everything.0, everything.1, Some(32)) {
+        Ok(m) => {
+            code = code.max(if m.pass { 0 } else { 1 });
+            json!({"cells": m.cells.len(), "pass": m.pass, "wall_ms": m.wall_ms, "jobs": 32})
+        }
+        Err(c) => return c,
+    };
+    eprintln!("bench: redis-idle baseline with 4 and with 1,000 connections");
+    let (small, large) = match (pool_cell(&args, 4), pool_cell(&args, 1000)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let same = small["verdict"] == large["verdict"];
+    if !same || large["pass"] != true {
+        code = 1;
+    }
+    let machine = json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "envoy": doctor::checks().into_iter().find(|c| c.name == "envoy").and_then(|c| c.found),
+    });
+    let doc = json!({
+        "schema_version": 2,
+        "at": jiff::Timestamp::now().to_string(),
+        "machine": machine,
+        "scenarios": rows,
+        "matrix": matrix,
+        "pool": {"small": small, "large": large, "same_verdict": same},
+    });
+    if let Some(parent) = out.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Err(e) = std::fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap_or_default()) {
+        eprintln!("error: writing {}: {e}", out.display());
+        return 1;
+    }
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "scenario",
+        "cells",
+        "pass",
+        "wall",
+        "setup+teardown mean",
+        "max",
+        "server start max",
+        "time scale",
+    ]);
+    let ms = |v: &Value| format!("{} ms", v.as_u64().unwrap_or(0));
+    for r in &rows {
+        table.add_row(vec![
+            r["scenario"].as_str().unwrap_or("").to_string(),
+            r["cells"].to_string(),
+            r["pass"].to_string(),
+            format!("{:.1} s", r["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            ms(&r["setup_teardown_ms_mean"]),
+            ms(&r["setup_teardown_ms_max"]),
+            ms(&r["server_start_ms_max"]),
+            format!("×{}–×{}", r["time_scale_min"], r["time_scale_max"]),
+        ]);
+    }
+    println!("\n{table}");
+    println!(
+        "matrix: {} cells, pass {}, wall {:.1} s (32 cells at once)",
+        matrix["cells"],
+        matrix["pass"],
+        matrix["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    for p in [&small, &large] {
+        println!(
+            "pool of {}: verdict {}, probe peak RSS {:.1} MiB, opened in {} ms, reuses classified in {} ms",
+            p["pool"],
+            p["verdict"].as_str().unwrap_or("error"),
+            p["probe_peak_rss_mib"].as_f64().unwrap_or(0.0),
+            p["open_ms"],
+            p["classify_ms"]
+        );
+    }
+    println!("same verdict at 4 and 1,000 connections: {same}\nwritten to {}", out.display());
+    code
+}
