@@ -227,7 +227,7 @@ pub fn main() -> i32 {
 }
 
 /// Load, validate and expand; print the error and return exit code 2 on bad input.
-fn prepare(
+pub(crate) fn prepare(
     name: &str,
     args: &ScenarioArgs,
     pool: Option<usize>,
