@@ -74,6 +74,8 @@ fn pool_cell(args: &ScenarioArgs, pool: usize) -> Result<Value, i32> {
         "open_ms": o.map(|o| o.idle_started_ms),
         "classify_ms": o.map(|o| o.finished_ms.saturating_sub(o.reuse_started_ms)),
         "wall_ms": c.wall_ms,
+        "setup_ms": c.evidence.lab.as_ref().map(|l| l.setup_ms),
+        "teardown_ms": c.evidence.lab.as_ref().map(|l| l.teardown_ms),
         "error": c.error,
     }))
 }
@@ -171,12 +173,14 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     );
     for p in [&small, &large] {
         println!(
-            "pool of {}: verdict {}, probe peak RSS {:.1} MiB, opened in {} ms, reuses classified in {} ms",
+            "pool of {} (one cell alone): verdict {}, probe peak RSS {:.1} MiB, opened in {} ms, reuses classified in {} ms, setup {} ms + teardown {} ms",
             p["pool"],
             p["verdict"].as_str().unwrap_or("error"),
             p["probe_peak_rss_mib"].as_f64().unwrap_or(0.0),
             p["open_ms"],
-            p["classify_ms"]
+            p["classify_ms"],
+            p["setup_ms"],
+            p["teardown_ms"]
         );
     }
     println!("same verdict at 4 and 1,000 connections: {same}\nwritten to {}", out.display());

@@ -178,6 +178,92 @@ fn probe_spec(knobs: &Knobs, target: String) -> ProbeSpec {
     }
 }
 
+/// What every hop of a cell needs to know to start.
+struct HopContext<'a> {
+    tag: &'a str,
+    port: u16,
+    /// Where the app connects: the gateway, else the server.
+    target_ip: std::net::Ipv4Addr,
+    server_ip: std::net::Ipv4Addr,
+    run_ca: Option<&'a tls::RunCa>,
+}
+
+/// Start the server; returns it and how long it took to accept connections.
+async fn start_server(
+    lab: &CellLab,
+    knobs: &Knobs,
+    shared: &RunShared,
+    tag: &str,
+) -> Result<(process::LabProcess, u64)> {
+    let dir = lab.dir.path().join("server");
+    std::fs::create_dir(&dir)?;
+    let ns = lab.topology.server().netns.path();
+    let name = format!("{tag} {} server", knobs.service.name());
+    let port = knobs.service.port();
+    let idle_s = knobs.server_idle_timeout.0.as_secs();
+    let started = Instant::now();
+    let server = match knobs.service {
+        Service::Redis => redis_server::start(&dir, port, idle_s, &ns, &name).await?,
+        Service::Mysql => mysql_server::start(shared.mysql_template().await?, &dir, port, idle_s, &ns, &name).await?,
+        Service::Memcached => memcached_server::start(port, idle_s, &ns, &name).await?,
+        Service::Http | Service::Https => http_server::start(port, &ns, &name).await?,
+    };
+    Ok((server, started.elapsed().as_millis() as u64))
+}
+
+/// Set up one hop; returns its Envoy (with the role it plays) when it has one.
+async fn start_hop(
+    lab: &CellLab,
+    knobs: &Knobs,
+    ctx: &HopContext<'_>,
+    i: usize,
+    hop: &Hop,
+) -> Result<Option<(String, envoy::Envoy)>> {
+    let (tag, port, service) = (ctx.tag, ctx.port, knobs.service.name());
+    Ok(match hop {
+        Hop::Sidecar(h) => {
+            let files = lab.envoy_files("sidecar")?;
+            let app = &lab.topology.app().netns;
+            let envoy =
+                sidecar::start(h, service, ctx.target_ip, port, files, app, &format!("{tag} sidecar envoy")).await?;
+            Some(("sidecar".into(), envoy))
+        }
+        Hop::Middlebox(h) => {
+            let role = node_role(i, hop).expect("a middlebox has a node");
+            let ns = &lab.topology.node(&role).netns;
+            middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
+            None
+        }
+        Hop::Gateway(h) => {
+            let role = node_role(i, hop).expect("a gateway has a node");
+            let files = lab.envoy_files(&role)?;
+            let tls_files = match ctx.run_ca {
+                Some(ca) if h.tls => {
+                    let t = gateway::TlsFiles { cert: files.dir.join("cert.pem"), key: files.dir.join("key.pem") };
+                    std::fs::write(&t.cert, &ca.cert_pem)?;
+                    std::fs::write(&t.key, &ca.key_pem)?;
+                    std::fs::set_permissions(&t.key, std::fs::Permissions::from_mode(0o644))?;
+                    Some(t)
+                }
+                _ => None,
+            };
+            let node = lab.topology.node(&role);
+            let listen = node.toward_app.expect("a gateway has an address");
+            let name = format!("{tag} gateway envoy");
+            let envoy =
+                gateway::start(h, service, listen, ctx.server_ip, port, files, tls_files.as_ref(), &node.netns, &name)
+                    .await?;
+            Some(("gateway".into(), envoy))
+        }
+        Hop::ServerSidecar(h) => {
+            let files = lab.envoy_files("server-sidecar")?;
+            let ns = &lab.topology.server().netns;
+            let envoy = server_sidecar::start(h, port, files, ns, &format!("{tag} server-sidecar envoy")).await?;
+            Some(("server-sidecar".into(), envoy))
+        }
+    })
+}
+
 /// Run one cell with already scaled knobs. `phase` is told where the cell is.
 pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) + Send + Sync)) -> Result<CellOutcome> {
     let started = Instant::now();
@@ -212,25 +298,6 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
         ..Default::default()
     };
 
-    let server_dir = lab.dir.path().join("server");
-    std::fs::create_dir(&server_dir)?;
-    let server_ns = lab.topology.server().netns.path();
-    let server_name = format!("{tag} {} server", knobs.service.name());
-    let server_idle_s = knobs.server_idle_timeout.0.as_secs();
-    if knobs.service == Service::Mysql {
-        shared.mysql_template().await?;
-    }
-    let server_started = Instant::now();
-    lab.server = Some(match knobs.service {
-        Service::Redis => redis_server::start(&server_dir, port, server_idle_s, &server_ns, &server_name).await?,
-        Service::Mysql => {
-            let template = shared.mysql_template().await?;
-            mysql_server::start(template, &server_dir, port, server_idle_s, &server_ns, &server_name).await?
-        }
-        Service::Memcached => memcached_server::start(port, server_idle_s, &server_ns, &server_name).await?,
-        Service::Http | Service::Https => http_server::start(port, &server_ns, &server_name).await?,
-    });
-    evidence.server_start_ms = server_started.elapsed().as_millis() as u64;
     // Probe interval and count for libraries that only set the idle time (mysql_async) come
     // from the namespace's sysctls, as they would from the pod's.
     if let Some(ka) = knobs.client.keepalive {
@@ -248,60 +315,21 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
         .unwrap_or(srv_ip);
     let run_ca =
         if knobs.service == Service::Https { Some(tls::generate().context("generating the run's CA")?) } else { None };
-
-    for (i, hop) in knobs.path.iter().enumerate() {
-        match hop {
-            Hop::Sidecar(h) => {
-                let files = lab.envoy_files("sidecar")?;
-                let name = format!("{tag} sidecar envoy");
-                let app = &lab.topology.app().netns;
-                let envoy = sidecar::start(h, knobs.service.name(), target_ip, port, files, app, &name).await?;
-                lab.envoys.push(("sidecar".into(), envoy));
-            }
-            Hop::Middlebox(h) => {
-                let role = node_role(i, hop).expect("a middlebox has a node");
-                let ns = &lab.topology.node(&role).netns;
-                middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
-            }
-            Hop::Gateway(h) => {
-                let role = node_role(i, hop).expect("a gateway has a node");
-                let files = lab.envoy_files(&role)?;
-                let tls_files = match &run_ca {
-                    Some(ca) if h.tls => {
-                        let t = gateway::TlsFiles { cert: files.dir.join("cert.pem"), key: files.dir.join("key.pem") };
-                        std::fs::write(&t.cert, &ca.cert_pem)?;
-                        std::fs::write(&t.key, &ca.key_pem)?;
-                        std::fs::set_permissions(&t.key, std::fs::Permissions::from_mode(0o644))?;
-                        Some(t)
-                    }
-                    _ => None,
-                };
-                let node = lab.topology.node(&role);
-                let listen = node.toward_app.expect("a gateway has an address");
-                let name = format!("{tag} gateway envoy");
-                let envoy = gateway::start(
-                    h,
-                    knobs.service.name(),
-                    listen,
-                    srv_ip,
-                    port,
-                    files,
-                    tls_files.as_ref(),
-                    &node.netns,
-                    &name,
-                )
-                .await?;
-                lab.envoys.push(("gateway".into(), envoy));
-            }
-            Hop::ServerSidecar(h) => {
-                let files = lab.envoy_files("server-sidecar")?;
-                let name = format!("{tag} server-sidecar envoy");
-                let ns = &lab.topology.server().netns;
-                let envoy = server_sidecar::start(h, port, files, ns, &name).await?;
-                lab.envoys.push(("server-sidecar".into(), envoy));
-            }
-        }
+    if knobs.service == Service::Mysql {
+        shared.mysql_template().await?;
     }
+
+    // The server and every hop start at once: they do not depend on each other, and each
+    // Envoy needs tens of milliseconds to come up.
+    let ctx = HopContext { tag: &tag, port, target_ip, server_ip: srv_ip, run_ca: run_ca.as_ref() };
+    let hops = futures_util::future::try_join_all(
+        knobs.path.iter().enumerate().map(|(i, hop)| start_hop(&lab, knobs, &ctx, i, hop)),
+    );
+    let (server, hops) = tokio::join!(start_server(&lab, knobs, shared, &tag), hops);
+    let (server, server_start_ms) = server?;
+    lab.server = Some(server);
+    lab.envoys.extend(hops?.into_iter().flatten());
+    evidence.server_start_ms = server_start_ms;
     evidence.setup_ms = started.elapsed().as_millis() as u64;
     if std::env::var("IDLELAB_FAULT").as_deref() == Ok("panic-after-setup") {
         panic!("IDLELAB_FAULT=panic-after-setup: a deliberate panic to test cleanup");
