@@ -1,8 +1,8 @@
 //! `idlelab compare OLD NEW`: the cells whose verdict changed between two runs.
 //!
 //! Cells are matched by `scenario::mitigation`. A cell *regressed* when it matched its
-//! expectation in OLD and does not in NEW; that (and only that) makes the exit code 1, so a
-//! nightly job can compare against a baseline directory and fail loudly.
+//! expectation in OLD and does not in NEW (or is gone from NEW); that, and only that, makes the
+//! exit code 1, so a nightly job can compare against a baseline directory and fail loudly.
 
 use comfy_table::{Table, presets};
 use serde_json::Value;
@@ -23,6 +23,7 @@ impl Change {
     fn kind(&self) -> &'static str {
         match (&self.old, &self.new) {
             (None, Some(_)) => "added",
+            (Some((_, true)), None) => "REGRESSED (removed)",
             (Some(_), None) => "removed",
             _ if self.regressed() => "REGRESSED",
             (Some((_, false)), Some((_, true))) => "fixed",
@@ -105,6 +106,9 @@ mod tests {
         let new = m(&[("s::none", "survived", false), ("s::a", "survived", true), ("s::new", "hung", true)]);
         let c = changes(&old, &new);
         let kinds: Vec<(&str, &str)> = c.iter().map(|c| (c.key.as_str(), c.kind())).collect();
-        assert_eq!(kinds, [("s::a", "fixed"), ("s::gone", "REGRESSED"), ("s::new", "added"), ("s::none", "REGRESSED")]);
+        assert_eq!(
+            kinds,
+            [("s::a", "fixed"), ("s::gone", "REGRESSED (removed)"), ("s::new", "added"), ("s::none", "REGRESSED")]
+        );
     }
 }

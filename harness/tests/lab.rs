@@ -10,7 +10,7 @@ fn redis_idle_reproduces_the_sidecar_idle_close_and_each_mitigation() {
     let o = run(&["run", "redis-idle", "--out", out.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "every cell must match:\n{}", text(&o));
     let s = summary(out.path());
-    assert_eq!(s["schema_version"], 1);
+    assert_eq!(s["schema_version"], 2);
     assert_eq!(s["backend"], "local");
     assert_eq!(s["pass"], true);
 
@@ -97,6 +97,6 @@ fn a_cell_that_does_not_match_exits_1_and_cleans_up() {
     let s = summary(out.path());
     assert_eq!(s["pass"], false);
     assert_eq!(cell(&s, "none")["verdict"], "idle-closed");
-    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL none"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL wrong-expectation::none"), "{}", text(&o));
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }
