@@ -122,8 +122,18 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime")
 }
 
+/// Name this process `idlelab`: the lab starts its probe and server as /proc/self/exe, whose
+/// process name would otherwise be `exe` in `ss` and `ps`.
+fn name_process() {
+    // SAFETY: PR_SET_NAME with a NUL-terminated string on the calling (main) thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"idlelab".as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    name_process();
     match cli.command {
         Command::Probe => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
