@@ -15,6 +15,8 @@ pub struct Cell {
     pub describe: String,
     pub expected: Verdict,
     pub why: Option<String>,
+    /// Real-world knobs before the mitigation (the scenario as written).
+    pub baseline: Knobs,
     /// Real-world knobs after the mitigation.
     pub real: Knobs,
     /// What the lab runs with.
@@ -34,7 +36,8 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
         if !only.is_empty() && !only.iter().any(|o| *o == label || *o == kind) {
             continue;
         }
-        let mut real = scenario.base_knobs();
+        let baseline = scenario.base_knobs();
+        let mut real = baseline.clone();
         m.as_mitigation().apply(&mut real).map_err(|e| format!("cell `{label}`: {e}"))?;
         let (scaled, time_scale) = timescale::scale(&real, spec).map_err(|e| {
             let at = c.mitigation.referenced;
@@ -50,6 +53,7 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
             describe: m.as_mitigation().describe(),
             label,
             mitigation: m.clone(),
+            baseline,
             expected: c.expect,
             why: c.why.clone(),
             real,

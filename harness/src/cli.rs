@@ -34,6 +34,12 @@ pub(crate) struct ScenarioArgs {
     pub time_scale: Option<TimeScaleSpec>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Local,
+    Kind,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario's cells in the local lab and write summary.json / summary.md.
@@ -60,6 +66,27 @@ enum Command {
         /// Pooled connections per cell, instead of the scenario's `client.pool`.
         #[arg(long)]
         pool: Option<usize>,
+        /// `local` (network namespaces on this host) or `kind` (a cluster with Istio).
+        #[arg(long, value_enum, default_value = "local")]
+        backend: Backend,
+        /// With `--backend kind`: an existing cluster's kubeconfig context instead of kind.
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Print every command and manifest the kind backend would run for a scenario, in order,
+    /// without running anything.
+    Plan {
+        scenario: String,
+        #[command(flatten)]
+        args: ScenarioArgs,
+        #[arg(long, value_enum, default_value = "kind")]
+        backend: Backend,
+        /// An existing cluster's kubeconfig context instead of the kind cluster.
+        #[arg(long)]
+        context: Option<String>,
+        /// Print the plan as JSON instead of as a shell script.
+        #[arg(long)]
+        json: bool,
     },
     /// Run every cell of every shipped scenario (or of the ones named), concurrently.
     Matrix {
@@ -97,8 +124,12 @@ enum Command {
     },
     /// Check the prerequisites of the local lab.
     Doctor,
-    /// Run the probe: a probe spec as JSON on stdin, observations as JSON lines on stdout.
-    Probe,
+    /// Run the probe: a probe spec as JSON (stdin, or --spec FILE), observations as JSON
+    /// lines on stdout.
+    Probe {
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
     /// The lab's HTTP server (run inside a server namespace by the lab).
     #[command(hide = true)]
     ServeHttp {
@@ -135,12 +166,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     name_process();
     match cli.command {
-        Command::Probe => tokio::runtime::Builder::new_multi_thread()
+        Command::Probe { spec } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime")
-            .block_on(crate::probe::main_from_stdin()),
+            .block_on(crate::probe::main(spec)),
         Command::ServeHttp { listen } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -181,9 +212,32 @@ pub fn main() -> i32 {
             0
         }
         Command::Check { scenarios, args } => check(&scenarios, &args),
-        Command::Run { scenario, args, out, results_dir, jobs, verbose, repeat, pool } => {
+        Command::Plan { scenario, args, backend, context, json } => {
+            if backend != Backend::Kind {
+                eprintln!("error: the local backend has no plan to print; `idlelab check {scenario}` shows its scaled cells");
+                return 2;
+            }
+            match prepare(&scenario, &args, None) {
+                Err(code) => code,
+                Ok((_, cells)) => {
+                    let plan = crate::kube::plan(&cells, &crate::kube::KubeTarget { context });
+                    let text = if json {
+                        serde_json::to_string_pretty(&plan).expect("a plan serializes") + "\n"
+                    } else {
+                        plan.to_string()
+                    };
+                    // A closed pipe (`| head`) is not an error worth a panic.
+                    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+                    0
+                }
+            }
+        }
+        Command::Run { scenario, args, out, results_dir, jobs, verbose, repeat, pool, backend, context } => {
             match prepare(&scenario, &args, pool) {
                 Err(code) => code,
+                Ok((_, cells)) if backend == Backend::Kind => {
+                    crate::kube::run::main(&cells, &crate::kube::KubeTarget { context }, out.as_deref())
+                }
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
                     let exec = Exec {

@@ -14,6 +14,8 @@
 //! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
 //! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
 //! - [`lab`]: the local backend: namespaces, nftables, a real Envoy and server per cell.
+//! - [`kube`]: the kind backend: the same cells as a plan of kind / istioctl / kubectl
+//!   commands and manifests, executed through one command runner.
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
 //!   per client library.
 //! - [`verdict`]: the verdict, a pure function of the probe's observations.
@@ -36,6 +38,7 @@ pub mod duration;
 pub mod events;
 pub mod hop;
 pub mod knobs;
+pub mod kube;
 pub mod lab;
 pub mod mitigation;
 pub mod probe;

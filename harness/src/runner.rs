@@ -83,6 +83,8 @@ fn istio_context(cell: &Cell) -> IstioContext {
                 _ => None,
             })
             .collect(),
+        // Reports show the real-world resource a user would apply.
+        factor: 1,
     }
 }
 

@@ -156,7 +156,8 @@ fn hop_of<'a>(knobs: &'a Knobs, role: &str) -> Option<&'a Hop> {
     knobs.path.iter().enumerate().find(|(i, h)| node_role(*i, h).as_deref() == Some(role)).map(|(_, h)| h)
 }
 
-fn probe_spec(knobs: &Knobs, target: String) -> ProbeSpec {
+/// The probe's spec for these (scaled) knobs, connecting to `target`.
+pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
     let ms = |d: crate::duration::Dur| d.0.as_millis() as u64;
     ProbeSpec {
         service: knobs.service,
@@ -336,7 +337,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
     }
 
     // The probe: this same binary, inside the app namespace, as root (not exempt from capture).
-    let mut spec = probe_spec(knobs, format!("{target_ip}:{port}"));
+    let mut spec = probe_spec_for(knobs, format!("{target_ip}:{port}"));
     spec.tls_ca_pem = run_ca.as_ref().map(|ca| ca.ca_pem.clone());
     // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
     let mut cmd = tokio::process::Command::new("/proc/self/exe");

@@ -48,7 +48,7 @@ impl Mitigation for DrIdleTimeout {
             "metadata": {"name": "idlelab-idle-timeout", "namespace": ctx.namespace},
             "spec": {
                 "host": ctx.service_host,
-                "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": super::istio_idle_timeout::go_duration(self.0)}}}
+                "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": super::istio_idle_timeout::go_duration(ctx.millis(self.0))}}}
             }
         });
         vec![IstioForm::Manifest { kind: "DestinationRule".into(), yaml: to_yaml(&v) }]

@@ -50,8 +50,8 @@ impl Mitigation for DrTcpKeepalive {
             "spec": {
                 "host": ctx.service_host,
                 "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {
-                    "time": format!("{}s", self.time.0.as_secs()),
-                    "interval": format!("{}s", self.interval.0.as_secs()),
+                    "time": format!("{}s", ctx.seconds(self.time)),
+                    "interval": format!("{}s", ctx.seconds(self.interval)),
                     "probes": self.probes
                 }}}}
             }

@@ -53,7 +53,7 @@ impl Mitigation for EnvoyFilterIdleTimeout {
                         "operation": "MERGE",
                         "value": {
                             "name": "envoy.filters.network.tcp_proxy",
-                            "typed_config": {"@type": TCP_PROXY_TYPE_URL, "idle_timeout": format!("{}s", self.0.as_secs_f64())}
+                            "typed_config": {"@type": TCP_PROXY_TYPE_URL, "idle_timeout": format!("{}s", ctx.millis(self.0).as_secs_f64())}
                         }
                     }
                 }]

@@ -75,7 +75,11 @@ impl Mitigation for GatewayKeepalive {
                 "configPatches": [{
                     "applyTo": "LISTENER",
                     "match": {"context": "GATEWAY", "listener": {"portNumber": ctx.service_port}},
-                    "patch": {"operation": "MERGE", "value": {"socket_options": socket_options(&self.keepalive())}}
+                    "patch": {"operation": "MERGE", "value": {"socket_options": socket_options(&Keepalive {
+                        time: Dur::secs(ctx.seconds(self.time)),
+                        interval: Dur::secs(ctx.seconds(self.interval)),
+                        probes: self.probes,
+                    })}}
                 }]
             }
         });

@@ -39,7 +39,7 @@ impl Mitigation for IstioIdleTimeout {
         if applied { Ok(()) } else { Err("istio-idle-timeout changes sidecars, and this path has none".into()) }
     }
     fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
-        let value = format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(self.0));
+        let value = format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(ctx.millis(self.0)));
         ctx.sidecar_pods
             .iter()
             .map(|pod| IstioForm::PodAnnotation {

@@ -25,6 +25,7 @@ pub mod pool_max_lifetime;
 pub mod pool_test_on_borrow;
 pub mod tcp_user_timeout;
 
+use crate::duration::Dur;
 use crate::knobs::Knobs;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,27 @@ pub struct IstioContext {
     pub service_port: u16,
     /// The pods that have a sidecar on this path: `client`, `server`.
     pub sidecar_pods: Vec<String>,
+    /// The cell's time scale: a compressed run on a cluster renders its durations scaled,
+    /// with the same rounding as the local lab (`timescale`).
+    pub factor: u32,
+}
+
+impl IstioContext {
+    /// A duration Envoy takes in milliseconds (idle timeouts), scaled.
+    pub fn millis(&self, d: Dur) -> Dur {
+        if d.is_zero() || self.factor <= 1 {
+            return d;
+        }
+        let ms = (d.0.as_secs_f64() * 1000.0 / self.factor as f64).round().max(1.0) as u64;
+        Dur(std::time::Duration::from_millis(ms))
+    }
+    /// A duration the kernel takes in whole seconds (keepalive), scaled, at least 1 s.
+    pub fn seconds(&self, d: Dur) -> u64 {
+        if self.factor <= 1 {
+            return d.0.as_secs().max(1);
+        }
+        (d.0.as_secs_f64() / self.factor as f64).round().max(1.0) as u64
+    }
 }
 
 pub trait Mitigation {
@@ -110,7 +132,7 @@ impl MitigationSpec {
 }
 
 /// Render a JSON value as YAML for a manifest.
-pub(crate) fn to_yaml(v: &serde_json::Value) -> String {
+pub fn to_yaml(v: &serde_json::Value) -> String {
     serde_saphyr::to_string(v).expect("a JSON value always renders as YAML")
 }
 
@@ -126,6 +148,7 @@ pub(crate) fn test_ctx() -> IstioContext {
         service_host: "redis.cell-1.svc.cluster.local".into(),
         service_port: 6379,
         sidecar_pods: vec!["client".into()],
+        factor: 1,
     }
 }
 

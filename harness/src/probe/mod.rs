@@ -408,14 +408,24 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// `idlelab probe`: read the spec, run, print observations. Returns the process exit code.
-pub async fn main_from_stdin() -> i32 {
+/// `idlelab probe`: read the spec (a file, or stdin), run, print observations. Returns the
+/// process exit code.
+pub async fn main(spec_file: Option<std::path::PathBuf>) -> i32 {
     let started = Instant::now();
-    let mut input = String::new();
-    if let Err(e) = io::Read::read_to_string(&mut io::stdin(), &mut input) {
-        emit(&ProbeLine::Error(format!("cannot read the probe spec from stdin: {e}")));
-        return 2;
-    }
+    let input = match &spec_file {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| format!("cannot read the probe spec {}: {e}", f.display())),
+        None => {
+            let mut s = String::new();
+            io::Read::read_to_string(&mut io::stdin(), &mut s).map(|_| s).map_err(|e| format!("cannot read the probe spec from stdin: {e}"))
+        }
+    };
+    let input = match input {
+        Ok(i) => i,
+        Err(e) => {
+            emit(&ProbeLine::Error(e));
+            return 2;
+        }
+    };
     let spec: ProbeSpec = match serde_json::from_str(&input) {
         Ok(s) => s,
         Err(e) => {

@@ -1,0 +1,91 @@
+//! Istio resources the kube backend adds around a cell's mitigation: the explicit, scaled
+//! idle timeouts of a compressed run, and the ingress gateway's Gateway + VirtualService.
+
+use crate::cells::Cell;
+use crate::duration::Dur;
+use crate::hop::{GatewayHop, Hop};
+use crate::mitigation::envoyfilter_idle_timeout::TCP_PROXY_TYPE_URL;
+use crate::mitigation::istio_idle_timeout::go_duration;
+use crate::mitigation::to_yaml;
+use serde_json::json;
+
+const ISTIO_DEFAULT_IDLE: Dur = Dur::secs(3600);
+
+/// The sidecars whose idle timeout must be set explicitly on the cluster: every one in a
+/// compressed run (its scaled value), and any whose scenario value is not Istio's 1 h.
+/// Taken from the path *before* the mitigation, which renders its own resources.
+pub fn scaled_idle_timeouts(cell: &Cell) -> Vec<(String, Dur)> {
+    let factor = cell.time_scale.factor;
+    let scale = |d: Dur| {
+        if factor <= 1 || d.is_zero() {
+            d
+        } else {
+            Dur(std::time::Duration::from_millis((d.0.as_secs_f64() * 1000.0 / factor as f64).round().max(1.0) as u64))
+        }
+    };
+    cell.baseline
+        .path
+        .iter()
+        .filter_map(|h| match h {
+            Hop::Sidecar(s) => Some(("client".to_string(), s.idle_timeout)),
+            Hop::ServerSidecar(s) => Some(("server".to_string(), s.idle_timeout)),
+            _ => None,
+        })
+        .filter(|(_, d)| factor > 1 || *d != ISTIO_DEFAULT_IDLE)
+        .map(|(pod, d)| (pod, scale(d)))
+        .collect()
+}
+
+pub fn idle_timeout_annotation(d: Dur) -> String {
+    format!("proxyMetadata:\n  ISTIO_META_IDLE_TIMEOUT: {}\n", go_duration(d))
+}
+
+/// Gateway + VirtualService: the ingress gateway listens on `port` (TLS terminated with the
+/// run's certificate, or plain TCP) and routes to `next_host`.
+pub fn gateway_manifests(g: &GatewayHop, ns: &str, next_host: &str, port: u16) -> String {
+    let mut server = json!({
+        "port": {"number": port, "name": if g.tls { format!("tls-{port}") } else { format!("tcp-{port}") }, "protocol": if g.tls { "TLS" } else { "TCP" }},
+        "hosts": ["*"]
+    });
+    if g.tls {
+        server["tls"] = json!({"mode": "SIMPLE", "credentialName": format!("idlelab-{ns}")});
+    }
+    let gateway = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "idlelab-gateway", "namespace": ns},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": [server]}
+    });
+    let vs = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "idlelab-gateway", "namespace": ns},
+        "spec": {
+            "hosts": ["*"],
+            "gateways": ["idlelab-gateway"],
+            "tcp": [{"match": [{"port": port}], "route": [{"destination": {"host": next_host, "port": {"number": port}}}]}]
+        }
+    });
+    format!("{}---\n{}", to_yaml(&gateway), to_yaml(&vs))
+}
+
+/// The gateway's tcp_proxy idle timeout, scaled, merged by an EnvoyFilter (context GATEWAY).
+pub fn gateway_idle_timeout(ns: &str, d: Dur, port: u16) -> String {
+    let v = json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": format!("idlelab-gateway-idle-{ns}"), "namespace": "istio-system"},
+        "spec": {
+            "workloadSelector": {"labels": {"istio": "ingressgateway"}},
+            "configPatches": [{
+                "applyTo": "NETWORK_FILTER",
+                "match": {"context": "GATEWAY", "listener": {"portNumber": port, "filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}}},
+                "patch": {"operation": "MERGE", "value": {
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {"@type": TCP_PROXY_TYPE_URL, "idle_timeout": format!("{}s", d.as_secs_f64())}
+                }}
+            }]
+        }
+    });
+    to_yaml(&v)
+}

@@ -1,0 +1,238 @@
+//! Kubernetes objects of a cell, built with k8s-openapi's typed structs (pure functions).
+//!
+//! ```text
+//!   namespace idlelab-<scenario>-<n>   (istio-injection=enabled; each pod opts in or out)
+//!     Deployment + Service <service>   the server, same settings as the local lab
+//!     Pod mb<i> + Service mb<i>        a middlebox hop: privileged, conntrack + DNAT to the next hop
+//!     ConfigMap + Pod idlelab-probe    `idlelab probe --spec /spec/probe.json`, sidecar per the path
+//! ```
+
+use crate::hop::{MiddleboxHop, OnUnknown};
+use crate::knobs::Knobs;
+use crate::scenario::Service as Svc;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, Namespace, Pod, PodSecurityContext,
+    PodSpec, PodTemplateSpec, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use std::collections::BTreeMap;
+
+/// The probe image `just kind-up` builds from the Dockerfile and loads into kind.
+pub const PROBE_IMAGE: &str = "idlelab-probe:dev";
+
+pub fn yaml<T: serde::Serialize>(v: &T) -> String {
+    serde_saphyr::to_string(v).expect("a Kubernetes object renders as YAML")
+}
+
+fn meta(name: &str, ns: &str, labels: &[(&str, &str)], annotations: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        ..Default::default()
+    }
+}
+
+fn inject(on: bool) -> BTreeMap<String, String> {
+    BTreeMap::from([("sidecar.istio.io/inject".to_string(), on.to_string())])
+}
+
+pub fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([
+                ("istio-injection".to_string(), "enabled".to_string()),
+                ("app.kubernetes.io/managed-by".to_string(), "idlelab".to_string()),
+            ])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The port's name tells Istio the protocol: `tcp-*` keeps every service on `tcp_proxy`, as
+/// in the local lab (an `http` name would put Envoy's HTTP connection manager in between).
+fn port_name(s: Svc) -> String {
+    format!("tcp-{}", s.name())
+}
+
+/// The server container, with its own idle settings explicit, as in the local lab.
+fn server_container(knobs: &Knobs) -> Container {
+    let port = knobs.service.port();
+    let idle = knobs.server_idle_timeout.0.as_secs();
+    let (image, args, env): (&str, Vec<String>, Vec<EnvVar>) = match knobs.service {
+        Svc::Redis => (
+            "redis:7.0.15",
+            vec!["redis-server", "--tcp-keepalive", "0", "--timeout", &idle.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            vec![],
+        ),
+        Svc::Mysql => {
+            let wait = if idle == 0 { 31_536_000 } else { idle };
+            (
+                "mariadb:10.11.11",
+                vec![format!("--wait-timeout={wait}"), format!("--interactive-timeout={wait}"), "--skip-name-resolve".into()],
+                vec![EnvVar { name: "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD".into(), value: Some("1".into()), ..Default::default() }],
+            )
+        }
+        Svc::Memcached => (
+            "memcached:1.6.18",
+            vec!["memcached".into(), "-U".into(), "0".into(), "-o".into(), format!("idle_timeout={idle}")],
+            vec![],
+        ),
+        Svc::Http | Svc::Https => {
+            (PROBE_IMAGE, vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")], vec![])
+        }
+    };
+    let (command, args) = match knobs.service {
+        Svc::Mysql => (None, Some(args)),
+        _ => (Some(args), None),
+    };
+    Container {
+        name: "server".into(),
+        image: Some(image.into()),
+        command,
+        args,
+        env: (!env.is_empty()).then_some(env),
+        ports: Some(vec![ContainerPort { container_port: port as i32, name: Some(port_name(knobs.service)), ..Default::default() }]),
+        ..Default::default()
+    }
+}
+
+pub fn server(knobs: &Knobs, ns: &str, annotations: BTreeMap<String, String>) -> (Deployment, Service) {
+    let name = knobs.service.name();
+    let labels = [("app", name)];
+    let deployment = Deployment {
+        metadata: meta(name, ns, &labels, BTreeMap::new()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec { containers: vec![server_container(knobs)], ..Default::default() }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (deployment, service(name, ns, knobs.service, name))
+}
+
+fn service(name: &str, ns: &str, s: Svc, app: &str) -> Service {
+    Service {
+        metadata: meta(name, ns, &[("app", app)], BTreeMap::new()),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([("app".to_string(), app.to_string())])),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name(s)),
+                port: s.port() as i32,
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(s.port() as i32)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The middlebox's rules: DNAT to the next hop, masquerade, and the forgotten-flow verdict.
+pub fn middlebox_script(hop: &MiddleboxHop, next_host: &str, port: u16) -> String {
+    let verdict = match hop.on_unknown {
+        OnUnknown::Reset => "reject with tcp reset",
+        OnUnknown::Drop => "drop",
+    };
+    format!(
+        "set -eu\nnext=$(getent hosts {next_host} | awk '{{print $1}}')\nnft -f - <<NFT\ntable ip idlelab_middlebox {{\n  chain pre {{ type nat hook prerouting priority -100; tcp dport {port} dnat to $next:{port}; }}\n  chain post {{ type nat hook postrouting priority 100; oifname != \"lo\" masquerade; }}\n  chain forward {{ type filter hook forward priority 0; ct state invalid meta l4proto tcp counter {verdict}; }}\n}}\nNFT\nsysctl -w net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 net.netfilter.nf_conntrack_tcp_timeout_established={}\nexec sleep infinity\n",
+        hop.idle_timeout.0.as_secs().max(1)
+    )
+}
+
+pub fn middlebox(name: &str, ns: &str, hop: &MiddleboxHop, next_host: &str, s: Svc) -> (Pod, Service) {
+    let pod = Pod {
+        metadata: meta(name, ns, &[("app", name)], inject(false)),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "middlebox".into(),
+                image: Some(PROBE_IMAGE.into()),
+                command: Some(vec!["sh".into(), "-c".into(), middlebox_script(hop, next_host, s.port())]),
+                security_context: Some(SecurityContext {
+                    privileged: Some(true),
+                    capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (pod, service(name, ns, s, name))
+}
+
+pub fn probe(ns: &str, spec_json: &str, knobs: &Knobs, annotations: BTreeMap<String, String>) -> (ConfigMap, Pod) {
+    let cm = ConfigMap {
+        metadata: meta("idlelab-probe-spec", ns, &[("app", "idlelab-probe")], BTreeMap::new()),
+        data: Some(BTreeMap::from([("probe.json".to_string(), spec_json.to_string())])),
+        ..Default::default()
+    };
+    // Keepalive interval and count for libraries that set only the idle time come from the
+    // pod's sysctls (namespaced and allowed by default), as in the local lab.
+    let sysctls = knobs.client.keepalive.map(|k| {
+        vec![
+            Sysctl { name: "net.ipv4.tcp_keepalive_intvl".into(), value: k.interval.0.as_secs().max(1).to_string() },
+            Sysctl { name: "net.ipv4.tcp_keepalive_probes".into(), value: k.probes.to_string() },
+        ]
+    });
+    let pod = Pod {
+        metadata: meta("idlelab-probe", ns, &[("app", "idlelab-probe")], annotations),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            security_context: sysctls.map(|s| PodSecurityContext { sysctls: Some(s), ..Default::default() }),
+            containers: vec![Container {
+                name: "probe".into(),
+                image: Some(PROBE_IMAGE.into()),
+                command: Some(vec!["idlelab".into(), "probe".into(), "--spec".into(), "/spec/probe.json".into()]),
+                volume_mounts: Some(vec![VolumeMount { name: "spec".into(), mount_path: "/spec".into(), ..Default::default() }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "spec".into(),
+                config_map: Some(ConfigMapVolumeSource { name: "idlelab-probe-spec".into(), ..Default::default() }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (cm, pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_carry_api_version_kind_and_the_servers_settings() {
+        let knobs = crate::mitigation::test_knobs();
+        let (d, s) = server(&knobs, "ns1", inject(true));
+        let y = yaml(&d);
+        assert!(y.contains("apiVersion: apps/v1") && y.contains("kind: Deployment"), "{y}");
+        assert!(y.contains("--tcp-keepalive") && y.contains("sidecar.istio.io/inject"), "{y}");
+        let y = yaml(&s);
+        assert!(y.contains("kind: Service") && y.contains("tcp-redis"), "{y}");
+        let (_, pod) = probe("ns1", "{}", &knobs, inject(true));
+        assert!(yaml(&pod).contains("/spec/probe.json"));
+    }
+}

@@ -1,0 +1,253 @@
+//! The kind backend: the same cells on a Kubernetes cluster with Istio, the mitigations as
+//! real Istio resources.
+//!
+//! ```text
+//!   cells ──plan()──▶ Plan: kind / istioctl / docker / kubectl commands + manifests, in order
+//!                       │   `idlelab plan` prints it
+//!                       └──▶ execute(plan, &mut dyn CommandRunner) ── probe's log ──▶ verdict
+//! ```
+//!
+//! - `kind-config/cluster.yaml` and `istio-profiles/*.yaml` define the cluster (`just kind-up`).
+//! - Per cell, a namespace `idlelab-<scenario>-<n>` with the server (Deployment + Service, the
+//!   same server settings as the local lab), a pod per middlebox hop, an Istio Gateway +
+//!   VirtualService for a gateway hop, the mitigation's Istio resources, and the probe pod
+//!   (`idlelab probe --spec`), injected or not as the path says.
+//! - Time scale: with `--time-scale 1` Istio's own defaults stand (the nightly real-hour run);
+//!   a compressed run sets each sidecar's scaled idle timeout explicitly, and the plan says so.
+//! - Evidence: `istioctl proxy-config` of the probe's sidecar (listeners, clusters) and its
+//!   stats, kept with the cell.
+
+pub mod istio;
+pub mod manifests;
+pub mod plan;
+pub mod run;
+
+use crate::cells::Cell;
+use crate::hop::Hop;
+use crate::mitigation::{IstioContext, IstioForm};
+use crate::probe::ProbeSpec;
+use crate::scenario::Service as Svc;
+use plan::{Capture, Plan, Step};
+use std::collections::BTreeMap;
+
+/// Where the cells run.
+#[derive(Clone, Debug)]
+pub struct KubeTarget {
+    /// An existing cluster's kubeconfig context; `None` = the kind cluster `idlelab`.
+    pub context: Option<String>,
+}
+
+impl KubeTarget {
+    pub fn context(&self) -> String {
+        self.context.clone().unwrap_or_else(|| "kind-idlelab".into())
+    }
+    fn kubectl(&self) -> Vec<String> {
+        vec!["kubectl".into(), "--context".into(), self.context()]
+    }
+    /// The programs a run needs on PATH.
+    pub fn required_programs(&self) -> Vec<&'static str> {
+        if self.context.is_some() { vec!["kubectl", "istioctl"] } else { vec!["docker", "kind", "kubectl", "istioctl"] }
+    }
+}
+
+/// The programs of `required` that are not on PATH.
+pub fn missing_programs(required: &[&str]) -> Vec<String> {
+    required.iter().filter(|p| crate::lab::envoy::find_in_path(p).is_none()).map(|p| p.to_string()).collect()
+}
+
+pub fn namespace_of(cell_index: usize, scenario: &str) -> String {
+    format!("idlelab-{scenario}-{cell_index}")
+}
+
+/// The host the app connects to: the first hop with an address after the client sidecar
+/// (a middlebox's Service, the ingress gateway), else the server's Service. A DestinationRule
+/// for the client sidecar's upstream names this host.
+pub fn target_host(cell: &Cell, ns: &str) -> String {
+    let mut host = format!("{}.{ns}.svc.cluster.local", cell.real.service.name());
+    for (i, hop) in cell.real.path.iter().enumerate().rev() {
+        match hop {
+            Hop::Gateway(_) => host = "istio-ingressgateway.istio-system.svc.cluster.local".into(),
+            Hop::Middlebox(_) => host = format!("mb{i}.{ns}.svc.cluster.local"),
+            Hop::Sidecar(_) | Hop::ServerSidecar(_) => {}
+        }
+    }
+    host
+}
+
+fn istio_context(cell: &Cell, ns: &str) -> IstioContext {
+    IstioContext {
+        namespace: ns.into(),
+        client_app: "idlelab-probe".into(),
+        service_host: target_host(cell, ns),
+        service_port: cell.real.service.port(),
+        sidecar_pods: cell
+            .real
+            .path
+            .iter()
+            .filter_map(|h| match h {
+                Hop::Sidecar(_) => Some("client".to_string()),
+                Hop::ServerSidecar(_) => Some("server".to_string()),
+                _ => None,
+            })
+            .collect(),
+        factor: cell.time_scale.factor,
+    }
+}
+
+/// The probe's spec on the cluster: the same scaled knobs, the first hop's address as target.
+fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
+    let mut spec = crate::lab::probe_spec_for(&cell.scaled, target);
+    if cell.scaled.service == Svc::Https {
+        spec.tls_ca_pem = Some("$RUN_CA_PEM".into());
+    }
+    spec
+}
+
+/// Steps that bring up the cluster (kind backend) or check it (existing context).
+pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
+    match &target.context {
+        None => vec![
+            Step::Note { text: "the kind cluster `idlelab` and Istio are reused when they already exist (just kind-up)".into() },
+            Step::command("kind", &["create", "cluster", "--name", "idlelab", "--config", "kind-config/cluster.yaml"], "create the kind cluster (pinned node image)").optional(),
+            Step::command("istioctl", &["install", "--context", "kind-idlelab", "-y", "-f", "istio-profiles/minimal.yaml"], "install Istio with an ingress gateway (pinned version)"),
+            Step::command("docker", &["build", "-t", manifests::PROBE_IMAGE, "."], "build the probe image (Dockerfile)"),
+            Step::command("kind", &["load", "docker-image", manifests::PROBE_IMAGE, "--name", "idlelab"], "put the probe image into the cluster (no registry)"),
+        ],
+        Some(ctx) => vec![
+            Step::Note { text: format!("existing cluster `{ctx}`: Istio must be installed and {} pullable by its nodes", manifests::PROBE_IMAGE) },
+            Step::command("kubectl", &["--context", ctx, "get", "namespace", "istio-system"], "check that Istio is installed"),
+        ],
+    }
+}
+
+/// Every step of one cell, in order.
+pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
+    let ns = namespace_of(index, &cell.scenario);
+    let kubectl = target.kubectl();
+    let k = |args: &[&str], purpose: &str| {
+        let mut a: Vec<&str> = kubectl[1..].iter().map(String::as_str).collect();
+        a.extend_from_slice(args);
+        Step::command("kubectl", &a, purpose)
+    };
+    let ctx = istio_context(cell, &ns);
+    let service = cell.real.service;
+    let port = service.port();
+    let mut steps = vec![Step::Cell { key: format!("{}::{}", cell.scenario, cell.label) }];
+    let factor = cell.time_scale.factor;
+    let scaled_sidecars = istio::scaled_idle_timeouts(cell);
+    if factor > 1 {
+        steps.push(Step::Note {
+            text: format!(
+                "time scale ×{factor}: each sidecar's idle timeout is set explicitly to its scaled value ({}); the baseline is then an explicit value, not Istio's default. Run with --time-scale 1 for Istio's own defaults.",
+                scaled_sidecars.iter().map(|(pod, d)| format!("{pod} {d}")).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    steps.push(Step::apply(&kubectl, manifests::yaml(&manifests::namespace(&ns)), "the cell's namespace (sidecar injection enabled; each pod opts in or out)"));
+
+    // Pod annotations: the mitigation's, and the explicit scaled idle timeouts.
+    let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
+    let mut annotations: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let sidecar_on = |pod: &str| ctx.sidecar_pods.iter().any(|p| p == pod);
+    for pod in ["client", "server"] {
+        let a = annotations.entry(pod).or_default();
+        a.insert("sidecar.istio.io/inject".into(), sidecar_on(pod).to_string());
+        if let Some((_, d)) = scaled_sidecars.iter().find(|(p, _)| p == pod) {
+            a.insert("proxy.istio.io/config".into(), istio::idle_timeout_annotation(*d));
+        }
+    }
+    let mut manifests_of_mitigation = Vec::new();
+    let mut app_settings = Vec::new();
+    for f in &forms {
+        match f {
+            IstioForm::PodAnnotation { pod, key, value } => {
+                annotations.entry(if pod == "server" { "server" } else { "client" }).or_default().insert(key.clone(), value.clone());
+            }
+            IstioForm::Manifest { yaml, kind } => manifests_of_mitigation.push((kind.clone(), yaml.clone())),
+            IstioForm::AppSetting { what } => app_settings.push(what.clone()),
+        }
+    }
+    for what in app_settings {
+        steps.push(Step::Note { text: format!("no cluster form: {what} (the probe does it, as in the local lab)") });
+    }
+
+    // Server, then the hops from the server back to the app (each forwards to the next).
+    let (deployment, svc) = manifests::server(&cell.scaled, &ns, annotations.remove("server").unwrap_or_default());
+    steps.push(Step::apply(&kubectl, format!("{}---\n{}", manifests::yaml(&deployment), manifests::yaml(&svc)), &format!("the {} server", service.name())));
+    let mut next_host = format!("{}.{ns}.svc.cluster.local", service.name());
+    let mut waits = vec![k(&["-n", &ns, "rollout", "status", &format!("deployment/{}", service.name()), "--timeout=180s"], "wait for the server")];
+    for (i, hop) in cell.scaled.path.iter().enumerate().rev() {
+        match hop {
+            Hop::Gateway(g) => {
+                if g.tls {
+                    steps.push(Step::Note { text: "the gateway's certificate comes from a CA generated for the run ($RUN_DIR/cert.pem, key.pem); the probe trusts only that CA".into() });
+                    steps.push(k(&["-n", "istio-system", "create", "secret", "tls", &format!("idlelab-{ns}"), "--cert=$RUN_DIR/cert.pem", "--key=$RUN_DIR/key.pem"], "the gateway's TLS certificate"));
+                }
+                steps.push(Step::apply(&kubectl, istio::gateway_manifests(g, &ns, &next_host, port), "ingress gateway: Gateway + VirtualService to the next hop"));
+                if factor > 1 && !g.idle_timeout.is_zero() {
+                    steps.push(Step::apply(&kubectl, istio::gateway_idle_timeout(&ns, g.idle_timeout, port), "the gateway's scaled tcp_proxy idle timeout, set explicitly"));
+                }
+                next_host = "istio-ingressgateway.istio-system.svc.cluster.local".into();
+            }
+            Hop::Middlebox(m) => {
+                let name = format!("mb{i}");
+                let (pod, svc) = manifests::middlebox(&name, &ns, m, &next_host, service);
+                steps.push(Step::apply(&kubectl, format!("{}---\n{}", manifests::yaml(&pod), manifests::yaml(&svc)), &format!(
+                        "middlebox {name}: conntrack forgets after {}, then {}",
+                        m.idle_timeout,
+                        if m.on_unknown == crate::hop::OnUnknown::Reset { "reset" } else { "drop" }
+                    )));
+                waits.push(k(&["-n", &ns, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=180s"], &format!("wait for {name}")));
+                next_host = format!("{name}.{ns}.svc.cluster.local");
+            }
+            Hop::Sidecar(_) | Hop::ServerSidecar(_) => {}
+        }
+    }
+    for (kind, yaml) in manifests_of_mitigation {
+        steps.push(Step::apply(&kubectl, yaml, &format!("the mitigation: {kind}")));
+    }
+    steps.extend(waits);
+
+    let spec = serde_json::to_string_pretty(&probe_spec(cell, format!("{next_host}:{port}"))).expect("a probe spec serializes");
+    let (cm, pod) = manifests::probe(&ns, &spec, &cell.scaled, annotations.remove("client").unwrap_or_default());
+    steps.push(Step::apply(&kubectl, format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)), "the probe pod"));
+    steps.push(k(&["-n", &ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=180s"], "wait for the probe"));
+    if sidecar_on("client") {
+        let pod_ref = format!("idlelab-probe.{ns}");
+        let ctx_name = target.context();
+        for what in ["listener", "cluster"] {
+            steps.push(
+                Step::command("istioctl", &["--context", &ctx_name, "proxy-config", what, &pod_ref, "-o", "json"], &format!("evidence: the probe sidecar's effective {what}s (tcp_proxy idle_timeout, tcp_keepalive)"))
+                    .with_capture(Capture::Evidence)
+                    .optional(),
+            );
+        }
+    }
+    steps.push(k(&["-n", &ns, "logs", "-f", "idlelab-probe", "-c", "probe"], "the probe's observations").with_capture(Capture::ProbeLog));
+    if sidecar_on("client") {
+        steps.push(
+            k(&["-n", &ns, "exec", "idlelab-probe", "-c", "istio-proxy", "--", "pilot-agent", "request", "GET", "stats"], "evidence: the sidecar's counters (idle_timeout …)")
+                .with_capture(Capture::Evidence)
+                .optional(),
+        );
+    }
+    steps.push(k(&["delete", "namespace", &ns, "--wait=false"], "remove the cell").optional());
+    if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(g) if g.tls)) {
+        steps.push(k(&["-n", "istio-system", "delete", "secret", &format!("idlelab-{ns}")], "remove the gateway's certificate").optional());
+    }
+    steps
+}
+
+/// The whole plan for these cells.
+pub fn plan(cells: &[Cell], target: &KubeTarget) -> Plan {
+    let mut p = Plan::default();
+    for s in cluster_steps(target) {
+        p.push(s);
+    }
+    for (i, c) in cells.iter().enumerate() {
+        for s in cell_steps(c, i, target) {
+            p.push(s);
+        }
+    }
+    p
+}

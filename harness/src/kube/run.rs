@@ -1,0 +1,159 @@
+//! `idlelab run --backend kind`: check the tools, then execute the plan step by step through
+//! the one [`CommandRunner`] boundary, read the probe's log, judge and report.
+//!
+//! Without docker / kind / kubectl / istioctl it stops before anything exists (exit 2).
+
+use super::plan::{Capture, CommandRunner, Plan, ProcessRunner, Step};
+use super::{KubeTarget, missing_programs, plan};
+use crate::cells::Cell;
+use crate::probe::ProbeLine;
+use crate::report::{CellReport, Evidence, Reporter, RunSummary, SCHEMA_VERSION};
+use std::path::Path;
+use std::time::Instant;
+
+pub fn main(cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
+    let missing = missing_programs(&target.required_programs());
+    if !missing.is_empty() {
+        eprintln!(
+            "error: the kind backend needs {} on PATH; missing: {}\n  hint: on a machine without a Docker engine, `idlelab plan SCENARIO --backend kind` prints every command and manifest the run would use; `--context NAME` runs on an existing cluster (needs kubectl and istioctl)",
+            target.required_programs().join(", "),
+            missing.join(", ")
+        );
+        return 2;
+    }
+    if target.context.is_none() && ProcessRunner.run("docker", &["info".into()], None).is_err() {
+        eprintln!(
+            "error: docker is installed but no Docker engine answers (`docker info` failed); kind needs one\n  hint: `idlelab plan SCENARIO --backend kind` prints what the run would do; `--context NAME` uses an existing cluster"
+        );
+        return 2;
+    }
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| Path::new("results").join("kind-run"));
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        return 2;
+    }
+    let ca = match crate::lab::tls::generate() {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("error: generating the run's CA: {e:#}");
+            return 1;
+        }
+    };
+    let _ = std::fs::write(out.join("cert.pem"), &ca.cert_pem);
+    let _ = std::fs::write(out.join("key.pem"), &ca.key_pem);
+    let substitute = |s: &str| s.replace("$RUN_DIR", &out.display().to_string()).replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"));
+    let started = Instant::now();
+    let reports = execute(&plan(cells, target), cells, &mut ProcessRunner, &substitute);
+    let summary = RunSummary {
+        schema_version: SCHEMA_VERSION,
+        scenario: cells.first().map(|c| c.scenario.clone()).unwrap_or_default(),
+        summary: String::new(),
+        scenarios: vec![],
+        backend: format!("kind ({})", target.context()),
+        time_scale: cells.first().map(|c| c.time_scale.factor.to_string()).unwrap_or_default(),
+        repeat: 1,
+        pass: reports.iter().all(|r| r.pass),
+        started_at: jiff::Timestamp::now().to_string(),
+        wall_ms: started.elapsed().as_millis() as u64,
+        out_dir: out.clone(),
+        cells: reports,
+    };
+    let mut reporters: Vec<Box<dyn Reporter>> = vec![
+        Box::new(crate::report::json::JsonReporter { path: out.join("summary.json") }),
+        Box::new(crate::report::junit::JunitReporter { path: out.join("junit.xml") }),
+        Box::new(crate::report::terminal::TerminalReporter::new(false)),
+    ];
+    for r in reporters.iter_mut() {
+        if let Err(e) = r.finish(&summary) {
+            eprintln!("error: writing reports: {e:#}");
+        }
+    }
+    if summary.pass { 0 } else { 1 }
+}
+
+/// Execute a plan: cluster steps first, then each cell's steps; a failed required step ends
+/// its cell (its optional teardown steps still run).
+pub fn execute(plan: &Plan, cells: &[Cell], runner: &mut dyn CommandRunner, substitute: &dyn Fn(&str) -> String) -> Vec<CellReport> {
+    let mut reports = Vec::new();
+    let mut current: Option<(usize, Instant, Option<String>, Evidence)> = None;
+    let mut index = 0;
+    let finish = |cur: Option<(usize, Instant, Option<String>, Evidence)>, reports: &mut Vec<CellReport>| {
+        if let Some((i, t, error, evidence)) = cur {
+            reports.push(report(&cells[i], t, error, evidence));
+        }
+    };
+    for step in &plan.steps {
+        match step {
+            Step::Cell { .. } => {
+                finish(current.take(), &mut reports);
+                current = Some((index, Instant::now(), None, Evidence::default()));
+                index += 1;
+            }
+            Step::Note { .. } => {}
+            Step::Command { program, args, stdin, capture, required, purpose } => {
+                let failed = current.as_ref().is_some_and(|c| c.2.is_some());
+                if failed && *required {
+                    continue;
+                }
+                let args: Vec<String> = args.iter().map(|a| substitute(a)).collect();
+                let stdin = stdin.as_deref().map(substitute);
+                match runner.run(program, &args, stdin.as_deref()) {
+                    Ok(output) => {
+                        if let Some(cur) = current.as_mut() {
+                            match capture {
+                                Some(Capture::ProbeLog) => {
+                                    for line in output.lines() {
+                                        match serde_json::from_str::<ProbeLine>(line) {
+                                            Ok(ProbeLine::Observations(o)) => cur.3.observations = Some(o),
+                                            Ok(ProbeLine::Error(e)) => cur.2 = Some(format!("probe: {e}")),
+                                            _ => {}
+                                        }
+                                    }
+                                    if cur.3.observations.is_none() && cur.2.is_none() {
+                                        cur.2 = Some("the probe's log has no observations".into());
+                                    }
+                                }
+                                Some(Capture::Evidence) => cur.3.notes.push(format!("{purpose}: {} bytes kept", output.len())),
+                                None => {}
+                            }
+                        }
+                    }
+                    Err(e) if *required => match current.as_mut() {
+                        Some(cur) => cur.2 = Some(format!("{purpose}: {e:#}")),
+                        None => {
+                            // A cluster step failed: every cell fails with it.
+                            return cells.iter().map(|c| report(c, Instant::now(), Some(format!("{purpose}: {e:#}")), Evidence::default())).collect();
+                        }
+                    },
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    finish(current.take(), &mut reports);
+    reports
+}
+
+fn report(cell: &Cell, started: Instant, error: Option<String>, mut evidence: Evidence) -> CellReport {
+    let judged = evidence.observations.as_ref().filter(|_| error.is_none()).map(crate::verdict::judge);
+    evidence.notes.extend(cell.time_scale.notes());
+    CellReport {
+        scenario: cell.scenario.clone(),
+        cell: cell.label.clone(),
+        key: format!("{}::{}", cell.scenario, cell.label),
+        mitigation: cell.mitigation.clone(),
+        describe: cell.describe.clone(),
+        expected: cell.expected,
+        verdict: judged.as_ref().map(|j| j.0),
+        pass: judged.as_ref().is_some_and(|j| j.0 == cell.expected),
+        stable: true,
+        explanation: judged.map(|j| j.1).unwrap_or_default(),
+        why_expected: cell.why.clone(),
+        error,
+        wall_ms: started.elapsed().as_millis() as u64,
+        time_scale: cell.time_scale.clone(),
+        istio: vec![],
+        evidence,
+        repeats: vec![],
+    }
+}
