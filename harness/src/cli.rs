@@ -214,7 +214,9 @@ pub fn main() -> i32 {
         Command::Check { scenarios, args } => check(&scenarios, &args),
         Command::Plan { scenario, args, backend, context, json } => {
             if backend != Backend::Kind {
-                eprintln!("error: the local backend has no plan to print; `idlelab check {scenario}` shows its scaled cells");
+                eprintln!(
+                    "error: the local backend has no plan to print; `idlelab check {scenario}` shows its scaled cells"
+                );
                 return 2;
             }
             match prepare(&scenario, &args, None) {

@@ -209,6 +209,18 @@ fn upper_bound(values: &[ScaledValue], pairs: &[(usize, usize)]) -> u32 {
     bound.floor().max(1.0) as u32
 }
 
+/// Divide every duration by `factor` with the same rounding, without checking orderings:
+/// for rendering the unmitigated path of a cell at that cell's factor (whose orderings are
+/// the mitigated path's).
+pub fn apply_factor(knobs: &Knobs, factor: u32) -> Knobs {
+    let (values, _) = scaled_values(knobs, factor);
+    let mut scaled = knobs.clone();
+    for (d, v) in scaled.durations_mut().into_iter().zip(&values) {
+        *d.value = v.scaled;
+    }
+    scaled
+}
+
 /// Scale a cell's knobs. Returns the scaled knobs and the record of every value.
 pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), OrderingError> {
     let (factor, auto) = match spec {

@@ -12,8 +12,9 @@ use crate::knobs::Knobs;
 use crate::scenario::Service as Svc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, Namespace, Pod, PodSecurityContext,
-    PodSpec, PodTemplateSpec, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, Namespace, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use std::collections::BTreeMap;
@@ -66,18 +67,38 @@ fn server_container(knobs: &Knobs) -> Container {
     let (image, args, env): (&str, Vec<String>, Vec<EnvVar>) = match knobs.service {
         Svc::Redis => (
             "redis:7.0.15",
-            vec!["redis-server", "--tcp-keepalive", "0", "--timeout", &idle.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            vec![
+                "redis-server",
+                "--tcp-keepalive",
+                "0",
+                "--timeout",
+                &idle.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             vec![],
         ),
         Svc::Mysql => {
             let wait = if idle == 0 { 31_536_000 } else { idle };
             (
                 "mariadb:10.11.11",
-                vec![format!("--wait-timeout={wait}"), format!("--interactive-timeout={wait}"), "--skip-name-resolve".into()],
-                vec![EnvVar { name: "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD".into(), value: Some("1".into()), ..Default::default() }],
+                vec![
+                    format!("--wait-timeout={wait}"),
+                    format!("--interactive-timeout={wait}"),
+                    "--skip-name-resolve".into(),
+                ],
+                vec![EnvVar {
+                    name: "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD".into(),
+                    value: Some("1".into()),
+                    ..Default::default()
+                }],
             )
         }
         Svc::Memcached => (
@@ -85,9 +106,11 @@ fn server_container(knobs: &Knobs) -> Container {
             vec!["memcached".into(), "-U".into(), "0".into(), "-o".into(), format!("idle_timeout={idle}")],
             vec![],
         ),
-        Svc::Http | Svc::Https => {
-            (PROBE_IMAGE, vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")], vec![])
-        }
+        Svc::Http | Svc::Https => (
+            PROBE_IMAGE,
+            vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")],
+            vec![],
+        ),
     };
     let (command, args) = match knobs.service {
         Svc::Mysql => (None, Some(args)),
@@ -99,7 +122,11 @@ fn server_container(knobs: &Knobs) -> Container {
         command,
         args,
         env: (!env.is_empty()).then_some(env),
-        ports: Some(vec![ContainerPort { container_port: port as i32, name: Some(port_name(knobs.service)), ..Default::default() }]),
+        ports: Some(vec![ContainerPort {
+            container_port: port as i32,
+            name: Some(port_name(knobs.service)),
+            ..Default::default()
+        }]),
         ..Default::default()
     }
 }
@@ -204,7 +231,11 @@ pub fn probe(ns: &str, spec_json: &str, knobs: &Knobs, annotations: BTreeMap<Str
                 name: "probe".into(),
                 image: Some(PROBE_IMAGE.into()),
                 command: Some(vec!["idlelab".into(), "probe".into(), "--spec".into(), "/spec/probe.json".into()]),
-                volume_mounts: Some(vec![VolumeMount { name: "spec".into(), mount_path: "/spec".into(), ..Default::default() }]),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "spec".into(),
+                    mount_path: "/spec".into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }],
             volumes: Some(vec![Volume {

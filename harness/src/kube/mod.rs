@@ -107,15 +107,43 @@ fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
 pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
     match &target.context {
         None => vec![
-            Step::Note { text: "the kind cluster `idlelab` and Istio are reused when they already exist (just kind-up)".into() },
-            Step::command("kind", &["create", "cluster", "--name", "idlelab", "--config", "kind-config/cluster.yaml"], "create the kind cluster (pinned node image)").optional(),
-            Step::command("istioctl", &["install", "--context", "kind-idlelab", "-y", "-f", "istio-profiles/minimal.yaml"], "install Istio with an ingress gateway (pinned version)"),
-            Step::command("docker", &["build", "-t", manifests::PROBE_IMAGE, "."], "build the probe image (Dockerfile)"),
-            Step::command("kind", &["load", "docker-image", manifests::PROBE_IMAGE, "--name", "idlelab"], "put the probe image into the cluster (no registry)"),
+            Step::Note {
+                text: "the kind cluster `idlelab` and Istio are reused when they already exist (just kind-up)".into(),
+            },
+            Step::command(
+                "kind",
+                &["create", "cluster", "--name", "idlelab", "--config", "kind-config/cluster.yaml"],
+                "create the kind cluster (pinned node image)",
+            )
+            .optional(),
+            Step::command(
+                "istioctl",
+                &["install", "--context", "kind-idlelab", "-y", "-f", "istio-profiles/minimal.yaml"],
+                "install Istio with an ingress gateway (pinned version)",
+            ),
+            Step::command(
+                "docker",
+                &["build", "-t", manifests::PROBE_IMAGE, "."],
+                "build the probe image (Dockerfile)",
+            ),
+            Step::command(
+                "kind",
+                &["load", "docker-image", manifests::PROBE_IMAGE, "--name", "idlelab"],
+                "put the probe image into the cluster (no registry)",
+            ),
         ],
         Some(ctx) => vec![
-            Step::Note { text: format!("existing cluster `{ctx}`: Istio must be installed and {} pullable by its nodes", manifests::PROBE_IMAGE) },
-            Step::command("kubectl", &["--context", ctx, "get", "namespace", "istio-system"], "check that Istio is installed"),
+            Step::Note {
+                text: format!(
+                    "existing cluster `{ctx}`: Istio must be installed and {} pullable by its nodes",
+                    manifests::PROBE_IMAGE
+                ),
+            },
+            Step::command(
+                "kubectl",
+                &["--context", ctx, "get", "namespace", "istio-system"],
+                "check that Istio is installed",
+            ),
         ],
     }
 }
@@ -143,7 +171,11 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
             ),
         });
     }
-    steps.push(Step::apply(&kubectl, manifests::yaml(&manifests::namespace(&ns)), "the cell's namespace (sidecar injection enabled; each pod opts in or out)"));
+    steps.push(Step::apply(
+        &kubectl,
+        manifests::yaml(&manifests::namespace(&ns)),
+        "the cell's namespace (sidecar injection enabled; each pod opts in or out)",
+    ));
 
     // Pod annotations: the mitigation's, and the explicit scaled idle timeouts.
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
@@ -161,7 +193,10 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     for f in &forms {
         match f {
             IstioForm::PodAnnotation { pod, key, value } => {
-                annotations.entry(if pod == "server" { "server" } else { "client" }).or_default().insert(key.clone(), value.clone());
+                annotations
+                    .entry(if pod == "server" { "server" } else { "client" })
+                    .or_default()
+                    .insert(key.clone(), value.clone());
             }
             IstioForm::Manifest { yaml, kind } => manifests_of_mitigation.push((kind.clone(), yaml.clone())),
             IstioForm::AppSetting { what } => app_settings.push(what.clone()),
@@ -173,31 +208,65 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
 
     // Server, then the hops from the server back to the app (each forwards to the next).
     let (deployment, svc) = manifests::server(&cell.scaled, &ns, annotations.remove("server").unwrap_or_default());
-    steps.push(Step::apply(&kubectl, format!("{}---\n{}", manifests::yaml(&deployment), manifests::yaml(&svc)), &format!("the {} server", service.name())));
+    steps.push(Step::apply(
+        &kubectl,
+        format!("{}---\n{}", manifests::yaml(&deployment), manifests::yaml(&svc)),
+        &format!("the {} server", service.name()),
+    ));
     let mut next_host = format!("{}.{ns}.svc.cluster.local", service.name());
-    let mut waits = vec![k(&["-n", &ns, "rollout", "status", &format!("deployment/{}", service.name()), "--timeout=180s"], "wait for the server")];
+    let mut waits = vec![k(
+        &["-n", &ns, "rollout", "status", &format!("deployment/{}", service.name()), "--timeout=180s"],
+        "wait for the server",
+    )];
     for (i, hop) in cell.scaled.path.iter().enumerate().rev() {
         match hop {
             Hop::Gateway(g) => {
                 if g.tls {
                     steps.push(Step::Note { text: "the gateway's certificate comes from a CA generated for the run ($RUN_DIR/cert.pem, key.pem); the probe trusts only that CA".into() });
-                    steps.push(k(&["-n", "istio-system", "create", "secret", "tls", &format!("idlelab-{ns}"), "--cert=$RUN_DIR/cert.pem", "--key=$RUN_DIR/key.pem"], "the gateway's TLS certificate"));
+                    steps.push(k(
+                        &[
+                            "-n",
+                            "istio-system",
+                            "create",
+                            "secret",
+                            "tls",
+                            &format!("idlelab-{ns}"),
+                            "--cert=$RUN_DIR/cert.pem",
+                            "--key=$RUN_DIR/key.pem",
+                        ],
+                        "the gateway's TLS certificate",
+                    ));
                 }
-                steps.push(Step::apply(&kubectl, istio::gateway_manifests(g, &ns, &next_host, port), "ingress gateway: Gateway + VirtualService to the next hop"));
+                steps.push(Step::apply(
+                    &kubectl,
+                    istio::gateway_manifests(g, &ns, &next_host, port),
+                    "ingress gateway: Gateway + VirtualService to the next hop",
+                ));
                 if factor > 1 && !g.idle_timeout.is_zero() {
-                    steps.push(Step::apply(&kubectl, istio::gateway_idle_timeout(&ns, g.idle_timeout, port), "the gateway's scaled tcp_proxy idle timeout, set explicitly"));
+                    steps.push(Step::apply(
+                        &kubectl,
+                        istio::gateway_idle_timeout(&ns, g.idle_timeout, port),
+                        "the gateway's scaled tcp_proxy idle timeout, set explicitly",
+                    ));
                 }
                 next_host = "istio-ingressgateway.istio-system.svc.cluster.local".into();
             }
             Hop::Middlebox(m) => {
                 let name = format!("mb{i}");
                 let (pod, svc) = manifests::middlebox(&name, &ns, m, &next_host, service);
-                steps.push(Step::apply(&kubectl, format!("{}---\n{}", manifests::yaml(&pod), manifests::yaml(&svc)), &format!(
+                steps.push(Step::apply(
+                    &kubectl,
+                    format!("{}---\n{}", manifests::yaml(&pod), manifests::yaml(&svc)),
+                    &format!(
                         "middlebox {name}: conntrack forgets after {}, then {}",
                         m.idle_timeout,
                         if m.on_unknown == crate::hop::OnUnknown::Reset { "reset" } else { "drop" }
-                    )));
-                waits.push(k(&["-n", &ns, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=180s"], &format!("wait for {name}")));
+                    ),
+                ));
+                waits.push(k(
+                    &["-n", &ns, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=180s"],
+                    &format!("wait for {name}"),
+                ));
                 next_host = format!("{name}.{ns}.svc.cluster.local");
             }
             Hop::Sidecar(_) | Hop::ServerSidecar(_) => {}
@@ -208,32 +277,68 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     }
     steps.extend(waits);
 
-    let spec = serde_json::to_string_pretty(&probe_spec(cell, format!("{next_host}:{port}"))).expect("a probe spec serializes");
+    let spec = serde_json::to_string_pretty(&probe_spec(cell, format!("{next_host}:{port}")))
+        .expect("a probe spec serializes");
     let (cm, pod) = manifests::probe(&ns, &spec, &cell.scaled, annotations.remove("client").unwrap_or_default());
-    steps.push(Step::apply(&kubectl, format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)), "the probe pod"));
-    steps.push(k(&["-n", &ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=180s"], "wait for the probe"));
+    steps.push(Step::apply(
+        &kubectl,
+        format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)),
+        "the probe pod",
+    ));
+    steps.push(k(
+        &["-n", &ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=180s"],
+        "wait for the probe",
+    ));
     if sidecar_on("client") {
         let pod_ref = format!("idlelab-probe.{ns}");
         let ctx_name = target.context();
         for what in ["listener", "cluster"] {
             steps.push(
-                Step::command("istioctl", &["--context", &ctx_name, "proxy-config", what, &pod_ref, "-o", "json"], &format!("evidence: the probe sidecar's effective {what}s (tcp_proxy idle_timeout, tcp_keepalive)"))
-                    .with_capture(Capture::Evidence)
-                    .optional(),
+                Step::command(
+                    "istioctl",
+                    &["--context", &ctx_name, "proxy-config", what, &pod_ref, "-o", "json"],
+                    &format!("evidence: the probe sidecar's effective {what}s (tcp_proxy idle_timeout, tcp_keepalive)"),
+                )
+                .with_capture(Capture::Evidence)
+                .optional(),
             );
         }
     }
-    steps.push(k(&["-n", &ns, "logs", "-f", "idlelab-probe", "-c", "probe"], "the probe's observations").with_capture(Capture::ProbeLog));
+    steps.push(
+        k(&["-n", &ns, "logs", "-f", "idlelab-probe", "-c", "probe"], "the probe's observations")
+            .with_capture(Capture::ProbeLog),
+    );
     if sidecar_on("client") {
         steps.push(
-            k(&["-n", &ns, "exec", "idlelab-probe", "-c", "istio-proxy", "--", "pilot-agent", "request", "GET", "stats"], "evidence: the sidecar's counters (idle_timeout …)")
-                .with_capture(Capture::Evidence)
-                .optional(),
+            k(
+                &[
+                    "-n",
+                    &ns,
+                    "exec",
+                    "idlelab-probe",
+                    "-c",
+                    "istio-proxy",
+                    "--",
+                    "pilot-agent",
+                    "request",
+                    "GET",
+                    "stats",
+                ],
+                "evidence: the sidecar's counters (idle_timeout …)",
+            )
+            .with_capture(Capture::Evidence)
+            .optional(),
         );
     }
     steps.push(k(&["delete", "namespace", &ns, "--wait=false"], "remove the cell").optional());
     if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(g) if g.tls)) {
-        steps.push(k(&["-n", "istio-system", "delete", "secret", &format!("idlelab-{ns}")], "remove the gateway's certificate").optional());
+        steps.push(
+            k(
+                &["-n", "istio-system", "delete", "secret", &format!("idlelab-{ns}")],
+                "remove the gateway's certificate",
+            )
+            .optional(),
+        );
     }
     steps
 }

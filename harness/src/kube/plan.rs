@@ -52,7 +52,14 @@ impl Step {
     pub fn apply(kubectl: &[String], manifest: String, purpose: &str) -> Step {
         let mut args: Vec<String> = kubectl[1..].to_vec();
         args.extend(["apply".into(), "-f".into(), "-".into()]);
-        Step::Command { program: kubectl[0].clone(), args, stdin: Some(manifest), purpose: purpose.into(), capture: None, required: true }
+        Step::Command {
+            program: kubectl[0].clone(),
+            args,
+            stdin: Some(manifest),
+            purpose: purpose.into(),
+            capture: None,
+            required: true,
+        }
     }
 
     pub fn with_capture(mut self, c: Capture) -> Step {
@@ -117,7 +124,8 @@ impl fmt::Display for Plan {
                     }
                     let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
                     writeln!(f, "# {purpose}{tags}")?;
-                    let line: Vec<String> = std::iter::once(program.clone()).chain(args.iter().map(|a| shell_word(a))).collect();
+                    let line: Vec<String> =
+                        std::iter::once(program.clone()).chain(args.iter().map(|a| shell_word(a))).collect();
                     match stdin {
                         Some(m) => writeln!(
                             f,

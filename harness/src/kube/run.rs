@@ -41,7 +41,9 @@ pub fn main(cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
     };
     let _ = std::fs::write(out.join("cert.pem"), &ca.cert_pem);
     let _ = std::fs::write(out.join("key.pem"), &ca.key_pem);
-    let substitute = |s: &str| s.replace("$RUN_DIR", &out.display().to_string()).replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"));
+    let substitute = |s: &str| {
+        s.replace("$RUN_DIR", &out.display().to_string()).replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"))
+    };
     let started = Instant::now();
     let reports = execute(&plan(cells, target), cells, &mut ProcessRunner, &substitute);
     let summary = RunSummary {
@@ -73,7 +75,12 @@ pub fn main(cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
 
 /// Execute a plan: cluster steps first, then each cell's steps; a failed required step ends
 /// its cell (its optional teardown steps still run).
-pub fn execute(plan: &Plan, cells: &[Cell], runner: &mut dyn CommandRunner, substitute: &dyn Fn(&str) -> String) -> Vec<CellReport> {
+pub fn execute(
+    plan: &Plan,
+    cells: &[Cell],
+    runner: &mut dyn CommandRunner,
+    substitute: &dyn Fn(&str) -> String,
+) -> Vec<CellReport> {
     let mut reports = Vec::new();
     let mut current: Option<(usize, Instant, Option<String>, Evidence)> = None;
     let mut index = 0;
@@ -113,7 +120,9 @@ pub fn execute(plan: &Plan, cells: &[Cell], runner: &mut dyn CommandRunner, subs
                                         cur.2 = Some("the probe's log has no observations".into());
                                     }
                                 }
-                                Some(Capture::Evidence) => cur.3.notes.push(format!("{purpose}: {} bytes kept", output.len())),
+                                Some(Capture::Evidence) => {
+                                    cur.3.notes.push(format!("{purpose}: {} bytes kept", output.len()))
+                                }
                                 None => {}
                             }
                         }
@@ -122,7 +131,12 @@ pub fn execute(plan: &Plan, cells: &[Cell], runner: &mut dyn CommandRunner, subs
                         Some(cur) => cur.2 = Some(format!("{purpose}: {e:#}")),
                         None => {
                             // A cluster step failed: every cell fails with it.
-                            return cells.iter().map(|c| report(c, Instant::now(), Some(format!("{purpose}: {e:#}")), Evidence::default())).collect();
+                            return cells
+                                .iter()
+                                .map(|c| {
+                                    report(c, Instant::now(), Some(format!("{purpose}: {e:#}")), Evidence::default())
+                                })
+                                .collect();
                         }
                     },
                     Err(_) => {}

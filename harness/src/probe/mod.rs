@@ -416,7 +416,9 @@ pub async fn main(spec_file: Option<std::path::PathBuf>) -> i32 {
         Some(f) => std::fs::read_to_string(f).map_err(|e| format!("cannot read the probe spec {}: {e}", f.display())),
         None => {
             let mut s = String::new();
-            io::Read::read_to_string(&mut io::stdin(), &mut s).map(|_| s).map_err(|e| format!("cannot read the probe spec from stdin: {e}"))
+            io::Read::read_to_string(&mut io::stdin(), &mut s)
+                .map(|_| s)
+                .map_err(|e| format!("cannot read the probe spec from stdin: {e}"))
         }
     };
     let input = match input {
