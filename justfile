@@ -48,3 +48,32 @@ matrix *ARGS: setup build
 # The cells whose verdict changed between two runs; exit 1 on a regression.
 compare OLD NEW: build
     {{idlelab}} compare {{OLD}} {{NEW}}
+
+# Print every command and manifest the kind backend would run for a scenario.
+plan NAME *ARGS: build
+    {{idlelab}} plan {{NAME}} {{ARGS}}
+
+# Create the kind cluster and install Istio (an existing cluster with Istio is reused).
+kind-up:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for tool in docker kind kubectl istioctl; do
+      command -v "$tool" >/dev/null || { echo "kind-up: $tool is missing (the kind backend needs docker, kind, kubectl, istioctl)" >&2; exit 2; }
+    done
+    if kind get clusters 2>/dev/null | grep -qx idlelab; then
+      echo "kind-up: cluster idlelab exists; reusing it"
+    else
+      kind create cluster --config kind-config/cluster.yaml
+    fi
+    if kubectl --context kind-idlelab -n istio-system get deploy istiod >/dev/null 2>&1 \
+       && kubectl --context kind-idlelab -n istio-system get deploy istiod -o jsonpath='{.spec.template.spec.containers[0].image}' | grep -q ':1.30.3'; then
+      echo "kind-up: Istio 1.30.3 is installed; reusing it"
+    else
+      istioctl install --context kind-idlelab -y -f istio-profiles/minimal.yaml
+    fi
+    docker build -t idlelab-probe:dev .
+    kind load docker-image idlelab-probe:dev --name idlelab
+
+# Delete the kind cluster.
+kind-down:
+    kind delete cluster --name idlelab

@@ -1,0 +1,16 @@
+# The probe image for the kind backend: `idlelab probe`, the lab's HTTP server, and the
+# tools a middlebox pod needs (nft, sysctl, getent). `just kind-up` builds it and loads it
+# into kind with `kind load docker-image` (no registry).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY harness ./harness
+RUN cargo build --release --locked --bin idlelab
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables procps ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/idlelab /usr/local/bin/idlelab
+ENTRYPOINT []
+CMD ["idlelab", "probe", "--spec", "/spec/probe.json"]
