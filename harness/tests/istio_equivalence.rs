@@ -97,6 +97,11 @@ fn apply_istio(r: &mut Rendered, forms: &[IstioForm]) {
                                 merge(tp, &p["patch"]["value"]["typed_config"]);
                             }
                         }
+                        ("NETWORK_FILTER", "GATEWAY") => {
+                            for tp in tcp_proxies(r.gateway.as_mut().expect("a gateway")) {
+                                merge(tp, &p["patch"]["value"]["typed_config"]);
+                            }
+                        }
                         ("LISTENER", "GATEWAY") => {
                             let g = r.gateway.as_mut().expect("a gateway");
                             let l = &mut g["static_resources"]["listeners"][0];
@@ -298,4 +303,29 @@ fn the_comparison_can_fail() {
     };
     apply_istio(&mut istio, &idlelab::mitigation::Mitigation::istio_resources(&other, &ctx(&cell)));
     assert_ne!(fields(&mut local), fields(&mut istio));
+}
+
+#[test]
+fn the_gateways_scaled_idle_timeout_filter_sets_what_the_local_gateway_has() {
+    let dir = tempdir();
+    let s = idlelab::scenario::load(&repo().join("scenarios/https-keepalive.yaml")).unwrap();
+    let cell = expand(&s, &["none".into()], None).unwrap().remove(0);
+    let scaled_gateway = cell
+        .scaled
+        .path
+        .iter()
+        .find_map(|h| if let Hop::Gateway(g) = h { Some(g.idle_timeout) } else { None })
+        .unwrap();
+    let mut unset = cell.scaled.clone();
+    for h in unset.path.iter_mut() {
+        if let Hop::Gateway(g) = h {
+            g.idle_timeout = Dur::secs(3600);
+        }
+    }
+    let mut local = render(&cell.scaled, dir.path());
+    let mut istio = render(&unset, dir.path());
+    let yaml = idlelab::kube::istio::gateway_idle_timeout("ns", scaled_gateway, cell.real.service.port());
+    apply_istio(&mut istio, &[IstioForm::Manifest { kind: "EnvoyFilter".into(), yaml }]);
+    assert_eq!(fields(&mut local)["gateway_idle_ms"], fields(&mut istio)["gateway_idle_ms"]);
+    validate("gateway idle timeout", istio.gateway.as_ref().unwrap());
 }
