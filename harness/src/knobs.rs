@@ -137,6 +137,18 @@ impl Knobs {
         out
     }
 
+    /// The pods of the path that have a sidecar: `client`, `server`.
+    pub fn sidecar_pods(&self) -> Vec<String> {
+        self.path
+            .iter()
+            .filter_map(|h| match h {
+                Hop::Sidecar(_) => Some("client".to_string()),
+                Hop::ServerSidecar(_) => Some("server".to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn client_library_pool(&self) -> bool {
         self.service.library_pool()
     }

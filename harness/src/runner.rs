@@ -73,16 +73,7 @@ fn istio_context(cell: &Cell) -> IstioContext {
         client_app: "idlelab-probe".into(),
         service_host: format!("{}.idlelab-{}.svc.cluster.local", cell.real.service.name(), cell.scenario),
         service_port: cell.real.service.port(),
-        sidecar_pods: cell
-            .real
-            .path
-            .iter()
-            .filter_map(|h| match h {
-                crate::hop::Hop::Sidecar(_) => Some("client".to_string()),
-                crate::hop::Hop::ServerSidecar(_) => Some("server".to_string()),
-                _ => None,
-            })
-            .collect(),
+        sidecar_pods: cell.real.sidecar_pods(),
         // Reports show the real-world resource a user would apply.
         factor: 1,
     }

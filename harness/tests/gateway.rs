@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn run_ok(name: &str) -> (tempfile::TempDir, Value) {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", name, "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{name}: every cell must match:\n{}", text(&o));
-    let s = summary(out.path());
-    (out, s)
-}
-
 fn role_index(cell: &Value, prefix: &str) -> String {
     let addresses = cell["evidence"]["lab"]["addresses"].as_object().unwrap();
     addresses
@@ -26,7 +17,7 @@ fn role_index(cell: &Value, prefix: &str) -> String {
 
 #[test]
 fn https_through_sidecar_clb_and_gateway() {
-    let (_out, s) = run_ok("https-keepalive");
+    let (_out, s) = run_scenario_ok("https-keepalive");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "reset-on-reuse", "{none}");
     assert!(forgotten_segments(none) >= 4, "the CLB reset the forgotten flows: {none}");
@@ -65,7 +56,7 @@ fn https_through_sidecar_clb_and_gateway() {
 
 #[test]
 fn https_without_a_client_sidecar_app_keepalive_reaches_the_clb() {
-    let (_out, s) = run_ok("https-keepalive-direct");
+    let (_out, s) = run_scenario_ok("https-keepalive-direct");
     assert_eq!(cell(&s, "none")["verdict"], "reset-on-reuse");
     let ka = cell(&s, "app-keepalive");
     assert_eq!(ka["verdict"], "survived", "{ka}");
@@ -75,7 +66,7 @@ fn https_without_a_client_sidecar_app_keepalive_reaches_the_clb() {
 
 #[test]
 fn hyper_util_drops_idle_closed_connections_at_checkout() {
-    let (_out, s) = run_ok("http-idle");
+    let (_out, s) = run_scenario_ok("http-idle");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "recovered", "{none}");
     assert!(counter(none, ".idle_timeout") >= 4, "Envoy did close them: {none}");

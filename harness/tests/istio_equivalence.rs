@@ -229,16 +229,7 @@ fn ctx(cell: &Cell) -> IstioContext {
         client_app: "idlelab-probe".into(),
         service_host: "svc".into(),
         service_port: cell.real.service.port(),
-        sidecar_pods: cell
-            .real
-            .path
-            .iter()
-            .filter_map(|h| match h {
-                Hop::Sidecar(_) => Some("client".into()),
-                Hop::ServerSidecar(_) => Some("server".into()),
-                _ => None,
-            })
-            .collect(),
+        sidecar_pods: cell.real.sidecar_pods(),
         factor: cell.time_scale.factor,
     }
 }

@@ -13,10 +13,12 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn istio_api() -> PathBuf {
-    let dir = repo().parent().unwrap().join("shared/istio-api");
+    let dir = std::env::var_os("IDLELAB_ISTIO_API")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().parent().unwrap().join("shared/istio-api"));
     assert!(
         dir.join("customresourcedefinitions.gen.yaml").exists(),
-        "Istio's CRDs are read from {} (the shared/ folder beside the repository)",
+        "Istio's CRDs are read from {} (the shared/ folder beside the repository, or $IDLELAB_ISTIO_API)",
         dir.display()
     );
     dir

@@ -5,15 +5,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn run_scenario(name: &str) -> (tempfile::TempDir, Value) {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", name, "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{name}: every cell must match:\n{}", text(&o));
-    let s = summary(out.path());
-    (out, s)
-}
-
 /// App-namespace sockets after warm-up owned by `process`, whose peer is the redis port.
 fn redis_sockets(cell: &Value, process: &str) -> Vec<Value> {
     sockets(cell, "app", Some("after-warm"))
@@ -24,7 +15,7 @@ fn redis_sockets(cell: &Value, process: &str) -> Vec<Value> {
 
 #[test]
 fn a_forgotten_flow_is_reset_on_reuse_unless_app_keepalive_refreshes_it() {
-    let (_out, s) = run_scenario("redis-middlebox");
+    let (_out, s) = run_scenario_ok("redis-middlebox");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "reset-on-reuse");
     assert!(forgotten_segments(none) >= 4, "the middlebox answered forgotten segments with RST: {none}");
@@ -37,7 +28,7 @@ fn a_forgotten_flow_is_reset_on_reuse_unless_app_keepalive_refreshes_it() {
 
 #[test]
 fn a_blackholed_flow_hangs_and_tcp_user_timeout_fails_it_fast() {
-    let (_out, s) = run_scenario("redis-blackhole");
+    let (_out, s) = run_scenario_ok("redis-blackhole");
     let latency = |c: &Value| c["evidence"]["observations"]["connections"][0]["reuse"]["latency_ms"].as_u64().unwrap();
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "hung");
@@ -53,7 +44,7 @@ fn a_blackholed_flow_hangs_and_tcp_user_timeout_fails_it_fast() {
 
 #[test]
 fn app_keepalive_behind_a_sidecar_does_not_reach_the_middlebox() {
-    let (_out, s) = run_scenario("redis-sidecar-upstream");
+    let (_out, s) = run_scenario_ok("redis-sidecar-upstream");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "reset-on-reuse", "{none}");
     let app = redis_sockets(none, "idlelab");

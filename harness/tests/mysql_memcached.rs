@@ -5,22 +5,13 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn run_ok(name: &str) -> (tempfile::TempDir, Value) {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", name, "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{name}: every cell must match:\n{}", text(&o));
-    let s = summary(out.path());
-    (out, s)
-}
-
 fn notes(cell: &Value) -> String {
     cell["evidence"]["observations"]["notes"].as_array().map(|n| format!("{n:?}")).unwrap_or_default()
 }
 
 #[test]
 fn mysql_async_silently_replaces_idle_closed_connections() {
-    let (_out, s) = run_ok("mysql-idle");
+    let (_out, s) = run_scenario_ok("mysql-idle");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "recovered", "{none}");
     assert!(counter(none, ".idle_timeout") >= 4, "Envoy closed them: {none}");
@@ -37,7 +28,7 @@ fn mysql_async_silently_replaces_idle_closed_connections() {
 
 #[test]
 fn memcached_meets_the_idle_close_unless_the_pool_checks() {
-    let (_out, s) = run_ok("memcached-idle");
+    let (_out, s) = run_scenario_ok("memcached-idle");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "idle-closed", "{none}");
     let conns = none["evidence"]["observations"]["connections"].as_array().unwrap();
@@ -60,7 +51,7 @@ fn raising_the_idle_timeout_fixes_redis_but_not_mysql_or_memcached() {
     assert_eq!(cell(&summary(out.path()), "istio-idle-timeout")["verdict"], "survived");
 
     for name in ["mysql-sidecar-upstream", "memcached-sidecar-upstream"] {
-        let (_out, s) = run_ok(name);
+        let (_out, s) = run_scenario_ok(name);
         let istio = cell(&s, "istio-idle-timeout");
         assert_eq!(istio["verdict"], "reset-on-reuse", "{name}: {istio}");
         assert!(forgotten_segments(istio) >= 4, "{name}: the NLB reset the forgotten flows: {istio}");

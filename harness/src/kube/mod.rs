@@ -80,16 +80,7 @@ fn istio_context(cell: &Cell, ns: &str) -> IstioContext {
         client_app: "idlelab-probe".into(),
         service_host: target_host(cell, ns),
         service_port: cell.real.service.port(),
-        sidecar_pods: cell
-            .real
-            .path
-            .iter()
-            .filter_map(|h| match h {
-                Hop::Sidecar(_) => Some("client".to_string()),
-                Hop::ServerSidecar(_) => Some("server".to_string()),
-                _ => None,
-            })
-            .collect(),
+        sidecar_pods: cell.real.sidecar_pods(),
         factor: cell.time_scale.factor,
     }
 }

@@ -17,7 +17,7 @@
 
 use super::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::{LogHandle, ObservedStream};
-use super::{ClientError, ProbeSpec, classify, emit_phase};
+use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -287,10 +287,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             let started = Instant::now();
             let r = request(&new_client(), "/").await;
             let latency_ms = started.elapsed().as_millis() as u64;
-            Some(match r {
-                Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
-                Err(e) => Attempt { at_ms, latency_ms, outcome: Outcome::Error, error: Some(e.text) },
-            })
+            Some(plain_attempt(at_ms, latency_ms, r))
         } else {
             None
         };
@@ -312,17 +309,5 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             keepalive: c.keepalive,
         });
     }
-    rows.sort_by_key(|r| r.id);
-    Ok(Observations {
-        service: spec.service.name().into(),
-        target: spec.target.clone(),
-        pool: spec.pool,
-        idle_started_ms,
-        idle_ms: spec.idle_ms,
-        reuse_started_ms,
-        connections: rows,
-        notes: vec![],
-        finished_ms: 0,
-        peak_rss_kib: 0,
-    })
+    Ok(observations(&spec, idle_started_ms, reuse_started_ms, rows, vec![]))
 }

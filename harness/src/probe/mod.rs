@@ -223,6 +223,43 @@ fn peek(fd: std::os::fd::RawFd) -> PeerState {
     }
 }
 
+/// The observations of a finished probe, connections in id order.
+pub(crate) fn observations(
+    spec: &ProbeSpec,
+    idle_started_ms: u64,
+    reuse_started_ms: u64,
+    mut connections: Vec<ConnObservation>,
+    notes: Vec<String>,
+) -> Observations {
+    connections.sort_by_key(|c| c.id);
+    Observations {
+        service: spec.service.name().into(),
+        target: spec.target.clone(),
+        pool: spec.pool,
+        idle_started_ms,
+        idle_ms: spec.idle_ms,
+        reuse_started_ms,
+        connections,
+        notes,
+        finished_ms: 0,
+        peak_rss_kib: 0,
+    }
+}
+
+/// A request that ran outside the library's own error classification (a retry on a fresh
+/// connection): ok, timed out, or failed with its text.
+pub(crate) fn plain_attempt(at_ms: u64, latency_ms: u64, result: Result<(), ClientError>) -> Attempt {
+    match result {
+        Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+        Err(e) => Attempt {
+            at_ms,
+            latency_ms,
+            outcome: if e.timeout { Outcome::Timeout } else { Outcome::Error },
+            error: Some(e.text),
+        },
+    }
+}
+
 /// How a failed request ended, from the library's error and what the socket saw.
 pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
     fn by_kind(k: io::ErrorKind) -> Option<Outcome> {
@@ -383,19 +420,7 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
     while let Some(r) = reuses.join_next().await {
         connections.push(r.expect("reuse task")?);
     }
-    connections.sort_by_key(|c| c.id);
-    Ok(Observations {
-        service: spec.service.name().into(),
-        target: spec.target.clone(),
-        pool: spec.pool,
-        idle_started_ms,
-        idle_ms: spec.idle_ms,
-        reuse_started_ms,
-        connections,
-        notes: vec![],
-        finished_ms: 0,
-        peak_rss_kib: 0,
-    })
+    Ok(observations(spec, idle_started_ms, reuse_started_ms, connections, vec![]))
 }
 
 /// VmHWM of this process, in KiB.

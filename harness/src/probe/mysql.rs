@@ -17,7 +17,7 @@
 
 use super::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::StreamLog;
-use super::{ClientError, ProbeSpec, classify, emit_phase};
+use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use std::collections::HashMap;
@@ -223,10 +223,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             }
             .await;
             let latency_ms = started.elapsed().as_millis() as u64;
-            Some(match r {
-                Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
-                Err(e) => Attempt { at_ms, latency_ms, outcome: Outcome::Error, error: Some(e.text) },
-            })
+            Some(plain_attempt(at_ms, latency_ms, r))
         } else {
             None
         };
@@ -261,19 +258,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     }
     drop(in_use);
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.disconnect()).await;
-    rows.sort_by_key(|r| r.id);
-    Ok(Observations {
-        service: spec.service.name().into(),
-        target: spec.target.clone(),
-        pool: spec.pool,
-        idle_started_ms,
-        idle_ms: spec.idle_ms,
-        reuse_started_ms,
-        connections: rows,
-        notes,
-        finished_ms: 0,
-        peak_rss_kib: 0,
-    })
+    Ok(observations(&spec, idle_started_ms, reuse_started_ms, rows, notes))
 }
 
 /// Options for one connection outside the pool (the retry after a failure).

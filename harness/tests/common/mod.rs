@@ -135,3 +135,13 @@ pub fn leftovers(pid: u32) -> Vec<String> {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("idlelab-test-").tempdir().unwrap()
 }
+
+/// Run a scenario (every cell must match) into a temp dir; returns the dir and summary.json.
+pub fn run_scenario_ok(name: &str) -> (tempfile::TempDir, Value) {
+    require_lab();
+    let out = tempdir();
+    let o = run(&["run", name, "--out", out.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{name}: every cell must match:\n{}", text(&o));
+    let s = summary(out.path());
+    (out, s)
+}
