@@ -237,8 +237,8 @@ pub fn main() -> i32 {
         Command::Run { scenario, args, out, results_dir, jobs, verbose, repeat, pool, backend, context } => {
             match prepare(&scenario, &args, pool) {
                 Err(code) => code,
-                Ok((_, cells)) if backend == Backend::Kind => {
-                    crate::kube::run::main(&cells, &crate::kube::KubeTarget { context }, out.as_deref())
+                Ok((s, cells)) if backend == Backend::Kind => {
+                    crate::kube::run::main(&s, &cells, &crate::kube::KubeTarget { context }, out.as_deref())
                 }
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();

@@ -11,7 +11,7 @@ use crate::report::{CellReport, Evidence, Reporter, RunSummary, SCHEMA_VERSION};
 use std::path::Path;
 use std::time::Instant;
 
-pub fn main(cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
+pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
     let missing = missing_programs(&target.required_programs());
     if !missing.is_empty() {
         eprintln!(
@@ -48,9 +48,15 @@ pub fn main(cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
     let reports = execute(&plan(cells, target), cells, &mut ProcessRunner, &substitute);
     let summary = RunSummary {
         schema_version: SCHEMA_VERSION,
-        scenario: cells.first().map(|c| c.scenario.clone()).unwrap_or_default(),
-        summary: String::new(),
-        scenarios: vec![],
+        scenario: scenario.name.clone(),
+        summary: scenario.summary.clone(),
+        scenarios: vec![crate::report::ScenarioSummary {
+            name: scenario.name.clone(),
+            summary: scenario.summary.clone(),
+            source: scenario.source.clone(),
+            pass: reports.iter().all(|r| r.pass),
+            cells: reports.len(),
+        }],
         backend: format!("kind ({})", target.context()),
         time_scale: cells.first().map(|c| c.time_scale.factor.to_string()).unwrap_or_default(),
         repeat: 1,
@@ -62,7 +68,9 @@ pub fn main(cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
     };
     let mut reporters: Vec<Box<dyn Reporter>> = vec![
         Box::new(crate::report::json::JsonReporter { path: out.join("summary.json") }),
+        Box::new(crate::report::markdown::MarkdownReporter { path: out.join("summary.md") }),
         Box::new(crate::report::junit::JunitReporter { path: out.join("junit.xml") }),
+        Box::new(crate::report::html::HtmlReporter { path: out.join("report.html") }),
         Box::new(crate::report::terminal::TerminalReporter::new(false)),
     ];
     for r in reporters.iter_mut() {
@@ -169,5 +177,96 @@ fn report(cell: &Cell, started: Instant, error: Option<String>, mut evidence: Ev
         istio: vec![],
         evidence,
         repeats: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::observation::{Attempt, ConnObservation, Observations, Outcome};
+
+    /// Records every command; answers the probe's log with canned observations.
+    struct FakeRunner {
+        ran: Vec<String>,
+        log: String,
+    }
+
+    impl CommandRunner for FakeRunner {
+        fn run(&mut self, program: &str, args: &[String], _stdin: Option<&str>) -> anyhow::Result<String> {
+            self.ran.push(format!("{program} {}", args.join(" ")));
+            Ok(if args.iter().any(|a| a == "logs") { self.log.clone() } else { String::new() })
+        }
+    }
+
+    fn observations(fin: bool) -> String {
+        let conn = ConnObservation {
+            id: 0,
+            local_addr: String::new(),
+            opened_ms: 0,
+            last_activity_ms: 5,
+            heartbeats: 0,
+            heartbeat_failure: None,
+            peer_closed_ms: fin.then_some(6005),
+            peer_reset_ms: None,
+            replaced_before_use: None,
+            reuse: Attempt {
+                at_ms: 7005,
+                latency_ms: 0,
+                outcome: if fin { Outcome::Eof } else { Outcome::Ok },
+                error: None,
+            },
+            retry_after_reconnect: None,
+            reconnects: 0,
+            keepalive: false,
+        };
+        let obs = Observations {
+            service: "redis".into(),
+            target: "x".into(),
+            pool: 1,
+            idle_started_ms: 5,
+            idle_ms: 7000,
+            reuse_started_ms: 7005,
+            connections: vec![conn],
+            notes: vec![],
+            finished_ms: 7010,
+            peak_rss_kib: 1,
+        };
+        format!(
+            "{{\"phase\":{{\"name\":\"warm\",\"ms\":0}}}}\n{}\n",
+            serde_json::to_string(&ProbeLine::Observations(obs)).unwrap()
+        )
+    }
+
+    #[test]
+    fn execution_runs_exactly_the_plans_commands_and_judges_the_probes_log() {
+        let s = crate::scenario::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/redis-idle.yaml"),
+        )
+        .unwrap();
+        let cells = crate::cells::expand(&s, &["none".into()], None).unwrap();
+        let target = KubeTarget { context: None };
+        let p = plan(&cells, &target);
+        let mut runner = FakeRunner { ran: vec![], log: observations(true) };
+        let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
+        let planned: Vec<String> = p
+            .steps
+            .iter()
+            .filter_map(|s| {
+                if let Step::Command { program, args, .. } = s {
+                    Some(format!("{program} {}", args.join(" ")))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(runner.ran, planned, "the run is the plan");
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].verdict, Some(crate::verdict::Verdict::IdleClosed));
+        assert!(reports[0].pass);
+        // A log without observations fails the cell, and teardown still runs.
+        let mut runner = FakeRunner { ran: vec![], log: "nothing useful\n".into() };
+        let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
+        assert!(reports[0].error.as_deref().unwrap().contains("no observations"));
+        assert!(runner.ran.last().unwrap().contains("delete namespace"));
     }
 }
