@@ -48,10 +48,4 @@ impl Hop {
             Hop::ServerSidecar(h) => h.durations_mut(index),
         }
     }
-
-    /// Whether the lab gives this hop a namespace of its own on the path (a sidecar lives
-    /// in its pod's namespace).
-    pub fn has_own_namespace(&self) -> bool {
-        matches!(self, Hop::Middlebox(_) | Hop::Gateway(_))
-    }
 }

@@ -1,0 +1,34 @@
+//! The small commands: doctor, list, check.
+
+mod common;
+use common::*;
+
+#[test]
+fn doctor_lists_every_prerequisite_as_found() {
+    let o = run(&["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "run `just setup`:\n{out}");
+    for name in ["root", "nft", "envoy", "redis-server", "mariadbd", "memcached", "conntrack"] {
+        let line = out.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("doctor lists {name}:\n{out}"));
+        assert!(line.contains("found"), "{line}");
+    }
+    assert!(out.contains("1.40."), "the Envoy version: {out}");
+}
+
+#[test]
+fn doctor_says_how_to_fix_a_missing_envoy() {
+    let o = idlelab(&["doctor"]).env("ENVOY_BIN", "/nonexistent/envoy").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().find(|l| l.contains("envoy")).unwrap();
+    assert!(line.contains("MISSING") && line.contains("just setup"), "{line}");
+}
+
+#[test]
+fn list_names_every_shipped_scenario() {
+    let o = run(&["list"]);
+    assert_eq!(o.status.code(), Some(0));
+    let names: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(names.len(), 13, "{names:?}");
+    assert!(names.contains(&"redis-idle".to_string()) && names.contains(&"https-keepalive".to_string()));
+}
