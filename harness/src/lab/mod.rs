@@ -88,7 +88,8 @@ pub struct LabEvidence {
     pub addresses: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub envoys: Vec<EnvoyEvidence>,
-    /// `ss` in the namespaces with sockets, after warm-up and just before the reuse.
+    /// The TCP sockets of the namespaces with sockets (sock_diag, what `ss -tano` shows),
+    /// after warm-up and just before the reuse.
     pub sockets: Vec<SocketSnapshot>,
     /// Each middlebox's conntrack entries and forgotten-segment counter, after warm-up,
     /// before and after the reuse.
@@ -130,14 +131,14 @@ impl CellLab {
     }
 
     /// Sockets in every namespace that has some, and every middlebox's view.
-    fn snapshot(&self, knobs: &Knobs, moment: &str, evidence: &mut LabEvidence) {
+    async fn snapshot(&self, knobs: &Knobs, moment: &str, evidence: &mut LabEvidence) {
         for node in &self.topology.nodes {
             if node.role.starts_with("mb") {
                 if let Some(Hop::Middlebox(_)) = hop_of(knobs, &node.role) {
                     evidence.middleboxes.push(middlebox::snapshot(&node.netns, &node.role, moment));
                 }
             } else if moment != "after-reuse" {
-                evidence.sockets.push(sockets::snapshot(&node.netns, &node.role, moment));
+                evidence.sockets.push(sockets::snapshot(&node.netns, &node.role, moment).await);
             }
         }
     }
@@ -363,7 +364,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
                         "idle" => {
                             let ms = idle_ms.unwrap_or(0);
                             phase(Phase::Idle { ms });
-                            lab.snapshot(knobs, "after-warm", &mut evidence);
+                            lab.snapshot(knobs, "after-warm", &mut evidence).await;
                             let margin = (ms / 4).min(300);
                             snapshot_at = Some(tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(margin)));
                         }
@@ -377,14 +378,14 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
             }
             _ = async { tokio::time::sleep_until(snapshot_at.expect("guarded")).await }, if snapshot_at.is_some() => {
                 snapshot_at = None;
-                lab.snapshot(knobs, "before-reuse", &mut evidence);
+                lab.snapshot(knobs, "before-reuse", &mut evidence).await;
             }
         }
     }
     let status = probe.child.wait().await?;
     let observations = observations.ok_or_else(|| anyhow!("the probe exited ({status}) without observations"))?;
 
-    lab.snapshot(knobs, "after-reuse", &mut evidence);
+    lab.snapshot(knobs, "after-reuse", &mut evidence).await;
     // The access loggers flush every 100 ms; the last connections closed when the probe exited.
     tokio::time::sleep(Duration::from_millis(150)).await;
     for (role, envoy) in &lab.envoys {

@@ -101,34 +101,39 @@ pub fn reap_stale() -> Vec<String> {
     removed
 }
 
-/// Wait until something in namespace `ns` accepts TCP connections on `port` (127.0.0.1), by
-/// connecting from a short-lived thread that entered the namespace; no process is spawned.
-pub async fn wait_listening(ns: &std::path::Path, port: u16, within: std::time::Duration) -> Result<()> {
-    let ns = std::fs::File::open(ns)?;
-    tokio::task::spawn_blocking(move || -> Result<()> {
+/// Run `f` on a fresh thread that enters the network namespace at `ns` and ends with `f`, so
+/// no other task ever runs in that namespace by accident. No process is spawned.
+pub async fn in_netns<T: Send + 'static>(ns: &std::path::Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let ns = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    let thread = std::thread::spawn(move || -> Result<T> {
         use std::os::fd::AsRawFd;
-        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
-        // SAFETY: setns changes this blocking-pool thread only, and it is set back below
-        // before the thread runs anything else.
+        // SAFETY: setns on this short-lived thread only.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("entering the namespace: {}", std::io::Error::last_os_error());
         }
+        Ok(f())
+    });
+    tokio::task::spawn_blocking(move || {
+        thread.join().map_err(|_| anyhow::anyhow!("a thread inside a lab namespace panicked"))?
+    })
+    .await?
+}
+
+/// Wait until something in namespace `ns` accepts TCP connections on `port` (127.0.0.1), by
+/// connecting from a thread inside the namespace.
+pub async fn wait_listening(ns: &std::path::Path, port: u16, within: std::time::Duration) -> Result<()> {
+    in_netns(ns, move || {
         let deadline = std::time::Instant::now() + within;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let result = loop {
+        loop {
             if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100)).is_ok() {
-                break Ok(());
+                return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                break Err(anyhow::anyhow!("nothing listened on port {port} within {within:?}"));
+                return Err(anyhow::anyhow!("nothing listened on port {port} within {within:?}"));
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
-        };
-        // Back to where the thread was, so the pooled thread is clean for the next task.
-        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("leaving the namespace: {}", std::io::Error::last_os_error());
         }
-        result
     })
     .await?
 }
