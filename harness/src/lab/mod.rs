@@ -1,11 +1,12 @@
 //! The local backend: one cell = its own network namespaces, processes and temp dir.
 //!
 //! ```text
-//!   netns …-app                      netns …-mb1 (one per middlebox)        netns …-srv
-//!   ┌────────────────────────────┐   ┌──────────────────────────┐   ┌─────────────────────┐
-//!   │ idlelab probe              │──▶│ forward + conntrack      │──▶│ redis-server        │
-//!   │ [sidecar Envoy + capture]  │   │ forgets idle flows       │   │                     │
-//!   └────────────────────────────┘   └──────────────────────────┘   └─────────────────────┘
+//!   netns …-app                    netns …-mb<i> / …-gw<i> (per hop)   netns …-srv
+//!   ┌──────────────────────────┐   ┌──────────────────────────────┐   ┌──────────────────────────┐
+//!   │ idlelab probe            │──▶│ middlebox: forward+conntrack │──▶│ server (redis, MariaDB,  │
+//!   │ [sidecar Envoy + capture]│   │ gateway: Envoy listener (TLS)│   │  memcached, hyper)       │
+//!   └──────────────────────────┘   └──────────────────────────────┘   │ [server-sidecar Envoy]   │
+//!                                                                     └──────────────────────────┘
 //! ```
 //!
 //! Addresses come from 198.18.0.0/15 (RFC 2544, for benchmarking labs) and exist only inside
