@@ -33,7 +33,7 @@ doctor: build
 test: setup
     cargo test --workspace
 
-# Time whole scenarios and per-cell setup/teardown; writes results/bench.json.
+# Time every scenario, the whole matrix and a 1,000-connection pool; writes results/bench.json.
 bench: setup build
     {{idlelab}} bench
 
