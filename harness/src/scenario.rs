@@ -80,7 +80,19 @@ pub struct Keepalive {
     pub probes: u32,
 }
 
+impl fmt::Display for Keepalive {
+    /// `10m/75s/9`: time / interval / probes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.time, self.interval, self.probes)
+    }
+}
+
 impl Keepalive {
+    /// Refused when no probe would ever be sent.
+    pub fn check(&self) -> Result<(), String> {
+        if self.probes == 0 { Err("probes must be at least 1".into()) } else { Ok(()) }
+    }
+
     /// Its two durations for the time scale, labelled under `prefix`.
     pub fn durations_mut(&mut self, prefix: &str) -> Vec<crate::knobs::KnobDuration<'_>> {
         use crate::knobs::{KnobDuration, Precision, Role};

@@ -94,13 +94,24 @@ pub fn deciding_pairs(roles: &[Role]) -> Vec<(usize, usize)> {
     pairs
 }
 
+/// A duration Envoy or the probe takes, scaled: milliseconds, at least 1 ms (`0s`, "off",
+/// stays off).
+pub fn scale_millis(real: Dur, factor: u32) -> Dur {
+    if real.is_zero() {
+        return real;
+    }
+    Dur(Duration::from_millis((real.0.as_secs_f64() * 1000.0 / factor.max(1) as f64).round().max(1.0) as u64))
+}
+
+/// A duration the kernel takes, scaled: whole seconds, at least 1 s.
+pub fn scale_seconds(real: Dur, factor: u32) -> u64 {
+    (real.0.as_secs_f64() / factor.max(1) as f64).round().max(1.0) as u64
+}
+
 fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (Dur, Option<String>) {
     let exact = real.0.as_secs_f64() / factor as f64;
     match precision {
-        Precision::Millis => {
-            let ms = (exact * 1000.0).round().max(1.0) as u64;
-            (Dur(Duration::from_millis(ms)), None)
-        }
+        Precision::Millis => (scale_millis(real, factor), None),
         Precision::WholeSeconds => {
             let s = exact.round();
             let exact_text = human(Duration::from_millis((exact * 1000.0).round() as u64));
@@ -244,6 +255,7 @@ pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), O
         }
     };
     let (values, pairs) = scaled_values(knobs, factor);
+    let scaled = apply_factor(knobs, factor);
     let orderings = pairs
         .iter()
         .filter_map(|&(i, j)| {
@@ -255,10 +267,6 @@ pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), O
             }
         })
         .collect();
-    let mut scaled = knobs.clone();
-    for (d, v) in scaled.durations_mut().into_iter().zip(&values) {
-        *d.value = v.scaled;
-    }
     Ok((scaled, TimeScale { factor, auto, values, orderings }))
 }
 
@@ -290,7 +298,9 @@ mod tests {
     #[test]
     fn keepalive_time_takes_whole_seconds_and_a_useless_interval_is_clamped() {
         let mut k = base();
-        AppKeepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 }.apply(&mut k).unwrap();
+        AppKeepalive(crate::scenario::Keepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 })
+            .apply(&mut k)
+            .unwrap();
         let (k, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
         let ka = k.client.keepalive.unwrap();
         assert_eq!(ka.time, Dur::secs(1));

@@ -287,11 +287,11 @@ fn the_comparison_can_fail() {
     let mut local = render(&cell.scaled, dir.path());
     let baseline = apply_factor(&cell.baseline, cell.time_scale.factor);
     let mut istio = render(&baseline, dir.path());
-    let other = idlelab::mitigation::dr_tcp_keepalive::DrTcpKeepalive {
+    let other = idlelab::mitigation::dr_tcp_keepalive::DrTcpKeepalive(idlelab::scenario::Keepalive {
         time: Dur::secs(3600),
         interval: Dur::secs(10),
         probes: 3,
-    };
+    });
     apply_istio(&mut istio, &idlelab::mitigation::Mitigation::istio_resources(&other, &ctx(&cell)));
     assert_ne!(fields(&mut local), fields(&mut istio));
 }

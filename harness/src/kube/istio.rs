@@ -16,13 +16,6 @@ const ISTIO_DEFAULT_IDLE: Dur = Dur::secs(3600);
 /// Taken from the path *before* the mitigation, which renders its own resources.
 pub fn scaled_idle_timeouts(cell: &Cell) -> Vec<(String, Dur)> {
     let factor = cell.time_scale.factor;
-    let scale = |d: Dur| {
-        if factor <= 1 || d.is_zero() {
-            d
-        } else {
-            Dur(std::time::Duration::from_millis((d.0.as_secs_f64() * 1000.0 / factor as f64).round().max(1.0) as u64))
-        }
-    };
     cell.baseline
         .path
         .iter()
@@ -32,7 +25,7 @@ pub fn scaled_idle_timeouts(cell: &Cell) -> Vec<(String, Dur)> {
             _ => None,
         })
         .filter(|(_, d)| factor > 1 || *d != ISTIO_DEFAULT_IDLE)
-        .map(|(pod, d)| (pod, scale(d)))
+        .map(|(pod, d)| (pod, crate::timescale::scale_millis(d, factor)))
         .collect()
 }
 

@@ -10,36 +10,29 @@
 //! own keepalive never reaches this socket: it ends at the local Envoy.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::duration::Dur;
 use crate::knobs::Knobs;
 use crate::scenario::Keepalive;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DrTcpKeepalive {
-    pub time: Dur,
-    pub interval: Dur,
-    pub probes: u32,
-}
+#[serde(transparent)]
+pub struct DrTcpKeepalive(pub Keepalive);
 
 impl Mitigation for DrTcpKeepalive {
     fn label(&self) -> String {
-        format!("dr-tcp-keepalive={}/{}/{}", self.time, self.interval, self.probes)
+        format!("dr-tcp-keepalive={}", self.0)
     }
     fn describe(&self) -> String {
         format!(
             "DestinationRule tcpKeepalive: the client sidecar's upstream sockets probe after {} idle, every {}, {} probes",
-            self.time, self.interval, self.probes
+            self.0.time, self.0.interval, self.0.probes
         )
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
-        if self.probes == 0 {
-            return Err("probes must be at least 1".into());
-        }
+        self.0.check()?;
         let sidecar = need_sidecar(knobs, "dr-tcp-keepalive")?;
-        sidecar.upstream_keepalive = Some(Keepalive { time: self.time, interval: self.interval, probes: self.probes });
+        sidecar.upstream_keepalive = Some(self.0);
         Ok(())
     }
     fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
@@ -50,9 +43,9 @@ impl Mitigation for DrTcpKeepalive {
             "spec": {
                 "host": ctx.service_host,
                 "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {
-                    "time": format!("{}s", ctx.seconds(self.time)),
-                    "interval": format!("{}s", ctx.seconds(self.interval)),
-                    "probes": self.probes
+                    "time": format!("{}s", ctx.seconds(self.0.time)),
+                    "interval": format!("{}s", ctx.seconds(self.0.interval)),
+                    "probes": self.0.probes
                 }}}}
             }
         });
@@ -63,11 +56,12 @@ impl Mitigation for DrTcpKeepalive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::duration::Dur;
 
     #[test]
     fn keepalive_on_the_sidecars_upstream() {
         let mut k = super::super::test_knobs();
-        let m = DrTcpKeepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 };
+        let m = DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 });
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().upstream_keepalive.unwrap().time, Dur::secs(60));
         assert!(k.client.keepalive.is_none(), "the app's socket is untouched");

@@ -19,12 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayKeepalive {
-    pub time: Dur,
-    pub interval: Dur,
-    pub probes: u32,
-}
+#[serde(transparent)]
+pub struct GatewayKeepalive(pub Keepalive);
 
 /// The listener `socket_options` that turn keepalive on, as Envoy's config takes them.
 pub fn socket_options(ka: &Keepalive) -> Value {
@@ -36,33 +32,25 @@ pub fn socket_options(ka: &Keepalive) -> Value {
     ])
 }
 
-impl GatewayKeepalive {
-    fn keepalive(&self) -> Keepalive {
-        Keepalive { time: self.time, interval: self.interval, probes: self.probes }
-    }
-}
-
 impl Mitigation for GatewayKeepalive {
     fn label(&self) -> String {
-        format!("gateway-keepalive={}/{}/{}", self.time, self.interval, self.probes)
+        format!("gateway-keepalive={}", self.0)
     }
     fn describe(&self) -> String {
         format!(
             "EnvoyFilter socket_options on the gateway listener (STATE_PREBIND): accepted sockets probe after {} idle, every {}, {} probes",
-            self.time, self.interval, self.probes
+            self.0.time, self.0.interval, self.0.probes
         )
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
-        if self.probes == 0 {
-            return Err("probes must be at least 1".into());
-        }
+        self.0.check()?;
         let gateway = knobs.path.iter_mut().find_map(|h| match h {
             Hop::Gateway(g) => Some(g),
             _ => None,
         });
         let gateway =
             gateway.ok_or("gateway-keepalive changes the ingress gateway, and this path has no `gateway` hop")?;
-        gateway.keepalive = Some(self.keepalive());
+        gateway.keepalive = Some(self.0);
         Ok(())
     }
     fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
@@ -76,9 +64,9 @@ impl Mitigation for GatewayKeepalive {
                     "applyTo": "LISTENER",
                     "match": {"context": "GATEWAY", "listener": {"portNumber": ctx.service_port}},
                     "patch": {"operation": "MERGE", "value": {"socket_options": socket_options(&Keepalive {
-                        time: Dur::secs(ctx.seconds(self.time)),
-                        interval: Dur::secs(ctx.seconds(self.interval)),
-                        probes: self.probes,
+                        time: Dur::secs(ctx.seconds(self.0.time)),
+                        interval: Dur::secs(ctx.seconds(self.0.interval)),
+                        probes: self.0.probes,
                     })}}
                 }]
             }
@@ -95,11 +83,11 @@ mod tests {
     #[test]
     fn sets_the_gateway_listener_options() {
         let mut k = super::super::test_knobs();
-        let m = GatewayKeepalive { time: Dur::secs(300), interval: Dur::secs(75), probes: 9 };
+        let m = GatewayKeepalive(Keepalive { time: Dur::secs(300), interval: Dur::secs(75), probes: 9 });
         assert!(m.apply(&mut k).unwrap_err().contains("no `gateway` hop"));
         k.path.push(Hop::Gateway(GatewayHop::default()));
         m.apply(&mut k).unwrap();
-        let opts = socket_options(&m.keepalive());
+        let opts = socket_options(&m.0);
         assert_eq!(opts[0]["name"], 9);
         assert_eq!(opts[1]["int_value"], 300);
         let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::test_ctx())[0] else { panic!() };

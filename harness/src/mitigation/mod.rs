@@ -60,18 +60,11 @@ pub struct IstioContext {
 impl IstioContext {
     /// A duration Envoy takes in milliseconds (idle timeouts), scaled.
     pub fn millis(&self, d: Dur) -> Dur {
-        if d.is_zero() || self.factor <= 1 {
-            return d;
-        }
-        let ms = (d.0.as_secs_f64() * 1000.0 / self.factor as f64).round().max(1.0) as u64;
-        Dur(std::time::Duration::from_millis(ms))
+        crate::timescale::scale_millis(d, self.factor)
     }
     /// A duration the kernel takes in whole seconds (keepalive), scaled, at least 1 s.
     pub fn seconds(&self, d: Dur) -> u64 {
-        if self.factor <= 1 {
-            return d.0.as_secs().max(1);
-        }
-        (d.0.as_secs_f64() / self.factor as f64).round().max(1.0) as u64
+        crate::timescale::scale_seconds(d, self.factor)
     }
 }
 
