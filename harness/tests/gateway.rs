@@ -36,7 +36,11 @@ fn https_through_sidecar_clb_and_gateway() {
         .into_iter()
         .filter(|s| s["process"] == "envoy" && s["peer"].as_str().unwrap().ends_with(":8443"))
         .collect();
-    assert!(!upstream.is_empty() && upstream.iter().all(|s| s["keepalive"] == true), "{upstream:?}");
+    assert!(
+        !upstream.is_empty()
+            && upstream.iter().all(|s| s["keepalive"] == true && s["keepalive_read_from"] == "getsockopt"),
+        "{upstream:?}"
+    );
     assert_eq!(forgotten_segments(dr), 0);
 
     let gw = cell(&s, "gateway-keepalive");
@@ -47,8 +51,11 @@ fn https_through_sidecar_clb_and_gateway() {
         .filter(|s| s["local"].as_str().unwrap().ends_with(":8443"))
         .collect();
     assert!(
-        accepted.len() >= 4 && accepted.iter().all(|s| s["keepalive"] == true),
-        "accepted sockets inherit the listener's keepalive: {accepted:?}"
+        accepted.len() >= 4
+            && accepted.iter().all(|s| {
+                s["keepalive"] == true && s["keepalive_read_from"] == "getsockopt" && s["keepalive_options"].is_object()
+            }),
+        "accepted sockets inherit the listener's keepalive (read with getsockopt): {accepted:?}"
     );
     assert_eq!(forgotten_segments(gw), 0);
     assert!(gw["istio"][0]["yaml"].as_str().unwrap().contains("STATE_PREBIND"));

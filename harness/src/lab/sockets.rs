@@ -1,9 +1,13 @@
-//! What `ss -tano` would show in a namespace, read through the kernel's sock_diag netlink
-//! interface: each TCP socket's state, ends, owner and timer.
+//! What `ss -tanop` would show in a namespace, read through the kernel's sock_diag netlink
+//! interface: each TCP socket's state, ends, owner and timer, plus the socket's keepalive
+//! options read straight from the socket.
 //!
-//! The keepalive timer is the evidence that a socket really has keepalive on: the kernel
-//! reports `timer: keepalive` only for sockets with SO_KEEPALIVE set. The owning process comes
-//! from the socket's inode, matched against `/proc/<pid>/fd`, as `ss -p` does.
+//! The owning process comes from the socket's inode, matched against `/proc/<pid>/fd`, as
+//! `ss -p` does. Whether keepalive is on is read with `getsockopt(SO_KEEPALIVE, TCP_KEEPIDLE,
+//! TCP_KEEPINTVL, TCP_KEEPCNT)` on a duplicate of the owner's descriptor (`pidfd_getfd`), not
+//! inferred from the timer: the kernel shows one timer per socket, and a socket with
+//! keepalive on shows `on` (retransmit) instead of `keepalive` while it waits for an ACK, which
+//! is the normal state right after traffic. The timer is kept as `ss -o` prints it.
 
 use super::netns::{Netns, in_netns};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
@@ -24,7 +28,27 @@ pub struct SocketView {
     pub uid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer: Option<String>,
+    /// SO_KEEPALIVE as read from the socket (or, when its owner could not be reached, whether
+    /// the timer is a keepalive timer: see `keepalive_read_from`).
     pub keepalive: bool,
+    /// The socket's keepalive settings when keepalive is on and the socket could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_options: Option<KeepaliveOptions>,
+    /// `getsockopt` (read from the socket) or `timer` (inferred from `ss -o`'s timer).
+    #[serde(default = "timer_source")]
+    pub keepalive_read_from: String,
+}
+
+/// A socket's keepalive settings, in the kernel's whole seconds.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct KeepaliveOptions {
+    pub idle_s: u32,
+    pub interval_s: u32,
+    pub probes: u32,
+}
+
+fn timer_source() -> String {
+    "timer".into()
 }
 
 /// One moment's view of a namespace's sockets.
@@ -108,8 +132,16 @@ fn dump_tcp() -> std::io::Result<Vec<InetResponseHeader>> {
     }
 }
 
-/// Socket inode → the name of a process holding it (`/proc/<pid>/fd`, `/proc/<pid>/comm`).
-fn owners() -> HashMap<u32, String> {
+/// A process holding a socket, and the descriptor it holds it under.
+#[derive(Clone, Debug)]
+struct Owner {
+    pid: i32,
+    fd: i32,
+    comm: String,
+}
+
+/// Socket inode → a process holding it (`/proc/<pid>/fd`, `/proc/<pid>/comm`).
+fn owners() -> HashMap<u32, Owner> {
     let mut map = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else { return map };
     for p in procs.flatten() {
@@ -119,13 +151,15 @@ fn owners() -> HashMap<u32, String> {
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
         let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim().to_string();
+        let Ok(pid) = pid.to_string_lossy().parse::<i32>() else { continue };
         for fd in fds.flatten() {
+            let Ok(fd_number) = fd.file_name().to_string_lossy().parse::<i32>() else { continue };
             if let Ok(target) = std::fs::read_link(fd.path()) {
                 let t = target.to_string_lossy();
                 if let Some(inode) =
                     t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse().ok())
                 {
-                    map.entry(inode).or_insert_with(|| comm.clone());
+                    map.entry(inode).or_insert_with(|| Owner { pid, fd: fd_number, comm: comm.clone() });
                 }
             }
         }
@@ -133,15 +167,58 @@ fn owners() -> HashMap<u32, String> {
     map
 }
 
-fn view(h: &InetResponseHeader, owners: &HashMap<u32, String>) -> SocketView {
+/// SO_KEEPALIVE and, when on, its settings, read from a duplicate of `owner`'s descriptor.
+/// `None` when the owner is gone or the descriptor is no longer that socket.
+fn read_keepalive(owner: &Owner, inode: u32) -> Option<(bool, Option<KeepaliveOptions>)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; each descriptor they return is owned (and closed) by an OwnedFd.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, owner.pid, 0) };
+    if pidfd < 0 {
+        return None;
+    }
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), owner.fd, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The owner may have closed and reused the descriptor number since /proc was read.
+    let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    if std::os::unix::fs::MetadataExt::ino(&meta) != u64::from(inode) {
+        return None;
+    }
+    let socket = socket2::SockRef::from(&fd);
+    let on = socket.keepalive().ok()?;
+    if !on {
+        return Some((false, None));
+    }
+    let options = (|| {
+        Some(KeepaliveOptions {
+            idle_s: socket.tcp_keepalive_time().ok()?.as_secs() as u32,
+            interval_s: socket.tcp_keepalive_interval().ok()?.as_secs() as u32,
+            probes: socket.tcp_keepalive_retries().ok()?,
+        })
+    })();
+    Some((true, options))
+}
+
+fn view(h: &InetResponseHeader, owners: &HashMap<u32, Owner>) -> SocketView {
     let id = &h.socket_id;
+    let owner = owners.get(&h.inode);
+    let read = owner.and_then(|o| read_keepalive(o, h.inode));
+    let (keepalive, keepalive_options, keepalive_read_from) = match read {
+        Some((on, options)) => (on, options, "getsockopt".to_string()),
+        None => (matches!(h.timer, Some(Timer::KeepAlive(_))), None, timer_source()),
+    };
     SocketView {
         state: state_name(h.state).into(),
         local: format!("{}:{}", id.source_address, id.source_port),
         peer: format!("{}:{}", id.destination_address, id.destination_port),
-        process: owners.get(&h.inode).cloned(),
+        process: owner.map(|o| o.comm.clone()),
         uid: h.uid,
-        keepalive: matches!(h.timer, Some(Timer::KeepAlive(_))),
+        keepalive,
+        keepalive_options,
+        keepalive_read_from,
         timer: h.timer.as_ref().map(timer_text),
     }
 }
@@ -150,7 +227,11 @@ pub async fn snapshot(ns: &Netns, role: &str, moment: &str) -> SocketSnapshot {
     let headers = in_netns(&ns.path(), dump_tcp).await.ok().and_then(Result::ok).unwrap_or_default();
     let owners =
         if headers.is_empty() { HashMap::new() } else { tokio::task::spawn_blocking(owners).await.unwrap_or_default() };
-    let sockets = headers.iter().filter(|h| h.state != 10).map(|h| view(h, &owners)).collect();
+    let sockets = tokio::task::spawn_blocking(move || {
+        headers.iter().filter(|h| h.state != 10).map(|h| view(h, &owners)).collect()
+    })
+    .await
+    .unwrap_or_default();
     SocketSnapshot { netns_role: role.into(), moment: moment.into(), sockets }
 }
 
@@ -171,13 +252,25 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        socket2::SockRef::from(&client).set_keepalive(true).unwrap();
+        let params = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(7))
+            .with_interval(Duration::from_secs(3))
+            .with_retries(4);
+        socket2::SockRef::from(&client).set_tcp_keepalive(&params).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
         let local = client.local_addr().unwrap().to_string();
         let owners = owners();
         let views: Vec<SocketView> = dump_tcp().unwrap().iter().map(|h| view(h, &owners)).collect();
         let mine = views.iter().find(|v| v.local == local).expect("our socket is listed");
         assert_eq!(mine.state, "ESTAB");
-        assert!(mine.keepalive, "SO_KEEPALIVE shows as a keepalive timer: {mine:?}");
+        assert!(mine.keepalive, "SO_KEEPALIVE is read from the socket: {mine:?}");
+        assert_eq!(mine.keepalive_read_from, "getsockopt");
+        assert_eq!(mine.keepalive_options, Some(KeepaliveOptions { idle_s: 7, interval_s: 3, probes: 4 }));
         assert!(mine.process.is_some(), "{mine:?}");
+        let accepted = server_side.local_addr().unwrap().to_string();
+        let peer = server_side.peer_addr().unwrap().to_string();
+        let theirs = views.iter().find(|v| v.local == accepted && v.peer == peer).expect("the accepted end is listed");
+        assert!(!theirs.keepalive && theirs.keepalive_options.is_none(), "{theirs:?}");
+        assert_eq!(theirs.keepalive_read_from, "getsockopt");
     }
 }
