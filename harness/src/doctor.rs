@@ -92,6 +92,13 @@ pub fn checks() -> Vec<Check> {
             fix: "just setup   (apt-get install -y conntrack)",
         },
         Check {
+            name: "pidfd_getfd (each socket's keepalive settings)",
+            found: crate::lab::sockets::pidfd_getfd_available().ok().map(|()| {
+                format!("kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
+            }),
+            fix: "a Linux kernel >= 5.6 that does not block pidfd_open/pidfd_getfd (seccomp): socket evidence reads SO_KEEPALIVE through them",
+        },
+        Check {
             name: "redis-server",
             found: crate::lab::redis_server::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
             fix: "just setup   (apt-get install -y redis-server)",

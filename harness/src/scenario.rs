@@ -369,10 +369,10 @@ fn first_line(s: &str) -> String {
     let mut line = s.lines().next().unwrap_or(s).trim();
     line = line.strip_prefix("error: ").unwrap_or(line);
     // "line 6 column 7: …": the location is already in front of the message.
-    if let Some(rest) = line.strip_prefix("line ") {
-        if let Some((_, msg)) = rest.split_once(": ") {
-            line = msg;
-        }
+    if let Some(rest) = line.strip_prefix("line ")
+        && let Some((_, msg)) = rest.split_once(": ")
+    {
+        line = msg;
     }
     line.to_string()
 }

@@ -78,14 +78,14 @@ pub fn deciding_pairs(roles: &[Role]) -> Vec<(usize, usize)> {
     let mut pairs = Vec::new();
     for (i, a) in roles.iter().enumerate() {
         for (j, b) in roles.iter().enumerate() {
-            let decides = match (a, b) {
-                (Role::Idle, Role::Timeout { .. }) => true,
-                (Role::Heartbeat, Role::Timeout { .. }) => true,
-                (Role::PoolMaxIdle, Role::Idle) => true,
-                (Role::KeepaliveTime, Role::Timeout { .. }) => true,
-                (Role::KeepaliveInterval, Role::Timeout { refreshed_by_probes: true }) => true,
-                _ => false,
-            };
+            let decides = matches!(
+                (a, b),
+                (Role::Idle, Role::Timeout { .. })
+                    | (Role::Heartbeat, Role::Timeout { .. })
+                    | (Role::PoolMaxIdle, Role::Idle)
+                    | (Role::KeepaliveTime, Role::Timeout { .. })
+                    | (Role::KeepaliveInterval, Role::Timeout { refreshed_by_probes: true })
+            );
             if decides && i != j {
                 pairs.push((i, j));
             }

@@ -8,7 +8,7 @@ fn doctor_lists_every_prerequisite_as_found() {
     let o = run(&["doctor"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "run `just setup`:\n{out}");
-    for name in ["root", "nft", "envoy", "redis-server", "mariadbd", "memcached", "conntrack"] {
+    for name in ["root", "nft", "envoy", "redis-server", "mariadbd", "memcached", "conntrack", "pidfd_getfd"] {
         let line = out.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("doctor lists {name}:\n{out}"));
         assert!(line.contains("found"), "{line}");
     }

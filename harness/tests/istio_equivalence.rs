@@ -175,9 +175,9 @@ fn go_ms(s: &str) -> u64 {
     let mut num = String::new();
     for c in s.chars() {
         match c {
-            'h' => total += num.drain(..).collect::<String>().parse::<u64>().unwrap() * 3_600_000,
-            'm' => total += num.drain(..).collect::<String>().parse::<u64>().unwrap() * 60_000,
-            's' => total += num.drain(..).collect::<String>().parse::<u64>().unwrap() * 1000,
+            'h' => total += std::mem::take(&mut num).parse::<u64>().unwrap() * 3_600_000,
+            'm' => total += std::mem::take(&mut num).parse::<u64>().unwrap() * 60_000,
+            's' => total += std::mem::take(&mut num).parse::<u64>().unwrap() * 1000,
             d => num.push(d),
         }
     }

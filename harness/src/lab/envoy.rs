@@ -156,10 +156,10 @@ impl Envoy {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 bail!("{} exited during start-up ({status}): {}", self.process.name, last_lines(&log, 5));
             }
-            if let Ok(body) = admin_get(&self.admin, "/ready").await {
-                if body.trim() == "LIVE" {
-                    return Ok(());
-                }
+            if let Ok(body) = admin_get(&self.admin, "/ready").await
+                && body.trim() == "LIVE"
+            {
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("{} did not become ready within 10 s", self.process.name);
@@ -174,10 +174,11 @@ impl Envoy {
         let v: Value = serde_json::from_str(&body).context("parsing Envoy /stats")?;
         let mut out = BTreeMap::new();
         for s in v["stats"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(value)) = (s["name"].as_str(), s["value"].as_u64()) {
-                if value > 0 && contains.iter().any(|c| name.contains(c)) {
-                    out.insert(name.to_string(), value);
-                }
+            if let (Some(name), Some(value)) = (s["name"].as_str(), s["value"].as_u64())
+                && value > 0
+                && contains.iter().any(|c| name.contains(c))
+            {
+                out.insert(name.to_string(), value);
             }
         }
         Ok(out)

@@ -52,7 +52,7 @@ pub fn bootstrap(
         "filter_chains": [chain]
     });
     let mut options: Vec<Value> =
-        hop.keepalive.as_ref().map(|ka| socket_options(ka)).and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        hop.keepalive.as_ref().map(socket_options).and_then(|v| v.as_array().cloned()).unwrap_or_default();
     options.extend(hop.socket_options.iter().map(|o| o.envoy_json()));
     if !options.is_empty() {
         listener["socket_options"] = Value::Array(options);

@@ -167,6 +167,25 @@ fn owners() -> HashMap<u32, Owner> {
     map
 }
 
+/// Whether this kernel lets the lab duplicate a process's descriptor (`pidfd_getfd`, Linux
+/// 5.6+, not blocked by seccomp): tried on a descriptor of this process.
+pub fn pidfd_getfd_available() -> Result<(), String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let probe = std::fs::File::open("/proc/self/stat").map_err(|e| e.to_string())?;
+    // SAFETY: plain syscalls; each descriptor they return is owned (and closed) by an OwnedFd.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id() as i32, 0) };
+    if pidfd < 0 {
+        return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
+    }
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), probe.as_raw_fd(), 0) };
+    if fd < 0 {
+        return Err(format!("pidfd_getfd: {}", std::io::Error::last_os_error()));
+    }
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
 /// SO_KEEPALIVE and, when on, its settings, read from a duplicate of `owner`'s descriptor.
 /// `None` when the owner is gone or the descriptor is no longer that socket.
 fn read_keepalive(owner: &Owner, inode: u32) -> Option<(bool, Option<KeepaliveOptions>)> {

@@ -54,7 +54,7 @@ impl Mitigation for IstioIdleTimeout {
 /// Istio parses Go durations: `24h0m0s`, `0s`.
 pub(crate) fn go_duration(d: Dur) -> String {
     let ms = d.0.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.0.as_secs();

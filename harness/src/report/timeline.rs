@@ -138,11 +138,11 @@ pub fn svg(obs: &Observations, time_scale: &TimeScale) -> String {
             );
         }
         attempt_mark(&mut out, x(c.reuse.at_ms), y, &c.reuse, "reuse");
-        if let Some(r) = &c.retry_after_reconnect {
-            if r.outcome != Outcome::Ok || c.reuse.outcome != Outcome::Ok {
-                let rx = (x(c.reuse.at_ms) + 95.0).min(WIDTH - 60.0);
-                attempt_mark(&mut out, rx, y, r, "retry");
-            }
+        if let Some(r) = &c.retry_after_reconnect
+            && (r.outcome != Outcome::Ok || c.reuse.outcome != Outcome::Ok)
+        {
+            let rx = (x(c.reuse.at_ms) + 95.0).min(WIDTH - 60.0);
+            attempt_mark(&mut out, rx, y, r, "retry");
         }
     }
     let caption = if obs.connections.len() > rows.len() {
