@@ -8,7 +8,7 @@
 //!
 //! Results go to `results/bench.json` and a table.
 
-use crate::cli::{Exec, ScenarioArgs, execute, prepare};
+use crate::cli::{Exec, OutputArgs, ScenarioArgs, execute, prepare};
 use crate::report::RunSummary;
 use crate::{doctor, lab, scenario};
 use comfy_table::{Table, presets};
@@ -26,11 +26,8 @@ fn quiet(
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
     let exec = Exec {
         title: title.into(),
-        out: Some(dir.clone()),
-        results_dir: PathBuf::from("results"),
+        output: OutputArgs { out: Some(dir.clone()), results_dir: PathBuf::from("results"), repeat: 1, verbose: false },
         jobs,
-        repeat: 1,
-        verbose: false,
         quiet: true,
         time_scale_label: label,
     };

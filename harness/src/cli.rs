@@ -34,6 +34,23 @@ pub(crate) struct ScenarioArgs {
     pub time_scale: Option<TimeScaleSpec>,
 }
 
+/// Where a run's reports go, how often each cell runs and how much it prints (`run`, `matrix`).
+#[derive(clap::Args, Clone)]
+pub(crate) struct OutputArgs {
+    /// Output directory (default: <results-dir>/<scenario or "matrix">-<UTC timestamp>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where default output directories and the `latest` link go.
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Run each cell N times; a verdict that differs between runs fails the cell.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Print each cell's phases as they happen (when the output is not a terminal).
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Local,
@@ -48,21 +65,11 @@ enum Command {
         scenario: String,
         #[command(flatten)]
         args: ScenarioArgs,
-        /// Output directory (default: results/<scenario>-<UTC timestamp>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Where default output directories and the `latest` link go.
-        #[arg(long, default_value = "results")]
-        results_dir: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Cells run at once (each has its own namespaces). Default: all.
         #[arg(long)]
         jobs: Option<usize>,
-        /// Print each cell's phases as they happen (when the output is not a terminal).
-        #[arg(long, short)]
-        verbose: bool,
-        /// Run each cell N times; a verdict that differs between runs fails the cell.
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
         /// Pooled connections per cell, instead of the scenario's `client.pool`.
         #[arg(long)]
         pool: Option<usize>,
@@ -94,19 +101,11 @@ enum Command {
         scenarios: Vec<String>,
         #[command(flatten)]
         args: ScenarioArgs,
-        /// Output directory (default: results/matrix-<UTC timestamp>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        #[arg(long, default_value = "results")]
-        results_dir: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Cells run at once, each in its own namespaces.
         #[arg(long, default_value_t = 32)]
         jobs: usize,
-        /// Run each cell N times; a verdict that differs between runs fails the cell.
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
-        #[arg(long, short)]
-        verbose: bool,
     },
     /// The cells whose verdict changed between two runs (directories or summary.json files);
     /// exit 1 if any cell that matched its expectation no longer does.
@@ -234,29 +233,20 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Run { scenario, args, out, results_dir, jobs, verbose, repeat, pool, backend, context } => {
+        Command::Run { scenario, args, output, jobs, pool, backend, context } => {
             match prepare(&scenario, &args, pool) {
                 Err(code) => code,
                 Ok((s, cells)) if backend == Backend::Kind => {
-                    crate::kube::run::main(&s, &cells, &crate::kube::KubeTarget { context }, out.as_deref())
+                    crate::kube::run::main(&s, &cells, &crate::kube::KubeTarget { context }, output.out.as_deref())
                 }
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
-                    let exec = Exec {
-                        title: s.name.clone(),
-                        out,
-                        results_dir,
-                        jobs,
-                        repeat,
-                        verbose,
-                        quiet: false,
-                        time_scale_label,
-                    };
+                    let exec = Exec { title: s.name.clone(), output, jobs, quiet: false, time_scale_label };
                     execute(vec![s], cells, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
                 }
             }
         }
-        Command::Matrix { scenarios, args, out, results_dir, jobs, repeat, verbose } => {
+        Command::Matrix { scenarios, args, output, jobs } => {
             let names =
                 if scenarios.is_empty() { scenario::list(&args.scenarios_dir).unwrap_or_default() } else { scenarios };
             let mut all = Vec::new();
@@ -275,16 +265,7 @@ pub fn main() -> i32 {
                 return 2;
             }
             let label = args.time_scale.map(|t| t.to_string()).unwrap_or_else(|| "per scenario".into());
-            let exec = Exec {
-                title: "matrix".into(),
-                out,
-                results_dir,
-                jobs: Some(jobs),
-                repeat,
-                verbose,
-                quiet: false,
-                time_scale_label: label,
-            };
+            let exec = Exec { title: "matrix".into(), output, jobs: Some(jobs), quiet: false, time_scale_label: label };
             execute(loaded, all, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
         }
         Command::Compare { old, new } => crate::compare::main(&old, &new),
@@ -352,11 +333,8 @@ fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
 /// How to execute a set of cells (a scenario's, or the matrix's).
 pub(crate) struct Exec {
     pub title: String,
-    pub out: Option<PathBuf>,
-    pub results_dir: PathBuf,
+    pub output: OutputArgs,
     pub jobs: Option<usize>,
-    pub repeat: u32,
-    pub verbose: bool,
     /// No terminal view (the benchmark prints its own table).
     pub quiet: bool,
     pub time_scale_label: String,
@@ -371,15 +349,15 @@ pub(crate) fn execute(
         eprintln!("error: {msg}");
         return Err(2);
     }
-    if exec.repeat == 0 {
+    if exec.output.repeat == 0 {
         eprintln!("error: --repeat 0: a cell runs at least once");
         return Err(2);
     }
     for r in lab::netns::reap_stale() {
         eprintln!("note: removed {r} left by a killed run");
     }
-    let default_dir = exec.out.is_none();
-    let out_dir = exec.out.clone().unwrap_or_else(|| default_out_dir(&exec.results_dir, &exec.title));
+    let default_dir = exec.output.out.is_none();
+    let out_dir = exec.output.out.clone().unwrap_or_else(|| default_out_dir(&exec.output.results_dir, &exec.title));
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
         eprintln!("error: cannot create {}: {e}", out_dir.display());
         return Err(2);
@@ -391,13 +369,13 @@ pub(crate) fn execute(
         Box::new(HtmlReporter { path: out_dir.join("report.html") }),
     ];
     if !exec.quiet {
-        reporters.insert(0, Box::new(TerminalReporter::new(exec.verbose)));
+        reporters.insert(0, Box::new(TerminalReporter::new(exec.output.verbose)));
     }
     let emitter = Emitter::new(reporters);
     let opts = RunOptions {
         title: exec.title.clone(),
-        jobs: exec.jobs.unwrap_or(cells.len() * exec.repeat as usize),
-        repeat: exec.repeat,
+        jobs: exec.jobs.unwrap_or(cells.len() * exec.output.repeat as usize),
+        repeat: exec.output.repeat,
         out_dir: out_dir.clone(),
         time_scale_label: exec.time_scale_label.clone(),
     };
@@ -416,7 +394,7 @@ pub(crate) fn execute(
         return Err(1);
     }
     if default_dir {
-        let latest = exec.results_dir.join("latest");
+        let latest = exec.output.results_dir.join("latest");
         let _ = std::fs::remove_file(&latest);
         if let Some(name) = out_dir.file_name() {
             let _ = std::os::unix::fs::symlink(name, &latest);

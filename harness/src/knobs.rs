@@ -49,6 +49,16 @@ pub struct KnobDuration<'a> {
     pub role: Role,
 }
 
+impl<'a> KnobDuration<'a> {
+    /// An Envoy idle timeout (tcp_proxy `idle_timeout`, on any Envoy of the path): millisecond
+    /// precision, reset by bytes but never by keepalive probes. 0 disables it, so a zero has
+    /// nothing to scale and gives `None`.
+    pub fn envoy_idle_timeout(label: String, value: &'a mut Dur) -> Option<Self> {
+        let timeout = Role::Timeout { refreshed_by_probes: false };
+        (!value.is_zero()).then_some(KnobDuration { label, value, precision: Precision::Millis, role: timeout })
+    }
+}
+
 /// Client-side settings: the app's pool and socket.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ClientKnobs {

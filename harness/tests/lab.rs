@@ -5,11 +5,7 @@ use common::*;
 
 #[test]
 fn redis_idle_reproduces_the_sidecar_idle_close_and_each_mitigation() {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", "redis-idle", "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "every cell must match:\n{}", text(&o));
-    let s = summary(out.path());
+    let (out, s) = run_scenario_ok("redis-idle");
     assert_eq!(s["schema_version"], 2);
     assert_eq!(s["backend"], "local");
     assert_eq!(s["pass"], true);
@@ -55,11 +51,7 @@ fn redis_idle_reproduces_the_sidecar_idle_close_and_each_mitigation() {
 
 #[test]
 fn redis_idle_passthrough_goes_through_passthrough_cluster() {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", "redis-idle-passthrough", "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let s = summary(out.path());
+    let (_out, s) = run_scenario_ok("redis-idle-passthrough");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "idle-closed");
     assert!(counter(none, "tcp.PassthroughCluster.idle_timeout") >= 4, "{none}");
@@ -69,11 +61,7 @@ fn redis_idle_passthrough_goes_through_passthrough_cluster() {
 
 #[test]
 fn verdicts_follow_the_physics_not_the_names() {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", fixture("physics-short-idle.yaml").to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let s = summary(out.path());
+    let (_out, s) = run_scenario_ok(fixture("physics-short-idle.yaml").to_str().unwrap());
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "survived", "idle 50m < timeout 1h: {none}");
     assert_eq!(counter(none, ".idle_timeout"), 0);

@@ -17,11 +17,7 @@ fn envoy_counter(cell: &Value, role: &str, suffix: &str) -> u64 {
 
 #[test]
 fn a_destination_rule_does_not_reach_the_server_sidecar() {
-    require_lab();
-    let out = tempdir();
-    let o = run(&["run", "redis-server-sidecar", "--out", out.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let s = summary(out.path());
+    let (_out, s) = run_scenario_ok("redis-server-sidecar");
 
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "idle-closed");

@@ -14,7 +14,7 @@
 //! accepted downstream socket probes back through whatever sits in front of the gateway.
 
 use crate::duration::Dur;
-use crate::knobs::{KnobDuration, Precision, Role};
+use crate::knobs::KnobDuration;
 use crate::scenario::Keepalive;
 use serde::{Deserialize, Serialize};
 
@@ -83,14 +83,10 @@ impl Default for GatewayHop {
 impl GatewayHop {
     pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         let mut out = Vec::new();
-        if !self.idle_timeout.is_zero() {
-            out.push(KnobDuration {
-                label: format!("path[{index}].gateway.idle_timeout"),
-                value: &mut self.idle_timeout,
-                precision: Precision::Millis,
-                role: Role::Timeout { refreshed_by_probes: false },
-            });
-        }
+        out.extend(KnobDuration::envoy_idle_timeout(
+            format!("path[{index}].gateway.idle_timeout"),
+            &mut self.idle_timeout,
+        ));
         if let Some(ka) = self.keepalive.as_mut() {
             out.extend(ka.durations_mut(&format!("path[{index}].gateway.keepalive")));
         }

@@ -12,7 +12,7 @@
 //! be the last hop of a path.
 
 use crate::duration::Dur;
-use crate::knobs::{KnobDuration, Precision, Role};
+use crate::knobs::KnobDuration;
 use serde::{Deserialize, Serialize};
 
 fn istio_default_idle_timeout() -> Dur {
@@ -35,15 +35,9 @@ impl Default for ServerSidecarHop {
 
 impl ServerSidecarHop {
     pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
-        if self.idle_timeout.is_zero() {
-            return vec![];
-        }
-        vec![KnobDuration {
-            label: format!("path[{index}].server-sidecar.idle_timeout"),
-            value: &mut self.idle_timeout,
-            precision: Precision::Millis,
-            role: Role::Timeout { refreshed_by_probes: false },
-        }]
+        KnobDuration::envoy_idle_timeout(format!("path[{index}].server-sidecar.idle_timeout"), &mut self.idle_timeout)
+            .into_iter()
+            .collect()
     }
 
     /// Envoy's stat prefix of the inbound chain, as Istio names it.

@@ -13,7 +13,7 @@
 //! carry no bytes and end at Envoy's own socket, so they never reset that timer.
 
 use crate::duration::Dur;
-use crate::knobs::{KnobDuration, Precision, Role};
+use crate::knobs::KnobDuration;
 use crate::scenario::Keepalive;
 use serde::{Deserialize, Serialize};
 
@@ -74,21 +74,12 @@ impl Default for SidecarHop {
 impl SidecarHop {
     pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         let mut out = Vec::new();
-        if !self.idle_timeout.is_zero() {
-            out.push(KnobDuration {
-                label: format!("path[{index}].sidecar.idle_timeout"),
-                value: &mut self.idle_timeout,
-                precision: Precision::Millis,
-                role: Role::Timeout { refreshed_by_probes: false },
-            });
-        }
-        if let Some(t) = self.service_idle_timeout.as_mut().filter(|t| !t.is_zero()) {
-            out.push(KnobDuration {
-                label: format!("path[{index}].sidecar.service_idle_timeout"),
-                value: t,
-                precision: Precision::Millis,
-                role: Role::Timeout { refreshed_by_probes: false },
-            });
+        out.extend(KnobDuration::envoy_idle_timeout(
+            format!("path[{index}].sidecar.idle_timeout"),
+            &mut self.idle_timeout,
+        ));
+        if let Some(t) = self.service_idle_timeout.as_mut() {
+            out.extend(KnobDuration::envoy_idle_timeout(format!("path[{index}].sidecar.service_idle_timeout"), t));
         }
         if let Some(ka) = self.upstream_keepalive.as_mut() {
             out.extend(ka.durations_mut(&format!("path[{index}].sidecar.upstream_keepalive")));

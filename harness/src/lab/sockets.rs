@@ -167,43 +167,27 @@ fn owners() -> HashMap<u32, Owner> {
     map
 }
 
-/// Whether this kernel lets the lab duplicate a process's descriptor (`pidfd_getfd`, Linux
-/// 5.6+, not blocked by seccomp): tried on a descriptor of this process.
+/// A duplicate of descriptor `fd` of process `pid` (`pidfd_open` + `pidfd_getfd`, Linux 5.6+).
+fn duplicate_fd(pid: i32, fd: i32) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let pid = Pid::from_raw(pid).ok_or(rustix::io::Errno::SRCH)?;
+    pidfd_getfd(pidfd_open(pid, PidfdFlags::empty())?, fd, PidfdGetfdFlags::empty())
+}
+
+/// Whether this kernel lets the lab duplicate a process's descriptor (not blocked by seccomp):
+/// tried on a descriptor of this process.
 pub fn pidfd_getfd_available() -> Result<(), String> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     let probe = std::fs::File::open("/proc/self/stat").map_err(|e| e.to_string())?;
-    // SAFETY: plain syscalls; each descriptor they return is owned (and closed) by an OwnedFd.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id() as i32, 0) };
-    if pidfd < 0 {
-        return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
-    }
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), probe.as_raw_fd(), 0) };
-    if fd < 0 {
-        return Err(format!("pidfd_getfd: {}", std::io::Error::last_os_error()));
-    }
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    Ok(())
+    duplicate_fd(std::process::id() as i32, probe.as_raw_fd()).map(drop).map_err(|e| format!("pidfd_getfd: {e}"))
 }
 
 /// SO_KEEPALIVE and, when on, its settings, read from a duplicate of `owner`'s descriptor.
 /// `None` when the owner is gone or the descriptor is no longer that socket.
 fn read_keepalive(owner: &Owner, inode: u32) -> Option<(bool, Option<KeepaliveOptions>)> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: plain syscalls; each descriptor they return is owned (and closed) by an OwnedFd.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, owner.pid, 0) };
-    if pidfd < 0 {
-        return None;
-    }
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), owner.fd, 0) };
-    if fd < 0 {
-        return None;
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = duplicate_fd(owner.pid, owner.fd).ok()?;
     // The owner may have closed and reused the descriptor number since /proc was read.
-    let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    if std::os::unix::fs::MetadataExt::ino(&meta) != u64::from(inode) {
+    if rustix::fs::fstat(&fd).ok()?.st_ino != u64::from(inode) {
         return None;
     }
     let socket = socket2::SockRef::from(&fd);
