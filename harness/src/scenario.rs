@@ -93,6 +93,12 @@ impl Keepalive {
         if self.probes == 0 { Err("probes must be at least 1".into()) } else { Ok(()) }
     }
 
+    /// Idle time and interval as the kernel's TCP_KEEPIDLE / TCP_KEEPINTVL (and Envoy's
+    /// keepalive settings) take them: whole seconds, at least 1, since 0 is refused.
+    pub fn whole_seconds(&self) -> (u64, u64) {
+        (self.time.0.as_secs().max(1), self.interval.0.as_secs().max(1))
+    }
+
     /// Its two durations for the time scale, labelled under `prefix`.
     pub fn durations_mut(&mut self, prefix: &str) -> Vec<crate::knobs::KnobDuration<'_>> {
         use crate::knobs::{KnobDuration, Precision, Role};

@@ -92,6 +92,11 @@ impl TryFrom<MiddleboxSpec> for MiddleboxHop {
 }
 
 impl MiddleboxHop {
+    /// `nf_conntrack_tcp_timeout_established` for this hop: whole seconds, at least 1.
+    pub fn conntrack_timeout_s(&self) -> u64 {
+        self.idle_timeout.0.as_secs().max(1)
+    }
+
     pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         vec![KnobDuration {
             label: format!("path[{index}].middlebox.idle_timeout"),

@@ -182,7 +182,7 @@ pub fn middlebox_script(hop: &MiddleboxHop, next_host: &str, port: u16) -> Strin
     };
     format!(
         "set -eu\nnext=$(getent hosts {next_host} | awk '{{print $1}}')\nnft -f - <<NFT\ntable ip idlelab_middlebox {{\n  chain pre {{ type nat hook prerouting priority -100; tcp dport {port} dnat to $next:{port}; }}\n  chain post {{ type nat hook postrouting priority 100; oifname != \"lo\" masquerade; }}\n  chain forward {{ type filter hook forward priority 0; ct state invalid meta l4proto tcp counter {verdict}; }}\n}}\nNFT\nsysctl -w net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 net.netfilter.nf_conntrack_tcp_timeout_established={}\nexec sleep infinity\n",
-        hop.idle_timeout.0.as_secs().max(1)
+        hop.conntrack_timeout_s()
     )
 }
 
@@ -218,7 +218,7 @@ pub fn probe(ns: &str, spec_json: &str, knobs: &Knobs, annotations: BTreeMap<Str
     // pod's sysctls (namespaced and allowed by default), as in the local lab.
     let sysctls = knobs.client.keepalive.map(|k| {
         vec![
-            Sysctl { name: "net.ipv4.tcp_keepalive_intvl".into(), value: k.interval.0.as_secs().max(1).to_string() },
+            Sysctl { name: "net.ipv4.tcp_keepalive_intvl".into(), value: k.whole_seconds().1.to_string() },
             Sysctl { name: "net.ipv4.tcp_keepalive_probes".into(), value: k.probes.to_string() },
         ]
     });

@@ -70,9 +70,10 @@ pub fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Dur, access_log
 
 /// `upstream_connection_options` with TCP keepalive (Envoy takes whole seconds here).
 pub fn upstream_keepalive(ka: crate::scenario::Keepalive) -> Value {
+    let (time_s, interval_s) = ka.whole_seconds();
     json!({"tcp_keepalive": {
-        "keepalive_time": ka.time.0.as_secs().max(1),
-        "keepalive_interval": ka.interval.0.as_secs().max(1),
+        "keepalive_time": time_s,
+        "keepalive_interval": interval_s,
         "keepalive_probes": ka.probes
     }})
 }

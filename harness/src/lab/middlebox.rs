@@ -35,7 +35,7 @@ pub fn start(hop: &MiddleboxHop, ns: &Netns) -> Result<()> {
             "-q",
             "-w",
             "net.netfilter.nf_conntrack_tcp_loose=0",
-            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={}", hop.idle_timeout.0.as_secs().max(1)),
+            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={}", hop.conntrack_timeout_s()),
         ],
         None,
     )?;

@@ -165,10 +165,9 @@ pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
         service: knobs.service,
         target,
         pool: knobs.client.pool,
-        keepalive: knobs.client.keepalive.map(|k| KeepaliveSecs {
-            time_s: k.time.0.as_secs().max(1),
-            interval_s: k.interval.0.as_secs().max(1),
-            probes: k.probes,
+        keepalive: knobs.client.keepalive.map(|k| {
+            let (time_s, interval_s) = k.whole_seconds();
+            KeepaliveSecs { time_s, interval_s, probes: k.probes }
         }),
         idle_ms: ms(knobs.idle),
         heartbeat_ms: knobs.client.heartbeat.map(ms),
@@ -305,7 +304,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
     // from the namespace's sysctls, as they would from the pod's.
     if let Some(ka) = knobs.client.keepalive {
         let app = &lab.topology.app().netns;
-        app.sysctl("net.ipv4.tcp_keepalive_intvl", &ka.interval.0.as_secs().max(1).to_string())?;
+        app.sysctl("net.ipv4.tcp_keepalive_intvl", &ka.whole_seconds().1.to_string())?;
         app.sysctl("net.ipv4.tcp_keepalive_probes", &ka.probes.to_string())?;
     }
     // The app connects to the gateway when there is one, else to the server.

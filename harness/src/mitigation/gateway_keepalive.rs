@@ -24,10 +24,11 @@ pub struct GatewayKeepalive(pub Keepalive);
 
 /// The listener `socket_options` that turn keepalive on, as Envoy's config takes them.
 pub fn socket_options(ka: &Keepalive) -> Value {
+    let (time_s, interval_s) = ka.whole_seconds();
     json!([
         {"level": 1, "name": 9, "int_value": 1, "state": "STATE_PREBIND"},
-        {"level": 6, "name": 4, "int_value": ka.time.0.as_secs().max(1), "state": "STATE_PREBIND"},
-        {"level": 6, "name": 5, "int_value": ka.interval.0.as_secs().max(1), "state": "STATE_PREBIND"},
+        {"level": 6, "name": 4, "int_value": time_s, "state": "STATE_PREBIND"},
+        {"level": 6, "name": 5, "int_value": interval_s, "state": "STATE_PREBIND"},
         {"level": 6, "name": 6, "int_value": ka.probes, "state": "STATE_PREBIND"}
     ])
 }

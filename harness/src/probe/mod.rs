@@ -153,7 +153,7 @@ impl<C: Client> Probe<C> {
     }
 
     fn phase(&self, name: &str, idle_ms: Option<u64>) {
-        emit(&ProbeLine::Phase { name: name.into(), ms: self.now_ms(), idle_ms });
+        emit_phase(name, self.now_ms(), idle_ms);
     }
 
     async fn connect(&self) -> Result<Slot<C>, ClientError> {
