@@ -42,10 +42,11 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
         let (scaled, time_scale) = timescale::scale(&real, spec).map_err(|e| {
             let at = c.mitigation.referenced;
             format!(
-                "{}:{}:{}: cell `{label}`: {e}\n  hint: use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering",
+                "{}:{}:{}: cell `{label}`: {e}\n  hint: {}",
                 scenario.source.display(),
                 at.line(),
-                at.column()
+                at.column(),
+                e.hint
             )
         })?;
         cells.push(Cell {

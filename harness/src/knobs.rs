@@ -16,6 +16,20 @@ pub enum Precision {
     WholeSeconds,
     /// Envoy and the probe: milliseconds.
     Millis,
+    /// A server's own timer on a whole-second clock (redis `timeout`, memcached
+    /// `idle_timeout`): set in whole seconds, and it acts up to `late_ms` after its value
+    /// (the clock's tick plus how often the server looks), never before.
+    ServerClock { late_ms: u64 },
+}
+
+impl Precision {
+    /// How long after its value the component may act.
+    pub fn late_by(self) -> std::time::Duration {
+        match self {
+            Precision::ServerClock { late_ms } => std::time::Duration::from_millis(late_ms),
+            Precision::WholeSeconds | Precision::Millis => std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// What a duration is on the path; the time scale derives from it which orderings decide
@@ -129,7 +143,7 @@ impl Knobs {
             out.push(KnobDuration {
                 label: "server.idle_timeout".into(),
                 value: &mut self.server_idle_timeout,
-                precision: Precision::WholeSeconds,
+                precision: self.service.server_idle_precision(),
                 role: Role::Timeout { refreshed_by_probes: false },
             });
         }
@@ -145,6 +159,41 @@ impl Knobs {
             out.extend(hop.durations_mut(i));
         }
         out
+    }
+
+    /// When a middlebox on the path silently drops segments of flows it forgot, keepalive
+    /// probes can go unanswered, and the kernel then gives up on the connection (`ETIMEDOUT`)
+    /// at `time + probes × interval` after the last activity. Per keepalive of the path
+    /// (label prefix as in `durations_mut`), that moment; none without such a middlebox.
+    pub fn keepalive_giveups(&self) -> Vec<(String, Dur)> {
+        use crate::hop::OnUnknown;
+        let blackhole = self.path.iter().any(|h| matches!(h, Hop::Middlebox(m) if m.on_unknown == OnUnknown::Drop));
+        if !blackhole {
+            return vec![];
+        }
+        let mut keepalives: Vec<(String, Keepalive)> = Vec::new();
+        if let Some(ka) = self.client.keepalive {
+            keepalives.push(("client.keepalive".into(), ka));
+        }
+        for (i, hop) in self.path.iter().enumerate() {
+            match hop {
+                Hop::Sidecar(s) => {
+                    if let Some(ka) = s.upstream_keepalive {
+                        keepalives.push((format!("path[{i}].sidecar.upstream_keepalive"), ka));
+                    }
+                    if let (crate::hop::Route::Service, Some(ka)) = (s.route, s.service_upstream_keepalive) {
+                        keepalives.push((format!("path[{i}].sidecar.service_upstream_keepalive"), ka));
+                    }
+                }
+                Hop::Gateway(g) => {
+                    if let Some(ka) = g.keepalive {
+                        keepalives.push((format!("path[{i}].gateway.keepalive"), ka));
+                    }
+                }
+                Hop::Middlebox(_) | Hop::ServerSidecar(_) => {}
+            }
+        }
+        keepalives.into_iter().map(|(label, ka)| (label, Dur(ka.time.0 + ka.interval.0 * ka.probes))).collect()
     }
 
     /// The pods of the path that have a sidecar: `client`, `server`.

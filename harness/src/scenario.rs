@@ -60,6 +60,22 @@ impl Service {
             _ => Dur::secs(0),
         }
     }
+    /// How the server's own idle timer keeps time, measured against its source:
+    /// - redis compares whole-second clocks (`now - lastinteraction > timeout`, in
+    ///   `clientsCron`, 10 times a second): it closes 0–1.1 s after its value;
+    /// - memcached's `conn_timeout_thread` compares whole-second `current_time`, sleeps until
+    ///   the oldest connection could expire plus one second, and scans its connections over
+    ///   about a second: up to 3 s late;
+    /// - MariaDB's `wait_timeout` is a read timeout on the socket: whole seconds, on time.
+    pub fn server_idle_precision(self) -> crate::knobs::Precision {
+        use crate::knobs::Precision;
+        match self {
+            Service::Redis => Precision::ServerClock { late_ms: 1100 },
+            Service::Memcached => Precision::ServerClock { late_ms: 3000 },
+            Service::Mysql | Service::Http | Service::Https => Precision::WholeSeconds,
+        }
+    }
+
     /// The server's own idle-timeout setting, by its name there.
     pub fn server_idle_setting(self) -> &'static str {
         match self {

@@ -10,9 +10,16 @@
 //! - every keepalive time against every timeout (do probes start before the hop gives up?);
 //! - every keepalive interval against the timeouts of hops that probes refresh (conntrack).
 //!
+//! - with a middlebox that drops segments of forgotten flows, every keepalive's give-up
+//!   (`time + probes × interval`, when the kernel declares the connection dead) against the
+//!   idle period (does the connection die while idle?).
+//!
 //! After rounding, each such pair must keep the order the scenario gave it, at least
-//! [`MIN_GAP`] apart, and the idle period must stay ≥ [`MIN_GAP`]: a factor that breaks one is
-//! refused with the pair named. `auto` picks the largest factor that keeps them all. A
+//! [`MIN_GAP`] apart — plus, for a timer that acts late (a server's whole-second clock, see
+//! [`Precision::ServerClock`]), how late it may act — and the idle period must stay ≥
+//! [`MIN_GAP`]: a factor that breaks one is refused with the pair named. Two deciding
+//! durations that are equal are refused at any factor: which fires first would be a race,
+//! not an experiment. `auto` picks the largest factor that keeps them all. A
 //! kernel duration that is in no deciding pair (a keepalive interval when no hop sees
 //! probes) is clamped to the kernel's 1 s minimum and the summary says so. `TCP_USER_TIMEOUT`
 //! is checked against the (unscaled) request timeout instead.
@@ -60,11 +67,27 @@ impl TimeScale {
     }
 }
 
-/// A factor that would change the outcome of the cell.
+/// Why a cell's durations cannot be run at a factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderingProblem {
+    /// The idle period would be too short to measure.
+    IdleTooShort,
+    /// A deciding pair would come too close or flip.
+    Ordering,
+    /// A deciding pair is equal in real-world time.
+    Race,
+    /// `TCP_USER_TIMEOUT` would not fire before the (unscaled) request timeout.
+    UserTimeout,
+}
+
+/// A factor that would change the outcome of the cell, or durations no factor can run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderingError {
     pub factor: u32,
+    pub problem: OrderingProblem,
     pub message: String,
+    /// What to change so that it runs.
+    pub hint: String,
 }
 
 impl fmt::Display for OrderingError {
@@ -112,12 +135,12 @@ fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (D
     let exact = real.0.as_secs_f64() / factor as f64;
     match precision {
         Precision::Millis => (scale_millis(real, factor), None),
-        Precision::WholeSeconds => {
+        Precision::WholeSeconds | Precision::ServerClock { .. } => {
             let s = exact.round();
             let exact_text = human(Duration::from_millis((exact * 1000.0).round() as u64));
             if s < 1.0 {
                 let note = if deciding {
-                    format!("{exact_text} rounds below the kernel's 1 s minimum; set to 1s")
+                    format!("{exact_text} rounds below the whole-second minimum; set to 1s")
                 } else {
                     format!(
                         "decides nothing on this path; clamped to the kernel's 1 s minimum (exact value {exact_text})"
@@ -127,15 +150,21 @@ fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (D
             } else {
                 let v = Dur::secs(s as u64);
                 let note = ((v.0.as_secs_f64() - exact).abs() > 0.0005)
-                    .then(|| format!("kernel takes whole seconds: {exact_text} rounded to {v}"));
+                    .then(|| format!("whole seconds: {exact_text} rounded to {v}"));
                 (v, note)
             }
         }
     }
 }
 
+/// The labels of the keepalives whose give-up decides the cell (`keepalive_giveups`).
+fn giveup_prefixes(knobs: &Knobs) -> Vec<String> {
+    knobs.keepalive_giveups().into_iter().map(|(label, _)| label).collect()
+}
+
 fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, usize)>) {
     let mut k = knobs.clone();
+    let giveups = giveup_prefixes(knobs);
     let durations = k.durations_mut();
     let roles: Vec<Role> = durations.iter().map(|d| d.role).collect();
     let pairs = deciding_pairs(&roles);
@@ -143,7 +172,8 @@ fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, u
         .into_iter()
         .enumerate()
         .map(|(i, d)| {
-            let deciding = pairs.iter().any(|(a, b)| *a == i || *b == i);
+            let in_giveup = giveups.iter().any(|p| d.label.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')));
+            let deciding = in_giveup || pairs.iter().any(|(a, b)| *a == i || *b == i);
             let (scaled, note) = scale_one(*d.value, factor, d.precision, deciding);
             ScaledValue { label: d.label, real: *d.value, scaled, precision: d.precision, role: d.role, deciding, note }
         })
@@ -151,52 +181,119 @@ fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, u
     (values, pairs)
 }
 
+/// One deciding pair, as the check sees it: a label, its real and scaled value, and how late
+/// the earlier one may act.
+struct Pair<'a> {
+    lo: (&'a str, Dur, Dur, Duration),
+    hi: (&'a str, Dur, Dur),
+}
+
+fn check_pair(p: Pair<'_>, factor: u32) -> Result<(), OrderingError> {
+    let ((lo, lo_real, lo_scaled, late), (hi, hi_real, hi_scaled)) = (p.lo, p.hi);
+    let gap = MIN_GAP + late;
+    let late_text =
+        if late.is_zero() { String::new() } else { format!(" (1 s, plus up to {} that `{lo}` may act late)", human(late)) };
+    if hi_scaled.0 < lo_scaled.0 + gap {
+        let unscaled = hi_real.0.saturating_sub(lo_real.0) < gap;
+        let hint = if unscaled {
+            format!(
+                "even unscaled, `{lo}` ({lo_real}) and `{hi}` ({hi_real}) are less than {} apart{late_text}, too close to tell which fired: move them further apart in the scenario",
+                human(gap)
+            )
+        } else {
+            format!("use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering")
+        };
+        return Err(OrderingError {
+            factor,
+            problem: OrderingProblem::Ordering,
+            message: format!(
+                "time scale {factor} breaks the ordering `{lo}` ({lo_real}) < `{hi}` ({hi_real}): scaled to {lo_scaled} and {hi_scaled}, less than {} apart{late_text}",
+                human(gap)
+            ),
+            hint,
+        });
+    }
+    Ok(())
+}
+
+fn race(factor: u32, a: &str, b: &str, value: Dur) -> OrderingError {
+    OrderingError {
+        factor,
+        problem: OrderingProblem::Race,
+        message: format!(
+            "`{a}` and `{b}` are both {value}, and which of them comes first decides the outcome: that is a race, not an experiment"
+        ),
+        hint: format!("give one of them another value, at least {} apart (after scaling)", human(MIN_GAP)),
+    }
+}
+
+/// Pairs the check looks at: (lo index, hi index) in `values`, in real-world order.
+fn ordered(values: &[ScaledValue], i: usize, j: usize) -> Option<(usize, usize)> {
+    match values[i].real.cmp(&values[j].real) {
+        std::cmp::Ordering::Less => Some((i, j)),
+        std::cmp::Ordering::Greater => Some((j, i)),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
 fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor: u32) -> Result<(), OrderingError> {
-    for v in values.iter().filter(|v| v.role == Role::Idle) {
-        if v.scaled.0 < MIN_GAP {
-            return Err(OrderingError {
-                factor,
-                message: format!(
-                    "time scale {factor} shrinks `{}` ({} → {}) below {}: too short to measure reliably",
-                    v.label,
-                    v.real,
-                    v.scaled,
-                    human(MIN_GAP)
-                ),
-            });
+    for &(i, j) in pairs {
+        if values[i].real == values[j].real {
+            return Err(race(factor, &values[i].label, &values[j].label, values[i].real));
         }
     }
-    for &(i, j) in pairs {
-        let (a, b) = (&values[i], &values[j]);
-        let (lo, hi) = match a.real.cmp(&b.real) {
-            std::cmp::Ordering::Less => (a, b),
-            std::cmp::Ordering::Greater => (b, a),
-            std::cmp::Ordering::Equal => continue,
-        };
-        if hi.scaled.0 < lo.scaled.0 + MIN_GAP {
-            return Err(OrderingError {
-                factor,
-                message: format!(
-                    "time scale {factor} breaks the ordering `{}` ({}) < `{}` ({}): scaled to {} and {}, less than {} apart",
-                    lo.label,
-                    lo.real,
-                    hi.label,
-                    hi.real,
-                    lo.scaled,
-                    hi.scaled,
-                    human(MIN_GAP)
-                ),
-            });
+    let idle = values.iter().find(|v| v.role == Role::Idle).expect("every cell has an idle period");
+    let scaled_knobs = apply_factor(knobs, factor);
+    let giveups: Vec<_> = knobs.keepalive_giveups().into_iter().zip(scaled_knobs.keepalive_giveups()).collect();
+    for ((label, real), _) in &giveups {
+        if *real == idle.real {
+            return Err(race(factor, &format!("{label} give-up (time + probes × interval)"), &idle.label, *real));
         }
+    }
+    if idle.scaled.0 < MIN_GAP {
+        return Err(OrderingError {
+            factor,
+            problem: OrderingProblem::IdleTooShort,
+            message: format!(
+                "time scale {factor} shrinks `{}` ({} → {}) below {}: too short to measure reliably",
+                idle.label,
+                idle.real,
+                idle.scaled,
+                human(MIN_GAP)
+            ),
+            hint: "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering".into(),
+        });
+    }
+    for &(i, j) in pairs {
+        let (lo, hi) = ordered(values, i, j).expect("equal pairs refused above");
+        let (lo, hi) = (&values[lo], &values[hi]);
+        check_pair(
+            Pair {
+                lo: (&lo.label, lo.real, lo.scaled, lo.precision.late_by()),
+                hi: (&hi.label, hi.real, hi.scaled),
+            },
+            factor,
+        )?;
+    }
+    for ((label, real), (_, scaled)) in &giveups {
+        let label = format!("{label} give-up (time + probes × interval)");
+        let (a, b) = ((label.as_str(), *real, *scaled), (idle.label.as_str(), idle.real, idle.scaled));
+        let (lo, hi) = if *real < idle.real { (a, b) } else { (b, a) };
+        check_pair(Pair { lo: (lo.0, lo.1, lo.2, Duration::ZERO), hi }, factor)?;
     }
     let request = knobs.client.request_timeout;
     for v in values.iter().filter(|v| v.role == Role::UserTimeout) {
         if v.scaled >= request {
             return Err(OrderingError {
                 factor,
+                problem: OrderingProblem::UserTimeout,
                 message: format!(
                     "`{}` ({} → {}) must stay below `client.request_timeout` ({request}, not scaled), or the request timeout fires first",
                     v.label, v.real, v.scaled
+                ),
+                hint: format!(
+                    "raise `client.request_timeout` above {} (it is the lab's patience and is not scaled), or a larger factor shrinks `{}`",
+                    v.scaled, v.label
                 ),
             });
         }
@@ -205,16 +302,22 @@ fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor
 }
 
 /// The largest factor the analytical bounds allow (before rounding is checked).
-fn upper_bound(values: &[ScaledValue], pairs: &[(usize, usize)]) -> u32 {
+fn upper_bound(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)]) -> u32 {
     let gap = MIN_GAP.as_secs_f64();
     let mut bound = MAX_FACTOR as f64;
     for v in values.iter().filter(|v| v.role == Role::Idle) {
         bound = bound.min(v.real.as_secs_f64() / gap);
+        for (_, giveup) in knobs.keepalive_giveups() {
+            let d = (giveup.as_secs_f64() - v.real.as_secs_f64()).abs();
+            if d > 0.0 {
+                bound = bound.min(d / gap);
+            }
+        }
     }
     for &(i, j) in pairs {
-        let d = (values[i].real.as_secs_f64() - values[j].real.as_secs_f64()).abs();
-        if d > 0.0 {
-            bound = bound.min(d / gap);
+        if let Some((lo, hi)) = ordered(values, i, j) {
+            let d = values[hi].real.as_secs_f64() - values[lo].real.as_secs_f64();
+            bound = bound.min(d / (gap + values[lo].precision.late_by().as_secs_f64()));
         }
     }
     bound.floor().max(1.0) as u32
@@ -232,41 +335,52 @@ pub fn apply_factor(knobs: &Knobs, factor: u32) -> Knobs {
     scaled
 }
 
+/// The strongest factor that keeps every ordering of the cell, or why none does.
+fn strongest(knobs: &Knobs) -> Result<u32, OrderingError> {
+    let (values, pairs) = scaled_values(knobs, 1);
+    let mut f = upper_bound(knobs, &values, &pairs);
+    loop {
+        let (values, pairs) = scaled_values(knobs, f);
+        match check(knobs, &values, &pairs, f) {
+            Ok(()) => return Ok(f),
+            Err(e) if f == 1 || e.problem == OrderingProblem::Race => return Err(e),
+            Err(_) => f -= 1,
+        }
+    }
+}
+
 /// Scale a cell's knobs. Returns the scaled knobs and the record of every value.
 pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), OrderingError> {
     let (factor, auto) = match spec {
         TimeScaleSpec::Factor(f) => {
             let (values, pairs) = scaled_values(knobs, f);
-            check(knobs, &values, &pairs, f)?;
+            if let Err(mut e) = check(knobs, &values, &pairs, f) {
+                // Name the factor that works, or pass on why none does.
+                if matches!(e.problem, OrderingProblem::Ordering | OrderingProblem::IdleTooShort) {
+                    e.hint = match strongest(knobs) {
+                        Ok(n) if n < f => format!(
+                            "use `--time-scale {n}` or smaller (the strongest factor that keeps every ordering of this cell), or `--time-scale auto`"
+                        ),
+                        Ok(_) => e.hint,
+                        Err(none) => none.hint,
+                    };
+                }
+                return Err(e);
+            }
             (f, false)
         }
-        TimeScaleSpec::Auto => {
-            let (values, pairs) = scaled_values(knobs, 1);
-            let mut f = upper_bound(&values, &pairs);
-            loop {
-                let (values, pairs) = scaled_values(knobs, f);
-                match check(knobs, &values, &pairs, f) {
-                    Ok(()) => break,
-                    Err(e) if f == 1 => return Err(e),
-                    Err(_) => f -= 1,
-                }
-            }
-            (f, true)
-        }
+        TimeScaleSpec::Auto => (strongest(knobs)?, true),
     };
     let (values, pairs) = scaled_values(knobs, factor);
     let scaled = apply_factor(knobs, factor);
-    let orderings = pairs
+    let mut orderings: Vec<String> = pairs
         .iter()
-        .filter_map(|&(i, j)| {
-            let (a, b) = (&values[i], &values[j]);
-            match a.real.cmp(&b.real) {
-                std::cmp::Ordering::Less => Some(format!("{} < {}", a.label, b.label)),
-                std::cmp::Ordering::Greater => Some(format!("{} < {}", b.label, a.label)),
-                std::cmp::Ordering::Equal => None,
-            }
-        })
+        .filter_map(|&(i, j)| ordered(&values, i, j).map(|(lo, hi)| format!("{} < {}", values[lo].label, values[hi].label)))
         .collect();
+    for (label, giveup) in knobs.keepalive_giveups() {
+        let g = format!("{label} give-up");
+        orderings.push(if giveup < knobs.idle { format!("{g} < idle") } else { format!("idle < {g}") });
+    }
     Ok((scaled, TimeScale { factor, auto, values, orderings }))
 }
 
@@ -329,5 +443,72 @@ mod tests {
         let (k2, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
         assert!(k2.sidecar().unwrap().idle_timeout.is_zero());
         assert_eq!(ts.factor, 4200, "only the idle decides: 70m down to 1s");
+    }
+
+    #[test]
+    fn equal_deciding_durations_are_a_race_at_any_factor() {
+        let mut k = base();
+        AppHeartbeat(Dur::secs(3600)).apply(&mut k).unwrap();
+        for spec in [TimeScaleSpec::Auto, TimeScaleSpec::Factor(1), TimeScaleSpec::Factor(600)] {
+            let e = scale(&k, spec).unwrap_err();
+            assert_eq!(e.problem, OrderingProblem::Race, "{spec}: {e}");
+            assert!(e.message.contains("client.heartbeat") && e.message.contains("sidecar.idle_timeout"), "{e}");
+            assert!(e.hint.contains("another value"), "{}", e.hint);
+        }
+    }
+
+    /// Issue 9: redis's whole-second clock closes up to 1.1 s after its `timeout`; a 3 s idle
+    /// against a 2 s timeout flipped 1 run in 20. The idle must clear the latest moment.
+    #[test]
+    fn a_server_clock_keeps_its_lateness_out_of_the_gap() {
+        let mut k = base();
+        k.path.clear();
+        k.server_idle_timeout = Dur::secs(1200);
+        k.idle = Dur::secs(1800);
+        let (scaled, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
+        assert!(scaled.idle.0 >= scaled.server_idle_timeout.0 + Duration::from_millis(2100), "{ts:?}");
+        assert!(ts.factor < 600, "600 gave 3 s against 2 s, inside redis's window");
+        let e = scale(&k, TimeScaleSpec::Factor(600)).unwrap_err();
+        assert!(e.message.contains("may act late"), "{e}");
+        assert!(e.hint.contains(&format!("--time-scale {}", ts.factor)), "names the factor that works: {}", e.hint);
+        // Unscaled, 1 s apart is inside redis's window: no factor helps.
+        k.idle = Dur::secs(1201);
+        let e = scale(&k, TimeScaleSpec::Auto).unwrap_err();
+        assert!(e.hint.contains("even unscaled") && e.hint.contains("further apart"), "{}", e.hint);
+    }
+
+    /// With a blackhole on the path, when the kernel gives up on unanswered probes decides
+    /// whether the connection dies while idle: `time + probes × interval` against the idle.
+    #[test]
+    fn keepalive_give_up_against_the_idle_is_a_deciding_pair_behind_a_blackhole() {
+        let mut k = base();
+        k.path = vec![crate::hop::Hop::Middlebox(crate::hop::MiddleboxHop {
+            preset: None,
+            idle_timeout: Dur::secs(350),
+            on_unknown: crate::hop::OnUnknown::Drop,
+        })];
+        k.idle = Dur::secs(600);
+        AppKeepalive(crate::scenario::Keepalive { time: Dur::secs(400), interval: Dur::secs(30), probes: 3 })
+            .apply(&mut k)
+            .unwrap();
+        let (_, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
+        assert!(ts.orderings.iter().any(|o| o == "client.keepalive give-up < idle"), "{:?}", ts.orderings);
+        let interval = ts.values.iter().find(|v| v.label == "client.keepalive.interval").unwrap();
+        assert!(interval.deciding, "the interval decides the give-up");
+        // Idle 500 s: ×20 gives time 20 s, interval 1.5 s → 2 s, a give-up at 26 s after a
+        // 25 s idle, although 490 s < 500 s: refused, and auto stays below it.
+        k.idle = Dur::secs(500);
+        let e = scale(&k, TimeScaleSpec::Factor(20)).unwrap_err();
+        assert!(e.message.contains("client.keepalive give-up"), "{e}");
+        assert!(scale(&k, TimeScaleSpec::Auto).unwrap().1.factor < 20);
+    }
+
+    #[test]
+    fn a_user_timeout_above_the_request_timeout_gets_the_hint_that_fixes_it() {
+        let mut k = base();
+        crate::mitigation::tcp_user_timeout::TcpUserTimeout(Dur::secs(3600)).apply(&mut k).unwrap();
+        let e = scale(&k, TimeScaleSpec::Factor(1)).unwrap_err();
+        assert_eq!(e.problem, OrderingProblem::UserTimeout);
+        assert!(e.hint.contains("client.request_timeout") && !e.hint.contains("smaller factor"), "{}", e.hint);
     }
 }

@@ -3,12 +3,17 @@
 //! | verdict | meaning |
 //! |---|---|
 //! | `survived` | every reuse answered, no connection replaced |
-//! | `idle-closed` | the peer closed the connection while idle (FIN) and the first request on it failed |
-//! | `reset-on-reuse` | the first request failed with a reset and no FIN came during the idle |
-//! | `hung` | a request got no answer within the request timeout |
+//! | `idle-closed` | the peer closed the connection while idle (FIN seen) and the first request on it failed |
+//! | `reset-on-reuse` | an RST (while idle, or answering the reuse) failed the first request, and no FIN came first |
+//! | `timed-out` | the kernel declared the connection dead (`ETIMEDOUT`: keepalive probes unanswered while idle, or `TCP_USER_TIMEOUT` on reuse) and the request failed without waiting for the app's timeout |
+//! | `hung` | a request got no answer within `client.request_timeout` |
+//! | `failed-on-reuse` | the first request failed, and the lab saw no FIN, RST or kernel timeout that explains it |
 //! | `recovered` | no request failed, but the pool or library replaced a pooled connection |
+//!
+//! Each verdict says only what was measured: a failure with no FIN seen is never called
+//! `idle-closed`, and the sentence of evidence quotes the times and the client's own error.
 
-use crate::probe::observation::{Observations, Outcome};
+use crate::probe::observation::{Attempt, ConnObservation, Observations, Outcome};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -18,7 +23,9 @@ pub enum Verdict {
     Survived,
     IdleClosed,
     ResetOnReuse,
+    TimedOut,
     Hung,
+    FailedOnReuse,
     Recovered,
 }
 
@@ -28,7 +35,9 @@ impl Verdict {
             Verdict::Survived => "survived",
             Verdict::IdleClosed => "idle-closed",
             Verdict::ResetOnReuse => "reset-on-reuse",
+            Verdict::TimedOut => "timed-out",
             Verdict::Hung => "hung",
+            Verdict::FailedOnReuse => "failed-on-reuse",
             Verdict::Recovered => "recovered",
         }
     }
@@ -40,57 +49,96 @@ impl fmt::Display for Verdict {
     }
 }
 
+fn secs(ms: u64) -> String {
+    format!("{:.2} s", ms as f64 / 1000.0)
+}
+
+/// "N s after its last activity", for an event on a connection while it sat idle.
+fn after_last_activity(c: &ConnObservation, at_ms: u64) -> String {
+    format!("{} after its last activity", secs(at_ms.saturating_sub(c.last_activity_ms.min(at_ms))))
+}
+
 /// The verdict and one sentence that says which observations produced it.
 pub fn judge(obs: &Observations) -> (Verdict, String) {
     let n = obs.connections.len();
-    let failed: Vec<_> = obs.connections.iter().filter_map(|c| c.first_failure().map(|f| (c, f))).collect();
-    let count = |pred: &dyn Fn(Outcome) -> bool| failed.iter().filter(|(_, f)| pred(f.outcome)).count();
+    let failed: Vec<(&ConnObservation, &Attempt)> =
+        obs.connections.iter().filter_map(|c| c.first_failure().map(|f| (c, f))).collect();
+    let text = |f: &Attempt| f.error.clone().unwrap_or_else(|| format!("{:?}", f.outcome));
 
-    let hung = count(&|o| o == Outcome::Timeout);
-    if hung > 0 {
-        let (c, f) = failed.iter().find(|(_, f)| f.outcome == Outcome::Timeout).expect("counted");
-        let how = f.error.clone().unwrap_or_else(|| "no answer".into());
+    // The worst symptom first: the app waited its whole request timeout.
+    let hung: Vec<_> = failed.iter().filter(|(_, f)| f.outcome == Outcome::NoAnswer).collect();
+    if let Some((c, f)) = hung.first() {
         return (
             Verdict::Hung,
             format!(
-                "{hung} of {n} requests got no answer; connection {} failed after {:.2} s: {how}",
+                "{} of {n} requests got no answer; connection {} waited {} for it: {}",
+                hung.len(),
                 c.id,
-                f.latency_ms as f64 / 1000.0
+                secs(f.latency_ms),
+                text(f)
+            ),
+        );
+    }
+    let timed_out: Vec<_> =
+        failed.iter().filter(|(c, f)| c.timed_out_ms.is_some() || f.outcome == Outcome::TimedOut).collect();
+    if let Some((c, f)) = timed_out.first() {
+        let when = match c.timed_out_ms {
+            Some(t) => format!("while idle, {}", after_last_activity(c, t)),
+            None => format!("on reuse, {} after the request was sent", secs(f.latency_ms)),
+        };
+        return (
+            Verdict::TimedOut,
+            format!(
+                "{} of {n} connections were declared dead by the kernel (ETIMEDOUT); connection {} {when}; the client saw: {}",
+                timed_out.len(),
+                c.id,
+                text(f)
             ),
         );
     }
     if !failed.is_empty() {
-        let fin_seen = failed.iter().filter(|(c, _)| c.peer_closed_ms.is_some()).count();
-        let resets = count(&|o| o == Outcome::Reset);
-        let (c, f) = failed[0];
-        let text = f.error.clone().unwrap_or_else(|| format!("{:?}", f.outcome));
-        if fin_seen > 0 {
-            let after = c.peer_closed_ms.map(|t| t.saturating_sub(c.last_activity_ms.min(t)));
-            let after =
-                after.map(|ms| format!(" {:.2} s after its last activity", ms as f64 / 1000.0)).unwrap_or_default();
+        let fin: Vec<_> = failed.iter().filter(|(c, _)| c.peer_closed_ms.is_some()).collect();
+        if let Some((c, f)) = fin.first() {
+            let at = c.peer_closed_ms.expect("filtered");
             return (
                 Verdict::IdleClosed,
                 format!(
-                    "{} of {n} connections failed on reuse; {fin_seen} had been closed by the peer (FIN) while idle, e.g. connection {}{after}; the client saw: {text}",
+                    "{} of {n} connections failed on reuse; {} had been closed by the peer (FIN) while idle, e.g. connection {} {}; the client saw: {}",
                     failed.len(),
-                    c.id
+                    fin.len(),
+                    c.id,
+                    after_last_activity(c, at),
+                    text(f)
                 ),
             );
         }
-        if resets > 0 {
+        let reset: Vec<_> =
+            failed.iter().filter(|(c, f)| c.peer_reset_ms.is_some() || f.outcome == Outcome::Reset).collect();
+        if let Some((c, f)) = reset.first() {
+            let when = match c.peer_reset_ms {
+                Some(t) => format!("was reset while idle, {}, and the reuse then failed", after_last_activity(c, t)),
+                None => "was reset on reuse".to_string(),
+            };
             return (
                 Verdict::ResetOnReuse,
                 format!(
-                    "{resets} of {n} connections were reset on reuse with no FIN during the idle; the client saw: {text}"
+                    "{} of {n} connections met an RST with no FIN before it; connection {} {when}; the client saw: {}",
+                    reset.len(),
+                    c.id,
+                    text(f)
                 ),
             );
         }
+        let (c, f) = failed[0];
         return (
-            Verdict::IdleClosed,
+            Verdict::FailedOnReuse,
             format!(
-                "{} of {n} connections failed on reuse ({:?}) although no FIN was seen while idle; the client saw: {text}",
+                "{} of {n} connections failed on reuse ({:?}), and the lab saw no FIN, RST or kernel timeout on them; connection {} failed after {}: {}",
                 failed.len(),
-                f.outcome
+                f.outcome,
+                c.id,
+                secs(f.latency_ms),
+                text(f)
             ),
         );
     }
@@ -122,6 +170,7 @@ mod tests {
             heartbeat_failure: None,
             peer_closed_ms: fin.then_some(6020),
             peer_reset_ms: None,
+            timed_out_ms: None,
             replaced_before_use: None,
             reuse: Attempt { at_ms: 7100, latency_ms: 1, outcome, error: (!outcome.is_ok()).then(|| "boom".into()) },
             retry_after_reconnect: None,
@@ -155,7 +204,7 @@ mod tests {
             Verdict::IdleClosed,
             "a FIN first means the idle close did it"
         );
-        assert_eq!(judge(&obs(vec![conn(Outcome::Timeout, false), conn(Outcome::Reset, false)])).0, Verdict::Hung);
+        assert_eq!(judge(&obs(vec![conn(Outcome::NoAnswer, false), conn(Outcome::Reset, false)])).0, Verdict::Hung);
         let mut c = conn(Outcome::Ok, true);
         c.replaced_before_use = Some("idle 7 s > max idle 3 s".into());
         let (v, why) = judge(&obs(vec![c]));
@@ -169,5 +218,44 @@ mod tests {
         c.heartbeat_failure =
             Some(Attempt { at_ms: 8000, latency_ms: 0, outcome: Outcome::Eof, error: Some("closed".into()) });
         assert_eq!(judge(&obs(vec![c])).0, Verdict::IdleClosed);
+    }
+
+    /// The memcached case of issue 9: an RST arrived while idle (a keepalive probe met a
+    /// middlebox that forgot the flow), and the reuse then failed with EPIPE.
+    #[test]
+    fn a_reset_while_idle_is_reset_on_reuse_whatever_the_reuse_error() {
+        let mut c = conn(Outcome::BrokenPipe, false);
+        c.peer_reset_ms = Some(8000);
+        let (v, why) = judge(&obs(vec![c]));
+        assert_eq!(v, Verdict::ResetOnReuse, "{why}");
+        assert!(why.contains("reset while idle, 7.98 s after its last activity"), "{why}");
+    }
+
+    #[test]
+    fn a_failure_with_no_fin_rst_or_timeout_is_not_called_idle_closed() {
+        for outcome in [Outcome::BrokenPipe, Outcome::Eof, Outcome::Error] {
+            let (v, why) = judge(&obs(vec![conn(outcome, false)]));
+            assert_eq!(v, Verdict::FailedOnReuse, "{outcome:?}: {why}");
+            assert!(why.contains("no FIN, RST or kernel timeout"), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_kernels_etimedout_is_timed_out_not_hung() {
+        let mut idle = conn(Outcome::BrokenPipe, false);
+        idle.timed_out_ms = Some(5000);
+        let (v, why) = judge(&obs(vec![idle]));
+        assert_eq!(v, Verdict::TimedOut, "{why}");
+        assert!(why.contains("while idle, 4.98 s after its last activity"), "{why}");
+        let mut reuse = conn(Outcome::TimedOut, false);
+        reuse.reuse.latency_ms = 480;
+        let (v, why) = judge(&obs(vec![reuse]));
+        assert_eq!(v, Verdict::TimedOut);
+        assert!(why.contains("on reuse, 0.48 s after"), "{why}");
+        let mut waited = conn(Outcome::NoAnswer, false);
+        waited.reuse.latency_ms = 3250;
+        let (v, why) = judge(&obs(vec![waited]));
+        assert_eq!(v, Verdict::Hung);
+        assert!(why.contains("waited 3.25 s"), "{why}");
     }
 }

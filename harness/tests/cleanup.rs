@@ -62,6 +62,53 @@ fn a_panic_in_a_cell_removes_everything() {
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }
 
+/// Only processes: the namespaces and temp dirs of a killed run stay until the next run.
+fn processes(left: Vec<String>) -> Vec<String> {
+    left.into_iter().filter(|l| l.starts_with("process ")).collect()
+}
+
+/// SIGKILL leaves the runner no chance to clean up: every process it started dies with it
+/// (parent-death signal; mariadb-install-db's subshells through their own PID namespace), and
+/// the next run removes the namespaces and temp dirs it left, saying so.
+#[test]
+fn sigkill_of_the_runner_leaves_no_process_and_the_next_run_reaps_the_rest() {
+    require_lab();
+    let out = tempdir();
+    for (scenario, at_phase) in [("mysql-idle", None), ("redis-idle", Some(": phase idle "))] {
+        let mut child = idlelab(&["run", scenario, "-v", "--out", out.path().join(scenario).to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        match at_phase {
+            // While mariadb-install-db initialises the run's template data directory.
+            None => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while !leftovers(pid).iter().any(|l| l.contains("mariadb-install-db")) {
+                    assert!(std::time::Instant::now() < deadline, "mariadb-install-db never started");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            Some(phase) => {
+                let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+                while !lines.next().expect("the run reaches the idle phase").unwrap().contains(phase) {}
+            }
+        }
+        assert!(!processes(leftovers(pid)).is_empty(), "{scenario}: the lab runs processes");
+        nix_kill(pid, libc::SIGKILL);
+        child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert_eq!(processes(leftovers(pid)), Vec::<String>::new(), "{scenario}: no process 2 s after SIGKILL");
+        assert!(!leftovers(pid).is_empty(), "{scenario}: the namespaces and temp dirs wait for the next run");
+        let o = run(&["run", "redis-idle", "--mitigation", "none", "--out", out.path().join("next").to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("removed netns idlelab-{pid}-")), "the next run says what it removed: {err}");
+        assert_eq!(leftovers(pid), Vec::<String>::new());
+    }
+}
+
 fn nix_kill(pid: u32, sig: i32) {
     // SAFETY: signalling our own child.
     unsafe {

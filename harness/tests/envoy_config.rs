@@ -39,6 +39,7 @@ fn client_sidecar_bootstraps_pass_envoy_validate() {
             exclude_outbound_ip_ranges: vec!["198.18.0.0/15".into()],
             upstream_keepalive: keepalive(),
             service_idle_timeout: Some(Dur::secs(3)),
+            service_upstream_keepalive: keepalive(),
         };
         let config = sidecar::bootstrap(&hop, "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
         assert_envoy_accepts(dir.path(), &format!("{route:?}"), &config);

@@ -35,11 +35,12 @@ fn a_blackholed_flow_hangs_and_tcp_user_timeout_fails_it_fast() {
     assert!(latency(none) >= 3000, "waited for the 3 s request timeout: {none}");
     assert!(forgotten_segments(none) >= 4, "the middlebox dropped the segments: {none}");
     let ut = cell(&s, "tcp-user-timeout");
-    assert_eq!(ut["verdict"], "hung");
+    assert_eq!(ut["verdict"], "timed-out", "ETIMEDOUT from the kernel is not an app that waited: {ut}");
     assert!(latency(ut) < 1500, "TCP_USER_TIMEOUT failed the request well before the request timeout: {ut}");
     let err = ut["evidence"]["observations"]["connections"][0]["reuse"]["error"].as_str().unwrap();
     assert!(err.contains("timed out"), "ETIMEDOUT from the kernel: {err}");
-    assert_eq!(cell(&s, "app-keepalive")["verdict"], "survived");
+    assert!(ut["explanation"].as_str().unwrap().contains("on reuse"), "{ut}");
+    assert_eq!(cell(&s, "app-keepalive=1m")["verdict"], "survived");
 }
 
 #[test]

@@ -40,9 +40,9 @@ pub struct SidecarHop {
     pub idle_timeout: Dur,
     #[serde(default)]
     pub route: Route,
-    /// Keepalive on Envoy's upstream sockets (`upstream_connection_options.tcp_keepalive`),
-    /// as a mesh-wide `meshConfig.tcpKeepalive` would set it; the `dr-tcp-keepalive`
-    /// mitigation sets it for the service's cluster.
+    /// Keepalive on Envoy's upstream sockets (`upstream_connection_options.tcp_keepalive`)
+    /// of every cluster, PassthroughCluster included, as a mesh-wide `meshConfig.tcpKeepalive`
+    /// sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_keepalive: Option<Keepalive>,
     /// Ports whose outbound traffic is not captured: only the `exclude-outbound-ports`
@@ -56,6 +56,11 @@ pub struct SidecarHop {
     /// (`dr-idle-timeout`); the passthrough chain and other pods keep `idle_timeout`.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub service_idle_timeout: Option<Dur>,
+    /// Keepalive on the service's cluster only, from a DestinationRule
+    /// `connectionPool.tcp.tcpKeepalive` (`dr-tcp-keepalive`). A DestinationRule selects its
+    /// host's clusters: PassthroughCluster, which a `passthrough` route takes, is not one of them.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub service_upstream_keepalive: Option<Keepalive>,
 }
 
 impl Default for SidecarHop {
@@ -67,6 +72,7 @@ impl Default for SidecarHop {
             exclude_outbound_ports: vec![],
             exclude_outbound_ip_ranges: vec![],
             service_idle_timeout: None,
+            service_upstream_keepalive: None,
         }
     }
 }
@@ -84,7 +90,22 @@ impl SidecarHop {
         if let Some(ka) = self.upstream_keepalive.as_mut() {
             out.extend(ka.durations_mut(&format!("path[{index}].sidecar.upstream_keepalive")));
         }
+        // On a passthrough route the service's cluster carries nothing: its keepalive decides
+        // nothing, so it does not constrain the time scale either.
+        if self.route == Route::Service
+            && let Some(ka) = self.service_upstream_keepalive.as_mut()
+        {
+            out.extend(ka.durations_mut(&format!("path[{index}].sidecar.service_upstream_keepalive")));
+        }
         out
+    }
+
+    /// The keepalive on the upstream socket of the chain the app's connection takes.
+    pub fn effective_upstream_keepalive(&self) -> Option<Keepalive> {
+        match self.route {
+            Route::Service => self.service_upstream_keepalive.or(self.upstream_keepalive),
+            Route::Passthrough => self.upstream_keepalive,
+        }
     }
 
     /// The idle timeout of the chain the app's connection takes.

@@ -208,6 +208,7 @@ mod tests {
             heartbeat_failure: None,
             peer_closed_ms: fin.then_some(6005),
             peer_reset_ms: None,
+            timed_out_ms: None,
             replaced_before_use: None,
             reuse: Attempt {
                 at_ms: 7005,

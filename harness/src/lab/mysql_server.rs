@@ -34,7 +34,11 @@ fn server_args(datadir: &Path, dir: &Path, port: u16) -> Vec<String> {
 /// Initialise a template data directory under `dir` (once per run).
 pub async fn init_template(dir: &Path) -> Result<PathBuf> {
     let datadir = dir.join("mysql-template");
-    let out = tokio::process::Command::new("mariadb-install-db")
+    // mariadb-install-db is a shell script whose subshells do not inherit the parent-death
+    // signal: it runs as PID 1 of its own PID namespace (`unshare --kill-child`), so that when
+    // it dies with the harness the kernel kills everything it started.
+    let out = super::process::dies_with_runner(&mut tokio::process::Command::new("unshare"))
+        .args(["--pid", "--fork", "--kill-child", "mariadb-install-db"])
         .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
         .arg(format!("--datadir={}", datadir.display()))
         .args(["--innodb-log-file-size=4M", "--innodb-buffer-pool-size=8M"])
@@ -56,7 +60,12 @@ pub async fn start(
     name: &str,
 ) -> Result<LabProcess> {
     let datadir = dir.join("data");
-    let status = tokio::process::Command::new("cp").arg("-a").arg(template).arg(&datadir).status().await?;
+    let status = super::process::dies_with_runner(&mut tokio::process::Command::new("cp"))
+        .arg("-a")
+        .arg(template)
+        .arg(&datadir)
+        .status()
+        .await?;
     if !status.success() {
         bail!("copying the MariaDB template data directory failed");
     }

@@ -69,8 +69,10 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Delete namespaces and temp dirs left by idlelab processes that no longer exist
-/// (a run killed with SIGKILL cannot clean up after itself). Returns what was removed.
+/// Delete namespaces and temp dirs left by idlelab processes that no longer exist (a run
+/// killed with SIGKILL cannot clean up after itself), and kill any process still running in
+/// such a namespace (its children die with it; this catches one that did not). Returns what
+/// was removed.
 pub fn reap_stale() -> Vec<String> {
     let mut removed = Vec::new();
     let dead = |name: &str| -> bool {
@@ -85,7 +87,19 @@ pub fn reap_stale() -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if dead(&name) && run("ip", &["netns", "del", &name], None).is_ok() {
+            if !dead(&name) {
+                continue;
+            }
+            let pids = run("ip", &["netns", "pids", &name], None).unwrap_or_default();
+            let pids: Vec<i32> = pids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+            for pid in &pids {
+                // SAFETY: a plain kill of a process left in a namespace of a dead run.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            if !pids.is_empty() {
+                removed.push(format!("{} processes in netns {name}", pids.len()));
+            }
+            if run("ip", &["netns", "del", &name], None).is_ok() {
                 removed.push(format!("netns {name}"));
             }
         }

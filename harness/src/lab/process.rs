@@ -17,9 +17,34 @@ pub struct LabProcess {
     pub child: Child,
 }
 
+/// Make a child die with the harness: `PR_SET_PDEATHSIG(SIGKILL)`, and exit at once if the
+/// harness already died between `fork` and the `prctl` (the signal would never come).
+/// Call it last in `pre_exec`, after any change of credentials (which clears the signal).
+fn die_with_parent(parent: i32) -> std::io::Result<()> {
+    // SAFETY: async-signal-safe libc calls in the forked child.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// A helper command the lab runs outside its namespaces (`mariadb-install-db`, `cp`): it too
+/// dies with the harness.
+pub fn dies_with_runner(cmd: &mut Command) -> &mut Command {
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe { cmd.pre_exec(move || die_with_parent(parent)) }
+}
+
 pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Result<LabProcess> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let fd = ns.as_raw_fd();
+    let parent = std::process::id() as i32;
     cmd.process_group(0);
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
@@ -39,10 +64,7 @@ pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Re
                 return Err(std::io::Error::last_os_error());
             }
             // After the uid change: changing credentials clears the parent-death signal.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            die_with_parent(parent)
         });
     }
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;

@@ -58,10 +58,11 @@ pub fn bootstrap(hop: &SidecarHop, service: &str, server: Ipv4Addr, port: u16, f
             "filters": [envoy::tcp_proxy("PassthroughCluster", "PassthroughCluster", hop.idle_timeout, &log)]
         }]
     })];
-    let keepalive = hop.upstream_keepalive.map(envoy::upstream_keepalive);
-    if let (Route::Passthrough, Some(ka)) = (hop.route, &keepalive) {
-        passthrough["upstream_connection_options"] = ka.clone();
+    // A mesh-wide keepalive reaches every cluster; a DestinationRule's only its host's.
+    if let Some(ka) = hop.upstream_keepalive {
+        passthrough["upstream_connection_options"] = envoy::upstream_keepalive(ka);
     }
+    let keepalive = hop.service_upstream_keepalive.or(hop.upstream_keepalive).map(envoy::upstream_keepalive);
     let mut clusters = vec![passthrough];
     if hop.route == Route::Service {
         listeners.push(json!({

@@ -8,6 +8,12 @@
 //!
 //! Envoy renders it as the cluster's `upstream_connection_options.tcp_keepalive`. The app's
 //! own keepalive never reaches this socket: it ends at the local Envoy.
+//!
+//! On a `route: passthrough` sidecar it is applied, and changes nothing: a DestinationRule
+//! selects the clusters of its host, and the app's connection goes through
+//! PassthroughCluster, which no DestinationRule selects. Istio accepts such a rule without a
+//! word, so the lab does not refuse it either: the cell shows what a team applying it would
+//! see (the failure still reproduces).
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
 use crate::knobs::Knobs;
@@ -32,7 +38,7 @@ impl Mitigation for DrTcpKeepalive {
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
         self.0.check()?;
         let sidecar = need_sidecar(knobs, "dr-tcp-keepalive")?;
-        sidecar.upstream_keepalive = Some(self.0);
+        sidecar.service_upstream_keepalive = Some(self.0);
         Ok(())
     }
     fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
@@ -63,7 +69,7 @@ mod tests {
         let mut k = super::super::test_knobs();
         let m = DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 });
         m.apply(&mut k).unwrap();
-        assert_eq!(k.sidecar().unwrap().upstream_keepalive.unwrap().time, Dur::secs(60));
+        assert_eq!(k.sidecar().unwrap().effective_upstream_keepalive().unwrap().time, Dur::secs(60));
         assert!(k.client.keepalive.is_none(), "the app's socket is untouched");
         let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::test_ctx())[0] else { panic!() };
         assert!(
@@ -72,5 +78,17 @@ mod tests {
                 && yaml.contains("redis.cell-1.svc.cluster.local"),
             "{yaml}"
         );
+    }
+
+    /// Issue 9: on a passthrough route the DestinationRule reaches no cluster the app uses.
+    #[test]
+    fn a_passthrough_route_keeps_no_keepalive() {
+        let mut k = super::super::test_knobs();
+        k.sidecar_mut().unwrap().route = crate::hop::Route::Passthrough;
+        DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 }).apply(&mut k).unwrap();
+        assert_eq!(k.sidecar().unwrap().effective_upstream_keepalive(), None);
+        let files = crate::lab::envoy::EnvoyFiles { dir: std::env::temp_dir() };
+        let b = crate::lab::sidecar::bootstrap(k.sidecar().unwrap(), "redis", std::net::Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
+        assert!(!b.to_string().contains("tcp_keepalive"), "PassthroughCluster must not get the rule's keepalive: {b}");
     }
 }

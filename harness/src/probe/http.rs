@@ -183,6 +183,30 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> ClientError {
     ClientError { timeout: false, io_kind, text }
 }
 
+/// Why hyper-util's pool did not hand out a warmed connection, from what its socket recorded
+/// before the reuse; the pool's idle timeout is quoted as configuration, never as the cause
+/// unless the pool was seen closing the connection itself.
+fn why_replaced(log: &super::stream::StreamLog, pool_idle_timeout_ms: Option<u64>) -> String {
+    let last = log.last_activity_ms().unwrap_or(0);
+    if let Some(t) = log.eof_ms {
+        return format!(
+            "hyper-util's pool saw the peer's FIN on it at {t} ms ({} ms after its last activity), dropped it and opened a new one",
+            t.saturating_sub(last)
+        );
+    }
+    if let Some((t, kind, text)) = &log.error {
+        return format!("hyper-util's pool saw an error on it at {t} ms ({kind:?}: {text}), dropped it and opened a new one");
+    }
+    if let Some(t) = log.closed_by_client_ms {
+        let config = pool_idle_timeout_ms.map(|ms| format!("; configuration: pool_idle_timeout {ms} ms")).unwrap_or_default();
+        return format!(
+            "hyper-util's pool closed it itself at {t} ms, {} ms after its last activity, with no FIN or error seen on it{config}",
+            t.saturating_sub(last)
+        );
+    }
+    "hyper-util's pool opened a new connection instead; this one saw no FIN, error or close".into()
+}
+
 pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     let clock = Instant::now();
     let now = || clock.elapsed().as_millis() as u64;
@@ -272,13 +296,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             }
             _ => {
                 let i = if unserved.is_empty() { j.min(warmed.len() - 1) } else { unserved.remove(0) };
-                (
-                    i,
-                    Some(
-                        "hyper-util's pool did not hand it out (it saw the connection closed) and opened a new one"
-                            .to_string(),
-                    ),
-                )
+                (i, Some(why_replaced(&warmed[i].log.get(), spec.pool_max_idle_ms)))
             }
         };
         // After a failure, a fresh client (so a fresh connection), as an app retrying would get.
@@ -302,6 +320,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             heartbeat_failure: None,
             peer_closed_ms: b.eof_ms,
             peer_reset_ms: b.error.as_ref().filter(|e| e.1 == io::ErrorKind::ConnectionReset).map(|e| e.0),
+            timed_out_ms: b.error.as_ref().filter(|e| e.1 == io::ErrorKind::TimedOut).map(|e| e.0),
             reconnects: u32::from(replaced.is_some()) + u32::from(retry_after_reconnect.is_some()),
             replaced_before_use: replaced,
             reuse,

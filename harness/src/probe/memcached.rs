@@ -3,7 +3,7 @@
 //!
 //! Warm: `set idlelab:<id>` then `version` (a round trip). Heartbeat and test-on-borrow:
 //! `version`. Reuse: `get idlelab:<id>`. The library reads only when it expects an answer, so
-//! a FIN that arrives while idle is found by a peek at the socket before the reuse.
+//! a FIN or an RST that arrives while idle is seen by the probe's idle watch (`idle_watch`).
 
 use super::stream::ObservedStream;
 use super::{Client, ClientError};
@@ -13,8 +13,10 @@ use tokio::sync::Mutex;
 
 pub struct MemcachedClient;
 
+/// memcache-async has no timer of its own: an `ETIMEDOUT` here is the kernel's, not a request
+/// that went unanswered (the probe's own request timeout covers that).
 fn err(e: std::io::Error) -> ClientError {
-    ClientError { timeout: e.kind() == std::io::ErrorKind::TimedOut, io_kind: Some(e.kind()), text: e.to_string() }
+    ClientError { timeout: false, io_kind: Some(e.kind()), text: e.to_string() }
 }
 
 impl Client for MemcachedClient {

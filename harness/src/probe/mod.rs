@@ -13,6 +13,7 @@
 //! One module per client library (`redis`, …) implements [`Client`].
 
 pub mod http;
+pub mod idle_watch;
 pub mod memcached;
 pub mod mysql;
 pub mod observation;
@@ -94,14 +95,14 @@ pub trait Client: Send + Sync + 'static {
     fn heartbeat(&self, conn: &mut Self::Conn) -> impl Future<Output = Result<(), ClientError>> + Send;
     /// The command sent on reuse.
     fn request(&self, conn: &mut Self::Conn, id: usize) -> impl Future<Output = Result<(), ClientError>> + Send;
-    /// Whether the library reads its socket all the time (so the stream log sees a FIN as it
-    /// arrives). When it does not, the probe peeks at the socket before the reuse.
+    /// Whether the library reads its socket all the time (so the stream log sees a FIN or an
+    /// RST as it arrives). When it does not, [`idle_watch`] watches the idle sockets.
     fn reads_eagerly(&self) -> bool;
 }
 
 struct Slot<C: Client> {
     conn: C::Conn,
-    /// The socket, for a peek before the reuse (valid while `conn` lives).
+    /// The socket, for the idle watch (valid while `conn` lives).
     fd: std::os::fd::RawFd,
     log: LogHandle,
     local_addr: String,
@@ -201,28 +202,6 @@ impl<C: Client> Probe<C> {
     }
 }
 
-enum PeerState {
-    Open,
-    Closed,
-    Reset,
-}
-
-/// What a socket has received while nobody read it: `recv(MSG_PEEK | MSG_DONTWAIT)` returns 0
-/// after the peer's FIN, fails with ECONNRESET after an RST, and would block on a quiet one.
-fn peek(fd: std::os::fd::RawFd) -> PeerState {
-    let mut byte = [0u8; 1];
-    // SAFETY: a non-blocking peek into a local buffer on a socket the probe still holds.
-    let n = unsafe { libc::recv(fd, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    match n {
-        0 => PeerState::Closed,
-        n if n > 0 => PeerState::Open,
-        _ => match io::Error::last_os_error().kind() {
-            io::ErrorKind::ConnectionReset => PeerState::Reset,
-            _ => PeerState::Open,
-        },
-    }
-}
-
 /// The observations of a finished probe, connections in id order.
 pub(crate) fn observations(
     spec: &ProbeSpec,
@@ -254,28 +233,31 @@ pub(crate) fn plain_attempt(at_ms: u64, latency_ms: u64, result: Result<(), Clie
         Err(e) => Attempt {
             at_ms,
             latency_ms,
-            outcome: if e.timeout { Outcome::Timeout } else { Outcome::Error },
+            outcome: if e.timeout { Outcome::NoAnswer } else { Outcome::Error },
             error: Some(e.text),
         },
     }
 }
 
 /// How a failed request ended, from the library's error and what the socket saw.
+///
+/// The socket's own error comes first: a library that reports "timed out" or "connection
+/// closed" after its socket got `ETIMEDOUT` or `ECONNRESET` failed because of that error.
 pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
     fn by_kind(k: io::ErrorKind) -> Option<Outcome> {
         match k {
             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Some(Outcome::Reset),
             io::ErrorKind::BrokenPipe => Some(Outcome::BrokenPipe),
-            io::ErrorKind::TimedOut => Some(Outcome::Timeout),
+            io::ErrorKind::TimedOut => Some(Outcome::TimedOut),
             io::ErrorKind::UnexpectedEof => Some(Outcome::Eof),
             _ => None,
         }
     }
-    if err.timeout {
-        return Outcome::Timeout;
-    }
     if let Some(o) = log.error.as_ref().and_then(|(_, k, _)| by_kind(*k)) {
         return o;
+    }
+    if err.timeout {
+        return Outcome::NoAnswer;
     }
     if log.eof_ms.is_some() {
         return Outcome::Eof;
@@ -296,6 +278,8 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
     }
 
     let idle_started_ms = probe.now_ms();
+    let watch = (!probe.client.reads_eagerly())
+        .then(|| idle_watch::IdleWatch::start(slots.iter().map(|s| s.fd).collect(), probe.clock));
     let idle = Duration::from_millis(spec.idle_ms);
     let idle_end = tokio::time::Instant::now() + idle;
     probe.phase("idle", Some(spec.idle_ms));
@@ -329,23 +313,28 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
         heartbeat[id] = (sent, failure);
     }
 
+    let idle_events = watch.map(|w| w.stop()).unwrap_or_else(|| vec![None; slots.len()]);
     let reuse_started_ms = probe.now_ms();
     probe.phase("reuse", None);
     let mut reuses = tokio::task::JoinSet::new();
-    for (id, (slot, (heartbeats, heartbeat_failure))) in slots.into_iter().zip(heartbeat).enumerate() {
+    for (id, ((slot, (heartbeats, heartbeat_failure)), idle_event)) in
+        slots.into_iter().zip(heartbeat).zip(idle_events).enumerate()
+    {
         let probe = probe.clone();
         reuses.spawn(async move {
             let before = slot.log.get();
             let last_activity_ms = before.last_activity_ms().unwrap_or(slot.opened_ms);
+            // What ended the quiet while idle, and when it arrived: from the stream log for a
+            // library that reads eagerly, from the idle watch otherwise.
+            let error_at = |kind: io::ErrorKind| before.error.as_ref().filter(|(_, k, _)| *k == kind).map(|(t, _, _)| *t);
             let mut peer_closed_ms = before.eof_ms;
-            let mut peer_reset_ms =
-                before.error.as_ref().filter(|(_, k, _)| *k == io::ErrorKind::ConnectionReset).map(|(t, _, _)| *t);
-            if !probe.client.reads_eagerly() {
-                match peek(slot.fd) {
-                    PeerState::Closed => peer_closed_ms = Some(probe.now_ms()),
-                    PeerState::Reset => peer_reset_ms = Some(probe.now_ms()),
-                    PeerState::Open => {}
-                }
+            let mut peer_reset_ms = error_at(io::ErrorKind::ConnectionReset);
+            let mut timed_out_ms = error_at(io::ErrorKind::TimedOut);
+            let mut socket_closed_ms = None;
+            match idle_event {
+                Some((t, idle_watch::IdleEvent::PeerFin)) => peer_closed_ms = peer_closed_ms.or(Some(t)),
+                Some((t, idle_watch::IdleEvent::SocketClosed)) => socket_closed_ms = Some(t),
+                None => {}
             }
             let (local_addr, opened_ms, keepalive) = (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
 
@@ -364,9 +353,11 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                     replaced_before_use = Some(format!("age {} ms > max lifetime {} ms", age, max));
                 }
             }
+            let mut borrow_ping = None;
             if replaced_before_use.is_none() && probe.spec.test_on_borrow {
                 let mut conn = slot.conn.clone();
                 let ping = probe.attempt(&slot.log, || probe.client.heartbeat(&mut conn)).await;
+                borrow_ping = Some(ping.outcome);
                 if !ping.outcome.is_ok() {
                     replaced_before_use = Some(format!(
                         "test-on-borrow: the ping failed ({:?}: {})",
@@ -382,6 +373,20 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
             let log = slot.log.clone();
             let mut conn = slot.conn.clone();
             let reuse = probe.attempt(&log, || probe.client.request(&mut conn, id)).await;
+            // A socket the kernel closed while idle kept its error for the library's next call
+            // (the first failure on it): that error says whether an RST or a timeout closed it.
+            let mut notes = Vec::new();
+            if let Some(t) = socket_closed_ms {
+                let first = heartbeat_failure.as_ref().map(|a| a.outcome).or(borrow_ping)
+                    .or(replaced_before_use.is_none().then_some(reuse.outcome));
+                match first {
+                    Some(Outcome::Reset) => peer_reset_ms = peer_reset_ms.or(Some(t)),
+                    Some(Outcome::TimedOut) => timed_out_ms = timed_out_ms.or(Some(t)),
+                    _ => notes.push(format!(
+                        "connection {id}: its socket was closed without a FIN at {t} ms, while idle (an RST or the kernel's timeout; the next call did not say which)"
+                    )),
+                }
+            }
             let retry_after_reconnect = if reuse.outcome.is_ok() {
                 None
             } else {
@@ -390,16 +395,11 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                         let log = fresh.log.clone();
                         Some(probe.attempt(&log, || probe.client.request(&mut fresh.conn, id)).await)
                     }
-                    Err(e) => Some(Attempt {
-                        at_ms: probe.now_ms(),
-                        latency_ms: 0,
-                        outcome: if e.timeout { Outcome::Timeout } else { Outcome::Error },
-                        error: Some(e.text),
-                    }),
+                    Err(e) => Some(plain_attempt(probe.now_ms(), 0, Err(e))),
                 }
             };
             let reconnects = u32::from(replaced_before_use.is_some()) + u32::from(retry_after_reconnect.is_some());
-            Ok::<_, ClientError>(ConnObservation {
+            Ok::<_, ClientError>((ConnObservation {
                 id,
                 reconnects,
                 local_addr,
@@ -409,18 +409,23 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                 heartbeat_failure,
                 peer_closed_ms,
                 peer_reset_ms,
+                timed_out_ms,
                 replaced_before_use,
                 reuse,
                 retry_after_reconnect,
                 keepalive,
-            })
+            }, notes))
         });
     }
     let mut connections = Vec::with_capacity(spec.pool);
+    let mut notes = Vec::new();
     while let Some(r) = reuses.join_next().await {
-        connections.push(r.expect("reuse task")?);
+        let (c, n) = r.expect("reuse task")?;
+        connections.push(c);
+        notes.extend(n);
     }
-    Ok(observations(spec, idle_started_ms, reuse_started_ms, connections, vec![]))
+    notes.sort();
+    Ok(observations(spec, idle_started_ms, reuse_started_ms, connections, notes))
 }
 
 /// VmHWM of this process, in KiB.

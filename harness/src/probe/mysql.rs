@@ -46,37 +46,86 @@ async fn timed<T>(
     }
 }
 
-/// TCP states of this process's sockets toward `port`: (established, close-wait).
-pub fn own_socket_states(port: u16) -> (usize, usize) {
-    let mut inodes = std::collections::HashSet::new();
+/// This process's TCP sockets toward one port, as the kernel reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OwnSockets {
+    pub established: usize,
+    /// Received the peer's FIN, not yet closed by the library.
+    pub close_wait: usize,
+    /// Of all of them, those with `SO_KEEPALIVE` on (`getsockopt` on the process's own fds).
+    pub keepalive_on: usize,
+}
+
+impl OwnSockets {
+    pub fn total(&self) -> usize {
+        self.established + self.close_wait
+    }
+}
+
+/// The pool's sockets: their states from `/proc/self/net/tcp`, their keepalive from the
+/// sockets themselves (they are this process's own descriptors).
+pub fn own_sockets(port: u16) -> OwnSockets {
+    let mut inodes = HashMap::new();
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path()) {
                 let t = target.to_string_lossy();
-                if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                    inodes.insert(inode.to_string());
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))
+                    && let Some(n) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
+                {
+                    inodes.insert(inode.to_string(), n);
                 }
             }
         }
     }
     let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
-    let (mut established, mut close_wait) = (0, 0);
+    let mut out = OwnSockets::default();
     for line in table.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 10 || !inodes.contains(cols[9]) {
-            continue;
-        }
+        let Some(&fd) = cols.get(9).and_then(|inode| inodes.get(*inode)) else { continue };
         let rem_port = cols[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
         if rem_port != Some(port) {
             continue;
         }
         match cols[3] {
-            "01" => established += 1,
-            "08" => close_wait += 1,
-            _ => {}
+            "01" => out.established += 1,
+            "08" => out.close_wait += 1,
+            _ => continue,
+        }
+        // SAFETY: `fd` is one of this process's open descriptors (listed above); it is
+        // borrowed only for this one getsockopt.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if socket2::SockRef::from(&fd).keepalive().unwrap_or(false) {
+            out.keepalive_on += 1;
         }
     }
-    (established, close_wait)
+    out
+}
+
+/// Why the pool handed out another connection than a warmed one, from what was measured:
+/// the socket states just before the reuse. Configured TTLs are quoted as configuration.
+fn why_replaced(before: OwnSockets, warmed: usize, spec: &ProbeSpec) -> String {
+    let gone = warmed.saturating_sub(before.total());
+    if before.close_wait > 0 {
+        format!(
+            "mysql_async's checkout dropped it and opened a new connection; just before the checkout {} of the pool's sockets had received the peer's FIN (CLOSE-WAIT)",
+            before.close_wait
+        )
+    } else if gone > 0 {
+        let mut config = Vec::new();
+        if let Some(ms) = spec.pool_max_idle_ms {
+            config.push(format!("inactive_connection_ttl {ms} ms"));
+        }
+        if let Some(ms) = spec.pool_max_lifetime_ms {
+            config.push(format!("abs_conn_ttl {ms} ms"));
+        }
+        let config = if config.is_empty() { String::new() } else { format!("; configuration: {}", config.join(", ")) };
+        format!(
+            "mysql_async's pool had closed {gone} of its {warmed} connections itself before the checkout (their sockets were gone, none had seen a FIN) and opened a new one{config}"
+        )
+    } else {
+        "mysql_async opened a new connection instead of this one; no socket state seen before the checkout explains why".into()
+    }
 }
 
 pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
@@ -123,19 +172,28 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         held.push(r.expect("warm task")?);
     }
     let warmed: Vec<(u32, u64, u64)> = held.iter().map(|(c, opened)| (c.id(), *opened, now())).collect();
+    let after_warm = own_sockets(port);
     drop(held); // back to the pool
 
     let idle_started_ms = now();
     emit_phase("idle", idle_started_ms, Some(spec.idle_ms));
     tokio::time::sleep(Duration::from_millis(spec.idle_ms)).await;
 
-    let (established, close_wait) = own_socket_states(port);
+    let before = own_sockets(port);
+    let (established, close_wait) = (before.established, before.close_wait);
     let checked_ms = now();
     let reuse_started_ms = now();
     emit_phase("reuse", reuse_started_ms, None);
-    let mut notes = vec![format!(
-        "before the reuse, {close_wait} of the pool's sockets had received the peer's FIN (CLOSE-WAIT) and {established} were established"
-    )];
+    let mut notes = vec![
+        format!(
+            "after the warm-up, SO_KEEPALIVE was on for {} of the pool's {} sockets (read with getsockopt)",
+            after_warm.keepalive_on,
+            after_warm.total()
+        ),
+        format!(
+            "before the reuse, {close_wait} of the pool's sockets had received the peer's FIN (CLOSE-WAIT) and {established} were established"
+        ),
+    ];
     let index: HashMap<u32, usize> = warmed.iter().enumerate().map(|(i, (id, _, _))| (*id, i)).collect();
     let mut unserved: Vec<usize> = (0..warmed.len()).collect();
     let mut rows = Vec::new();
@@ -201,12 +259,8 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
                     discarded_at_checkout += 1;
                     if failed_pings_total > 0 {
                         "test-on-borrow discarded it during an earlier checkout (COM_PING failed)".into()
-                    } else if spec.pool_max_idle_ms.is_some() {
-                        "mysql_async's pool retired it after inactive_connection_ttl and opened a new connection".into()
-                    } else if spec.pool_max_lifetime_ms.is_some() {
-                        "mysql_async's pool retired it after abs_conn_ttl and opened a new connection".into()
                     } else {
-                        "mysql_async's checkout found its socket closed, dropped it silently and opened a new connection".into()
+                        why_replaced(before, warmed.len(), &spec)
                     }
                 });
                 (i, Some(why))
@@ -241,11 +295,13 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
             heartbeat_failure: None,
             peer_closed_ms,
             peer_reset_ms: None,
+            timed_out_ms: None,
             reconnects: u32::from(replaced.is_some()) + u32::from(retry_after_reconnect.is_some()),
             replaced_before_use: replaced,
             reuse,
             retry_after_reconnect,
-            keepalive: spec.keepalive.is_some(),
+            // Read from the sockets: every socket of the pool had SO_KEEPALIVE on.
+            keepalive: after_warm.total() > 0 && after_warm.keepalive_on == after_warm.total(),
         });
     }
     notes.push(format!(

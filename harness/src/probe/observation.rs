@@ -14,8 +14,12 @@ pub enum Outcome {
     Reset,
     /// `EPIPE`: writing to a connection already shut down.
     BrokenPipe,
-    /// No answer within the request timeout.
-    Timeout,
+    /// `ETIMEDOUT`: the kernel declared the connection dead (keepalive probes or
+    /// retransmissions unanswered, or `TCP_USER_TIMEOUT` expired) before the app gave up.
+    TimedOut,
+    /// No answer within the request timeout: the app gave up waiting.
+    #[serde(rename = "timeout")]
+    NoAnswer,
     /// Any other error (its text is kept).
     Error,
 }
@@ -54,9 +58,13 @@ pub struct ConnObservation {
     /// The peer's FIN arrived while the connection sat idle in the pool (read saw EOF).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_closed_ms: Option<u64>,
-    /// An RST arrived while the connection sat idle.
+    /// An RST arrived while the connection sat idle (when it arrived, not when it was noticed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_reset_ms: Option<u64>,
+    /// The kernel failed the socket with `ETIMEDOUT` while it sat idle (keepalive probes
+    /// unanswered): when that happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out_ms: Option<u64>,
     /// The pool threw the connection away at checkout and opened another (why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_before_use: Option<String>,

@@ -23,6 +23,8 @@ pub struct StreamLog {
     pub eof_ms: Option<u64>,
     /// The first I/O error: when, its kind and its text.
     pub error: Option<(u64, io::ErrorKind, String)>,
+    /// The client closed the socket itself (the library dropped the connection): when.
+    pub closed_by_client_ms: Option<u64>,
 }
 
 impl StreamLog {
@@ -61,6 +63,15 @@ impl ObservedStream {
         let mut log = self.log.lock().expect("stream log");
         if log.error.is_none() {
             log.error = Some((self.now(), e.kind(), e.to_string()));
+        }
+    }
+}
+
+impl Drop for ObservedStream {
+    fn drop(&mut self) {
+        let now = self.now();
+        if let Ok(mut log) = self.log.lock() {
+            log.closed_by_client_ms.get_or_insert(now);
         }
     }
 }

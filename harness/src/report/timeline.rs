@@ -116,12 +116,16 @@ pub fn svg(obs: &Observations, time_scale: &TimeScale) -> String {
                 c.heartbeats
             );
         }
-        for (t, label, color) in [(c.peer_closed_ms, "FIN", "#cf222e"), (c.peer_reset_ms, "RST", "#bc4c00")] {
+        for (t, label, color, what) in [
+            (c.peer_closed_ms, "FIN", "#cf222e", "FIN from the peer"),
+            (c.peer_reset_ms, "RST", "#bc4c00", "RST from the peer"),
+            (c.timed_out_ms, "ETIMEDOUT", "#6e7781", "the kernel timed the connection out"),
+        ] {
             if let Some(t) = t {
                 let px = x(t);
                 let _ = write!(
                     out,
-                    r##"<path d="M{px:.1} {:.1} l-5 9 h10 z" fill="{color}"><title>{label} from the peer seen at {t} ms</title></path><text x="{:.1}" y="{:.1}" class="lbl">{label}</text>"##,
+                    r##"<path d="M{px:.1} {:.1} l-5 9 h10 z" fill="{color}"><title>{what} at {t} ms</title></path><text x="{:.1}" y="{:.1}" class="lbl">{label}</text>"##,
                     y - 9.0,
                     px - 9.0,
                     y - 11.0
@@ -176,6 +180,7 @@ mod tests {
             heartbeat_failure: None,
             peer_closed_ms: Some(6010),
             peer_reset_ms: None,
+            timed_out_ms: None,
             replaced_before_use: None,
             reuse: Attempt { at_ms: 7010, latency_ms: 1, outcome: Outcome::Eof, error: Some("broken <pipe>".into()) },
             retry_after_reconnect: Some(Attempt { at_ms: 7012, latency_ms: 1, outcome: Outcome::Ok, error: None }),

@@ -102,10 +102,20 @@ pub fn forgotten_segments(cell: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// Everything a run with this pid may have left: namespaces, temp dirs, processes.
+/// Everything a run with this pid may have left: namespaces, temp dirs, processes (by
+/// command line, parent, or a network namespace of the run).
 pub fn leftovers(pid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
     let prefix = format!("idlelab-{pid}-");
     let mut left = Vec::new();
+    let run_netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .filter_map(|e| e.metadata().ok().map(|m| format!("net:[{}]", m.ino())))
+                .collect()
+        })
+        .unwrap_or_default();
     for dir in ["/run/netns", "/tmp"] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -125,7 +135,9 @@ pub fn leftovers(pid: u32) -> Vec<String> {
         let ppid = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| {
             s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok())
         });
-        if cmdline.contains(&prefix) || ppid == Some(pid) {
+        let netns = std::fs::read_link(format!("/proc/{p}/ns/net")).map(|l| l.to_string_lossy().into_owned());
+        let in_run_netns = netns.is_ok_and(|n| run_netns.contains(&n));
+        if cmdline.contains(&prefix) || ppid == Some(pid) || in_run_netns {
             left.push(format!("process {p}: {cmdline}"));
         }
     }
