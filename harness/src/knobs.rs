@@ -8,9 +8,10 @@ use crate::hop::Hop;
 use crate::scenario::{Keepalive, Service};
 use serde::Serialize;
 
-/// How a duration is handed to the component that enforces it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a duration is handed to the component that enforces it. Reports write it as
+/// `whole-seconds`, `millis` or `server-clock` (how late the latter may act is the scaled
+/// value's `late_by_ms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// Kernel knobs (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`, conntrack timeouts): whole seconds, ≥ 1 s.
     WholeSeconds,
@@ -20,6 +21,16 @@ pub enum Precision {
     /// `idle_timeout`): set in whole seconds, and it acts up to `late_ms` after its value
     /// (the clock's tick plus how often the server looks), never before.
     ServerClock { late_ms: u64 },
+}
+
+impl Serialize for Precision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Precision::WholeSeconds => "whole-seconds",
+            Precision::Millis => "millis",
+            Precision::ServerClock { .. } => "server-clock",
+        })
+    }
 }
 
 impl Precision {

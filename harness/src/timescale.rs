@@ -44,6 +44,9 @@ pub struct ScaledValue {
     pub real: Dur,
     pub scaled: Dur,
     pub precision: Precision,
+    /// How late the component may act after the value (a server's whole-second clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_by_ms: Option<u64>,
     pub role: Role,
     /// Whether the value is in an ordering that decides the outcome.
     pub deciding: bool,
@@ -172,10 +175,21 @@ fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, u
         .into_iter()
         .enumerate()
         .map(|(i, d)| {
-            let in_giveup = giveups.iter().any(|p| d.label.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')));
+            let in_giveup =
+                giveups.iter().any(|p| d.label.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')));
             let deciding = in_giveup || pairs.iter().any(|(a, b)| *a == i || *b == i);
             let (scaled, note) = scale_one(*d.value, factor, d.precision, deciding);
-            ScaledValue { label: d.label, real: *d.value, scaled, precision: d.precision, role: d.role, deciding, note }
+            let late = d.precision.late_by().as_millis() as u64;
+            ScaledValue {
+                label: d.label,
+                real: *d.value,
+                scaled,
+                precision: d.precision,
+                late_by_ms: (late > 0).then_some(late),
+                role: d.role,
+                deciding,
+                note,
+            }
         })
         .collect();
     (values, pairs)
@@ -191,8 +205,11 @@ struct Pair<'a> {
 fn check_pair(p: Pair<'_>, factor: u32) -> Result<(), OrderingError> {
     let ((lo, lo_real, lo_scaled, late), (hi, hi_real, hi_scaled)) = (p.lo, p.hi);
     let gap = MIN_GAP + late;
-    let late_text =
-        if late.is_zero() { String::new() } else { format!(" (1 s, plus up to {} that `{lo}` may act late)", human(late)) };
+    let late_text = if late.is_zero() {
+        String::new()
+    } else {
+        format!(" (1 s, plus up to {} that `{lo}` may act late)", human(late))
+    };
     if hi_scaled.0 < lo_scaled.0 + gap {
         let unscaled = hi_real.0.saturating_sub(lo_real.0) < gap;
         let hint = if unscaled {
@@ -201,7 +218,7 @@ fn check_pair(p: Pair<'_>, factor: u32) -> Result<(), OrderingError> {
                 human(gap)
             )
         } else {
-            format!("use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering")
+            "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering".to_string()
         };
         return Err(OrderingError {
             factor,
@@ -261,17 +278,15 @@ fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor
                 idle.scaled,
                 human(MIN_GAP)
             ),
-            hint: "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering".into(),
+            hint: "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering"
+                .into(),
         });
     }
     for &(i, j) in pairs {
         let (lo, hi) = ordered(values, i, j).expect("equal pairs refused above");
         let (lo, hi) = (&values[lo], &values[hi]);
         check_pair(
-            Pair {
-                lo: (&lo.label, lo.real, lo.scaled, lo.precision.late_by()),
-                hi: (&hi.label, hi.real, hi.scaled),
-            },
+            Pair { lo: (&lo.label, lo.real, lo.scaled, lo.precision.late_by()), hi: (&hi.label, hi.real, hi.scaled) },
             factor,
         )?;
     }
@@ -375,7 +390,9 @@ pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), O
     let scaled = apply_factor(knobs, factor);
     let mut orderings: Vec<String> = pairs
         .iter()
-        .filter_map(|&(i, j)| ordered(&values, i, j).map(|(lo, hi)| format!("{} < {}", values[lo].label, values[hi].label)))
+        .filter_map(|&(i, j)| {
+            ordered(&values, i, j).map(|(lo, hi)| format!("{} < {}", values[lo].label, values[hi].label))
+        })
         .collect();
     for (label, giveup) in knobs.keepalive_giveups() {
         let g = format!("{label} give-up");

@@ -59,7 +59,11 @@ fn a_time_scale_that_flips_an_ordering_is_refused_naming_the_pair() {
 
 #[test]
 fn a_race_between_deciding_durations_is_refused_at_any_scale() {
-    expect_refused("race.yaml", "10:", &["`client.heartbeat`", "`path[0].sidecar.idle_timeout`", "race", "another value"]);
+    expect_refused(
+        "race.yaml",
+        "10:",
+        &["`client.heartbeat`", "`path[0].sidecar.idle_timeout`", "race", "another value"],
+    );
     let path = fixture("bad/race.yaml");
     let o = run(&["run", path.to_str().unwrap(), "--time-scale", "1", "--out", "/nonexistent/x"]);
     assert_eq!(o.status.code(), Some(2), "unscaled it is still a race: {}", text(&o));

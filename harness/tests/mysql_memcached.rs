@@ -19,7 +19,10 @@ fn mysql_async_silently_replaces_idle_closed_connections() {
     assert!(n.contains("4 of the pool's sockets had received the peer's FIN"), "{n}");
     assert!(n.contains("checkout discarded 4 pooled connections"), "{n}");
     let why = none["explanation"].as_str().unwrap();
-    assert!(why.contains("dropped it and opened a new connection") && why.contains("CLOSE-WAIT"), "measured, not configured: {none}");
+    assert!(
+        why.contains("dropped it and opened a new connection") && why.contains("CLOSE-WAIT"),
+        "measured, not configured: {none}"
+    );
     assert!(none["evidence"]["lab"]["server_start_ms"].as_u64().unwrap() > 0);
     let istio = cell(&s, "istio-idle-timeout");
     assert_eq!(istio["verdict"], "survived");

@@ -66,7 +66,10 @@ fn a_destination_rule_keepalive_does_not_reach_passthrough_cluster() {
     let dr = cell(&s, "dr-tcp-keepalive");
     assert_eq!(dr["verdict"], "reset-on-reuse", "{dr}");
     assert!(forgotten_segments(dr) >= 4, "the middlebox forgot the flow and reset the reuse: {dr}");
-    assert!(counter(dr, "PassthroughCluster.upstream_cx_total") >= 4, "the flows went through PassthroughCluster: {dr}");
+    assert!(
+        counter(dr, "PassthroughCluster.upstream_cx_total") >= 4,
+        "the flows went through PassthroughCluster: {dr}"
+    );
     let upstream: Vec<Value> = sockets(dr, "app", Some("after-warm"))
         .into_iter()
         .filter(|s| s["process"] == "envoy" && s["peer"].as_str().unwrap().ends_with(":6379"))

@@ -88,7 +88,13 @@ mod tests {
         DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 }).apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().effective_upstream_keepalive(), None);
         let files = crate::lab::envoy::EnvoyFiles { dir: std::env::temp_dir() };
-        let b = crate::lab::sidecar::bootstrap(k.sidecar().unwrap(), "redis", std::net::Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
+        let b = crate::lab::sidecar::bootstrap(
+            k.sidecar().unwrap(),
+            "redis",
+            std::net::Ipv4Addr::new(198, 18, 0, 2),
+            6379,
+            &files,
+        );
         assert!(!b.to_string().contains("tcp_keepalive"), "PassthroughCluster must not get the rule's keepalive: {b}");
     }
 }

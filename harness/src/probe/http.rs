@@ -195,10 +195,13 @@ fn why_replaced(log: &super::stream::StreamLog, pool_idle_timeout_ms: Option<u64
         );
     }
     if let Some((t, kind, text)) = &log.error {
-        return format!("hyper-util's pool saw an error on it at {t} ms ({kind:?}: {text}), dropped it and opened a new one");
+        return format!(
+            "hyper-util's pool saw an error on it at {t} ms ({kind:?}: {text}), dropped it and opened a new one"
+        );
     }
     if let Some(t) = log.closed_by_client_ms {
-        let config = pool_idle_timeout_ms.map(|ms| format!("; configuration: pool_idle_timeout {ms} ms")).unwrap_or_default();
+        let config =
+            pool_idle_timeout_ms.map(|ms| format!("; configuration: pool_idle_timeout {ms} ms")).unwrap_or_default();
         return format!(
             "hyper-util's pool closed it itself at {t} ms, {} ms after its last activity, with no FIN or error seen on it{config}",
             t.saturating_sub(last)
@@ -329,4 +332,24 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         });
     }
     Ok(observations(&spec, idle_started_ms, reuse_started_ms, rows, vec![]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::stream::StreamLog;
+
+    /// Issue 9: the reason comes from what the socket recorded; the pool's idle timeout is
+    /// configuration, quoted as such, and never the cause unless the pool closed it itself.
+    #[test]
+    fn the_replacement_reason_is_what_the_socket_recorded() {
+        let fin = StreamLog { last_read_ms: Some(10), eof_ms: Some(6010), ..Default::default() };
+        let why = why_replaced(&fin, Some(3000));
+        assert!(why.contains("FIN") && why.contains("6000 ms after") && !why.contains("configuration"), "{why}");
+        let closed = StreamLog { last_read_ms: Some(10), closed_by_client_ms: Some(3020), ..Default::default() };
+        let why = why_replaced(&closed, Some(3000));
+        assert!(why.contains("closed it itself") && why.contains("configuration: pool_idle_timeout 3000 ms"), "{why}");
+        let nothing = why_replaced(&StreamLog::default(), None);
+        assert!(nothing.contains("saw no FIN, error or close"), "{nothing}");
+    }
 }

@@ -38,7 +38,9 @@ fn tcp_state(fd: RawFd) -> Option<u8> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `info`, a local of that size.
-    let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
     (r == 0).then_some(info.tcpi_state)
 }
 
@@ -111,7 +113,8 @@ mod tests {
         let (fin_client, fin_server) = pair();
         let (mut rst_client, rst_server) = pair();
         let (quiet_client, _quiet_server) = pair();
-        let watch = IdleWatch::start(vec![fin_client.as_raw_fd(), rst_client.as_raw_fd(), quiet_client.as_raw_fd()], clock);
+        let watch =
+            IdleWatch::start(vec![fin_client.as_raw_fd(), rst_client.as_raw_fd(), quiet_client.as_raw_fd()], clock);
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(fin_server);
         socket2::SockRef::from(&rst_server).set_linger(Some(std::time::Duration::ZERO)).unwrap();

@@ -124,7 +124,8 @@ fn why_replaced(before: OwnSockets, warmed: usize, spec: &ProbeSpec) -> String {
             "mysql_async's pool had closed {gone} of its {warmed} connections itself before the checkout (their sockets were gone, none had seen a FIN) and opened a new one{config}"
         )
     } else {
-        "mysql_async opened a new connection instead of this one; no socket state seen before the checkout explains why".into()
+        "mysql_async opened a new connection instead of this one; no socket state seen before the checkout explains why"
+            .into()
     }
 }
 
@@ -320,4 +321,34 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
 /// Options for one connection outside the pool (the retry after a failure).
 fn pool_free_opts(host: &str, port: u16) -> OptsBuilder {
     OptsBuilder::default().ip_or_hostname(host).tcp_port(port).user(Some("root")).prefer_socket(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_idle: Option<u64>) -> ProbeSpec {
+        serde_json::from_value(serde_json::json!({
+            "service": "mysql", "target": "198.18.0.2:3306", "pool": 4, "keepalive": null, "idle_ms": 7000,
+            "heartbeat_ms": null, "pool_max_idle_ms": max_idle, "request_timeout_ms": 2000
+        }))
+        .unwrap()
+    }
+
+    /// Issue 9: the reason follows the measured socket states, not the spec.
+    #[test]
+    fn the_replacement_reason_follows_the_socket_states() {
+        let fin = OwnSockets { established: 0, close_wait: 4, keepalive_on: 0 };
+        let why = why_replaced(fin, 4, &spec(Some(3000)));
+        assert!(why.contains("4 of the pool's sockets had received the peer's FIN"), "a FIN beats the TTL: {why}");
+        let gone = OwnSockets { established: 0, close_wait: 0, keepalive_on: 0 };
+        let why = why_replaced(gone, 4, &spec(Some(3000)));
+        assert!(
+            why.contains("closed 4 of its 4 connections itself")
+                && why.contains("configuration: inactive_connection_ttl 3000 ms"),
+            "{why}"
+        );
+        let open = OwnSockets { established: 4, close_wait: 0, keepalive_on: 4 };
+        assert!(why_replaced(open, 4, &spec(None)).contains("no socket state"));
+    }
 }
