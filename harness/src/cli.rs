@@ -8,6 +8,7 @@ use crate::runner::{self, Emitter, RunOptions};
 use crate::scenario::{self, TimeScaleSpec};
 use crate::{cells, doctor, lab};
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -161,9 +162,29 @@ fn name_process() {
     }
 }
 
+/// The lab's own log (`tracing`, to stderr): spans per cell and phase, an event per process
+/// started, rule installed and namespace created. `RUST_LOG` chooses (e.g.
+/// `RUST_LOG=idlelab=debug`); without it, `-v` shows debug and otherwise only warnings.
+fn init_tracing(verbose: bool) {
+    let default = if verbose { "idlelab=debug" } else { "idlelab=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     name_process();
+    let verbose = match &cli.command {
+        Command::Run { output, .. } | Command::Matrix { output, .. } => output.verbose,
+        _ => false,
+    };
+    init_tracing(verbose);
     match cli.command {
         Command::Probe { spec } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -105,8 +105,15 @@ async fn run_one(cell: Arc<Cell>, key: String, shared: Arc<RunShared>, emitter: 
     let started = Instant::now();
     let phase_key = key.clone();
     let phase_emitter = emitter.clone();
-    let phase = move |p: Phase| phase_emitter.emit(Event::CellPhase { cell: phase_key.clone(), phase: p });
-    let result = crate::lab::run_cell(&cell.scaled, &shared, &phase).await;
+    let phase = move |p: Phase| {
+        tracing::debug!(phase = ?p, "phase");
+        phase_emitter.emit(Event::CellPhase { cell: phase_key.clone(), phase: p })
+    };
+    let span = tracing::info_span!("cell", key = %key, factor = cell.time_scale.factor);
+    let result = tracing::Instrument::instrument(crate::lab::run_cell(&cell.scaled, &shared, &phase), span).await;
+    if let Err(e) = &result {
+        tracing::warn!(key = %key, "cell could not run: {e:#}");
+    }
     let mut report = report_of(&cell, &key);
     match result {
         Ok(outcome) => {

@@ -218,7 +218,8 @@ fn check_pair(p: Pair<'_>, factor: u32) -> Result<(), OrderingError> {
                 human(gap)
             )
         } else {
-            "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering".to_string()
+            "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering"
+                .to_string()
         };
         return Err(OrderingError {
             factor,

@@ -37,3 +37,23 @@ fn list_names_every_shipped_scenario() {
     assert_eq!(names.len(), files, "{names:?}");
     assert!(names.contains(&"redis-idle".to_string()) && names.contains(&"https-keepalive".to_string()));
 }
+
+/// `-v` shows the lab's own log on stderr: each namespace, process and rule, inside the cell's span.
+#[test]
+fn verbose_shows_what_the_lab_did_per_cell() {
+    require_lab();
+    let out = tempdir();
+    let o = run(&["run", "redis-middlebox", "--mitigation", "none", "-v", "--out", out.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for what in ["namespace created", "process started", "nftables rules installed", "phase=Idle", "namespace deleted"]
+    {
+        assert!(
+            err.lines().any(|l| l.contains("cell{key=redis-middlebox::none") && l.contains(what)),
+            "`{what}` inside the cell's span:\n{err}"
+        );
+    }
+    let quiet =
+        run(&["run", "redis-middlebox", "--mitigation", "none", "--out", out.path().join("q").to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("process started"), "{}", text(&quiet));
+}

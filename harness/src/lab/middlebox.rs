@@ -28,7 +28,7 @@ pub fn ruleset(hop: &MiddleboxHop) -> String {
 
 /// Install the rules, then the conntrack sysctls (they exist once conntrack is active in the netns).
 pub fn start(hop: &MiddleboxHop, ns: &Netns) -> Result<()> {
-    ns.exec("nft", &["-f", "-"], Some(&ruleset(hop)))?;
+    ns.nft_apply("middlebox: conntrack verdict for forgotten flows", &ruleset(hop))?;
     ns.exec(
         "sysctl",
         &[

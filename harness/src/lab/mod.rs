@@ -281,8 +281,8 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
     roles.extend(knobs.path.iter().enumerate().filter_map(|(i, h)| node_role(i, h)));
     roles.push("srv".into());
     let topology = {
-        let tag = tag.clone();
-        tokio::task::spawn_blocking(move || Topology::build(&tag, seq, &roles)).await??
+        let (tag, span) = (tag.clone(), tracing::Span::current());
+        tokio::task::spawn_blocking(move || span.in_scope(|| Topology::build(&tag, seq, &roles))).await??
     };
     let mut lab = CellLab { envoys: Vec::new(), server: None, topology, dir };
     let srv_ip = lab.topology.server().toward_app.expect("the server has an address");
@@ -400,6 +400,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
     }
     phase(Phase::Teardown);
     drop(probe);
-    evidence.teardown_ms = tokio::task::spawn_blocking(move || lab.teardown()).await?;
+    let span = tracing::Span::current();
+    evidence.teardown_ms = tokio::task::spawn_blocking(move || span.in_scope(|| lab.teardown())).await?;
     Ok(CellOutcome { observations, evidence })
 }

@@ -17,6 +17,7 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: String) -> Result<Netns> {
         run("ip", &["netns", "add", &name], None).with_context(|| format!("creating network namespace {name}"))?;
+        tracing::debug!(netns = %name, "namespace created");
         Ok(Netns { name })
     }
 
@@ -30,6 +31,13 @@ impl Netns {
         run("ip", &["-n", &self.name, "-batch", "-"], Some(&input))
             .with_context(|| format!("configuring links in {}", self.name))
             .map(|_| ())
+    }
+
+    /// Install an nftables ruleset in the namespace.
+    pub fn nft_apply(&self, what: &str, ruleset: &str) -> Result<()> {
+        self.exec("nft", &["-f", "-"], Some(ruleset))?;
+        tracing::debug!(netns = %self.name, what, ruleset, "nftables rules installed");
+        Ok(())
     }
 
     /// Run a command inside the namespace and return its stdout.
@@ -48,6 +56,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = run("ip", &["netns", "del", &self.name], None);
+        tracing::debug!(netns = %self.name, "namespace deleted");
     }
 }
 

@@ -70,6 +70,7 @@ pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Re
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
     drop(ns);
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    tracing::debug!(name, pid, netns = %netns.display(), uid, program = ?cmd.as_std().get_program(), "process started");
     Ok(LabProcess { name: name.to_string(), pid, child })
 }
 

@@ -47,7 +47,7 @@ pub fn capture_ruleset() -> String {
 pub async fn start(hop: &ServerSidecarHop, port: u16, files: EnvoyFiles, ns: &Netns, name: &str) -> Result<Envoy> {
     let config = bootstrap(hop, port, &files);
     let envoy = Envoy::start(name, files, &config, &ns.path()).await?;
-    ns.exec("nft", &["-f", "-"], Some(&capture_ruleset()))?;
+    ns.nft_apply("server sidecar: inbound capture", &capture_ruleset())?;
     Ok(envoy)
 }
 

@@ -116,7 +116,7 @@ pub async fn start(
     let config = bootstrap(hop, service, server, port, &files);
     let envoy = Envoy::start(process_name, files, &config, &app.path()).await?;
     // Capture last: until Envoy listens, a redirected connection would be refused.
-    app.exec("nft", &["-f", "-"], Some(&capture_ruleset(hop)))?;
+    app.nft_apply("sidecar: outbound capture", &capture_ruleset(hop))?;
     Ok(envoy)
 }
 
