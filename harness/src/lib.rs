@@ -14,6 +14,8 @@
 //! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
 //! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
 //! - [`lab`]: the local backend: namespaces, nftables, a real Envoy and server per cell.
+//! - [`istio`]: Istio's own control-plane code (the Go side in `istio/`): a control plane
+//!   over a cell's Kubernetes and Istio objects, pilot-agent + Envoy per proxy, config dumps.
 //! - [`kube`]: the kind backend: the same cells as a plan of kind / istioctl / kubectl
 //!   commands and manifests, executed through one command runner.
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
@@ -37,6 +39,7 @@ pub mod doctor;
 pub mod duration;
 pub mod events;
 pub mod hop;
+pub mod istio;
 pub mod knobs;
 pub mod kube;
 pub mod lab;

@@ -94,6 +94,35 @@ fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
     spec
 }
 
+/// The annotations of the `client` and `server` pods of a cell: sidecar injection as the path
+/// says, each sidecar's explicit (scaled) idle timeout, then the mitigation's own annotations,
+/// which win. The kind backend and Istio's control plane in the local lab both take these.
+pub fn pod_annotations(
+    cell: &Cell,
+    ctx: &IstioContext,
+    forms: &[IstioForm],
+) -> BTreeMap<&'static str, BTreeMap<String, String>> {
+    let scaled_sidecars = istio::scaled_idle_timeouts(cell);
+    let mut annotations: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
+    let sidecar_on = |pod: &str| ctx.sidecar_pods.iter().any(|p| p == pod);
+    for pod in ["client", "server"] {
+        let a = annotations.entry(pod).or_default();
+        a.insert("sidecar.istio.io/inject".into(), sidecar_on(pod).to_string());
+        if let Some((_, d)) = scaled_sidecars.iter().find(|(p, _)| p == pod) {
+            a.insert("proxy.istio.io/config".into(), istio::idle_timeout_annotation(*d));
+        }
+    }
+    for f in forms {
+        if let IstioForm::PodAnnotation { pod, key, value } = f {
+            annotations
+                .entry(if pod == "server" { "server" } else { "client" })
+                .or_default()
+                .insert(key.clone(), value.clone());
+        }
+    }
+    annotations
+}
+
 /// Steps that bring up the cluster (kind backend) or check it (existing context).
 pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
     match &target.context {
@@ -170,25 +199,13 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
 
     // Pod annotations: the mitigation's, and the explicit scaled idle timeouts.
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
-    let mut annotations: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut annotations = pod_annotations(cell, &ctx, &forms);
     let sidecar_on = |pod: &str| ctx.sidecar_pods.iter().any(|p| p == pod);
-    for pod in ["client", "server"] {
-        let a = annotations.entry(pod).or_default();
-        a.insert("sidecar.istio.io/inject".into(), sidecar_on(pod).to_string());
-        if let Some((_, d)) = scaled_sidecars.iter().find(|(p, _)| p == pod) {
-            a.insert("proxy.istio.io/config".into(), istio::idle_timeout_annotation(*d));
-        }
-    }
     let mut manifests_of_mitigation = Vec::new();
     let mut app_settings = Vec::new();
     for f in &forms {
         match f {
-            IstioForm::PodAnnotation { pod, key, value } => {
-                annotations
-                    .entry(if pod == "server" { "server" } else { "client" })
-                    .or_default()
-                    .insert(key.clone(), value.clone());
-            }
+            IstioForm::PodAnnotation { .. } => {}
             IstioForm::Manifest { yaml, kind } => manifests_of_mitigation.push((kind.clone(), yaml.clone())),
             IstioForm::AppSetting { what } => app_settings.push(what.clone()),
         }

@@ -219,7 +219,7 @@ pub async fn admin_get(socket: &Path, path: &str) -> Result<String> {
 }
 
 /// Decode an HTTP/1.1 chunked body (admin answers are small and complete).
-fn dechunk(mut body: &str) -> String {
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

@@ -16,6 +16,16 @@ pub struct RunCa {
 }
 
 pub fn generate() -> Result<RunCa> {
+    generate_with(SERVER_NAME, false)
+}
+
+/// A CA and a workload certificate for a SPIFFE identity (URI SAN), as Istio's CA would
+/// issue it to a sidecar.
+pub fn generate_for(spiffe_uri: &str) -> Result<RunCa> {
+    generate_with(spiffe_uri, true)
+}
+
+fn generate_with(subject: &str, uri: bool) -> Result<RunCa> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -24,8 +34,16 @@ pub fn generate() -> Result<RunCa> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
+    let mut params = if uri {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.subject_alt_names = vec![rcgen::SanType::URI(rcgen::string::Ia5String::try_from(subject)?)];
+        p
+    } else {
+        let mut p = CertificateParams::new(vec![subject.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, subject);
+        p
+    };
+    params.distinguished_name.push(DnType::OrganizationName, "idlelab");
     let cert = params.signed_by(&key, &issuer)?;
     Ok(RunCa { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
