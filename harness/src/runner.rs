@@ -110,7 +110,7 @@ async fn run_one(cell: Arc<Cell>, key: String, shared: Arc<RunShared>, emitter: 
         phase_emitter.emit(Event::CellPhase { cell: phase_key.clone(), phase: p })
     };
     let span = tracing::info_span!("cell", key = %key, factor = cell.time_scale.factor);
-    let result = tracing::Instrument::instrument(crate::lab::run_cell(&cell.scaled, &shared, &phase), span).await;
+    let result = tracing::Instrument::instrument(crate::lab::run_cell(&cell, &shared, &phase), span).await;
     if let Err(e) = &result {
         tracing::warn!(key = %key, "cell could not run: {e:#}");
     }

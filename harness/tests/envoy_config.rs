@@ -3,9 +3,9 @@
 
 mod common;
 use idlelab::duration::Dur;
-use idlelab::hop::{GatewayHop, Route, ServerSidecarHop, SidecarHop};
+use idlelab::hop::{GatewayHop, ServerSidecarHop};
 use idlelab::lab::envoy::{EnvoyFiles, envoy_bin};
-use idlelab::lab::{gateway, server_sidecar, sidecar, tls};
+use idlelab::lab::{gateway, server_sidecar, tls};
 use idlelab::scenario::Keepalive;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -25,25 +25,6 @@ fn assert_envoy_accepts(dir: &Path, name: &str, config: &serde_json::Value) {
 
 fn keepalive() -> Option<Keepalive> {
     Some(Keepalive { time: Dur::secs(2), interval: Dur::secs(1), probes: 3 })
-}
-
-#[test]
-fn client_sidecar_bootstraps_pass_envoy_validate() {
-    let dir = common::tempdir();
-    let files = EnvoyFiles { dir: dir.path().to_path_buf() };
-    for (route, timeout, excluded) in [(Route::Service, 6, vec![]), (Route::Passthrough, 0, vec![6379])] {
-        let hop = SidecarHop {
-            idle_timeout: Dur::secs(timeout),
-            route,
-            exclude_outbound_ports: excluded,
-            exclude_outbound_ip_ranges: vec!["198.18.0.0/15".into()],
-            upstream_keepalive: keepalive(),
-            service_idle_timeout: Some(Dur::secs(3)),
-            service_upstream_keepalive: keepalive(),
-        };
-        let config = sidecar::bootstrap(&hop, "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
-        assert_envoy_accepts(dir.path(), &format!("{route:?}"), &config);
-    }
 }
 
 #[test]

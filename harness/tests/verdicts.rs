@@ -66,10 +66,14 @@ fn a_destination_rule_keepalive_does_not_reach_passthrough_cluster() {
     let dr = cell(&s, "dr-tcp-keepalive");
     assert_eq!(dr["verdict"], "reset-on-reuse", "{dr}");
     assert!(forgotten_segments(dr) >= 4, "the middlebox forgot the flow and reset the reuse: {dr}");
+    // Istio names cluster stats `cluster.PassthroughCluster;.…`; the tcp_proxy's are plain.
     assert!(
-        counter(dr, "PassthroughCluster.upstream_cx_total") >= 4,
+        counter(dr, "tcp.PassthroughCluster.downstream_cx_total") >= 4,
         "the flows went through PassthroughCluster: {dr}"
     );
+    let generated = &envoys(dr)[0]["istio_config"];
+    assert_eq!(generated["cluster"], "PassthroughCluster", "{generated}");
+    assert!(generated["tcp_keepalive"].is_null(), "Istio gave PassthroughCluster no keepalive: {generated}");
     let upstream: Vec<Value> = sockets(dr, "app", Some("after-warm"))
         .into_iter()
         .filter(|s| s["process"] == "envoy" && s["peer"].as_str().unwrap().ends_with(":6379"))

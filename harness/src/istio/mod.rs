@@ -17,11 +17,9 @@
 
 pub mod objects;
 
-use crate::lab::netns::in_netns;
 use crate::lab::process::{LabProcess, spawn};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -230,22 +228,34 @@ impl Proxy {
             "controlPlaneAuthPolicy": "NONE",
             "binaryPath": envoy,
             "concurrency": 1,
+            // The lab reads the access log right after the probe: flush it often (Istio: 1 s).
+            "fileFlushInterval": "0.1s",
             "drainDuration": "1s",
             "terminationDrainDuration": "0s",
             "proxyStatsMatcher": {"inclusionPrefixes": ["tcp.", "listener.", "cluster.outbound|", "cluster.PassthroughCluster", "http."]}
         });
         let log = dir.join("pilot-agent.log");
-        // PID 1 of its own PID namespace: when it dies (with the harness), Envoy does too.
+        // A PID namespace of its own whose PID 1 is a root shell that waits for pilot-agent:
+        // `unshare --kill-child` gives that shell the parent-death signal (a uid change would
+        // clear it, so pilot-agent drops to 1337 in a child), and when PID 1 dies the kernel
+        // kills everything in the namespace, Envoy included.
         let mut cmd = tokio::process::Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--kill-child", "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"])
-            .arg(agent_bin())
-            .args(["proxy", "sidecar", "--domain", &format!("{}.svc.cluster.local", pod.namespace)])
+        let agent = agent_bin();
+        let domain = format!("{}.svc.cluster.local", pod.namespace);
+        cmd.args(["--pid", "--fork", "--kill-child", "sh", "-c"])
+            .arg(r#"setpriv --reuid=1337 --regid=1337 --clear-groups "$@" & wait"#)
+            .arg("pilot-agent")
+            .arg(&agent)
+            .args(["proxy", "sidecar", "--domain", &domain])
             .args(["--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error", "--log_output_level=default:warn"])
             .current_dir(dir)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", dir)
             .env("GOMEMLIMIT", "256MiB")
+            // No platform detection: it would query the cloud metadata address 169.254.169.254,
+            // which is not the lab's to reach.
+            .env("CLOUD_PLATFORM", "none")
             .env("POD_NAME", &pod.name)
             .env("POD_NAMESPACE", &pod.namespace)
             .env("INSTANCE_IP", pod.ip.to_string())
@@ -268,24 +278,7 @@ impl Proxy {
 
     /// A GET on Envoy's admin (loopback of the pod's namespace).
     pub async fn admin_get(&self, path: &str) -> Result<String> {
-        let path = path.to_string();
-        in_netns(&self.netns, move || -> Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", ADMIN_PORT))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n").as_bytes())?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf)?;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            if !head.starts_with("HTTP/1.1 200") {
-                bail!("admin {path}: {}", head.lines().next().unwrap_or(""));
-            }
-            if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-                return Ok(crate::lab::envoy::dechunk(body));
-            }
-            Ok(body.to_string())
-        })
-        .await?
+        crate::lab::envoy::Admin::Tcp { netns: self.netns.clone(), port: ADMIN_PORT }.get(path).await
     }
 
     /// Envoy's config dump (with the dynamic listeners and clusters it received over ADS).
@@ -341,6 +334,46 @@ pub fn dynamic_cluster<'a>(dump: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .find(|c| c["cluster"]["name"] == name)
         .map(|c| &c["cluster"])
+}
+
+/// The fields of a sidecar's config that decide these failures, as Envoy received them from
+/// Istio's control plane: for the chain the app's connection takes, its `tcp_proxy`
+/// `idle_timeout` and its cluster's `upstream_connection_options.tcp_keepalive`.
+pub fn deciding_fields(dump: &Value, listener: &str, cluster: &str) -> Value {
+    let passthrough = listener == "virtualOutbound";
+    let tcp_proxy = dynamic_listener(dump, listener).and_then(|l| {
+        l["filter_chains"]
+            .as_array()?
+            .iter()
+            .find(|fc| !passthrough || fc["name"] == "virtualOutbound-catchall-tcp")
+            .and_then(|fc| fc["filters"].as_array()?.iter().find(|f| f["name"] == "envoy.filters.network.tcp_proxy"))
+            .map(|f| f["typed_config"].clone())
+    });
+    let cluster_name = if passthrough { "PassthroughCluster" } else { cluster };
+    let idle = match tcp_proxy.as_ref().map(|t| t["idle_timeout"].clone()) {
+        Some(Value::String(d)) => d,
+        Some(_) => "unset (Envoy's tcp_proxy default: 3600s)".into(),
+        None => "no tcp_proxy on that chain".into(),
+    };
+    let statics: Vec<Value> = dump_section(dump, "ListenersConfigDump")
+        .and_then(|l| l["static_listeners"].as_array())
+        .map(|a| a.iter().map(|l| l["listener"]["name"].clone()).collect())
+        .unwrap_or_default();
+    let dynamic = dump_section(dump, "ListenersConfigDump")
+        .and_then(|l| l["dynamic_listeners"].as_array())
+        .map(|a| a.len())
+        .unwrap_or(0);
+    serde_json::json!({
+        "source": "ADS from Istio's discovery server (idlelab-xds)",
+        "listener": listener,
+        "idle_timeout": idle,
+        "cluster": cluster_name,
+        "tcp_keepalive": dynamic_cluster(dump, cluster_name)
+            .map(|c| c["upstream_connection_options"]["tcp_keepalive"].clone())
+            .filter(|v| !v.is_null()),
+        "dynamic_listeners": dynamic,
+        "static_listeners": statics,
+    })
 }
 
 /// Every `tcp_proxy` of a listener (each filter chain), as Istio generated it.

@@ -95,12 +95,44 @@ pub fn bootstrap(node_id: &str, admin_socket: &Path, listeners: Vec<Value>, clus
     })
 }
 
-/// A running Envoy and what it needs to be asked about its state.
+/// Where an Envoy's admin API answers.
+pub enum Admin {
+    /// A unix socket in the cell's temp dir (the lab's own bootstraps).
+    Unix(PathBuf),
+    /// Istio's bootstrap: TCP on the loopback of the pod's namespace.
+    Tcp { netns: PathBuf, port: u16 },
+}
+
+impl Admin {
+    pub async fn get(&self, path: &str) -> Result<String> {
+        match self {
+            Admin::Unix(socket) => admin_get(socket, path).await,
+            Admin::Tcp { netns, port } => {
+                let (path, port) = (path.to_string(), *port);
+                super::netns::in_netns(netns, move || -> Result<String> {
+                    use std::io::{Read, Write};
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n").as_bytes())?;
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf)?;
+                    http_body(&String::from_utf8_lossy(&buf), &path)
+                })
+                .await?
+            }
+        }
+    }
+}
+
+/// A running Envoy and what it needs to be asked about its state. For a sidecar configured
+/// by Istio, `process` is pilot-agent's (Envoy is its child).
 pub struct Envoy {
     pub process: LabProcess,
-    pub admin: PathBuf,
+    pub admin: Admin,
     pub access_log: PathBuf,
     pub log: PathBuf,
+    /// For a proxy configured by Istio: the deciding fields of what it received.
+    pub istio_config: Option<Value>,
 }
 
 /// Files of one Envoy inside a cell's temp dir (the dir is writable by uid 1337).
@@ -145,7 +177,13 @@ impl Envoy {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let process = spawn(name, cmd, netns, Some(ENVOY_UID))?;
-        let mut envoy = Envoy { process, admin: files.admin(), access_log: files.access_log(), log: files.log() };
+        let mut envoy = Envoy {
+            process,
+            admin: Admin::Unix(files.admin()),
+            access_log: files.access_log(),
+            log: files.log(),
+            istio_config: None,
+        };
         envoy.wait_ready().await?;
         Ok(envoy)
     }
@@ -157,7 +195,7 @@ impl Envoy {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 bail!("{} exited during start-up ({status}): {}", self.process.name, last_lines(&log, 5));
             }
-            if let Ok(body) = admin_get(&self.admin, "/ready").await
+            if let Ok(body) = self.admin.get("/ready").await
                 && body.trim() == "LIVE"
             {
                 return Ok(());
@@ -171,7 +209,7 @@ impl Envoy {
 
     /// Counters whose names match one of these substrings, with non-zero values.
     pub async fn counters(&self, contains: &[&str]) -> Result<BTreeMap<String, u64>> {
-        let body = admin_get(&self.admin, "/stats?format=json").await?;
+        let body = self.admin.get("/stats?format=json").await?;
         let v: Value = serde_json::from_str(&body).context("parsing Envoy /stats")?;
         let mut out = BTreeMap::new();
         for s in v["stats"].as_array().into_iter().flatten() {
@@ -207,8 +245,12 @@ pub async fn admin_get(socket: &Path, path: &str) -> Result<String> {
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    http_body(&String::from_utf8_lossy(&buf), path)
+}
+
+/// The body of an admin answer, which must be a 200.
+fn http_body(text: &str, path: &str) -> Result<String> {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     if !head.starts_with("HTTP/1.1 200") {
         bail!("admin {path}: {}", head.lines().next().unwrap_or(""));
     }

@@ -80,6 +80,10 @@ pub struct EnvoyEvidence {
     pub counters: BTreeMap<String, u64>,
     /// One JSON object per closed connection (duration, response flags, close reason).
     pub access_log: Vec<Value>,
+    /// For a sidecar configured by Istio's code: what decides the outcome, from its config
+    /// dump (idle timeout of the app's chain, its cluster's keepalive, where it came from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub istio_config: Option<Value>,
 }
 
 /// What the local lab recorded besides the probe's observations.
@@ -111,6 +115,8 @@ pub struct CellOutcome {
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
 struct CellLab {
     envoys: Vec<(String, envoy::Envoy)>,
+    /// Istio's control plane for the cell's sidecar (in the app's namespace).
+    control_planes: Vec<crate::istio::ControlPlane>,
     server: Option<process::LabProcess>,
     topology: Topology,
     dir: tempfile::TempDir,
@@ -187,6 +193,8 @@ struct HopContext<'a> {
     /// Where the app connects: the gateway, else the server.
     target_ip: std::net::Ipv4Addr,
     server_ip: std::net::Ipv4Addr,
+    /// The app pod's address (its end of the first link).
+    app_ip: std::net::Ipv4Addr,
     run_ca: Option<&'a tls::RunCa>,
 }
 
@@ -214,21 +222,26 @@ async fn start_server(
 }
 
 /// Set up one hop; returns its Envoy (with the role it plays) when it has one.
+/// What a hop started: its Envoy (by role), and for the client sidecar Istio's control plane.
+type StartedHop = Option<(String, envoy::Envoy, Option<crate::istio::ControlPlane>)>;
+
 async fn start_hop(
     lab: &CellLab,
-    knobs: &Knobs,
+    cell: &crate::cells::Cell,
     ctx: &HopContext<'_>,
     i: usize,
     hop: &Hop,
-) -> Result<Option<(String, envoy::Envoy)>> {
+) -> Result<StartedHop> {
+    let knobs = &cell.scaled;
     let (tag, port, service) = (ctx.tag, ctx.port, knobs.service.name());
     Ok(match hop {
-        Hop::Sidecar(h) => {
+        Hop::Sidecar(_) => {
             let files = lab.envoy_files("sidecar")?;
-            let app = &lab.topology.app().netns;
-            let envoy =
-                sidecar::start(h, service, ctx.target_ip, port, files, app, &format!("{tag} sidecar envoy")).await?;
-            Some(("sidecar".into(), envoy))
+            let app = lab.topology.app();
+            let inputs = crate::istio::objects::for_cell(cell, ISTIO_NAMESPACE, ctx.app_ip, ctx.target_ip)
+                .expect("a client sidecar on the path");
+            let (envoy, cp) = sidecar::start(&inputs, files, &app.netns).await?;
+            Some(("sidecar".into(), envoy, Some(cp)))
         }
         Hop::Middlebox(h) => {
             let role = node_role(i, hop).expect("a middlebox has a node");
@@ -255,19 +268,28 @@ async fn start_hop(
             let envoy =
                 gateway::start(h, service, listen, ctx.server_ip, port, files, tls_files.as_ref(), &node.netns, &name)
                     .await?;
-            Some(("gateway".into(), envoy))
+            Some(("gateway".into(), envoy, None))
         }
         Hop::ServerSidecar(h) => {
             let files = lab.envoy_files("server-sidecar")?;
             let ns = &lab.topology.server().netns;
             let envoy = server_sidecar::start(h, port, files, ns, &format!("{tag} server-sidecar envoy")).await?;
-            Some(("server-sidecar".into(), envoy))
+            Some(("server-sidecar".into(), envoy, None))
         }
     })
 }
 
-/// Run one cell with already scaled knobs. `phase` is told where the cell is.
-pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) + Send + Sync)) -> Result<CellOutcome> {
+/// The Kubernetes namespace of the objects Istio's control plane serves for a cell.
+pub const ISTIO_NAMESPACE: &str = "idlelab";
+
+/// Run one cell (its scaled knobs; its mitigation's Istio resources). `phase` is told where
+/// the cell is.
+pub async fn run_cell(
+    cell: &crate::cells::Cell,
+    shared: &RunShared,
+    phase: &(dyn Fn(Phase) + Send + Sync),
+) -> Result<CellOutcome> {
+    let knobs = &cell.scaled;
     let started = Instant::now();
     phase(Phase::Setup);
     let seq = CELL_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -284,7 +306,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
         let (tag, span) = (tag.clone(), tracing::Span::current());
         tokio::task::spawn_blocking(move || span.in_scope(|| Topology::build(&tag, seq, &roles))).await??
     };
-    let mut lab = CellLab { envoys: Vec::new(), server: None, topology, dir };
+    let mut lab = CellLab { envoys: Vec::new(), control_planes: Vec::new(), server: None, topology, dir };
     let srv_ip = lab.topology.server().toward_app.expect("the server has an address");
     let mut evidence = LabEvidence {
         namespaces: lab.topology.nodes.iter().map(|n| n.netns.name.clone()).collect(),
@@ -323,14 +345,29 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
 
     // The server and every hop start at once: they do not depend on each other, and each
     // Envoy needs tens of milliseconds to come up.
-    let ctx = HopContext { tag: &tag, port, target_ip, server_ip: srv_ip, run_ca: run_ca.as_ref() };
-    let hops = futures_util::future::try_join_all(
-        knobs.path.iter().enumerate().map(|(i, hop)| start_hop(&lab, knobs, &ctx, i, hop)),
+    let app_ip = topology::link_addrs(seq, 0).0;
+    let ctx = HopContext { tag: &tag, port, target_ip, server_ip: srv_ip, app_ip, run_ca: run_ca.as_ref() };
+    let hops = futures_util::future::join_all(
+        knobs.path.iter().enumerate().map(|(i, hop)| start_hop(&lab, cell, &ctx, i, hop)),
     );
     let (server, hops) = tokio::join!(start_server(&lab, knobs, shared, &tag), hops);
+    // Keep what started even when something else failed, so that it is torn down.
+    let mut failure = None;
+    for h in hops {
+        match h {
+            Ok(Some((role, envoy, cp))) => {
+                lab.envoys.push((role, envoy));
+                lab.control_planes.extend(cp);
+            }
+            Ok(None) => {}
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
     let (server, server_start_ms) = server?;
     lab.server = Some(server);
-    lab.envoys.extend(hops?.into_iter().flatten());
+    if let Some(e) = failure {
+        return Err(e);
+    }
     evidence.server_start_ms = server_start_ms;
     evidence.setup_ms = started.elapsed().as_millis() as u64;
     if std::env::var("IDLELAB_FAULT").as_deref() == Ok("panic-after-setup") {
@@ -396,6 +433,7 @@ pub async fn run_cell(knobs: &Knobs, shared: &RunShared, phase: &(dyn Fn(Phase) 
                 .await
                 .unwrap_or_default(),
             access_log: envoy.access_log_entries(),
+            istio_config: envoy.istio_config.clone(),
         });
     }
     phase(Phase::Teardown);

@@ -1,158 +1,85 @@
-//! The `sidecar` hop in the local lab: Envoy as uid 1337 in the app's namespace, and the
-//! nftables capture that istio-iptables would install.
+//! The `sidecar` hop in the local lab: the client pod's sidecar, as Istio 1.30's own code makes
+//! it.
 //!
 //! ```text
 //!   app netns
-//!   ┌──────────────────────────────────────────────────────────────────────────┐
-//!   │ probe ─connect(server:port)─▶ nat OUTPUT: uid 1337? lo? excluded port? → as is │
-//!   │                                          else redirect :15001             │
-//!   │ Envoy virtualOutbound :15001 (original_dst)                               │
-//!   │   ├─ <ip>_<port> listener (route: service) ─▶ outbound|<port>||<svc>      │
-//!   │   └─ catch-all chain (route: passthrough)   ─▶ PassthroughCluster         │
-//!   └────────────────────────────────────────── Envoy's upstream (uid 1337) ───┘──▶ server
+//!   ┌───────────────────────────────────────────────────────────────────────────────────┐
+//!   │ idlelab-xds (Istio's generators) over the cell's objects ◀─ADS─ pilot-agent (1337)  │
+//!   │ probe ─connect(server:port)─▶ istio-iptables' nat OUTPUT ─▶ Envoy :15001          │
+//!   │   virtualOutbound ─▶ <ip>_<port> (a Service Istio knows) or the catch-all chain    │
+//!   └──────────────────────────────────── Envoy's upstream (uid 1337, not captured) ─────┘──▶ next hop
 //! ```
+//!
+//! The objects are the kind backend's ([`crate::istio::objects::for_cell`]): the Service and
+//! EndpointSlice, the client Pod with the cell's annotations (the explicit scaled idle
+//! timeout, the mitigation's), the mitigation's DestinationRule or EnvoyFilter. Istio decides
+//! every listener, cluster and idle timeout; the lab adds only an access log in MeshConfig.
 
-use super::envoy::{self, Envoy, EnvoyFiles};
-use crate::hop::{Route, SidecarHop};
+use super::envoy::{Envoy, EnvoyFiles};
 use anyhow::Result;
-use serde_json::{Value, json};
-use std::net::Ipv4Addr;
 
-pub const OUTBOUND_PORT: u16 = 15001;
-
-/// The names Envoy's stats and access log use for the app's connection.
-pub struct SidecarNames {
-    pub service_cluster: String,
-    pub stat_prefix: String,
-}
-
-pub fn names(hop: &SidecarHop, service: &str, port: u16) -> SidecarNames {
-    let service_cluster = format!("outbound|{port}||{service}.idlelab.svc.cluster.local");
-    let stat_prefix = match hop.route {
-        Route::Service => service_cluster.clone(),
-        Route::Passthrough => "PassthroughCluster".into(),
-    };
-    SidecarNames { service_cluster, stat_prefix }
-}
-
-/// The sidecar's Envoy bootstrap, as Istio would shape its outbound side.
-pub fn bootstrap(hop: &SidecarHop, service: &str, server: Ipv4Addr, port: u16, files: &EnvoyFiles) -> Value {
-    let n = names(hop, service, port);
-    let log = files.access_log();
-    let mut passthrough = json!({
-        "name": "PassthroughCluster",
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "10s"
+/// MeshConfig for a cell's control plane: an access log line per connection (JSON, the same
+/// fields as the lab's other Envoys) in `access_log`, and the mesh-wide settings the path has.
+pub fn mesh_config(access_log: &std::path::Path, mesh: Option<&str>) -> String {
+    let format = serde_json::json!({
+        "start": "%START_TIME%",
+        "duration_ms": "%DURATION%",
+        "flags": "%RESPONSE_FLAGS%",
+        "close_reason": "%DOWNSTREAM_LOCAL_CLOSE_REASON%",
+        "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
+        "upstream": "%UPSTREAM_HOST%",
+        "chain": "%UPSTREAM_CLUSTER%",
+        "bytes_rx": "%BYTES_RECEIVED%",
+        "bytes_tx": "%BYTES_SENT%"
     });
-    let mut listeners = vec![json!({
-        "name": "virtualOutbound",
-        "address": {"socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_PORT}},
-        "use_original_dst": true,
-        "listener_filters": [{
-            "name": "envoy.filters.listener.original_dst",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}
-        }],
-        "filter_chains": [{
-            "name": "PassthroughFilterChain",
-            "filters": [envoy::tcp_proxy("PassthroughCluster", "PassthroughCluster", hop.idle_timeout, &log)]
-        }]
-    })];
-    // A mesh-wide keepalive reaches every cluster; a DestinationRule's only its host's.
-    if let Some(ka) = hop.upstream_keepalive {
-        passthrough["upstream_connection_options"] = envoy::upstream_keepalive(ka);
-    }
-    let keepalive = hop.service_upstream_keepalive.or(hop.upstream_keepalive).map(envoy::upstream_keepalive);
-    let mut clusters = vec![passthrough];
-    if hop.route == Route::Service {
-        listeners.push(json!({
-            "name": format!("{server}_{port}"),
-            "address": {"socket_address": {"address": server.to_string(), "port_value": port}},
-            "bind_to_port": false,
-            "filter_chains": [{"filters": [
-                envoy::tcp_proxy(&n.stat_prefix, &n.service_cluster, hop.effective_idle_timeout(), &log)
-            ]}]
-        }));
-        let mut cluster = envoy::static_cluster(&n.service_cluster, &server.to_string(), port);
-        if let Some(ka) = keepalive {
-            cluster["upstream_connection_options"] = ka;
-        }
-        clusters.push(cluster);
-    }
-    envoy::bootstrap("sidecar~idlelab-probe", &files.admin(), listeners, clusters)
-}
-
-/// The outbound capture, in the order istio-iptables builds ISTIO_OUTPUT.
-pub fn capture_ruleset(hop: &SidecarHop) -> String {
-    let list = |items: Vec<String>| items.join(", ");
-    let mut rules = Vec::new();
-    if !hop.exclude_outbound_ports.is_empty() {
-        let ports = list(hop.exclude_outbound_ports.iter().map(u16::to_string).collect());
-        rules.push(format!("tcp dport {{ {ports} }} return comment \"excludeOutboundPorts\""));
-    }
-    rules.push(format!("meta skuid {} return comment \"Envoy's own traffic\"", envoy::ENVOY_UID));
-    rules.push("ip daddr 127.0.0.1 return".into());
-    if !hop.exclude_outbound_ip_ranges.is_empty() {
-        let ranges = list(hop.exclude_outbound_ip_ranges.clone());
-        rules.push(format!("ip daddr {{ {ranges} }} return comment \"excludeOutboundIPRanges\""));
-    }
-    rules.push(format!("meta l4proto tcp redirect to :{OUTBOUND_PORT}"));
-    let body: String = rules.iter().map(|r| format!("    {r}\n")).collect();
     format!(
-        "table ip idlelab_capture {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{body}  }}\n}}\n"
+        "accessLogFile: {}\naccessLogEncoding: JSON\naccessLogFormat: {}\n{}",
+        serde_json::to_string(&access_log.to_string_lossy()).expect("a string"),
+        serde_json::to_string(&format.to_string()).expect("a string"),
+        mesh.unwrap_or("")
     )
 }
 
-/// Install the capture and start Envoy in the app namespace.
+/// The client sidecar as Istio makes it: a control plane (Istio 1.30's generators) over the
+/// cell's objects, in the app's namespace; the capture by `istio-iptables`; pilot-agent and its
+/// Envoy. Returns once Envoy has the listener the app's connection takes.
 pub async fn start(
-    hop: &SidecarHop,
-    service: &str,
-    server: Ipv4Addr,
-    port: u16,
+    inputs: &crate::istio::objects::SidecarInputs,
     files: EnvoyFiles,
     app: &super::netns::Netns,
-    process_name: &str,
-) -> Result<Envoy> {
-    let config = bootstrap(hop, service, server, port, &files);
-    let envoy = Envoy::start(process_name, files, &config, &app.path()).await?;
-    // Capture last: until Envoy listens, a redirected connection would be refused.
-    app.nft_apply("sidecar: outbound capture", &capture_ruleset(hop))?;
-    Ok(envoy)
+) -> Result<(Envoy, crate::istio::ControlPlane)> {
+    let proxy_dir = files.dir.join("proxy");
+    std::fs::create_dir_all(&proxy_dir)?;
+    let access_log = proxy_dir.join("access.log");
+    let mesh = mesh_config(&access_log, inputs.mesh.as_deref());
+    let cp = crate::istio::ControlPlane::start(&app.path(), &files.dir, &inputs.docs, Some(&mesh)).await?;
+    let proxy = crate::istio::Proxy::start(app, &proxy_dir, &inputs.pod, &cp.addr).await?;
+    let ms = proxy.wait_listener(&inputs.listener, std::time::Duration::from_secs(20)).await?;
+    tracing::debug!(listener = %inputs.listener, ms, "sidecar's listeners arrived over ADS");
+    let mut fields = crate::istio::deciding_fields(&proxy.config_dump().await?, &inputs.listener, &inputs.cluster);
+    fields["control_plane_ready_ms"] = cp.ready_ms.into();
+    fields["listener_ready_ms"] = ms.into();
+    let envoy = Envoy {
+        process: proxy.agent,
+        admin: super::envoy::Admin::Tcp { netns: app.path(), port: crate::istio::ADMIN_PORT },
+        access_log,
+        log: proxy.log,
+        istio_config: Some(fields),
+    };
+    Ok((envoy, cp))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::duration::Dur;
-
-    fn hop(route: Route) -> SidecarHop {
-        SidecarHop { idle_timeout: Dur::secs(6), route, ..Default::default() }
-    }
-
     #[test]
-    fn service_route_adds_a_listener_and_cluster() {
-        let files = EnvoyFiles { dir: "/tmp/x".into() };
-        let b = bootstrap(&hop(Route::Service), "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
-        let listeners = b["static_resources"]["listeners"].as_array().unwrap();
-        assert_eq!(listeners.len(), 2);
-        assert_eq!(listeners[1]["name"], "198.18.0.2_6379");
-        assert_eq!(listeners[1]["bind_to_port"], false);
-        let tp = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"];
-        assert_eq!(tp["idle_timeout"], "6.000s");
-        assert_eq!(tp["stat_prefix"], "outbound|6379||redis.idlelab.svc.cluster.local");
-        let b = bootstrap(&hop(Route::Passthrough), "redis", Ipv4Addr::new(198, 18, 0, 2), 6379, &files);
-        assert_eq!(b["static_resources"]["listeners"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn excluded_ports_return_before_the_redirect() {
-        let mut h = hop(Route::Service);
-        assert!(!capture_ruleset(&h).contains("dport"));
-        h.exclude_outbound_ports = vec![6379, 3306];
-        h.exclude_outbound_ip_ranges = vec!["198.18.0.0/15".into()];
-        let r = capture_ruleset(&h);
-        let excl = r.find("tcp dport { 6379, 3306 } return").unwrap();
-        let range = r.find("ip daddr { 198.18.0.0/15 } return").unwrap();
-        assert!(excl < r.find("redirect").unwrap() && range < r.find("redirect").unwrap(), "{r}");
+    fn the_mesh_config_asks_for_a_json_access_log_and_keeps_the_paths_settings() {
+        let m = super::mesh_config(std::path::Path::new("/tmp/x/access.log"), Some("tcpKeepalive:\n  time: 1s\n"));
+        let v: serde_json::Value = serde_saphyr::from_str(&m).unwrap();
+        assert_eq!(v["accessLogFile"], "/tmp/x/access.log");
+        assert_eq!(v["accessLogEncoding"], "JSON");
+        let format: serde_json::Value = serde_json::from_str(v["accessLogFormat"].as_str().unwrap()).unwrap();
+        assert_eq!(format["close_reason"], "%DOWNSTREAM_LOCAL_CLOSE_REASON%");
+        assert_eq!(v["tcpKeepalive"]["time"], "1s");
     }
 }

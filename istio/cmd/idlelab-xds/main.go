@@ -4,7 +4,8 @@
 // the production xDS generators over an in-memory config store and a fake Kubernetes client,
 // served on a real TCP listener. It re-implements nothing of Istio: the input is the same
 // Kubernetes objects and Istio resources a cluster would hold, and every Istio resource first
-// goes through Istio's validating webhook handler, as `kubectl apply` would.
+// goes through a strict decode of its spec (as `istioctl validate`) and Istio's validating
+// webhook handler, as `kubectl apply` would.
 //
 // Usage:
 //
@@ -233,7 +234,11 @@ func readInputs(args []string) (*inputs, error) {
 			if meta.Metadata.Namespace == "" {
 				meta.Metadata.Namespace = "default" // what the fake store assumes, too
 			}
-			if err := validate(mux, gvk, meta.Metadata.Namespace, meta.Metadata.Name, doc); err != nil {
+			err = strictSpec(gvk, doc)
+			if err == nil {
+				err = validate(mux, gvk, meta.Metadata.Namespace, meta.Metadata.Name, doc)
+			}
+			if err != nil {
 				line, _ := json.Marshal(map[string]any{"rejected": map[string]string{
 					"file": f, "kind": gvk.Kind, "namespace": meta.Metadata.Namespace, "name": meta.Metadata.Name,
 					"message": err.Error(),
@@ -249,6 +254,30 @@ func readInputs(args []string) (*inputs, error) {
 		}
 	}
 	return in, nil
+}
+
+// strictSpec refuses unknown fields in an Istio resource's spec, as `istioctl validate` does
+// (and the API server's strict field validation would): the webhook alone ignores them, so a
+// misspelt field would silently have no effect.
+func strictSpec(gvk config.GroupVersionKind, doc []byte) error {
+	s, ok := collections.Pilot.FindByGroupVersionAliasesKind(gvk)
+	if !ok {
+		return nil
+	}
+	var obj struct {
+		Spec json.RawMessage `json:"spec"`
+	}
+	if err := yaml.Unmarshal(doc, &obj); err != nil || len(obj.Spec) == 0 {
+		return err
+	}
+	pb, err := s.NewInstance()
+	if err != nil {
+		return err
+	}
+	if err := config.ApplyJSONStrict(pb, string(obj.Spec)); err != nil {
+		return fmt.Errorf("cannot parse proto message: %v", err)
+	}
+	return nil
 }
 
 // validate sends one resource through the webhook's /validate handler as an AdmissionReview.
