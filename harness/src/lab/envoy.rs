@@ -36,6 +36,23 @@ pub fn envoy_duration(d: Dur) -> String {
     format!("{}.{:03}s", d.0.as_secs(), d.0.subsec_millis())
 }
 
+/// The fields of one access log line (JSON), the same for every Envoy of the lab: `chain` is
+/// the stat prefix, or a command operator such as `%UPSTREAM_CLUSTER%`.
+pub fn access_log_fields(chain: &str) -> Value {
+    json!({
+        "start": "%START_TIME%",
+        "duration_ms": "%DURATION%",
+        "flags": "%RESPONSE_FLAGS%",
+        "close_reason": "%DOWNSTREAM_LOCAL_CLOSE_REASON%",
+        "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
+        "upstream": "%UPSTREAM_HOST%",
+        "chain": chain,
+        "bytes_rx": "%BYTES_RECEIVED%",
+        "bytes_tx": "%BYTES_SENT%"
+    })
+}
+
 /// A `tcp_proxy` network filter with a JSON access log line per connection.
 pub fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Dur, access_log: &Path) -> Value {
     json!({
@@ -50,18 +67,7 @@ pub fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Dur, access_log
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                     "path": access_log,
-                    "log_format": {"json_format": {
-                        "start": "%START_TIME%",
-                        "duration_ms": "%DURATION%",
-                        "flags": "%RESPONSE_FLAGS%",
-                        "close_reason": "%DOWNSTREAM_LOCAL_CLOSE_REASON%",
-                        "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
-                        "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
-                        "upstream": "%UPSTREAM_HOST%",
-                        "chain": stat_prefix,
-                        "bytes_rx": "%BYTES_RECEIVED%",
-                        "bytes_tx": "%BYTES_SENT%"
-                    }}
+                    "log_format": {"json_format": access_log_fields(stat_prefix)}
                 }
             }]
         }

@@ -21,18 +21,7 @@ use anyhow::Result;
 /// MeshConfig for a cell's control plane: an access log line per connection (JSON, the same
 /// fields as the lab's other Envoys) in `access_log`, and the mesh-wide settings the path has.
 pub fn mesh_config(access_log: &std::path::Path, mesh: Option<&str>) -> String {
-    let format = serde_json::json!({
-        "start": "%START_TIME%",
-        "duration_ms": "%DURATION%",
-        "flags": "%RESPONSE_FLAGS%",
-        "close_reason": "%DOWNSTREAM_LOCAL_CLOSE_REASON%",
-        "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
-        "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
-        "upstream": "%UPSTREAM_HOST%",
-        "chain": "%UPSTREAM_CLUSTER%",
-        "bytes_rx": "%BYTES_RECEIVED%",
-        "bytes_tx": "%BYTES_SENT%"
-    });
+    let format = super::envoy::access_log_fields("%UPSTREAM_CLUSTER%");
     format!(
         "accessLogFile: {}\naccessLogEncoding: JSON\naccessLogFormat: {}\n{}",
         serde_json::to_string(&access_log.to_string_lossy()).expect("a string"),
