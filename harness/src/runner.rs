@@ -101,7 +101,18 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
     }
 }
 
-async fn run_one(cell: Arc<Cell>, key: String, shared: Arc<RunShared>, emitter: Emitter) -> CellReport {
+/// Where a cell that did not match keeps the logs of its proxies and control plane.
+pub fn logs_dir(out_dir: &std::path::Path, key: &str) -> PathBuf {
+    out_dir.join("logs").join(key.replace("::", "--").replace(['/', '#', '='], "_"))
+}
+
+async fn run_one(
+    cell: Arc<Cell>,
+    key: String,
+    shared: Arc<RunShared>,
+    emitter: Emitter,
+    out_dir: Arc<PathBuf>,
+) -> CellReport {
     let started = Instant::now();
     let phase_key = key.clone();
     let phase_emitter = emitter.clone();
@@ -118,6 +129,15 @@ async fn run_one(cell: Arc<Cell>, key: String, shared: Arc<RunShared>, emitter: 
     match result {
         Ok(outcome) => {
             let (v, why) = verdict::judge(&outcome.observations);
+            if Some(cell.expected) != Some(v) && !outcome.logs.is_empty() {
+                let dir = logs_dir(&out_dir, &key);
+                let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                    outcome.logs.iter().try_for_each(|(name, text)| std::fs::write(dir.join(name), text))
+                });
+                if let Err(e) = written {
+                    tracing::warn!(key = %key, "could not keep the cell's logs in {}: {e}", dir.display());
+                }
+            }
             report.evidence.observations = Some(outcome.observations);
             report.evidence.lab = Some(outcome.evidence);
             report.verdict = Some(v);
@@ -196,9 +216,10 @@ pub async fn run(
             key: key.clone(),
         };
         let (emitter, permits, shared) = (emitter.clone(), permits.clone(), shared.clone());
+        let out_dir = Arc::new(opts.out_dir.clone());
         let handle = set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore");
-            (i, run_no, run_one(cell, key, shared, emitter).await)
+            (i, run_no, run_one(cell, key, shared, emitter, out_dir).await)
         });
         by_task.insert(handle.id(), (i, run_no, identity));
     }

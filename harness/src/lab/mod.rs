@@ -110,6 +110,9 @@ pub struct LabEvidence {
 pub struct CellOutcome {
     pub observations: Observations,
     pub evidence: LabEvidence,
+    /// The logs of the cell's Envoys, pilot-agents and control plane (file name, text), read
+    /// before teardown: the runner keeps them for a cell that did not match.
+    pub logs: Vec<(String, String)>,
 }
 
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
@@ -436,9 +439,17 @@ pub async fn run_cell(
             istio_config: envoy.istio_config.clone(),
         });
     }
+    let mut logs = Vec::new();
+    for (role, envoy) in &lab.envoys {
+        let name = envoy.log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        logs.push((format!("{role}-{name}"), std::fs::read_to_string(&envoy.log).unwrap_or_default()));
+    }
+    for cp in &lab.control_planes {
+        logs.push(("idlelab-xds.log".into(), std::fs::read_to_string(&cp.log).unwrap_or_default()));
+    }
     phase(Phase::Teardown);
     drop(probe);
     let span = tracing::Span::current();
     evidence.teardown_ms = tokio::task::spawn_blocking(move || span.in_scope(|| lab.teardown())).await?;
-    Ok(CellOutcome { observations, evidence })
+    Ok(CellOutcome { observations, evidence, logs })
 }
