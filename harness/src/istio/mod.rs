@@ -207,10 +207,7 @@ impl Proxy {
         {
             std::fs::write(root("var/run/secrets/workload-spiffe-credentials").join(file), pem)?;
         }
-        let status = std::process::Command::new("chown").args(["-R", "1337:1337"]).arg(dir).status()?;
-        if !status.success() {
-            bail!("chown of {} failed", dir.display());
-        }
+        chown_tree(dir, PROXY_UID).with_context(|| format!("handing {} to uid {PROXY_UID}", dir.display()))?;
 
         // The capture, as the init container (root) runs it.
         let args = pod.capture_args();
@@ -305,6 +302,17 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `chown -R uid:uid`: the proxy's working dir belongs to the proxy, as in its container.
+fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
 }
 
 /// A throwaway root and a workload certificate (`spiffe://cluster.local/ns/<ns>/sa/default`)
