@@ -84,7 +84,10 @@ impl SidecarHop {
             format!("path[{index}].sidecar.idle_timeout"),
             &mut self.idle_timeout,
         ));
-        if let Some(t) = self.service_idle_timeout.as_mut() {
+        // Like the service's keepalive: on a passthrough route the service's chain carries nothing.
+        if self.route == Route::Service
+            && let Some(t) = self.service_idle_timeout.as_mut()
+        {
             out.extend(KnobDuration::envoy_idle_timeout(format!("path[{index}].sidecar.service_idle_timeout"), t));
         }
         if let Some(ka) = self.upstream_keepalive.as_mut() {

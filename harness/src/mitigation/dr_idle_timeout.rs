@@ -7,11 +7,12 @@
 //!
 //! It sets `idle_timeout` on the client sidecar's outbound listener for the service only: the
 //! passthrough chain and the server pod's inbound proxy keep their own (istio#60009), which is
-//! why it alone does not help when the server has a sidecar too.
+//! why it alone does not help when the server has a sidecar too. On a `route: passthrough`
+//! sidecar it is applied and changes nothing, as Istio does: a DestinationRule selects its
+//! host's chains, and the app's connection takes the catch-all chain.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
 use crate::duration::Dur;
-use crate::hop::Route;
 use crate::knobs::Knobs;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -32,12 +33,6 @@ impl Mitigation for DrIdleTimeout {
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
         let sidecar = need_sidecar(knobs, "dr-idle-timeout")?;
-        if sidecar.route != Route::Service {
-            return Err(
-                "a DestinationRule applies to a service the mesh knows; this sidecar routes through PassthroughCluster"
-                    .into(),
-            );
-        }
         sidecar.service_idle_timeout = Some(self.0);
         Ok(())
     }
@@ -58,6 +53,7 @@ impl Mitigation for DrIdleTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hop::Route;
 
     #[test]
     fn sets_only_the_service_chain() {
@@ -66,7 +62,10 @@ mod tests {
         let s = k.sidecar().unwrap();
         assert_eq!(s.service_idle_timeout, Some(Dur::secs(86400)));
         assert_eq!(s.idle_timeout, Dur::secs(3600), "the passthrough chain keeps its timeout");
+        // On a passthrough route it is accepted, as Istio accepts it, and reaches nothing.
         k.sidecar_mut().unwrap().route = Route::Passthrough;
-        assert!(DrIdleTimeout(Dur::secs(60)).apply(&mut k).unwrap_err().contains("PassthroughCluster"));
+        DrIdleTimeout(Dur::secs(60)).apply(&mut k).unwrap();
+        assert_eq!(k.sidecar().unwrap().effective_idle_timeout(), Dur::secs(3600));
+        assert!(k.durations_mut().iter().all(|d| !d.label.contains("service_idle_timeout")), "decides nothing");
     }
 }
