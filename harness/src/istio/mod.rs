@@ -17,6 +17,7 @@
 
 pub mod objects;
 
+use crate::lab::envoy::last_lines;
 use crate::lab::process::{LabProcess, spawn};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -25,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The uid Istio's proxy runs as; the capture exempts it.
-pub const PROXY_UID: u32 = 1337;
+/// The uid Istio's proxy runs as (the lab's other Envoys too); the capture exempts it.
+pub use crate::lab::envoy::ENVOY_UID as PROXY_UID;
 /// Where the control plane listens, inside the pod's namespace.
 pub const XDS_ADDR: &str = "127.0.0.1:15010";
 /// Envoy's admin port in Istio's bootstrap (loopback of the pod's namespace).
@@ -102,11 +103,8 @@ impl ControlPlane {
             .await
             .map_err(|_| anyhow!("idlelab-xds was not ready within 30 s (log: {})", log.display()))??
             .ok_or_else(|| {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                anyhow!(
-                    "idlelab-xds exited before it was ready: {}",
-                    tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
-                )
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow!("idlelab-xds exited before it was ready: {}", last_lines(&log, 3))
             })?;
         let v: Value = serde_json::from_str(&line).with_context(|| format!("idlelab-xds printed {line}"))?;
         if let Some(r) = v.get("rejected") {
@@ -139,13 +137,14 @@ impl Pod {
     /// `pilot-agent istio-iptables` arguments, as Istio's injection template renders them
     /// from the pod's `traffic.sidecar.istio.io/*` annotations.
     pub fn capture_args(&self) -> Vec<String> {
+        let uid = PROXY_UID.to_string();
         let mut args: Vec<String> = [
             "-p",
             "15001",
             "-z",
             "15006",
             "-u",
-            "1337",
+            &uid,
             "-m",
             "REDIRECT",
             "-i",
@@ -173,7 +172,6 @@ impl Pod {
 pub struct Proxy {
     pub agent: LabProcess,
     pub netns: PathBuf,
-    pub dir: PathBuf,
     pub log: PathBuf,
 }
 
@@ -234,13 +232,13 @@ impl Proxy {
         let log = dir.join("pilot-agent.log");
         // A PID namespace of its own whose PID 1 is a root shell that waits for pilot-agent:
         // `unshare --kill-child` gives that shell the parent-death signal (a uid change would
-        // clear it, so pilot-agent drops to 1337 in a child), and when PID 1 dies the kernel
+        // clear it, so pilot-agent drops to PROXY_UID in a child), and when PID 1 dies the kernel
         // kills everything in the namespace, Envoy included.
         let mut cmd = tokio::process::Command::new("unshare");
         let agent = agent_bin();
         let domain = format!("{}.svc.cluster.local", pod.namespace);
         cmd.args(["--pid", "--fork", "--kill-child", "sh", "-c"])
-            .arg(r#"setpriv --reuid=1337 --regid=1337 --clear-groups "$@" & wait"#)
+            .arg(format!(r#"setpriv --reuid={PROXY_UID} --regid={PROXY_UID} --clear-groups "$@" & wait"#))
             .arg("pilot-agent")
             .arg(&agent)
             .args(["proxy", "sidecar", "--domain", &domain])
@@ -270,7 +268,7 @@ impl Proxy {
             .stdout(std::process::Stdio::from(std::fs::File::create(&log)?))
             .stderr(std::process::Stdio::from(std::fs::File::options().append(true).open(&log)?));
         let agent = spawn(&format!("pilot-agent {}", pod.name), cmd, &netns.path(), None)?;
-        Ok(Proxy { agent, netns: netns.path(), dir: dir.to_path_buf(), log })
+        Ok(Proxy { agent, netns: netns.path(), log })
     }
 
     /// A GET on Envoy's admin (loopback of the pod's namespace).
@@ -293,11 +291,8 @@ impl Proxy {
                 return Ok(started.elapsed().as_millis() as u64);
             }
             if started.elapsed() > within {
-                let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-                bail!(
-                    "Envoy had no listener {name} after {within:?}; pilot-agent's log ends: {}",
-                    tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
-                );
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!("Envoy had no listener {name} after {within:?}; pilot-agent's log ends: {}", last_lines(&log, 3));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -239,7 +239,8 @@ impl Envoy {
     }
 }
 
-fn last_lines(s: &str, n: usize) -> String {
+/// The last `n` lines of a log, joined with ` | ` (for error messages).
+pub(crate) fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }

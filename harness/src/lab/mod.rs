@@ -224,10 +224,10 @@ async fn start_server(
     Ok((server, started.elapsed().as_millis() as u64))
 }
 
-/// Set up one hop; returns its Envoy (with the role it plays) when it has one.
 /// What a hop started: its Envoy (by role), and for the client sidecar Istio's control plane.
 type StartedHop = Option<(String, envoy::Envoy, Option<crate::istio::ControlPlane>)>;
 
+/// Set up one hop; returns its Envoy (with the role it plays) when it has one.
 async fn start_hop(
     lab: &CellLab,
     cell: &crate::cells::Cell,
