@@ -135,6 +135,9 @@ enum Command {
     ServeHttp {
         #[arg(long)]
         listen: std::net::SocketAddr,
+        /// Append each request's path to this file (the server-side request count).
+        #[arg(long)]
+        request_log: Option<PathBuf>,
     },
     /// Remove namespaces and temp dirs left by idlelab runs that were killed outright.
     Reap,
@@ -192,13 +195,13 @@ pub fn main() -> i32 {
             .build()
             .expect("tokio runtime")
             .block_on(crate::probe::main(spec)),
-        Command::ServeHttp { listen } => {
+        Command::ServeHttp { listen, request_log } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(crate::lab::http_server::serve(listen)) {
+            match rt.block_on(crate::lab::http_server::serve(listen, request_log.as_deref())) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");

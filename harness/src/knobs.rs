@@ -21,6 +21,10 @@ pub enum Precision {
     /// `idle_timeout`): set in whole seconds, and it acts up to `late_ms` after its value
     /// (the clock's tick plus how often the server looks), never before.
     ServerClock { late_ms: u64 },
+    /// Envoy's HTTP connection manager idle timeout: exact to the millisecond, but an idle
+    /// HTTP/1.1 connection is closed only after the manager's `drain_timeout` (Envoy's
+    /// default 5 s, which Istio leaves alone) — a fixed delay that no time scale shrinks.
+    HttpDrain { drain_ms: u64 },
 }
 
 impl Serialize for Precision {
@@ -29,6 +33,7 @@ impl Serialize for Precision {
             Precision::WholeSeconds => "whole-seconds",
             Precision::Millis => "millis",
             Precision::ServerClock { .. } => "server-clock",
+            Precision::HttpDrain { .. } => "millis+drain",
         })
     }
 }
@@ -38,10 +43,14 @@ impl Precision {
     pub fn late_by(self) -> std::time::Duration {
         match self {
             Precision::ServerClock { late_ms } => std::time::Duration::from_millis(late_ms),
+            Precision::HttpDrain { drain_ms } => std::time::Duration::from_millis(drain_ms),
             Precision::WholeSeconds | Precision::Millis => std::time::Duration::ZERO,
         }
     }
 }
+
+/// Envoy's HTTP connection manager `drain_timeout` default (Istio does not set it).
+pub const ENVOY_HTTP_DRAIN_MS: u64 = 5000;
 
 /// What a duration is on the path; the time scale derives from it which orderings decide
 /// the outcome (see `timescale::deciding_pairs`).
@@ -166,8 +175,21 @@ impl Knobs {
                 role: Role::UserTimeout,
             });
         }
+        let http = self.service == crate::scenario::Service::Http;
         for (i, hop) in self.path.iter_mut().enumerate() {
-            out.extend(hop.durations_mut(i));
+            let client_sidecar = matches!(hop, crate::hop::Hop::Sidecar(_));
+            for mut d in hop.durations_mut(i) {
+                // `http.idleTimeout` reaches an HTTP pool only: on a TCP port it decides nothing.
+                if !http && d.label.ends_with(".service_http_idle_timeout") {
+                    continue;
+                }
+                // On an `http-*` port the client sidecar's idle timeout is the connection
+                // manager's (downstream): it closes after the drain.
+                if http && client_sidecar && d.label.ends_with(".sidecar.idle_timeout") {
+                    d.precision = Precision::HttpDrain { drain_ms: ENVOY_HTTP_DRAIN_MS };
+                }
+                out.push(d);
+            }
         }
         out
     }

@@ -122,28 +122,36 @@ async fn run_one(
     };
     let span = tracing::info_span!("cell", key = %key, factor = cell.time_scale.factor);
     let result = tracing::Instrument::instrument(crate::lab::run_cell(&cell, &shared, &phase), span).await;
-    if let Err(e) = &result {
-        tracing::warn!(key = %key, "cell could not run: {e:#}");
+    if let Err(f) = &result {
+        tracing::warn!(key = %key, "cell could not run: {:#}", f.error);
     }
+    let keep_logs = |logs: &[(String, String)]| {
+        let dir = logs_dir(&out_dir, &key);
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| logs.iter().try_for_each(|(name, text)| std::fs::write(dir.join(name), text)));
+        if let Err(e) = written {
+            tracing::warn!(key = %key, "could not keep the cell's logs in {}: {e}", dir.display());
+        }
+    };
     let mut report = report_of(&cell, &key);
     match result {
         Ok(outcome) => {
             let (v, why) = verdict::judge(&outcome.observations);
             if Some(cell.expected) != Some(v) && !outcome.logs.is_empty() {
-                let dir = logs_dir(&out_dir, &key);
-                let written = std::fs::create_dir_all(&dir).and_then(|()| {
-                    outcome.logs.iter().try_for_each(|(name, text)| std::fs::write(dir.join(name), text))
-                });
-                if let Err(e) = written {
-                    tracing::warn!(key = %key, "could not keep the cell's logs in {}: {e}", dir.display());
-                }
+                keep_logs(&outcome.logs);
             }
+            report.evidence.notes.extend(outcome.evidence.http.clone());
             report.evidence.observations = Some(outcome.observations);
             report.evidence.lab = Some(outcome.evidence);
             report.verdict = Some(v);
             report.explanation = why;
         }
-        Err(e) => report.error = Some(format!("{e:#}")),
+        Err(f) => {
+            if !f.logs.is_empty() {
+                keep_logs(&f.logs);
+            }
+            report.error = Some(format!("{:#}", f.error));
+        }
     }
     report.pass = report.verdict == Some(cell.expected);
     report.wall_ms = started.elapsed().as_millis() as u64;

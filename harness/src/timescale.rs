@@ -111,6 +111,10 @@ pub fn deciding_pairs(roles: &[Role]) -> Vec<(usize, usize)> {
                     | (Role::PoolMaxIdle, Role::Idle)
                     | (Role::KeepaliveTime, Role::Timeout { .. })
                     | (Role::KeepaliveInterval, Role::Timeout { refreshed_by_probes: true })
+                    // A proxy's or server's timer (it closes with a FIN) against a middlebox
+                    // forgetting the flow: which comes first decides whether the FIN crosses
+                    // a flow the middlebox still knows, or the next segment meets a reset.
+                    | (Role::Timeout { refreshed_by_probes: false }, Role::Timeout { refreshed_by_probes: true })
             );
             if decides && i != j {
                 pairs.push((i, j));
@@ -137,7 +141,7 @@ pub fn scale_seconds(real: Dur, factor: u32) -> u64 {
 fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (Dur, Option<String>) {
     let exact = real.0.as_secs_f64() / factor as f64;
     match precision {
-        Precision::Millis => (scale_millis(real, factor), None),
+        Precision::Millis | Precision::HttpDrain { .. } => (scale_millis(real, factor), None),
         Precision::WholeSeconds | Precision::ServerClock { .. } => {
             let s = exact.round();
             let exact_text = human(Duration::from_millis((exact * 1000.0).round() as u64));

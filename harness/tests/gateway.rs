@@ -76,7 +76,50 @@ fn hyper_util_drops_idle_closed_connections_at_checkout() {
     let (_out, s) = run_scenario_ok("http-idle");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "recovered", "{none}");
-    assert!(counter(none, ".idle_timeout") >= 4, "Envoy did close them: {none}");
+    // An `http-*` port: the connection manager's downstream idle timeout, then its drain.
+    assert!(counter(none, ".downstream_cx_idle_timeout") >= 4, "Envoy did close them: {none}");
     let conns = none["evidence"]["observations"]["connections"].as_array().unwrap();
     assert!(conns.iter().all(|c| c["peer_closed_ms"].is_u64() && c["replaced_before_use"].is_string()), "{conns:?}");
+}
+
+/// `http-sidecar-upstream`: on an `http-*` port the app's connection ends at the sidecar's
+/// HTTP connection manager; a load balancer behind it forgets Envoy's pooled upstream
+/// connections. Per mitigation: what the app got, whether Envoy retried, and how many
+/// requests the server received.
+#[test]
+fn http_sidecar_upstream_shows_the_apps_503_the_retries_and_the_servers_count() {
+    let (_out, s) = run_scenario_ok("http-sidecar-upstream");
+    let http = |c: &Value| c["evidence"]["lab"]["http"].as_str().unwrap_or_else(|| panic!("{c}")).to_string();
+    let received = |c: &Value, path: &str| c["evidence"]["lab"]["server_requests"][path].as_u64().unwrap_or(0);
+    for label in ["none", "app-keepalive", "istio-idle-timeout"] {
+        let c = cell(&s, label);
+        assert_eq!(c["verdict"], "failed-on-reuse", "{label}: {c}");
+        let log = access_log(c);
+        let reuse: Vec<&Value> = log.iter().filter(|l| l["path"] == "/").collect();
+        assert!(
+            reuse.iter().any(|l| l["code"] == 503 && l["flags"] == "UC"),
+            "{label}: the sidecar answered 503 UC: {reuse:?}"
+        );
+        assert!(reuse.iter().all(|l| l["attempts"] == 1), "{label}: Istio's default policy did not retry: {reuse:?}");
+        let failed = reuse.iter().filter(|l| l["code"] == 503).count() as u64;
+        assert_eq!(
+            received(c, "/") + failed,
+            reuse.len() as u64,
+            "{label}: every request Envoy passed on reached the server once, no duplicate: {c}"
+        );
+        let h = http(c);
+        assert!(h.contains("HTTP 503") && h.contains("no retry"), "{label}: {h}");
+        assert!(forgotten_segments(c) >= 1, "{label}: the NLB refused a forgotten flow: {c}");
+    }
+    for label in ["dr-tcp-keepalive", "dr-http-idle-timeout", "dr-idle-timeout"] {
+        let c = cell(&s, label);
+        assert_eq!(c["verdict"], "survived", "{label}: {c}");
+        assert_eq!(received(c, "/"), 4, "{label}: {c}");
+        assert!(access_log(c).iter().filter(|l| l["path"] == "/").all(|l| l["code"] == 200), "{label}");
+    }
+    let idle = cell(&s, "dr-http-idle-timeout");
+    assert!(counter(idle, ".upstream_cx_idle_timeout") >= 4, "Envoy retired its idle upstream connections: {idle}");
+    assert_eq!(forgotten_segments(idle), 0, "{idle}");
+    let sidecar = &envoys(idle)[0]["istio_config"];
+    assert!(sidecar["cluster_http_idle_timeout"].as_str().is_some_and(|t| t.ends_with('s')), "{sidecar}");
 }

@@ -1,8 +1,8 @@
 //! The kind backend, verified without a cluster: plan snapshots for every shipped scenario,
 //! every Istio resource against Istio 1.30's CRD schemas, every annotation against Istio's
-//! list, the Kubernetes objects against k8s-openapi's types, and every EnvoyFilter patch
-//! applied to the local lab's own Envoy config, accepted by `envoy --mode validate`, giving the
-//! same Envoy field values as the local mitigation.
+//! list, the Kubernetes objects against k8s-openapi's types, and one renderer: the Istio
+//! resources, pod annotations and port names the kind plan applies are the objects the local
+//! lab gives Istio's control plane (what Istio makes of them: `istio_xds.rs`).
 
 mod common;
 use common::*;
@@ -197,4 +197,125 @@ fn run_on_kind_without_the_tools_fails_fast_and_creates_nothing() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("missing: docker, kind, kubectl, istioctl") && err.contains("idlelab plan"), "{err}");
     assert!(!out.exists(), "nothing created");
+}
+
+/// Every document of a plan's `kubectl apply` steps for one cell.
+fn applied(cell: &Cell, index: usize) -> Vec<Value> {
+    idlelab::kube::cell_steps(cell, index, &KubeTarget { context: None })
+        .iter()
+        .filter_map(|s| match s {
+            Step::Command { stdin: Some(m), .. } => Some(m.clone()),
+            _ => None,
+        })
+        .flat_map(|m| serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&m).unwrap())
+        .collect()
+}
+
+fn local(cell: &Cell, ns: &str) -> Vec<Value> {
+    let addrs = idlelab::istio::objects::Addresses {
+        app: "198.18.0.1".parse().unwrap(),
+        server: "198.18.0.6".parse().unwrap(),
+        gateway: Some("198.18.0.2".parse().unwrap()).filter(|_| cell.real.path.iter().any(|h| matches!(h, idlelab::hop::Hop::Gateway(_)))),
+    };
+    let cert = idlelab::istio::objects::GatewayCert { cert_pem: "C", key_pem: "K" };
+    idlelab::istio::objects::for_cell(cell, ns, addrs, Some(cert))
+        .map(|o| o.docs.iter().flat_map(|d| serde_saphyr::from_str_multiple::<Value, Vec<Value>>(d).unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn istio_resources(docs: &[Value]) -> Vec<Value> {
+    let mut v: Vec<Value> =
+        docs.iter().filter(|d| d["apiVersion"].as_str().is_some_and(|a| a.contains("istio.io"))).cloned().collect();
+    v.sort_by_key(|d| d.to_string());
+    v
+}
+
+/// `(kind, pod, annotations)` of the probe/client and server pods, injection switch aside.
+fn pod_annotations(docs: &[Value]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for d in docs {
+        let (who, meta) = match (d["kind"].as_str(), d["metadata"]["name"].as_str()) {
+            (Some("Pod"), Some("idlelab-probe" | "client")) => ("client", &d["metadata"]),
+            (Some("Deployment"), Some(_)) => ("server", &d["spec"]["template"]["metadata"]),
+            (Some("Pod"), Some(n)) if d["metadata"]["labels"]["app"] == n && n != "istio-ingressgateway" => ("server", &d["metadata"]),
+            _ => continue,
+        };
+        let mut a = meta["annotations"].clone();
+        if let Some(m) = a.as_object_mut() {
+            m.remove("sidecar.istio.io/inject");
+        }
+        if a.as_object().is_some_and(|m| !m.is_empty()) {
+            out.push((who.to_string(), a));
+        }
+    }
+    out.sort_by_key(|(w, _)| w.clone());
+    out
+}
+
+fn port_names(docs: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service" && d["metadata"]["name"] != "istio-ingressgateway" && !d["metadata"]["name"].as_str().unwrap().starts_with("mb"))
+        .flat_map(|d| d["spec"]["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One renderer for both backends: for every cell of every shipped scenario, the Istio
+/// resources (DestinationRule, EnvoyFilter, Gateway, VirtualService), the client and server
+/// pods' annotations and the service's port names that the kind plan applies are the ones the
+/// local lab hands Istio's control plane. Where a middlebox sits in front of the next
+/// addressed hop, the kind backend addresses the middlebox's own Service and the local lab
+/// (whose middleboxes are routers) the hop behind it: there, only a DestinationRule's `host`
+/// may differ, and it must name each backend's target.
+#[test]
+fn the_local_lab_and_the_kind_plan_render_the_same_objects() {
+    let mut compared = 0;
+    for name in shipped() {
+        for (i, c) in scenario_cells(&name).iter().enumerate() {
+            let ns = idlelab::kube::namespace_of(i, &c.scenario);
+            let kind = applied(c, i);
+            let local = local(c, &ns);
+            if local.is_empty() {
+                continue; // no Istio proxy on the path: nothing goes to Istio's control plane
+            }
+            let key = format!("{}::{}", c.scenario, c.label);
+            let kind_host = idlelab::kube::target_host(c, &ns);
+            let local_host = idlelab::istio::objects::target_host(&c.real.path, c.real.service, &ns);
+            let host_of = |mut docs: Vec<Value>, host: &str| {
+                for d in &mut docs {
+                    if d["spec"]["host"] == host {
+                        d["spec"]["host"] = "TARGET".into();
+                    }
+                }
+                docs
+            };
+            assert_eq!(
+                host_of(istio_resources(&kind), &kind_host),
+                host_of(istio_resources(&local), &local_host),
+                "{key}: the Istio resources differ"
+            );
+            assert_eq!(pod_annotations(&kind), pod_annotations(&local), "{key}: the pods' annotations differ");
+            assert_eq!(port_names(&kind), port_names(&local), "{key}: the port names differ");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 40, "only {compared} cells compared");
+}
+
+/// The comparison sees a difference when there is one.
+#[test]
+fn the_renderer_comparison_can_fail() {
+    let c = &scenario_cells("redis-idle")[1];
+    let ns = idlelab::kube::namespace_of(1, &c.scenario);
+    let mut local = local(c, &ns);
+    assert_eq!(pod_annotations(&applied(c, 1)), pod_annotations(&local));
+    for d in &mut local {
+        if d["kind"] == "Pod" {
+            d["metadata"]["annotations"]["proxy.istio.io/config"] = "proxyMetadata: {ISTIO_META_IDLE_TIMEOUT: 1s}".into();
+        }
+    }
+    assert_ne!(pod_annotations(&applied(c, 1)), pod_annotations(&local));
 }

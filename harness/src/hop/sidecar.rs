@@ -61,6 +61,10 @@ pub struct SidecarHop {
     /// host's clusters: PassthroughCluster, which a `passthrough` route takes, is not one of them.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub service_upstream_keepalive: Option<Keepalive>,
+    /// HTTP only: how long Envoy keeps an idle upstream connection of the service's pool,
+    /// from a DestinationRule `connectionPool.http.idleTimeout` (`dr-http-idle-timeout`).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub service_http_idle_timeout: Option<Dur>,
 }
 
 impl Default for SidecarHop {
@@ -73,6 +77,7 @@ impl Default for SidecarHop {
             exclude_outbound_ip_ranges: vec![],
             service_idle_timeout: None,
             service_upstream_keepalive: None,
+            service_http_idle_timeout: None,
         }
     }
 }
@@ -89,6 +94,11 @@ impl SidecarHop {
             && let Some(t) = self.service_idle_timeout.as_mut()
         {
             out.extend(KnobDuration::envoy_idle_timeout(format!("path[{index}].sidecar.service_idle_timeout"), t));
+        }
+        if self.route == Route::Service
+            && let Some(t) = self.service_http_idle_timeout.as_mut()
+        {
+            out.extend(KnobDuration::envoy_idle_timeout(format!("path[{index}].sidecar.service_http_idle_timeout"), t));
         }
         if let Some(ka) = self.upstream_keepalive.as_mut() {
             out.extend(ka.durations_mut(&format!("path[{index}].sidecar.upstream_keepalive")));

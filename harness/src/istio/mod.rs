@@ -30,6 +30,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub use crate::lab::envoy::ENVOY_UID as PROXY_UID;
 /// Where the control plane listens, inside the pod's namespace.
 pub const XDS_ADDR: &str = "127.0.0.1:15010";
+/// Istio's /debug endpoints, with `IDLELAB_ISTIO_DEBUG` set (loopback of the app's namespace).
+pub const DEBUG_ADDR: &str = "127.0.0.1:15014";
 /// Envoy's admin port in Istio's bootstrap (loopback of the pod's namespace).
 pub const ADMIN_PORT: u16 = 15000;
 
@@ -75,9 +77,17 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Start it in `netns`, serving `docs` (YAML documents) written under `dir`. A resource
-    /// Istio rejects is a [`Rejected`] error (downcast it), nothing left running.
-    pub async fn start(netns: &Path, dir: &Path, docs: &[String], mesh_config: Option<&str>) -> Result<ControlPlane> {
+    /// Start it in `netns`, serving `docs` (YAML documents) written under `dir`, on
+    /// [`XDS_ADDR`] of `netns` and of each namespace of `also_in` (one control plane serves
+    /// every pod of the cell, as istiod does). A resource Istio rejects is a [`Rejected`]
+    /// error (downcast it), nothing left running.
+    pub async fn start(
+        netns: &Path,
+        also_in: &[PathBuf],
+        dir: &Path,
+        docs: &[String],
+        mesh_config: Option<&str>,
+    ) -> Result<ControlPlane> {
         let config = dir.join("config");
         std::fs::create_dir_all(&config)?;
         for (i, doc) in docs.iter().enumerate() {
@@ -86,10 +96,52 @@ impl ControlPlane {
         let log = dir.join("idlelab-xds.log");
         let mut cmd = tokio::process::Command::new(xds_bin());
         cmd.arg("--listen").arg(XDS_ADDR);
+        // Istio's own /debug endpoints (syncz, config_dump?proxyID=…) on the loopback of the
+        // app's namespace, for a user who wants to see what Istio generated.
+        if std::env::var_os("IDLELAB_ISTIO_DEBUG").is_some() {
+            cmd.arg("--debug").arg(DEBUG_ADDR);
+        }
         if let Some(mesh) = mesh_config {
             let path = dir.join("mesh.yaml");
             std::fs::write(&path, mesh)?;
             cmd.arg("--mesh").arg(path);
+        }
+        // A listening socket on 127.0.0.1:15010 of each other pod's namespace, inherited as
+        // fd 3, 4, …: the control plane itself stays in one namespace.
+        let mut inherited = Vec::new();
+        for ns in also_in {
+            let l = crate::lab::netns::in_netns(ns, || std::net::TcpListener::bind(XDS_ADDR))
+                .await?
+                .with_context(|| format!("listening on {XDS_ADDR} in {}", ns.display()))?;
+            cmd.arg("--listen-fd").arg((3 + inherited.len()).to_string());
+            inherited.push(std::os::fd::OwnedFd::from(l));
+        }
+        const MAX_INHERITED: usize = 8;
+        anyhow::ensure!(inherited.len() <= MAX_INHERITED, "more than {MAX_INHERITED} pod namespaces for one control plane");
+        let mut raw = [-1i32; MAX_INHERITED];
+        for (slot, fd) in raw.iter_mut().zip(&inherited) {
+            *slot = std::os::fd::AsRawFd::as_raw_fd(fd);
+        }
+        let count = inherited.len();
+        // SAFETY: fcntl and dup2 are async-signal-safe, and nothing is allocated. The sockets
+        // are first moved above the targets, so that placing one cannot overwrite another;
+        // every other descriptor of this process is close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut high = [-1i32; MAX_INHERITED];
+                for i in 0..count {
+                    high[i] = libc::fcntl(raw[i], libc::F_DUPFD_CLOEXEC, 1000);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate().take(count) {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         cmd.arg(&config)
             .stdin(std::process::Stdio::piped())
@@ -97,6 +149,7 @@ impl ControlPlane {
             .stderr(std::process::Stdio::from(std::fs::File::create(&log)?));
         let started = Instant::now();
         let mut process = spawn("idlelab-xds", cmd, netns, None)?;
+        drop(inherited);
         let stdout = process.child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -124,6 +177,7 @@ impl ControlPlane {
 pub struct Pod {
     pub name: String,
     pub namespace: String,
+    pub service_account: String,
     pub ip: Ipv4Addr,
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
@@ -132,6 +186,11 @@ pub struct Pod {
 impl Pod {
     fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Its SPIFFE identity, as Istio's CA would put it in the workload certificate.
+    pub fn spiffe_id(&self) -> String {
+        format!("spiffe://cluster.local/ns/{}/sa/{}", self.namespace, self.service_account)
     }
 
     /// `pilot-agent istio-iptables` arguments, as Istio's injection template renders them
@@ -181,8 +240,17 @@ fn downward_api(items: &[(String, String)]) -> String {
 }
 
 impl Proxy {
-    /// Install the capture and start pilot-agent for `pod` in `netns`, with its files under `dir`.
-    pub async fn start(netns: &crate::lab::netns::Netns, dir: &Path, pod: &Pod, xds: &str) -> Result<Proxy> {
+    /// Start pilot-agent for `pod` in `netns`, with its files under `dir` and a workload
+    /// certificate from `ca`. A sidecar first gets Istio's capture; a gateway (`router`) has
+    /// none, as in its own Deployment.
+    pub async fn start(
+        netns: &crate::lab::netns::Netns,
+        dir: &Path,
+        pod: &Pod,
+        xds: &str,
+        role: objects::ProxyRole,
+        ca: &crate::lab::tls::MeshCa,
+    ) -> Result<Proxy> {
         let root = |p: &str| dir.join(p);
         for d in [
             "var/lib/istio/envoy",
@@ -199,22 +267,23 @@ impl Proxy {
             .with_context(|| format!("copying {} (run `just setup`)", bootstrap_template().display()))?;
         std::fs::write(root("etc/istio/pod/labels"), downward_api(&pod.labels))?;
         std::fs::write(root("etc/istio/pod/annotations"), downward_api(&pod.annotations))?;
-        let certs = workload_certs(&pod.namespace)?;
-        for (file, pem) in
-            [("root-cert.pem", &certs.ca_pem), ("cert-chain.pem", &certs.cert_pem), ("key.pem", &certs.key_pem)]
-        {
+        let (chain, key) = ca.issue(&pod.spiffe_id())?;
+        for (file, pem) in [("root-cert.pem", &ca.ca_pem), ("cert-chain.pem", &chain), ("key.pem", &key)] {
             std::fs::write(root("var/run/secrets/workload-spiffe-credentials").join(file), pem)?;
         }
         chown_tree(dir, PROXY_UID).with_context(|| format!("handing {} to uid {PROXY_UID}", dir.display()))?;
 
-        // The capture, as the init container (root) runs it.
-        let args = pod.capture_args();
-        let agent = agent_bin().to_string_lossy().into_owned();
-        // GOMEMLIMIT set: Istio's automemlimit otherwise logs an error on cgroup v2 hosts.
-        let mut full = vec!["GOMEMLIMIT=256MiB", agent.as_str(), "istio-iptables"];
-        full.extend(args.iter().map(String::as_str));
-        netns.exec("env", &full, None).context("pilot-agent istio-iptables")?;
-        tracing::debug!(netns = %netns.name, args = ?args, "capture installed by istio-iptables");
+        let router = role == objects::ProxyRole::Gateway;
+        if !router {
+            // The capture, as the init container (root) runs it.
+            let args = pod.capture_args();
+            let agent = agent_bin().to_string_lossy().into_owned();
+            // GOMEMLIMIT set: Istio's automemlimit otherwise logs an error on cgroup v2 hosts.
+            let mut full = vec!["GOMEMLIMIT=256MiB", agent.as_str(), "istio-iptables"];
+            full.extend(args.iter().map(String::as_str));
+            netns.exec("env", &full, None).context("pilot-agent istio-iptables")?;
+            tracing::debug!(netns = %netns.name, args = ?args, "capture installed by istio-iptables");
+        }
 
         let envoy = crate::lab::envoy::envoy_bin().ok_or_else(|| anyhow!("no Envoy (run `just setup`)"))?;
         let envoy = std::fs::canonicalize(&envoy).unwrap_or(envoy);
@@ -241,7 +310,7 @@ impl Proxy {
             .arg(format!(r#"setpriv --reuid={PROXY_UID} --regid={PROXY_UID} --clear-groups "$@" & wait"#))
             .arg("pilot-agent")
             .arg(&agent)
-            .args(["proxy", "sidecar", "--domain", &domain])
+            .args(["proxy", if router { "router" } else { "sidecar" }, "--domain", &domain])
             .args(["--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error", "--log_output_level=default:warn"])
             .current_dir(dir)
             .env_clear()
@@ -255,7 +324,7 @@ impl Proxy {
             .env("POD_NAMESPACE", &pod.namespace)
             .env("INSTANCE_IP", pod.ip.to_string())
             .env("HOST_IP", pod.ip.to_string())
-            .env("SERVICE_ACCOUNT", "default")
+            .env("SERVICE_ACCOUNT", &pod.service_account)
             .env("PROXY_CONFIG", proxy_config.to_string())
             .env("ISTIO_META_CLUSTER_ID", "Kubernetes")
             .env("ISTIO_META_MESH_ID", "cluster.local")
@@ -281,12 +350,16 @@ impl Proxy {
         Ok(serde_json::from_str(&self.admin_get("/config_dump").await?)?)
     }
 
-    /// Wait until Envoy has a listener named `name` from ADS; returns how long it took.
-    pub async fn wait_listener(&self, name: &str, within: Duration) -> Result<u64> {
+    /// Wait until Envoy has, from ADS, the listener and the chain that carry the app's
+    /// connection through `p`, and that listener is no longer warming; returns how long it took.
+    pub async fn wait_chain(&self, p: &objects::ProxyInputs, within: Duration) -> Result<u64> {
         let started = Instant::now();
+        let name = &p.listener;
         loop {
             if let Ok(dump) = self.config_dump().await
-                && dynamic_listener(&dump, name).is_some()
+                && let Some(l) = dynamic_listener(&dump, name)
+                && !chains(l, p).is_empty()
+                && route_names(l, p).iter().all(|r| dynamic_route_config(&dump, r).is_some())
             {
                 return Ok(started.elapsed().as_millis() as u64);
             }
@@ -310,15 +383,9 @@ fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A throwaway root and a workload certificate (`spiffe://cluster.local/ns/<ns>/sa/default`)
-/// that pilot-agent serves to Envoy over SDS, as if a CA had issued them.
-fn workload_certs(namespace: &str) -> Result<crate::lab::tls::RunCa> {
-    crate::lab::tls::generate_for(&format!("spiffe://cluster.local/ns/{namespace}/sa/default"))
-}
-
-/// The config dump's section of `@type` ending with `suffix`.
-pub fn dump_section<'a>(dump: &'a Value, suffix: &str) -> Option<&'a Value> {
-    dump["configs"].as_array()?.iter().find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(suffix)))
+/// The config dump's section whose `@type` is named `name` (`ListenersConfigDump`, …).
+pub fn dump_section<'a>(dump: &'a Value, name: &str) -> Option<&'a Value> {
+    dump["configs"].as_array()?.iter().find(|c| c["@type"].as_str().and_then(|t| t.rsplit('.').next()) == Some(name))
 }
 
 /// A listener Envoy received over xDS, by name.
@@ -339,44 +406,126 @@ pub fn dynamic_cluster<'a>(dump: &'a Value, name: &str) -> Option<&'a Value> {
         .map(|c| &c["cluster"])
 }
 
-/// The fields of a sidecar's config that decide these failures, as Envoy received them from
-/// Istio's control plane: for the chain the app's connection takes, its `tcp_proxy`
-/// `idle_timeout` and its cluster's `upstream_connection_options.tcp_keepalive`.
-pub fn deciding_fields(dump: &Value, listener: &str, cluster: &str) -> Value {
-    let passthrough = listener == "virtualOutbound";
-    let tcp_proxy = dynamic_listener(dump, listener).and_then(|l| {
-        l["filter_chains"]
-            .as_array()?
-            .iter()
-            .find(|fc| !passthrough || fc["name"] == "virtualOutbound-catchall-tcp")
-            .and_then(|fc| fc["filters"].as_array()?.iter().find(|f| f["name"] == "envoy.filters.network.tcp_proxy"))
-            .map(|f| f["typed_config"].clone())
+/// A route configuration Envoy received over RDS, by name.
+pub fn dynamic_route_config<'a>(dump: &'a Value, name: &str) -> Option<&'a Value> {
+    dump_section(dump, "RoutesConfigDump")?["dynamic_route_configs"]
+        .as_array()?
+        .iter()
+        .find(|r| r["route_config"]["name"] == name)
+        .map(|r| &r["route_config"])
+}
+
+/// The filter chains of `p`'s listener that carry the app's connection: the catch-all chain
+/// of `virtualOutbound` (passthrough), the chains matching the port on an inbound listener,
+/// every chain otherwise.
+fn chains<'a>(listener: &'a Value, p: &objects::ProxyInputs) -> Vec<&'a Value> {
+    let all = listener["filter_chains"].as_array().into_iter().flatten();
+    match p.listener.as_str() {
+        "virtualOutbound" => all.filter(|fc| fc["name"] == "virtualOutbound-catchall-tcp").collect(),
+        "virtualInbound" => {
+            all.filter(|fc| fc["filter_chain_match"]["destination_port"] == u64::from(p.port)).collect()
+        }
+        _ => all.collect(),
+    }
+}
+
+/// The RDS route configurations the chains' HTTP connection managers name (they arrive
+/// after the listener).
+fn route_names(listener: &Value, p: &objects::ProxyInputs) -> Vec<String> {
+    chains(listener, p)
+        .iter()
+        .flat_map(|fc| fc["filters"].as_array().into_iter().flatten())
+        .filter_map(|f| f["typed_config"]["rds"]["route_config_name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The distinct values of a field across chains, or one value when they agree.
+fn distinct(values: Vec<Value>) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    match out.len() {
+        0 => Value::Null,
+        1 => out.remove(0),
+        _ => Value::Array(out),
+    }
+}
+
+fn duration_or_default(v: &Value, default: &str) -> Value {
+    match v {
+        Value::String(d) => Value::String(d.clone()),
+        _ => Value::String(format!("unset (Envoy's default: {default})")),
+    }
+}
+
+/// The fields of a proxy's config that decide these failures, as Envoy received them from
+/// Istio's control plane, for the chain the app's connection takes through it: the
+/// `tcp_proxy` `idle_timeout`, or for HTTP the connection manager's idle timeout and the
+/// route's retry policy; the cluster's `tcp_keepalive` and HTTP pool idle timeout; the
+/// listener's `socket_options`.
+pub fn deciding_fields(dump: &Value, p: &objects::ProxyInputs) -> Value {
+    let listener = dynamic_listener(dump, &p.listener);
+    let chains = listener.map(|l| chains(l, p)).unwrap_or_default();
+    let filters: Vec<&Value> = chains
+        .iter()
+        .flat_map(|fc| fc["filters"].as_array().into_iter().flatten())
+        .map(|f| &f["typed_config"])
+        .collect();
+    let is = |f: &&&Value, suffix: &str| f["@type"].as_str().is_some_and(|t| t.ends_with(suffix));
+    let tcp: Vec<&Value> = filters.iter().filter(|f| is(f, "TcpProxy")).copied().collect();
+    let hcm: Vec<&Value> = filters.iter().filter(|f| is(f, "HttpConnectionManager")).copied().collect();
+    let mut fields = serde_json::json!({
+        "source": "ADS from Istio's discovery server (idlelab-xds)",
+        "role": p.role.name(),
+        "listener": p.listener,
+        "cluster": p.cluster,
     });
-    let cluster_name = if passthrough { "PassthroughCluster" } else { cluster };
-    let idle = match tcp_proxy.as_ref().map(|t| t["idle_timeout"].clone()) {
-        Some(Value::String(d)) => d,
-        Some(_) => "unset (Envoy's tcp_proxy default: 3600s)".into(),
-        None => "no tcp_proxy on that chain".into(),
-    };
-    let statics: Vec<Value> = dump_section(dump, "ListenersConfigDump")
+    if !tcp.is_empty() {
+        fields["idle_timeout"] = distinct(tcp.iter().map(|t| duration_or_default(&t["idle_timeout"], "3600s")).collect());
+    }
+    if !hcm.is_empty() {
+        fields["http_idle_timeout"] = distinct(
+            hcm.iter()
+                .map(|h| duration_or_default(&h["common_http_protocol_options"]["idle_timeout"], "3600s"))
+                .collect(),
+        );
+        let retries: Vec<Value> = hcm
+            .iter()
+            .filter_map(|h| h["rds"]["route_config_name"].as_str())
+            .filter_map(|name| dynamic_route_config(dump, name))
+            .flat_map(|rc| rc["virtual_hosts"].as_array().cloned().unwrap_or_default())
+            .filter(|vh| vh["domains"].as_array().is_some_and(|d| d.iter().any(|d| d.as_str().is_some_and(|d| d.starts_with(p.cluster.rsplit('|').next().unwrap_or(""))))))
+            .flat_map(|vh| vh["routes"].as_array().cloned().unwrap_or_default())
+            .map(|r| r["route"]["retry_policy"].clone())
+            .collect();
+        fields["retry_policy"] = distinct(retries);
+    }
+    if tcp.is_empty() && hcm.is_empty() {
+        fields["idle_timeout"] = "no tcp_proxy or HTTP connection manager on that chain".into();
+    }
+    if let Some(c) = dynamic_cluster(dump, &p.cluster) {
+        let ka = &c["upstream_connection_options"]["tcp_keepalive"];
+        fields["tcp_keepalive"] = if ka.is_null() { Value::Null } else { ka.clone() };
+        let http = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        if !http.is_null() {
+            fields["cluster_http_idle_timeout"] =
+                duration_or_default(&http["common_http_protocol_options"]["idle_timeout"], "3600s");
+        }
+    }
+    if let Some(opts) = listener.map(|l| &l["socket_options"]).filter(|o| !o.is_null()) {
+        fields["socket_options"] = opts.clone();
+    }
+    let section = dump_section(dump, "ListenersConfigDump");
+    fields["dynamic_listeners"] =
+        section.and_then(|l| l["dynamic_listeners"].as_array()).map(|a| a.len()).unwrap_or(0).into();
+    fields["static_listeners"] = section
         .and_then(|l| l["static_listeners"].as_array())
         .map(|a| a.iter().map(|l| l["listener"]["name"].clone()).collect())
         .unwrap_or_default();
-    let dynamic = dump_section(dump, "ListenersConfigDump")
-        .and_then(|l| l["dynamic_listeners"].as_array())
-        .map(|a| a.len())
-        .unwrap_or(0);
-    serde_json::json!({
-        "source": "ADS from Istio's discovery server (idlelab-xds)",
-        "listener": listener,
-        "idle_timeout": idle,
-        "cluster": cluster_name,
-        "tcp_keepalive": dynamic_cluster(dump, cluster_name)
-            .map(|c| c["upstream_connection_options"]["tcp_keepalive"].clone())
-            .filter(|v| !v.is_null()),
-        "dynamic_listeners": dynamic,
-        "static_listeners": statics,
-    })
+    fields
 }
 
 /// Every `tcp_proxy` of a listener (each filter chain), as Istio generated it.
@@ -391,48 +540,77 @@ pub fn tcp_proxies(listener: &Value) -> Vec<&Value> {
         .collect()
 }
 
-/// What one client sidecar received from Istio's control plane.
-pub struct SidecarRun {
+/// What one proxy received from Istio's control plane.
+pub struct ProxyRun {
+    pub role: objects::ProxyRole,
     pub dump: Value,
     /// The capture istio-iptables installed (`nft list ruleset` in the pod's namespace).
     pub capture: String,
-    pub control_plane_ready_ms: u64,
-    /// pilot-agent start → the app's listener in Envoy.
+    /// pilot-agent start → the listener of the app's chain in Envoy.
     pub proxy_ready_ms: u64,
+}
+
+/// What every proxy of a cell's objects received.
+pub struct ObjectsRun {
+    pub proxies: Vec<ProxyRun>,
+    pub control_plane_ready_ms: u64,
+}
+
+impl ObjectsRun {
+    pub fn proxy(&self, role: objects::ProxyRole) -> &ProxyRun {
+        self.proxies.iter().find(|p| p.role == role).unwrap_or_else(|| panic!("no {} in the objects", role.name()))
+    }
 }
 
 static RUN_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Run Istio's control plane and one client sidecar for `inputs` in a namespace of its own,
-/// and return what Envoy received. Everything it started is removed before it returns.
-pub async fn sidecar_config(inputs: &objects::SidecarInputs) -> Result<SidecarRun> {
+/// Run Istio's control plane and every proxy of `objects`, each pod in a namespace of its own
+/// (no path between them), and return what each Envoy received. Everything it started is
+/// removed before it returns.
+pub async fn objects_config(objects: &objects::CellObjects) -> Result<ObjectsRun> {
     let seq = RUN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tag = format!("{}{}-x{seq}", crate::lab::netns::PREFIX, std::process::id());
     let dir = tempfile::Builder::new().prefix(&format!("{tag}-")).tempdir()?;
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let ns = crate::lab::netns::Netns::create(format!("{tag}-pod"))?;
-    // The pod's address on a veth pair inside the namespace (no `dummy` module here):
-    // istio-iptables and pilot-agent want a local address besides loopback.
-    ns.ip_batch(&[
-        "link set lo up".to_string(),
-        "link add pod0 type veth peer name pod1".to_string(),
-        format!("addr add {}/32 dev pod0", inputs.pod.ip),
-        "link set pod0 up".to_string(),
-        "link set pod1 up".to_string(),
-    ])?;
-    let cp = ControlPlane::start(&ns.path(), dir.path(), &inputs.docs, inputs.mesh.as_deref()).await?;
-    let proxy_dir = dir.path().join("proxy");
-    std::fs::create_dir(&proxy_dir)?;
-    let started = Instant::now();
-    let proxy = Proxy::start(&ns, &proxy_dir, &inputs.pod, &cp.addr).await?;
-    let listener = if inputs.listener == "virtualOutbound" { "virtualOutbound" } else { inputs.listener.as_str() };
-    proxy.wait_listener(listener, Duration::from_secs(20)).await?;
-    let proxy_ready_ms = started.elapsed().as_millis() as u64;
-    let dump = proxy.config_dump().await?;
-    let capture = ns.exec("nft", &["list", "ruleset"], None)?;
+    let mut namespaces = Vec::new();
+    for (i, p) in objects.proxies.iter().enumerate() {
+        let ns = crate::lab::netns::Netns::create(format!("{tag}-p{i}"))?;
+        // The pod's address on a veth pair inside the namespace (no `dummy` module here):
+        // istio-iptables and pilot-agent want a local address besides loopback.
+        ns.ip_batch(&[
+            "link set lo up".to_string(),
+            "link add pod0 type veth peer name pod1".to_string(),
+            format!("addr add {}/32 dev pod0", p.pod.ip),
+            "link set pod0 up".to_string(),
+            "link set pod1 up".to_string(),
+        ])?;
+        namespaces.push(ns);
+    }
+    let others: Vec<PathBuf> = namespaces.iter().skip(1).map(|n| n.path()).collect();
+    let cp = ControlPlane::start(&namespaces[0].path(), &others, dir.path(), &objects.docs, objects.mesh.as_deref()).await?;
+    let ca = crate::lab::tls::MeshCa::new()?;
+    let mut proxies = Vec::new();
+    let mut runs = Vec::new();
+    for (p, ns) in objects.proxies.iter().zip(&namespaces) {
+        let proxy_dir = dir.path().join(p.role.name());
+        std::fs::create_dir(&proxy_dir)?;
+        let started = Instant::now();
+        let proxy = Proxy::start(ns, &proxy_dir, &p.pod, &cp.addr, p.role, &ca).await?;
+        proxies.push((proxy, started, p));
+    }
+    for (proxy, started, p) in &proxies {
+        proxy.wait_chain(p, Duration::from_secs(20)).await?;
+        let ns = namespaces.iter().find(|n| n.path() == proxy.netns).expect("its namespace");
+        runs.push(ProxyRun {
+            role: p.role,
+            proxy_ready_ms: started.elapsed().as_millis() as u64,
+            dump: proxy.config_dump().await?,
+            capture: ns.exec("nft", &["list", "ruleset"], None)?,
+        });
+    }
     let control_plane_ready_ms = cp.ready_ms;
-    drop(proxy);
+    drop(proxies);
     drop(cp);
-    drop(ns);
-    Ok(SidecarRun { dump, capture, control_plane_ready_ms, proxy_ready_ms })
+    drop(namespaces);
+    Ok(ObjectsRun { proxies: runs, control_plane_ready_ms })
 }

@@ -1,20 +1,28 @@
-//! The Kubernetes and Istio objects a cluster would hold for a cell's client sidecar, as
-//! YAML documents for Istio's control plane.
+//! The Kubernetes and Istio objects a cluster would hold for a cell, as YAML documents for
+//! Istio's control plane, and the proxies that stand for its pods.
 //!
 //! ```text
-//!   Namespace <ns>
-//!   Service <svc> (clusterIP, port `tcp-<svc>`) + EndpointSlice (the server's address)
-//!   Pod client (podIP, label app: idlelab-probe, the mitigation's annotations)
+//!   Namespace <ns>                      Namespace istio-system (with a gateway)
+//!   Service <svc> (port `tcp-|http-|https-<svc>`, selector app=<svc>) + EndpointSlice
+//!   Pod client   (app: idlelab-probe, the client sidecar's annotations)
+//!   Pod <svc>    (app: <svc>, the server sidecar's annotations)          with a server sidecar
+//!   Pod + Service istio-ingressgateway, Gateway + VirtualService, Secret  with a gateway hop
 //!   the mitigation's DestinationRule / EnvoyFilter, exactly as `istio_resources()` renders them
 //! ```
 //!
-//! The objects are k8s-openapi types, the same the kind backend applies; the mitigation's
-//! forms are the ones the kind plan carries.
+//! The Istio resources, the pod annotations and the port names come from the functions the
+//! kind backend applies (`kube::pod_annotations`, `kube::istio`, `kube::manifests::port_name`,
+//! the mitigation's forms). What differs is what a cluster's controllers would add: the local
+//! lab writes the Pod (with its IP) and the EndpointSlice that a Deployment and the endpoint
+//! controller would create. A middlebox is a router in the local lab, not a pod behind a
+//! Service, so the app addresses the next hop that has one (the gateway, else the server).
 
 use super::Pod;
-use crate::hop::Route;
+use crate::hop::{Hop, Route};
 use crate::mitigation::{IstioContext, IstioForm};
-use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, PodStatus, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    Namespace, Pod as KubePod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
+};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
@@ -22,28 +30,85 @@ use std::net::Ipv4Addr;
 
 /// The app's label, which workload selectors (EnvoyFilter) name.
 pub const CLIENT_APP: &str = "idlelab-probe";
-/// A cluster IP for the Service when the app connects to an address Istio does not know.
+/// Where Istio's ingress gateway lives, and its Service.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
+/// The gateway's service account (Istio's chart).
+const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
+/// Cluster IPs for Services the app does not address (their clients use the endpoints).
 const UNUSED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+const UNUSED_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 253);
 
-/// What a client sidecar needs: the documents, the pod, and the names Istio gives the chain
-/// the app's connection takes.
-pub struct SidecarInputs {
-    pub docs: Vec<String>,
-    pub pod: Pod,
-    /// The outbound listener of the service (`<clusterIP>_<port>`), or `virtualOutbound`.
-    pub listener: String,
-    /// The service's outbound cluster, `outbound|<port>||<host>`.
-    pub cluster: String,
-    pub ctx: IstioContext,
-    /// MeshConfig (a mesh-wide `tcpKeepalive`), when the path sets one.
-    pub mesh: Option<String>,
+/// Which proxy of the path a pod's Envoy is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyRole {
+    /// The client pod's sidecar (outbound).
+    Sidecar,
+    /// The server pod's sidecar (inbound).
+    ServerSidecar,
+    /// The ingress gateway (`pilot-agent proxy router`).
+    Gateway,
 }
 
-fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -> ObjectMeta {
+impl ProxyRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyRole::Sidecar => "sidecar",
+            ProxyRole::ServerSidecar => "server-sidecar",
+            ProxyRole::Gateway => "gateway",
+        }
+    }
+}
+
+/// One proxy of the cell: its pod, and the names Istio gives the chain the app's connection
+/// takes through it.
+#[derive(Clone, Debug)]
+pub struct ProxyInputs {
+    pub role: ProxyRole,
+    pub pod: Pod,
+    /// The listener that carries the connection: `<clusterIP>_<port>` or `virtualOutbound`
+    /// (client), `virtualInbound` (server), `0.0.0.0_<port>` (gateway).
+    pub listener: String,
+    /// The port of the filter chain (inbound and gateway listeners have one per port).
+    pub port: u16,
+    /// The cluster the chain sends to.
+    pub cluster: String,
+}
+
+/// Everything Istio's control plane is given for a cell.
+pub struct CellObjects {
+    pub docs: Vec<String>,
+    /// MeshConfig additions (a mesh-wide `tcpKeepalive`), when the path sets one.
+    pub mesh: Option<String>,
+    pub proxies: Vec<ProxyInputs>,
+    pub ctx: IstioContext,
+}
+
+impl CellObjects {
+    pub fn proxy(&self, role: ProxyRole) -> Option<&ProxyInputs> {
+        self.proxies.iter().find(|p| p.role == role)
+    }
+}
+
+/// Where the cell's pods are.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub app: Ipv4Addr,
+    pub server: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The gateway's TLS certificate (PEM), as the `kubernetes.io/tls` Secret holds it.
+pub struct GatewayCert<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+fn meta(name: &str, namespace: Option<&str>, labels: &[(&str, &str)]) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: namespace.map(str::to_string),
-        labels: (!labels.is_empty()).then_some(labels),
+        labels: (!labels.is_empty()).then(|| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
         ..Default::default()
     }
 }
@@ -55,88 +120,50 @@ fn yaml<T: serde::Serialize>(kind: &str, api_version: &str, v: &T) -> String {
     crate::kube::manifests::yaml(&value)
 }
 
-fn context(service: crate::scenario::Service, namespace: &str, sidecar_pods: Vec<String>, factor: u32) -> IstioContext {
-    IstioContext {
-        namespace: namespace.into(),
-        client_app: CLIENT_APP.into(),
-        service_host: format!("{}.{namespace}.svc.cluster.local", service.name()),
-        service_port: service.port(),
-        sidecar_pods,
-        factor,
+/// The host the client sidecar's upstream is, in the local lab: the gateway's Service when
+/// the path has one, else the server's.
+pub fn target_host(path: &[Hop], service: crate::scenario::Service, namespace: &str) -> String {
+    if path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
+        format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}.svc.cluster.local")
+    } else {
+        format!("{}.{namespace}.svc.cluster.local", service.name())
     }
 }
 
-/// The objects for a client sidecar in `namespace`, with `mitigation` rendered at `factor`
-/// and no other annotation: the app at `app_ip`, the service's server at `server_ip`.
-/// `route` decides whether the app's address is the Service's.
-pub fn client_sidecar(
-    service: crate::scenario::Service,
-    route: Route,
-    namespace: &str,
-    app_ip: Ipv4Addr,
-    server_ip: Ipv4Addr,
-    mitigation: &dyn crate::mitigation::Mitigation,
-    factor: u32,
-) -> SidecarInputs {
-    let ctx = context(service, namespace, vec!["client".into()], factor);
-    let forms = mitigation.istio_resources(&ctx);
-    let annotations = forms
-        .iter()
-        .filter_map(|f| match f {
-            IstioForm::PodAnnotation { pod, key, value } if pod == "client" => Some((key.clone(), value.clone())),
-            _ => None,
-        })
-        .collect();
-    build(service, route, app_ip, server_ip, ctx, &forms, annotations, None)
+/// The Istio context of a cell in the local lab (the kind backend's, with the local target).
+pub fn context(cell: &crate::cells::Cell, namespace: &str) -> IstioContext {
+    IstioContext {
+        namespace: namespace.into(),
+        client_app: CLIENT_APP.into(),
+        service_host: target_host(&cell.real.path, cell.real.service, namespace),
+        service_port: cell.real.service.port(),
+        sidecar_pods: cell.real.sidecar_pods(),
+        factor: cell.time_scale.factor,
+    }
 }
 
-/// The objects for the client sidecar of a cell, as the kind backend renders that cell: the
-/// pod annotations of [`crate::kube::pod_annotations`] (explicit scaled idle timeouts, then
-/// the mitigation's), the mitigation's resources at the cell's factor, and a mesh-wide
-/// keepalive as MeshConfig. `None` when the path has no client sidecar.
-pub fn for_cell(
-    cell: &crate::cells::Cell,
+/// A Service with one port named as the kind backend names it, and its EndpointSlice.
+fn service_docs(
+    name: &str,
     namespace: &str,
-    app_ip: Ipv4Addr,
-    server_ip: Ipv4Addr,
-) -> Option<SidecarInputs> {
-    let hop = cell.real.sidecar()?;
-    let ctx = context(cell.real.service, namespace, cell.real.sidecar_pods(), cell.time_scale.factor);
-    let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
-    let annotations = crate::kube::pod_annotations(cell, &ctx, &forms).remove("client").unwrap_or_default();
-    let annotations = annotations.into_iter().filter(|(k, _)| k != "sidecar.istio.io/inject").collect();
-    let mesh = cell.scaled.sidecar().and_then(|s| s.upstream_keepalive).map(|ka| {
-        let (time, interval) = ka.whole_seconds();
-        format!("tcpKeepalive:\n  time: {time}s\n  interval: {interval}s\n  probes: {}\n", ka.probes)
-    });
-    Some(build(cell.real.service, hop.route, app_ip, server_ip, ctx, &forms, annotations, mesh))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build(
+    selector: (&str, &str),
+    cluster_ip: Ipv4Addr,
     service: crate::scenario::Service,
-    route: Route,
-    app_ip: Ipv4Addr,
-    server_ip: Ipv4Addr,
-    ctx: IstioContext,
-    forms: &[IstioForm],
-    annotations: Vec<(String, String)>,
-    mesh: Option<String>,
-) -> SidecarInputs {
-    let name = service.name();
+    endpoint: Ipv4Addr,
+) -> [String; 2] {
+    let port_name = crate::kube::manifests::port_name(service);
     let port = service.port();
-    let namespace = ctx.namespace.clone();
-    let namespace = namespace.as_str();
-    let host = ctx.service_host.clone();
-    let cluster_ip = if route == Route::Service { server_ip } else { UNUSED_CLUSTER_IP };
-    let port_name = format!("tcp-{name}");
     let svc = Service {
-        metadata: meta(name, Some(namespace), BTreeMap::new()),
+        metadata: meta(name, Some(namespace), &[]),
         spec: Some(ServiceSpec {
             cluster_ip: Some(cluster_ip.to_string()),
+            selector: Some(BTreeMap::from([(selector.0.to_string(), selector.1.to_string())])),
             ports: Some(vec![ServicePort {
                 name: Some(port_name.clone()),
                 port: port.into(),
+                // The API server defaults it to `port`; Istio's fake client does not, and
+                // the inbound chain would match port 0.
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.into())),
                 protocol: Some("TCP".into()),
                 ..Default::default()
             }]),
@@ -145,13 +172,9 @@ fn build(
         ..Default::default()
     };
     let slice = EndpointSlice {
-        metadata: meta(
-            &format!("{name}-1"),
-            Some(namespace),
-            BTreeMap::from([("kubernetes.io/service-name".to_string(), name.to_string())]),
-        ),
+        metadata: meta(&format!("{name}-1"), Some(namespace), &[("kubernetes.io/service-name", name)]),
         address_type: "IPv4".into(),
-        endpoints: vec![Endpoint { addresses: vec![server_ip.to_string()], ..Default::default() }],
+        endpoints: vec![Endpoint { addresses: vec![endpoint.to_string()], ..Default::default() }],
         ports: Some(vec![EndpointPort {
             name: Some(port_name),
             port: Some(port.into()),
@@ -159,38 +182,187 @@ fn build(
             ..Default::default()
         }]),
     };
-    let labels = vec![("app".to_string(), CLIENT_APP.to_string())];
-    let pod_object = KubePod {
+    [yaml("Service", "v1", &svc), yaml("EndpointSlice", "discovery.k8s.io/v1", &slice)]
+}
+
+/// A running Pod with its IP, labels, annotations and service account.
+fn pod_doc(pod: &Pod) -> String {
+    let labels: Vec<(&str, &str)> = pod.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let object = KubePod {
         metadata: ObjectMeta {
-            annotations: (!annotations.is_empty()).then(|| annotations.iter().cloned().collect()),
-            ..meta("client", Some(namespace), labels.iter().cloned().collect())
+            annotations: (!pod.annotations.is_empty()).then(|| pod.annotations.iter().cloned().collect()),
+            ..meta(&pod.name, Some(&pod.namespace), &labels)
         },
+        spec: Some(PodSpec { service_account_name: Some(pod.service_account.clone()), ..Default::default() }),
         status: Some(PodStatus {
-            pod_ip: Some(app_ip.to_string()),
+            pod_ip: Some(pod.ip.to_string()),
             phase: Some("Running".into()),
             ..Default::default()
         }),
-        ..Default::default()
     };
-    let mut docs = vec![
-        yaml("Namespace", "v1", &Namespace { metadata: meta(namespace, None, BTreeMap::new()), ..Default::default() }),
-        yaml("Service", "v1", &svc),
-        yaml("EndpointSlice", "discovery.k8s.io/v1", &slice),
-        yaml("Pod", "v1", &pod_object),
-    ];
+    yaml("Pod", "v1", &object)
+}
+
+/// The labels the injector adds to a pod with a sidecar: auto mTLS sends Istio mTLS to an
+/// endpoint with `security.istio.io/tlsMode: istio`.
+fn injected_labels(app: &str) -> Vec<(String, String)> {
+    vec![
+        ("app".to_string(), app.to_string()),
+        ("security.istio.io/tlsMode".to_string(), "istio".to_string()),
+        ("service.istio.io/canonical-name".to_string(), app.to_string()),
+    ]
+}
+
+/// The objects of a cell as the kind backend renders it, at `addrs`. `None` when the path has
+/// no Istio proxy. `cert` is the gateway's certificate when it terminates TLS.
+pub fn for_cell(
+    cell: &crate::cells::Cell,
+    namespace: &str,
+    addrs: Addresses,
+    cert: Option<GatewayCert<'_>>,
+) -> Option<CellObjects> {
+    let path = &cell.real.path;
+    if !path.iter().any(|h| matches!(h, Hop::Sidecar(_) | Hop::ServerSidecar(_) | Hop::Gateway(_))) {
+        return None;
+    }
+    let ctx = context(cell, namespace);
+    let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
+    let mut annotations = crate::kube::pod_annotations(cell, &ctx, &forms);
+    let mut annotations_of = |pod: &str| -> Vec<(String, String)> {
+        annotations
+            .remove(pod)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k != "sidecar.istio.io/inject")
+            .collect()
+    };
+    let service = cell.real.service;
+    let (name, port) = (service.name(), service.port());
+    let route = cell.real.sidecar().map(|s| s.route).unwrap_or(Route::Service);
+    let addressed = |ip: Ipv4Addr, unused: Ipv4Addr| if route == Route::Service { ip } else { unused };
+    let server_host = format!("{name}.{namespace}.svc.cluster.local");
+    let mut docs =
+        vec![yaml("Namespace", "v1", &Namespace { metadata: meta(namespace, None, &[]), ..Default::default() })];
+    let mut proxies = Vec::new();
+
+    // The server, its Service and (with a sidecar) its Pod.
+    let server_cluster_ip = if addrs.gateway.is_some() { UNUSED_CLUSTER_IP } else { addressed(addrs.server, UNUSED_CLUSTER_IP) };
+    docs.extend(service_docs(name, namespace, ("app", name), server_cluster_ip, service, addrs.server));
+    if path.iter().any(|h| matches!(h, Hop::ServerSidecar(_))) {
+        let pod = Pod {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: "default".into(),
+            ip: addrs.server,
+            labels: injected_labels(name),
+            annotations: annotations_of("server"),
+        };
+        docs.push(pod_doc(&pod));
+        proxies.push(ProxyInputs {
+            role: ProxyRole::ServerSidecar,
+            pod,
+            listener: "virtualInbound".into(),
+            port,
+            cluster: format!("inbound|{port}||"),
+        });
+    }
+
+    // The ingress gateway: its Pod and Service, Gateway + VirtualService to the server, the
+    // certificate's Secret, and the explicit scaled idle timeout of a compressed run.
+    let gateway = path.iter().find_map(|h| match h {
+        Hop::Gateway(g) => Some(g),
+        _ => None,
+    });
+    if let (Some(g), Some(gw_ip)) = (gateway, addrs.gateway) {
+        docs.push(yaml(
+            "Namespace",
+            "v1",
+            &Namespace { metadata: meta(GATEWAY_NAMESPACE, None, &[]), ..Default::default() },
+        ));
+        let labels = [("app", GATEWAY_SERVICE), ("istio", "ingressgateway")];
+        let pod = Pod {
+            name: GATEWAY_SERVICE.into(),
+            namespace: GATEWAY_NAMESPACE.into(),
+            service_account: GATEWAY_SA.into(),
+            ip: gw_ip,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: vec![],
+        };
+        docs.push(pod_doc(&pod));
+        docs.extend(service_docs(
+            GATEWAY_SERVICE,
+            GATEWAY_NAMESPACE,
+            ("istio", "ingressgateway"),
+            addressed(gw_ip, UNUSED_GATEWAY_IP),
+            service,
+            gw_ip,
+        ));
+        docs.push(crate::kube::istio::gateway_manifests(g, namespace, &server_host, port));
+        if let Some(c) = cert.filter(|_| g.tls) {
+            let mut secret = Secret {
+                metadata: meta(&crate::kube::istio::gateway_secret_name(namespace), Some(GATEWAY_NAMESPACE), &[]),
+                type_: Some("kubernetes.io/tls".into()),
+                ..Default::default()
+            };
+            // `data`, not `stringData`: the API server turns one into the other, the fake
+            // client Istio reads here does not.
+            let bytes = |pem: &str| k8s_openapi::ByteString(pem.as_bytes().to_vec());
+            secret.data = Some(BTreeMap::from([
+                ("tls.crt".to_string(), bytes(c.cert_pem)),
+                ("tls.key".to_string(), bytes(c.key_pem)),
+            ]));
+            docs.push(yaml("Secret", "v1", &secret));
+        }
+        docs.extend(crate::kube::istio::gateway_extras(cell, namespace, port).into_iter().map(|(y, _)| y));
+        proxies.push(ProxyInputs {
+            role: ProxyRole::Gateway,
+            pod,
+            listener: format!("0.0.0.0_{port}"),
+            port,
+            cluster: format!("outbound|{port}||{server_host}"),
+        });
+    }
+
+    // The client pod.
+    if cell.real.sidecar().is_some() {
+        let pod = Pod {
+            name: "client".into(),
+            namespace: namespace.into(),
+            service_account: "default".into(),
+            ip: addrs.app,
+            labels: injected_labels(CLIENT_APP),
+            annotations: annotations_of("client"),
+        };
+        docs.push(pod_doc(&pod));
+        let target_ip = match addrs.gateway {
+            Some(gw) => addressed(gw, UNUSED_GATEWAY_IP),
+            None => server_cluster_ip,
+        };
+        proxies.push(ProxyInputs {
+            role: ProxyRole::Sidecar,
+            pod,
+            listener: match route {
+                // Istio gives an HTTP port one wildcard listener (routes by Host over RDS),
+                // other protocols a listener per Service address.
+                Route::Service if service == crate::scenario::Service::Http => format!("0.0.0.0_{port}"),
+                Route::Service => format!("{target_ip}_{port}"),
+                Route::Passthrough => "virtualOutbound".into(),
+            },
+            port,
+            cluster: match route {
+                Route::Service => format!("outbound|{port}||{}", ctx.service_host),
+                Route::Passthrough => "PassthroughCluster".into(),
+            },
+        });
+    }
+
     docs.extend(forms.iter().filter_map(|f| match f {
         IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
         _ => None,
     }));
-    SidecarInputs {
-        docs,
-        pod: Pod { name: "client".into(), namespace: namespace.into(), ip: app_ip, labels, annotations },
-        listener: match route {
-            Route::Service => format!("{cluster_ip}_{port}"),
-            Route::Passthrough => "virtualOutbound".into(),
-        },
-        cluster: format!("outbound|{port}||{host}"),
-        ctx,
-        mesh,
-    }
+    let mesh = cell.scaled.sidecar().and_then(|s| s.upstream_keepalive).map(|ka| {
+        let (time, interval) = ka.whole_seconds();
+        format!("tcpKeepalive:\n  time: {time}s\n  interval: {interval}s\n  probes: {}\n", ka.probes)
+    });
+    Some(CellObjects { docs, mesh, proxies, ctx })
 }

@@ -41,7 +41,7 @@ pub fn gateway_manifests(g: &GatewayHop, ns: &str, next_host: &str, port: u16) -
         "hosts": ["*"]
     });
     if g.tls {
-        server["tls"] = json!({"mode": "SIMPLE", "credentialName": format!("idlelab-{ns}")});
+        server["tls"] = json!({"mode": "SIMPLE", "credentialName": gateway_secret_name(ns)});
     }
     let gateway = json!({
         "apiVersion": "networking.istio.io/v1",
@@ -81,4 +81,62 @@ pub fn gateway_idle_timeout(ns: &str, d: Dur, port: u16) -> String {
         }
     });
     to_yaml(&v)
+}
+
+/// The `kubernetes.io/tls` Secret (namespace istio-system) the gateway's Gateway names.
+pub fn gateway_secret_name(ns: &str) -> String {
+    format!("idlelab-{ns}")
+}
+
+/// The gateway's listener `socket_options` the scenario's path gives it (before any
+/// mitigation), merged by an EnvoyFilter (context GATEWAY). `None` when it has none.
+pub fn gateway_socket_options(g: &GatewayHop, ns: &str, port: u16, factor: u32) -> Option<String> {
+    let mut options: Vec<serde_json::Value> = g
+        .keepalive
+        .map(|ka| {
+            let scaled = crate::scenario::Keepalive {
+                time: Dur::secs(crate::timescale::scale_seconds(ka.time, factor)),
+                interval: Dur::secs(crate::timescale::scale_seconds(ka.interval, factor)),
+                probes: ka.probes,
+            };
+            crate::mitigation::gateway_keepalive::socket_options(&scaled).as_array().cloned().unwrap_or_default()
+        })
+        .unwrap_or_default();
+    options.extend(g.socket_options.iter().map(|o| o.envoy_json()));
+    if options.is_empty() {
+        return None;
+    }
+    let v = json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": format!("idlelab-gateway-socket-options-{ns}"), "namespace": "istio-system"},
+        "spec": {
+            "workloadSelector": {"labels": {"istio": "ingressgateway"}},
+            "configPatches": [{
+                "applyTo": "LISTENER",
+                "match": {"context": "GATEWAY", "listener": {"portNumber": port}},
+                "patch": {"operation": "MERGE", "value": {"socket_options": options}}
+            }]
+        }
+    });
+    Some(to_yaml(&v))
+}
+
+/// The Istio resources a cell's gateway hop adds besides Gateway + VirtualService, with what
+/// each is for: its scaled idle timeout (a compressed run), its own socket options.
+pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    let factor = cell.time_scale.factor;
+    for hop in &cell.baseline.path {
+        if let Hop::Gateway(g) = hop {
+            if factor > 1 && !g.idle_timeout.is_zero() {
+                let scaled = crate::timescale::scale_millis(g.idle_timeout, factor);
+                out.push((gateway_idle_timeout(ns, scaled, port), "the gateway's scaled tcp_proxy idle timeout, set explicitly"));
+            }
+            if let Some(y) = gateway_socket_options(g, ns, port, factor) {
+                out.push((y, "the gateway's listener socket options (the scenario's path)"));
+            }
+        }
+    }
+    out
 }

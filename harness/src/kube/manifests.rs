@@ -54,10 +54,16 @@ pub fn namespace(name: &str) -> Namespace {
     }
 }
 
-/// The port's name tells Istio the protocol: `tcp-*` keeps every service on `tcp_proxy`, as
-/// in the local lab (an `http` name would put Envoy's HTTP connection manager in between).
-fn port_name(s: Svc) -> String {
-    format!("tcp-{}", s.name())
+/// The port's name tells Istio the protocol (`pkg/config/kube/conversion.go`): `http-*` puts
+/// Envoy's HTTP connection manager and its own upstream pool on the path, `https-*` passes
+/// TLS through by SNI, `tcp-*` is `tcp_proxy`. Both backends name ports with this.
+pub fn port_name(s: Svc) -> String {
+    let protocol = match s {
+        Svc::Http => "http",
+        Svc::Https => "https",
+        Svc::Redis | Svc::Mysql | Svc::Memcached => "tcp",
+    };
+    format!("{protocol}-{}", s.name())
 }
 
 /// The server container, with its own idle settings explicit, as in the local lab.

@@ -91,6 +91,9 @@ fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
     if cell.scaled.service == Svc::Https {
         spec.tls_ca_pem = Some("$RUN_CA_PEM".into());
     }
+    if cell.scaled.service == Svc::Http {
+        spec.authority = Some(spec.target.clone());
+    }
     spec
 }
 
@@ -238,7 +241,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                             "create",
                             "secret",
                             "tls",
-                            &format!("idlelab-{ns}"),
+                            &istio::gateway_secret_name(&ns),
                             "--cert=$RUN_DIR/cert.pem",
                             "--key=$RUN_DIR/key.pem",
                         ],
@@ -250,12 +253,8 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                     istio::gateway_manifests(g, &ns, &next_host, port),
                     "ingress gateway: Gateway + VirtualService to the next hop",
                 ));
-                if factor > 1 && !g.idle_timeout.is_zero() {
-                    steps.push(Step::apply(
-                        &kubectl,
-                        istio::gateway_idle_timeout(&ns, g.idle_timeout, port),
-                        "the gateway's scaled tcp_proxy idle timeout, set explicitly",
-                    ));
+                for (yaml, purpose) in istio::gateway_extras(cell, &ns, port) {
+                    steps.push(Step::apply(&kubectl, yaml, purpose));
                 }
                 next_host = "istio-ingressgateway.istio-system.svc.cluster.local".into();
             }
@@ -342,7 +341,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(g) if g.tls)) {
         steps.push(
             k(
-                &["-n", "istio-system", "delete", "secret", &format!("idlelab-{ns}")],
+                &["-n", "istio-system", "delete", "secret", &istio::gateway_secret_name(&ns)],
                 "remove the gateway's certificate",
             )
             .optional(),

@@ -49,7 +49,15 @@ pub fn access_log_fields(chain: &str) -> Value {
         "upstream": "%UPSTREAM_HOST%",
         "chain": chain,
         "bytes_rx": "%BYTES_RECEIVED%",
-        "bytes_tx": "%BYTES_SENT%"
+        "bytes_tx": "%BYTES_SENT%",
+        // HTTP (the connection manager): what the app got, and how often Envoy tried upstream.
+        "code": "%RESPONSE_CODE%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+        "path": "%REQ(:PATH)%",
+        // Istio mTLS between sidecars shows here as TLSv1.3 on the inbound side.
+        "downstream_tls": "%DOWNSTREAM_TLS_VERSION%"
     })
 }
 

@@ -18,7 +18,16 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Each request's path, one line per request, appended to the request log (when there is
+/// one): how many times the server received a request is evidence (a proxy's hidden retry
+/// duplicates it).
+static REQUEST_LOG: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(log) = REQUEST_LOG.get() {
+        use std::io::Write;
+        let _ = writeln!(log.lock().expect("request log"), "{}", req.uri().path());
+    }
     if req.uri().path() == "/warm" {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return Ok(Response::new(Full::new(Bytes::from_static(b"warm\n"))));
@@ -26,8 +35,17 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
     Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
 }
 
-/// `idlelab serve-http --listen ADDR`: serve until killed; prints `ready` once listening.
-pub async fn serve(listen: SocketAddr) -> Result<()> {
+/// `idlelab serve-http --listen ADDR [--request-log FILE]`: serve until killed; prints
+/// `ready` once listening.
+pub async fn serve(listen: SocketAddr, request_log: Option<&Path>) -> Result<()> {
+    if let Some(path) = request_log {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let _ = REQUEST_LOG.set(std::sync::Mutex::new(file));
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     println!("ready");
     loop {
@@ -43,10 +61,12 @@ pub async fn serve(listen: SocketAddr) -> Result<()> {
 }
 
 /// Start the server in a namespace and wait until it listens.
-pub async fn start(port: u16, netns: &Path, name: &str) -> Result<LabProcess> {
+pub async fn start(port: u16, netns: &Path, name: &str, request_log: &Path) -> Result<LabProcess> {
     // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.args(["serve-http", "--listen", &format!("0.0.0.0:{port}")])
+        .arg("--request-log")
+        .arg(request_log)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
@@ -56,4 +76,13 @@ pub async fn start(port: u16, netns: &Path, name: &str) -> Result<LabProcess> {
         Ok(Ok(Some(line))) if line == "ready" => Ok(process),
         other => bail!("the HTTP server did not start: {other:?}"),
     }
+}
+
+/// How many requests the server received, per path, from its request log.
+pub fn requests_received(request_log: &Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(request_log).unwrap_or_default().lines() {
+        *out.entry(line.to_string()).or_insert(0) += 1;
+    }
+    out
 }

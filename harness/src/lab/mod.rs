@@ -4,9 +4,10 @@
 //!   netns …-app                    netns …-mb<i> / …-gw<i> (per hop)   netns …-srv
 //!   ┌──────────────────────────┐   ┌──────────────────────────────┐   ┌──────────────────────────┐
 //!   │ idlelab probe            │──▶│ middlebox: forward+conntrack │──▶│ server (redis, MariaDB,  │
-//!   │ [sidecar Envoy + capture]│   │ gateway: Envoy listener (TLS)│   │  memcached, hyper)       │
-//!   └──────────────────────────┘   └──────────────────────────────┘   │ [server-sidecar Envoy]   │
-//!                                                                     └──────────────────────────┘
+//!   │ [sidecar: pilot-agent +  │   │ gateway: pilot-agent router  │   │  memcached, hyper)       │
+//!   │  Envoy, istio-iptables]  │   │  + Envoy (TLS from a Secret) │   │ [server sidecar: pilot-  │
+//!   │ [idlelab-xds: Istio]     │   └──────────────────────────────┘   │  agent + Envoy, capture] │
+//!   └──────────────────────────┘                                      └──────────────────────────┘
 //! ```
 //!
 //! Addresses come from 198.18.0.0/15 (RFC 2544, for benchmarking labs) and exist only inside
@@ -15,16 +16,14 @@
 //! failure, Ctrl-C and panics all clean up the same way.
 
 pub mod envoy;
-pub mod gateway;
 pub mod http_server;
 pub mod memcached_server;
+pub mod mesh;
 pub mod middlebox;
 pub mod mysql_server;
 pub mod netns;
 pub mod process;
 pub mod redis_server;
-pub mod server_sidecar;
-pub mod sidecar;
 pub mod sockets;
 pub mod tls;
 pub mod topology;
@@ -100,6 +99,15 @@ pub struct LabEvidence {
     /// before and after the reuse.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub middleboxes: Vec<MiddleboxView>,
+    /// HTTP: how many requests the server received, per path (warm-up and reuse). More
+    /// reuse requests than the app sent means a proxy retried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_requests: Option<BTreeMap<String, u64>>,
+    /// HTTP: one sentence of what the app got on reuse, what the first proxy's Envoy logged
+    /// for those requests (code, flags, attempts: more than one is a retry) and how many the
+    /// server received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     pub setup_ms: u64,
     /// Of the setup: starting the server until it accepts connections (MariaDB includes
     /// copying the template data directory; the run's one-time initialisation is not counted).
@@ -118,8 +126,8 @@ pub struct CellOutcome {
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
 struct CellLab {
     envoys: Vec<(String, envoy::Envoy)>,
-    /// Istio's control plane for the cell's sidecar (in the app's namespace).
-    control_planes: Vec<crate::istio::ControlPlane>,
+    /// Istio's control plane for the cell's proxies (in the app's namespace).
+    control_plane: Option<crate::istio::ControlPlane>,
     server: Option<process::LabProcess>,
     topology: Topology,
     dir: tempfile::TempDir,
@@ -132,6 +140,28 @@ impl CellLab {
         std::fs::create_dir(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
         Ok(envoy::EnvoyFiles { dir })
+    }
+
+    /// Every log the cell's processes wrote (control plane, pilot-agents, Envoys, server,
+    /// probe), named by their path in the cell's dir.
+    fn logs(&self) -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<(String, String)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if path.is_dir() && !path.is_symlink() {
+                    walk(&path, root, out);
+                } else if (name.ends_with(".log") || name.ends_with(".stderr")) && name != "access.log" {
+                    let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('/', "-");
+                    out.push((rel, std::fs::read_to_string(&path).unwrap_or_default()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out.sort();
+        out
     }
 
     fn teardown(self) -> u64 {
@@ -186,19 +216,16 @@ pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
         tls_ca_pem: None,
         test_on_borrow: knobs.client.test_on_borrow,
         pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
+        authority: None,
     }
 }
 
 /// What every hop of a cell needs to know to start.
 struct HopContext<'a> {
     tag: &'a str,
-    port: u16,
-    /// Where the app connects: the gateway, else the server.
-    target_ip: std::net::Ipv4Addr,
-    server_ip: std::net::Ipv4Addr,
-    /// The app pod's address (its end of the first link).
-    app_ip: std::net::Ipv4Addr,
-    run_ca: Option<&'a tls::RunCa>,
+    /// The cell's objects, its control plane's address and mesh CA, when Istio has proxies
+    /// on the path.
+    istio: Option<(&'a crate::istio::objects::CellObjects, &'a str, &'a tls::MeshCa)>,
 }
 
 /// Start the server; returns it and how long it took to accept connections.
@@ -219,79 +246,46 @@ async fn start_server(
         Service::Redis => redis_server::start(&dir, port, idle_s, &ns, &name).await?,
         Service::Mysql => mysql_server::start(shared.mysql_template().await?, &dir, port, idle_s, &ns, &name).await?,
         Service::Memcached => memcached_server::start(port, idle_s, &ns, &name).await?,
-        Service::Http | Service::Https => http_server::start(port, &ns, &name).await?,
+        Service::Http | Service::Https => http_server::start(port, &ns, &name, &dir.join(HTTP_REQUEST_LOG)).await?,
     };
     Ok((server, started.elapsed().as_millis() as u64))
 }
 
-/// What a hop started: its Envoy (by role), and for the client sidecar Istio's control plane.
-type StartedHop = Option<(String, envoy::Envoy, Option<crate::istio::ControlPlane>)>;
+/// The HTTP server's request log, in its dir of the cell.
+const HTTP_REQUEST_LOG: &str = "requests.txt";
 
 /// Set up one hop; returns its Envoy (with the role it plays) when it has one.
-async fn start_hop(
-    lab: &CellLab,
-    cell: &crate::cells::Cell,
-    ctx: &HopContext<'_>,
-    i: usize,
-    hop: &Hop,
-) -> Result<StartedHop> {
-    let knobs = &cell.scaled;
-    let (tag, port, service) = (ctx.tag, ctx.port, knobs.service.name());
-    Ok(match hop {
-        Hop::Sidecar(_) => {
-            let files = lab.envoy_files("sidecar")?;
-            let app = lab.topology.app();
-            let inputs = crate::istio::objects::for_cell(cell, ISTIO_NAMESPACE, ctx.app_ip, ctx.target_ip)
-                .expect("a client sidecar on the path");
-            let (envoy, cp) = sidecar::start(&inputs, files, &app.netns).await?;
-            Some(("sidecar".into(), envoy, Some(cp)))
-        }
+async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> Result<Option<(String, envoy::Envoy)>> {
+    use crate::istio::objects::ProxyRole;
+    let (role, node) = match hop {
         Hop::Middlebox(h) => {
             let role = node_role(i, hop).expect("a middlebox has a node");
             let ns = &lab.topology.node(&role).netns;
             middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
-            None
+            return Ok(None);
         }
-        Hop::Gateway(h) => {
-            let role = node_role(i, hop).expect("a gateway has a node");
-            let files = lab.envoy_files(&role)?;
-            let tls_files = match ctx.run_ca {
-                Some(ca) if h.tls => {
-                    let t = gateway::TlsFiles { cert: files.dir.join("cert.pem"), key: files.dir.join("key.pem") };
-                    std::fs::write(&t.cert, &ca.cert_pem)?;
-                    std::fs::write(&t.key, &ca.key_pem)?;
-                    std::fs::set_permissions(&t.key, std::fs::Permissions::from_mode(0o644))?;
-                    Some(t)
-                }
-                _ => None,
-            };
-            let node = lab.topology.node(&role);
-            let listen = node.toward_app.expect("a gateway has an address");
-            let name = format!("{tag} gateway envoy");
-            let envoy =
-                gateway::start(h, service, listen, ctx.server_ip, port, files, tls_files.as_ref(), &node.netns, &name)
-                    .await?;
-            Some(("gateway".into(), envoy, None))
-        }
-        Hop::ServerSidecar(h) => {
-            let files = lab.envoy_files("server-sidecar")?;
-            let ns = &lab.topology.server().netns;
-            let envoy = server_sidecar::start(h, port, files, ns, &format!("{tag} server-sidecar envoy")).await?;
-            Some(("server-sidecar".into(), envoy, None))
-        }
-    })
+        Hop::Sidecar(_) => (ProxyRole::Sidecar, lab.topology.app()),
+        Hop::Gateway(_) => (ProxyRole::Gateway, lab.topology.node(&node_role(i, hop).expect("a gateway has a node"))),
+        Hop::ServerSidecar(_) => (ProxyRole::ServerSidecar, lab.topology.server()),
+    };
+    let (objects, xds, ca) = ctx.istio.expect("Istio's objects for a path with a proxy");
+    let p = objects.proxy(role).expect("the objects have every proxy of the path");
+    let files = lab.envoy_files(role.name())?;
+    let envoy = mesh::start_proxy(p, files, &node.netns, xds, ca)
+        .await
+        .with_context(|| format!("{} {}", ctx.tag, role.name()))?;
+    Ok(Some((role.name().to_string(), envoy)))
 }
 
 /// The Kubernetes namespace of the objects Istio's control plane serves for a cell.
 pub const ISTIO_NAMESPACE: &str = "idlelab";
 
-/// Run one cell (its scaled knobs; its mitigation's Istio resources). `phase` is told where
-/// the cell is.
-pub async fn run_cell(
+async fn run_in(
     cell: &crate::cells::Cell,
     shared: &RunShared,
     phase: &(dyn Fn(Phase) + Send + Sync),
-) -> Result<CellOutcome> {
+    slot: &mut Option<CellLab>,
+) -> Result<(Observations, LabEvidence)> {
     let knobs = &cell.scaled;
     let started = Instant::now();
     phase(Phase::Setup);
@@ -309,7 +303,7 @@ pub async fn run_cell(
         let (tag, span) = (tag.clone(), tracing::Span::current());
         tokio::task::spawn_blocking(move || span.in_scope(|| Topology::build(&tag, seq, &roles))).await??
     };
-    let mut lab = CellLab { envoys: Vec::new(), control_planes: Vec::new(), server: None, topology, dir };
+    let lab = slot.insert(CellLab { envoys: Vec::new(), control_plane: None, server: None, topology, dir });
     let srv_ip = lab.topology.server().toward_app.expect("the server has an address");
     let mut evidence = LabEvidence {
         namespaces: lab.topology.nodes.iter().map(|n| n.netns.name.clone()).collect(),
@@ -346,22 +340,46 @@ pub async fn run_cell(
         shared.mysql_template().await?;
     }
 
+    // Istio's objects for the cell and its control plane, serving in every namespace that
+    // has a proxy.
+    let app_ip = topology::link_addrs(seq, 0).0;
+    let gateway_ip = (target_ip != srv_ip).then_some(target_ip);
+    let addrs = crate::istio::objects::Addresses { app: app_ip, server: srv_ip, gateway: gateway_ip };
+    let cert = run_ca.as_ref().map(|c| crate::istio::objects::GatewayCert { cert_pem: &c.cert_pem, key_pem: &c.key_pem });
+    let objects = crate::istio::objects::for_cell(cell, ISTIO_NAMESPACE, addrs, cert);
+    let mesh_ca = objects.as_ref().map(|_| tls::MeshCa::new()).transpose()?;
+    if let Some(objects) = &objects {
+        let others: Vec<std::path::PathBuf> = lab
+            .topology
+            .nodes
+            .iter()
+            .filter(|n| n.role != "app")
+            .filter(|n| {
+                (n.role == "srv" && objects.proxy(crate::istio::objects::ProxyRole::ServerSidecar).is_some())
+                    || (n.role.starts_with("gw"))
+            })
+            .map(|n| n.netns.path())
+            .collect();
+        let dir = lab.dir.path().join("control-plane");
+        std::fs::create_dir(&dir)?;
+        lab.control_plane = Some(mesh::start_control_plane(objects, &lab.topology.app().netns, &others, &dir).await?);
+    }
+    let xds = lab.control_plane.as_ref().map(|cp| cp.addr.clone()).unwrap_or_default();
+
     // The server and every hop start at once: they do not depend on each other, and each
     // Envoy needs tens of milliseconds to come up.
-    let app_ip = topology::link_addrs(seq, 0).0;
-    let ctx = HopContext { tag: &tag, port, target_ip, server_ip: srv_ip, app_ip, run_ca: run_ca.as_ref() };
-    let hops = futures_util::future::join_all(
-        knobs.path.iter().enumerate().map(|(i, hop)| start_hop(&lab, cell, &ctx, i, hop)),
-    );
+    let ctx = HopContext {
+        tag: &tag,
+        istio: objects.as_ref().zip(mesh_ca.as_ref()).map(|(o, ca)| (o, xds.as_str(), ca)),
+    };
+    let hops =
+        futures_util::future::join_all(knobs.path.iter().enumerate().map(|(i, hop)| start_hop(&lab, &ctx, i, hop)));
     let (server, hops) = tokio::join!(start_server(&lab, knobs, shared, &tag), hops);
     // Keep what started even when something else failed, so that it is torn down.
     let mut failure = None;
     for h in hops {
         match h {
-            Ok(Some((role, envoy, cp))) => {
-                lab.envoys.push((role, envoy));
-                lab.control_planes.extend(cp);
-            }
+            Ok(Some((role, envoy))) => lab.envoys.push((role, envoy)),
             Ok(None) => {}
             Err(e) => failure = failure.or(Some(e)),
         }
@@ -379,6 +397,10 @@ pub async fn run_cell(
 
     // The probe: this same binary, inside the app namespace, as root (not exempt from capture).
     let mut spec = probe_spec_for(knobs, format!("{target_ip}:{port}"));
+    // An app names an HTTP service by its host, and Istio routes an `http-*` port by it.
+    if knobs.service == Service::Http {
+        spec.authority = objects.as_ref().map(|o| format!("{}:{port}", o.ctx.service_host));
+    }
     spec.tls_ca_pem = run_ca.as_ref().map(|ca| ca.ca_pem.clone());
     // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
@@ -426,6 +448,10 @@ pub async fn run_cell(
     let observations = observations.ok_or_else(|| anyhow!("the probe exited ({status}) without observations"))?;
 
     lab.snapshot(knobs, "after-reuse", &mut evidence).await;
+    if matches!(knobs.service, Service::Http | Service::Https) {
+        evidence.server_requests =
+            Some(http_server::requests_received(&lab.dir.path().join("server").join(HTTP_REQUEST_LOG)));
+    }
     // The access loggers flush every 100 ms; the last connections closed when the probe exited.
     tokio::time::sleep(Duration::from_millis(150)).await;
     for (role, envoy) in &lab.envoys {
@@ -439,17 +465,89 @@ pub async fn run_cell(
             istio_config: envoy.istio_config.clone(),
         });
     }
-    let mut logs = Vec::new();
-    for (role, envoy) in &lab.envoys {
-        let name = envoy.log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        logs.push((format!("{role}-{name}"), std::fs::read_to_string(&envoy.log).unwrap_or_default()));
-    }
-    for cp in &lab.control_planes {
-        logs.push(("idlelab-xds.log".into(), std::fs::read_to_string(&cp.log).unwrap_or_default()));
-    }
     phase(Phase::Teardown);
     drop(probe);
-    let span = tracing::Span::current();
-    evidence.teardown_ms = tokio::task::spawn_blocking(move || span.in_scope(|| lab.teardown())).await?;
-    Ok(CellOutcome { observations, evidence, logs })
+    if let Some(received) = &evidence.server_requests {
+        evidence.http = Some(http_view(&observations, &evidence.envoys, received));
+    }
+    Ok((observations, evidence))
+}
+
+/// Counted distinct items, as `a ×2, b`.
+fn counted(items: impl Iterator<Item = String>) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for i in items {
+        match counts.iter_mut().find(|(k, _)| *k == i) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((i, 1)),
+        }
+    }
+    let parts: Vec<String> =
+        counts.into_iter().map(|(k, n)| if n == 1 { k } else { format!("{k} ×{n}") }).collect();
+    parts.join(", ")
+}
+
+/// The HTTP sentence of [`LabEvidence::http`], from the probe's reuse requests, the first
+/// proxy's access log (requests other than the warm-up) and the server's request log.
+fn http_view(o: &Observations, envoys: &[EnvoyEvidence], received: &BTreeMap<String, u64>) -> String {
+    let attempts = o.connections.iter().flat_map(|c| std::iter::once(&c.reuse).chain(c.retry_after_reconnect.as_ref()));
+    let app = counted(attempts.map(|a| match &a.error {
+        None => "200".to_string(),
+        Some(e) => e.clone(),
+    }));
+    let proxy = envoys.iter().find(|e| e.role == "sidecar").or_else(|| envoys.first());
+    let logged = proxy.map(|e| {
+        let reqs: Vec<&Value> = e.access_log.iter().filter(|l| l["path"].as_str().is_some_and(|p| p != "/warm")).collect();
+        let max_attempts = reqs.iter().filter_map(|l| l["attempts"].as_u64()).max().unwrap_or(0);
+        let lines = counted(reqs.iter().map(|l| {
+            let flags = l["flags"].as_str().filter(|f| *f != "-").map(|f| format!(" {f}")).unwrap_or_default();
+            format!("{}{flags}", l["code"])
+        }));
+        let retry = if max_attempts > 1 {
+            format!("up to {max_attempts} attempts per request: Envoy retried")
+        } else {
+            "1 attempt each: no retry".to_string()
+        };
+        format!("; {}'s Envoy logged {lines} ({retry})", e.role)
+    });
+    let reuse: u64 = received.iter().filter(|(p, _)| p.as_str() != "/warm").map(|(_, n)| n).sum();
+    format!(
+        "HTTP: the app got {app}{}; the server received {reuse} reuse request(s) and {} warm-up",
+        logged.unwrap_or_default(),
+        received.get("/warm").copied().unwrap_or(0)
+    )
+}
+
+/// A cell that could not run: why, and the logs its processes left (read before teardown).
+#[derive(Debug)]
+pub struct CellFailure {
+    pub error: anyhow::Error,
+    pub logs: Vec<(String, String)>,
+}
+
+/// Run one cell (its scaled knobs; its mitigation's Istio resources). `phase` is told where
+/// the cell is. Success or failure, everything the cell created is gone when this returns;
+/// the logs of its control plane, proxies and server come back either way.
+pub async fn run_cell(
+    cell: &crate::cells::Cell,
+    shared: &RunShared,
+    phase: &(dyn Fn(Phase) + Send + Sync),
+) -> Result<CellOutcome, CellFailure> {
+    let mut slot = None;
+    let result = run_in(cell, shared, phase, &mut slot).await;
+    let logs = slot.as_ref().map(CellLab::logs).unwrap_or_default();
+    let teardown_ms = match slot {
+        Some(lab) => {
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || span.in_scope(|| lab.teardown())).await.unwrap_or(0)
+        }
+        None => 0,
+    };
+    match result {
+        Ok((observations, mut evidence)) => {
+            evidence.teardown_ms = teardown_ms;
+            Ok(CellOutcome { observations, evidence, logs })
+        }
+        Err(error) => Err(CellFailure { error, logs }),
+    }
 }

@@ -12,6 +12,7 @@
 
 pub mod app_heartbeat;
 pub mod app_keepalive;
+pub mod dr_http_idle_timeout;
 pub mod dr_idle_timeout;
 pub mod dr_tcp_keepalive;
 pub mod envoyfilter_idle_timeout;
@@ -93,6 +94,7 @@ pub enum MitigationSpec {
     AppHeartbeat(app_heartbeat::AppHeartbeat),
     DrTcpKeepalive(dr_tcp_keepalive::DrTcpKeepalive),
     DrIdleTimeout(dr_idle_timeout::DrIdleTimeout),
+    DrHttpIdleTimeout(dr_http_idle_timeout::DrHttpIdleTimeout),
     ExcludeOutboundIpRanges(exclude_outbound_ip_ranges::ExcludeOutboundIpRanges),
     TcpUserTimeout(tcp_user_timeout::TcpUserTimeout),
     GatewayKeepalive(gateway_keepalive::GatewayKeepalive),
@@ -112,6 +114,7 @@ impl MitigationSpec {
             MitigationSpec::AppHeartbeat(m) => m,
             MitigationSpec::DrTcpKeepalive(m) => m,
             MitigationSpec::DrIdleTimeout(m) => m,
+            MitigationSpec::DrHttpIdleTimeout(m) => m,
             MitigationSpec::ExcludeOutboundIpRanges(m) => m,
             MitigationSpec::TcpUserTimeout(m) => m,
             MitigationSpec::GatewayKeepalive(m) => m,

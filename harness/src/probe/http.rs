@@ -183,6 +183,14 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> ClientError {
     ClientError { timeout: false, io_kind, text }
 }
 
+/// An HTTP error status as the app got it: status, who answered (`server` header), body.
+fn http_error(head: &hyper::http::response::Parts, body: &[u8]) -> ClientError {
+    let server = head.headers.get(hyper::header::SERVER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let body = String::from_utf8_lossy(body);
+    let body: String = body.trim().chars().take(200).collect();
+    ClientError { timeout: false, io_kind: None, text: format!("HTTP {} (server: {server}): {body}", head.status.as_u16()) }
+}
+
 /// Why hyper-util's pool did not hand out a warmed connection, from what its socket recorded
 /// before the reuse; the pool's idle timeout is quoted as configuration, never as the cause
 /// unless the pool was seen closing the connection itself.
@@ -230,9 +238,8 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     };
     let client = new_client();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let uri = |path: &str| -> hyper::Uri {
-        format!("{scheme}://{}{path}", crate::lab::tls::SERVER_NAME).parse().expect("valid URI")
-    };
+    let authority = spec.authority.clone().unwrap_or_else(|| crate::lab::tls::SERVER_NAME.to_string());
+    let uri = |path: &str| -> hyper::Uri { format!("{scheme}://{authority}{path}").parse().expect("valid URI") };
     let timeout = Duration::from_millis(spec.request_timeout_ms);
     let request = |client: &Client<ObservingConnector, Empty<Bytes>>, path: &'static str| {
         let client = client.clone();
@@ -240,11 +247,18 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         async move {
             let r = tokio::time::timeout(timeout, async {
                 let resp = client.get(uri).await.map_err(|e| client_error(&e))?;
-                resp.into_body().collect().await.map_err(|e| ClientError {
+                let (head, body) = resp.into_parts();
+                let body = body.collect().await.map_err(|e| ClientError {
                     timeout: false,
                     io_kind: None,
                     text: format!("reading the response body: {e}"),
                 })?;
+                // A 5xx is what an app sees when a proxy on the path failed upstream (Envoy's
+                // local reply, e.g. 503 "upstream connect error or disconnect/reset before
+                // headers"); the lab's server answers only 200.
+                if head.status.is_server_error() {
+                    return Err(http_error(&head, &body.to_bytes()));
+                }
                 Ok::<(), ClientError>(())
             })
             .await;

@@ -61,6 +61,11 @@ pub struct ProbeSpec {
     /// Replace a connection older than this at checkout.
     #[serde(default)]
     pub pool_max_lifetime_ms: Option<u64>,
+    /// HTTP: the request's authority (Host), as an app names the service
+    /// (`http.idlelab.svc.cluster.local:8080`); Istio routes an `http-*` port by it. Default:
+    /// the TLS server name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// One line of the probe's stdout.

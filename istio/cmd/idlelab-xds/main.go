@@ -9,7 +9,7 @@
 //
 // Usage:
 //
-//	idlelab-xds [--listen 127.0.0.1:15010] [--mesh mesh.yaml] [--debug ADDR] FILE|DIR...
+//	idlelab-xds [--listen 127.0.0.1:15010] [--listen-fd N]... [--mesh mesh.yaml] [--debug ADDR] FILE|DIR...
 //
 // stdout gets exactly one JSON line: {"ready":"ADDR"} once serving, or {"rejected":{...}}
 // (exit 2) when Istio's validation refuses a resource. Logs (one "LDS: PUSH ... for node:..."
@@ -53,6 +53,8 @@ import (
 var plainEnvoyEnv = []string{
 	"PILOT_ENABLE_METADATA_EXCHANGE=false", // istio.metadata_exchange, peer_metadata (peer telemetry only)
 	"PILOT_ENABLE_ALPN_FILTER=false",       // istio.alpn (mTLS ALPN override on outbound TLS)
+	"XDS_AUTH_PLAINTEXT=true",              // ask the authenticators on plaintext xDS too (see trust.go)
+	"PILOT_ENABLE_XDS_IDENTITY_CHECK=true", // Istio's default, explicit: VerifiedIdentity comes from it
 }
 
 var scope = log.RegisterScope("idlelab", "idlelab-xds")
@@ -63,6 +65,8 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:15010", "gRPC xDS listen address (port 0: any)")
 	meshFile := flag.String("mesh", "", "MeshConfig YAML file (default: Istio's built-in defaults)")
 	debugAddr := flag.String("debug", "", "serve Istio's /debug endpoints (syncz, config_dump, ...) on this address")
+	var listenFDs fdList
+	flag.Var(&listenFDs, "listen-fd", "also serve on this inherited listening socket (repeatable; one per other pod namespace)")
 	logOpts := log.DefaultOptions()
 	logOpts.OutputPaths = []string{"stderr"}
 	logOpts.ErrorOutputPaths = []string{"stderr"}
@@ -110,9 +114,22 @@ func main() {
 		MeshConfig:             m,
 		ConfigString:           strings.Join(in.istio, "\n---\n"),
 		KubernetesObjectString: strings.Join(in.kube, "\n---\n"),
-		ListenerBuilder:        func() (net.Listener, error) { return net.Listen("tcp", *listen) },
+		ListenerBuilder: func() (net.Listener, error) {
+			l, err := net.Listen("tcp", *listen)
+			if err != nil {
+				return nil, err
+			}
+			more, err := inherited(listenFDs)
+			if err != nil {
+				return nil, err
+			}
+			return merge(append([]net.Listener{l}, more...)), nil
+		},
+		// The fake Kubernetes client has no RBAC to ask: a gateway may read its credentialName.
+		DisableSecretAuthorization: true,
 	}
 	s := xdsfake.NewFakeDiscoveryServer(t, opts)
+	s.Discovery.Authenticators = append(s.Discovery.Authenticators, podIdentities{identitiesOf(in.kube)})
 
 	ready := map[string]string{"ready": s.Listener.Addr().String()}
 	if *debugAddr != "" {
