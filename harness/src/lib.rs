@@ -13,9 +13,12 @@
 //! - [`knobs`]: a cell's settings after its mitigation, the single input of a backend.
 //! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
 //! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
-//! - [`lab`]: the local backend: namespaces, nftables, a real Envoy and server per cell.
-//! - [`istio`]: Istio's own control-plane code (the Go side in `istio/`): a control plane
-//!   over a cell's Kubernetes and Istio objects, pilot-agent + Envoy per proxy, config dumps.
+//! - [`lab`]: the local backend: namespaces, nftables middleboxes, a real server per cell,
+//!   and (`lab::mesh`) the cell's Istio proxies: client sidecar, ingress gateway, server
+//!   sidecar, each pilot-agent + Envoy configured by one control plane per cell.
+//! - [`istio`]: Istio's own control-plane code (the Go side in `istio/`): the one renderer of
+//!   a cell's Kubernetes and Istio objects (`istio::objects`, shared with `kube`), the control
+//!   plane over them, pilot-agent + Envoy per proxy, config dumps and their deciding fields.
 //! - [`kube`]: the kind backend: the same cells as a plan of kind / istioctl / kubectl
 //!   commands and manifests, executed through one command runner.
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module

@@ -11,11 +11,8 @@ use idlelab::scenario::TimeScaleSpec;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 
-const ADDRS: objects::Addresses = objects::Addresses {
-    app: Ipv4Addr::new(198, 18, 200, 1),
-    server: Ipv4Addr::new(198, 18, 200, 2),
-    gateway: None,
-};
+const ADDRS: objects::Addresses =
+    objects::Addresses { app: Ipv4Addr::new(198, 18, 200, 1), server: Ipv4Addr::new(198, 18, 200, 2), gateway: None };
 
 fn require_istio() {
     require_lab();
@@ -46,7 +43,12 @@ fn run(service: &str, path: &str, mitigation: &str) -> (objects::CellObjects, is
     run_at(service, path, mitigation, ADDRS)
 }
 
-fn run_at(service: &str, path: &str, mitigation: &str, addrs: objects::Addresses) -> (objects::CellObjects, istio::ObjectsRun) {
+fn run_at(
+    service: &str,
+    path: &str,
+    mitigation: &str,
+    addrs: objects::Addresses,
+) -> (objects::CellObjects, istio::ObjectsRun) {
     let c = cell(service, path, mitigation);
     let ca = idlelab::lab::tls::generate().unwrap();
     let cert = objects::GatewayCert { cert_pem: &ca.cert_pem, key_pem: &ca.key_pem };
@@ -142,7 +144,10 @@ fn a_destination_rule_sets_the_service_clusters_keepalive_and_idle_timeout() {
     let (o, r) = run("redis", CLIENT, "{dr-idle-timeout: 24h}");
     assert_eq!(fields(&o, &r, ProxyRole::Sidecar)["idle_timeout"], "86400s");
     let passthrough = idle_timeouts(listener(&r, ProxyRole::Sidecar, "virtualOutbound"));
-    assert!(passthrough.iter().all(|t| t == "unset"), "the passthrough chain keeps Envoy's 1 h default: {passthrough:?}");
+    assert!(
+        passthrough.iter().all(|t| t == "unset"),
+        "the passthrough chain keeps Envoy's 1 h default: {passthrough:?}"
+    );
 }
 
 /// An `http-*` port gets Envoy's HTTP connection manager with Istio's default retry policy;
@@ -178,19 +183,21 @@ fn the_gateway_terminates_tls_from_its_secret_and_takes_the_keepalive_filter() {
     let opts = f["socket_options"].as_array().unwrap_or_else(|| panic!("{f}"));
     // Envoy's config dump writes int64 fields as strings.
     let int = |v: &Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
-    assert!(opts.iter().any(|o| int(&o["name"]) == Some(4) && int(&o["int_value"]) == Some(300)), "TCP_KEEPIDLE 300: {f}");
+    assert!(
+        opts.iter().any(|o| int(&o["name"]) == Some(4) && int(&o["int_value"]) == Some(300)),
+        "TCP_KEEPIDLE 300: {f}"
+    );
     let dump = &r.proxy(ProxyRole::Gateway).dump;
     let secrets = istio::dump_section(dump, "SecretsConfigDump").unwrap();
-    let names: Vec<&str> = secrets["dynamic_active_secrets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let names: Vec<&str> =
+        secrets["dynamic_active_secrets"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
     assert!(names.contains(&"kubernetes://idlelab-lab"), "the credentialName Secret came over SDS: {names:?}");
     assert!(r.proxy(ProxyRole::Gateway).capture.trim().is_empty(), "a gateway has no capture");
     // The client sidecar's upstream is the gateway's Service.
-    assert_eq!(o.proxy(ProxyRole::Sidecar).unwrap().cluster, "outbound|8443||istio-ingressgateway.istio-system.svc.cluster.local");
+    assert_eq!(
+        o.proxy(ProxyRole::Sidecar).unwrap().cluster,
+        "outbound|8443||istio-ingressgateway.istio-system.svc.cluster.local"
+    );
 }
 
 #[test]

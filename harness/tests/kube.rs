@@ -215,7 +215,8 @@ fn local(cell: &Cell, ns: &str) -> Vec<Value> {
     let addrs = idlelab::istio::objects::Addresses {
         app: "198.18.0.1".parse().unwrap(),
         server: "198.18.0.6".parse().unwrap(),
-        gateway: Some("198.18.0.2".parse().unwrap()).filter(|_| cell.real.path.iter().any(|h| matches!(h, idlelab::hop::Hop::Gateway(_)))),
+        gateway: Some("198.18.0.2".parse().unwrap())
+            .filter(|_| cell.real.path.iter().any(|h| matches!(h, idlelab::hop::Hop::Gateway(_)))),
     };
     let cert = idlelab::istio::objects::GatewayCert { cert_pem: "C", key_pem: "K" };
     idlelab::istio::objects::for_cell(cell, ns, addrs, Some(cert))
@@ -237,7 +238,9 @@ fn pod_annotations(docs: &[Value]) -> Vec<(String, Value)> {
         let (who, meta) = match (d["kind"].as_str(), d["metadata"]["name"].as_str()) {
             (Some("Pod"), Some("idlelab-probe" | "client")) => ("client", &d["metadata"]),
             (Some("Deployment"), Some(_)) => ("server", &d["spec"]["template"]["metadata"]),
-            (Some("Pod"), Some(n)) if d["metadata"]["labels"]["app"] == n && n != "istio-ingressgateway" => ("server", &d["metadata"]),
+            (Some("Pod"), Some(n)) if d["metadata"]["labels"]["app"] == n && n != "istio-ingressgateway" => {
+                ("server", &d["metadata"])
+            }
             _ => continue,
         };
         let mut a = meta["annotations"].clone();
@@ -255,7 +258,11 @@ fn pod_annotations(docs: &[Value]) -> Vec<(String, Value)> {
 fn port_names(docs: &[Value]) -> Vec<String> {
     let mut v: Vec<String> = docs
         .iter()
-        .filter(|d| d["kind"] == "Service" && d["metadata"]["name"] != "istio-ingressgateway" && !d["metadata"]["name"].as_str().unwrap().starts_with("mb"))
+        .filter(|d| {
+            d["kind"] == "Service"
+                && d["metadata"]["name"] != "istio-ingressgateway"
+                && !d["metadata"]["name"].as_str().unwrap().starts_with("mb")
+        })
         .flat_map(|d| d["spec"]["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["name"].as_str().map(str::to_string))
         .collect();
@@ -314,7 +321,8 @@ fn the_renderer_comparison_can_fail() {
     assert_eq!(pod_annotations(&applied(c, 1)), pod_annotations(&local));
     for d in &mut local {
         if d["kind"] == "Pod" {
-            d["metadata"]["annotations"]["proxy.istio.io/config"] = "proxyMetadata: {ISTIO_META_IDLE_TIMEOUT: 1s}".into();
+            d["metadata"]["annotations"]["proxy.istio.io/config"] =
+                "proxyMetadata: {ISTIO_META_IDLE_TIMEOUT: 1s}".into();
         }
     }
     assert_ne!(pod_annotations(&applied(c, 1)), pod_annotations(&local));

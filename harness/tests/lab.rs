@@ -88,7 +88,8 @@ fn a_cell_that_does_not_match_exits_1_and_cleans_up() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL wrong-expectation::none"), "{}", text(&o));
     // A cell that did not match keeps its control plane's and pilot-agent's logs.
     let logs = out.path().join("logs/wrong-expectation--none");
-    let xds = std::fs::read_to_string(logs.join("control-plane-idlelab-xds.log")).expect("the control plane's log is kept");
+    let xds =
+        std::fs::read_to_string(logs.join("control-plane-idlelab-xds.log")).expect("the control plane's log is kept");
     assert!(xds.contains("PUSH"), "Istio's push log: {xds}");
     assert!(logs.join("sidecar-proxy-pilot-agent.log").is_file());
     assert_eq!(leftovers(pid), Vec::<String>::new());

@@ -1,17 +1,20 @@
-//! An ingress gateway: an Envoy listener in front of the server (Istio's ingress gateway).
+//! An ingress gateway: Istio's ingress gateway in front of the server.
 //!
 //! ```text
-//!   … ──▶ ┌ gateway netns ─────────────────────────────────────────────┐ ──▶ server
-//!         │ Envoy listener <ip>:<port> [TLS terminated] [socket_options] │
-//!         │   accepted sockets inherit the listener's SO_KEEPALIVE …     │
-//!         │   tcp_proxy idle_timeout ──▶ cluster to the server            │
-//!         └──────────────────────────────────────────────────────────────┘
+//!   … ──▶ ┌ gateway netns ──────────────────────────────────────────────────┐ ──▶ server
+//!         │ pilot-agent proxy router + Envoy, configured by Istio from the    │
+//!         │ cell's Gateway + VirtualService: listener 0.0.0.0_<port>          │
+//!         │   [TLS from the Gateway's credentialName Secret, over SDS]        │
+//!         │   [socket_options from an EnvoyFilter]  tcp_proxy ──▶ server      │
+//!         └───────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The app connects to the gateway's address. With `keepalive` (set by the
-//! `gateway-keepalive` mitigation, or here for a gateway that has it already), the listener
-//! carries SO_KEEPALIVE / TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT at STATE_PREBIND, so every
-//! accepted downstream socket probes back through whatever sits in front of the gateway.
+//! The app connects to the gateway's Service (`istio-ingressgateway.istio-system`). With
+//! `keepalive` (set by the `gateway-keepalive` mitigation, or here for a gateway that has it
+//! already), an EnvoyFilter puts SO_KEEPALIVE / TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT at
+//! STATE_PREBIND on the listener, so every accepted downstream socket probes back through
+//! whatever sits in front of the gateway. Its idle timeout is Envoy's `tcp_proxy` default
+//! (1 h); a compressed run sets the scaled value with an EnvoyFilter (`kube::istio`).
 
 use crate::duration::Dur;
 use crate::knobs::KnobDuration;

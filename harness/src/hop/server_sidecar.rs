@@ -1,10 +1,11 @@
-//! The server pod's sidecar: Envoy's inbound side, with Istio's inbound capture.
+//! The server pod's sidecar: Istio's inbound side, pilot-agent + Envoy in the server's
+//! namespace with `istio-iptables`' inbound capture.
 //!
 //! ```text
-//!   … ──▶ ┌──────────── server pod (netns) ──────────────────────────────┐
-//!         │ nat PREROUTING: tcp → redirect :15006                        │
-//!         │ Envoy virtualInbound :15006 ── inbound|<port>|| ──▶ 127.0.0.1:<port> server
-//!         └───────────────────────────── tcp_proxy idle_timeout ─────────┘
+//!   … ──▶ ┌──────────── server pod (netns) ──────────────────────────────────┐
+//!         │ capture (istio-iptables): tcp → :15006                            │
+//!         │ Envoy virtualInbound :15006 ── inbound|<port>|| ──▶ <pod IP>:<port>│
+//!         └──────────────── tcp_proxy idle_timeout (Istio mTLS from a sidecar)┘
 //! ```
 //!
 //! Its idle timeout is Istio's 1 h by default, set per pod by `ISTIO_META_IDLE_TIMEOUT`; a
@@ -38,10 +39,5 @@ impl ServerSidecarHop {
         KnobDuration::envoy_idle_timeout(format!("path[{index}].server-sidecar.idle_timeout"), &mut self.idle_timeout)
             .into_iter()
             .collect()
-    }
-
-    /// Envoy's stat prefix of the inbound chain, as Istio names it.
-    pub fn stat_prefix(port: u16) -> String {
-        format!("inbound|{port}||")
     }
 }

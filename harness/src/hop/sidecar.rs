@@ -10,7 +10,10 @@
 //!
 //! Envoy's `tcp_proxy` closes a connection that carried no bytes in either direction for
 //! `idle_timeout` (Istio's default: 1 h), with a FIN to both sides. Kernel keepalive probes
-//! carry no bytes and end at Envoy's own socket, so they never reset that timer.
+//! carry no bytes and end at Envoy's own socket, so they never reset that timer. On an
+//! `http-*` port the same knob is the HTTP connection manager's idle timeout toward the app
+//! (it closes after Envoy's 5 s drain), and Envoy keeps its own upstream pool behind it. This
+//! type is the time-scale model of the hop; the config itself is Istio's (`lab::mesh`).
 
 use crate::duration::Dur;
 use crate::knobs::KnobDuration;
@@ -126,14 +129,6 @@ impl SidecarHop {
         match (self.route, self.service_idle_timeout) {
             (Route::Service, Some(t)) => t,
             _ => self.idle_timeout,
-        }
-    }
-
-    /// Envoy's stat prefix for the chain the app's connection takes, as Istio names it.
-    pub fn stat_prefix(&self, service: &str, port: u16) -> String {
-        match self.route {
-            Route::Service => format!("outbound|{port}||{service}"),
-            Route::Passthrough => "PassthroughCluster".into(),
         }
     }
 }

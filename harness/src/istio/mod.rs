@@ -117,7 +117,10 @@ impl ControlPlane {
             inherited.push(std::os::fd::OwnedFd::from(l));
         }
         const MAX_INHERITED: usize = 8;
-        anyhow::ensure!(inherited.len() <= MAX_INHERITED, "more than {MAX_INHERITED} pod namespaces for one control plane");
+        anyhow::ensure!(
+            inherited.len() <= MAX_INHERITED,
+            "more than {MAX_INHERITED} pod namespaces for one control plane"
+        );
         let mut raw = [-1i32; MAX_INHERITED];
         for (slot, fd) in raw.iter_mut().zip(&inherited) {
             *slot = std::os::fd::AsRawFd::as_raw_fd(fd);
@@ -342,7 +345,7 @@ impl Proxy {
 
     /// A GET on Envoy's admin (loopback of the pod's namespace).
     pub async fn admin_get(&self, path: &str) -> Result<String> {
-        crate::lab::envoy::Admin::Tcp { netns: self.netns.clone(), port: ADMIN_PORT }.get(path).await
+        crate::lab::envoy::Admin { netns: self.netns.clone(), port: ADMIN_PORT }.get(path).await
     }
 
     /// Envoy's config dump (with the dynamic listeners and clusters it received over ADS).
@@ -484,7 +487,8 @@ pub fn deciding_fields(dump: &Value, p: &objects::ProxyInputs) -> Value {
         "cluster": p.cluster,
     });
     if !tcp.is_empty() {
-        fields["idle_timeout"] = distinct(tcp.iter().map(|t| duration_or_default(&t["idle_timeout"], "3600s")).collect());
+        fields["idle_timeout"] =
+            distinct(tcp.iter().map(|t| duration_or_default(&t["idle_timeout"], "3600s")).collect());
     }
     if !hcm.is_empty() {
         fields["http_idle_timeout"] = distinct(
@@ -497,7 +501,12 @@ pub fn deciding_fields(dump: &Value, p: &objects::ProxyInputs) -> Value {
             .filter_map(|h| h["rds"]["route_config_name"].as_str())
             .filter_map(|name| dynamic_route_config(dump, name))
             .flat_map(|rc| rc["virtual_hosts"].as_array().cloned().unwrap_or_default())
-            .filter(|vh| vh["domains"].as_array().is_some_and(|d| d.iter().any(|d| d.as_str().is_some_and(|d| d.starts_with(p.cluster.rsplit('|').next().unwrap_or(""))))))
+            .filter(|vh| {
+                vh["domains"].as_array().is_some_and(|d| {
+                    d.iter()
+                        .any(|d| d.as_str().is_some_and(|d| d.starts_with(p.cluster.rsplit('|').next().unwrap_or(""))))
+                })
+            })
             .flat_map(|vh| vh["routes"].as_array().cloned().unwrap_or_default())
             .map(|r| r["route"]["retry_policy"].clone())
             .collect();
@@ -587,7 +596,8 @@ pub async fn objects_config(objects: &objects::CellObjects) -> Result<ObjectsRun
         namespaces.push(ns);
     }
     let others: Vec<PathBuf> = namespaces.iter().skip(1).map(|n| n.path()).collect();
-    let cp = ControlPlane::start(&namespaces[0].path(), &others, dir.path(), &objects.docs, objects.mesh.as_deref()).await?;
+    let cp =
+        ControlPlane::start(&namespaces[0].path(), &others, dir.path(), &objects.docs, objects.mesh.as_deref()).await?;
     let ca = crate::lab::tls::MeshCa::new()?;
     let mut proxies = Vec::new();
     let mut runs = Vec::new();

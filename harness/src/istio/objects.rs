@@ -246,7 +246,8 @@ pub fn for_cell(
     let mut proxies = Vec::new();
 
     // The server, its Service and (with a sidecar) its Pod.
-    let server_cluster_ip = if addrs.gateway.is_some() { UNUSED_CLUSTER_IP } else { addressed(addrs.server, UNUSED_CLUSTER_IP) };
+    let server_cluster_ip =
+        if addrs.gateway.is_some() { UNUSED_CLUSTER_IP } else { addressed(addrs.server, UNUSED_CLUSTER_IP) };
     docs.extend(service_docs(name, namespace, ("app", name), server_cluster_ip, service, addrs.server));
     if path.iter().any(|h| matches!(h, Hop::ServerSidecar(_))) {
         let pod = Pod {

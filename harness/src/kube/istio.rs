@@ -131,7 +131,10 @@ pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static
         if let Hop::Gateway(g) = hop {
             if factor > 1 && !g.idle_timeout.is_zero() {
                 let scaled = crate::timescale::scale_millis(g.idle_timeout, factor);
-                out.push((gateway_idle_timeout(ns, scaled, port), "the gateway's scaled tcp_proxy idle timeout, set explicitly"));
+                out.push((
+                    gateway_idle_timeout(ns, scaled, port),
+                    "the gateway's scaled tcp_proxy idle timeout, set explicitly",
+                ));
             }
             if let Some(y) = gateway_socket_options(g, ns, port, factor) {
                 out.push((y, "the gateway's listener socket options (the scenario's path)"));

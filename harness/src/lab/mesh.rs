@@ -66,7 +66,7 @@ pub async fn start_proxy(
     fields["listener_ready_ms"] = ms.into();
     Ok(Envoy {
         process: proxy.agent,
-        admin: super::envoy::Admin::Tcp { netns: netns.path(), port: crate::istio::ADMIN_PORT },
+        admin: super::envoy::Admin { netns: netns.path(), port: crate::istio::ADMIN_PORT },
         access_log: proxy_dir.join(ACCESS_LOG),
         log: proxy.log,
         istio_config: Some(fields),

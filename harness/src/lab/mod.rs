@@ -345,7 +345,8 @@ async fn run_in(
     let app_ip = topology::link_addrs(seq, 0).0;
     let gateway_ip = (target_ip != srv_ip).then_some(target_ip);
     let addrs = crate::istio::objects::Addresses { app: app_ip, server: srv_ip, gateway: gateway_ip };
-    let cert = run_ca.as_ref().map(|c| crate::istio::objects::GatewayCert { cert_pem: &c.cert_pem, key_pem: &c.key_pem });
+    let cert =
+        run_ca.as_ref().map(|c| crate::istio::objects::GatewayCert { cert_pem: &c.cert_pem, key_pem: &c.key_pem });
     let objects = crate::istio::objects::for_cell(cell, ISTIO_NAMESPACE, addrs, cert);
     let mesh_ca = objects.as_ref().map(|_| tls::MeshCa::new()).transpose()?;
     if let Some(objects) = &objects {
@@ -368,13 +369,13 @@ async fn run_in(
 
     // The server and every hop start at once: they do not depend on each other, and each
     // Envoy needs tens of milliseconds to come up.
-    let ctx = HopContext {
-        tag: &tag,
-        istio: objects.as_ref().zip(mesh_ca.as_ref()).map(|(o, ca)| (o, xds.as_str(), ca)),
-    };
-    let hops =
-        futures_util::future::join_all(knobs.path.iter().enumerate().map(|(i, hop)| start_hop(&lab, &ctx, i, hop)));
-    let (server, hops) = tokio::join!(start_server(&lab, knobs, shared, &tag), hops);
+    let ctx =
+        HopContext { tag: &tag, istio: objects.as_ref().zip(mesh_ca.as_ref()).map(|(o, ca)| (o, xds.as_str(), ca)) };
+    let shared_lab: &CellLab = lab;
+    let hops = futures_util::future::join_all(
+        knobs.path.iter().enumerate().map(|(i, hop)| start_hop(shared_lab, &ctx, i, hop)),
+    );
+    let (server, hops) = tokio::join!(start_server(shared_lab, knobs, shared, &tag), hops);
     // Keep what started even when something else failed, so that it is torn down.
     let mut failure = None;
     for h in hops {
@@ -482,8 +483,7 @@ fn counted(items: impl Iterator<Item = String>) -> String {
             None => counts.push((i, 1)),
         }
     }
-    let parts: Vec<String> =
-        counts.into_iter().map(|(k, n)| if n == 1 { k } else { format!("{k} ×{n}") }).collect();
+    let parts: Vec<String> = counts.into_iter().map(|(k, n)| if n == 1 { k } else { format!("{k} ×{n}") }).collect();
     parts.join(", ")
 }
 
@@ -497,7 +497,8 @@ fn http_view(o: &Observations, envoys: &[EnvoyEvidence], received: &BTreeMap<Str
     }));
     let proxy = envoys.iter().find(|e| e.role == "sidecar").or_else(|| envoys.first());
     let logged = proxy.map(|e| {
-        let reqs: Vec<&Value> = e.access_log.iter().filter(|l| l["path"].as_str().is_some_and(|p| p != "/warm")).collect();
+        let reqs: Vec<&Value> =
+            e.access_log.iter().filter(|l| l["path"].as_str().is_some_and(|p| p != "/warm")).collect();
         let max_attempts = reqs.iter().filter_map(|l| l["attempts"].as_u64()).max().unwrap_or(0);
         let lines = counted(reqs.iter().map(|l| {
             let flags = l["flags"].as_str().filter(|f| *f != "-").map(|f| format!(" {f}")).unwrap_or_default();

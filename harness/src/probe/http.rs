@@ -188,7 +188,11 @@ fn http_error(head: &hyper::http::response::Parts, body: &[u8]) -> ClientError {
     let server = head.headers.get(hyper::header::SERVER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let body = String::from_utf8_lossy(body);
     let body: String = body.trim().chars().take(200).collect();
-    ClientError { timeout: false, io_kind: None, text: format!("HTTP {} (server: {server}): {body}", head.status.as_u16()) }
+    ClientError {
+        timeout: false,
+        io_kind: None,
+        text: format!("HTTP {} (server: {server}): {body}", head.status.as_u16()),
+    }
 }
 
 /// Why hyper-util's pool did not hand out a warmed connection, from what its socket recorded
