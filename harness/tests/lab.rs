@@ -94,3 +94,23 @@ fn a_cell_that_does_not_match_exits_1_and_cleans_up() {
     assert!(logs.join("sidecar-proxy-pilot-agent.log").is_file());
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }
+
+/// `-v` shows what the lab did, per cell: each process started and each xDS push a proxy
+/// received from Istio's control plane (the client's and the server pod's).
+#[test]
+fn verbose_shows_each_xds_push_per_proxy() {
+    require_lab();
+    let out = tempdir();
+    let o = run(&["run", "redis-server-sidecar", "--mitigation", "none", "-v", "--out", out.path().to_str().unwrap()]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    for proxy in ["client.idlelab", "redis.idlelab"] {
+        for xds in ["CDS", "LDS"] {
+            assert!(
+                all.lines().any(|l| l.contains("xDS push to a proxy") && l.contains(proxy) && l.contains(xds)),
+                "{proxy} {xds}: {all}"
+            );
+        }
+    }
+    assert!(all.contains("process started") && all.contains("cell{key=redis-server-sidecar::none"), "{all}");
+}

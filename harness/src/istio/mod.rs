@@ -149,16 +149,22 @@ impl ControlPlane {
         cmd.arg(&config)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::from(std::fs::File::create(&log)?));
+            .stderr(std::process::Stdio::piped());
         let started = Instant::now();
         let mut process = spawn("idlelab-xds", cmd, netns, None)?;
         drop(inherited);
+        // Its log goes to a file and, one event per xDS push, to the lab's own log (`-v`).
+        let stderr = process.child.stderr.take().expect("piped");
+        let file = std::fs::File::create(&log)?;
+        tokio::spawn(tracing::Instrument::instrument(relay_log(stderr, file), tracing::Span::current()));
         let stdout = process.child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .map_err(|_| anyhow!("idlelab-xds was not ready within 30 s (log: {})", log.display()))??
             .ok_or_else(|| {
+                // The relay copies its last lines within milliseconds of its exit.
+                std::thread::sleep(Duration::from_millis(100));
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
                 anyhow!("idlelab-xds exited before it was ready: {}", last_lines(&log, 3))
             })?;
@@ -172,6 +178,25 @@ impl ControlPlane {
         tracing::debug!(addr, ready_ms, docs = docs.len(), "control plane ready");
         // Keep stdin open: idlelab-xds stops when it closes (when this process is gone).
         Ok(ControlPlane { process, addr, log, ready_ms })
+    }
+}
+
+/// Copy the control plane's stderr to its log file; for each push line (`LDS: PUSH request
+/// for node:client.idlelab resources:4 …`) emit a debug event naming the proxy and the type.
+async fn relay_log(stderr: tokio::process::ChildStderr, file: std::fs::File) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(file);
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some((kind, rest)) = line.split_once(": PUSH")
+            && let Some(node) = rest.split("node:").nth(1)
+        {
+            let xds = kind.rsplit(char::is_whitespace).next().unwrap_or(kind);
+            let proxy = node.split_whitespace().next().unwrap_or(node);
+            tracing::debug!(proxy, xds, "xDS push to a proxy");
+        }
+        let _ = writeln!(file, "{line}");
+        let _ = file.flush();
     }
 }
 

@@ -25,15 +25,42 @@ fn envoy_lines(c: &CellReport) -> Vec<String> {
             let flags: Vec<&str> =
                 e.access_log.iter().filter_map(|l| l["flags"].as_str()).filter(|f| *f != "-").collect();
             let reasons: Vec<&str> = e.access_log.iter().filter_map(|l| l["close_reason"].as_str()).collect();
-            format!(
-                "{}: idle timeouts {timeouts}, {} connections logged, response flags [{}], close reasons [{}]",
+            let mut line = format!(
+                "{}: idle timeouts {timeouts}, {} connections or requests logged, response flags [{}], close reasons [{}]",
                 e.role,
                 e.access_log.len(),
                 flags.join(", "),
                 reasons.join(", ")
-            )
+            );
+            if let Some(istio) = &e.istio_config {
+                line.push_str(&format!("; from Istio: {}", istio_fields(istio)));
+            }
+            line
         })
         .collect()
+}
+
+/// The deciding fields a proxy received from Istio, in a few words.
+fn istio_fields(v: &serde_json::Value) -> String {
+    let mut parts = vec![format!("listener {}", v["listener"].as_str().unwrap_or("?"))];
+    for (key, label) in [
+        ("idle_timeout", "tcp_proxy idle_timeout"),
+        ("http_idle_timeout", "connection manager idle_timeout"),
+        ("cluster_http_idle_timeout", "upstream pool idle_timeout"),
+    ] {
+        if let Some(t) = v.get(key).filter(|t| !t.is_null()) {
+            parts.push(format!("{label} {}", t.as_str().map(str::to_string).unwrap_or_else(|| t.to_string())));
+        }
+    }
+    let ka = &v["tcp_keepalive"];
+    parts.push(if ka.is_null() { "no upstream tcp_keepalive".into() } else { format!("upstream tcp_keepalive {ka}") });
+    if let Some(r) = v.get("retry_policy").filter(|r| !r.is_null()) {
+        parts.push(format!("retry_on {} ×{}", r["retry_on"].as_str().unwrap_or("-"), r["num_retries"]));
+    }
+    if let Some(o) = v["socket_options"].as_array() {
+        parts.push(format!("{} listener socket_options", o.len()));
+    }
+    parts.join(", ")
 }
 
 fn middlebox_lines(c: &CellReport) -> Vec<String> {
