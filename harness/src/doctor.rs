@@ -140,6 +140,12 @@ pub fn checks() -> Vec<Check> {
             fix: "just setup   (builds istio/ with Go and copies Istio's bootstrap template)",
             for_run: false,
         },
+        Check {
+            name: "idlelab-probe-go (the Go client libraries, clients/go)",
+            found: crate::probe::go_probe_bin().is_file().then(|| crate::probe::go_probe_bin().display().to_string()),
+            fix: "just setup   (builds clients/go with Go: ~30 s cold, cached after)",
+            for_run: false,
+        },
     ]
 }
 

@@ -100,6 +100,14 @@ impl<'a> KnobDuration<'a> {
 /// Client-side settings: the app's pool and socket.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ClientKnobs {
+    /// The client library the probe drives (its own pool, its own settings).
+    pub library: crate::probe::library::Library,
+    /// For `library: external`: the program that speaks the probe contract, run in the
+    /// scenario file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(skip)]
+    pub command_dir: Option<std::path::PathBuf>,
     pub pool: usize,
     pub keepalive: Option<Keepalive>,
     /// The pool drops a connection idle longer than this at checkout, before use.
@@ -245,8 +253,39 @@ impl Knobs {
             .collect()
     }
 
+    /// The client library and the settings of it this cell uses, by their names in the
+    /// library (real-world values), e.g. "database/sql DB.SetConnMaxIdleTime = 30m".
+    pub fn client_settings(&self) -> Vec<String> {
+        use crate::probe::library::PoolSetting;
+        let c = &self.client;
+        let l = c.library;
+        let mut out = vec![format!("client library: {} ({})", l.name(), l.describe())];
+        let mut set = |s: PoolSetting, v: String| {
+            if let Ok(name) = l.setting(s) {
+                out.push(format!("{name} = {v}"));
+            }
+        };
+        match c.keepalive {
+            Some(ka) => set(PoolSetting::Keepalive, format!("{} / {} / {}", ka.time, ka.interval, ka.probes)),
+            None => set(PoolSetting::Keepalive, "off".into()),
+        }
+        if let Some(d) = c.pool_max_idle {
+            set(PoolSetting::MaxIdle, d.to_string());
+        }
+        if let Some(d) = c.pool_max_lifetime {
+            set(PoolSetting::MaxLifetime, d.to_string());
+        }
+        if c.test_on_borrow {
+            set(PoolSetting::TestOnBorrow, "on".into());
+        }
+        if let Some(d) = c.tcp_user_timeout {
+            set(PoolSetting::TcpUserTimeout, d.to_string());
+        }
+        out
+    }
+
     pub fn client_library_pool(&self) -> bool {
-        self.service.library_pool()
+        self.client.library.owns_pool()
     }
 
     pub fn sidecar(&self) -> Option<&crate::hop::SidecarHop> {

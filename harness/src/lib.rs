@@ -22,7 +22,9 @@
 //! - [`kube`]: the kind backend: the same cells as a plan of kind / istioctl / kubectl
 //!   commands and manifests, executed through one command runner.
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
-//!   per client library.
+//!   per Rust client library; `probe::library` names every library (Rust, the Go ones in
+//!   `clients/go`, an external program) and its settings, behind one contract
+//!   (`scenarios/PROBE.md`).
 //! - [`verdict`]: the verdict, a pure function of the probe's observations.
 //! - [`events`]: what the runner tells reporters.
 //! - [`runner`]: runs cells concurrently (and repeatedly), judges them, emits events; handles

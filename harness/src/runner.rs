@@ -96,7 +96,18 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
         wall_ms: 0,
         time_scale: cell.time_scale.clone(),
         istio: cell.mitigation.as_mitigation().istio_resources(&istio_context(cell)),
-        evidence: Evidence { notes: cell.time_scale.notes().collect(), ..Default::default() },
+        evidence: Evidence {
+            notes: cell
+                .time_scale
+                .notes()
+                .chain(
+                    (cell.real.client.library != crate::probe::library::Library::default_for(cell.real.service))
+                        .then(|| cell.real.client_settings().join("; "))
+                        .map(|s| format!("configuration: {s}")),
+                )
+                .collect(),
+            ..Default::default()
+        },
         repeats: vec![],
     }
 }

@@ -7,6 +7,7 @@
 use crate::duration::Dur;
 use crate::hop::Hop;
 use crate::mitigation::MitigationSpec;
+use crate::probe::library::Library;
 use crate::verdict::Verdict;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_saphyr::Spanned;
@@ -181,11 +182,19 @@ fn default_request_timeout() -> Dur {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSpec {
+    /// The client library (`probe::library`); default: the Rust one for the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// `library: external`: the program that speaks the probe contract (`scenarios/PROBE.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
     /// Pooled connections, each warmed, idled and reused once.
     #[serde(default = "default_pool")]
     pub pool: usize,
+    /// `off`, `{time, interval, probes}`, or absent: the library's default (off for the Rust
+    /// clients, Go's 15 s / 15 s / 9 for the Go ones).
     #[serde(default)]
-    pub keepalive: KeepaliveSetting,
+    pub keepalive: Option<KeepaliveSetting>,
     /// How long the probe waits for an answer before calling the connection hung. Not scaled.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
@@ -194,8 +203,10 @@ pub struct ClientSpec {
 impl Default for ClientSpec {
     fn default() -> Self {
         ClientSpec {
+            library: None,
+            command: None,
             pool: default_pool(),
-            keepalive: KeepaliveSetting(None),
+            keepalive: None,
             request_timeout: default_request_timeout(),
         }
     }
@@ -437,6 +448,27 @@ impl Scenario {
                 None,
             ));
         }
+        let library = self.library().map_err(|(msg, hint)| self.error_at(None, msg, hint))?;
+        match (library, &self.client.command) {
+            (Library::External, None) => {
+                return Err(self.error_at(
+                    None,
+                    "client.library `external` needs `client.command`: the program that speaks the probe contract".into(),
+                    Some("e.g. `command: [python3, my_probe.py]` (run in the scenario's directory; see scenarios/PROBE.md)".into()),
+                ));
+            }
+            (Library::External, Some(c)) if c.is_empty() => {
+                return Err(self.error_at(None, "client.command is empty".into(), None));
+            }
+            (l, Some(_)) if l != Library::External => {
+                return Err(self.error_at(
+                    None,
+                    format!("client.command is only for `library: external`, not {}", l.name()),
+                    Some("remove `command`, or set `library: external`".into()),
+                ));
+            }
+            _ => {}
+        }
         if self.cells.is_empty() {
             return Err(self.error_at(
                 None,
@@ -515,14 +547,43 @@ impl Scenario {
         Ok(())
     }
 
+    /// The client library: the named one (which must speak the service), else the service's
+    /// default; `client.command` alone means `external`. Err: (message, hint).
+    pub fn library(&self) -> Result<Library, (String, Option<String>)> {
+        let names = || crate::probe::library::ALL.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ");
+        let library = match (&self.client.library, &self.client.command) {
+            (None, Some(_)) => Library::External,
+            (None, None) => Library::default_for(self.service),
+            (Some(name), _) => Library::parse(name).ok_or_else(|| {
+                (format!("client.library `{name}` is not one the lab knows"), Some(format!("one of: {}", names())))
+            })?,
+        };
+        if !library.speaks(self.service) {
+            let fitting: Vec<&str> =
+                crate::probe::library::ALL.iter().filter(|l| l.speaks(self.service)).map(|l| l.name()).collect();
+            return Err((
+                format!("client.library `{}` does not speak {}", library.name(), self.service.name()),
+                Some(format!("for {}: {}", self.service.name(), fitting.join(", "))),
+            ));
+        }
+        Ok(library)
+    }
+
     /// The knobs every cell starts from, before its mitigation.
     pub fn base_knobs(&self) -> crate::knobs::Knobs {
+        let library = self.library().unwrap_or(Library::default_for(self.service));
         crate::knobs::Knobs {
             service: self.service,
             client: crate::knobs::ClientKnobs {
+                library,
+                command: self.client.command.clone(),
+                command_dir: self.source.parent().map(std::path::Path::to_path_buf),
                 pool: self.client.pool,
-                keepalive: self.client.keepalive.0,
-                pool_max_idle: None,
+                keepalive: match &self.client.keepalive {
+                    Some(k) => k.0,
+                    None => library.default_keepalive(),
+                },
+                pool_max_idle: library.default_pool_max_idle(),
                 heartbeat: None,
                 tcp_user_timeout: None,
                 test_on_borrow: false,

@@ -214,6 +214,20 @@ pub fn middlebox(name: &str, ns: &str, hop: &MiddleboxHop, next_host: &str, s: S
     (pod, service(name, ns, s, name))
 }
 
+/// The probe container's command: `idlelab probe` for the Rust client libraries,
+/// `idlelab-probe-go` (in the same image) for the Go ones. Both read the spec from the file.
+fn probe_command(knobs: &Knobs) -> Vec<String> {
+    use crate::probe::library::Runtime;
+    let spec = ["--spec".to_string(), "/spec/probe.json".to_string()];
+    match knobs.client.library.runtime() {
+        Runtime::Go => std::iter::once("idlelab-probe-go".to_string()).chain(spec).collect(),
+        // An external client has no image: `kube::cell_steps` refuses it before this.
+        Runtime::Rust | Runtime::External => {
+            ["idlelab".to_string(), "probe".to_string()].into_iter().chain(spec).collect()
+        }
+    }
+}
+
 pub fn probe(ns: &str, spec_json: &str, knobs: &Knobs, annotations: BTreeMap<String, String>) -> (ConfigMap, Pod) {
     let cm = ConfigMap {
         metadata: meta("idlelab-probe-spec", ns, &[("app", "idlelab-probe")], BTreeMap::new()),
@@ -236,7 +250,7 @@ pub fn probe(ns: &str, spec_json: &str, knobs: &Knobs, annotations: BTreeMap<Str
             containers: vec![Container {
                 name: "probe".into(),
                 image: Some(PROBE_IMAGE.into()),
-                command: Some(vec!["idlelab".into(), "probe".into(), "--spec".into(), "/spec/probe.json".into()]),
+                command: Some(probe_command(knobs)),
                 volume_mounts: Some(vec![VolumeMount {
                     name: "spec".into(),
                     mount_path: "/spec".into(),

@@ -12,6 +12,13 @@ use std::path::Path;
 use std::time::Instant;
 
 pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
+    if let Some(c) = cells.iter().find(|c| c.real.client.library == crate::probe::library::Library::External) {
+        eprintln!(
+            "error: {}: an external client (`client.command`) runs only in the local lab: the cluster's probe image has the lab's own clients\n  hint: run it without `--backend kind`",
+            c.scenario
+        );
+        return 2;
+    }
     let missing = missing_programs(&target.required_programs());
     if !missing.is_empty() {
         eprintln!(

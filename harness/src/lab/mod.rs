@@ -202,6 +202,7 @@ pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
     let ms = |d: crate::duration::Dur| d.0.as_millis() as u64;
     ProbeSpec {
         service: knobs.service,
+        library: knobs.client.library.name().to_string(),
         target,
         pool: knobs.client.pool,
         keepalive: knobs.client.keepalive.map(|k| {
@@ -218,6 +219,36 @@ pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
         pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
         authority: None,
     }
+}
+
+/// The probe's command for the cell's client library.
+fn probe_command(knobs: &Knobs) -> Result<tokio::process::Command> {
+    use crate::probe::library::Runtime;
+    Ok(match knobs.client.library.runtime() {
+        Runtime::Rust => {
+            // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
+            let mut cmd = tokio::process::Command::new("/proc/self/exe");
+            cmd.arg("probe");
+            cmd
+        }
+        Runtime::Go => {
+            let bin = crate::probe::go_probe_bin();
+            if !bin.is_file() {
+                bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
+            }
+            tokio::process::Command::new(bin)
+        }
+        Runtime::External => {
+            let argv = knobs.client.command.as_deref().unwrap_or_default();
+            let (program, args) = argv.split_first().ok_or_else(|| anyhow!("client.command is empty"))?;
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args);
+            if let Some(dir) = &knobs.client.command_dir {
+                cmd.current_dir(dir);
+            }
+            cmd
+        }
+    })
 }
 
 /// What every hop of a cell needs to know to start.
@@ -396,23 +427,30 @@ async fn run_in(
         panic!("IDLELAB_FAULT=panic-after-setup: a deliberate panic to test cleanup");
     }
 
-    // The probe: this same binary, inside the app namespace, as root (not exempt from capture).
+    // The probe, inside the app namespace, as root (not exempt from capture): this same binary
+    // for the Rust libraries, the Go probe for the Go ones, the scenario's own program for an
+    // external client; all speak the probe contract (scenarios/PROBE.md).
     let mut spec = probe_spec_for(knobs, format!("{target_ip}:{port}"));
     // An app names an HTTP service by its host, and Istio routes an `http-*` port by it.
     if knobs.service == Service::Http {
         spec.authority = objects.as_ref().map(|o| format!("{}:{port}", o.ctx.service_host));
     }
     spec.tls_ca_pem = run_ca.as_ref().map(|ca| ca.ca_pem.clone());
-    // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    let mut cmd = probe_command(knobs)?;
     let stderr = std::fs::File::create(lab.dir.path().join("probe.stderr"))?;
-    cmd.arg("probe")
-        .stdin(std::process::Stdio::piped())
+    cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::from(stderr));
     let mut probe = process::spawn(&format!("{tag} probe"), cmd, &lab.topology.app().netns.path(), None)?;
     let mut stdin = probe.child.stdin.take().expect("piped");
-    stdin.write_all(&serde_json::to_vec(&spec)?).await?;
+    // A probe that exits without reading its spec (a broken external client) closes the pipe:
+    // what it printed says more than the EPIPE, so keep reading its stdout.
+    match stdin.write_all(&serde_json::to_vec(&spec)?).await {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            tracing::debug!("the probe closed its stdin before reading the spec")
+        }
+        other => other?,
+    }
     drop(stdin);
     let mut lines = BufReader::new(probe.child.stdout.take().expect("piped")).lines();
     let mut observations = None;

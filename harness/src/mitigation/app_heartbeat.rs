@@ -28,8 +28,8 @@ impl Mitigation for AppHeartbeat {
         }
         if knobs.client_library_pool() {
             return Err(format!(
-                "{}'s client pools its own connections, so the probe cannot ping each idle one; use pool-max-idle",
-                knobs.service.name()
+                "{} pools its own connections, so the probe cannot ping each idle one; use pool-max-idle",
+                knobs.client.library.describe()
             ));
         }
         knobs.client.heartbeat = Some(self.0);

@@ -29,6 +29,7 @@ impl Mitigation for PoolMaxIdle {
         if self.0.is_zero() {
             return Err("a max idle of 0s would discard every connection; give a duration".into());
         }
+        knobs.client.library.setting(crate::probe::library::PoolSetting::MaxIdle)?;
         knobs.client.pool_max_idle = Some(self.0);
         Ok(())
     }

@@ -26,9 +26,7 @@ impl Mitigation for PoolMaxLifetime {
         if self.0.is_zero() {
             return Err("a max lifetime of 0s would discard every connection; give a duration".into());
         }
-        if matches!(knobs.service, crate::scenario::Service::Http | crate::scenario::Service::Https) {
-            return Err("hyper-util's pool has no max lifetime; use pool-max-idle".into());
-        }
+        knobs.client.library.setting(crate::probe::library::PoolSetting::MaxLifetime)?;
         knobs.client.pool_max_lifetime = Some(self.0);
         Ok(())
     }

@@ -29,11 +29,8 @@ impl Mitigation for PoolTestOnBorrow {
         }
     }
     fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
-        if knobs.service.library_pool() && knobs.service != crate::scenario::Service::Mysql {
-            return Err(format!(
-                "{}'s client pools its own connections and has no test-on-borrow",
-                knobs.service.name()
-            ));
+        if self.0 {
+            knobs.client.library.setting(crate::probe::library::PoolSetting::TestOnBorrow)?;
         }
         knobs.client.test_on_borrow = self.0;
         Ok(())

@@ -28,9 +28,7 @@ impl Mitigation for TcpUserTimeout {
         if self.0.is_zero() {
             return Err("0s means the kernel default; give a duration".into());
         }
-        if knobs.service == crate::scenario::Service::Mysql {
-            return Err("mysql_async opens its own sockets and cannot set TCP_USER_TIMEOUT".into());
-        }
+        knobs.client.library.setting(crate::probe::library::PoolSetting::TcpUserTimeout)?;
         knobs.client.tcp_user_timeout = Some(self.0);
         Ok(())
     }

@@ -14,6 +14,7 @@
 
 pub mod http;
 pub mod idle_watch;
+pub mod library;
 pub mod memcached;
 pub mod mysql;
 pub mod observation;
@@ -42,6 +43,9 @@ pub struct KeepaliveSecs {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ProbeSpec {
     pub service: Service,
+    /// The client library to drive (`probe::library` names: `redis-rs`, `go-sql-driver`, …).
+    #[serde(default)]
+    pub library: String,
     /// `ip:port` the app connects to (the server's address; a sidecar captures it).
     pub target: String,
     pub pool: usize,
@@ -66,6 +70,11 @@ pub struct ProbeSpec {
     /// the TLS server name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+}
+
+/// `idlelab-probe-go` (the Go client libraries), as `just setup` builds it.
+pub fn go_probe_bin() -> std::path::PathBuf {
+    crate::doctor::tools_dir().join("bin/idlelab-probe-go")
 }
 
 /// One line of the probe's stdout.
