@@ -139,6 +139,27 @@ enum Command {
         #[arg(long)]
         request_log: Option<PathBuf>,
     },
+    /// Try your own Istio YAML (DestinationRule, EnvoyFilter, Sidecar, ServiceEntry, Gateway,
+    /// VirtualService, ProxyConfig, Deployment/Pod annotations) against the failures: each
+    /// scenario it can touch runs its baseline with and without it. Exit 0 when it fixes every
+    /// one, 1 when one still fails, 2 for bad input (Istio's own validation included).
+    Try {
+        /// The YAML files you would `kubectl apply`.
+        files: Vec<PathBuf>,
+        /// Scenarios to try it on (default: every shipped one it can touch).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+        /// Map a host of your files onto the lab's service: `reviews.prod.svc.cluster.local=redis`.
+        #[arg(long = "host-map", value_name = "FROM=TO")]
+        host_map: Vec<String>,
+        /// A pod annotation of the client, as if on its Deployment: `KEY=VALUE`.
+        #[arg(long = "annotate", value_name = "KEY=VALUE")]
+        annotate: Vec<String>,
+        #[arg(long, default_value = "scenarios", env = "IDLELAB_SCENARIOS")]
+        scenarios_dir: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Remove namespaces and temp dirs left by idlelab runs that were killed outright.
     Reap,
     /// Time every scenario, the whole matrix and a 1,000-connection pool; write results/bench.json.
@@ -184,7 +205,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     name_process();
     let verbose = match &cli.command {
-        Command::Run { output, .. } | Command::Matrix { output, .. } => output.verbose,
+        Command::Run { output, .. } | Command::Matrix { output, .. } | Command::Try { output, .. } => output.verbose,
         _ => false,
     };
     init_tracing(verbose);
@@ -293,6 +314,9 @@ pub fn main() -> i32 {
             execute(loaded, all, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
         }
         Command::Compare { old, new } => crate::compare::main(&old, &new),
+        Command::Try { files, scenarios, host_map, annotate, scenarios_dir, output } => {
+            crate::tryout::main(crate::tryout::TryArgs { files, scenarios, host_map, annotate, scenarios_dir, output })
+        }
         Command::Bench { scenarios, scenarios_dir, out } => crate::bench::main(scenarios, scenarios_dir, out),
     }
 }

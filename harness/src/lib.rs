@@ -32,6 +32,9 @@
 //! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html) that
 //!   consume events.
 //! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
+//! - [`tryout`]: `idlelab try FILE...`, a team's own Istio YAML (the `istio-yaml`
+//!   mitigation) against the failures: verdict before → after and the diff of what Istio
+//!   generated.
 //! - [`doctor`]: prerequisites, found or missing, with their fixes.
 //! - [`bench`]: `idlelab bench`, the figures the README quotes.
 //! - [`cli`]: the `idlelab` command line.
@@ -54,4 +57,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod timescale;
+pub mod tryout;
 pub mod verdict;

@@ -393,6 +393,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         }
     })?;
     scenario.source = path.to_path_buf();
+    // A team's own Istio YAML (`istio-yaml`) is read now, relative to the scenario file.
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for cell in &mut scenario.cells {
+        if let MitigationSpec::IstioYaml(m) = &mut cell.mitigation.value {
+            m.load(&base).map_err(|e| ScenarioError {
+                file: e.file.clone(),
+                line: e.line.map(|l| l as u64),
+                column: None,
+                message: e.message.clone(),
+                hint: e.hint.clone(),
+            })?;
+        }
+    }
     scenario.validate()?;
     Ok(scenario)
 }

@@ -5,19 +5,6 @@
 mod common;
 use common::*;
 
-/// Run `scenario` into a temp dir; returns the exit code, the output, the lab's pid and the dir.
-fn run_with_pid(scenario: &str) -> (Option<i32>, String, u32, tempfile::TempDir) {
-    let out = tempdir();
-    let child = idlelab(&["run", scenario, "--out", out.path().to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
-    (o.status.code(), text(&o), pid, out)
-}
-
 #[test]
 fn an_external_client_written_from_the_contract_sees_the_sidecar_idle_close() {
     require_lab();

@@ -72,20 +72,12 @@ fn verdicts_follow_the_physics_not_the_names() {
 #[test]
 fn a_cell_that_does_not_match_exits_1_and_cleans_up() {
     require_lab();
-    let out = tempdir();
-    let child =
-        idlelab(&["run", fixture("wrong-expectation.yaml").to_str().unwrap(), "--out", out.path().to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let (code, all, pid, out) = run_with_pid(fixture("wrong-expectation.yaml").to_str().unwrap());
+    assert_eq!(code, Some(1), "{all}");
     let s = summary(out.path());
     assert_eq!(s["pass"], false);
     assert_eq!(cell(&s, "none")["verdict"], "idle-closed");
-    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL wrong-expectation::none"), "{}", text(&o));
+    assert!(all.contains("FAIL wrong-expectation::none"), "{all}");
     // A cell that did not match keeps its control plane's and pilot-agent's logs.
     let logs = out.path().join("logs/wrong-expectation--none");
     let xds =

@@ -56,6 +56,8 @@ pub struct Rejected {
     pub kind: String,
     pub name: String,
     pub message: String,
+    /// Which of the documents given (when known), to point back at the user's file and line.
+    pub index: Option<usize>,
 }
 
 impl std::fmt::Display for Rejected {
@@ -74,6 +76,7 @@ pub struct ControlPlane {
     pub log: PathBuf,
     /// From start to its `ready` line.
     pub ready_ms: u64,
+    netns: PathBuf,
 }
 
 impl ControlPlane {
@@ -97,8 +100,10 @@ impl ControlPlane {
         let mut cmd = tokio::process::Command::new(xds_bin());
         cmd.arg("--listen").arg(XDS_ADDR);
         // Istio's own /debug endpoints (syncz, config_dump?proxyID=…) on the loopback of the
-        // app's namespace, for a user who wants to see what Istio generated.
-        if std::env::var_os("IDLELAB_ISTIO_DEBUG").is_some() {
+        // app's namespace, for a user who wants to see what Istio generated, and for the
+        // EnvoyFilter accounting ([`ControlPlane::envoy_filter_status`]).
+        let has_envoyfilter = docs.iter().any(|d| d.contains("kind: EnvoyFilter"));
+        if has_envoyfilter || std::env::var_os("IDLELAB_ISTIO_DEBUG").is_some() {
             cmd.arg("--debug").arg(DEBUG_ADDR);
         }
         if let Some(mesh) = mesh_config {
@@ -171,14 +176,58 @@ impl ControlPlane {
         let v: Value = serde_json::from_str(&line).with_context(|| format!("idlelab-xds printed {line}"))?;
         if let Some(r) = v.get("rejected") {
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            return Err(Rejected { kind: s("kind"), name: s("name"), message: s("message") }.into());
+            return Err(Rejected { kind: s("kind"), name: s("name"), message: s("message"), index: None }.into());
         }
         let addr = v["ready"].as_str().ok_or_else(|| anyhow!("idlelab-xds printed {line}"))?.to_string();
         let ready_ms = started.elapsed().as_millis() as u64;
         tracing::debug!(addr, ready_ms, docs = docs.len(), "control plane ready");
         // Keep stdin open: idlelab-xds stops when it closes (when this process is gone).
-        Ok(ControlPlane { process, addr, log, ready_ms })
+        Ok(ControlPlane { process, addr, log, ready_ms, netns: netns.to_path_buf() })
     }
+
+    /// Which patches of which EnvoyFilters Istio applied while generating the proxies'
+    /// config, from Istio's own accounting (`pilot_envoy_filter_status`). Ask once, after
+    /// every proxy has its config.
+    pub async fn envoy_filter_status(&self) -> Result<Vec<Value>> {
+        let body = crate::lab::envoy::Admin { netns: self.netns.clone(), port: debug_port() }
+            .get("/idlelab/envoyfilters")
+            .await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+}
+
+fn debug_port() -> u16 {
+    DEBUG_ADDR.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+}
+
+/// Run Istio's validation (the webhook's, after a strict decode) over `docs` without serving
+/// anything: Ok(warnings) or a [`Rejected`] error whose `index` names the document.
+pub async fn validate(docs: &[String]) -> Result<Vec<String>> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}{}-validate-", crate::lab::netns::PREFIX, std::process::id()))
+        .tempdir()?;
+    for (i, doc) in docs.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i:02}.yaml")), doc)?;
+    }
+    let mut cmd = tokio::process::Command::new(xds_bin());
+    crate::lab::process::dies_with_runner(&mut cmd);
+    let out = cmd
+        .arg("--validate")
+        .arg(dir.path())
+        .output()
+        .await
+        .with_context(|| format!("running {}", xds_bin().display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().next().unwrap_or_default();
+    let v: Value =
+        serde_json::from_str(line).map_err(|_| anyhow!("idlelab-xds --validate said: {}", last_lines(&stderr, 3)))?;
+    if let Some(r) = v.get("rejected") {
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        let index = std::path::Path::new(&s("file")).file_stem().and_then(|n| n.to_string_lossy().parse().ok());
+        return Err(Rejected { kind: s("kind"), name: s("name"), message: s("message"), index }.into());
+    }
+    Ok(stderr.lines().filter(|l| l.contains("\twarn\t")).map(|l| l.to_string()).collect())
 }
 
 /// Copy the control plane's stderr to its log file; for each push line (`LDS: PUSH request

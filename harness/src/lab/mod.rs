@@ -85,6 +85,17 @@ pub struct EnvoyEvidence {
     pub istio_config: Option<Value>,
 }
 
+/// One EnvoyFilter as Istio applied it (`ControlPlane::envoy_filter_status`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EnvoyFilterStatus {
+    /// `namespace/name`.
+    pub name: String,
+    /// The patch types (`cluster`, `listener`, `networkfilter`, …) Istio applied.
+    pub applied: Vec<String>,
+    /// "applied", or "not applied: it matched nothing on any proxy of the cell".
+    pub status: String,
+}
+
 /// What the local lab recorded besides the probe's observations.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LabEvidence {
@@ -103,6 +114,10 @@ pub struct LabEvidence {
     /// reuse requests than the app sent means a proxy retried one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_requests: Option<BTreeMap<String, u64>>,
+    /// Per EnvoyFilter of the cell, what Istio's own accounting says it applied: its patch
+    /// types, or none (it matched nothing); and Istio's patch errors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub envoy_filters: Vec<EnvoyFilterStatus>,
     /// HTTP: one sentence of what the app got on reuse, what the first proxy's Envoy logged
     /// for those requests (code, flags, attempts: more than one is a retry) and how many the
     /// server received.
@@ -282,6 +297,56 @@ async fn start_server(
     Ok((server, started.elapsed().as_millis() as u64))
 }
 
+/// The EnvoyFilters among `docs` and what Istio's accounting says it applied of each.
+async fn envoy_filter_status(cp: &crate::istio::ControlPlane, docs: &[String]) -> Vec<EnvoyFilterStatus> {
+    let filters: Vec<String> = docs
+        .iter()
+        .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
+        .filter(|v| v["kind"] == "EnvoyFilter")
+        .map(|v| {
+            format!(
+                "{}/{}",
+                v["metadata"]["namespace"].as_str().unwrap_or("default"),
+                v["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    if filters.is_empty() {
+        return vec![];
+    }
+    let entries = match cp.envoy_filter_status().await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("reading Istio's EnvoyFilter accounting: {e:#}");
+            return vec![];
+        }
+    };
+    let mut out: Vec<EnvoyFilterStatus> = filters
+        .into_iter()
+        .map(|name| {
+            let applied: Vec<String> = entries
+                .iter()
+                .filter(|e| e["name"] == name.as_str() && e["result"] == "applied" && e["value"].as_f64() == Some(1.0))
+                .filter_map(|e| e["patch"].as_str().map(str::to_string))
+                .collect();
+            let status = if applied.is_empty() {
+                "not applied: Istio matched none of its patches on any proxy of the cell".to_string()
+            } else {
+                format!("applied ({})", applied.join(", "))
+            };
+            EnvoyFilterStatus { name, applied, status }
+        })
+        .collect();
+    for e in entries.iter().filter(|e| e["result"] == "error" && e["value"].as_f64().unwrap_or(0.0) > 0.0) {
+        out.push(EnvoyFilterStatus {
+            name: "(Istio's patch errors)".into(),
+            applied: vec![],
+            status: format!("a {} patch failed", e["patch"].as_str().unwrap_or("?")),
+        });
+    }
+    out
+}
+
 /// The HTTP server's request log, in its dir of the cell.
 const HTTP_REQUEST_LOG: &str = "requests.txt";
 
@@ -422,6 +487,9 @@ async fn run_in(
         return Err(e);
     }
     evidence.server_start_ms = server_start_ms;
+    if let (Some(cp), Some(objects)) = (&lab.control_plane, &objects) {
+        evidence.envoy_filters = envoy_filter_status(cp, &objects.docs).await;
+    }
     evidence.setup_ms = started.elapsed().as_millis() as u64;
     if std::env::var("IDLELAB_FAULT").as_deref() == Ok("panic-after-setup") {
         panic!("IDLELAB_FAULT=panic-after-setup: a deliberate panic to test cleanup");

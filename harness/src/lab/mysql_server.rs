@@ -18,6 +18,7 @@ fn server_args(datadir: &Path, dir: &Path, port: u16) -> Vec<String> {
         format!("--socket={}", dir.join("mysql.sock").display()),
         format!("--pid-file={}", dir.join("mariadbd.pid").display()),
         format!("--log-error={}", dir.join("mariadbd.err").display()),
+        format!("--tmpdir={}", dir.display()),
         format!("--port={port}"),
         "--bind-address=0.0.0.0".into(),
         "--user=root".into(),
@@ -34,6 +35,11 @@ fn server_args(datadir: &Path, dir: &Path, port: u16) -> Vec<String> {
 /// Initialise a template data directory under `dir` (once per run).
 pub async fn init_template(dir: &Path) -> Result<PathBuf> {
     let datadir = dir.join("mysql-template");
+    // Its own tmpdir: mariadbd names its temporary tables after its pid, which is the same
+    // small number in every PID namespace, so two runs initialising at once in the shared /tmp
+    // collided ("Can't create/write to file '/tmp/#sql-temptable-1f-1-3.MAI'").
+    let tmpdir = dir.join("mysql-install-tmp");
+    std::fs::create_dir_all(&tmpdir)?;
     // mariadb-install-db is a shell script whose subshells do not inherit the parent-death
     // signal: it runs as PID 1 of its own PID namespace (`unshare --kill-child`), so that when
     // it dies with the harness the kernel kills everything it started.
@@ -41,12 +47,14 @@ pub async fn init_template(dir: &Path) -> Result<PathBuf> {
         .args(["--pid", "--fork", "--kill-child", "mariadb-install-db"])
         .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
         .arg(format!("--datadir={}", datadir.display()))
+        .arg(format!("--tmpdir={}", tmpdir.display()))
         .args(["--innodb-log-file-size=4M", "--innodb-buffer-pool-size=8M"])
         .output()
         .await
         .context("running mariadb-install-db (run `just setup`)")?;
     if !out.status.success() {
-        bail!("mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!("mariadb-install-db failed: {}", super::envoy::last_lines(&stderr, 4));
     }
     Ok(datadir)
 }

@@ -20,6 +20,7 @@ pub mod exclude_outbound_ip_ranges;
 pub mod exclude_outbound_ports;
 pub mod gateway_keepalive;
 pub mod istio_idle_timeout;
+pub mod istio_yaml;
 pub mod none;
 pub mod pool_max_idle;
 pub mod pool_max_lifetime;
@@ -95,6 +96,7 @@ pub enum MitigationSpec {
     DrTcpKeepalive(dr_tcp_keepalive::DrTcpKeepalive),
     DrIdleTimeout(dr_idle_timeout::DrIdleTimeout),
     DrHttpIdleTimeout(dr_http_idle_timeout::DrHttpIdleTimeout),
+    IstioYaml(istio_yaml::IstioYaml),
     ExcludeOutboundIpRanges(exclude_outbound_ip_ranges::ExcludeOutboundIpRanges),
     TcpUserTimeout(tcp_user_timeout::TcpUserTimeout),
     GatewayKeepalive(gateway_keepalive::GatewayKeepalive),
@@ -115,6 +117,7 @@ impl MitigationSpec {
             MitigationSpec::DrTcpKeepalive(m) => m,
             MitigationSpec::DrIdleTimeout(m) => m,
             MitigationSpec::DrHttpIdleTimeout(m) => m,
+            MitigationSpec::IstioYaml(m) => m,
             MitigationSpec::ExcludeOutboundIpRanges(m) => m,
             MitigationSpec::TcpUserTimeout(m) => m,
             MitigationSpec::GatewayKeepalive(m) => m,

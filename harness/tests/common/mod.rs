@@ -157,3 +157,16 @@ pub fn run_scenario_ok(name: &str) -> (tempfile::TempDir, Value) {
     let s = summary(out.path());
     (out, s)
 }
+
+/// Run `scenario` into a temp dir; returns the exit code, the output, the lab's pid and the dir.
+pub fn run_with_pid(scenario: &str) -> (Option<i32>, String, u32, tempfile::TempDir) {
+    let out = tempdir();
+    let child = idlelab(&["run", scenario, "--out", out.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    (o.status.code(), text(&o), pid, out)
+}

@@ -43,6 +43,7 @@ import (
 	"istio.io/istio/pkg/config/mesh"
 	"istio.io/istio/pkg/config/schema/collections"
 	"istio.io/istio/pkg/log"
+	"istio.io/istio/pkg/monitoring"
 	"istio.io/istio/pkg/webhooks/validation/server"
 	kubeyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
@@ -55,6 +56,7 @@ var plainEnvoyEnv = []string{
 	"PILOT_ENABLE_ALPN_FILTER=false",       // istio.alpn (mTLS ALPN override on outbound TLS)
 	"XDS_AUTH_PLAINTEXT=true",              // ask the authenticators on plaintext xDS too (see trust.go)
 	"PILOT_ENABLE_XDS_IDENTITY_CHECK=true", // Istio's default, explicit: VerifiedIdentity comes from it
+	"PILOT_ENVOY_FILTER_STATS=true",        // Istio's per-EnvoyFilter "applied" accounting (see envoyfilters.go)
 }
 
 var scope = log.RegisterScope("idlelab", "idlelab-xds")
@@ -65,6 +67,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:15010", "gRPC xDS listen address (port 0: any)")
 	meshFile := flag.String("mesh", "", "MeshConfig YAML file (default: Istio's built-in defaults)")
 	debugAddr := flag.String("debug", "", "serve Istio's /debug endpoints (syncz, config_dump, ...) on this address")
+	validateOnly := flag.Bool("validate", false, "only run Istio's validation of the inputs: print {\"valid\":…} or {\"rejected\":…} (exit 2), serve nothing")
 	var listenFDs fdList
 	flag.Var(&listenFDs, "listen-fd", "also serve on this inherited listening socket (repeatable; one per other pod namespace)")
 	logOpts := log.DefaultOptions()
@@ -106,9 +109,19 @@ func main() {
 	if err != nil {
 		fail(1, "%v", err)
 	}
+	if *validateOnly {
+		line, _ := json.Marshal(map[string]any{"valid": map[string]int{"istio": len(in.istio), "kubernetes": len(in.kube)}})
+		fmt.Println(string(line))
+		return
+	}
 
 	t := newFailer()
 	go shutdownOn(t)
+	// Istio's metrics into the default Prometheus registry, as istiod does at start-up: the
+	// EnvoyFilter accounting (envoyfilters.go) reads its gauge from there.
+	if _, err := monitoring.RegisterPrometheusExporter(nil, nil); err != nil {
+		fail(1, "metrics: %v", err)
+	}
 
 	opts := xdsfake.FakeOptions{
 		MeshConfig:             m,
@@ -137,7 +150,10 @@ func main() {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv := &http.Server{Handler: s.DiscoveryDebug, ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/", s.DiscoveryDebug)
+		mux.HandleFunc("/idlelab/envoyfilters", envoyFilterStatus)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.Serve(l) }()
 		t.Cleanup(func() { _ = srv.Close() })
 		ready["debug"] = l.Addr().String()

@@ -1,0 +1,332 @@
+//! `idlelab try FILE...`: a team's own Istio YAML, before rollout, against the lab's failures.
+//!
+//! ```text
+//!   FILE... ──load (file:line errors)──▶ Istio's validation (exit 2 with Istio's message)
+//!     ──▶ per scenario the files can touch: its baseline cell and the same cell with the
+//!         files (`istio-yaml`), run as any cells ──▶ verdict before → after, the field-level
+//!         diff of each proxy's config as Istio generated it, the EnvoyFilters Istio applied
+//! ```
+//!
+//! Exit 0 when the files fix every failure tried (`survived` or `recovered`), 1 when one
+//! still fails, 2 for bad input.
+
+use crate::cli::{Exec, OutputArgs, execute};
+use crate::mitigation::istio_yaml::IstioYaml;
+use crate::mitigation::{Mitigation, MitigationSpec};
+use crate::report::CellReport;
+use crate::scenario::{self, CellSpec};
+use crate::verdict::Verdict;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub(crate) struct TryArgs {
+    pub files: Vec<PathBuf>,
+    pub scenarios: Vec<String>,
+    pub host_map: Vec<String>,
+    pub annotate: Vec<String>,
+    pub scenarios_dir: PathBuf,
+    pub output: OutputArgs,
+}
+
+fn pairs(items: &[String], flag: &str, sep: char) -> Result<BTreeMap<String, String>, String> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once(sep)
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| format!("{flag} {s}: expected FROM{sep}TO"))
+        })
+        .collect()
+}
+
+/// What the files touch: the client sidecar, the gateway, the server's sidecar.
+fn touches(m: &IstioYaml) -> (bool, bool, bool) {
+    let l = m.loaded.as_deref().expect("loaded");
+    let (mut sidecar, mut gateway, mut server) = (!l.annotations.is_empty(), false, false);
+    for d in &l.docs {
+        let spec = d.value["spec"].to_string();
+        match d.kind.as_str() {
+            "Gateway" | "VirtualService" if spec.contains("gateways") || d.kind == "Gateway" => gateway = true,
+            "EnvoyFilter" if spec.contains("GATEWAY") => gateway = true,
+            "EnvoyFilter" if spec.contains("SIDECAR_INBOUND") => server = true,
+            _ => sidecar = true,
+        }
+    }
+    (sidecar, gateway, server)
+}
+
+/// The lab services the files' hosts name (after `host_map`), if any.
+fn services_named(m: &IstioYaml) -> Vec<scenario::Service> {
+    let l = m.loaded.as_deref().expect("loaded");
+    let all = [
+        scenario::Service::Redis,
+        scenario::Service::Mysql,
+        scenario::Service::Memcached,
+        scenario::Service::Http,
+        scenario::Service::Https,
+    ];
+    let mut out = Vec::new();
+    for d in &l.docs {
+        if let Some(h) = d.value["spec"]["host"].as_str() {
+            let h = m.host_map.get(h).map(String::as_str).unwrap_or(h);
+            let short = h.split('.').next().unwrap_or_default();
+            out.extend(all.iter().copied().filter(|s| s.name() == short));
+        }
+    }
+    out
+}
+
+pub(crate) fn main(args: TryArgs) -> i32 {
+    let host_map = match pairs(&args.host_map, "--host-map", '=') {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}\n  hint: --host-map reviews.prod.svc.cluster.local=redis");
+            return 2;
+        }
+    };
+    let annotations = match pairs(&args.annotate, "--annotate", '=') {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "error: {e}\n  hint: --annotate proxy.istio.io/config='{{proxyMetadata: {{ISTIO_META_IDLE_TIMEOUT: 24h}}}}'"
+            );
+            return 2;
+        }
+    };
+    if args.files.is_empty() && annotations.is_empty() {
+        eprintln!("error: nothing to try: give the YAML files you would `kubectl apply` (or --annotate)");
+        return 2;
+    }
+    let mut fix = IstioYaml { files: args.files.clone(), host_map, annotations, loaded: None };
+    if let Err(e) = fix.load(&std::env::current_dir().unwrap_or_default()) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+
+    // Istio's own judgement first, on the files as the lab will apply them.
+    let ctx = crate::mitigation::IstioContext {
+        namespace: crate::lab::ISTIO_NAMESPACE.into(),
+        client_app: crate::istio::objects::CLIENT_APP.into(),
+        service_host: format!("redis.{}.svc.cluster.local", crate::lab::ISTIO_NAMESPACE),
+        service_port: 6379,
+        sidecar_pods: vec!["client".into()],
+        factor: 1,
+    };
+    let loaded = fix.loaded.clone().expect("loaded");
+    let docs: Vec<String> = loaded.docs.iter().map(|d| crate::mitigation::to_yaml(&fix.render(d, &ctx).0)).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(crate::istio::validate(&docs)) {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("warning (Istio): {w}");
+            }
+        }
+        Err(e) => {
+            match e.downcast_ref::<crate::istio::Rejected>() {
+                Some(r) => {
+                    let at = r.index.and_then(|i| loaded.docs.get(i));
+                    let place = at.map(|d| format!("{}:{}: ", d.file.display(), d.line)).unwrap_or_default();
+                    eprintln!("error: {place}Istio rejected {} {}: {}", r.kind, r.name, r.message);
+                }
+                None => eprintln!("error: {e:#}"),
+            }
+            return 2;
+        }
+    }
+    drop(rt);
+
+    // The scenarios the files can touch, each as its baseline cell and the cell with the files.
+    let (sidecar, gateway, server) = touches(&fix);
+    let services = services_named(&fix);
+    let names = if args.scenarios.is_empty() {
+        scenario::list(&args.scenarios_dir).unwrap_or_default()
+    } else {
+        args.scenarios.clone()
+    };
+    let explicit = !args.scenarios.is_empty();
+    let mut loaded_scenarios = Vec::new();
+    let mut all_cells = Vec::new();
+    for name in &names {
+        let s = match scenario::resolve(name, &args.scenarios_dir).and_then(|p| scenario::load(&p)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        let has = |f: fn(&crate::hop::Hop) -> bool| s.path.iter().any(f);
+        let reachable = (sidecar && has(|h| matches!(h, crate::hop::Hop::Sidecar(_))))
+            || (gateway && has(|h| matches!(h, crate::hop::Hop::Gateway(_))))
+            || (server && has(|h| matches!(h, crate::hop::Hop::ServerSidecar(_))));
+        if !explicit && (!reachable || (!services.is_empty() && !services.contains(&s.service))) {
+            continue;
+        }
+        let Some(baseline) = s
+            .cells
+            .iter()
+            .find(|c| matches!(c.mitigation.value, MitigationSpec::NoMitigation))
+            .or(s.cells.first())
+            .cloned()
+        else {
+            continue;
+        };
+        let unknown = serde_saphyr::Location::UNKNOWN;
+        let try_cell = CellSpec {
+            mitigation: serde_saphyr::Spanned::new(MitigationSpec::IstioYaml(fix.clone()), unknown, unknown),
+            expect: Verdict::Survived,
+            why: Some("the team's own fix, tried before rollout".into()),
+        };
+        let mut knobs = s.base_knobs();
+        if let Err(why) = fix.apply(&mut knobs) {
+            if explicit {
+                eprintln!("error: {}: the files cannot apply here: {why}", s.name);
+                return 2;
+            }
+            continue;
+        }
+        // Both cells at the baseline's factor: the diff then compares like with like, and the
+        // baseline's orderings hold for the try cell whatever the files turn out to do.
+        let mut s = s;
+        s.cells = vec![baseline];
+        let factor = match crate::cells::expand(&s, &[], None) {
+            Ok(c) => c[0].time_scale.factor,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        s.cells.push(try_cell);
+        let fixed = crate::cells::expand(&s, &[], Some(scenario::TimeScaleSpec::Factor(factor)));
+        match fixed.or_else(|_| crate::cells::expand(&s, &[], None)) {
+            Ok(c) => all_cells.extend(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+        loaded_scenarios.push(s);
+    }
+    if loaded_scenarios.is_empty() {
+        eprintln!(
+            "error: no shipped scenario has a proxy these files act on\n  hint: name one with --scenario, or map a host with --host-map"
+        );
+        return 2;
+    }
+    let names: Vec<String> = loaded_scenarios.iter().map(|s| s.name.clone()).collect();
+    eprintln!("try: {} against {}", fix.label(), names.join(", "));
+    let exec = Exec {
+        title: "try".into(),
+        output: args.output,
+        jobs: None,
+        quiet: false,
+        time_scale_label: "per scenario".into(),
+    };
+    let summary = match execute(loaded_scenarios, all_cells, exec) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+
+    // Before → after, per scenario, with the diff of what Istio generated.
+    let mut still_failing = false;
+    let mut text = String::new();
+    for name in &names {
+        let cells: Vec<&CellReport> = summary.cells.iter().filter(|c| &c.scenario == name).collect();
+        let (Some(before), Some(after)) = (
+            cells.iter().find(|c| !matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
+            cells.iter().find(|c| matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
+        ) else {
+            continue;
+        };
+        let v = |c: &CellReport| c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into());
+        let fixed = matches!(after.verdict, Some(Verdict::Survived | Verdict::Recovered));
+        still_failing |= !fixed;
+        text.push_str(&format!(
+            "{name}: {} → {}   ({})\n",
+            v(before),
+            v(after),
+            if fixed { "the fix works here" } else { "still fails: this fix does not fix it" }
+        ));
+        for line in render_lines(&fix, after) {
+            text.push_str(&format!("  {line}\n"));
+        }
+        for line in diff(before, after) {
+            text.push_str(&format!("  {line}\n"));
+        }
+        if let Some(e) = &after.error {
+            text.push_str(&format!("  error: {e}\n"));
+        }
+    }
+    print!("{text}");
+    let _ = std::fs::write(summary.out_dir.join("try.txt"), &text);
+    if still_failing { 1 } else { 0 }
+}
+
+/// What the lab did with the files for this cell: mapping and scaling, and the EnvoyFilters
+/// as Istio applied them.
+fn render_lines(fix: &IstioYaml, cell: &CellReport) -> Vec<String> {
+    let _ = fix;
+    let mut out: Vec<String> = cell.evidence.notes.iter().filter(|n| n.starts_with("istio-yaml")).cloned().collect();
+    if let Some(lab) = &cell.evidence.lab {
+        for ef in &lab.envoy_filters {
+            out.push(format!("EnvoyFilter {}: {}", ef.name, ef.status));
+        }
+    }
+    out
+}
+
+/// The fields that differ between the two cells' proxies, as Istio generated them.
+pub fn diff(before: &CellReport, after: &CellReport) -> Vec<String> {
+    let proxies = |c: &CellReport| -> BTreeMap<String, Value> {
+        c.evidence
+            .lab
+            .as_ref()
+            .map(|l| l.envoys.iter().filter_map(|e| e.istio_config.clone().map(|v| (e.role.clone(), v))).collect())
+            .unwrap_or_default()
+    };
+    let (b, a) = (proxies(before), proxies(after));
+    let (before_factor, after_factor) = (before.time_scale.factor, after.time_scale.factor);
+    let mut out = Vec::new();
+    for (role, after) in &a {
+        let Some(before) = b.get(role) else { continue };
+        let listener = after["listener"].as_str().unwrap_or("?");
+        let cluster = after["cluster"].as_str().unwrap_or("?");
+        for (key, what) in [
+            ("idle_timeout", format!("listener {listener} tcp_proxy idle_timeout")),
+            ("http_idle_timeout", format!("listener {listener} HTTP connection manager idle_timeout")),
+            ("tcp_keepalive", format!("cluster {cluster} upstream_connection_options.tcp_keepalive")),
+            ("cluster_http_idle_timeout", format!("cluster {cluster} HTTP pool idle_timeout")),
+            ("retry_policy", format!("routes of {cluster} retry_policy")),
+            ("socket_options", format!("listener {listener} socket_options")),
+        ] {
+            let (x, y) = (&before[key], &after[key]);
+            if x != y {
+                let scale = if before_factor == after_factor {
+                    format!(" (lab time, ×{after_factor})")
+                } else {
+                    format!(" (lab time, ×{before_factor} → ×{after_factor})")
+                };
+                out.push(format!("{role}: {what}: {} → {}{scale}", show(x), show(y)));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push("no field that decides these failures changed in any proxy's config".into());
+    }
+    out
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "none".into(),
+        Value::String(s) => s.clone(),
+        Value::Object(m) if m.contains_key("keepalive_time") => format!(
+            "{}/{}/{}",
+            m["keepalive_time"].as_u64().map(|x| x.to_string()).unwrap_or_else(|| m["keepalive_time"].to_string()),
+            m.get("keepalive_interval").map(|x| x.to_string()).unwrap_or_default(),
+            m.get("keepalive_probes").map(|x| x.to_string()).unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
