@@ -373,6 +373,18 @@ fn check(names: &[String], args: &ScenarioArgs) -> i32 {
     code
 }
 
+/// Write the file reports of a finished run (again) into its directory.
+pub(crate) fn write_reports(summary: &RunSummary) -> anyhow::Result<()> {
+    let dir = &summary.out_dir;
+    let mut reporters: Vec<Box<dyn Reporter>> = vec![
+        Box::new(JsonReporter { path: dir.join("summary.json") }),
+        Box::new(MarkdownReporter { path: dir.join("summary.md") }),
+        Box::new(JunitReporter { path: dir.join("junit.xml") }),
+        Box::new(HtmlReporter { path: dir.join("report.html") }),
+    ];
+    reporters.iter_mut().try_for_each(|r| r.finish(summary))
+}
+
 fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
     results_dir.join(format!("{scenario}-{stamp}"))

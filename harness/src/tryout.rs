@@ -223,7 +223,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         quiet: false,
         time_scale_label: "per scenario".into(),
     };
-    let summary = match execute(loaded_scenarios, all_cells, exec) {
+    let mut summary = match execute(loaded_scenarios, all_cells, exec) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -240,14 +240,16 @@ pub(crate) fn main(args: TryArgs) -> i32 {
             continue;
         };
         let v = |c: &CellReport| c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into());
-        let fixed = matches!(after.verdict, Some(Verdict::Survived | Verdict::Recovered));
+        let ok = |c: &CellReport| matches!(c.verdict, Some(Verdict::Survived | Verdict::Recovered));
+        let fixed = ok(after);
         still_failing |= !fixed;
-        text.push_str(&format!(
-            "{name}: {} → {}   ({})\n",
-            v(before),
-            v(after),
-            if fixed { "the fix works here" } else { "still fails: this fix does not fix it" }
-        ));
+        let judgement = match (ok(before), fixed) {
+            (false, true) => "the fix works here",
+            (true, true) => "no failure here to fix, and the fix breaks nothing",
+            (true, false) => "the fix makes it fail",
+            (false, false) => "still fails: this fix does not fix it",
+        };
+        text.push_str(&format!("{name}: {} → {}   ({judgement})\n", v(before), v(after)));
         for line in render_lines(&fix, after) {
             text.push_str(&format!("  {line}\n"));
         }
@@ -260,6 +262,30 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     }
     print!("{text}");
     let _ = std::fs::write(summary.out_dir.join("try.txt"), &text);
+    // Each try cell's report carries its diff too: the reports are written again with it.
+    for name in &names {
+        let diff_lines = {
+            let cells: Vec<&CellReport> = summary.cells.iter().filter(|c| &c.scenario == name).collect();
+            match (
+                cells.iter().find(|c| !matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
+                cells.iter().find(|c| matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
+            ) {
+                (Some(b), Some(a)) => diff(b, a),
+                _ => continue,
+            }
+        };
+        if let Some(c) = summary
+            .cells
+            .iter_mut()
+            .find(|c| &c.scenario == name && matches!(c.mitigation, MitigationSpec::IstioYaml(_)))
+        {
+            c.evidence.notes.extend(diff_lines.into_iter().map(|l| format!("diff against the baseline: {l}")));
+        }
+    }
+    if let Err(e) = crate::cli::write_reports(&summary) {
+        eprintln!("error: writing reports: {e:#}");
+        return 1;
+    }
     if still_failing { 1 } else { 0 }
 }
 

@@ -33,6 +33,9 @@ fn an_envoyfilter_that_turns_the_idle_timeout_off_fixes_redis_idle() {
     let s = summary(out.path());
     let c = cell(&s, "istio-yaml");
     assert_eq!(c["evidence"]["lab"]["envoy_filters"][0]["applied"][0], "networkfilter", "{c}");
+    let notes = c["evidence"]["notes"].to_string();
+    assert!(notes.contains("diff against the baseline: sidecar: listener") && notes.contains("6s → 0s"), "{notes}");
+    assert!(std::fs::read_to_string(out.path().join("report.html")).unwrap().contains("diff against the baseline"));
     assert!(std::fs::read_to_string(out.path().join("try.txt")).unwrap().contains("→ survived"));
 }
 
