@@ -76,6 +76,7 @@ fn istio_context(cell: &Cell) -> IstioContext {
         sidecar_pods: cell.real.sidecar_pods(),
         // Reports show the real-world resource a user would apply.
         factor: 1,
+        cluster_ranges: None,
     }
 }
 

@@ -113,6 +113,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         service_port: 6379,
         sidecar_pods: vec!["client".into()],
         factor: 1,
+        cluster_ranges: None,
     };
     let loaded = fix.loaded.clone().expect("loaded");
     let docs: Vec<String> = loaded.docs.iter().map(|d| crate::mitigation::to_yaml(&fix.render(d, &ctx).0)).collect();

@@ -139,6 +139,7 @@ pub fn context(cell: &crate::cells::Cell, namespace: &str) -> IstioContext {
         service_port: cell.real.service.port(),
         sidecar_pods: cell.real.sidecar_pods(),
         factor: cell.time_scale.factor,
+        cluster_ranges: None,
     }
 }
 

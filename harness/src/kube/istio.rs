@@ -67,7 +67,7 @@ pub fn gateway_idle_timeout(ns: &str, d: Dur, port: u16) -> String {
     let v = json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
-        "metadata": {"name": format!("idlelab-gateway-idle-{ns}"), "namespace": "istio-system"},
+        "metadata": {"name": format!("idlelab-gateway-idle-{ns}"), "namespace": "istio-system", "labels": {CELL_LABEL: ns}},
         "spec": {
             "workloadSelector": {"labels": {"istio": "ingressgateway"}},
             "configPatches": [{
@@ -82,6 +82,10 @@ pub fn gateway_idle_timeout(ns: &str, d: Dur, port: u16) -> String {
     });
     to_yaml(&v)
 }
+
+/// The label every object a cell creates outside its own namespace carries (the gateway's
+/// EnvoyFilters and Secret in istio-system): the cell's teardown deletes by it.
+pub const CELL_LABEL: &str = "idlelab.dev/cell";
 
 /// The `kubernetes.io/tls` Secret (namespace istio-system) the gateway's Gateway names.
 pub fn gateway_secret_name(ns: &str) -> String {
@@ -109,7 +113,7 @@ pub fn gateway_socket_options(g: &GatewayHop, ns: &str, port: u16, factor: u32) 
     let v = json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
-        "metadata": {"name": format!("idlelab-gateway-socket-options-{ns}"), "namespace": "istio-system"},
+        "metadata": {"name": format!("idlelab-gateway-socket-options-{ns}"), "namespace": "istio-system", "labels": {CELL_LABEL: ns}},
         "spec": {
             "workloadSelector": {"labels": {"istio": "ingressgateway"}},
             "configPatches": [{

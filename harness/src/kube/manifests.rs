@@ -12,11 +12,12 @@ use crate::knobs::Knobs;
 use crate::scenario::Service as Svc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, Namespace, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl, Volume,
-    VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction,
+    Namespace, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort,
+    ServiceSpec, Sysctl, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 /// The probe image `just kind-up` builds from the Dockerfile and loads into kind.
@@ -133,8 +134,39 @@ fn server_container(knobs: &Knobs) -> Container {
             name: Some(port_name(knobs.service)),
             ..Default::default()
         }]),
+        readiness_probe: Some(readiness(knobs.service)),
         ..Default::default()
     }
+}
+
+/// Ready means "answers a real client", so `rollout status` does not return before MariaDB has
+/// initialised: redis-cli PING, mariadb-admin ping over TCP, an HTTP GET; memcached's image
+/// has no client, so a TCP accept (memcached listens only once it serves).
+fn readiness(s: Svc) -> Probe {
+    let port = s.port();
+    let exec = |cmd: &[&str]| Probe {
+        exec: Some(ExecAction { command: Some(cmd.iter().map(|c| c.to_string()).collect()) }),
+        ..Default::default()
+    };
+    let probe = match s {
+        Svc::Redis => exec(&["redis-cli", "-p", &port.to_string(), "ping"]),
+        Svc::Mysql => {
+            exec(&["mariadb-admin", "--protocol=tcp", "-h", "127.0.0.1", "-P", &port.to_string(), "-uroot", "ping"])
+        }
+        Svc::Memcached => Probe {
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.into()), ..Default::default() }),
+            ..Default::default()
+        },
+        Svc::Http | Svc::Https => Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/".into()),
+                port: IntOrString::Int(port.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    };
+    Probe { period_seconds: Some(1), failure_threshold: Some(180), timeout_seconds: Some(2), ..probe }
 }
 
 pub fn server(knobs: &Knobs, ns: &str, annotations: BTreeMap<String, String>) -> (Deployment, Service) {
@@ -180,14 +212,24 @@ fn service(name: &str, ns: &str, s: Svc, app: &str) -> Service {
     }
 }
 
+/// The name of the middlebox's counter of forgotten-flow segments (`nft list counter ip
+/// idlelab_middlebox forgotten`), which the cell's evidence reads.
+pub const MIDDLEBOX_COUNTER: &str = "forgotten";
+
 /// The middlebox's rules: DNAT to the next hop, masquerade, and the forgotten-flow verdict.
+///
+/// The pod is a DNAT proxy, not a router: once conntrack has forgotten a flow, its next segment
+/// (with `nf_conntrack_tcp_loose=0`) is never DNATed, is addressed to the pod itself and takes
+/// the INPUT path, where the pod's own TCP stack would answer with RST. So INPUT gets the same
+/// `ct state invalid` verdict as FORWARD, both counted in one named counter.
 pub fn middlebox_script(hop: &MiddleboxHop, next_host: &str, port: u16) -> String {
     let verdict = match hop.on_unknown {
         OnUnknown::Reset => "reject with tcp reset",
         OnUnknown::Drop => "drop",
     };
+    let c = MIDDLEBOX_COUNTER;
     format!(
-        "set -eu\nnext=$(getent hosts {next_host} | awk '{{print $1}}')\nnft -f - <<NFT\ntable ip idlelab_middlebox {{\n  chain pre {{ type nat hook prerouting priority -100; tcp dport {port} dnat to $next:{port}; }}\n  chain post {{ type nat hook postrouting priority 100; oifname != \"lo\" masquerade; }}\n  chain forward {{ type filter hook forward priority 0; ct state invalid meta l4proto tcp counter {verdict}; }}\n}}\nNFT\nsysctl -w net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 net.netfilter.nf_conntrack_tcp_timeout_established={}\nexec sleep infinity\n",
+        "set -eu\nnext=$(getent hosts {next_host} | awk '{{print $1}}')\nnft -f - <<NFT\ntable ip idlelab_middlebox {{\n  counter {c} {{ }}\n  chain pre {{ type nat hook prerouting priority -100; tcp dport {port} dnat to $next:{port}; }}\n  chain post {{ type nat hook postrouting priority 100; oifname != \"lo\" masquerade; }}\n  chain forward {{ type filter hook forward priority 0; ct state invalid meta l4proto tcp counter name {c} {verdict}; }}\n  chain input {{ type filter hook input priority 0; ct state invalid meta l4proto tcp counter name {c} {verdict}; }}\n}}\nNFT\nsysctl -w net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 net.netfilter.nf_conntrack_tcp_timeout_established={}\nexec sleep infinity\n",
         hop.conntrack_timeout_s()
     )
 }

@@ -55,6 +55,10 @@ pub fn missing_programs(required: &[&str]) -> Vec<String> {
     required.iter().filter(|p| crate::lab::envoy::find_in_path(p).is_none()).map(|p| p.to_string()).collect()
 }
 
+/// The kind cluster's service and pod CIDRs (`kind-config/cluster.yaml`, `networking`): what
+/// the local lab's 198.18.0.0/15 stands for in a mitigation that names address ranges.
+pub const KIND_RANGES: [&str; 2] = ["10.96.0.0/16", "10.244.0.0/16"];
+
 pub fn namespace_of(cell_index: usize, scenario: &str) -> String {
     format!("idlelab-{scenario}-{cell_index}")
 }
@@ -82,6 +86,7 @@ fn istio_context(cell: &Cell, ns: &str) -> IstioContext {
         service_port: cell.real.service.port(),
         sidecar_pods: cell.real.sidecar_pods(),
         factor: cell.time_scale.factor,
+        cluster_ranges: Some(KIND_RANGES.iter().map(|r| r.to_string()).collect()),
     }
 }
 
@@ -247,6 +252,18 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                         ],
                         "the gateway's TLS certificate",
                     ));
+                    steps.push(k(
+                        &[
+                            "-n",
+                            "istio-system",
+                            "label",
+                            "secret",
+                            &istio::gateway_secret_name(&ns),
+                            &format!("{}={ns}", istio::CELL_LABEL),
+                            "--overwrite",
+                        ],
+                        "label the certificate with its cell, for the teardown",
+                    ));
                 }
                 steps.push(Step::apply(
                     &kubectl,
@@ -337,16 +354,60 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
             .optional(),
         );
     }
-    steps.push(k(&["delete", "namespace", &ns, "--wait=false"], "remove the cell").optional());
-    if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(g) if g.tls)) {
-        steps.push(
-            k(
-                &["-n", "istio-system", "delete", "secret", &istio::gateway_secret_name(&ns)],
-                "remove the gateway's certificate",
-            )
-            .optional(),
-        );
+    // Each middlebox's count of forgotten-flow segments (FORWARD and INPUT paths), as evidence.
+    for (i, hop) in cell.scaled.path.iter().enumerate() {
+        if matches!(hop, Hop::Middlebox(_)) {
+            steps.push(
+                k(
+                    &[
+                        "-n",
+                        &ns,
+                        "exec",
+                        &format!("mb{i}"),
+                        "--",
+                        "nft",
+                        "list",
+                        "counter",
+                        "ip",
+                        "idlelab_middlebox",
+                        manifests::MIDDLEBOX_COUNTER,
+                    ],
+                    &format!(
+                        "evidence: middlebox mb{i}'s forgotten-flow segments (counter {})",
+                        manifests::MIDDLEBOX_COUNTER
+                    ),
+                )
+                .with_capture(Capture::Evidence)
+                .optional(),
+            );
+        }
     }
+    // Teardown, waited for: what the cell put in istio-system (the gateway's EnvoyFilters and
+    // certificate) must be gone before the next cell uses the one shared gateway.
+    if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
+        let selector = format!("{}={ns}", istio::CELL_LABEL);
+        steps.push(k(
+            &[
+                "-n",
+                "istio-system",
+                "delete",
+                "envoyfilter,secret",
+                "-l",
+                &selector,
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=120s",
+            ],
+            "remove the cell's gateway EnvoyFilters and certificate (by label), and wait",
+        ));
+    }
+    steps.push(
+        k(
+            &["delete", "namespace", &ns, "--ignore-not-found", "--wait=true", "--timeout=180s"],
+            "remove the cell, and wait",
+        )
+        .optional(),
+    );
     steps
 }
 

@@ -5,8 +5,9 @@
 //!         the app's own socket, with its own options, crosses the path
 //! ```
 //!
-//! The ranges are used as written; the local lab's addresses are in 198.18.0.0/15
-//! (`[198.18.0.0/15]` excludes every lab destination).
+//! The local lab's addresses are in 198.18.0.0/15 (`[198.18.0.0/15]` excludes every lab
+//! destination); on a cluster that range stands for the cluster's service and pod ranges
+//! (`kube::KIND_RANGES`), other ranges are used as written.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
 use crate::knobs::Knobs;
@@ -21,6 +22,28 @@ fn valid_cidr(c: &str) -> bool {
     match c.split_once('/') {
         Some((ip, len)) => ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32),
         None => false,
+    }
+}
+
+impl ExcludeOutboundIpRanges {
+    /// The ranges where `ctx` runs: on a cluster a range inside the lab's 198.18.0.0/15 stands
+    /// for the cluster's own service and pod ranges (the lab's addresses exist only locally).
+    pub fn on(&self, ctx: &IstioContext) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.0 {
+            let in_lab = r
+                .split_once('/')
+                .and_then(|(ip, len)| Some((ip.parse::<Ipv4Addr>().ok()?, len.parse::<u8>().ok()?)))
+                .is_some_and(|(ip, len)| {
+                    len >= 15 && u32::from(ip) & 0xfffe_0000 == u32::from(Ipv4Addr::new(198, 18, 0, 0))
+                });
+            match (&ctx.cluster_ranges, in_lab) {
+                (Some(cluster), true) => out.extend(cluster.iter().cloned()),
+                _ => out.push(r.clone()),
+            }
+        }
+        out.dedup();
+        out
     }
 }
 
@@ -41,11 +64,11 @@ impl Mitigation for ExcludeOutboundIpRanges {
         need_sidecar(knobs, "exclude-outbound-ip-ranges")?.exclude_outbound_ip_ranges.extend(self.0.iter().cloned());
         Ok(())
     }
-    fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
+    fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm> {
         vec![IstioForm::PodAnnotation {
             pod: "client".into(),
             key: "traffic.sidecar.istio.io/excludeOutboundIPRanges".into(),
-            value: self.0.join(","),
+            value: self.on(ctx).join(","),
         }]
     }
 }
@@ -61,5 +84,9 @@ mod tests {
         assert_eq!(k.sidecar().unwrap().exclude_outbound_ip_ranges, vec!["198.18.0.0/15"]);
         assert!(ExcludeOutboundIpRanges(vec!["198.18.0.0".into()]).apply(&mut k).unwrap_err().contains("CIDR"));
         assert!(ExcludeOutboundIpRanges(vec!["10.0.0.0/33".into()]).apply(&mut k).is_err());
+        let m = ExcludeOutboundIpRanges(vec!["198.18.0.0/15".into(), "10.1.0.0/16".into()]);
+        assert_eq!(m.on(&super::super::test_ctx()), vec!["198.18.0.0/15", "10.1.0.0/16"]);
+        let kind = IstioContext { cluster_ranges: Some(vec!["10.96.0.0/16".into()]), ..super::super::test_ctx() };
+        assert_eq!(m.on(&kind), vec!["10.96.0.0/16", "10.1.0.0/16"], "the lab's range stands for the cluster's");
     }
 }

@@ -58,7 +58,13 @@ impl Mitigation for GatewayKeepalive {
         let v = json!({
             "apiVersion": "networking.istio.io/v1alpha3",
             "kind": "EnvoyFilter",
-            "metadata": {"name": "idlelab-gateway-keepalive", "namespace": "istio-system"},
+            // In istio-system, beside the one shared ingress gateway: named and labelled per
+            // cell, so that the cell's teardown removes it before another cell uses the gateway.
+            "metadata": {
+                "name": format!("idlelab-gateway-keepalive-{}", ctx.namespace),
+                "namespace": "istio-system",
+                "labels": {crate::kube::istio::CELL_LABEL: ctx.namespace}
+            },
             "spec": {
                 "workloadSelector": {"labels": {"istio": "ingressgateway"}},
                 "configPatches": [{

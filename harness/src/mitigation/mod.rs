@@ -57,6 +57,9 @@ pub struct IstioContext {
     /// The cell's time scale: a compressed run on a cluster renders its durations scaled,
     /// with the same rounding as the local lab (`timescale`).
     pub factor: u32,
+    /// On a cluster, the address ranges the local lab's 198.18.0.0/15 stands for (the
+    /// cluster's service and pod CIDRs); `None` in the local lab.
+    pub cluster_ranges: Option<Vec<String>>,
 }
 
 impl IstioContext {
@@ -148,6 +151,7 @@ pub(crate) fn test_ctx() -> IstioContext {
         service_port: 6379,
         sidecar_pods: vec!["client".into()],
         factor: 1,
+        cluster_ranges: None,
     }
 }
 
