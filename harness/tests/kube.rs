@@ -51,7 +51,7 @@ fn plan_snapshots_for_every_shipped_scenario() {
     }
     // An existing cluster: no kind or docker step, the context everywhere.
     let p = plan(&scenario_cells("redis-idle"), &KubeTarget { context: Some("staging".into()) });
-    assert_eq!(p.programs(), ["istioctl", "kubectl"]);
+    assert_eq!(p.programs(), ["istioctl", "kubectl", "sleep"], "the only local command waits for the idle period");
     assert!(p.to_string().contains("kubectl --context staging"));
 }
 

@@ -92,6 +92,16 @@ pub fn gateway_secret_name(ns: &str) -> String {
     format!("idlelab-{ns}")
 }
 
+/// The gateway's `kubernetes.io/tls` Secret as a manifest to apply (a re-run replaces it),
+/// labelled with its cell; the run's certificate and key go in at execution
+/// (`$RUN_CERT_PEM`, `$RUN_KEY_PEM`, as YAML double-quoted strings with `\n` escapes).
+pub fn gateway_secret_manifest(ns: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n  namespace: istio-system\n  labels:\n    {CELL_LABEL}: {ns}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: \"$RUN_CERT_PEM\"\n  tls.key: \"$RUN_KEY_PEM\"\n",
+        gateway_secret_name(ns)
+    )
+}
+
 /// The gateway's listener `socket_options` the scenario's path gives it (before any
 /// mitigation), merged by an EnvoyFilter (context GATEWAY). `None` when it has none.
 pub fn gateway_socket_options(g: &GatewayHop, ns: &str, port: u16, factor: u32) -> Option<String> {

@@ -239,30 +239,10 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
             Hop::Gateway(g) => {
                 if g.tls {
                     steps.push(Step::Note { text: "the gateway's certificate comes from a CA generated for the run ($RUN_DIR/cert.pem, key.pem); the probe trusts only that CA".into() });
-                    steps.push(k(
-                        &[
-                            "-n",
-                            "istio-system",
-                            "create",
-                            "secret",
-                            "tls",
-                            &istio::gateway_secret_name(&ns),
-                            "--cert=$RUN_DIR/cert.pem",
-                            "--key=$RUN_DIR/key.pem",
-                        ],
-                        "the gateway's TLS certificate",
-                    ));
-                    steps.push(k(
-                        &[
-                            "-n",
-                            "istio-system",
-                            "label",
-                            "secret",
-                            &istio::gateway_secret_name(&ns),
-                            &format!("{}={ns}", istio::CELL_LABEL),
-                            "--overwrite",
-                        ],
-                        "label the certificate with its cell, for the teardown",
+                    steps.push(Step::apply(
+                        &kubectl,
+                        istio::gateway_secret_manifest(&ns),
+                        "the gateway's TLS certificate (apply: a re-run replaces it), labelled with its cell",
                     ));
                 }
                 steps.push(Step::apply(
@@ -301,19 +281,44 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     }
     steps.extend(waits);
 
-    let spec = serde_json::to_string_pretty(&probe_spec(cell, format!("{next_host}:{port}")))
-        .expect("a probe spec serializes");
+    // A passthrough route means an address the mesh does not know: the next hop's pod IP, not
+    // its Service name (which would take the service's own listener and cluster).
+    let passthrough = cell.real.sidecar().is_some_and(|s| s.route == crate::hop::Route::Passthrough);
+    let target_addr = if passthrough {
+        let app = next_host.split('.').next().unwrap_or_default().to_string();
+        steps.push(
+            k(
+                &["-n", &ns, "get", "pod", "-l", &format!("app={app}"), "-o", "jsonpath={.items[0].status.podIP}"],
+                "the next hop's pod IP (an address the mesh does not know)",
+            )
+            .with_capture(Capture::Var("NEXT_POD_IP".into())),
+        );
+        format!("$NEXT_POD_IP:{port}")
+    } else {
+        format!("{next_host}:{port}")
+    };
+    let spec = serde_json::to_string_pretty(&probe_spec(cell, target_addr)).expect("a probe spec serializes");
     let (cm, pod) = manifests::probe(&ns, &spec, &cell.scaled, annotations.remove("client").unwrap_or_default());
     steps.push(Step::apply(
         &kubectl,
         format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)),
         "the probe pod",
     ));
-    steps.push(k(
-        &["-n", &ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=180s"],
-        "wait for the probe",
-    ));
+    // A probe that fails at once goes straight to Completed and never becomes Ready: the wait
+    // may fail, and its log is still fetched below.
+    steps.push(
+        k(&["-n", &ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=60s"], "wait for the probe")
+            .optional(),
+    );
+    // Evidence while the probe holds its connections: just before the reuse (warm-up ≈ 1 s,
+    // then the idle period), Envoy's config as Istio set it and its counters.
+    let idle_s = cell.scaled.idle.0.as_secs_f64();
     if sidecar_on("client") {
+        let wait = format!("{:.1}", (idle_s * 0.8).max(0.5));
+        steps.push(
+            Step::command("sleep", &[&wait], "wait until just before the reuse (80 % of the scaled idle period)")
+                .with_timeout(idle_s as u64 + 30),
+        );
         let pod_ref = format!("idlelab-probe.{ns}");
         let ctx_name = target.context();
         for what in ["listener", "cluster"] {
@@ -327,12 +332,6 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                 .optional(),
             );
         }
-    }
-    steps.push(
-        k(&["-n", &ns, "logs", "-f", "idlelab-probe", "-c", "probe"], "the probe's observations")
-            .with_capture(Capture::ProbeLog),
-    );
-    if sidecar_on("client") {
         steps.push(
             k(
                 &[
@@ -348,12 +347,22 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                     "GET",
                     "stats",
                 ],
-                "evidence: the sidecar's counters (idle_timeout …)",
+                "evidence: the sidecar's counters (idle_timeout …), while the probe holds its connections",
             )
             .with_capture(Capture::Evidence)
             .optional(),
         );
     }
+    // Always fetched, also from a probe that already completed or failed.
+    let log_timeout = idle_s as u64 + 600;
+    steps.push(
+        k(
+            &["-n", &ns, "logs", "-f", "idlelab-probe", "-c", "probe", "--pod-running-timeout=180s"],
+            "the probe's observations",
+        )
+        .with_capture(Capture::ProbeLog)
+        .with_timeout(log_timeout),
+    );
     // Each middlebox's count of forgotten-flow segments (FORWARD and INPUT paths), as evidence.
     for (i, hop) in cell.scaled.path.iter().enumerate() {
         if matches!(hop, Hop::Middlebox(_)) {

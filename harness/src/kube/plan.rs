@@ -27,14 +27,21 @@ pub enum Step {
         capture: Option<Capture>,
         /// Whether a failure stops the cell (teardown steps do not).
         required: bool,
+        /// Seconds before the runner kills it and fails the step, naming it.
+        timeout_s: u64,
     },
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+/// A step's timeout unless it says otherwise: every command has one.
+pub const DEFAULT_TIMEOUT_S: u64 = 300;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capture {
     ProbeLog,
     Evidence,
+    /// The trimmed output becomes `$NAME` in the cell's later steps.
+    Var(String),
 }
 
 impl Step {
@@ -46,6 +53,7 @@ impl Step {
             purpose: purpose.into(),
             capture: None,
             required: true,
+            timeout_s: DEFAULT_TIMEOUT_S,
         }
     }
 
@@ -59,7 +67,15 @@ impl Step {
             purpose: purpose.into(),
             capture: None,
             required: true,
+            timeout_s: DEFAULT_TIMEOUT_S,
         }
+    }
+
+    pub fn with_timeout(mut self, seconds: u64) -> Step {
+        if let Step::Command { timeout_s, .. } = &mut self {
+            *timeout_s = seconds;
+        }
+        self
     }
 
     pub fn with_capture(mut self, c: Capture) -> Step {
@@ -114,13 +130,16 @@ impl fmt::Display for Plan {
             match s {
                 Step::Cell { key } => writeln!(f, "\n### cell {key}")?,
                 Step::Note { text } => writeln!(f, "# note: {text}")?,
-                Step::Command { program, args, stdin, purpose, capture, required } => {
+                Step::Command { program, args, stdin, purpose, capture, required, timeout_s } => {
                     let mut tags = Vec::new();
                     if let Some(c) = capture {
                         tags.push(format!("{c:?}").to_lowercase());
                     }
                     if !required {
                         tags.push("may fail".into());
+                    }
+                    if *timeout_s != DEFAULT_TIMEOUT_S {
+                        tags.push(format!("timeout {timeout_s}s"));
                     }
                     let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
                     writeln!(f, "# {purpose}{tags}")?;
@@ -144,16 +163,68 @@ impl fmt::Display for Plan {
 
 /// The one boundary through which the kube backend touches the world.
 pub trait CommandRunner {
-    /// Run one command; returns its stdout, or an error with its stderr.
-    fn run(&mut self, program: &str, args: &[String], stdin: Option<&str>) -> anyhow::Result<String>;
+    /// Run one command; returns its stdout, or an error with its stderr (or that it timed out).
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[String],
+        stdin: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<String>;
 }
 
 /// Runs commands for real.
 pub struct ProcessRunner;
 
 impl CommandRunner for ProcessRunner {
-    fn run(&mut self, program: &str, args: &[String], stdin: Option<&str>) -> anyhow::Result<String> {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::lab::netns::run(program, &args, stdin)
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[String],
+        stdin: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run `{program}`: {e}; `idlelab doctor` lists what is missing"))?;
+        if let Some(text) = stdin {
+            child.stdin.take().expect("piped").write_all(text.as_bytes())?;
+        }
+        // Read both pipes while waiting, so that a large output cannot block the command.
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("`{program} {}` timed out after {} s", args.join(" "), timeout.as_secs());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let stdout = reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        if !status.success() {
+            anyhow::bail!("`{program} {}` failed: {}", args.join(" "), stderr.trim());
+        }
+        Ok(stdout)
     }
 }

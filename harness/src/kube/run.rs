@@ -28,7 +28,9 @@ pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeT
         );
         return 2;
     }
-    if target.context.is_none() && ProcessRunner.run("docker", &["info".into()], None).is_err() {
+    if target.context.is_none()
+        && ProcessRunner.run("docker", &["info".into()], None, std::time::Duration::from_secs(30)).is_err()
+    {
         eprintln!(
             "error: docker is installed but no Docker engine answers (`docker info` failed); kind needs one\n  hint: `idlelab plan SCENARIO --backend kind` prints what the run would do; `--context NAME` uses an existing cluster"
         );
@@ -49,7 +51,10 @@ pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeT
     let _ = std::fs::write(out.join("cert.pem"), &ca.cert_pem);
     let _ = std::fs::write(out.join("key.pem"), &ca.key_pem);
     let substitute = |s: &str| {
-        s.replace("$RUN_DIR", &out.display().to_string()).replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"))
+        s.replace("$RUN_DIR", &out.display().to_string())
+            .replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"))
+            .replace("$RUN_CERT_PEM", &ca.cert_pem.replace('\n', "\\n"))
+            .replace("$RUN_KEY_PEM", &ca.key_pem.replace('\n', "\\n"))
     };
     let started = Instant::now();
     let reports = execute(&plan(cells, target), cells, &mut ProcessRunner, &substitute);
@@ -98,6 +103,8 @@ pub fn execute(
 ) -> Vec<CellReport> {
     let mut reports = Vec::new();
     let mut current: Option<(usize, Instant, Option<String>, Evidence)> = None;
+    // `$NAME`s a cell's steps captured (`Capture::Var`), for its later steps.
+    let mut vars: std::collections::BTreeMap<String, String> = Default::default();
     let mut index = 0;
     let finish = |cur: Option<(usize, Instant, Option<String>, Evidence)>, reports: &mut Vec<CellReport>| {
         if let Some((i, t, error, evidence)) = cur {
@@ -108,18 +115,22 @@ pub fn execute(
         match step {
             Step::Cell { .. } => {
                 finish(current.take(), &mut reports);
+                vars.clear();
                 current = Some((index, Instant::now(), None, Evidence::default()));
                 index += 1;
             }
             Step::Note { .. } => {}
-            Step::Command { program, args, stdin, capture, required, purpose } => {
+            Step::Command { program, args, stdin, capture, required, purpose, timeout_s } => {
                 let failed = current.as_ref().is_some_and(|c| c.2.is_some());
                 if failed && *required {
                     continue;
                 }
-                let args: Vec<String> = args.iter().map(|a| substitute(a)).collect();
-                let stdin = stdin.as_deref().map(substitute);
-                match runner.run(program, &args, stdin.as_deref()) {
+                let with_vars =
+                    |s: &str| vars.iter().fold(substitute(s), |acc, (k, v)| acc.replace(&format!("${k}"), v));
+                let args: Vec<String> = args.iter().map(|a| with_vars(a)).collect();
+                let stdin = stdin.as_deref().map(with_vars);
+                let timeout = std::time::Duration::from_secs(*timeout_s);
+                match runner.run(program, &args, stdin.as_deref(), timeout) {
                     Ok(output) => {
                         if let Some(cur) = current.as_mut() {
                             match capture {
@@ -136,7 +147,10 @@ pub fn execute(
                                     }
                                 }
                                 Some(Capture::Evidence) => {
-                                    cur.3.notes.push(format!("{purpose}: {} bytes kept", output.len()))
+                                    cur.3.notes.push(format!("{purpose}: {}", evidence_summary(&output)))
+                                }
+                                Some(Capture::Var(name)) => {
+                                    vars.insert(name.clone(), output.trim().to_string());
                                 }
                                 None => {}
                             }
@@ -161,6 +175,48 @@ pub fn execute(
     }
     finish(current.take(), &mut reports);
     reports
+}
+
+/// What decides the outcome in a piece of cluster evidence: from `istioctl proxy-config`
+/// listeners the `tcp_proxy` idle timeouts, from clusters the upstream keepalives, from stats
+/// the idle-timeout counters, from nft the counted packets; else its size.
+pub fn evidence_summary(output: &str) -> String {
+    if let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(output) {
+        let listeners: Vec<String> = items
+            .iter()
+            .filter(|l| l["filterChains"].is_array() || l["filter_chains"].is_array())
+            .flat_map(|l| {
+                let name = l["name"].as_str().unwrap_or("?").to_string();
+                let idle: Vec<String> = l
+                    .to_string()
+                    .match_indices("\"idleTimeout\":\"")
+                    .map(|(i, _)| {
+                        let rest = &l.to_string()[i + 15..];
+                        rest.split('"').next().unwrap_or_default().to_string()
+                    })
+                    .collect();
+                idle.into_iter().map(move |t| format!("{name} idle_timeout {t}"))
+            })
+            .collect();
+        if !listeners.is_empty() {
+            return listeners.join("; ");
+        }
+        let keepalives: Vec<String> = items
+            .iter()
+            .filter_map(|c| {
+                let ka = &c["upstreamConnectionOptions"]["tcpKeepalive"];
+                (!ka.is_null()).then(|| format!("{} tcp_keepalive {ka}", c["name"].as_str().unwrap_or("?")))
+            })
+            .collect();
+        return if keepalives.is_empty() {
+            format!("{} entries, no upstream tcp_keepalive", items.len())
+        } else {
+            keepalives.join("; ")
+        };
+    }
+    let lines: Vec<&str> =
+        output.lines().filter(|l| l.contains("idle_timeout") || l.contains("packets")).map(str::trim).collect();
+    if lines.is_empty() { format!("{} bytes", output.len()) } else { lines.join("; ") }
 }
 
 fn report(cell: &Cell, started: Instant, error: Option<String>, mut evidence: Evidence) -> CellReport {
@@ -192,17 +248,98 @@ mod tests {
     use super::*;
     use crate::probe::observation::{Attempt, ConnObservation, Observations, Outcome};
 
-    /// Records every command; answers the probe's log with canned observations.
+    /// Records every command (and what went to its stdin); answers the probe's log with canned
+    /// observations, a pod IP to `get pod`, and fails the commands that contain `fail_on`.
+    #[derive(Default)]
     struct FakeRunner {
         ran: Vec<String>,
+        stdins: Vec<String>,
         log: String,
+        fail_on: Option<String>,
     }
 
     impl CommandRunner for FakeRunner {
-        fn run(&mut self, program: &str, args: &[String], _stdin: Option<&str>) -> anyhow::Result<String> {
-            self.ran.push(format!("{program} {}", args.join(" ")));
-            Ok(if args.iter().any(|a| a == "logs") { self.log.clone() } else { String::new() })
+        fn run(
+            &mut self,
+            program: &str,
+            args: &[String],
+            stdin: Option<&str>,
+            _timeout: std::time::Duration,
+        ) -> anyhow::Result<String> {
+            let line = format!("{program} {}", args.join(" "));
+            self.ran.push(line.clone());
+            self.stdins.extend(stdin.map(str::to_string));
+            if self.fail_on.as_deref().is_some_and(|f| line.contains(f)) {
+                anyhow::bail!("timed out waiting for the condition");
+            }
+            Ok(if args.iter().any(|a| a == "logs") {
+                self.log.clone()
+            } else if args.iter().any(|a| a.starts_with("jsonpath=")) {
+                "10.244.0.7".into()
+            } else {
+                String::new()
+            })
         }
+    }
+
+    fn cells_of(name: &str, only: &str) -> Vec<Cell> {
+        let s = crate::scenario::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../scenarios/{name}.yaml")),
+        )
+        .unwrap();
+        crate::cells::expand(&s, &[only.into()], None).unwrap()
+    }
+
+    /// A probe that went straight to Completed never becomes Ready: the wait fails, and its log
+    /// is fetched and judged all the same.
+    #[test]
+    fn the_probes_log_is_fetched_even_when_the_wait_for_ready_fails() {
+        let cells = cells_of("redis-idle", "none");
+        let p = plan(&cells, &KubeTarget { context: None });
+        let mut runner = FakeRunner {
+            log: observations(true),
+            fail_on: Some("--for=condition=Ready pod/idlelab-probe".into()),
+            ..Default::default()
+        };
+        let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
+        assert!(runner.ran.iter().any(|r| r.contains("logs -f idlelab-probe")), "{:?}", runner.ran);
+        assert_eq!(reports[0].verdict, Some(crate::verdict::Verdict::IdleClosed), "{:?}", reports[0].error);
+    }
+
+    /// The passthrough scenario's probe targets the next hop's pod IP, captured at run time.
+    #[test]
+    fn redis_idle_passthrough_targets_an_address_the_mesh_does_not_know() {
+        let cells = cells_of("redis-idle-passthrough", "none");
+        let p = plan(&cells, &KubeTarget { context: None });
+        let mut runner = FakeRunner { log: observations(true), ..Default::default() };
+        execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
+        let probe = runner.stdins.iter().find(|m| m.contains("probe.json")).expect("the probe's ConfigMap");
+        assert!(probe.contains("\"target\": \"10.244.0.7:6379\""), "{probe}");
+    }
+
+    /// Every command has a timeout, and the real runner kills a command at it, naming it.
+    #[test]
+    fn every_step_has_a_timeout_and_the_runner_enforces_it() {
+        let cells = cells_of("https-keepalive", "none");
+        let p = plan(&cells, &KubeTarget { context: None });
+        for s in &p.steps {
+            if let Step::Command { timeout_s, .. } = s {
+                assert!(*timeout_s > 0);
+            }
+        }
+        let started = Instant::now();
+        let e = ProcessRunner.run("sleep", &["5".into()], None, std::time::Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("`sleep 5` timed out after 1 s"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        // The gateway's certificate is applied (a re-run replaces it), not created.
+        let text = p.to_string();
+        assert!(!text.contains("create secret"), "{text}");
+        let secret = crate::kube::istio::gateway_secret_manifest("ns1")
+            .replace("$RUN_CERT_PEM", "-----BEGIN CERTIFICATE-----\\nAA\\n-----END CERTIFICATE-----\\n")
+            .replace("$RUN_KEY_PEM", "k");
+        let v: serde_json::Value = serde_saphyr::from_str(&secret).unwrap();
+        assert_eq!(v["stringData"]["tls.crt"], "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n");
+        assert_eq!(v["metadata"]["labels"]["idlelab.dev/cell"], "ns1");
     }
 
     fn observations(fin: bool) -> String {
@@ -254,7 +391,7 @@ mod tests {
         let cells = crate::cells::expand(&s, &["none".into()], None).unwrap();
         let target = KubeTarget { context: None };
         let p = plan(&cells, &target);
-        let mut runner = FakeRunner { ran: vec![], log: observations(true) };
+        let mut runner = FakeRunner { log: observations(true), ..Default::default() };
         let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
         let planned: Vec<String> = p
             .steps
@@ -272,7 +409,7 @@ mod tests {
         assert_eq!(reports[0].verdict, Some(crate::verdict::Verdict::IdleClosed));
         assert!(reports[0].pass);
         // A log without observations fails the cell, and teardown still runs.
-        let mut runner = FakeRunner { ran: vec![], log: "nothing useful\n".into() };
+        let mut runner = FakeRunner { log: "nothing useful\n".into(), ..Default::default() };
         let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
         assert!(reports[0].error.as_deref().unwrap().contains("no observations"));
         assert!(runner.ran.last().unwrap().contains("delete namespace"));
