@@ -474,3 +474,18 @@ fn the_nightly_workflow_fails_on_a_regression_and_installs_checksummed_tools() {
     assert!(kind_loop["run"].as_str().unwrap().contains("exit 1"), "{kind_loop}");
     assert!(text.contains("junit.xml"), "GitHub shows the failing cells");
 }
+
+/// Issue 13, defect 7: a cell's namespace is unique per run (`$RUN_ID`), and with the id filled
+/// in every shipped cell's namespace is a valid DNS label.
+#[test]
+fn namespaces_are_unique_per_run_and_valid_dns_labels() {
+    for name in shipped() {
+        for (i, _) in scenario_cells(&name).iter().enumerate() {
+            let ns = idlelab::kube::namespace_of(i, &name);
+            assert!(ns.contains("$RUN_ID"), "{ns}");
+            let real = ns.replace("$RUN_ID", "a1b2c3");
+            assert!(real.len() <= 63, "{real}");
+            assert!(real.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{real}");
+        }
+    }
+}

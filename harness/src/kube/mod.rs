@@ -59,8 +59,10 @@ pub fn missing_programs(required: &[&str]) -> Vec<String> {
 /// the local lab's 198.18.0.0/15 stands for in a mitigation that names address ranges.
 pub const KIND_RANGES: [&str; 2] = ["10.96.0.0/16", "10.244.0.0/16"];
 
+/// A cell's namespace: unique per run (`$RUN_ID`, six hex digits filled in at execution), so
+/// that a re-run never meets a namespace of an earlier run that is still terminating.
 pub fn namespace_of(cell_index: usize, scenario: &str) -> String {
-    format!("idlelab-{scenario}-{cell_index}")
+    format!("idlelab-{scenario}-{cell_index}-$RUN_ID")
 }
 
 /// The host the app connects to: the first hop with an address after the client sidecar

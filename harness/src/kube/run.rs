@@ -49,9 +49,13 @@ pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeT
         }
     };
     let _ = std::fs::write(out.join("cert.pem"), &ca.cert_pem);
+    // Per run, for the cells' namespaces (DNS labels: lowercase hex).
+    let run_id =
+        format!("{:06x}", (std::process::id() as u64 ^ jiff::Timestamp::now().as_millisecond() as u64) & 0xff_ffff);
     let _ = std::fs::write(out.join("key.pem"), &ca.key_pem);
     let substitute = |s: &str| {
-        s.replace("$RUN_DIR", &out.display().to_string())
+        s.replace("$RUN_ID", &run_id)
+            .replace("$RUN_DIR", &out.display().to_string())
             .replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"))
             .replace("$RUN_CERT_PEM", &ca.cert_pem.replace('\n', "\\n"))
             .replace("$RUN_KEY_PEM", &ca.key_pem.replace('\n', "\\n"))
