@@ -489,3 +489,27 @@ fn namespaces_are_unique_per_run_and_valid_dns_labels() {
         }
     }
 }
+
+/// The kind plan's Istio resources, for every shipped cell, pass Istio 1.30's own validation
+/// (the webhook's, after a strict decode: `idlelab-xds --validate`), as the local lab's do.
+#[test]
+fn istios_own_validation_accepts_every_istio_resource_of_the_kind_plan() {
+    require_lab();
+    assert!(idlelab::istio::xds_bin().is_file(), "run `just setup` (it builds istio/)");
+    let mut docs = Vec::new();
+    for name in shipped() {
+        for (i, c) in scenario_cells(&name).iter().enumerate() {
+            for d in applied(c, i).iter().filter(|d| d["apiVersion"].as_str().is_some_and(|a| a.contains("istio.io"))) {
+                let yaml = serde_saphyr::to_string(d).unwrap().replace("$RUN_ID", "a1b2c3");
+                docs.push(yaml);
+            }
+        }
+    }
+    assert!(docs.len() >= 40, "{}", docs.len());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(idlelab::istio::validate(&docs))
+        .unwrap_or_else(|e| panic!("Istio rejected a resource of the plan: {e:#}"));
+    // And it can refuse: the same check on a broken one.
+    let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad, namespace: x}\nspec: {host: h, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}}\n";
+    assert!(rt.block_on(idlelab::istio::validate(&[bad.to_string()])).is_err());
+}
