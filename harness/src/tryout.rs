@@ -251,7 +251,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
             (false, false) => "still fails: this fix does not fix it",
         };
         text.push_str(&format!("{name}: {} → {}   ({judgement})\n", v(before), v(after)));
-        for line in render_lines(&fix, after) {
+        for line in render_lines(after) {
             text.push_str(&format!("  {line}\n"));
         }
         for line in diff(before, after) {
@@ -292,8 +292,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
 
 /// What the lab did with the files for this cell: mapping and scaling, and the EnvoyFilters
 /// as Istio applied them.
-fn render_lines(fix: &IstioYaml, cell: &CellReport) -> Vec<String> {
-    let _ = fix;
+fn render_lines(cell: &CellReport) -> Vec<String> {
     let mut out: Vec<String> = cell.evidence.notes.iter().filter(|n| n.starts_with("istio-yaml")).cloned().collect();
     if let Some(lab) = &cell.evidence.lab {
         for ef in &lab.envoy_filters {

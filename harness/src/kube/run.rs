@@ -185,20 +185,29 @@ pub fn execute(
 /// listeners the `tcp_proxy` idle timeouts, from clusters the upstream keepalives, from stats
 /// the idle-timeout counters, from nft the counted packets; else its size.
 pub fn evidence_summary(output: &str) -> String {
+    /// Every string value of a key named `key`, anywhere under `v`.
+    fn strings_of(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        serde_json::Value::String(s) if k == key => out.push(s.clone()),
+                        _ => strings_of(x, key, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings_of(x, key, out)),
+            _ => {}
+        }
+    }
     if let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(output) {
         let listeners: Vec<String> = items
             .iter()
-            .filter(|l| l["filterChains"].is_array() || l["filter_chains"].is_array())
+            .filter(|l| l["filterChains"].is_array())
             .flat_map(|l| {
                 let name = l["name"].as_str().unwrap_or("?").to_string();
-                let idle: Vec<String> = l
-                    .to_string()
-                    .match_indices("\"idleTimeout\":\"")
-                    .map(|(i, _)| {
-                        let rest = &l.to_string()[i + 15..];
-                        rest.split('"').next().unwrap_or_default().to_string()
-                    })
-                    .collect();
+                let mut idle = Vec::new();
+                strings_of(&l["filterChains"], "idleTimeout", &mut idle);
                 idle.into_iter().map(move |t| format!("{name} idle_timeout {t}"))
             })
             .collect();
@@ -322,6 +331,19 @@ mod tests {
     }
 
     /// Every command has a timeout, and the real runner kills a command at it, naming it.
+    #[test]
+    fn cluster_evidence_is_kept_as_the_fields_that_decide() {
+        let listeners =
+            r#"[{"name":"10.96.0.5_6379","filterChains":[{"filters":[{"typedConfig":{"idleTimeout":"6s"}}]}]}]"#;
+        assert_eq!(evidence_summary(listeners), "10.96.0.5_6379 idle_timeout 6s");
+        let clusters =
+            r#"[{"name":"outbound|6379||redis","upstreamConnectionOptions":{"tcpKeepalive":{"keepaliveTime":300}}}]"#;
+        assert!(evidence_summary(clusters).contains("outbound|6379||redis tcp_keepalive"));
+        let stats = "tcp.outbound|6379||redis.idle_timeout: 4\nlistener.x.downstream_cx_total: 8\n";
+        assert_eq!(evidence_summary(stats), "tcp.outbound|6379||redis.idle_timeout: 4");
+        assert!(evidence_summary("counter forgotten {\n packets 3 bytes 156\n}").contains("packets 3"));
+    }
+
     #[test]
     fn every_step_has_a_timeout_and_the_runner_enforces_it() {
         let cells = cells_of("https-keepalive", "none");
