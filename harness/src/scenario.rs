@@ -411,7 +411,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
 }
 
 /// serde-saphyr renders a snippet under its message; the summary line is the message.
-fn first_line(s: &str) -> String {
+pub(crate) fn first_line(s: &str) -> String {
     let mut line = s.lines().next().unwrap_or(s).trim();
     line = line.strip_prefix("error: ").unwrap_or(line);
     // "line 6 column 7: …": the location is already in front of the message.

@@ -229,17 +229,19 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         Err(code) => return code,
     };
 
-    // Before → after, per scenario, with the diff of what Istio generated.
+    // Before → after, per scenario, with the diff of what Istio generated; the diff also goes
+    // into the try cell's notes, and the reports are written again with it.
     let mut still_failing = false;
     let mut text = String::new();
+    let mut notes: Vec<(usize, Vec<String>)> = Vec::new();
     for name in &names {
-        let cells: Vec<&CellReport> = summary.cells.iter().filter(|c| &c.scenario == name).collect();
-        let (Some(before), Some(after)) = (
-            cells.iter().find(|c| !matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
-            cells.iter().find(|c| matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
-        ) else {
+        let is_try = |c: &CellReport| &c.scenario == name && matches!(c.mitigation, MitigationSpec::IstioYaml(_));
+        let (Some(before), Some(after_index)) =
+            (summary.cells.iter().find(|c| &c.scenario == name && !is_try(c)), summary.cells.iter().position(is_try))
+        else {
             continue;
         };
+        let after = &summary.cells[after_index];
         let v = |c: &CellReport| c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into());
         let ok = |c: &CellReport| matches!(c.verdict, Some(Verdict::Survived | Verdict::Recovered));
         let fixed = ok(after);
@@ -250,38 +252,20 @@ pub(crate) fn main(args: TryArgs) -> i32 {
             (true, false) => "the fix makes it fail",
             (false, false) => "still fails: this fix does not fix it",
         };
+        let changed = diff(before, after);
         text.push_str(&format!("{name}: {} → {}   ({judgement})\n", v(before), v(after)));
-        for line in render_lines(after) {
-            text.push_str(&format!("  {line}\n"));
-        }
-        for line in diff(before, after) {
+        for line in render_lines(after).iter().chain(&changed) {
             text.push_str(&format!("  {line}\n"));
         }
         if let Some(e) = &after.error {
             text.push_str(&format!("  error: {e}\n"));
         }
+        notes.push((after_index, changed.into_iter().map(|l| format!("diff against the baseline: {l}")).collect()));
     }
     print!("{text}");
     let _ = std::fs::write(summary.out_dir.join("try.txt"), &text);
-    // Each try cell's report carries its diff too: the reports are written again with it.
-    for name in &names {
-        let diff_lines = {
-            let cells: Vec<&CellReport> = summary.cells.iter().filter(|c| &c.scenario == name).collect();
-            match (
-                cells.iter().find(|c| !matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
-                cells.iter().find(|c| matches!(c.mitigation, MitigationSpec::IstioYaml(_))),
-            ) {
-                (Some(b), Some(a)) => diff(b, a),
-                _ => continue,
-            }
-        };
-        if let Some(c) = summary
-            .cells
-            .iter_mut()
-            .find(|c| &c.scenario == name && matches!(c.mitigation, MitigationSpec::IstioYaml(_)))
-        {
-            c.evidence.notes.extend(diff_lines.into_iter().map(|l| format!("diff against the baseline: {l}")));
-        }
+    for (i, lines) in notes {
+        summary.cells[i].evidence.notes.extend(lines);
     }
     if let Err(e) = crate::cli::write_reports(&summary) {
         eprintln!("error: writing reports: {e:#}");

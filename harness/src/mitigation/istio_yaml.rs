@@ -148,7 +148,11 @@ impl IstioYaml {
             for (start, doc) in documents(&text) {
                 let value: Value = serde_saphyr::from_str(&doc).map_err(|e| {
                     let line = e.location().map(|l| start + l.line() as usize - 1);
-                    err(line, first_line(&e.to_string()), Some("the file must be the YAML you would `kubectl apply`"))
+                    err(
+                        line,
+                        crate::scenario::first_line(&e.to_string()),
+                        Some("the file must be the YAML you would `kubectl apply`"),
+                    )
                 })?;
                 if value.is_null() {
                     continue; // comments only
@@ -372,10 +376,6 @@ fn scale_proxy_config(text: &str, ctx: &IstioContext, changes: &mut Vec<String>)
     ));
     v["proxyMetadata"]["ISTIO_META_IDLE_TIMEOUT"] = scaled.into();
     to_yaml(&v)
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().trim_start_matches("error: ").to_string()
 }
 
 /// What the lab's knobs learn from a duration it knows, via the built-in mitigations' model.
