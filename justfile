@@ -29,9 +29,9 @@ check: build
 doctor: build
     {{idlelab}} doctor
 
-# Unit tests and the real lab's integration tests.
+# Unit tests and the real lab's integration tests: every test binary runs, and every failure is reported.
 test: setup
-    cargo test --workspace
+    cargo test --workspace --no-fail-fast
 
 # Time every scenario, the whole matrix and a 1,000-connection pool; writes results/bench.json.
 bench: setup build

@@ -192,7 +192,10 @@ impl Knobs {
             let client_sidecar = matches!(hop, crate::hop::Hop::Sidecar(_));
             for mut d in hop.durations_mut(i) {
                 // `http.idleTimeout` reaches an HTTP pool only: on a TCP port it decides nothing.
-                if !http && d.label.ends_with(".service_http_idle_timeout") {
+                if !http
+                    && (d.label.ends_with(".service_http_idle_timeout")
+                        || d.label.contains(".upstream_http_idle_timeout"))
+                {
                     continue;
                 }
                 // On an `http-*` port the client sidecar's idle timeout is the connection
@@ -206,39 +209,68 @@ impl Knobs {
         out
     }
 
-    /// When a middlebox on the path silently drops segments of flows it forgot, keepalive
-    /// probes can go unanswered, and the kernel then gives up on the connection (`ETIMEDOUT`)
-    /// at `time + probes × interval` after the last activity. Per keepalive of the path
-    /// (label prefix as in `durations_mut`), that moment; none without such a middlebox.
-    pub fn keepalive_giveups(&self) -> Vec<(String, Dur)> {
-        use crate::hop::OnUnknown;
-        let blackhole = self.path.iter().any(|h| matches!(h, Hop::Middlebox(m) if m.on_unknown == OnUnknown::Drop));
-        if !blackhole {
-            return vec![];
-        }
-        let mut keepalives: Vec<(String, Keepalive)> = Vec::new();
+    /// The keepalives of the path, each with the middleboxes its probes cross (label prefix as
+    /// in `durations_mut`): the app's socket up to the first proxy that terminates it (a
+    /// sidecar the capture skips does not), an Envoy's upstream socket up to the next proxy,
+    /// the gateway's accepted socket back to the proxy before it.
+    pub fn keepalives(&self) -> Vec<(String, Keepalive, Vec<crate::keepalive::Forgetter>)> {
+        let port = self.service.port();
+        let terminates = |h: &Hop| match h {
+            Hop::Sidecar(s) => !s.exclude_outbound_ports.contains(&port) && s.exclude_outbound_ip_ranges.is_empty(),
+            Hop::Gateway(_) | Hop::ServerSidecar(_) => true,
+            Hop::Middlebox(_) => false,
+        };
+        let forgetters = |hops: &[Hop]| -> Vec<crate::keepalive::Forgetter> {
+            hops.iter()
+                .filter_map(|h| match h {
+                    Hop::Middlebox(m) => {
+                        Some(crate::keepalive::Forgetter { timeout: m.idle_timeout.0, on_unknown: m.on_unknown })
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let next_terminator = |from: usize| {
+            self.path.iter().enumerate().skip(from).find(|(_, h)| terminates(h)).map_or(self.path.len(), |(i, _)| i)
+        };
+        let mut out = Vec::new();
         if let Some(ka) = self.client.keepalive {
-            keepalives.push(("client.keepalive".into(), ka));
+            out.push(("client.keepalive".to_string(), ka, forgetters(&self.path[..next_terminator(0)])));
         }
         for (i, hop) in self.path.iter().enumerate() {
             match hop {
-                Hop::Sidecar(s) => {
-                    if let Some(ka) = s.upstream_keepalive {
-                        keepalives.push((format!("path[{i}].sidecar.upstream_keepalive"), ka));
-                    }
-                    if let (crate::hop::Route::Service, Some(ka)) = (s.route, s.service_upstream_keepalive) {
-                        keepalives.push((format!("path[{i}].sidecar.service_upstream_keepalive"), ka));
+                Hop::Sidecar(s) if terminates(hop) => {
+                    let crossed = forgetters(&self.path[i + 1..next_terminator(i + 1)]);
+                    let (label, ka) = match (s.route, s.service_upstream_keepalive) {
+                        (crate::hop::Route::Service, Some(ka)) => ("service_upstream_keepalive", Some(ka)),
+                        _ => ("upstream_keepalive", s.upstream_keepalive),
+                    };
+                    if let Some(ka) = ka {
+                        out.push((format!("path[{i}].sidecar.{label}"), ka, crossed));
                     }
                 }
                 Hop::Gateway(g) => {
+                    let before = self.path[..i].iter().rposition(terminates).map_or(0, |p| p + 1);
                     if let Some(ka) = g.keepalive {
-                        keepalives.push((format!("path[{i}].gateway.keepalive"), ka));
+                        out.push((format!("path[{i}].gateway.keepalive"), ka, forgetters(&self.path[before..i])));
                     }
                 }
-                Hop::Middlebox(_) | Hop::ServerSidecar(_) => {}
+                _ => {}
             }
         }
-        keepalives.into_iter().map(|(label, ka)| (label, Dur(ka.time.0 + ka.interval.0 * ka.probes))).collect()
+        out
+    }
+
+    /// Per keepalive of the path that ends the connection while probes run (a middlebox it
+    /// crosses forgets the flow between them): when and how (`keepalive::end`). Measured
+    /// from the last activity, so it is compared with the idle period.
+    pub fn keepalive_ends(&self) -> Vec<(String, crate::keepalive::KeepaliveEnd)> {
+        self.keepalives()
+            .into_iter()
+            .filter_map(|(label, ka, devices)| {
+                crate::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).map(|e| (label, e))
+            })
+            .collect()
     }
 
     /// The pods of the path that have a sidecar: `client`, `server`.

@@ -11,6 +11,8 @@
 //! - [`hop`]: one type per hop kind on the path (`sidecar`, …), as the scenario describes it.
 //! - [`mitigation`]: one type per mitigation, each with its lab and its Istio rendering.
 //! - [`knobs`]: a cell's settings after its mitigation, the single input of a backend.
+//! - [`keepalive`]: the kernel's keepalive timer against the middleboxes its probes cross
+//!   (when, and how, keepalive ends an idle connection).
 //! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
 //! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
 //! - [`lab`]: the local backend: namespaces, nftables middleboxes, a real server per cell,
@@ -48,6 +50,7 @@ pub mod duration;
 pub mod events;
 pub mod hop;
 pub mod istio;
+pub mod keepalive;
 pub mod knobs;
 pub mod kube;
 pub mod lab;

@@ -10,9 +10,11 @@
 //! - every keepalive time against every timeout (do probes start before the hop gives up?);
 //! - every keepalive interval against the timeouts of hops that probes refresh (conntrack).
 //!
-//! - with a middlebox that drops segments of forgotten flows, every keepalive's give-up
-//!   (`time + probes × interval`, when the kernel declares the connection dead) against the
-//!   idle period (does the connection die while idle?).
+//! - every keepalive whose probes cross a middlebox that forgets the flow between them: when
+//!   the kernel's timer ends the connection (`keepalive::end`: the give-up after `probes`
+//!   unanswered probes, counted from the first one lost, or the RST a probe meets) against
+//!   the idle period (does the connection die while idle?), and the way it ends (which
+//!   probe is the first one lost) must be the same after rounding.
 //!
 //! After rounding, each such pair must keep the order the scenario gave it, at least
 //! [`MIN_GAP`] apart — plus, for a timer that acts late (a server's whole-second clock, see
@@ -164,9 +166,17 @@ fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (D
     }
 }
 
-/// The labels of the keepalives whose give-up decides the cell (`keepalive_giveups`).
+/// The labels of the keepalives whose end decides the cell (`Knobs::keepalive_ends`).
 fn giveup_prefixes(knobs: &Knobs) -> Vec<String> {
-    knobs.keepalive_giveups().into_iter().map(|(label, _)| label).collect()
+    knobs.keepalive_ends().into_iter().map(|(label, _)| label).collect()
+}
+
+/// How a keepalive's end is named in orderings and errors.
+fn end_label(label: &str, end: &crate::keepalive::KeepaliveEnd) -> String {
+    match end.kind {
+        crate::keepalive::EndKind::GiveUp => format!("{label} give-up"),
+        crate::keepalive::EndKind::Reset => format!("{label} reset (a probe meets the forgotten flow)"),
+    }
 }
 
 fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, usize)>) {
@@ -266,10 +276,38 @@ fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor
     }
     let idle = values.iter().find(|v| v.role == Role::Idle).expect("every cell has an idle period");
     let scaled_knobs = apply_factor(knobs, factor);
-    let giveups: Vec<_> = knobs.keepalive_giveups().into_iter().zip(scaled_knobs.keepalive_giveups()).collect();
-    for ((label, real), _) in &giveups {
-        if *real == idle.real {
-            return Err(race(factor, &format!("{label} give-up (time + probes × interval)"), &idle.label, *real));
+    let (real_ends, scaled_ends) = (knobs.keepalive_ends(), scaled_knobs.keepalive_ends());
+    // The kernel's keepalive must end the same way at this factor: rounding to whole seconds
+    // must not make a probe answered that was lost, or the reverse.
+    let shape = |ends: &[(String, crate::keepalive::KeepaliveEnd)]| {
+        ends.iter().map(|(l, e)| (l.clone(), e.kind, e.answered)).collect::<Vec<_>>()
+    };
+    if shape(&real_ends) != shape(&scaled_ends) {
+        let describe = |ends: &[(String, crate::keepalive::KeepaliveEnd)]| {
+            if ends.is_empty() {
+                return "no keepalive ends the connection".to_string();
+            }
+            ends.iter()
+                .map(|(l, e)| format!("{} at {} after {} answered probes", end_label(l, e), Dur(e.at), e.answered))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(OrderingError {
+            factor,
+            problem: OrderingProblem::Ordering,
+            message: format!(
+                "time scale {factor} changes how the kernel's keepalive ends: real {}; scaled {}",
+                describe(&real_ends),
+                describe(&scaled_ends)
+            ),
+            hint: "use a smaller factor, or `--time-scale auto` to pick the strongest one that keeps every ordering"
+                .into(),
+        });
+    }
+    let giveups: Vec<_> = real_ends.into_iter().zip(scaled_ends).collect();
+    for ((label, end), _) in &giveups {
+        if Dur(end.at) == idle.real {
+            return Err(race(factor, &end_label(label, end), &idle.label, idle.real));
         }
     }
     if idle.scaled.0 < MIN_GAP {
@@ -296,9 +334,10 @@ fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor
         )?;
     }
     for ((label, real), (_, scaled)) in &giveups {
-        let label = format!("{label} give-up (time + probes × interval)");
-        let (a, b) = ((label.as_str(), *real, *scaled), (idle.label.as_str(), idle.real, idle.scaled));
-        let (lo, hi) = if *real < idle.real { (a, b) } else { (b, a) };
+        let label = end_label(label, real);
+        let (real, scaled) = (Dur(real.at), Dur(scaled.at));
+        let (a, b) = ((label.as_str(), real, scaled), (idle.label.as_str(), idle.real, idle.scaled));
+        let (lo, hi) = if real < idle.real { (a, b) } else { (b, a) };
         check_pair(Pair { lo: (lo.0, lo.1, lo.2, Duration::ZERO), hi }, factor)?;
     }
     let request = knobs.client.request_timeout;
@@ -327,8 +366,8 @@ fn upper_bound(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)]) 
     let mut bound = MAX_FACTOR as f64;
     for v in values.iter().filter(|v| v.role == Role::Idle) {
         bound = bound.min(v.real.as_secs_f64() / gap);
-        for (_, giveup) in knobs.keepalive_giveups() {
-            let d = (giveup.as_secs_f64() - v.real.as_secs_f64()).abs();
+        for (_, end) in knobs.keepalive_ends() {
+            let d = (end.at.as_secs_f64() - v.real.as_secs_f64()).abs();
             if d > 0.0 {
                 bound = bound.min(d / gap);
             }
@@ -399,9 +438,9 @@ pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), O
             ordered(&values, i, j).map(|(lo, hi)| format!("{} < {}", values[lo].label, values[hi].label))
         })
         .collect();
-    for (label, giveup) in knobs.keepalive_giveups() {
-        let g = format!("{label} give-up");
-        orderings.push(if giveup < knobs.idle { format!("{g} < idle") } else { format!("idle < {g}") });
+    for (label, end) in knobs.keepalive_ends() {
+        let g = end_label(&label, &end);
+        orderings.push(if Dur(end.at) < knobs.idle { format!("{g} < idle") } else { format!("idle < {g}") });
     }
     Ok((scaled, TimeScale { factor, auto, values, orderings }))
 }
@@ -523,6 +562,48 @@ mod tests {
         let e = scale(&k, TimeScaleSpec::Factor(20)).unwrap_err();
         assert!(e.message.contains("client.keepalive give-up"), "{e}");
         assert!(scale(&k, TimeScaleSpec::Auto).unwrap().1.factor < 20);
+    }
+
+    /// Issue 17: keepalive time < the device's timeout < interval. The first probe is
+    /// answered, so the kernel gives up at time + (probes + 1) × interval (1300 s), after the
+    /// idle (1250 s): the reuse meets the forgotten flow (`hung`). The old model put the
+    /// give-up at time + probes × interval (1000 s) before the idle, protected that moment,
+    /// and accepted factors at which the real give-up crossed the idle.
+    #[test]
+    fn an_answered_first_probe_moves_the_protected_give_up() {
+        let mut k = base();
+        k.path = vec![crate::hop::Hop::Middlebox(crate::hop::MiddleboxHop {
+            preset: None,
+            idle_timeout: Dur::secs(200),
+            on_unknown: crate::hop::OnUnknown::Drop,
+        })];
+        k.idle = Dur::secs(1250);
+        AppKeepalive(crate::scenario::Keepalive { time: Dur::secs(100), interval: Dur::secs(300), probes: 3 })
+            .apply(&mut k)
+            .unwrap();
+        let (scaled, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
+        assert!(ts.orderings.iter().any(|o| o == "idle < client.keepalive give-up"), "{:?}", ts.orderings);
+        // What the kernel does with the scaled values: still after the idle, by the gap.
+        let ka = scaled.client.keepalive.unwrap();
+        let devices = [crate::keepalive::Forgetter {
+            timeout: Duration::from_secs(
+                scaled
+                    .path
+                    .iter()
+                    .find_map(|h| match h {
+                        crate::hop::Hop::Middlebox(m) => Some(m.conntrack_timeout_s()),
+                        _ => None,
+                    })
+                    .unwrap(),
+            ),
+            on_unknown: crate::hop::OnUnknown::Drop,
+        }];
+        let end = crate::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).unwrap();
+        assert_eq!(end.answered, 1, "{end:?} at ×{}", ts.factor);
+        assert!(end.at >= scaled.idle.0 + MIN_GAP, "give-up {end:?} vs idle {} at ×{}", scaled.idle, ts.factor);
+        // ×90 rounds to time 1 s, interval 3 s, timeout 2 s: the kernel would give up at 13 s,
+        // before the 13.9 s idle: refused.
+        assert!(scale(&k, TimeScaleSpec::Factor(90)).is_err());
     }
 
     #[test]

@@ -79,10 +79,15 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
             ),
         );
     }
-    let timed_out: Vec<_> =
-        failed.iter().filter(|(c, f)| c.timed_out_ms.is_some() || f.outcome == Outcome::TimedOut).collect();
+    // What a socket saw while idle explains a failure only on that socket: a pool that
+    // replaced a closed connection carried the request on another one.
+    let own = |c: &ConnObservation, f: &Attempt| c.carried_by_own_socket(f);
+    let timed_out: Vec<_> = failed
+        .iter()
+        .filter(|(c, f)| (c.timed_out_ms.is_some() && own(c, f)) || f.outcome == Outcome::TimedOut)
+        .collect();
     if let Some((c, f)) = timed_out.first() {
-        let when = match c.timed_out_ms {
+        let when = match c.timed_out_ms.filter(|_| own(c, f)) {
             Some(t) => format!("while idle, {}", after_last_activity(c, t)),
             None => format!("on reuse, {} after the request was sent", secs(f.latency_ms)),
         };
@@ -97,7 +102,7 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
         );
     }
     if !failed.is_empty() {
-        let fin: Vec<_> = failed.iter().filter(|(c, _)| c.peer_closed_ms.is_some()).collect();
+        let fin: Vec<_> = failed.iter().filter(|(c, f)| c.peer_closed_ms.is_some() && own(c, f)).collect();
         if let Some((c, f)) = fin.first() {
             let at = c.peer_closed_ms.expect("filtered");
             return (
@@ -112,10 +117,12 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
                 ),
             );
         }
-        let reset: Vec<_> =
-            failed.iter().filter(|(c, f)| c.peer_reset_ms.is_some() || f.outcome == Outcome::Reset).collect();
+        let reset: Vec<_> = failed
+            .iter()
+            .filter(|(c, f)| (c.peer_reset_ms.is_some() && own(c, f)) || f.outcome == Outcome::Reset)
+            .collect();
         if let Some((c, f)) = reset.first() {
-            let when = match c.peer_reset_ms {
+            let when = match c.peer_reset_ms.filter(|_| own(c, f)) {
                 Some(t) => format!("was reset while idle, {}, and the reuse then failed", after_last_activity(c, t)),
                 None => "was reset on reuse".to_string(),
             };
@@ -130,10 +137,15 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
             );
         }
         let (c, f) = failed[0];
+        // A failure on a replacement socket: the old socket's FIN or RST is context, not cause.
+        let replaced = match (&c.replaced_before_use, own(c, f)) {
+            (Some(why), false) => format!(" on the socket that replaced it ({why})"),
+            _ => String::new(),
+        };
         return (
             Verdict::FailedOnReuse,
             format!(
-                "{} of {n} connections failed on reuse ({:?}), and the lab saw no FIN, RST or kernel timeout on them; connection {} failed after {}: {}",
+                "{} of {n} connections failed on reuse ({:?}), and the lab saw no FIN, RST or kernel timeout on the sockets that carried them; connection {} failed after {}{replaced}: {}",
                 failed.len(),
                 f.outcome,
                 c.id,
@@ -172,7 +184,13 @@ mod tests {
             peer_reset_ms: None,
             timed_out_ms: None,
             replaced_before_use: None,
-            reuse: Attempt { at_ms: 7100, latency_ms: 1, outcome, error: (!outcome.is_ok()).then(|| "boom".into()) },
+            reuse: Attempt {
+                at_ms: 7100,
+                latency_ms: 1,
+                outcome,
+                error: (!outcome.is_ok()).then(|| "boom".into()),
+                local_addr: None,
+            },
             retry_after_reconnect: None,
             reconnects: 0,
             keepalive: false,
@@ -192,6 +210,34 @@ mod tests {
             finished_ms: 0,
             peak_rss_kib: 0,
         }
+    }
+
+    /// Issue 17: the HCM closed the app's idle connections (FIN), hyper-util replaced them,
+    /// and the requests on the new sockets got Envoy's 503 from a stale upstream pool. The FIN
+    /// on the old socket does not explain a failure on another one: `failed-on-reuse`.
+    #[test]
+    fn a_fin_on_one_socket_is_not_blamed_for_a_failure_on_another() {
+        let mut c = conn(Outcome::Error, true);
+        c.replaced_before_use = Some("hyper-util's pool saw the peer's FIN on it".into());
+        c.reuse.local_addr = Some("198.18.0.1:40100".into());
+        let (v, why) = judge(&obs(vec![c.clone()]));
+        assert_eq!(v, Verdict::FailedOnReuse, "{why}");
+        assert!(why.contains("replaced it"), "{why}");
+        // Without the carrier's address, a replacement says the same.
+        c.reuse.local_addr = None;
+        assert_eq!(judge(&obs(vec![c.clone()])).0, Verdict::FailedOnReuse);
+        // The same socket, FIN'd while idle: idle-closed.
+        c.replaced_before_use = None;
+        c.reuse.local_addr = Some(c.local_addr.clone());
+        assert_eq!(judge(&obs(vec![c.clone()])).0, Verdict::IdleClosed);
+        // An RST on the old socket and a 503 on the new one: not reset-on-reuse either.
+        let mut r = conn(Outcome::Error, false);
+        r.peer_reset_ms = Some(6020);
+        r.replaced_before_use = Some("saw an error".into());
+        assert_eq!(judge(&obs(vec![r.clone()])).0, Verdict::FailedOnReuse);
+        // But a reset that the request itself met is about the socket that carried it.
+        r.reuse.outcome = Outcome::Reset;
+        assert_eq!(judge(&obs(vec![r])).0, Verdict::ResetOnReuse);
     }
 
     #[test]
@@ -215,8 +261,13 @@ mod tests {
     #[test]
     fn a_failed_heartbeat_is_a_failed_request() {
         let mut c = conn(Outcome::Ok, true);
-        c.heartbeat_failure =
-            Some(Attempt { at_ms: 8000, latency_ms: 0, outcome: Outcome::Eof, error: Some("closed".into()) });
+        c.heartbeat_failure = Some(Attempt {
+            at_ms: 8000,
+            latency_ms: 0,
+            outcome: Outcome::Eof,
+            error: Some("closed".into()),
+            local_addr: None,
+        });
         assert_eq!(judge(&obs(vec![c])).0, Verdict::IdleClosed);
     }
 

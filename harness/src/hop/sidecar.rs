@@ -68,6 +68,28 @@ pub struct SidecarHop {
     /// from a DestinationRule `connectionPool.http.idleTimeout` (`dr-http-idle-timeout`).
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub service_http_idle_timeout: Option<Dur>,
+    /// HTTP only: how long Envoy keeps an idle upstream connection of the service's pool when
+    /// no DestinationRule sets it: Istio sets nothing, so Envoy's own default (1 h) applies.
+    /// Not a scenario setting: it is here so that the time scale scales it, and the lab sets
+    /// the scaled value on the cluster (`kube::istio::sidecar_http_pool_idle`).
+    #[serde(skip, default = "envoy_default_http_pool_idle")]
+    pub envoy_http_pool_idle: Dur,
+    /// HTTP only: the idle timeout Istio gives PassthroughCluster's HTTP pool (5 min).
+    #[serde(skip, default = "istio_passthrough_http_pool_idle")]
+    pub passthrough_http_pool_idle: Dur,
+}
+
+/// Envoy's `common_http_protocol_options.idle_timeout` when a cluster sets none.
+pub const ENVOY_DEFAULT_HTTP_POOL_IDLE: Dur = Dur::secs(3600);
+/// What Istio sets on PassthroughCluster's HTTP pool (`passthroughHttpProtocolOptions`).
+pub const ISTIO_PASSTHROUGH_HTTP_POOL_IDLE: Dur = Dur::secs(300);
+
+fn envoy_default_http_pool_idle() -> Dur {
+    ENVOY_DEFAULT_HTTP_POOL_IDLE
+}
+
+fn istio_passthrough_http_pool_idle() -> Dur {
+    ISTIO_PASSTHROUGH_HTTP_POOL_IDLE
 }
 
 impl Default for SidecarHop {
@@ -81,12 +103,15 @@ impl Default for SidecarHop {
             service_idle_timeout: None,
             service_upstream_keepalive: None,
             service_http_idle_timeout: None,
+            envoy_http_pool_idle: ENVOY_DEFAULT_HTTP_POOL_IDLE,
+            passthrough_http_pool_idle: ISTIO_PASSTHROUGH_HTTP_POOL_IDLE,
         }
     }
 }
 
 impl SidecarHop {
     pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+        let http_pool_default = self.http_pool_idle_default().is_some();
         let mut out = Vec::new();
         out.extend(KnobDuration::envoy_idle_timeout(
             format!("path[{index}].sidecar.idle_timeout"),
@@ -103,6 +128,19 @@ impl SidecarHop {
         {
             out.extend(KnobDuration::envoy_idle_timeout(format!("path[{index}].sidecar.service_http_idle_timeout"), t));
         }
+        // The upstream HTTP pool's idle timeout when no DestinationRule sets one (Knobs keeps it
+        // for `http-*` ports only): a default Envoy or Istio applies is a duration like any other.
+        match self.route {
+            Route::Service if http_pool_default => out.extend(KnobDuration::envoy_idle_timeout(
+                format!("path[{index}].sidecar.upstream_http_idle_timeout (Envoy's default)"),
+                &mut self.envoy_http_pool_idle,
+            )),
+            Route::Passthrough => out.extend(KnobDuration::envoy_idle_timeout(
+                format!("path[{index}].sidecar.upstream_http_idle_timeout (Istio's PassthroughCluster)"),
+                &mut self.passthrough_http_pool_idle,
+            )),
+            Route::Service => {}
+        }
         if let Some(ka) = self.upstream_keepalive.as_mut() {
             out.extend(ka.durations_mut(&format!("path[{index}].sidecar.upstream_keepalive")));
         }
@@ -114,6 +152,20 @@ impl SidecarHop {
             out.extend(ka.durations_mut(&format!("path[{index}].sidecar.service_upstream_keepalive")));
         }
         out
+    }
+
+    /// On an `http-*` port: the idle timeout of Envoy's upstream HTTP pool that no
+    /// DestinationRule sets, and whether it is PassthroughCluster's (Istio's 5 min) rather
+    /// than the service cluster's (Envoy's 1 h). `None` when a DestinationRule sets it
+    /// (`http.idleTimeout`, or `tcp.idleTimeout`, which Istio gives the HTTP pool too).
+    pub fn http_pool_idle_default(&self) -> Option<(Dur, bool)> {
+        match self.route {
+            Route::Passthrough => Some((self.passthrough_http_pool_idle, true)),
+            Route::Service if self.service_http_idle_timeout.is_none() && self.service_idle_timeout.is_none() => {
+                Some((self.envoy_http_pool_idle, false))
+            }
+            Route::Service => None,
+        }
     }
 
     /// The keepalive on the upstream socket of the chain the app's connection takes.

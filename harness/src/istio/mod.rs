@@ -111,52 +111,24 @@ impl ControlPlane {
             std::fs::write(&path, mesh)?;
             cmd.arg("--mesh").arg(path);
         }
-        // A listening socket on 127.0.0.1:15010 of each other pod's namespace, inherited as
-        // fd 3, 4, …: the control plane itself stays in one namespace.
+        // A listening socket on 127.0.0.1:15010 of each other pod's namespace, inherited at
+        // its own descriptor number: the control plane itself stays in one namespace.
         let mut inherited = Vec::new();
         for ns in also_in {
             let l = crate::lab::netns::in_netns(ns, || std::net::TcpListener::bind(XDS_ADDR))
                 .await?
                 .with_context(|| format!("listening on {XDS_ADDR} in {}", ns.display()))?;
-            cmd.arg("--listen-fd").arg((3 + inherited.len()).to_string());
-            inherited.push(std::os::fd::OwnedFd::from(l));
-        }
-        const MAX_INHERITED: usize = 8;
-        anyhow::ensure!(
-            inherited.len() <= MAX_INHERITED,
-            "more than {MAX_INHERITED} pod namespaces for one control plane"
-        );
-        let mut raw = [-1i32; MAX_INHERITED];
-        for (slot, fd) in raw.iter_mut().zip(&inherited) {
-            *slot = std::os::fd::AsRawFd::as_raw_fd(fd);
-        }
-        let count = inherited.len();
-        // SAFETY: fcntl and dup2 are async-signal-safe, and nothing is allocated. The sockets
-        // are first moved above the targets, so that placing one cannot overwrite another;
-        // every other descriptor of this process is close-on-exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut high = [-1i32; MAX_INHERITED];
-                for i in 0..count {
-                    high[i] = libc::fcntl(raw[i], libc::F_DUPFD_CLOEXEC, 1000);
-                    if high[i] < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for (i, fd) in high.iter().enumerate().take(count) {
-                    if libc::dup2(*fd, 3 + i as i32) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            let fd = std::os::fd::OwnedFd::from(l);
+            cmd.arg("--listen-fd").arg(std::os::fd::AsRawFd::as_raw_fd(&fd).to_string());
+            inherited.push(fd);
         }
         cmd.arg(&config)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let started = Instant::now();
-        let mut process = spawn("idlelab-xds", cmd, netns, None)?;
+        let borrowed: Vec<_> = inherited.iter().map(std::os::fd::AsFd::as_fd).collect();
+        let mut process = crate::lab::process::spawn_inheriting("idlelab-xds", cmd, netns, None, &borrowed)?;
         drop(inherited);
         // Its log goes to a file and, one event per xDS push, to the lab's own log (`-v`).
         let stderr = process.child.stderr.take().expect("piped");
@@ -535,6 +507,27 @@ fn duration_or_default(v: &Value, default: &str) -> Value {
     match v {
         Value::String(d) => Value::String(d.clone()),
         _ => Value::String(format!("unset (Envoy's default: {default})")),
+    }
+}
+
+/// Whether the client sidecar's upstream HTTP pool got the idle timeout the time scale
+/// modelled (`expected`, scaled), read from the `cluster_http_idle_timeout` of
+/// [`deciding_fields`]; unset is Envoy's 1 h. The model decides the cell's factor: a config
+/// that disagrees (a rule the lab did not see sets the pool's idle timeout) would run the cell
+/// on durations the time scale never checked, so it is an error, not a verdict.
+pub fn http_pool_idle_mismatch(fields: &Value, expected: crate::duration::Dur) -> Option<String> {
+    let got = fields["cluster_http_idle_timeout"].as_str().unwrap_or("unset");
+    let ms = if got.starts_with("unset") {
+        Some(3_600_000.0)
+    } else {
+        got.strip_suffix('s').and_then(|v| v.parse::<f64>().ok()).map(|s| s * 1000.0)
+    };
+    let want = expected.0.as_millis() as f64;
+    match ms {
+        Some(ms) if (ms - want).abs() < 0.5 => None,
+        _ => Some(format!(
+            "its upstream HTTP pool's idle timeout is {got} in the config Envoy received, but the time scale modelled {expected}: a resource the lab does not model sets it, and the cell's orderings were not checked against it"
+        )),
     }
 }
 

@@ -362,6 +362,7 @@ pub fn for_cell(
         IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
         _ => None,
     }));
+    docs.extend(crate::kube::istio::sidecar_http_pool_idle(cell, &ctx).map(|(y, _)| y));
     let mesh = cell.scaled.sidecar().and_then(|s| s.upstream_keepalive).map(|ka| {
         let (time, interval) = ka.whole_seconds();
         format!("tcpKeepalive:\n  time: {time}s\n  interval: {interval}s\n  probes: {}\n", ka.probes)

@@ -157,3 +157,60 @@ pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static
     }
     out
 }
+
+/// The client sidecar's upstream HTTP pool idle timeout that no DestinationRule sets (Envoy's
+/// 1 h default on the service's cluster, Istio's 5 min on PassthroughCluster), scaled and set
+/// explicitly by an EnvoyFilter in a compressed run: a default that decides an outcome is a
+/// duration like any other. `None` on a TCP port, without a client sidecar, at factor 1, or
+/// when a DestinationRule sets the value (the mitigation renders it, scaled).
+///
+/// The patch replaces the cluster's `HttpProtocolOptions` entry whole (Istio merges a map's
+/// `Any` values by replacing them), so it carries the protocol choice Istio makes for the
+/// cluster too: HTTP/1.1 for an `http-*` service port, the downstream's protocol for
+/// PassthroughCluster. The lab checks what Envoy received (`istio::http_pool_idle_mismatch`).
+pub fn sidecar_http_pool_idle(cell: &Cell, ctx: &crate::mitigation::IstioContext) -> Option<(String, &'static str)> {
+    let factor = cell.time_scale.factor;
+    if factor <= 1 || cell.real.service != crate::scenario::Service::Http {
+        return None;
+    }
+    let (scaled, passthrough) = cell.scaled.sidecar()?.http_pool_idle_default()?;
+    let (cluster, protocol) = if passthrough {
+        (
+            "PassthroughCluster".to_string(),
+            json!({"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}),
+        )
+    } else {
+        (
+            format!("outbound|{}||{}", ctx.service_port, ctx.service_host),
+            json!({"explicit_http_config": {"http_protocol_options": {}}}),
+        )
+    };
+    let mut options = json!({
+        "@type": HTTP_PROTOCOL_OPTIONS_TYPE_URL,
+        "common_http_protocol_options": {"idle_timeout": format!("{}s", scaled.as_secs_f64())}
+    });
+    for (k, v) in protocol.as_object().expect("object") {
+        options[k] = v.clone();
+    }
+    let v = json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": "idlelab-time-scale-http-pool", "namespace": ctx.namespace},
+        "spec": {
+            "workloadSelector": {"labels": {"app": ctx.client_app}},
+            "configPatches": [{
+                "applyTo": "CLUSTER",
+                "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"name": cluster}},
+                "patch": {"operation": "MERGE", "value": {
+                    "typed_extension_protocol_options": {HTTP_PROTOCOL_OPTIONS: options}
+                }}
+            }]
+        }
+    });
+    Some((to_yaml(&v), "the client sidecar's upstream HTTP pool idle timeout (a default no resource sets), scaled"))
+}
+
+/// The key of Envoy's upstream HTTP options in a cluster's `typed_extension_protocol_options`.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_PROTOCOL_OPTIONS_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";

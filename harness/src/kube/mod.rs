@@ -281,6 +281,9 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     for (kind, yaml) in manifests_of_mitigation {
         steps.push(Step::apply(&kubectl, yaml, &format!("the mitigation: {kind}")));
     }
+    if let Some((yaml, purpose)) = istio::sidecar_http_pool_idle(cell, &ctx) {
+        steps.push(Step::apply(&kubectl, yaml, purpose));
+    }
     steps.extend(waits);
 
     // A passthrough route means an address the mesh does not know: the next hop's pod IP, not

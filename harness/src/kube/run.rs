@@ -385,6 +385,7 @@ mod tests {
                 latency_ms: 0,
                 outcome: if fin { Outcome::Eof } else { Outcome::Ok },
                 error: None,
+                local_addr: None,
             },
             retry_after_reconnect: None,
             reconnects: 0,

@@ -272,6 +272,9 @@ struct HopContext<'a> {
     /// The cell's objects, its control plane's address and mesh CA, when Istio has proxies
     /// on the path.
     istio: Option<(&'a crate::istio::objects::CellObjects, &'a str, &'a tls::MeshCa)>,
+    /// The idle timeout the client sidecar's upstream HTTP pool must have (scaled) when no
+    /// DestinationRule sets it: the time scale's model, checked against what Envoy received.
+    http_pool_idle: Option<crate::duration::Dur>,
 }
 
 /// Start the server; returns it and how long it took to accept connections.
@@ -370,6 +373,11 @@ async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> 
     let envoy = mesh::start_proxy(p, files, &node.netns, xds, ca)
         .await
         .with_context(|| format!("{} {}", ctx.tag, role.name()))?;
+    if let (ProxyRole::Sidecar, Some(expected), Some(fields)) = (role, ctx.http_pool_idle, &envoy.istio_config)
+        && let Some(problem) = crate::istio::http_pool_idle_mismatch(fields, expected)
+    {
+        bail!("{} sidecar: {problem}", ctx.tag);
+    }
     Ok(Some((role.name().to_string(), envoy)))
 }
 
@@ -465,8 +473,14 @@ async fn run_in(
 
     // The server and every hop start at once: they do not depend on each other, and each
     // Envoy needs tens of milliseconds to come up.
-    let ctx =
-        HopContext { tag: &tag, istio: objects.as_ref().zip(mesh_ca.as_ref()).map(|(o, ca)| (o, xds.as_str(), ca)) };
+    let http_pool_idle = (knobs.service == Service::Http)
+        .then(|| knobs.sidecar().and_then(|s| s.http_pool_idle_default()).map(|(d, _)| d))
+        .flatten();
+    let ctx = HopContext {
+        tag: &tag,
+        istio: objects.as_ref().zip(mesh_ca.as_ref()).map(|(o, ca)| (o, xds.as_str(), ca)),
+        http_pool_idle,
+    };
     let shared_lab: &CellLab = lab;
     let hops = futures_util::future::join_all(
         knobs.path.iter().enumerate().map(|(i, hop)| start_hop(shared_lab, &ctx, i, hop)),
@@ -553,6 +567,7 @@ async fn run_in(
     }
     let status = probe.child.wait().await?;
     let observations = observations.ok_or_else(|| anyhow!("the probe exited ({status}) without observations"))?;
+    observations.check_contract().map_err(|e| anyhow!("the probe broke its contract (scenarios/PROBE.md): {e}"))?;
 
     lab.snapshot(knobs, "after-reuse", &mut evidence).await;
     if matches!(knobs.service, Service::Http | Service::Https) {

@@ -41,7 +41,33 @@ pub fn dies_with_runner(cmd: &mut Command) -> &mut Command {
     unsafe { cmd.pre_exec(move || die_with_parent(parent)) }
 }
 
-pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Result<LabProcess> {
+pub fn spawn(name: &str, cmd: Command, netns: &Path, uid: Option<u32>) -> Result<LabProcess> {
+    spawn_inheriting(name, cmd, netns, uid, &[])
+}
+
+/// [`spawn`], and the child inherits `inherit` at the same descriptor numbers as here (pass
+/// each one's number on its command line: `as_raw_fd()`).
+///
+/// Every descriptor of this process is close-on-exec. The child clears the flag on exactly
+/// these, as its last step before `exec`. The numbers are not moved: an earlier version
+/// `dup2`'d them onto 3, 4, … in the child, which silently closed whatever the child held
+/// there, and when another thread had just freed a low number, that was the namespace file
+/// `setns` needed next (`starting idlelab-xds: Invalid argument`, a flake under
+/// concurrency).
+pub fn spawn_inheriting(
+    name: &str,
+    mut cmd: Command,
+    netns: &Path,
+    uid: Option<u32>,
+    inherit: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<LabProcess> {
+    const MAX_INHERITED: usize = 16;
+    anyhow::ensure!(inherit.len() <= MAX_INHERITED, "{name}: more than {MAX_INHERITED} inherited descriptors");
+    let mut keep = [-1i32; MAX_INHERITED];
+    for (slot, fd) in keep.iter_mut().zip(inherit) {
+        *slot = fd.as_raw_fd();
+    }
+    let count = inherit.len();
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let fd = ns.as_raw_fd();
     let parent = std::process::id() as i32;
@@ -64,7 +90,14 @@ pub fn spawn(name: &str, mut cmd: Command, netns: &Path, uid: Option<u32>) -> Re
                 return Err(std::io::Error::last_os_error());
             }
             // After the uid change: changing credentials clears the parent-death signal.
-            die_with_parent(parent)
+            die_with_parent(parent)?;
+            // Last: nothing after this needs a descriptor of ours.
+            for &keep in keep.iter().take(count) {
+                if libc::fcntl(keep, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
         });
     }
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;

@@ -12,8 +12,9 @@
 //! so an idle close shows up as `recovered`, while a flow a middlebox forgot looks healthy
 //! until the request meets the RST.
 //!
-//! The connector records every connection it opens; after each reuse request the probe finds
-//! which connection carried it (the one written to since the request started).
+//! The connector numbers every connection it opens, and hyper-util hands the number back on
+//! each response and error: the reuse sends `pool` requests at once (the server holds each
+//! answer 50 ms, so each needs a connection of its own) and knows which socket carried each.
 
 use super::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::{LogHandle, ObservedStream};
@@ -76,8 +77,15 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// What hyper-util's pool holds: the stream, as hyper's I/O traits.
-pub struct PooledIo(TokioIo<Stream>);
+/// What hyper-util's pool holds: the stream, as hyper's I/O traits, and the number the
+/// connector gave it (its index in the connector's registry).
+pub struct PooledIo(TokioIo<Stream>, usize);
+
+/// A connection's index in the connector's registry. hyper-util hands it back on the
+/// response (its extensions) and on an error (`connect_info`): each request is attributed to
+/// the socket that carried it, even when requests run at once.
+#[derive(Clone, Copy, Debug)]
+struct ConnIndex(usize);
 
 impl Read for PooledIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
@@ -99,7 +107,7 @@ impl Write for PooledIo {
 
 impl Connection for PooledIo {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(ConnIndex(self.1))
     }
 }
 
@@ -135,8 +143,12 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
                     Stream::Tls(Box::new(tls.connect(name, observed).await?))
                 }
             };
-            this.opened.lock().expect("registry").push(ConnRecord { log, local_addr, opened_ms, keepalive });
-            Ok(PooledIo(TokioIo::new(stream)))
+            let index = {
+                let mut opened = this.opened.lock().expect("registry");
+                opened.push(ConnRecord { log, local_addr, opened_ms, keepalive });
+                opened.len() - 1
+            };
+            Ok(PooledIo(TokioIo::new(stream), index))
         })
     }
 }
@@ -245,12 +257,29 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     let authority = spec.authority.clone().unwrap_or_else(|| crate::lab::tls::SERVER_NAME.to_string());
     let uri = |path: &str| -> hyper::Uri { format!("{scheme}://{authority}{path}").parse().expect("valid URI") };
     let timeout = Duration::from_millis(spec.request_timeout_ms);
-    let request = |client: &Client<ObservingConnector, Empty<Bytes>>, path: &'static str| {
+    // One GET and the connection that carried it (when hyper-util got as far as one).
+    // `hold_ms` asks the lab's server to hold its answer, so that requests sent at once each
+    // need a connection of their own.
+    let request = |client: &Client<ObservingConnector, Empty<Bytes>>, path: &'static str, hold_ms: Option<u64>| {
         let client = client.clone();
-        let uri = uri(path);
+        let mut req = hyper::Request::get(uri(path));
+        if let Some(ms) = hold_ms {
+            req = req.header(crate::lab::http_server::HOLD_HEADER, ms.to_string());
+        }
+        let req = req.body(Empty::<Bytes>::new()).expect("valid request");
         async move {
-            let r = tokio::time::timeout(timeout, async {
-                let resp = client.get(uri).await.map_err(|e| client_error(&e))?;
+            let carrier = std::sync::Arc::new(Mutex::new(None::<usize>));
+            let seen = carrier.clone();
+            let r = tokio::time::timeout(timeout, async move {
+                let resp = client.request(req).await.map_err(|e| {
+                    if let Some(info) = e.connect_info() {
+                        let mut ext = hyper::http::Extensions::new();
+                        info.get_extras(&mut ext);
+                        *seen.lock().expect("carrier") = ext.get::<ConnIndex>().map(|c| c.0);
+                    }
+                    client_error(&e)
+                })?;
+                *seen.lock().expect("carrier") = resp.extensions().get::<ConnIndex>().map(|c| c.0);
                 let (head, body) = resp.into_parts();
                 let body = body.collect().await.map_err(|e| ClientError {
                     timeout: false,
@@ -266,19 +295,21 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
                 Ok::<(), ClientError>(())
             })
             .await;
-            r.unwrap_or_else(|_| {
+            let r = r.unwrap_or_else(|_| {
                 Err(ClientError { timeout: true, io_kind: None, text: "no answer within the request timeout".into() })
-            })
+            });
+            let carrier = *carrier.lock().expect("carrier");
+            (r, carrier)
         }
     };
 
     emit_phase("warm", now(), None);
     let mut warm = tokio::task::JoinSet::new();
     for _ in 0..spec.pool {
-        warm.spawn(request(&client, "/warm"));
+        warm.spawn(request(&client, "/warm", None));
     }
     while let Some(r) = warm.join_next().await {
-        r.expect("warm task")?;
+        r.expect("warm task").0?;
     }
     let warmed = opened.lock().expect("registry").clone();
 
@@ -289,32 +320,39 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     let reuse_started_ms = now();
     emit_phase("reuse", reuse_started_ms, None);
     let before: Vec<_> = warmed.iter().map(|c| c.log.get()).collect();
-    let mut unserved: Vec<usize> = (0..warmed.len()).collect();
-    let mut rows: Vec<ConnObservation> = Vec::new();
-    let written = |all: &[ConnRecord]| all.iter().map(|c| c.log.get().bytes_written).collect::<Vec<u64>>();
+    // Every pooled connection out of the pool once: `pool` requests at once, each held by the
+    // server for a moment, so that none can go back to the pool and carry a second one.
+    let mut reuses = tokio::task::JoinSet::new();
     for j in 0..warmed.len() {
-        let at_ms = now();
-        let started = Instant::now();
-        let before_writes = written(&opened.lock().expect("registry"));
-        let result = request(&client, "/").await;
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let all = opened.lock().expect("registry").clone();
-        let after_writes = written(&all);
-        let used = (0..all.len()).find(|&i| after_writes[i] > before_writes.get(i).copied().unwrap_or(0));
+        let r = request(&client, "/", Some(REUSE_HOLD_MS));
+        reuses.spawn(async move {
+            let at_ms = clock.elapsed().as_millis() as u64;
+            let started = Instant::now();
+            let (result, carrier) = r.await;
+            (j, at_ms, started.elapsed().as_millis() as u64, result, carrier)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(r) = reuses.join_next().await {
+        done.push(r.expect("reuse task"));
+    }
+    done.sort_by_key(|d| d.0);
+    let all = opened.lock().expect("registry").clone();
+    let mut unserved: Vec<usize> = (0..warmed.len()).filter(|i| !done.iter().any(|d| d.4 == Some(*i))).collect();
+    let mut rows: Vec<ConnObservation> = Vec::new();
+    for (j, at_ms, latency_ms, result, carrier) in done {
+        let local_addr = carrier.map(|i| all[i].local_addr.clone());
         let reuse = match &result {
-            Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+            Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None, local_addr },
             Err(e) => {
-                let log = used.map(|i| all[i].log.get()).unwrap_or_default();
-                Attempt { at_ms, latency_ms, outcome: classify(e, &log), error: Some(e.text.clone()) }
+                let log = carrier.map(|i| all[i].log.get()).unwrap_or_default();
+                Attempt { at_ms, latency_ms, outcome: classify(e, &log), error: Some(e.text.clone()), local_addr }
             }
         };
         // Which pooled connection this request stands for: the one that carried it, or (when the
-        // pool opened a new one) the first warmed connection no request used.
-        let (row_conn, replaced) = match used {
-            Some(i) if i < warmed.len() => {
-                unserved.retain(|u| *u != i);
-                (i, None)
-            }
+        // pool opened a new one) a warmed connection no request used.
+        let (row_conn, replaced) = match carrier {
+            Some(i) if i < warmed.len() => (i, None),
             _ => {
                 let i = if unserved.is_empty() { j.min(warmed.len() - 1) } else { unserved.remove(0) };
                 (i, Some(why_replaced(&warmed[i].log.get(), spec.pool_max_idle_ms)))
@@ -324,7 +362,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         let retry_after_reconnect = if result.is_err() {
             let at_ms = now();
             let started = Instant::now();
-            let r = request(&new_client(), "/").await;
+            let (r, _) = request(&new_client(), "/", None).await;
             let latency_ms = started.elapsed().as_millis() as u64;
             Some(plain_attempt(at_ms, latency_ms, r))
         } else {
@@ -351,6 +389,10 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     }
     Ok(observations(&spec, idle_started_ms, reuse_started_ms, rows, vec![]))
 }
+
+/// How long the lab's server holds each reuse answer: longer than it takes to hand `pool`
+/// requests to hyper-util, far below any request timeout.
+const REUSE_HOLD_MS: u64 = 50;
 
 #[cfg(test)]
 mod tests {

@@ -196,7 +196,7 @@ impl<C: Client> Probe<C> {
     }
 
     /// Run one request with the request timeout, and say how it ended.
-    async fn attempt<F, Fut>(&self, log: &LogHandle, f: F) -> Attempt
+    async fn attempt<F, Fut>(&self, log: &LogHandle, local_addr: &str, f: F) -> Attempt
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), ClientError>>,
@@ -209,9 +209,10 @@ impl<C: Client> Probe<C> {
         let r = r.unwrap_or_else(|_| {
             Err(ClientError { timeout: true, io_kind: None, text: "no answer within the request timeout".into() })
         });
+        let local_addr = Some(local_addr.to_string());
         match r {
-            Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
-            Err(e) => Attempt { at_ms, latency_ms, outcome: classify(&e, &log.get()), error: Some(e.text) },
+            Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None, local_addr },
+            Err(e) => Attempt { at_ms, latency_ms, outcome: classify(&e, &log.get()), error: Some(e.text), local_addr },
         }
     }
 }
@@ -243,12 +244,13 @@ pub(crate) fn observations(
 /// connection): ok, timed out, or failed with its text.
 pub(crate) fn plain_attempt(at_ms: u64, latency_ms: u64, result: Result<(), ClientError>) -> Attempt {
     match result {
-        Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
+        Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None, local_addr: None },
         Err(e) => Attempt {
             at_ms,
             latency_ms,
             outcome: if e.timeout { Outcome::NoAnswer } else { Outcome::Error },
             error: Some(e.text),
+            local_addr: None,
         },
     }
 }
@@ -302,13 +304,14 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
     let mut beats = tokio::task::JoinSet::new();
     if let Some(every) = spec.heartbeat_ms.map(Duration::from_millis) {
         for (id, slot) in slots.iter().enumerate() {
-            let (probe, mut conn, log) = (probe.clone(), slot.conn.clone(), slot.log.clone());
+            let (probe, mut conn, log, addr) =
+                (probe.clone(), slot.conn.clone(), slot.log.clone(), slot.local_addr.clone());
             beats.spawn(async move {
                 let (mut sent, mut failure) = (0u32, None);
                 let mut next = tokio::time::Instant::now() + every;
                 while next < idle_end {
                     tokio::time::sleep_until(next).await;
-                    let a = probe.attempt(&log, || probe.client.heartbeat(&mut conn)).await;
+                    let a = probe.attempt(&log, &addr, || probe.client.heartbeat(&mut conn)).await;
                     sent += 1;
                     if !a.outcome.is_ok() {
                         failure = Some(a);
@@ -370,7 +373,7 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
             let mut borrow_ping = None;
             if replaced_before_use.is_none() && probe.spec.test_on_borrow {
                 let mut conn = slot.conn.clone();
-                let ping = probe.attempt(&slot.log, || probe.client.heartbeat(&mut conn)).await;
+                let ping = probe.attempt(&slot.log, &slot.local_addr, || probe.client.heartbeat(&mut conn)).await;
                 borrow_ping = Some(ping.outcome);
                 if !ping.outcome.is_ok() {
                     replaced_before_use = Some(format!(
@@ -386,7 +389,7 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
             }
             let log = slot.log.clone();
             let mut conn = slot.conn.clone();
-            let reuse = probe.attempt(&log, || probe.client.request(&mut conn, id)).await;
+            let reuse = probe.attempt(&log, &slot.local_addr, || probe.client.request(&mut conn, id)).await;
             // A socket the kernel closed while idle kept its error for the library's next call
             // (the first failure on it): that error says whether an RST or a timeout closed it.
             let mut notes = Vec::new();
@@ -407,7 +410,8 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
                 match probe.connect().await {
                     Ok(mut fresh) => {
                         let log = fresh.log.clone();
-                        Some(probe.attempt(&log, || probe.client.request(&mut fresh.conn, id)).await)
+                        let addr = fresh.local_addr.clone();
+                        Some(probe.attempt(&log, &addr, || probe.client.request(&mut fresh.conn, id)).await)
                     }
                     Err(e) => Some(plain_attempt(probe.now_ms(), 0, Err(e))),
                 }

@@ -240,10 +240,14 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         }
         let served_by = outcome.as_ref().ok().and_then(|id| index.get(id).copied());
         let reuse = match &outcome {
-            Ok(_) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None },
-            Err(e) => {
-                Attempt { at_ms, latency_ms, outcome: classify(e, &StreamLog::default()), error: Some(e.text.clone()) }
-            }
+            Ok(_) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None, local_addr: None },
+            Err(e) => Attempt {
+                at_ms,
+                latency_ms,
+                outcome: classify(e, &StreamLog::default()),
+                error: Some(e.text.clone()),
+                local_addr: None,
+            },
         };
         let (row, replaced) = match (served_by, &replaced_by_probe) {
             (Some(i), None) => {

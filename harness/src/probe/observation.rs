@@ -38,6 +38,10 @@ pub struct Attempt {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The local `ip:port` of the socket that carried the request, when the probe knows it:
+    /// a pool may carry a reuse on a new socket, and what the old one saw does not explain it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_addr: Option<String>,
 }
 
 /// One pooled connection, from open to its first reuse.
@@ -87,6 +91,19 @@ impl ConnObservation {
     pub fn first_failure(&self) -> Option<&Attempt> {
         self.heartbeat_failure.as_ref().or((!self.reuse.outcome.is_ok()).then_some(&self.reuse))
     }
+
+    /// Whether `attempt` ran on this connection's own socket, so that what the socket saw
+    /// while idle (a FIN, an RST, the kernel's timeout) can explain how it ended. A heartbeat
+    /// runs on the idle socket itself; a reuse the pool carried on a replacement does not.
+    pub fn carried_by_own_socket(&self, attempt: &Attempt) -> bool {
+        if self.heartbeat_failure.as_ref() == Some(attempt) {
+            return true;
+        }
+        match &attempt.local_addr {
+            Some(addr) => *addr == self.local_addr,
+            None => self.replaced_before_use.is_none(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -107,4 +124,48 @@ pub struct Observations {
     /// What the client library did, in words (e.g. "checkout discarded 4 pooled connections").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+impl Observations {
+    /// What the probe contract promises (`scenarios/PROBE.md`): one row per pooled
+    /// connection, ids 0 … pool − 1 each exactly once, and no socket carrying two reuses. A
+    /// probe that sent its reuses through one connection again and again would otherwise
+    /// report "all N pooled connections answered" after testing one.
+    pub fn check_contract(&self) -> Result<(), String> {
+        let mut seen = vec![0u32; self.pool];
+        for c in &self.connections {
+            match seen.get_mut(c.id) {
+                Some(n) => *n += 1,
+                None => {
+                    return Err(format!(
+                        "connection id {} is outside 0 … {} (pool {})",
+                        c.id,
+                        self.pool.saturating_sub(1),
+                        self.pool
+                    ));
+                }
+            }
+        }
+        let twice: Vec<String> =
+            seen.iter().enumerate().filter(|(_, n)| **n > 1).map(|(i, n)| format!("connection {i} ×{n}")).collect();
+        let missing: Vec<String> =
+            seen.iter().enumerate().filter(|(_, n)| **n == 0).map(|(i, _)| i.to_string()).collect();
+        if !twice.is_empty() || !missing.is_empty() {
+            return Err(format!(
+                "the probe must take each of the {} pooled connections out once; its rows have {}{}",
+                self.pool,
+                if twice.is_empty() { String::new() } else { twice.join(", ") },
+                if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) }
+            ));
+        }
+        let mut carriers: Vec<&str> = self.connections.iter().filter_map(|c| c.reuse.local_addr.as_deref()).collect();
+        carriers.sort_unstable();
+        if let Some(w) = carriers.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "the socket {} carried more than one reuse: each pooled connection must be taken out once",
+                w[0]
+            ));
+        }
+        Ok(())
+    }
 }

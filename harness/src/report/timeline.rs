@@ -182,8 +182,20 @@ mod tests {
             peer_reset_ms: None,
             timed_out_ms: None,
             replaced_before_use: None,
-            reuse: Attempt { at_ms: 7010, latency_ms: 1, outcome: Outcome::Eof, error: Some("broken <pipe>".into()) },
-            retry_after_reconnect: Some(Attempt { at_ms: 7012, latency_ms: 1, outcome: Outcome::Ok, error: None }),
+            reuse: Attempt {
+                at_ms: 7010,
+                latency_ms: 1,
+                outcome: Outcome::Eof,
+                error: Some("broken <pipe>".into()),
+                local_addr: None,
+            },
+            retry_after_reconnect: Some(Attempt {
+                at_ms: 7012,
+                latency_ms: 1,
+                outcome: Outcome::Ok,
+                error: None,
+                local_addr: None,
+            }),
             reconnects: 1,
             keepalive: false,
         };
