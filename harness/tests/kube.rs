@@ -296,13 +296,16 @@ fn the_local_lab_and_the_kind_plan_render_the_same_objects() {
             let key = format!("{}::{}", c.scenario, c.label);
             let kind_host = idlelab::kube::target_host(c, &ns);
             let local_host = idlelab::istio::objects::target_host(&c.real.path, c.real.service, &ns);
-            let host_of = |mut docs: Vec<Value>, host: &str| {
-                for d in &mut docs {
-                    if d["spec"]["host"] == host {
-                        d["spec"]["host"] = "TARGET".into();
-                    }
-                }
-                docs
+            // The target host, as a DestinationRule's `host` or inside an outbound cluster's
+            // name (`outbound|<port>||<host>`, the time scale's EnvoyFilter).
+            let host_of = |docs: Vec<Value>, host: &str| {
+                docs.into_iter()
+                    .map(|d| {
+                        let text = d.to_string().replace(&format!("\"{host}\""), "\"TARGET\"");
+                        let text = text.replace(&format!("||{host}\""), "||TARGET\"");
+                        serde_json::from_str::<Value>(&text).unwrap()
+                    })
+                    .collect::<Vec<_>>()
             };
             assert_eq!(
                 host_of(istio_resources(&kind), &kind_host),

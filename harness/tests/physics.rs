@@ -43,6 +43,7 @@ fn keepalive_gives_up_one_interval_later_when_its_first_probe_is_answered() {
     let (_d, s) = run_yaml(
         "ka-first-probe-answered",
         "name: ka-first-probe-answered
+summary: a scenario nobody here wrote (issue 17)
 service: redis
 client: {pool: 2, keepalive: {time: 60s, interval: 1200s, probes: 1}, request_timeout: 2s}
 path:
@@ -69,6 +70,7 @@ fn a_fin_on_the_replaced_socket_is_not_blamed_for_the_failure_on_its_replacement
     let (_d, s) = run_yaml(
         "hcm-closes-nlb-forgets",
         "name: hcm-closes-nlb-forgets
+summary: a scenario nobody here wrote (issue 17)
 service: http
 client: {pool: 3}
 path:
@@ -102,6 +104,7 @@ fn envoys_default_upstream_http_idle_timeout_is_scaled_like_any_other_duration()
     let (_d, s) = run_yaml(
         "http-pool-default",
         "name: http-pool-default
+summary: a scenario nobody here wrote (issue 17)
 service: http
 client: {pool: 2}
 path:
@@ -135,6 +138,7 @@ fn the_http_probe_takes_each_pooled_connection_out_once() {
     let (_d, s) = run_yaml(
         "http-each-once",
         "name: http-each-once
+summary: a scenario nobody here wrote (issue 17)
 service: http
 client: {pool: 5}
 path:
