@@ -55,7 +55,7 @@ cells:
 ",
         &[],
     );
-    let c = cell(&s, "ka-first-probe-answered::none");
+    let c = cell(&s, "none");
     assert_eq!(c["verdict"], "hung", "{c}");
     assert!(orderings(c).iter().any(|o| o == "idle < client.keepalive give-up"), "{:?}", orderings(c));
     assert!(rows(c).iter().all(|r| r["timed_out_ms"].is_null()), "no connection died while idle: {c}");
@@ -83,7 +83,7 @@ cells:
 ",
         &[],
     );
-    let c = cell(&s, "hcm-closes-nlb-forgets::none");
+    let c = cell(&s, "none");
     assert_eq!(c["verdict"], "failed-on-reuse", "{c}");
     let failed: Vec<Value> = rows(c).into_iter().filter(|r| r["reuse"]["outcome"] != "ok").collect();
     assert!(!failed.is_empty(), "{c}");
@@ -119,7 +119,7 @@ cells:
 ",
         &[],
     );
-    for name in ["http-pool-default::none", "http-pool-default::istio-idle-timeout"] {
+    for name in ["none", "istio-idle-timeout"] {
         let c = cell(&s, name);
         let values = c["time_scale"]["values"].as_array().unwrap();
         let pool = values
@@ -150,7 +150,7 @@ cells:
 ",
         &[],
     );
-    let c = cell(&s, "http-each-once::none");
+    let c = cell(&s, "none");
     let r = rows(c);
     let mut ids: Vec<u64> = r.iter().map(|r| r["id"].as_u64().unwrap()).collect();
     ids.sort_unstable();
