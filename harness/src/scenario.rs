@@ -481,6 +481,31 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
                 message: e.message.clone(),
                 hint: e.hint.clone(),
             })?;
+            // A DestinationRule for a host this lab does not have would apply to nothing.
+            let lab = crate::mitigation::istio_yaml::LabHosts::of(
+                &scenario.path,
+                scenario.service,
+                crate::lab::ISTIO_NAMESPACE,
+            );
+            if let Some(u) = m.unmatched_hosts(std::slice::from_ref(&lab)).first() {
+                return Err(ScenarioError {
+                    file: u.file.clone(),
+                    line: Some(u.line as u64),
+                    column: Some(u.column as u64),
+                    message: format!(
+                        "{} {}: host `{}` matches none of this scenario's hosts ({}): Istio would apply it to nothing",
+                        u.kind,
+                        u.name,
+                        u.host,
+                        lab.hosts.join(", ")
+                    ),
+                    hint: Some(format!(
+                        "map it onto the lab's service: `{{istio-yaml: {{files: [...], host_map: {{{}: {}}}}}}}`",
+                        u.host,
+                        scenario.service.name()
+                    )),
+                });
+            }
         }
     }
     scenario.validate()?;
@@ -786,6 +811,28 @@ mod tests {
         let cells = GOOD.find("cells:").unwrap();
         let (l, c, m) = at(&format!("{}cells: []\n", &GOOD[..cells]));
         assert_eq!((l, c), (Some(8), Some(8)), "{m}");
+    }
+
+    /// An `istio-yaml` cell whose DestinationRule names a host this scenario's lab lacks.
+    #[test]
+    fn an_istio_yaml_host_of_no_lab_service_is_refused_at_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let dr = dir.path().join("dr.yaml");
+        std::fs::write(
+            &dr,
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: sessions}\nspec: {host: sessions.web.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {idleTimeout: 2h}}}}\n",
+        )
+        .unwrap();
+        let scenario = dir.path().join("s.yaml");
+        let cell = "  - {mitigation: {istio-yaml: dr.yaml}, expect: survived}\n";
+        let e = parse(&format!("{GOOD}{cell}"), &scenario).unwrap_err();
+        assert_eq!(e.file, dr, "{e}");
+        assert_eq!((e.line, e.column), (Some(4), Some(14)), "{e}");
+        assert!(e.message.contains("`sessions.web.svc.cluster.local` matches none of this scenario's hosts"), "{e}");
+        assert!(e.message.contains("redis.idlelab.svc.cluster.local"), "{e}");
+        assert!(e.hint.unwrap().contains("host_map: {sessions.web.svc.cluster.local: redis}"));
+        let mapped = "  - {mitigation: {istio-yaml: {files: [dr.yaml], host_map: {sessions.web.svc.cluster.local: redis}}}, expect: survived}\n";
+        parse(&format!("{GOOD}{mapped}"), &scenario).unwrap();
     }
 
     #[test]
