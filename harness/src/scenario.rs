@@ -307,6 +307,82 @@ pub struct Scenario {
     /// Where the scenario came from (set by `load`).
     #[serde(skip)]
     pub source: PathBuf,
+    /// Where the values `validate` checks are written (set by `parse`).
+    #[serde(skip)]
+    pub positions: Positions,
+}
+
+/// Where a scenario's values are written in its file, for errors found after decoding
+/// (an unknown library, a hop out of place): `file:line:column` like a syntax error.
+#[derive(Clone, Debug, Default)]
+pub struct Positions {
+    pub name: Option<serde_saphyr::Location>,
+    pub service: Option<serde_saphyr::Location>,
+    pub client: Option<serde_saphyr::Location>,
+    pub library: Option<serde_saphyr::Location>,
+    pub command: Option<serde_saphyr::Location>,
+    pub pool: Option<serde_saphyr::Location>,
+    pub server_idle_timeout: Option<serde_saphyr::Location>,
+    pub path: Option<serde_saphyr::Location>,
+    /// Each hop of `path`.
+    pub hops: Vec<serde_saphyr::Location>,
+    pub cells: Option<serde_saphyr::Location>,
+}
+
+impl Positions {
+    /// A second, lenient decode of the same text that keeps only where each value is.
+    fn of(text: &str) -> Positions {
+        use serde::de::IgnoredAny;
+        type At = Option<Spanned<IgnoredAny>>;
+        #[derive(Deserialize)]
+        struct Client {
+            #[serde(default)]
+            library: At,
+            #[serde(default)]
+            command: At,
+            #[serde(default)]
+            pool: At,
+        }
+        #[derive(Deserialize)]
+        struct Server {
+            #[serde(default)]
+            idle_timeout: At,
+        }
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            name: At,
+            #[serde(default)]
+            service: At,
+            #[serde(default)]
+            client: Option<Spanned<Client>>,
+            #[serde(default)]
+            server: Option<Server>,
+            #[serde(default)]
+            path: Option<Spanned<Vec<Spanned<IgnoredAny>>>>,
+            #[serde(default)]
+            cells: At,
+        }
+        let at = |a: &At| a.as_ref().map(|s| s.referenced);
+        let Ok(doc) = serde_saphyr::from_str::<Doc>(text) else { return Positions::default() };
+        let client = doc.client.as_ref();
+        Positions {
+            name: at(&doc.name),
+            service: at(&doc.service),
+            client: client.map(|c| c.referenced),
+            library: client.and_then(|c| at(&c.value.library)),
+            command: client.and_then(|c| at(&c.value.command)),
+            pool: client.and_then(|c| at(&c.value.pool)),
+            server_idle_timeout: doc.server.as_ref().and_then(|s| at(&s.idle_timeout)),
+            path: doc.path.as_ref().map(|p| p.referenced),
+            hops: doc.path.map(|p| p.value.iter().map(|h| h.referenced).collect()).unwrap_or_default(),
+            cells: at(&doc.cells),
+        }
+    }
+
+    fn hop(&self, i: usize) -> Option<serde_saphyr::Location> {
+        self.hops.get(i).copied().or(self.path)
+    }
 }
 
 /// A scenario file that cannot be used, with where and why.
@@ -393,6 +469,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         }
     })?;
     scenario.source = path.to_path_buf();
+    scenario.positions = Positions::of(text);
     // A team's own Istio YAML (`istio-yaml`) is read now, relative to the scenario file.
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     for cell in &mut scenario.cells {
@@ -404,6 +481,31 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
                 message: e.message.clone(),
                 hint: e.hint.clone(),
             })?;
+            // A DestinationRule for a host this lab does not have would apply to nothing.
+            let lab = crate::mitigation::istio_yaml::LabHosts::of(
+                &scenario.path,
+                scenario.service,
+                crate::lab::ISTIO_NAMESPACE,
+            );
+            if let Some(u) = m.unmatched_hosts(std::slice::from_ref(&lab)).first() {
+                return Err(ScenarioError {
+                    file: u.file.clone(),
+                    line: Some(u.line as u64),
+                    column: Some(u.column as u64),
+                    message: format!(
+                        "{} {}: host `{}` matches none of this scenario's hosts ({}): Istio would apply it to nothing",
+                        u.kind,
+                        u.name,
+                        u.host,
+                        lab.hosts.join(", ")
+                    ),
+                    hint: Some(format!(
+                        "map it onto the lab's service: `{{istio-yaml: {{files: [...], host_map: {{{}: {}}}}}}}`",
+                        u.host,
+                        scenario.service.name()
+                    )),
+                });
+            }
         }
     }
     scenario.validate()?;
@@ -424,12 +526,12 @@ pub(crate) fn first_line(s: &str) -> String {
 }
 
 fn hint_for(message: &str) -> Option<String> {
-    if message.contains("unknown field") {
+    if let Some(h) = crate::duration::hint_for(message) {
+        Some(h)
+    } else if message.contains("unknown field") {
         Some("check the spelling against scenarios/README.md; unknown keys are refused so a typo cannot silently change an experiment".into())
     } else if message.contains("unknown variant") {
         Some("scenarios/README.md lists every service, hop, mitigation and verdict".into())
-    } else if message.contains("duration") {
-        Some("durations take a unit: 600s, 70m, 1h, 1h 30m".into())
     } else if message.contains("missing field") {
         Some("scenarios/README.md shows a complete scenario".into())
     } else {
@@ -450,32 +552,43 @@ impl Scenario {
     }
 
     fn validate(&self) -> Result<(), ScenarioError> {
+        let at = &self.positions;
         if self.name.trim().is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(self.error_at(None, format!("name `{}` must be letters, digits, `-` or `_`", self.name), None));
+            return Err(self.error_at(
+                at.name,
+                format!("name `{}` must be letters, digits, `-` or `_`", self.name),
+                Some("e.g. `name: redis-idle`; it is also the default results directory".into()),
+            ));
         }
         if self.client.pool == 0 || self.client.pool > 2000 {
             return Err(self.error_at(
-                None,
+                at.pool,
                 format!("client.pool is {}, expected 1 to 2000 connections", self.client.pool),
-                None,
+                Some("the lab warms, idles and reuses each pooled connection once; 4 shows a failure".into()),
             ));
         }
-        let library = self.library().map_err(|(msg, hint)| self.error_at(None, msg, hint))?;
+        // A library the lab does not know, or one that does not speak the service: at the
+        // `library:` value (else at `client`, for the default library).
+        let library = self.library().map_err(|(msg, hint)| self.error_at(at.library.or(at.client), msg, hint))?;
         match (library, &self.client.command) {
             (Library::External, None) => {
                 return Err(self.error_at(
-                    None,
+                    at.library.or(at.client),
                     "client.library `external` needs `client.command`: the program that speaks the probe contract".into(),
                     Some("e.g. `command: [python3, my_probe.py]` (run in the scenario's directory; see scenarios/PROBE.md)".into()),
                 ));
             }
             (Library::External, Some(c)) if c.is_empty() => {
-                return Err(self.error_at(None, "client.command is empty".into(), None));
+                return Err(self.error_at(
+                    at.command,
+                    "client.command is empty".into(),
+                    Some("give the program and its arguments, e.g. `command: [python3, my_probe.py]`".into()),
+                ));
             }
             (l, Some(_)) if l != Library::External => {
                 return Err(self.error_at(
-                    None,
+                    at.command,
                     format!("client.command is only for `library: external`, not {}", l.name()),
                     Some("remove `command`, or set `library: external`".into()),
                 ));
@@ -484,39 +597,43 @@ impl Scenario {
         }
         if self.cells.is_empty() {
             return Err(self.error_at(
-                None,
+                at.cells,
                 "cells is empty: a scenario compares at least one mitigation".into(),
                 Some("start with `- {mitigation: none, expect: idle-closed}`".into()),
             ));
         }
-        let gateways: Vec<&crate::hop::GatewayHop> =
-            self.path.iter().filter_map(|h| if let Hop::Gateway(g) = h { Some(g) } else { None }).collect();
-        if gateways.len() > 1 {
+        let gateways: Vec<(usize, &crate::hop::GatewayHop)> = self
+            .path
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| if let Hop::Gateway(g) = h { Some((i, g)) } else { None })
+            .collect();
+        if let Some((i, _)) = gateways.get(1) {
             return Err(self.error_at(
-                None,
-                "path has more than one gateway".into(),
+                at.hop(*i),
+                format!("path[{i}] is a second gateway: a path has at most one"),
                 Some("the lab models one ingress gateway per path".into()),
             ));
         }
         if self.service == Service::Http && !self.server.idle_timeout.unwrap_or_default().is_zero() {
             return Err(self.error_at(
-                None,
+                at.server_idle_timeout,
                 "the lab's HTTP server has no idle timeout of its own; remove `server.idle_timeout`".into(),
-                None,
+                Some("model a timeout on the way with a hop (sidecar, middlebox) instead".into()),
             ));
         }
-        if self.service == Service::Https && !gateways.iter().any(|g| g.tls) {
+        if self.service == Service::Https && !gateways.iter().any(|(_, g)| g.tls) {
             return Err(self.error_at(
-                None,
+                gateways.first().map(|(i, _)| at.hop(*i)).unwrap_or(at.service),
                 "service https needs a `gateway` hop with `tls: true`: the lab terminates TLS at the gateway".into(),
                 Some("add `- gateway: {tls: true}` to the path, or use `service: http`".into()),
             ));
         }
-        if self.service != Service::Https && gateways.iter().any(|g| g.tls) {
+        if let Some((i, _)) = gateways.iter().find(|(_, g)| g.tls).filter(|_| self.service != Service::Https) {
             return Err(self.error_at(
-                None,
+                at.hop(*i),
                 format!("a gateway with `tls: true` needs `service: https`, not {}", self.service.name()),
-                None,
+                Some("set `service: https`, or remove `tls: true`".into()),
             ));
         }
         let last = self.path.len().saturating_sub(1);
@@ -530,7 +647,7 @@ impl Scenario {
             };
             if let Some(why) = misplaced {
                 return Err(self.error_at(
-                    None,
+                    at.hop(i),
                     format!("path[{i}] ({}): {why}", hop.kind()),
                     Some("list the hops from the app to the server, in order".into()),
                 ));
@@ -652,6 +769,84 @@ mod tests {
         let e = parse_str(&dup).unwrap_err();
         assert_eq!(e.line, Some(12), "{e}");
         assert!(e.message.contains("repeats"), "{e}");
+    }
+
+    #[test]
+    fn errors_found_after_decoding_name_line_and_column() {
+        let at = |text: &str| {
+            let e = parse_str(text).unwrap_err();
+            assert!(e.hint.is_some(), "{e}");
+            (e.line, e.column, e.message)
+        };
+        let (l, c, m) = at(&GOOD.replace("keepalive: off}", "keepalive: off, library: lettuce}"));
+        assert_eq!((l, c), (Some(4), Some(44)), "{m}");
+        assert!(m.contains("`lettuce` is not one the lab knows"), "{m}");
+        let (l, c, m) = at(&GOOD.replace("client: {pool: 2, keepalive: off}", "client:\n  library: gomemcache"));
+        assert_eq!((l, c), (Some(5), Some(12)), "{m}");
+        assert!(m.contains("does not speak redis"), "{m}");
+        let (l, c, m) = at(&GOOD.replace("keepalive: off}", "keepalive: off, library: redis-rs, command: [x]}"));
+        assert_eq!((l, c), (Some(4), Some(63)), "{m}");
+        assert!(m.contains("only for `library: external`"), "{m}");
+        let (l, c, m) = at(&GOOD.replace("keepalive: off}", "keepalive: off, library: external}"));
+        assert_eq!((l, c), (Some(4), Some(44)), "{m}");
+        assert!(m.contains("needs `client.command`"), "{m}");
+        let (l, c, m) = at(&GOOD.replace("pool: 2", "pool: 0"));
+        assert_eq!((l, c), (Some(4), Some(16)), "{m}");
+        let (l, c, m) = at(&GOOD.replace("name: t", "name: a b"));
+        assert_eq!((l, c), (Some(1), Some(7)), "{m}");
+        let extra_hop = "  - sidecar: {idle_timeout: 1h, route: passthrough}\n";
+        let (l, c, m) = at(&GOOD.replace(extra_hop, &format!("  - middlebox: {{preset: nlb}}\n{extra_hop}")));
+        assert_eq!((l, c), (Some(7), Some(5)), "{m}");
+        assert!(m.contains("path[1] (sidecar)"), "{m}");
+        let https = GOOD.replace("service: redis", "service: https").replace(
+            "path:\n  - sidecar: {idle_timeout: 1h, route: passthrough}\n",
+            "path:\n  - gateway: {idle_timeout: 1h}\n",
+        );
+        let only_none =
+            |t: &str| format!("{}  - {{mitigation: none, expect: idle-closed}}\n", &t[..t.find("cells:").unwrap() + 7]);
+        let (l, c, m) = at(&only_none(&https));
+        assert_eq!((l, c), (Some(6), Some(5)), "the gateway without `tls: true`: {m}");
+        let (l, c, m) = at(&only_none(&GOOD.replace("service: redis", "service: https")));
+        assert_eq!((l, c), (Some(3), Some(10)), "no gateway at all: at the service: {m}");
+        let cells = GOOD.find("cells:").unwrap();
+        let (l, c, m) = at(&format!("{}cells: []\n", &GOOD[..cells]));
+        assert_eq!((l, c), (Some(8), Some(8)), "{m}");
+    }
+
+    /// An `istio-yaml` cell whose DestinationRule names a host this scenario's lab lacks.
+    #[test]
+    fn an_istio_yaml_host_of_no_lab_service_is_refused_at_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let dr = dir.path().join("dr.yaml");
+        std::fs::write(
+            &dr,
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: sessions}\nspec: {host: sessions.web.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {idleTimeout: 2h}}}}\n",
+        )
+        .unwrap();
+        let scenario = dir.path().join("s.yaml");
+        let cell = "  - {mitigation: {istio-yaml: dr.yaml}, expect: survived}\n";
+        let e = parse(&format!("{GOOD}{cell}"), &scenario).unwrap_err();
+        assert_eq!(e.file, dr, "{e}");
+        assert_eq!((e.line, e.column), (Some(4), Some(14)), "{e}");
+        assert!(e.message.contains("`sessions.web.svc.cluster.local` matches none of this scenario's hosts"), "{e}");
+        assert!(e.message.contains("redis.idlelab.svc.cluster.local"), "{e}");
+        assert!(e.hint.unwrap().contains("host_map: {sessions.web.svc.cluster.local: redis}"));
+        let mapped = "  - {mitigation: {istio-yaml: {files: [dr.yaml], host_map: {sessions.web.svc.cluster.local: redis}}}, expect: survived}\n";
+        parse(&format!("{GOOD}{mapped}"), &scenario).unwrap();
+    }
+
+    #[test]
+    fn a_negative_duration_is_not_told_to_take_a_unit() {
+        let e = parse_str(&GOOD.replace("idle: 70m", "idle: -70m")).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(7), Some(7)), "{e}");
+        assert!(e.message.contains("cannot be negative"), "{e}");
+        let hint = e.hint.unwrap();
+        assert!(hint.contains("drop the sign") && !hint.contains("take a unit"), "{hint}");
+        let e = parse_str(&GOOD.replace("idle_timeout: 1h", "idle_timeout: 0x")).unwrap_err();
+        assert!(e.message.contains("`x` in `0x` is not a duration unit"), "{e}");
+        assert!(e.hint.unwrap().contains("case-sensitive"));
+        // `5 m` is five minutes.
+        assert_eq!(parse_str(&GOOD.replace("idle: 70m", "idle: 70 m")).unwrap().idle, Dur::secs(4200));
     }
 
     #[test]

@@ -78,6 +78,44 @@ fn services_named(m: &IstioYaml) -> Vec<scenario::Service> {
     out
 }
 
+/// Every DestinationRule (and mesh VirtualService) host must match a host of one of the
+/// scenarios' labs, after `--host-map`: else the error, with where the host is written, the
+/// hosts the lab has and the `--host-map` that would map it.
+fn check_hosts(fix: &IstioYaml, scenarios: &[scenario::Scenario]) -> Result<(), String> {
+    use crate::mitigation::istio_yaml::LabHosts;
+    let labs: Vec<LabHosts> =
+        scenarios.iter().map(|s| LabHosts::of(&s.path, s.service, crate::lab::ISTIO_NAMESPACE)).collect();
+    let unmatched = fix.unmatched_hosts(&labs);
+    let Some(first) = unmatched.first() else { return Ok(()) };
+    let mut hosts: Vec<&str> = labs.iter().flat_map(|l| l.hosts.iter().map(String::as_str)).collect();
+    hosts.sort();
+    hosts.dedup();
+    let mut services: Vec<&str> = scenarios.iter().map(|s| s.service.name()).collect();
+    services.sort();
+    services.dedup();
+    let mut out = String::new();
+    for u in &unmatched {
+        let mapped = u.mapped.as_ref().map(|m| format!(" (mapped by --host-map to `{m}`)")).unwrap_or_default();
+        out.push_str(&format!(
+            "error: {}:{}:{}: {} {}: host `{}`{mapped} matches none of the lab's hosts: Istio would apply it to nothing here\n",
+            u.file.display(),
+            u.line,
+            u.column,
+            u.kind,
+            u.name,
+            u.host
+        ));
+    }
+    out.push_str(&format!("  the lab's hosts: {}\n", hosts.join(", ")));
+    out.push_str(&format!(
+        "  hint: map your host onto the lab's service with --host-map {}={} (FROM=TO; TO is a service of the lab: {}, or one of its hosts)",
+        first.host,
+        services.iter().find(|s| **s == "redis").or(services.first()).copied().unwrap_or("redis"),
+        services.join(", ")
+    ));
+    Err(out)
+}
+
 pub(crate) fn main(args: TryArgs) -> i32 {
     let host_map = match pairs(&args.host_map, "--host-map", '=') {
         Ok(m) => m,
@@ -102,6 +140,29 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     let mut fix = IstioYaml { files: args.files.clone(), host_map, annotations, loaded: None };
     if let Err(e) = fix.load(&std::env::current_dir().unwrap_or_default()) {
         eprintln!("error: {e}");
+        return 2;
+    }
+
+    // The scenarios to try (every shipped one, or those named), loaded before anything runs.
+    let names = if args.scenarios.is_empty() {
+        scenario::list(&args.scenarios_dir).unwrap_or_default()
+    } else {
+        args.scenarios.clone()
+    };
+    let mut candidates = Vec::new();
+    for name in &names {
+        match scenario::resolve(name, &args.scenarios_dir).and_then(|p| scenario::load(&p)) {
+            Ok(s) => candidates.push(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+    }
+
+    // A host that matches nothing in the lab would make every cell a run of the baseline.
+    if let Err(message) = check_hosts(&fix, &candidates) {
+        eprintln!("{message}");
         return 2;
     }
 
@@ -141,22 +202,10 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     // The scenarios the files can touch, each as its baseline cell and the cell with the files.
     let (sidecar, gateway, server) = touches(&fix);
     let services = services_named(&fix);
-    let names = if args.scenarios.is_empty() {
-        scenario::list(&args.scenarios_dir).unwrap_or_default()
-    } else {
-        args.scenarios.clone()
-    };
     let explicit = !args.scenarios.is_empty();
     let mut loaded_scenarios = Vec::new();
     let mut all_cells = Vec::new();
-    for name in &names {
-        let s = match scenario::resolve(name, &args.scenarios_dir).and_then(|p| scenario::load(&p)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        };
+    for s in candidates {
         let has = |f: fn(&crate::hop::Hop) -> bool| s.path.iter().any(f);
         let reachable = (sidecar && has(|h| matches!(h, crate::hop::Hop::Sidecar(_))))
             || (gateway && has(|h| matches!(h, crate::hop::Hop::Gateway(_))))

@@ -18,6 +18,80 @@ fn expect_refused(file: &str, line_col: &str, words: &[&str]) {
     assert!(!target.exists(), "{file}: nothing created");
 }
 
+/// Refused with exit 2 at exactly `file:line:column`, the message saying `says`, and a hint
+/// that says `hint` and none of `not_hint`; nothing created.
+fn refused_at(file: &str, line_col: &str, says: &[&str], hint: &str, not_hint: &[&str]) {
+    let out = tempdir();
+    let target = out.path().join("run");
+    let path = fixture(&format!("bad/{file}"));
+    let o = run(&["run", path.to_str().unwrap(), "--out", target.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{file}: {}", text(&o));
+    assert!(err.contains(&format!("{file}:{line_col}: ")), "{file}: at {line_col}: {err}");
+    for w in says {
+        assert!(err.contains(w), "{file}: mentions `{w}`: {err}");
+    }
+    let h = err.split("hint:").nth(1).unwrap_or_else(|| panic!("{file}: gives a hint: {err}"));
+    assert!(h.contains(hint), "{file}: the hint says `{hint}`: {err}");
+    for n in not_hint {
+        assert!(!h.contains(n), "{file}: the hint does not say `{n}`: {err}");
+    }
+    assert!(!target.exists(), "{file}: nothing created");
+}
+
+/// Errors found after decoding (the library, `command`, the order of hops) point at the value
+/// like a syntax error does.
+#[test]
+fn a_client_library_error_points_at_the_value() {
+    refused_at(
+        "unknown-library.yaml",
+        "6:12",
+        &["client.library `pymemcache` is not one the lab knows"],
+        "memcache-async",
+        &[],
+    );
+    refused_at(
+        "library-wrong-service.yaml",
+        "4:28",
+        &["client.library `go-redis` does not speak mysql"],
+        "go-sql-driver",
+        &[],
+    );
+    refused_at(
+        "command-without-external.yaml",
+        "7:5",
+        &["client.command is only for `library: external`, not redis-rs"],
+        "library: external",
+        &[],
+    );
+    refused_at(
+        "misplaced-sidecar.yaml",
+        "6:5",
+        &["path[1] (sidecar)", "must be the first hop"],
+        "from the app to the server",
+        &[],
+    );
+}
+
+/// A malformed duration is refused with what is wrong with it, not "durations take a unit".
+#[test]
+fn a_malformed_duration_says_what_is_wrong() {
+    refused_at(
+        "negative-duration.yaml",
+        "7:21",
+        &["a duration cannot be negative, found `-45m`"],
+        "drop the sign (`45m`)",
+        &["take a unit"],
+    );
+    refused_at(
+        "unknown-unit.yaml",
+        "4:24",
+        &["`M` in `15M` is not a duration unit"],
+        "`m` is minutes",
+        &["take a unit"],
+    );
+}
+
 #[test]
 fn unknown_key() {
     expect_refused("unknown-key.yaml", "5:", &["unknown field `rout`", "route"]);

@@ -96,3 +96,71 @@ fn istio_yaml_works_as_a_scenario_cell() {
     let notes = c["evidence"]["notes"].to_string();
     assert!(notes.contains("Istio: EnvoyFilter idlelab/tcp-idle-off: applied"), "{notes}");
 }
+
+/// A DestinationRule for a host no service of the lab has would apply to nothing: refused
+/// before anything runs, at the host, with the lab's hosts and the `--host-map` to write.
+#[test]
+fn a_host_that_matches_nothing_in_the_lab_is_refused_before_anything_runs() {
+    let name = "destinationrule-unknown-host.yaml";
+    let host = "payments-cache.shop.svc.cluster.local";
+    for extra in [&[][..], &["--host-map", "payments-cache.shop.svc.cluster.local=payments"][..]] {
+        let out = tempdir();
+        let target = out.path().join("run");
+        let f = file(name);
+        let mut args = vec!["try", f.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", target.to_str().unwrap()]);
+        let o = run(&args);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {all}");
+        assert!(
+            all.contains(&format!("{name}:9:9: DestinationRule payments-cache-keepalive: host `{host}`")),
+            "{extra:?}: file:line:column of the host: {all}"
+        );
+        assert!(all.contains("matches none of the lab's hosts"), "{all}");
+        assert!(
+            all.contains("redis.idlelab.svc.cluster.local") && all.contains("istio-ingressgateway.istio-system"),
+            "the hosts the lab has: {all}"
+        );
+        assert!(
+            all.contains(&format!("hint: map your host onto the lab's service with --host-map {host}=redis")),
+            "{all}"
+        );
+        if !extra.is_empty() {
+            assert!(all.contains("(mapped by --host-map to `payments`)"), "{all}");
+        }
+        assert!(!all.contains("try:") && !all.contains("Istio rejected"), "nothing ran, not even validation: {all}");
+        assert!(!target.exists(), "nothing started, no run directory");
+    }
+
+    // A mesh VirtualService none of whose hosts is the lab's: at its first host; the
+    // DestinationRule beside it names the service by its short name and is not reported.
+    let out = tempdir();
+    let target = out.path().join("run");
+    let o = run(&["try", &file("virtualservice-unknown-host.yaml"), "--out", target.to_str().unwrap()]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("virtualservice-unknown-host.yaml:14:11: VirtualService orders-timeout: host `orders.shop.svc.cluster.local`"),
+        "{all}"
+    );
+    assert!(!all.contains("cache-idle"), "the matching DestinationRule is untouched: {all}");
+    assert!(!target.exists());
+}
+
+/// The same DestinationRule, its host mapped onto the lab's service: it runs, and fixes the
+/// load balancer behind the sidecar.
+#[test]
+fn a_host_mapped_with_host_map_runs() {
+    let (code, all, _out) = try_fix(&[
+        &file("destinationrule-unknown-host.yaml"),
+        "--host-map",
+        "payments-cache.shop.svc.cluster.local=redis",
+        "--scenario",
+        "redis-sidecar-upstream",
+    ]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(!all.contains("matches none"), "{all}");
+    assert!(all.contains("host payments-cache.shop.svc.cluster.local → redis.idlelab.svc.cluster.local"), "{all}");
+    assert!(all.contains("redis-sidecar-upstream: reset-on-reuse → survived"), "{all}");
+}

@@ -71,6 +71,51 @@ pub struct UserDoc {
     pub kind: String,
     pub name: String,
     pub value: Value,
+    /// The hosts it names at the top of its `spec` (`host`, `hosts`), where they are written.
+    pub hosts: Vec<HostAt>,
+}
+
+/// A host a document names, with the line and column it is written at (in its file).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostAt {
+    pub host: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The hosts of one lab the files may run in: the host a user's host is mapped onto (the
+/// client sidecar's upstream, as `map_host` does), and every host Istio knows there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabHosts {
+    pub namespace: String,
+    /// `IstioContext::service_host`: the server's, or the gateway's when the path has one.
+    pub target: String,
+    pub hosts: Vec<String>,
+}
+
+impl LabHosts {
+    /// The hosts of a scenario's lab: its server's Service, and the gateway's when the path
+    /// has one.
+    pub fn of(path: &[crate::hop::Hop], service: crate::scenario::Service, namespace: &str) -> LabHosts {
+        use crate::istio::objects::target_host;
+        let target = target_host(path, service, namespace);
+        let server = target_host(&[], service, namespace);
+        let hosts = if target == server { vec![server] } else { vec![server, target.clone()] };
+        LabHosts { namespace: namespace.into(), target, hosts }
+    }
+}
+
+/// A host of the files that Istio would match to no host of any lab they are tried in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnmatchedHost {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub kind: String,
+    pub name: String,
+    pub host: String,
+    /// What the host became with `host_map`, when it changed.
+    pub mapped: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -161,7 +206,8 @@ impl IstioYaml {
                 let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 let api = value["apiVersion"].as_str().unwrap_or_default();
                 if ISTIO_KINDS.contains(&kind.as_str()) && api.contains("istio.io") {
-                    loaded.docs.push(UserDoc { file: f.clone(), line: start, kind, name, value });
+                    let hosts = hosts_at(&doc, start);
+                    loaded.docs.push(UserDoc { file: f.clone(), line: start, kind, name, value, hosts });
                 } else if WORKLOAD_KINDS.contains(&kind.as_str()) {
                     let a = if kind == "Pod" {
                         &value["metadata"]["annotations"]
@@ -203,9 +249,72 @@ impl IstioYaml {
     /// The user's host as the lab's: `host_map`, else a host whose first label is the lab's
     /// service name (or the gateway's) stands for it.
     fn map_host(&self, host: &str, ctx: &IstioContext) -> String {
+        self.map_host_onto(host, &ctx.service_host)
+    }
+
+    fn map_host_onto(&self, host: &str, service_host: &str) -> String {
         let target = self.host_map.get(host).map(String::as_str).unwrap_or(host);
-        let short = ctx.service_host.split('.').next().unwrap_or_default();
-        if target.split('.').next() == Some(short) { ctx.service_host.clone() } else { target.to_string() }
+        let short = service_host.split('.').next().unwrap_or_default();
+        if target.split('.').next() == Some(short) { service_host.to_string() } else { target.to_string() }
+    }
+
+    /// Whether Istio would match `host` (as the files write it) to a host of `lab`, once the
+    /// lab mapped it: `host_map`, the service's short name, a short name resolved in the
+    /// rule's namespace (the lab's), wildcards (`*`, `*.svc.cluster.local`), and the hosts the
+    /// files' own ServiceEntries add.
+    pub fn host_matches(&self, host: &str, lab: &LabHosts) -> bool {
+        let mapped = self.map_host_onto(host, &lab.target);
+        let fqdn = if mapped.contains('.') || mapped.contains('*') {
+            mapped
+        } else {
+            format!("{mapped}.{}.svc.cluster.local", lab.namespace)
+        };
+        let entries = self
+            .loaded()
+            .docs
+            .iter()
+            .filter(|d| d.kind == "ServiceEntry")
+            .flat_map(|d| d.hosts.iter().map(|h| h.host.as_str()))
+            .collect::<Vec<_>>();
+        lab.hosts.iter().map(String::as_str).chain(entries).any(|known| {
+            fqdn == known
+                || fqdn == "*"
+                || fqdn.strip_prefix('*').is_some_and(|suffix| suffix.starts_with('.') && known.ends_with(suffix))
+                || known.strip_prefix('*').is_some_and(|suffix| suffix.starts_with('.') && fqdn.ends_with(suffix))
+        })
+    }
+
+    /// The hosts of the files that match no host of any of `labs`: a DestinationRule's
+    /// `host`, and a VirtualService for the mesh none of whose `hosts` match. ServiceEntries
+    /// define hosts, they are not matched; a VirtualService bound to a gateway matches the
+    /// gateway's hosts, and Sidecars and Gateways name namespaces of hosts: not checked.
+    pub fn unmatched_hosts(&self, labs: &[LabHosts]) -> Vec<UnmatchedHost> {
+        let matches = |h: &HostAt| labs.iter().any(|lab| self.host_matches(&h.host, lab));
+        let mut out = Vec::new();
+        for d in &self.loaded().docs {
+            let checked: Vec<&HostAt> = match d.kind.as_str() {
+                "DestinationRule" => d.hosts.iter().collect(),
+                "VirtualService" => {
+                    let gateways = d.value["spec"]["gateways"].as_array();
+                    let mesh = gateways.is_none_or(|g| g.iter().any(|x| x == "mesh"));
+                    if mesh && !d.hosts.iter().any(matches) { d.hosts.iter().take(1).collect() } else { vec![] }
+                }
+                _ => vec![],
+            };
+            for h in checked.into_iter().filter(|h| !matches(h)) {
+                let mapped = self.host_map.get(&h.host).cloned();
+                out.push(UnmatchedHost {
+                    file: d.file.clone(),
+                    line: h.line,
+                    column: h.column,
+                    kind: d.kind.clone(),
+                    name: d.name.clone(),
+                    host: h.host.clone(),
+                    mapped,
+                });
+            }
+        }
+        out
     }
 
     /// One user document as the lab applies it: namespace, hosts, durations; with what changed.
@@ -240,6 +349,34 @@ impl IstioYaml {
             })
             .collect()
     }
+}
+
+/// The hosts a document names at the top of its `spec` (`host`, `hosts`), with the line and
+/// column of each in the file (`start`: the line the document starts on).
+fn hosts_at(doc: &str, start: usize) -> Vec<HostAt> {
+    use serde_saphyr::Spanned;
+    #[derive(Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        host: Option<Spanned<Value>>,
+        #[serde(default)]
+        hosts: Option<Vec<Spanned<Value>>>,
+    }
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        spec: Option<Spec>,
+    }
+    let Ok(Doc { spec: Some(spec) }) = serde_saphyr::from_str::<Doc>(doc) else { return vec![] };
+    spec.host
+        .into_iter()
+        .chain(spec.hosts.unwrap_or_default())
+        .filter_map(|h| {
+            let host = h.value.as_str()?.to_string();
+            let at = h.referenced;
+            Some(HostAt { host, line: start + (at.line() as usize).max(1) - 1, column: at.column() as usize })
+        })
+        .collect()
 }
 
 /// Rewrite every host the spec names (`host`, `hosts`, `destination.host`).
@@ -488,6 +625,53 @@ mod tests {
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().service_upstream_keepalive.unwrap().time, Dur::secs(300));
         assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(86400));
+    }
+
+    /// Istio's host matching, after the lab's mapping: which hosts of a user's files reach a
+    /// lab, and where an unmatched one is written.
+    #[test]
+    fn hosts_match_the_lab_after_mapping_wildcards_and_short_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hosts.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [cache.example.org]\n  resolution: NONE\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  # the team's service\n    host: ledger.bank.svc.cluster.local\n",
+        )
+        .unwrap();
+        let mut m =
+            IstioYaml { files: vec![f.clone()], host_map: BTreeMap::new(), annotations: BTreeMap::new(), loaded: None };
+        m.load(dir.path()).unwrap();
+        let memcached = LabHosts::of(&[], crate::scenario::Service::Memcached, "lab");
+        assert_eq!(memcached.hosts, vec!["memcached.lab.svc.cluster.local".to_string()]);
+        let gateway =
+            LabHosts::of(&[crate::hop::Hop::Gateway(Default::default())], crate::scenario::Service::Http, "lab");
+        assert_eq!(gateway.hosts.len(), 2, "{gateway:?}");
+        for (host, matches) in [
+            ("memcached", true),                         // a short name: the service's first label
+            ("memcached.payments", true),                // first label again
+            ("memcached.lab.svc.cluster.local", true),   // the lab's own host
+            ("*", true),                                 // every host
+            ("*.svc.cluster.local", true),               // a wildcard suffix
+            ("*.lab.svc.cluster.local", true),           //
+            ("*.bank.svc.cluster.local", false),         // the team's namespace, not the lab's
+            ("ledger", false),                           // resolves to ledger.lab.svc.cluster.local
+            ("ledger.bank.svc.cluster.local", false),    //
+            ("cache.example.org", true),                 // the files' own ServiceEntry adds it
+            ("svc.cluster.local", false),                // not a wildcard
+            ("*memcached.lab.svc.cluster.local", false), // `*` only as a whole first label
+        ] {
+            assert_eq!(m.host_matches(host, &memcached), matches, "{host}");
+        }
+        let u = m.unmatched_hosts(std::slice::from_ref(&memcached));
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!((u[0].line, u[0].column, u[0].host.as_str()), (13, 11, "ledger.bank.svc.cluster.local"));
+        // Mapped onto the service (a short name or a full host), it matches.
+        m.host_map.insert("ledger.bank.svc.cluster.local".into(), "memcached".into());
+        assert!(m.unmatched_hosts(std::slice::from_ref(&memcached)).is_empty());
+        m.host_map.insert("ledger.bank.svc.cluster.local".into(), "*.svc.cluster.local".into());
+        assert!(m.unmatched_hosts(std::slice::from_ref(&memcached)).is_empty());
+        m.host_map.insert("ledger.bank.svc.cluster.local".into(), "ledger".into());
+        assert_eq!(m.unmatched_hosts(&[memcached, gateway])[0].mapped.as_deref(), Some("ledger"));
     }
 
     #[test]

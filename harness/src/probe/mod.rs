@@ -281,6 +281,26 @@ pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
     err.io_kind.and_then(by_kind).unwrap_or(Outcome::Error)
 }
 
+/// How much before the end of the idle period the last heartbeat must be due: one due later
+/// would coincide with the reuse (it is not an idle-time heartbeat, and whether it goes out
+/// before the reuse would be a race). Well under the time scale's `MIN_GAP` (1 s), which
+/// keeps every heartbeat that long before any timeout: leaving out a heartbeat due in this
+/// last moment leaves no timer time to fire before the reuse.
+pub const HEARTBEAT_END_MARGIN_MS: u64 = 250;
+
+/// How many heartbeats each idle connection gets: the k-th is due `k × every_ms` after the
+/// idle period began, and is sent when it is due at least [`HEARTBEAT_END_MARGIN_MS`] before
+/// the idle period ends (`k × every_ms + margin ≤ idle_ms`). An idle period that is an exact
+/// multiple of the interval (70 min of idle, a heartbeat every 35 min) gets no heartbeat at
+/// its very end.
+pub fn heartbeat_schedule(idle_ms: u64, every_ms: u64) -> u32 {
+    if every_ms == 0 {
+        return 0;
+    }
+    let last_due = idle_ms.saturating_sub(HEARTBEAT_END_MARGIN_MS);
+    u32::try_from(last_due / every_ms).unwrap_or(u32::MAX)
+}
+
 async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations, ClientError> {
     let probe = Arc::new(Probe { client, spec, clock: Instant::now() });
     let spec = &probe.spec;
@@ -297,27 +317,30 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
     let watch = (!probe.client.reads_eagerly())
         .then(|| idle_watch::IdleWatch::start(slots.iter().map(|s| s.fd).collect(), probe.clock));
     let idle = Duration::from_millis(spec.idle_ms);
-    let idle_end = tokio::time::Instant::now() + idle;
+    let idle_start = tokio::time::Instant::now();
+    let idle_end = idle_start + idle;
     probe.phase("idle", Some(spec.idle_ms));
 
-    // Heartbeats: one task per connection, PING every interval until the idle period ends.
+    // Heartbeats: one task per connection, PING k at `idle_start + k × interval`, for the k
+    // that `heartbeat_schedule` gives: decided from the two numbers, never from a clock, so
+    // every run sends the same heartbeats.
     let mut beats = tokio::task::JoinSet::new();
-    if let Some(every) = spec.heartbeat_ms.map(Duration::from_millis) {
+    if let Some(every_ms) = spec.heartbeat_ms {
+        let count = heartbeat_schedule(spec.idle_ms, every_ms);
+        let every = Duration::from_millis(every_ms);
         for (id, slot) in slots.iter().enumerate() {
             let (probe, mut conn, log, addr) =
                 (probe.clone(), slot.conn.clone(), slot.log.clone(), slot.local_addr.clone());
             beats.spawn(async move {
                 let (mut sent, mut failure) = (0u32, None);
-                let mut next = tokio::time::Instant::now() + every;
-                while next < idle_end {
-                    tokio::time::sleep_until(next).await;
+                for k in 1..=count {
+                    tokio::time::sleep_until(idle_start + every * k).await;
                     let a = probe.attempt(&log, &addr, || probe.client.heartbeat(&mut conn)).await;
                     sent += 1;
                     if !a.outcome.is_ok() {
                         failure = Some(a);
                         break;
                     }
-                    next += every;
                 }
                 (id, sent, failure)
             });
@@ -500,5 +523,23 @@ pub async fn main(spec_file: Option<std::path::PathBuf>) -> i32 {
             emit(&ProbeLine::Error(format!("probe failed before the reuse phase: {}", e.text)));
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_due_at_the_end_of_the_idle_is_not_sent() {
+        // Exactly 3 intervals: the third would land on the reuse.
+        assert_eq!(heartbeat_schedule(4500, 1500), 2);
+        // Rounding put the third 1 ms before the end: still the reuse's moment, not sent.
+        assert_eq!(heartbeat_schedule(6007, 2002), 2);
+        // Due 250 ms before the end: sent.
+        assert_eq!(heartbeat_schedule(6256, 2002), 3);
+        assert_eq!(heartbeat_schedule(6255, 2002), 2);
+        assert_eq!(heartbeat_schedule(1000, 2000), 0);
+        assert_eq!(heartbeat_schedule(200, 0), 0);
     }
 }
