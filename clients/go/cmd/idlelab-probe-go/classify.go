@@ -104,9 +104,10 @@ func soErrKind(e syscall.Errno) closeKind {
 }
 
 // outcomeFor is a request's outcome: `timeout` when the request deadline passed before an
-// answer (and only then); otherwise the library's error, overruled by the kernel's error on
-// the socket that carried the request, within the request (`sock`: that socket's events
-// while the request ran, never another socket's, never an earlier phase's).
+// answer (and only then); otherwise what the socket that carried the request saw first while
+// it ran (`sock`: that socket's events in time order, never another socket's, never an earlier
+// phase's): its EOF, or the kernel's error (ECONNRESET, EPIPE, ETIMEDOUT), whatever the
+// library's words; else the library's error.
 func outcomeFor(libErr error, timedOut bool, sock []sockEvent) string {
 	if timedOut {
 		return "timeout"
@@ -114,20 +115,15 @@ func outcomeFor(libErr error, timedOut bool, sock []sockEvent) string {
 	if libErr == nil {
 		return "ok"
 	}
-	o := outcomeOf(libErr)
 	for _, e := range sock {
-		if !e.eof && (e.outcome == "reset" || e.outcome == "broken-pipe" || e.outcome == "timed-out") {
+		switch {
+		case e.eof:
+			return "eof"
+		case e.outcome == "reset" || e.outcome == "broken-pipe" || e.outcome == "timed-out":
 			return e.outcome
 		}
 	}
-	if o == "error" {
-		for _, e := range sock {
-			if e.eof {
-				return "eof"
-			}
-		}
-	}
-	return o
+	return outcomeOf(libErr)
 }
 
 // reqCarriers is what was measured of one request of the reuse: the sockets that carried it,

@@ -70,7 +70,7 @@ type goRedis struct {
 	c   *redis.Client
 }
 
-func (g *goRedis) words() (string, string) { return "go-redis", "go-redis then checked out" }
+func (g *goRedis) words() (string, string) { return "go-redis", "go-redis checked out" }
 
 func (g *goRedis) setup(p *probe) ([]string, error) {
 	s := &p.spec

@@ -335,6 +335,7 @@ func (p *probe) run(lib library) (*observations, error) {
 	settle(reqs, s.libraryTimeout()-s.requestTimeout()+time.Second)
 	release()
 	rows, rowNotes := p.rows(warmed, events, reqs, lastBefore, reuseStarted)
+	p.diagnose(os.Stderr, warmed, events)
 	notes = append(notes, held)
 	notes = append(notes, rowNotes...)
 	return &observations{
@@ -528,4 +529,30 @@ func (p *probe) idleEvidence(o *connObservation, l *connLog, ev *idleEvent, reus
 		return errnoKind(e.outcome), &e, ""
 	}
 	return closedUnknown, nil, ""
+}
+
+// diagnose writes what was recorded of every socket to stderr (the lab keeps it as
+// probe.stderr in a failed cell's logs).
+func (p *probe) diagnose(w io.Writer, warmed []*connLog, events []*idleEvent) {
+	for _, l := range p.snapshot() {
+		l.mu.Lock()
+		fmt.Fprintf(w, "socket %d %s opened %d ms, last activity %d ms, %d bytes written", l.id, l.localAddr, l.openedMs, l.lastActivityMs, l.written)
+		for _, t := range l.tags {
+			fmt.Fprintf(w, "; %s at %d ms", t.tag, t.at)
+		}
+		for _, e := range l.events {
+			what := map[bool]string{true: "write", false: "read"}[e.write]
+			fmt.Fprintf(w, "; %s at %d ms: %s (%s)", what, e.at, e.text, map[bool]string{true: "eof", false: e.outcome}[e.eof])
+		}
+		if c := l.closed; c != nil {
+			fmt.Fprintf(w, "; closed by the library at %d ms, TCP state %s, SO_ERROR %d", c.at, tcpStateName(c.state), int(c.soErr))
+		}
+		l.mu.Unlock()
+		for i, wl := range warmed {
+			if wl == l && events[i] != nil {
+				fmt.Fprintf(w, "; idle watch: %+v", *events[i])
+			}
+		}
+		fmt.Fprintln(w)
+	}
 }
