@@ -492,7 +492,8 @@ func (p *probe) idleEvidence(o *connObservation, l *connLog, ev *idleEvent, reus
 	}
 	if ev != nil {
 		kind := ev.kind
-		for _, e := range l.eventsIn(ev.at, ^uint64(0)) {
+		// The kernel's own word: a call of the library's on it since it was last seen open.
+		for _, e := range l.eventsIn(ev.open, ^uint64(0)) {
 			if k := errnoKind(e.outcome); k != closedUnknown {
 				kind = k
 				break

@@ -428,6 +428,7 @@ func (s tcpSample) same(o tcpSample) bool {
 
 type idleEvent struct {
 	at   uint64
+	open uint64    // the last reading that saw it open (0: none)
 	fin  bool      // CLOSE-WAIT: the peer's FIN; else CLOSED: an RST or the kernel gave up
 	kind closeKind // for a CLOSED socket: what its TCP_INFO history says
 	why  string
@@ -515,15 +516,19 @@ func (p *probe) idleWatch(conns []*connLog, stop <-chan struct{}) <-chan []*idle
 				} else {
 					hist[i] = append(hist[i], s)
 				}
+				var open uint64
+				if h := hist[i]; len(h) > 1 {
+					open = h[len(h)-2].to
+				}
 				switch info.State {
 				case tcpCloseWait, tcpLastAck, tcpClosing:
-					seen[i] = &idleEvent{at: at, fin: true}
+					seen[i] = &idleEvent{at: at, open: open, fin: true}
 				case tcpClose:
 					kind, why := classifyClosed(hist[i], p.spec.Keepalive, p.spec.TCPUserTimeoutMs)
-					seen[i] = &idleEvent{at: at, kind: kind, why: why}
+					seen[i] = &idleEvent{at: at, open: open, kind: kind, why: why}
 				default:
 					if rdhup[i] {
-						seen[i] = &idleEvent{at: at, fin: true}
+						seen[i] = &idleEvent{at: at, open: open, fin: true}
 					}
 				}
 			}
