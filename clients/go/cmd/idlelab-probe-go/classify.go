@@ -244,6 +244,8 @@ func describeReplaced(f replacedFacts) string {
 	if c := f.closed; c != nil {
 		when := "while it idled"
 		switch {
+		case f.closedDuring >= 0 && f.closedDuring == f.triedReq:
+			when = fmt.Sprintf("during request %d", f.closedDuring)
 		case f.closedDuring >= 0:
 			when = fmt.Sprintf("at checkout, during request %d", f.closedDuring)
 		case f.closedDuring == -2:

@@ -391,17 +391,25 @@ func (p *probe) rows(warmed []*connLog, events []*idleEvent, reqs []*request, la
 		}
 	}
 	sort.SliceStable(closeOrder, func(i, j int) bool { return closeAt[closeOrder[i]].at < closeAt[closeOrder[j]].at })
-	during := func(at uint64) int { // the request whose run covers `at`
-		for k, r := range reqs {
-			if at >= r.at && at <= r.decided {
-				return k
-			}
-		}
-		return -1
-	}
-
 	rc := make([]reqCarriers, len(reqs))
 	carriers := make([][]*connLog, len(reqs))
+	during := func(l *connLog, at uint64) int { // the request whose run covers `at`, by preference one l carried
+		first := -1
+		for k, r := range reqs {
+			if at >= r.at && at <= r.decided {
+				for _, c := range carriers[k] {
+					if c == l {
+						return k
+					}
+				}
+				if first < 0 {
+					first = k
+				}
+			}
+		}
+		return first
+	}
+
 	for k, r := range reqs {
 		carriers[k] = p.carriersOf(r.tag)
 		for _, l := range carriers[k] {
@@ -424,7 +432,11 @@ func (p *probe) rows(warmed []*connLog, events []*idleEvent, reqs []*request, la
 	for k := range reqs {
 		if f := last(carriers[k]); f != nil {
 			if j, dup := finals[f]; dup {
-				notes = append(notes, fmt.Sprintf("requests %d and %d of the reuse both ended on %s: the library handed one connection out twice", j, k, name(f)))
+				if _, warm := index[f]; warm {
+					notes = append(notes, fmt.Sprintf("requests %d and %d of the reuse both ended on %s: the library handed one pooled connection out twice", j, k, name(f)))
+				} else {
+					notes = append(notes, fmt.Sprintf("requests %d and %d of the reuse both ended on %s, opened during the reuse: the library put it in its pool after one and took it again for the other", j, k, name(f)))
+				}
 			}
 			finals[f] = k
 		}
@@ -455,7 +467,7 @@ func (p *probe) rows(warmed []*connLog, events []*idleEvent, reqs []*request, la
 				f.wentTo = name(final)
 			}
 			if ci := closeAt[w]; ci != nil && ci.at >= reuseStarted {
-				f.closedDuring = during(ci.at)
+				f.closedDuring = during(l, ci.at)
 				if f.closedDuring < 0 {
 					f.closedDuring = -2
 				}

@@ -127,9 +127,7 @@ type observedConn struct {
 func (c *observedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.record(n, err, false)
-	if n > 0 {
-		c.log.waitGate()
-	}
+	c.log.waitGate() // an answer, or a failure (the library would retry elsewhere), waits
 	return n, err
 }
 
@@ -137,6 +135,9 @@ func (c *observedConn) Write(b []byte) (int, error) {
 	c.scanTags(b) // before the write: a request whose write fails was still carried here
 	n, err := c.Conn.Write(b)
 	c.record(n, err, true)
+	if err != nil {
+		c.log.waitGate()
+	}
 	return n, err
 }
 
@@ -353,10 +354,11 @@ func (p *probe) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 // --- holding connections: the gate -----------------------------------------------------
 
 // gate makes `need` concurrent requests take distinct connections from a pool that has no
-// checkout API (gomemcache; net/http's idle pool): the answer read on a socket that carries
-// one of them is handed to the library only once every request has a connection (its tag
-// written, or its call returned), so no connection goes back to the pool before all are
-// taken. Only the handing over waits (a few ms): the bytes are already in.
+// checkout API (gomemcache; net/http's idle pool): what a read on a socket that carries one
+// of them returns (the answer, or a failure) is handed to the library only once every request
+// has a connection (its tag written, or its call returned), so that no connection goes back
+// to the pool, and no retry takes another pooled one, before each request has taken its own.
+// Only the handing over waits (a few ms): the bytes, or the error, are already in.
 type gate struct {
 	mu      sync.Mutex
 	need    int
