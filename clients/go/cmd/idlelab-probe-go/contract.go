@@ -6,6 +6,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"time"
 )
@@ -37,6 +38,15 @@ func (s *spec) requestTimeout() time.Duration {
 	return time.Duration(s.RequestTimeoutMs) * time.Millisecond
 }
 
+// libraryTimeout is what the probe gives a library's own timers (read and write timeouts,
+// the dial, a client's overall timeout): the request timeout plus a clear margin (half of it,
+// at least 1 s), so that the request deadline, the probe's context, is the one thing that
+// ends a wait with no answer, whichever timer the scheduler runs first.
+func (s *spec) libraryTimeout() time.Duration {
+	rt := s.requestTimeout()
+	return rt + max(rt/2, time.Second)
+}
+
 func ms(p *uint64) time.Duration {
 	if p == nil {
 		return 0
@@ -49,6 +59,8 @@ type attempt struct {
 	LatencyMs uint64 `json:"latency_ms"`
 	Outcome   string `json:"outcome"`
 	Error     string `json:"error,omitempty"`
+	// The local ip:port of the socket that carried the request (absent: none did).
+	LocalAddr string `json:"local_addr,omitempty"`
 }
 
 type connObservation struct {
@@ -86,13 +98,16 @@ type phaseLine struct {
 	IdleMs *uint64 `json:"idle_ms,omitempty"`
 }
 
+// stdout is where the contract's lines go (a test swaps it).
+var stdout io.Writer = os.Stdout
+
 // emit prints one contract line: {"phase": …}, {"observations": …} or {"error": …}.
 func emit(key string, v any) {
 	b, err := json.Marshal(map[string]any{key: v})
 	if err != nil {
 		panic(err)
 	}
-	fmt.Fprintln(os.Stdout, string(b))
+	fmt.Fprintln(stdout, string(b))
 }
 
 func emitPhase(name string, at uint64, idleMs *uint64) {

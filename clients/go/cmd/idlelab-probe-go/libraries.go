@@ -2,6 +2,15 @@ package main
 
 // The four libraries, each with its own pool and its defaults unless the spec sets a value.
 // Each setup returns the settings in the library's own words (they end up in the report).
+//
+// Timeouts: every library timer (read, write, dial, a client's overall timeout) is
+// spec.libraryTimeout(), the request timeout plus a clear margin, so that the request deadline
+// (probe.do) is the one thing that ends a wait with no answer.
+//
+// The reuse takes each pooled connection out of the pool once, holding every one it took
+// until all requests have one: database/sql's DB.Conn and go-redis's Client.Conn hold a
+// connection by API; gomemcache (no checkout API) and net/http (a connection is back in the
+// pool once its answer is read) send their requests at once behind a gate (observe.go).
 
 import (
 	"context"
@@ -14,9 +23,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/go-sql-driver/mysql"
@@ -30,6 +39,29 @@ func keepaliveNote(s *spec) string {
 	return "net.Dialer.KeepAlive = -1 (off)"
 }
 
+func deadlineNote(s *spec, timers string) string {
+	return fmt.Sprintf("%s = %v: the request timeout (%v) plus a margin, so that the request's context deadline, not a library timer, ends a wait with no answer",
+		timers, s.libraryTimeout(), s.requestTimeout())
+}
+
+// concurrently runs fn(i) for i in 0..n-1, all started at once; returns the first error.
+func concurrently(n int, fn func(i int) error) error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = fn(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // --- go-redis -------------------------------------------------------------------------
 
 type goRedis struct {
@@ -38,6 +70,8 @@ type goRedis struct {
 	c   *redis.Client
 }
 
+func (g *goRedis) words() (string, string) { return "go-redis", "go-redis checked out" }
+
 func (g *goRedis) setup(p *probe) ([]string, error) {
 	s := &p.spec
 	g.p = p
@@ -45,10 +79,11 @@ func (g *goRedis) setup(p *probe) ([]string, error) {
 		Addr:         s.Target,
 		Dialer:       p.dial,
 		PoolSize:     s.Pool,
-		DialTimeout:  s.requestTimeout(),
-		ReadTimeout:  s.requestTimeout(),
-		WriteTimeout: s.requestTimeout(),
-		// Defaults otherwise: MaxRetries 3, the pool's FIN check at checkout.
+		DialTimeout:  s.libraryTimeout(),
+		ReadTimeout:  s.libraryTimeout(),
+		WriteTimeout: s.libraryTimeout(),
+		// Defaults otherwise: MaxRetries 3, the pool's FIN check at checkout,
+		// ContextTimeoutEnabled false (the probe's own deadline ends the wait).
 		ConnMaxIdleTime: -1,
 		ConnMaxLifetime: ms(s.PoolMaxLifetimeMs),
 	}
@@ -62,6 +97,7 @@ func (g *goRedis) setup(p *probe) ([]string, error) {
 	return []string{
 		"go-redis v9 Options{PoolSize: " + fmt.Sprint(s.Pool) + ", MaxRetries: 3 (default)}",
 		fmt.Sprintf("ConnMaxIdleTime = %v, ConnMaxLifetime = %v", g.opt.ConnMaxIdleTime, g.opt.ConnMaxLifetime),
+		deadlineNote(s, "go-redis Options.ReadTimeout = WriteTimeout = DialTimeout"),
 		keepaliveNote(s),
 	}, nil
 }
@@ -80,20 +116,37 @@ func (g *goRedis) warm(ctx context.Context) error {
 	return nil
 }
 
-func redisGet(ctx context.Context, c *redis.Client) error {
-	err := c.Get(ctx, "idlelab").Err()
+type redisGetter interface {
+	Get(ctx context.Context, key string) *redis.StringCmd
+}
+
+func redisGet(ctx context.Context, c redisGetter, key string) error {
+	err := c.Get(ctx, key).Err()
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
 	return err
 }
 
-func (g *goRedis) request(ctx context.Context) error { return redisGet(ctx, g.c) }
+func (g *goRedis) reuse(reqs []*request) (string, func()) {
+	held := make([]*redis.Conn, 0, len(reqs))
+	for _, r := range reqs {
+		c := g.c.Conn() // checks a pooled connection out at its first command, and keeps it
+		held = append(held, c)
+		g.p.send(r, func(ctx context.Context) error { return redisGet(ctx, c, r.tag) })
+	}
+	note := fmt.Sprintf("reuse: go-redis Client.Conn() ×%d, each held until every request had one (a command on a held Conn stays on its connection: go-redis's retries do not move it)", len(reqs))
+	return note, func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}
+}
 
-func (g *goRedis) fresh(ctx context.Context) error {
+func (g *goRedis) fresh(ctx context.Context, tag string) error {
 	c := redis.NewClient(g.opt)
 	defer c.Close()
-	return redisGet(ctx, c)
+	return redisGet(ctx, c, tag)
 }
 
 func (g *goRedis) close() { _ = g.c.Close() }
@@ -102,8 +155,13 @@ func (g *goRedis) close() { _ = g.c.Close() }
 
 type goSQL struct {
 	p    *probe
+	cfg  *mysql.Config
 	conn driver.Connector
 	db   *sql.DB
+}
+
+func (g *goSQL) words() (string, string) {
+	return "database/sql", "database/sql retried the request on"
 }
 
 func (g *goSQL) setup(p *probe) ([]string, error) {
@@ -116,19 +174,21 @@ func (g *goSQL) setup(p *probe) ([]string, error) {
 	cfg.User = "root"
 	cfg.Net = "idlelab"
 	cfg.Addr = s.Target
-	cfg.Timeout = s.requestTimeout()
-	cfg.ReadTimeout = s.requestTimeout()
-	cfg.WriteTimeout = s.requestTimeout()
+	cfg.Timeout = s.libraryTimeout()
+	cfg.ReadTimeout = s.libraryTimeout()
+	cfg.WriteTimeout = s.libraryTimeout()
 	c, err := mysql.NewConnector(cfg)
 	if err != nil {
 		return nil, err
 	}
+	g.cfg = cfg
 	g.conn = c
 	g.db = g.open()
 	return []string{
 		fmt.Sprintf("database/sql DB.SetMaxIdleConns(%d) (the scenario's pool; database/sql keeps 2 by default)", s.Pool),
 		fmt.Sprintf("DB.SetConnMaxIdleTime(%v), DB.SetConnMaxLifetime(%v) (0: no limit, the default)", ms(s.PoolMaxIdleMs), ms(s.PoolMaxLifetimeMs)),
 		"go-sql-driver/mysql CheckConnLiveness = true (default)",
+		deadlineNote(s, "go-sql-driver/mysql Config.ReadTimeout = WriteTimeout = Timeout"),
 		keepaliveNote(s),
 	}, nil
 }
@@ -161,17 +221,44 @@ func (g *goSQL) warm(ctx context.Context) error {
 	return nil
 }
 
-func selectOne(ctx context.Context, db *sql.DB) error {
+func selectOne(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, tag string) error {
 	var n int
-	return db.QueryRowContext(ctx, "SELECT 1").Scan(&n)
+	return q.QueryRowContext(ctx, "SELECT 1 /* "+tag+" */").Scan(&n)
 }
 
-func (g *goSQL) request(ctx context.Context) error { return selectOne(ctx, g.db) }
+func (g *goSQL) reuse(reqs []*request) (string, func()) {
+	var mu sync.Mutex
+	var held []*sql.Conn
+	for _, r := range reqs {
+		g.p.send(r, func(ctx context.Context) error {
+			// DB.Conn checks a connection out (database/sql's retry after driver.ErrBadConn,
+			// e.g. go-sql-driver's liveness check, included) and holds it.
+			c, err := g.db.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+			return selectOne(ctx, c, r.tag)
+		})
+	}
+	note := fmt.Sprintf("reuse: database/sql DB.Conn(ctx) ×%d, each held until every request had one", len(reqs))
+	return note, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}
+}
 
-func (g *goSQL) fresh(ctx context.Context) error {
+func (g *goSQL) fresh(ctx context.Context, tag string) error {
 	db := g.open()
 	defer db.Close()
-	return selectOne(ctx, db)
+	return selectOne(ctx, db, tag)
 }
 
 func (g *goSQL) close() { _ = g.db.Close() }
@@ -183,11 +270,13 @@ type goMemcache struct {
 	c *memcache.Client
 }
 
+func (g *goMemcache) words() (string, string) { return "gomemcache", "gomemcache sent the request on" }
+
 func (g *goMemcache) client() *memcache.Client {
 	s := &g.p.spec
 	c := memcache.New(s.Target)
 	c.DialContext = g.p.dial
-	c.Timeout = s.requestTimeout()
+	c.Timeout = s.libraryTimeout()
 	c.MaxIdleConns = s.Pool
 	return c
 }
@@ -200,52 +289,47 @@ func (g *goMemcache) setup(p *probe) ([]string, error) {
 	}
 	g.c = g.client()
 	return []string{
-		fmt.Sprintf("gomemcache Client{MaxIdleConns: %d (the scenario's pool; default 2), Timeout: %v}", s.Pool, s.requestTimeout()),
+		fmt.Sprintf("gomemcache Client{MaxIdleConns: %d (the scenario's pool; default 2)}", s.Pool),
+		deadlineNote(s, "gomemcache Client.Timeout"),
 		keepaliveNote(s),
 	}, nil
 }
 
-// warm runs concurrent sets until the pool holds `pool` connections: gomemcache opens one
-// per concurrent call that finds no idle one.
-func (g *goMemcache) warm(ctx context.Context) error {
-	for round := 0; round < 50 && len(g.p.snapshot()) < g.p.spec.Pool; round++ {
-		var wg sync.WaitGroup
-		errs := make(chan error, g.p.spec.Pool)
-		for i := 0; i < g.p.spec.Pool; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				errs <- g.c.Set(&memcache.Item{Key: "idlelab", Value: []byte(strings.Repeat("x", 8))})
-			}(i)
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				return err
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-	return nil
+// warm sends `pool` concurrent sets behind the gate: each takes its own connection.
+func (g *goMemcache) warm(context.Context) error {
+	n := g.p.spec.Pool
+	g.p.armGate("warm", n)
+	return concurrently(n, func(i int) error {
+		tag := fmt.Sprintf("idlelab-warm-%d", i)
+		return g.p.gated(tag, func() error {
+			return g.c.Set(&memcache.Item{Key: tag, Value: []byte(strings.Repeat("x", 8))})
+		})
+	})
 }
 
-func memcacheGet(c *memcache.Client) error {
-	_, err := c.Get("idlelab")
+func memcacheGet(c *memcache.Client, key string) error {
+	_, err := c.Get(key)
 	if errors.Is(err, memcache.ErrCacheMiss) {
 		return nil
 	}
 	return err
 }
 
-func (g *goMemcache) request(context.Context) error { return memcacheGet(g.c) }
+func (g *goMemcache) reuse(reqs []*request) (string, func()) {
+	g.p.armGate("reuse", len(reqs))
+	_ = concurrently(len(reqs), func(i int) error {
+		r := reqs[i]
+		g.p.send(r, func(context.Context) error { return memcacheGet(g.c, r.tag) })
+		return nil
+	})
+	note := fmt.Sprintf("reuse: %d gomemcache Gets sent at once (it has no checkout API); each answer was handed to gomemcache once every Get had a connection, so each took a distinct one", len(reqs))
+	return note, func() {}
+}
 
-func (g *goMemcache) fresh(context.Context) error {
+func (g *goMemcache) fresh(_ context.Context, tag string) error {
 	c := g.client()
 	defer c.Close()
-	return memcacheGet(c)
+	return memcacheGet(c, tag)
 }
 
 func (g *goMemcache) close() { _ = g.c.Close() }
@@ -257,6 +341,8 @@ type goHTTP struct {
 	client *http.Client
 	base   string
 }
+
+func (g *goHTTP) words() (string, string) { return "net/http", "net/http retried the request on" }
 
 func (g *goHTTP) transport() (*http.Transport, error) {
 	s := &g.p.spec
@@ -287,7 +373,7 @@ func (g *goHTTP) setup(p *probe) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.client = &http.Client{Transport: tr, Timeout: s.requestTimeout()}
+	g.client = &http.Client{Transport: tr, Timeout: s.libraryTimeout()}
 	scheme := "http"
 	if s.TLSCAPem != nil {
 		scheme = "https"
@@ -299,12 +385,18 @@ func (g *goHTTP) setup(p *probe) ([]string, error) {
 	g.base = scheme + "://" + host
 	return []string{
 		fmt.Sprintf("net/http DefaultTransport clone: MaxIdleConnsPerHost = %d (the scenario's pool; default 2), IdleConnTimeout = %v, HTTP/1.1", s.Pool, tr.IdleConnTimeout),
+		deadlineNote(s, "net/http Client.Timeout"),
 		keepaliveNote(s),
 	}, nil
 }
 
-func get(ctx context.Context, c *http.Client, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// get sends GET path tagged `tag`: httptrace's GotConn names each connection that carries it
+// (the first one, and net/http's retry's).
+func (g *goHTTP) get(ctx context.Context, c *http.Client, path, tag string) error {
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { g.p.carried(tag, logOf(info.Conn)) },
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.base+path, nil)
 	if err != nil {
 		return err
 	}
@@ -323,37 +415,34 @@ func get(ctx context.Context, c *http.Client, url string) error {
 	return nil
 }
 
+// warm sends `pool` concurrent GET /warm behind the gate: each takes its own connection.
 func (g *goHTTP) warm(ctx context.Context) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, g.p.spec.Pool)
-	for i := 0; i < g.p.spec.Pool; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- get(ctx, g.client, g.base+"/warm")
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	n := g.p.spec.Pool
+	g.p.armGate("warm", n)
+	return concurrently(n, func(i int) error {
+		tag := fmt.Sprintf("idlelab-warm-%d", i)
+		return g.p.gated(tag, func() error { return g.get(ctx, g.client, "/warm", tag) })
+	})
 }
 
-func (g *goHTTP) request(ctx context.Context) error { return get(ctx, g.client, g.base+"/") }
+func (g *goHTTP) reuse(reqs []*request) (string, func()) {
+	g.p.armGate("reuse", len(reqs))
+	_ = concurrently(len(reqs), func(i int) error {
+		r := reqs[i]
+		g.p.send(r, func(ctx context.Context) error { return g.get(ctx, g.client, "/", r.tag) })
+		return nil
+	})
+	note := fmt.Sprintf("reuse: %d net/http GETs sent at once; each answer was handed to net/http once every GET had a connection (httptrace GotConn), so each took a distinct one", len(reqs))
+	return note, func() {}
+}
 
-func (g *goHTTP) fresh(ctx context.Context) error {
+func (g *goHTTP) fresh(ctx context.Context, tag string) error {
 	tr, err := g.transport()
 	if err != nil {
 		return err
 	}
 	defer tr.CloseIdleConnections()
-	return get(ctx, &http.Client{Transport: tr, Timeout: g.p.spec.requestTimeout()}, g.base+"/")
+	return g.get(ctx, &http.Client{Transport: tr, Timeout: g.p.spec.libraryTimeout()}, "/", tag)
 }
 
 func (g *goHTTP) close() { g.client.CloseIdleConnections() }
-
-var _ = time.Second

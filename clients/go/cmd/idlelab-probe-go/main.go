@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"sync"
 	"time"
 )
@@ -22,20 +23,30 @@ import (
 type library interface {
 	// setup builds the client with the spec's settings; returns them in the library's words.
 	setup(p *probe) ([]string, error)
+	// words names the pool in the evidence ("database/sql") and says how the library moves a
+	// request to another connection ("database/sql retried the request on").
+	words() (pool, moves string)
 	// warm leaves `pool` distinct connections warmed in the library's pool.
 	warm(ctx context.Context) error
-	// request sends one command through the pool (the reuse).
-	request(ctx context.Context) error
-	// fresh sends one command through a brand-new client (the retry after a failure).
-	fresh(ctx context.Context) error
+	// reuse sends the reuse phase's requests, one per pooled connection, each through
+	// p.send, in the library's own way of holding connections: every connection it hands
+	// out stays busy until each request has one, so each pooled connection is taken once.
+	// Returns how it held them (a note) and a function that gives them back.
+	reuse(reqs []*request) (note string, release func())
+	// fresh sends one command, tagged `tag`, through a brand-new client (the retry after a
+	// failure).
+	fresh(ctx context.Context, tag string) error
 	close()
 }
 
 type probe struct {
-	spec  spec
-	start time.Time
-	mu    sync.Mutex
-	conns []*connLog
+	spec     spec
+	start    time.Time
+	lib      library
+	mu       sync.Mutex
+	conns    []*connLog
+	carriers map[string][]*connLog // a request's tag → the sockets that carried it, in order
+	gates    map[string]*gate      // a phase ("warm", "reuse") → its gate, for the libraries that need one
 }
 
 func (p *probe) now() uint64 { return uint64(time.Since(p.start).Milliseconds()) }
@@ -44,6 +55,55 @@ func (p *probe) snapshot() []*connLog {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]*connLog(nil), p.conns...)
+}
+
+// carried notes that the socket `l` carried the request tagged `tag` (its bytes, or net/http's
+// GotConn), and lets the request through its phase's gate, if any.
+func (p *probe) carried(tag string, l *connLog) {
+	phase, k, ok := parseTag(tag)
+	if !ok || l == nil {
+		return
+	}
+	p.mu.Lock()
+	if list := p.carriers[tag]; len(list) == 0 || list[len(list)-1] != l {
+		p.carriers[tag] = append(list, l)
+	}
+	g := p.gates[phase]
+	p.mu.Unlock()
+	if g != nil {
+		l.mu.Lock()
+		l.gate, l.gateUntil = g, time.Now().Add(p.spec.requestTimeout()/2)
+		l.mu.Unlock()
+		g.arrive(k)
+	}
+}
+
+// arrived lets a request whose call returned through its gate (it may have failed before any
+// socket carried it).
+func (p *probe) arrived(tag string) {
+	phase, k, ok := parseTag(tag)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	g := p.gates[phase]
+	p.mu.Unlock()
+	if g != nil {
+		g.arrive(k)
+	}
+}
+
+// armGate makes the next `n` requests of `phase` take distinct connections (see gate).
+func (p *probe) armGate(phase string, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.gates[phase] = newGate(n)
+}
+
+func (p *probe) carriersOf(tag string) []*connLog {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*connLog(nil), p.carriers[tag]...)
 }
 
 func fail(format string, args ...any) {
@@ -63,7 +123,7 @@ func main() {
 		defer f.Close()
 		in = f
 	}
-	p := &probe{start: time.Now()}
+	p := newProbe()
 	dec := json.NewDecoder(in)
 	if err := dec.Decode(&p.spec); err != nil {
 		fail("reading the spec: %v", err)
@@ -77,6 +137,10 @@ func main() {
 		fail("probe failed before the reuse phase: %v", err)
 	}
 	emit("observations", obs)
+}
+
+func newProbe() *probe {
+	return &probe{start: time.Now(), carriers: map[string][]*connLog{}, gates: map[string]*gate{}}
 }
 
 func libraryFor(s *spec) (library, error) {
@@ -106,8 +170,123 @@ func libraryFor(s *spec) (library, error) {
 	}
 }
 
+// --- requests -------------------------------------------------------------------------------
+
+// request is one request of the probe: what the library returned, and when.
+type request struct {
+	k        int
+	tag      string // `idlelab-reuse-3`: what names it on the wire
+	at       uint64 // ms since the probe started
+	start    time.Time
+	deadline time.Time
+	latency  uint64
+	decided  uint64 // when the probe knew the outcome (ms)
+	err      error
+	timedOut bool   // the request deadline passed with no answer
+	late     string // the probe's words when the library had not returned at the deadline
+	returned chan struct{}
+	retry    *request
+}
+
+func newRequest(phase string, k int) *request {
+	return &request{k: k, tag: fmt.Sprintf("idlelab-%s-%d", phase, k), returned: make(chan struct{})}
+}
+
+func (r *request) failed() bool { return r.err != nil || r.timedOut }
+
+func (r *request) errorText() string {
+	if r.err != nil {
+		return r.err.Error()
+	}
+	return r.late
+}
+
+// do runs one library call under the request deadline. The call gets a context with that
+// deadline (database/sql, go-sql-driver and net/http honour it), and the probe stops waiting at
+// it whether or not the library does: a request with no answer by its deadline is `timeout`,
+// and the library's own timers are set clearly later (libraryTimeout), so none of them can
+// end the wait first.
+func (p *probe) do(r *request, fn func(ctx context.Context) error) {
+	rt := p.spec.requestTimeout()
+	r.start = time.Now()
+	r.at = p.now()
+	r.deadline = r.start.Add(rt)
+	ctx, cancel := context.WithDeadline(context.Background(), r.deadline)
+	res := make(chan error, 1)
+	go func() {
+		defer close(r.returned)
+		defer cancel()
+		err := fn(ctx)
+		p.arrived(r.tag)
+		res <- err
+	}()
+	timer := time.NewTimer(time.Until(r.deadline))
+	defer timer.Stop()
+	select {
+	case err := <-res:
+		r.err = err
+		r.timedOut = err != nil && !time.Now().Before(r.deadline)
+	case <-timer.C:
+		r.timedOut = true
+		// A library that watches the context returns now: keep its own words.
+		grace := time.NewTimer(100 * time.Millisecond)
+		select {
+		case err := <-res:
+			r.err = err
+			if err == nil {
+				r.late = fmt.Sprintf("the answer came %d ms after the request timeout (%v)", time.Since(r.deadline).Milliseconds(), rt)
+			}
+		case <-grace.C:
+			pool, _ := p.lib.words()
+			r.late = fmt.Sprintf("no answer within the request timeout (%v); %s was still waiting", rt, pool)
+		}
+		grace.Stop()
+	}
+	r.latency = uint64(time.Since(r.start).Milliseconds())
+	r.decided = p.now()
+}
+
+// send runs a reuse request and, when it fails, its retry on a fresh client, as an app would.
+func (p *probe) send(r *request, fn func(ctx context.Context) error) {
+	p.do(r, fn)
+	if r.failed() {
+		retry := newRequest("retry", r.k)
+		p.do(retry, func(ctx context.Context) error { return p.lib.fresh(ctx, retry.tag) })
+		r.retry = retry
+	}
+}
+
+// gated runs fn, a request tagged `tag` of a gated phase, and lets it through the gate when it
+// returns (it may have failed before any socket carried it).
+func (p *probe) gated(tag string, fn func() error) error {
+	err := fn()
+	p.arrived(tag)
+	return err
+}
+
+// settle waits (at most `limit`) for the library calls still running after their deadline.
+func settle(reqs []*request, limit time.Duration) {
+	until := time.Now().Add(limit)
+	for _, r := range reqs {
+		for _, x := range []*request{r, r.retry} {
+			if x == nil || x.returned == nil || x.start.IsZero() {
+				continue
+			}
+			t := time.NewTimer(time.Until(until))
+			select {
+			case <-x.returned:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+}
+
+// --- the run ---------------------------------------------------------------------------------
+
 func (p *probe) run(lib library) (*observations, error) {
 	s := &p.spec
+	p.lib = lib
 	notes, err := lib.setup(p)
 	if err != nil {
 		return nil, err
@@ -121,9 +300,14 @@ func (p *probe) run(lib library) (*observations, error) {
 	if err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
-	warmed := p.snapshot()
-	if len(warmed) < s.Pool {
-		return nil, fmt.Errorf("warm-up left %d connections, not %d", len(warmed), s.Pool)
+	var warmed []*connLog
+	for _, c := range p.snapshot() {
+		if c.closeInfo() == nil {
+			warmed = append(warmed, c)
+		}
+	}
+	if len(warmed) != s.Pool {
+		return nil, fmt.Errorf("warm-up left %d open connections, not %d", len(warmed), s.Pool)
 	}
 
 	idleStarted := p.now()
@@ -143,110 +327,17 @@ func (p *probe) run(lib library) (*observations, error) {
 		c.mu.Unlock()
 	}
 	emitPhase("reuse", reuseStarted, nil)
-	written := func(all []*connLog) []uint64 {
-		out := make([]uint64, len(all))
-		for i, c := range all {
-			c.mu.Lock()
-			out[i] = c.written
-			c.mu.Unlock()
-		}
-		return out
+	reqs := make([]*request, s.Pool)
+	for k := range reqs {
+		reqs[k] = newRequest("reuse", k)
 	}
-	served := make([]bool, len(warmed))
-	type pendingWhy struct{ row, conn int }
-	var pending []pendingWhy
-	var rows []connObservation
-	for j := 0; j < s.Pool; j++ {
-		before := written(p.snapshot())
-		at := p.now()
-		t0 := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout())
-		err := lib.request(ctx)
-		cancel()
-		latency := uint64(time.Since(t0).Milliseconds())
-		all := p.snapshot()
-		after := written(all)
-		var used []int
-		for i := range all {
-			if i >= len(before) || after[i] > before[i] {
-				used = append(used, i)
-			}
-		}
-		row := -1
-		for _, i := range used {
-			if i < len(warmed) {
-				row = i
-				break
-			}
-		}
-		var replaced *string
-		var retried bool
-		if row < 0 {
-			row = j % len(warmed)
-			for i := range warmed {
-				if !served[i] {
-					row = i
-					break
-				}
-			}
-			why := "" // filled in after the reuse: the library may close the connection later
-			replaced = &why
-			pending = append(pending, pendingWhy{row: len(rows), conn: row})
-		} else if len(used) > 1 && err == nil {
-			// The library wrote to the pooled connection, then (silently) to another one.
-			warmed[row].mu.Lock()
-			text := warmed[row].errText
-			if text == "" && warmed[row].eofMs != nil {
-				text = "EOF"
-			}
-			warmed[row].mu.Unlock()
-			if ev := events[row]; text == "" && ev != nil && ev.fin {
-				text = fmt.Sprintf("its socket had the peer's FIN since %d ms; the library's check before use rejected it", ev.at)
-			} else if text == "" && ev != nil {
-				text = fmt.Sprintf("its socket was closed without a FIN at %d ms", ev.at)
-			}
-			why := fmt.Sprintf("%s wrote to the pooled connection, then retried the request on a new one (%s)", s.Library, text)
-			replaced = &why
-			retried = true
-		}
-		served[row] = true
-		c := warmed[row]
-		reuse := attempt{AtMs: at, LatencyMs: latency, Outcome: "ok"}
-		if err != nil {
-			reuse.Error = err.Error()
-			reuse.Outcome = outcomeOf(err)
-			if errors.Is(err, context.DeadlineExceeded) {
-				reuse.Outcome = "timeout"
-			}
-			// The socket's own error wins over the library's wording.
-			c.mu.Lock()
-			if c.errMs != nil && *c.errMs >= at && c.errOutcome != "" && c.errOutcome != "error" {
-				reuse.Outcome = c.errOutcome
-			} else if reuse.Outcome == "error" && c.eofMs != nil {
-				reuse.Outcome = "eof"
-			}
-			c.mu.Unlock()
-		}
-		var retry *attempt
-		if err != nil {
-			at := p.now()
-			t0 := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout())
-			ferr := lib.fresh(ctx)
-			cancel()
-			a := attempt{AtMs: at, LatencyMs: uint64(time.Since(t0).Milliseconds()), Outcome: "ok"}
-			if ferr != nil {
-				a.Outcome, a.Error = outcomeOf(ferr), ferr.Error()
-			}
-			retry = &a
-		}
-		rows = append(rows, p.row(row, c, lastBefore[row], events[row], reuseStarted, reuse, retry, replaced))
-		_ = retried
-	}
-	for _, pw := range pending {
-		why := whyReplaced(warmed[pw.conn], events[pw.conn], s.Library)
-		rows[pw.row].ReplacedBeforeUse = &why
-	}
+	held, release := lib.reuse(reqs)
+	settle(reqs, s.libraryTimeout()-s.requestTimeout()+time.Second)
+	release()
+	rows, rowNotes := p.rows(warmed, events, reqs, lastBefore, reuseStarted)
+	p.diagnose(os.Stderr, warmed, events)
+	notes = append(notes, held)
+	notes = append(notes, rowNotes...)
 	return &observations{
 		Service: s.Service, Target: s.Target, Pool: s.Pool,
 		IdleStartedMs: idleStarted, IdleMs: s.IdleMs, ReuseStartedMs: reuseStarted,
@@ -254,50 +345,227 @@ func (p *probe) run(lib library) (*observations, error) {
 	}, nil
 }
 
-// row builds one connection's observation from its log and the idle watch.
-func (p *probe) row(id int, c *connLog, lastBefore uint64, ev *idleEvent, reuseStarted uint64, reuse attempt, retry *attempt, replaced *string) connObservation {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	o := connObservation{
-		ID: id, LocalAddr: c.localAddr, OpenedMs: c.openedMs, Keepalive: c.keepalive,
-		Reuse: reuse, RetryAfterReconnect: retry, ReplacedBeforeUse: replaced,
+// attemptOf is a request as the contract's attempt, judged on the socket that carried it.
+func attemptOf(r *request, carrier *connLog) attempt {
+	a := attempt{AtMs: r.at, LatencyMs: r.latency}
+	var evs []sockEvent
+	if carrier != nil {
+		a.LocalAddr = carrier.localAddr
+		evs = carrier.eventsIn(r.at, r.decided)
 	}
-	o.LastActivityMs = lastBefore
-	if ev != nil {
-		at := ev.at
-		switch {
-		case ev.fin:
-			o.PeerClosedMs = &at
-		case c.errOutcome == "timed-out":
-			o.TimedOutMs = &at
-		default:
-			o.PeerResetMs = &at
-		}
-	} else if c.eofMs != nil && *c.eofMs < reuseStarted {
-		v := *c.eofMs
-		o.PeerClosedMs = &v
+	a.Outcome = outcomeFor(r.err, r.timedOut, evs)
+	if a.Outcome != "ok" {
+		a.Error = r.errorText()
 	}
-	if replaced != nil {
-		o.Reconnects++
-	}
-	if retry != nil {
-		o.Reconnects++
-	}
-	return o
+	return a
 }
 
-// whyReplaced says why the pool did not hand out a warmed connection, from what was seen.
-func whyReplaced(c *connLog, ev *idleEvent, lib string) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case ev != nil && ev.fin:
-		return fmt.Sprintf("%s's pool did not hand it out: the peer's FIN had arrived at %d ms while it idled", lib, ev.at)
-	case ev != nil:
-		return fmt.Sprintf("%s's pool did not hand it out: the socket was closed without a FIN (an RST or the kernel) at %d ms", lib, ev.at)
-	case c.closedMs != nil:
-		return fmt.Sprintf("%s's pool closed it itself at %d ms (configuration: its idle or lifetime limit)", lib, *c.closedMs)
-	default:
-		return fmt.Sprintf("%s's pool opened a new connection instead; this one saw no FIN, error or close", lib)
+func last(l []*connLog) *connLog {
+	if len(l) == 0 {
+		return nil
+	}
+	return l[len(l)-1]
+}
+
+// rows builds one observation per warmed connection: each paired with the request that reused
+// it (assignRows), judged on the socket that carried that request, with what the idle watch
+// and the library's calls saw of the warmed socket itself.
+func (p *probe) rows(warmed []*connLog, events []*idleEvent, reqs []*request, lastBefore []uint64, reuseStarted uint64) ([]connObservation, []string) {
+	n := len(warmed)
+	index := make(map[*connLog]int, n)
+	for w, l := range warmed {
+		index[l] = w
+	}
+	name := func(l *connLog) string {
+		if w, ok := index[l]; ok {
+			return fmt.Sprintf("pooled connection %d (%s)", w, l.localAddr)
+		}
+		return fmt.Sprintf("a new one (%s)", l.localAddr)
+	}
+	closeAt := make([]*closeInfo, n)
+	var closeOrder []int
+	for w, l := range warmed {
+		if ci := l.closeInfo(); ci != nil {
+			closeAt[w] = ci
+			closeOrder = append(closeOrder, w)
+		}
+	}
+	sort.SliceStable(closeOrder, func(i, j int) bool { return closeAt[closeOrder[i]].at < closeAt[closeOrder[j]].at })
+	rc := make([]reqCarriers, len(reqs))
+	carriers := make([][]*connLog, len(reqs))
+	during := func(l *connLog, at uint64) int { // the request whose run covers `at`, by preference one l carried
+		first := -1
+		for k, r := range reqs {
+			if at >= r.at && at <= r.decided {
+				for _, c := range carriers[k] {
+					if c == l {
+						return k
+					}
+				}
+				if first < 0 {
+					first = k
+				}
+			}
+		}
+		return first
+	}
+
+	for k, r := range reqs {
+		carriers[k] = p.carriersOf(r.tag)
+		for _, l := range carriers[k] {
+			w, ok := index[l]
+			if !ok {
+				w = -1
+			}
+			rc[k].carriers = append(rc[k].carriers, w)
+		}
+		for _, w := range closeOrder {
+			if at := closeAt[w].at; at >= r.at && at <= r.decided {
+				rc[k].discarded = append(rc[k].discarded, w)
+			}
+		}
+	}
+	rowReq := assignRows(n, rc, closeOrder)
+
+	var notes []string
+	finals := map[*connLog]int{}
+	for k := range reqs {
+		if f := last(carriers[k]); f != nil {
+			if j, dup := finals[f]; dup {
+				if _, warm := index[f]; warm {
+					notes = append(notes, fmt.Sprintf("requests %d and %d of the reuse both ended on %s: the library handed one pooled connection out twice", j, k, name(f)))
+				} else {
+					notes = append(notes, fmt.Sprintf("requests %d and %d of the reuse both ended on %s, opened during the reuse: the library put it in its pool after one and took it again for the other", j, k, name(f)))
+				}
+			}
+			finals[f] = k
+		}
+	}
+	pool, moves := p.lib.words()
+	rows := make([]connObservation, n)
+	for w, l := range warmed {
+		k := rowReq[w]
+		r := reqs[k]
+		final := last(carriers[k])
+		o := connObservation{
+			ID: w, LocalAddr: l.localAddr, OpenedMs: l.openedMs, LastActivityMs: lastBefore[w], Keepalive: l.keepalive,
+			Reuse: attemptOf(r, final),
+		}
+		if r.retry != nil {
+			a := attemptOf(r.retry, last(p.carriersOf(r.retry.tag)))
+			o.RetryAfterReconnect = &a
+			o.Reconnects++
+		}
+		kind, idleErr, note := p.idleEvidence(&o, l, events[w], reuseStarted)
+		if note != "" {
+			notes = append(notes, note)
+		}
+		if final != l {
+			f := replacedFacts{lib: pool, retryWords: moves, standsFor: k, idle: events[w], idleKind: kind, idleErr: idleErr,
+				triedReq: -1, closed: closeAt[w], closedDuring: -1}
+			if final != nil {
+				f.wentTo = name(final)
+			}
+			if ci := closeAt[w]; ci != nil && ci.at >= reuseStarted {
+				f.closedDuring = during(l, ci.at)
+				if f.closedDuring < 0 {
+					f.closedDuring = -2
+				}
+			}
+			for j := range reqs {
+				for i, c := range carriers[j] {
+					if c == l && i+1 < len(carriers[j]) && f.triedReq < 0 {
+						f.triedReq, f.triedNext = j, name(carriers[j][i+1])
+						if evs := l.eventsIn(reqs[j].at, reqs[j].decided); len(evs) > 0 {
+							e := evs[0]
+							f.triedErr = &e
+						}
+					}
+				}
+			}
+			why := describeReplaced(f)
+			o.ReplacedBeforeUse = &why
+			o.Reconnects++
+		}
+		rows[w] = o
+	}
+	return rows, notes
+}
+
+// idleEvidence sets what happened to a warmed socket while it idled: the peer's FIN, an RST,
+// the kernel's timeout, each only when it was measured. A socket the idle watch saw CLOSED
+// without a FIN is classified by the kernel's own error when a call on it, or its close, read
+// one; else by its TCP_INFO history (classifyClosed); when neither tells, by neither.
+func (p *probe) idleEvidence(o *connObservation, l *connLog, ev *idleEvent, reuseStarted uint64) (closeKind, *sockEvent, string) {
+	if ev != nil && ev.fin {
+		at := ev.at
+		o.PeerClosedMs = &at
+		return closedUnknown, nil, ""
+	}
+	if ev != nil {
+		kind := ev.kind
+		// The kernel's own word: a call of the library's on it since it was last seen open.
+		for _, e := range l.eventsIn(ev.open, ^uint64(0)) {
+			if k := errnoKind(e.outcome); k != closedUnknown {
+				kind = k
+				break
+			}
+		}
+		if ci := l.closeInfo(); kind == closedUnknown && ci != nil {
+			kind = soErrKind(ci.soErr)
+		}
+		at := ev.at
+		switch kind {
+		case closedReset:
+			o.PeerResetMs = &at
+		case closedTimeout:
+			o.TimedOutMs = &at
+		default:
+			return kind, nil, fmt.Sprintf("connection %d: its socket went CLOSED without a FIN at %d ms while it idled; %s, and no call on it returned the kernel's error: neither an RST nor a kernel timeout is claimed, the reuse's own error says what the library saw", o.ID, at, ev.why)
+		}
+		return kind, nil, ""
+	}
+	// No FIN or CLOSED reading: a library that reads its idle sockets (net/http) may have seen
+	// the FIN or the error itself, and closed the socket before the watch's next reading.
+	for _, e := range l.eventsIn(0, reuseStarted-1) {
+		at := e.at
+		switch {
+		case e.eof:
+			o.PeerClosedMs = &at
+		case e.outcome == "reset":
+			o.PeerResetMs = &at
+		case e.outcome == "timed-out":
+			o.TimedOutMs = &at
+		default:
+			continue
+		}
+		return errnoKind(e.outcome), &e, ""
+	}
+	return closedUnknown, nil, ""
+}
+
+// diagnose writes what was recorded of every socket to stderr (the lab keeps it as
+// probe.stderr in a failed cell's logs).
+func (p *probe) diagnose(w io.Writer, warmed []*connLog, events []*idleEvent) {
+	for _, l := range p.snapshot() {
+		l.mu.Lock()
+		fmt.Fprintf(w, "socket %d %s opened %d ms, last activity %d ms, %d bytes written", l.id, l.localAddr, l.openedMs, l.lastActivityMs, l.written)
+		for _, t := range l.tags {
+			fmt.Fprintf(w, "; %s at %d ms", t.tag, t.at)
+		}
+		for _, e := range l.events {
+			what := map[bool]string{true: "write", false: "read"}[e.write]
+			fmt.Fprintf(w, "; %s at %d ms: %s (%s)", what, e.at, e.text, map[bool]string{true: "eof", false: e.outcome}[e.eof])
+		}
+		if c := l.closed; c != nil {
+			fmt.Fprintf(w, "; closed by the library at %d ms, TCP state %s, SO_ERROR %d", c.at, tcpStateName(c.state), int(c.soErr))
+		}
+		l.mu.Unlock()
+		for i, wl := range warmed {
+			if wl == l && events[i] != nil {
+				fmt.Fprintf(w, "; idle watch: %+v", *events[i])
+			}
+		}
+		fmt.Fprintln(w)
 	}
 }
