@@ -158,14 +158,80 @@ impl Observations {
                 if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) }
             ));
         }
-        let mut carriers: Vec<&str> = self.connections.iter().filter_map(|c| c.reuse.local_addr.as_deref()).collect();
+        // A warmed socket carries at most one reuse. A socket the library opened during the
+        // reuse may carry more (net/http puts a new connection back and retries on it).
+        let warmed: Vec<&str> =
+            self.connections.iter().map(|c| c.local_addr.as_str()).filter(|a| !a.is_empty()).collect();
+        let mut carriers: Vec<&str> = self
+            .connections
+            .iter()
+            .filter_map(|c| c.reuse.local_addr.as_deref())
+            .filter(|a| warmed.contains(a))
+            .collect();
         carriers.sort_unstable();
         if let Some(w) = carriers.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!(
-                "the socket {} carried more than one reuse: each pooled connection must be taken out once",
+                "the pooled socket {} carried more than one reuse: each pooled connection must be taken out once",
                 w[0]
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: usize, addr: &str, carrier: Option<&str>) -> ConnObservation {
+        ConnObservation {
+            id,
+            local_addr: addr.into(),
+            opened_ms: 0,
+            last_activity_ms: 0,
+            heartbeats: 0,
+            heartbeat_failure: None,
+            peer_closed_ms: None,
+            peer_reset_ms: None,
+            timed_out_ms: None,
+            replaced_before_use: None,
+            reuse: Attempt {
+                at_ms: 1,
+                latency_ms: 1,
+                outcome: Outcome::Ok,
+                error: None,
+                local_addr: carrier.map(str::to_string),
+            },
+            retry_after_reconnect: None,
+            reconnects: 0,
+            keepalive: false,
+        }
+    }
+
+    fn obs(rows: Vec<ConnObservation>) -> Observations {
+        Observations {
+            service: "http".into(),
+            target: "x".into(),
+            pool: rows.len(),
+            idle_started_ms: 0,
+            idle_ms: 1,
+            reuse_started_ms: 1,
+            connections: rows,
+            finished_ms: 0,
+            peak_rss_kib: 0,
+            notes: vec![],
+        }
+    }
+
+    /// Issue 17: rows that repeat one connection ("connection 4" ×5) broke the contract
+    /// silently; a pooled socket carrying two reuses does too. A new socket may carry two.
+    #[test]
+    fn each_pooled_connection_is_taken_out_once() {
+        assert!(obs(vec![row(0, "a:1", Some("a:1")), row(1, "a:2", Some("a:2"))]).check_contract().is_ok());
+        let e = obs(vec![row(1, "a:1", Some("a:1")), row(1, "a:2", Some("a:2"))]).check_contract().unwrap_err();
+        assert!(e.contains("connection 1 ×2") && e.contains("missing: 0"), "{e}");
+        let e = obs(vec![row(0, "a:1", Some("a:1")), row(1, "a:2", Some("a:1"))]).check_contract().unwrap_err();
+        assert!(e.contains("a:1"), "{e}");
+        assert!(obs(vec![row(0, "a:1", Some("n:9")), row(1, "a:2", Some("n:9"))]).check_contract().is_ok());
     }
 }
