@@ -3,8 +3,7 @@
 //!
 //! Keep-alive on, no idle or header-read timeout of its own, so that only the path decides
 //! when an idle connection dies. `GET /warm` answers after 50 ms, so that N concurrent warm
-//! requests need N connections; anything else answers at once, or after the time its
-//! `x-idlelab-hold-ms` header asks for (the concurrent reuse requests).
+//! requests need N connections; anything else answers at once.
 
 use super::process::{LabProcess, spawn};
 use anyhow::{Context, Result, bail};
@@ -22,9 +21,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// Each request's path, one line per request, appended to the request log (when there is
 /// one): how many times the server received a request is evidence (a proxy's hidden retry
 /// duplicates it).
-/// The request header that asks the server to hold its answer (milliseconds).
-pub const HOLD_HEADER: &str = "x-idlelab-hold-ms";
-
 static REQUEST_LOG: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
 
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -35,12 +31,6 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
     if req.uri().path() == "/warm" {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return Ok(Response::new(Full::new(Bytes::from_static(b"warm\n"))));
-    }
-    // A probe that sends its reuse requests at once asks the server to hold each answer a
-    // little (`x-idlelab-hold-ms`, at most 1 s), so that every request needs a connection of
-    // its own and each pooled connection is taken out once. The path stays `/`.
-    if let Some(ms) = req.headers().get(HOLD_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
     }
     Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
 }

@@ -13,8 +13,9 @@
 //! until the request meets the RST.
 //!
 //! The connector numbers every connection it opens, and hyper-util hands the number back on
-//! each response and error: the reuse sends `pool` requests at once (the server holds each
-//! answer 50 ms, so each needs a connection of its own) and knows which socket carried each.
+//! each response and error: the reuse sends `pool` requests at once behind a gate
+//! ([`ReuseGate`]: no connection delivers an answer until each request has one of its own) and
+//! knows which socket carried each.
 
 use super::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::{LogHandle, ObservedStream};
@@ -77,9 +78,74 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// What hyper-util's pool holds: the stream, as hyper's I/O traits, and the number the
-/// connector gave it (its index in the connector's registry).
-pub struct PooledIo(TokioIo<Stream>, usize);
+/// What hyper-util's pool holds: the stream, as hyper's I/O traits, the number the connector
+/// gave it (its index in the connector's registry), and the reuse gate.
+pub struct PooledIo(TokioIo<Stream>, usize, Arc<ReuseGate>);
+
+/// Every pooled connection out of the pool once, whatever the timing: while the reuse's
+/// requests take their connections, no connection delivers an answer (or an error), so none
+/// can go back to the pool and carry a second request. The gate opens when each request has
+/// written to a connection of its own or ended without one. A request that got no connection
+/// cannot hold the others: the gate also opens after the request timeout.
+#[derive(Default)]
+pub struct ReuseGate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Requests still to take a connection; 0 = open.
+    need: usize,
+    written: std::collections::BTreeSet<usize>,
+    ended_without: usize,
+    wakers: Vec<std::task::Waker>,
+}
+
+impl GateState {
+    fn check(&mut self) {
+        if self.need > 0 && self.written.len() + self.ended_without >= self.need {
+            self.open();
+        }
+    }
+    fn open(&mut self) {
+        self.need = 0;
+        self.wakers.drain(..).for_each(|w| w.wake());
+    }
+}
+
+impl ReuseGate {
+    fn arm(&self, need: usize) {
+        let mut st = self.state.lock().expect("gate");
+        *st = GateState { need, ..Default::default() };
+    }
+    fn wrote(&self, conn: usize) {
+        let mut st = self.state.lock().expect("gate");
+        if st.need > 0 {
+            st.written.insert(conn);
+            st.check();
+        }
+    }
+    /// A request ended; `carrier` is the connection it used, if any.
+    fn ended(&self, carrier: Option<usize>) {
+        let mut st = self.state.lock().expect("gate");
+        if st.need > 0 && carrier.is_none_or(|c| !st.written.contains(&c)) {
+            st.ended_without += 1;
+            st.check();
+        }
+    }
+    fn open(&self) {
+        self.state.lock().expect("gate").open();
+    }
+    /// Ready when open; otherwise the task waits for it.
+    fn poll_open(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock().expect("gate");
+        if st.need == 0 {
+            return Poll::Ready(());
+        }
+        st.wakers.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
 
 /// A connection's index in the connector's registry. hyper-util hands it back on the
 /// response (its extensions) and on an error (`connect_info`): each request is attributed to
@@ -89,13 +155,22 @@ struct ConnIndex(usize);
 
 impl Read for PooledIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.2.poll_open(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.0).poll_read(cx, buf)
     }
 }
 
 impl Write for PooledIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, data)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.0).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.2.wrote(this.1);
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_flush(cx)
@@ -117,6 +192,7 @@ struct ObservingConnector {
     clock: Instant,
     tls: Option<tokio_rustls::TlsConnector>,
     opened: Arc<Mutex<Vec<ConnRecord>>>,
+    gate: Arc<ReuseGate>,
 }
 
 impl tower_service::Service<hyper::Uri> for ObservingConnector {
@@ -148,7 +224,7 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
                 opened.push(ConnRecord { log, local_addr, opened_ms, keepalive });
                 opened.len() - 1
             };
-            Ok(PooledIo(TokioIo::new(stream), index))
+            Ok(PooledIo(TokioIo::new(stream), index, this.gate.clone()))
         })
     }
 }
@@ -243,7 +319,9 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         None => None,
     };
     let opened = Arc::new(Mutex::new(Vec::<ConnRecord>::new()));
-    let connector = ObservingConnector { spec: spec.clone(), clock, tls: tls.clone(), opened: opened.clone() };
+    let gate = Arc::new(ReuseGate::default());
+    let connector =
+        ObservingConnector { spec: spec.clone(), clock, tls: tls.clone(), opened: opened.clone(), gate: gate.clone() };
     let new_client = || -> Client<ObservingConnector, Empty<Bytes>> {
         Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(spec.pool)
@@ -258,15 +336,9 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     let uri = |path: &str| -> hyper::Uri { format!("{scheme}://{authority}{path}").parse().expect("valid URI") };
     let timeout = Duration::from_millis(spec.request_timeout_ms);
     // One GET and the connection that carried it (when hyper-util got as far as one).
-    // `hold_ms` asks the lab's server to hold its answer, so that requests sent at once each
-    // need a connection of their own.
-    let request = |client: &Client<ObservingConnector, Empty<Bytes>>, path: &'static str, hold_ms: Option<u64>| {
+    let request = |client: &Client<ObservingConnector, Empty<Bytes>>, path: &'static str| {
         let client = client.clone();
-        let mut req = hyper::Request::get(uri(path));
-        if let Some(ms) = hold_ms {
-            req = req.header(crate::lab::http_server::HOLD_HEADER, ms.to_string());
-        }
-        let req = req.body(Empty::<Bytes>::new()).expect("valid request");
+        let req = hyper::Request::get(uri(path)).body(Empty::<Bytes>::new()).expect("valid request");
         async move {
             let carrier = std::sync::Arc::new(Mutex::new(None::<usize>));
             let seen = carrier.clone();
@@ -306,7 +378,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     emit_phase("warm", now(), None);
     let mut warm = tokio::task::JoinSet::new();
     for _ in 0..spec.pool {
-        warm.spawn(request(&client, "/warm", None));
+        warm.spawn(request(&client, "/warm"));
     }
     while let Some(r) = warm.join_next().await {
         r.expect("warm task").0?;
@@ -320,15 +392,25 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     let reuse_started_ms = now();
     emit_phase("reuse", reuse_started_ms, None);
     let before: Vec<_> = warmed.iter().map(|c| c.log.get()).collect();
-    // Every pooled connection out of the pool once: `pool` requests at once, each held by the
-    // server for a moment, so that none can go back to the pool and carry a second one.
+    // Every pooled connection out of the pool once: `pool` requests at once, behind the gate
+    // (no answer comes back until each has its connection).
+    gate.arm(warmed.len());
+    let deadline = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            gate.open();
+        })
+    };
     let mut reuses = tokio::task::JoinSet::new();
     for j in 0..warmed.len() {
-        let r = request(&client, "/", Some(REUSE_HOLD_MS));
+        let r = request(&client, "/");
+        let gate = gate.clone();
         reuses.spawn(async move {
             let at_ms = clock.elapsed().as_millis() as u64;
             let started = Instant::now();
             let (result, carrier) = r.await;
+            gate.ended(carrier);
             (j, at_ms, started.elapsed().as_millis() as u64, result, carrier)
         });
     }
@@ -336,6 +418,8 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     while let Some(r) = reuses.join_next().await {
         done.push(r.expect("reuse task"));
     }
+    deadline.abort();
+    gate.open();
     done.sort_by_key(|d| d.0);
     let all = opened.lock().expect("registry").clone();
     let mut unserved: Vec<usize> = (0..warmed.len()).filter(|i| !done.iter().any(|d| d.4 == Some(*i))).collect();
@@ -362,7 +446,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
         let retry_after_reconnect = if result.is_err() {
             let at_ms = now();
             let started = Instant::now();
-            let (r, _) = request(&new_client(), "/", None).await;
+            let (r, _) = request(&new_client(), "/").await;
             let latency_ms = started.elapsed().as_millis() as u64;
             Some(plain_attempt(at_ms, latency_ms, r))
         } else {
@@ -389,10 +473,6 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     }
     Ok(observations(&spec, idle_started_ms, reuse_started_ms, rows, vec![]))
 }
-
-/// How long the lab's server holds each reuse answer: longer than it takes to hand `pool`
-/// requests to hyper-util, far below any request timeout.
-const REUSE_HOLD_MS: u64 = 50;
 
 #[cfg(test)]
 mod tests {
