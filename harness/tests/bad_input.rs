@@ -3,30 +3,30 @@
 mod common;
 use common::*;
 
-fn expect_refused(file: &str, line_col: &str, words: &[&str]) {
+/// Run the bad fixture `file`: exit 2, nothing created; returns stderr.
+fn refused(file: &str) -> String {
     let out = tempdir();
     let target = out.path().join("run");
     let path = fixture(&format!("bad/{file}"));
     let o = run(&["run", path.to_str().unwrap(), "--out", target.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{file}: {}", text(&o));
+    assert!(!target.exists(), "{file}: nothing created");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn expect_refused(file: &str, line_col: &str, words: &[&str]) {
+    let err = refused(file);
     assert!(err.contains(&format!("{file}:{line_col}")), "{file}: names the file, line and column: {err}");
     for w in words {
         assert!(err.contains(w), "{file}: mentions `{w}`: {err}");
     }
     assert!(err.contains("hint:"), "{file}: gives a hint: {err}");
-    assert!(!target.exists(), "{file}: nothing created");
 }
 
 /// Refused with exit 2 at exactly `file:line:column`, the message saying `says`, and a hint
 /// that says `hint` and none of `not_hint`; nothing created.
 fn refused_at(file: &str, line_col: &str, says: &[&str], hint: &str, not_hint: &[&str]) {
-    let out = tempdir();
-    let target = out.path().join("run");
-    let path = fixture(&format!("bad/{file}"));
-    let o = run(&["run", path.to_str().unwrap(), "--out", target.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{file}: {}", text(&o));
+    let err = refused(file);
     assert!(err.contains(&format!("{file}:{line_col}: ")), "{file}: at {line_col}: {err}");
     for w in says {
         assert!(err.contains(w), "{file}: mentions `{w}`: {err}");
@@ -36,7 +36,6 @@ fn refused_at(file: &str, line_col: &str, says: &[&str], hint: &str, not_hint: &
     for n in not_hint {
         assert!(!h.contains(n), "{file}: the hint does not say `{n}`: {err}");
     }
-    assert!(!target.exists(), "{file}: nothing created");
 }
 
 /// Errors found after decoding (the library, `command`, the order of hops) point at the value

@@ -127,6 +127,16 @@ cells:
             .find(|v| v["label"].as_str().unwrap().contains("upstream_http_idle_timeout"))
             .unwrap_or_else(|| panic!("{name}: the time scale knows Envoy's default: {values:?}"));
         assert_eq!(pool["real"], "1h", "{pool}");
+        // What Envoy received: the scaled value, on the service's cluster.
+        let secs = |v: &Value| v.as_str().and_then(|t| t.strip_suffix('s')).and_then(|t| t.parse::<f64>().ok());
+        let sidecar = envoys(c).into_iter().find(|e| e["role"] == "sidecar").expect("a client sidecar");
+        let got = secs(&sidecar["istio_config"]["cluster_http_idle_timeout"]);
+        assert!(
+            got.zip(secs(&pool["scaled"])).is_some_and(|(g, w)| (g - w).abs() < 0.001),
+            "{name}: Envoy received {:?}, the time scale says {}",
+            sidecar["istio_config"]["cluster_http_idle_timeout"],
+            pool["scaled"]
+        );
         assert_eq!(forgotten_segments(c), 0, "{name}: no segment met the forgotten flow: {c}");
     }
 }
