@@ -17,8 +17,6 @@ use tokio::net::TcpStream;
 pub struct StreamLog {
     pub last_read_ms: Option<u64>,
     pub last_write_ms: Option<u64>,
-    /// Bytes written so far: which connection carried a request is the one whose count grew.
-    pub bytes_written: u64,
     /// A read returned end-of-file: the peer's FIN.
     pub eof_ms: Option<u64>,
     /// The first I/O error: when, its kind and its text.
@@ -108,7 +106,6 @@ impl AsyncWrite for ObservedStream {
                 let now = this.now();
                 let mut log = this.log.lock().expect("stream log");
                 log.last_write_ms = Some(now);
-                log.bytes_written += *n as u64;
             }
             Poll::Ready(Err(e)) => this.record_error(e),
             _ => {}
