@@ -1,11 +1,13 @@
 //! Expand a scenario into cells: one independent experiment per mitigation, with its knobs
 //! in real-world time and then scaled.
 
-use crate::knobs::Knobs;
+use crate::config::CellConfig;
 use crate::mitigation::MitigationSpec;
-use crate::scenario::{Scenario, TimeScaleSpec};
-use crate::timescale::{self, TimeScale};
-use crate::verdict::Verdict;
+use crate::scenario::Scenario;
+use crate::model::service::TimeScaleSpec;
+use crate::timescale::{self};
+use crate::model::scale::TimeScale;
+use crate::model::verdict::Verdict;
 
 #[derive(Clone, Debug)]
 pub struct Cell {
@@ -16,11 +18,11 @@ pub struct Cell {
     pub expected: Verdict,
     pub why: Option<String>,
     /// Real-world knobs before the mitigation (the scenario as written).
-    pub baseline: Knobs,
+    pub baseline: CellConfig,
     /// Real-world knobs after the mitigation.
-    pub real: Knobs,
+    pub real: CellConfig,
     /// What the lab runs with.
-    pub scaled: Knobs,
+    pub scaled: CellConfig,
     pub time_scale: TimeScale,
 }
 

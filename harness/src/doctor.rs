@@ -1,23 +1,7 @@
 //! `idlelab doctor`: each prerequisite of the local lab, found or missing, with its fix.
 
-use std::path::PathBuf;
-use std::process::Command;
 
-/// Where `just setup` installs tools (Envoy's venv, the `envoy` link): `$IDLELAB_HOME`, else
-/// `/var/cache/idlelab` as root (outside /root, so Envoy can run as uid 1337), else
-/// `${XDG_CACHE_HOME:-~/.cache}/idlelab`.
-pub fn tools_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("IDLELAB_HOME") {
-        return PathBuf::from(p);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/cache/idlelab");
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
-    cache.join("idlelab")
-}
+use std::process::Command;
 
 pub struct Check {
     pub name: &'static str,
@@ -48,7 +32,7 @@ fn version_of(program: &str, args: &[&str]) -> Option<String> {
 
 pub fn checks() -> Vec<Check> {
     let root = nix::unistd::geteuid().is_root();
-    let envoy = crate::lab::envoy::envoy_bin();
+    let envoy = crate::tools::envoy_bin();
     let envoy_problem = envoy.as_ref().and_then(|b| envoy_unusable(b));
     let envoy_version = envoy
         .as_ref()
@@ -123,26 +107,26 @@ pub fn checks() -> Vec<Check> {
         },
         Check {
             name: "redis-server",
-            found: crate::lab::redis_server::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
+            found: crate::tools::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
             fix: "just setup   (apt-get install -y redis-server)",
             for_run: true,
         },
         Check {
             name: "idlelab-xds (Istio's control plane, istio/)",
-            found: istio_binary(crate::istio::xds_bin(), &[]),
+            found: istio_binary(crate::tools::xds_bin(), &[]),
             fix: "just setup   (builds istio/ with Go: ~10 min cold, cached after)",
             for_run: false,
         },
         Check {
             name: "pilot-agent (Istio's, istio/)",
-            found: istio_binary(crate::istio::agent_bin(), &["version", "--short"])
-                .filter(|_| crate::istio::bootstrap_template().is_file()),
+            found: istio_binary(crate::tools::agent_bin(), &["version", "--short"])
+                .filter(|_| crate::tools::bootstrap_template().is_file()),
             fix: "just setup   (builds istio/ with Go and copies Istio's bootstrap template)",
             for_run: false,
         },
         Check {
             name: "idlelab-probe-go (the Go client libraries, clients/go)",
-            found: crate::probe::go_probe_bin().is_file().then(|| crate::probe::go_probe_bin().display().to_string()),
+            found: crate::tools::go_probe_bin().is_file().then(|| crate::tools::go_probe_bin().display().to_string()),
             fix: "just setup   (builds clients/go with Go: ~30 s cold, cached after)",
             for_run: false,
         },

@@ -30,7 +30,7 @@ pub enum Event {
         cell: String,
         factor: u32,
         auto: bool,
-        values: Vec<crate::timescale::ScaledValue>,
+        values: Vec<crate::model::scale::ScaledValue>,
     },
     CellPhase {
         cell: String,

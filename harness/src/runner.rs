@@ -12,7 +12,7 @@ use crate::lab::RunShared;
 use crate::mitigation::{IstioContext, MitigationSpec};
 use crate::report::{CellReport, Evidence, RepeatOutcome, Reporter, RunSummary, SCHEMA_VERSION, ScenarioSummary};
 use crate::scenario::Scenario;
-use crate::verdict::{self, Verdict};
+use crate::model::verdict::{self, Verdict};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -124,7 +124,7 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
                 .time_scale
                 .notes()
                 .chain(
-                    (cell.real.client.library != crate::probe::library::Library::default_for(cell.real.service))
+                    (cell.real.client.library != crate::model::library::Library::default_for(cell.real.service))
                         .then(|| cell.real.client_settings().join("; "))
                         .map(|s| format!("configuration: {s}")),
                 )

@@ -4,173 +4,16 @@
 //! nothing to act on is an error that names the file, the line and the column, says what
 //! was expected and gives a hint. The format is documented in `scenarios/README.md`.
 
-use crate::duration::Dur;
+use crate::model::duration::Dur;
 use crate::hop::Hop;
 use crate::mitigation::MitigationSpec;
-use crate::probe::library::Library;
-use crate::verdict::Verdict;
-use serde::{Deserialize, Deserializer, Serialize};
+use crate::model::library::Library;
+use crate::model::verdict::Verdict;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// The server behind the path.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Service {
-    Redis,
-    /// MariaDB (`mariadbd`) through `mysql_async`'s pool.
-    Mysql,
-    /// memcached through `memcache-async` on the probe's own sockets and pool.
-    Memcached,
-    /// HTTP/1.1 keep-alive to a hyper server, through hyper-util's pooled client.
-    Http,
-    /// The same with TLS, terminated at a `gateway` hop (`tls: true`).
-    Https,
-}
-
-impl Service {
-    pub fn port(self) -> u16 {
-        match self {
-            Service::Redis => 6379,
-            Service::Mysql => 3306,
-            Service::Memcached => 11211,
-            Service::Http => 8080,
-            Service::Https => 8443,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Redis => "redis",
-            Service::Mysql => "mysql",
-            Service::Memcached => "memcached",
-            Service::Http => "http",
-            Service::Https => "https",
-        }
-    }
-    /// Whether the client library manages its own pool (the probe cannot address one
-    /// pooled connection, so per-connection mitigations such as heartbeats do not apply).
-    pub fn library_pool(self) -> bool {
-        matches!(self, Service::Http | Service::Https | Service::Mysql)
-    }
-    /// The server's own idle timeout when the scenario does not set one: redis `timeout 0`
-    /// (off), MariaDB's `wait_timeout` default of 8 h, memcached's `idle_timeout` 0 (off).
-    pub fn default_server_idle_timeout(self) -> Dur {
-        match self {
-            Service::Mysql => Dur::secs(28800),
-            _ => Dur::secs(0),
-        }
-    }
-    /// How the server's own idle timer keeps time, measured against its source:
-    /// - redis compares whole-second clocks (`now - lastinteraction > timeout`, in
-    ///   `clientsCron`, 10 times a second): it closes 0–1.1 s after its value;
-    /// - memcached's `conn_timeout_thread` compares whole-second `current_time`, sleeps until
-    ///   the oldest connection could expire plus one second, and scans its connections over
-    ///   about a second: up to 3 s late;
-    /// - MariaDB's `wait_timeout` is a read timeout on the socket: whole seconds, on time.
-    pub fn server_idle_precision(self) -> crate::knobs::Precision {
-        use crate::knobs::Precision;
-        match self {
-            Service::Redis => Precision::ServerClock { late_ms: 1100 },
-            Service::Memcached => Precision::ServerClock { late_ms: 3000 },
-            Service::Mysql | Service::Http | Service::Https => Precision::WholeSeconds,
-        }
-    }
-
-    /// The server's own idle-timeout setting, by its name there.
-    pub fn server_idle_setting(self) -> &'static str {
-        match self {
-            Service::Redis => "redis `timeout`",
-            Service::Mysql => "MariaDB `wait_timeout`",
-            Service::Memcached => "memcached `-o idle_timeout`",
-            Service::Http | Service::Https => "none (the hyper server has no idle timeout)",
-        }
-    }
-}
-
-/// TCP keepalive on a socket: `SO_KEEPALIVE` with `TCP_KEEPIDLE` / `TCP_KEEPINTVL` / `TCP_KEEPCNT`.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Keepalive {
-    pub time: Dur,
-    pub interval: Dur,
-    pub probes: u32,
-}
-
-impl fmt::Display for Keepalive {
-    /// `10m/75s/9`: time / interval / probes.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.time, self.interval, self.probes)
-    }
-}
-
-impl Keepalive {
-    /// Refused when no probe would ever be sent.
-    pub fn check(&self) -> Result<(), String> {
-        if self.probes == 0 { Err("probes must be at least 1".into()) } else { Ok(()) }
-    }
-
-    /// Idle time and interval as the kernel's TCP_KEEPIDLE / TCP_KEEPINTVL (and Envoy's
-    /// keepalive settings) take them: whole seconds, at least 1, since 0 is refused.
-    pub fn whole_seconds(&self) -> (u64, u64) {
-        (self.time.0.as_secs().max(1), self.interval.0.as_secs().max(1))
-    }
-
-    /// Its two durations for the time scale, labelled under `prefix`.
-    pub fn durations_mut(&mut self, prefix: &str) -> Vec<crate::knobs::KnobDuration<'_>> {
-        use crate::knobs::{KnobDuration, Precision, Role};
-        vec![
-            KnobDuration {
-                label: format!("{prefix}.time"),
-                value: &mut self.time,
-                precision: Precision::WholeSeconds,
-                role: Role::KeepaliveTime,
-            },
-            KnobDuration {
-                label: format!("{prefix}.interval"),
-                value: &mut self.interval,
-                precision: Precision::WholeSeconds,
-                role: Role::KeepaliveInterval,
-            },
-        ]
-    }
-}
-
-/// `keepalive: off` or `keepalive: {time: 600s, interval: 75s, probes: 9}`.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
-pub struct KeepaliveSetting(pub Option<Keepalive>);
-
-impl<'de> Deserialize<'de> for KeepaliveSetting {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = KeepaliveSetting;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`off` or {time: 600s, interval: 75s, probes: 9}")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v {
-                    "off" => Ok(KeepaliveSetting(None)),
-                    other => Err(E::custom(format!(
-                        "expected `off` or {{time: 600s, interval: 75s, probes: 9}}, found `{other}`"
-                    ))),
-                }
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                if v {
-                    Err(E::custom("keepalive needs its timers: write {time: 600s, interval: 75s, probes: 9}"))
-                } else {
-                    Ok(KeepaliveSetting(None))
-                }
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                Keepalive::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(|k| KeepaliveSetting(Some(k)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+use crate::model::service::{KeepaliveSetting, Service, TimeScaleSpec};
 
 fn default_pool() -> usize {
     4
@@ -208,57 +51,6 @@ impl Default for ClientSpec {
             pool: default_pool(),
             keepalive: None,
             request_timeout: default_request_timeout(),
-        }
-    }
-}
-
-/// `time_scale: auto` or a factor (`720` runs 1 h as 5 s).
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
-pub enum TimeScaleSpec {
-    #[default]
-    Auto,
-    Factor(u32),
-}
-
-impl<'de> Deserialize<'de> for TimeScaleSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = TimeScaleSpec;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`auto` or a whole factor ≥ 1, e.g. 720")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                TimeScaleSpec::parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                TimeScaleSpec::parse(&v.to_string()).map_err(E::custom)
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                TimeScaleSpec::parse(&v.to_string()).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl TimeScaleSpec {
-    pub fn parse(v: &str) -> Result<Self, String> {
-        if v == "auto" {
-            return Ok(TimeScaleSpec::Auto);
-        }
-        match v.parse::<u32>() {
-            Ok(n) if n >= 1 => Ok(TimeScaleSpec::Factor(n)),
-            _ => Err(format!("expected `auto` or a whole factor ≥ 1 (e.g. 720: 1h runs as 5s), found `{v}`")),
-        }
-    }
-}
-
-impl fmt::Display for TimeScaleSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TimeScaleSpec::Auto => f.write_str("auto"),
-            TimeScaleSpec::Factor(n) => write!(f, "{n}"),
         }
     }
 }
@@ -526,7 +318,7 @@ pub(crate) fn first_line(s: &str) -> String {
 }
 
 fn hint_for(message: &str) -> Option<String> {
-    if let Some(h) = crate::duration::hint_for(message) {
+    if let Some(h) = crate::model::duration::hint_for(message) {
         Some(h)
     } else if message.contains("unknown field") {
         Some("check the spelling against scenarios/README.md; unknown keys are refused so a typo cannot silently change an experiment".into())
@@ -680,7 +472,7 @@ impl Scenario {
     /// The client library: the named one (which must speak the service), else the service's
     /// default; `client.command` alone means `external`. Err: (message, hint).
     pub fn library(&self) -> Result<Library, (String, Option<String>)> {
-        let names = || crate::probe::library::ALL.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ");
+        let names = || crate::model::library::ALL.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ");
         let library = match (&self.client.library, &self.client.command) {
             (None, Some(_)) => Library::External,
             (None, None) => Library::default_for(self.service),
@@ -690,7 +482,7 @@ impl Scenario {
         };
         if !library.speaks(self.service) {
             let fitting: Vec<&str> =
-                crate::probe::library::ALL.iter().filter(|l| l.speaks(self.service)).map(|l| l.name()).collect();
+                crate::model::library::ALL.iter().filter(|l| l.speaks(self.service)).map(|l| l.name()).collect();
             return Err((
                 format!("client.library `{}` does not speak {}", library.name(), self.service.name()),
                 Some(format!("for {}: {}", self.service.name(), fitting.join(", "))),
@@ -700,11 +492,11 @@ impl Scenario {
     }
 
     /// The knobs every cell starts from, before its mitigation.
-    pub fn base_knobs(&self) -> crate::knobs::Knobs {
+    pub fn base_knobs(&self) -> crate::config::CellConfig {
         let library = self.library().unwrap_or(Library::default_for(self.service));
-        crate::knobs::Knobs {
+        crate::config::CellConfig {
             service: self.service,
-            client: crate::knobs::ClientKnobs {
+            client: crate::config::ClientConfig {
                 library,
                 command: self.client.command.clone(),
                 command_dir: self.source.parent().map(std::path::Path::to_path_buf),

@@ -26,12 +26,13 @@
 //! probes) is clamped to the kernel's 1 s minimum and the summary says so. `TCP_USER_TIMEOUT`
 //! is checked against the (unscaled) request timeout instead.
 
-use crate::duration::{Dur, human};
-use crate::knobs::{Knobs, Precision, Role};
-use crate::scenario::TimeScaleSpec;
-use serde::Serialize;
+use crate::model::duration::{Dur, human};
+use crate::config::CellConfig;
+use crate::model::scale::{Precision, Role};
+use crate::model::service::TimeScaleSpec;
 use std::fmt;
 use std::time::Duration;
+use crate::model::scale::{ScaledValue, TimeScale, scale_millis};
 
 /// The smallest gap kept between two durations whose order decides the outcome, and the
 /// shortest idle period. One second absorbs process start-up, scheduling on a busy 2-core
@@ -39,38 +40,6 @@ use std::time::Duration;
 pub const MIN_GAP: Duration = Duration::from_secs(1);
 /// The largest factor `auto` considers.
 pub const MAX_FACTOR: u32 = 100_000;
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ScaledValue {
-    pub label: String,
-    pub real: Dur,
-    pub scaled: Dur,
-    pub precision: Precision,
-    /// How late the component may act after the value (a server's whole-second clock).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub late_by_ms: Option<u64>,
-    pub role: Role,
-    /// Whether the value is in an ordering that decides the outcome.
-    pub deciding: bool,
-    /// Why the value is not simply `real / factor`, when it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TimeScale {
-    pub factor: u32,
-    pub auto: bool,
-    pub values: Vec<ScaledValue>,
-    /// The orderings that decide this cell, as `a < b` in real-world time.
-    pub orderings: Vec<String>,
-}
-
-impl TimeScale {
-    pub fn notes(&self) -> impl Iterator<Item = String> + '_ {
-        self.values.iter().filter_map(|v| v.note.as_ref().map(|n| format!("{}: {n}", v.label)))
-    }
-}
 
 /// Why a cell's durations cannot be run at a factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,20 +95,6 @@ pub fn deciding_pairs(roles: &[Role]) -> Vec<(usize, usize)> {
     pairs
 }
 
-/// A duration Envoy or the probe takes, scaled: milliseconds, at least 1 ms (`0s`, "off",
-/// stays off).
-pub fn scale_millis(real: Dur, factor: u32) -> Dur {
-    if real.is_zero() {
-        return real;
-    }
-    Dur(Duration::from_millis((real.0.as_secs_f64() * 1000.0 / factor.max(1) as f64).round().max(1.0) as u64))
-}
-
-/// A duration the kernel takes, scaled: whole seconds, at least 1 s.
-pub fn scale_seconds(real: Dur, factor: u32) -> u64 {
-    (real.0.as_secs_f64() / factor.max(1) as f64).round().max(1.0) as u64
-}
-
 fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (Dur, Option<String>) {
     let exact = real.0.as_secs_f64() / factor as f64;
     match precision {
@@ -166,20 +121,20 @@ fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (D
     }
 }
 
-/// The labels of the keepalives whose end decides the cell (`Knobs::keepalive_ends`).
-fn giveup_prefixes(knobs: &Knobs) -> Vec<String> {
+/// The labels of the keepalives whose end decides the cell (`CellConfig::keepalive_ends`).
+fn giveup_prefixes(knobs: &CellConfig) -> Vec<String> {
     knobs.keepalive_ends().into_iter().map(|(label, _)| label).collect()
 }
 
 /// How a keepalive's end is named in orderings and errors.
-fn end_label(label: &str, end: &crate::keepalive::KeepaliveEnd) -> String {
+fn end_label(label: &str, end: &crate::model::keepalive::KeepaliveEnd) -> String {
     match end.kind {
-        crate::keepalive::EndKind::GiveUp => format!("{label} give-up"),
-        crate::keepalive::EndKind::Reset => format!("{label} reset (a probe meets the forgotten flow)"),
+        crate::model::keepalive::EndKind::GiveUp => format!("{label} give-up"),
+        crate::model::keepalive::EndKind::Reset => format!("{label} reset (a probe meets the forgotten flow)"),
     }
 }
 
-fn scaled_values(knobs: &Knobs, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, usize)>) {
+fn scaled_values(knobs: &CellConfig, factor: u32) -> (Vec<ScaledValue>, Vec<(usize, usize)>) {
     let mut k = knobs.clone();
     let giveups = giveup_prefixes(knobs);
     let durations = k.durations_mut();
@@ -268,7 +223,7 @@ fn ordered(values: &[ScaledValue], i: usize, j: usize) -> Option<(usize, usize)>
     }
 }
 
-fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor: u32) -> Result<(), OrderingError> {
+fn check(knobs: &CellConfig, values: &[ScaledValue], pairs: &[(usize, usize)], factor: u32) -> Result<(), OrderingError> {
     for &(i, j) in pairs {
         if values[i].real == values[j].real {
             return Err(race(factor, &values[i].label, &values[j].label, values[i].real));
@@ -279,11 +234,11 @@ fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor
     let (real_ends, scaled_ends) = (knobs.keepalive_ends(), scaled_knobs.keepalive_ends());
     // The kernel's keepalive must end the same way at this factor: rounding to whole seconds
     // must not make a probe answered that was lost, or the reverse.
-    let shape = |ends: &[(String, crate::keepalive::KeepaliveEnd)]| {
+    let shape = |ends: &[(String, crate::model::keepalive::KeepaliveEnd)]| {
         ends.iter().map(|(l, e)| (l.clone(), e.kind, e.answered)).collect::<Vec<_>>()
     };
     if shape(&real_ends) != shape(&scaled_ends) {
-        let describe = |ends: &[(String, crate::keepalive::KeepaliveEnd)]| {
+        let describe = |ends: &[(String, crate::model::keepalive::KeepaliveEnd)]| {
             if ends.is_empty() {
                 return "no keepalive ends the connection".to_string();
             }
@@ -361,7 +316,7 @@ fn check(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)], factor
 }
 
 /// The largest factor the analytical bounds allow (before rounding is checked).
-fn upper_bound(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)]) -> u32 {
+fn upper_bound(knobs: &CellConfig, values: &[ScaledValue], pairs: &[(usize, usize)]) -> u32 {
     let gap = MIN_GAP.as_secs_f64();
     let mut bound = MAX_FACTOR as f64;
     for v in values.iter().filter(|v| v.role == Role::Idle) {
@@ -385,7 +340,7 @@ fn upper_bound(knobs: &Knobs, values: &[ScaledValue], pairs: &[(usize, usize)]) 
 /// Divide every duration by `factor` with the same rounding, without checking orderings:
 /// for rendering the unmitigated path of a cell at that cell's factor (whose orderings are
 /// the mitigated path's).
-pub fn apply_factor(knobs: &Knobs, factor: u32) -> Knobs {
+pub fn apply_factor(knobs: &CellConfig, factor: u32) -> CellConfig {
     let (values, _) = scaled_values(knobs, factor);
     let mut scaled = knobs.clone();
     for (d, v) in scaled.durations_mut().into_iter().zip(&values) {
@@ -395,7 +350,7 @@ pub fn apply_factor(knobs: &Knobs, factor: u32) -> Knobs {
 }
 
 /// The strongest factor that keeps every ordering of the cell, or why none does.
-fn strongest(knobs: &Knobs) -> Result<u32, OrderingError> {
+fn strongest(knobs: &CellConfig) -> Result<u32, OrderingError> {
     let (values, pairs) = scaled_values(knobs, 1);
     let mut f = upper_bound(knobs, &values, &pairs);
     loop {
@@ -409,7 +364,7 @@ fn strongest(knobs: &Knobs) -> Result<u32, OrderingError> {
 }
 
 /// Scale a cell's knobs. Returns the scaled knobs and the record of every value.
-pub fn scale(knobs: &Knobs, spec: TimeScaleSpec) -> Result<(Knobs, TimeScale), OrderingError> {
+pub fn scale(knobs: &CellConfig, spec: TimeScaleSpec) -> Result<(CellConfig, TimeScale), OrderingError> {
     let (factor, auto) = match spec {
         TimeScaleSpec::Factor(f) => {
             let (values, pairs) = scaled_values(knobs, f);
@@ -450,7 +405,7 @@ mod tests {
     use super::*;
     use crate::mitigation::{Mitigation, app_heartbeat::AppHeartbeat, app_keepalive::AppKeepalive};
 
-    fn base() -> Knobs {
+    fn base() -> CellConfig {
         crate::mitigation::test_knobs() // sidecar 1h, idle 70m
     }
 
@@ -473,7 +428,7 @@ mod tests {
     #[test]
     fn keepalive_time_takes_whole_seconds_and_a_useless_interval_is_clamped() {
         let mut k = base();
-        AppKeepalive(crate::scenario::Keepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 })
+        AppKeepalive(crate::model::service::Keepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 })
             .apply(&mut k)
             .unwrap();
         let (k, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
@@ -549,7 +504,7 @@ mod tests {
             on_unknown: crate::hop::OnUnknown::Drop,
         })];
         k.idle = Dur::secs(600);
-        AppKeepalive(crate::scenario::Keepalive { time: Dur::secs(400), interval: Dur::secs(30), probes: 3 })
+        AppKeepalive(crate::model::service::Keepalive { time: Dur::secs(400), interval: Dur::secs(30), probes: 3 })
             .apply(&mut k)
             .unwrap();
         let (_, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
@@ -578,14 +533,14 @@ mod tests {
             on_unknown: crate::hop::OnUnknown::Drop,
         })];
         k.idle = Dur::secs(1250);
-        AppKeepalive(crate::scenario::Keepalive { time: Dur::secs(100), interval: Dur::secs(300), probes: 3 })
+        AppKeepalive(crate::model::service::Keepalive { time: Dur::secs(100), interval: Dur::secs(300), probes: 3 })
             .apply(&mut k)
             .unwrap();
         let (scaled, ts) = scale(&k, TimeScaleSpec::Auto).unwrap();
         assert!(ts.orderings.iter().any(|o| o == "idle < client.keepalive give-up"), "{:?}", ts.orderings);
         // What the kernel does with the scaled values: still after the idle, by the gap.
         let ka = scaled.client.keepalive.unwrap();
-        let devices = [crate::keepalive::Forgetter {
+        let devices = [crate::model::keepalive::Forgetter {
             timeout: Duration::from_secs(
                 scaled
                     .path
@@ -598,7 +553,7 @@ mod tests {
             ),
             on_unknown: crate::hop::OnUnknown::Drop,
         }];
-        let end = crate::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).unwrap();
+        let end = crate::model::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).unwrap();
         assert_eq!(end.answered, 1, "{end:?} at ×{}", ts.factor);
         assert!(end.at >= scaled.idle.0 + MIN_GAP, "give-up {end:?} vs idle {} at ×{}", scaled.idle, ts.factor);
         // ×90 rounds to time 1 s, interval 3 s, timeout 2 s: the kernel would give up at 13 s,

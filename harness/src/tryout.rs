@@ -14,8 +14,9 @@ use crate::cli::{Exec, OutputArgs, execute};
 use crate::mitigation::istio_yaml::IstioYaml;
 use crate::mitigation::{Mitigation, MitigationSpec};
 use crate::report::CellReport;
+use crate::model::service::Service;
 use crate::scenario::{self, CellSpec};
-use crate::verdict::Verdict;
+use crate::model::verdict::Verdict;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,14 +59,14 @@ fn touches(m: &IstioYaml) -> (bool, bool, bool) {
 }
 
 /// The lab services the files' hosts name (after `host_map`), if any.
-fn services_named(m: &IstioYaml) -> Vec<scenario::Service> {
+fn services_named(m: &IstioYaml) -> Vec<Service> {
     let l = m.loaded.as_deref().expect("loaded");
     let all = [
-        scenario::Service::Redis,
-        scenario::Service::Mysql,
-        scenario::Service::Memcached,
-        scenario::Service::Http,
-        scenario::Service::Https,
+        Service::Redis,
+        Service::Mysql,
+        Service::Memcached,
+        Service::Http,
+        Service::Https,
     ];
     let mut out = Vec::new();
     for d in &l.docs {
@@ -248,7 +249,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
             }
         };
         s.cells.push(try_cell);
-        let fixed = crate::cells::expand(&s, &[], Some(scenario::TimeScaleSpec::Factor(factor)));
+        let fixed = crate::cells::expand(&s, &[], Some(crate::model::service::TimeScaleSpec::Factor(factor)));
         match fixed.or_else(|_| crate::cells::expand(&s, &[], None)) {
             Ok(c) => all_cells.extend(c),
             Err(e) => {

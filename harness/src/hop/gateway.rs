@@ -16,9 +16,9 @@
 //! whatever sits in front of the gateway. Its idle timeout is Envoy's `tcp_proxy` default
 //! (1 h); a compressed run sets the scaled value with an EnvoyFilter (`kube::istio`).
 
-use crate::duration::Dur;
-use crate::knobs::KnobDuration;
-use crate::scenario::Keepalive;
+use crate::model::duration::Dur;
+use crate::model::scale::KnobDuration;
+use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
 
 fn istio_default_idle_timeout() -> Dur {

@@ -14,17 +14,11 @@
 //! AWS NLB do) or silently dropped (`on_unknown: drop`). Any segment refreshes the flow,
 //! keepalive probes included.
 
-use crate::duration::Dur;
-use crate::knobs::{KnobDuration, Precision, Role};
+use crate::model::duration::Dur;
+use crate::model::scale::{KnobDuration, Precision, Role};
 use serde::{Deserialize, Serialize};
 
-/// What the middlebox does with a segment of a flow it has forgotten.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnUnknown {
-    Reset,
-    Drop,
-}
+pub use crate::model::keepalive::OnUnknown;
 
 /// Devices with documented idle figures (../shared/FACTS.md §6).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

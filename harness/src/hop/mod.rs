@@ -40,7 +40,7 @@ impl Hop {
     }
 
     /// The hop's durations, for the time scale (label, value, how they are applied).
-    pub fn durations_mut(&mut self, index: usize) -> Vec<crate::knobs::KnobDuration<'_>> {
+    pub fn durations_mut(&mut self, index: usize) -> Vec<crate::model::scale::KnobDuration<'_>> {
         match self {
             Hop::Sidecar(h) => h.durations_mut(index),
             Hop::Middlebox(h) => h.durations_mut(index),

@@ -12,8 +12,8 @@
 //! DestinationRule `idleTimeout` on the client side does not reach it (istio#60009). It must
 //! be the last hop of a path.
 
-use crate::duration::Dur;
-use crate::knobs::KnobDuration;
+use crate::model::duration::Dur;
+use crate::model::scale::KnobDuration;
 use serde::{Deserialize, Serialize};
 
 fn istio_default_idle_timeout() -> Dur {

@@ -15,9 +15,9 @@
 //! (it closes after Envoy's 5 s drain), and Envoy keeps its own upstream pool behind it. This
 //! type is the time-scale model of the hop; the config itself is Istio's (`lab::mesh`).
 
-use crate::duration::Dur;
-use crate::knobs::KnobDuration;
-use crate::scenario::Keepalive;
+use crate::model::duration::Dur;
+use crate::model::scale::KnobDuration;
+use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
 
 fn istio_default_idle_timeout() -> Dur {
@@ -128,7 +128,7 @@ impl SidecarHop {
         {
             out.extend(KnobDuration::envoy_idle_timeout(format!("path[{index}].sidecar.service_http_idle_timeout"), t));
         }
-        // The upstream HTTP pool's idle timeout when no DestinationRule sets one (Knobs keeps it
+        // The upstream HTTP pool's idle timeout when no DestinationRule sets one (CellConfig keeps it
         // for `http-*` ports only): a default Envoy or Istio applies is a duration like any other.
         match self.route {
             Route::Service if http_pool_default => out.extend(KnobDuration::envoy_idle_timeout(

@@ -25,6 +25,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use crate::tools::{agent_bin, bootstrap_template, xds_bin};
 
 /// The uid Istio's proxy runs as (the lab's other Envoys too); the capture exempts it.
 pub use crate::lab::envoy::ENVOY_UID as PROXY_UID;
@@ -34,21 +35,6 @@ pub const XDS_ADDR: &str = "127.0.0.1:15010";
 pub const DEBUG_ADDR: &str = "127.0.0.1:15014";
 /// Envoy's admin port in Istio's bootstrap (loopback of the pod's namespace).
 pub const ADMIN_PORT: u16 = 15000;
-
-/// `idlelab-xds`, as `just setup` builds it.
-pub fn xds_bin() -> PathBuf {
-    crate::doctor::tools_dir().join("bin/idlelab-xds")
-}
-
-/// `pilot-agent`, built from the same Istio module.
-pub fn agent_bin() -> PathBuf {
-    crate::doctor::tools_dir().join("bin/pilot-agent")
-}
-
-/// Istio's Envoy bootstrap template (`tools/packaging/common/envoy_bootstrap.json`).
-pub fn bootstrap_template() -> PathBuf {
-    crate::doctor::tools_dir().join("share/istio/envoy_bootstrap.json")
-}
 
 /// Istio refused a resource, as its validating webhook would.
 #[derive(Debug, Clone, PartialEq)]
@@ -334,7 +320,7 @@ impl Proxy {
             tracing::debug!(netns = %netns.name, args = ?args, "capture installed by istio-iptables");
         }
 
-        let envoy = crate::lab::envoy::envoy_bin().ok_or_else(|| anyhow!("no Envoy (run `just setup`)"))?;
+        let envoy = crate::tools::envoy_bin().ok_or_else(|| anyhow!("no Envoy (run `just setup`)"))?;
         let envoy = std::fs::canonicalize(&envoy).unwrap_or(envoy);
         let proxy_config = serde_json::json!({
             "discoveryAddress": xds,
@@ -515,7 +501,7 @@ fn duration_or_default(v: &Value, default: &str) -> Value {
 /// [`deciding_fields`]; unset is Envoy's 1 h. The model decides the cell's factor: a config
 /// that disagrees (a rule the lab did not see sets the pool's idle timeout) would run the cell
 /// on durations the time scale never checked, so it is an error, not a verdict.
-pub fn http_pool_idle_mismatch(fields: &Value, expected: crate::duration::Dur) -> Option<String> {
+pub fn http_pool_idle_mismatch(fields: &Value, expected: crate::model::duration::Dur) -> Option<String> {
     let got = fields["cluster_http_idle_timeout"].as_str().unwrap_or("unset");
     let ms = if got.starts_with("unset") {
         Some(3_600_000.0)

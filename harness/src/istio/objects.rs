@@ -122,7 +122,7 @@ fn yaml<T: serde::Serialize>(kind: &str, api_version: &str, v: &T) -> String {
 
 /// The host the client sidecar's upstream is, in the local lab: the gateway's Service when
 /// the path has one, else the server's.
-pub fn target_host(path: &[Hop], service: crate::scenario::Service, namespace: &str) -> String {
+pub fn target_host(path: &[Hop], service: crate::model::service::Service, namespace: &str) -> String {
     if path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
         format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}.svc.cluster.local")
     } else {
@@ -149,7 +149,7 @@ fn service_docs(
     namespace: &str,
     selector: (&str, &str),
     cluster_ip: Ipv4Addr,
-    service: crate::scenario::Service,
+    service: crate::model::service::Service,
     endpoint: Ipv4Addr,
 ) -> [String; 2] {
     let port_name = crate::kube::manifests::port_name(service);
@@ -346,7 +346,7 @@ pub fn for_cell(
             listener: match route {
                 // Istio gives an HTTP port one wildcard listener (routes by Host over RDS),
                 // other protocols a listener per Service address.
-                Route::Service if service == crate::scenario::Service::Http => format!("0.0.0.0_{port}"),
+                Route::Service if service == crate::model::service::Service::Http => format!("0.0.0.0_{port}"),
                 Route::Service => format!("{target_ip}_{port}"),
                 Route::Passthrough => "virtualOutbound".into(),
             },

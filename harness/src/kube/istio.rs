@@ -2,7 +2,7 @@
 //! idle timeouts of a compressed run, and the ingress gateway's Gateway + VirtualService.
 
 use crate::cells::Cell;
-use crate::duration::Dur;
+use crate::model::duration::Dur;
 use crate::hop::{GatewayHop, Hop};
 use crate::mitigation::envoyfilter_idle_timeout::TCP_PROXY_TYPE_URL;
 use crate::mitigation::istio_idle_timeout::go_duration;
@@ -25,7 +25,7 @@ pub fn scaled_idle_timeouts(cell: &Cell) -> Vec<(String, Dur)> {
             _ => None,
         })
         .filter(|(_, d)| factor > 1 || *d != ISTIO_DEFAULT_IDLE)
-        .map(|(pod, d)| (pod, crate::timescale::scale_millis(d, factor)))
+        .map(|(pod, d)| (pod, crate::model::scale::scale_millis(d, factor)))
         .collect()
 }
 
@@ -108,9 +108,9 @@ pub fn gateway_socket_options(g: &GatewayHop, ns: &str, port: u16, factor: u32) 
     let mut options: Vec<serde_json::Value> = g
         .keepalive
         .map(|ka| {
-            let scaled = crate::scenario::Keepalive {
-                time: Dur::secs(crate::timescale::scale_seconds(ka.time, factor)),
-                interval: Dur::secs(crate::timescale::scale_seconds(ka.interval, factor)),
+            let scaled = crate::model::service::Keepalive {
+                time: Dur::secs(crate::model::scale::scale_seconds(ka.time, factor)),
+                interval: Dur::secs(crate::model::scale::scale_seconds(ka.interval, factor)),
                 probes: ka.probes,
             };
             crate::mitigation::gateway_keepalive::socket_options(&scaled).as_array().cloned().unwrap_or_default()
@@ -144,7 +144,7 @@ pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static
     for hop in &cell.baseline.path {
         if let Hop::Gateway(g) = hop {
             if factor > 1 && !g.idle_timeout.is_zero() {
-                let scaled = crate::timescale::scale_millis(g.idle_timeout, factor);
+                let scaled = crate::model::scale::scale_millis(g.idle_timeout, factor);
                 out.push((
                     gateway_idle_timeout(ns, scaled, port),
                     "the gateway's scaled tcp_proxy idle timeout, set explicitly",
@@ -170,7 +170,7 @@ pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static
 /// PassthroughCluster. The lab checks what Envoy received (`istio::http_pool_idle_mismatch`).
 pub fn sidecar_http_pool_idle(cell: &Cell, ctx: &crate::mitigation::IstioContext) -> Option<(String, &'static str)> {
     let factor = cell.time_scale.factor;
-    if factor <= 1 || cell.real.service != crate::scenario::Service::Http {
+    if factor <= 1 || cell.real.service != crate::model::service::Service::Http {
         return None;
     }
     let (scaled, passthrough) = cell.scaled.sidecar()?.http_pool_idle_default()?;

@@ -8,8 +8,8 @@
 //! ```
 
 use crate::hop::{MiddleboxHop, OnUnknown};
-use crate::knobs::Knobs;
-use crate::scenario::Service as Svc;
+use crate::config::CellConfig;
+use crate::model::service::Service as Svc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction,
@@ -68,7 +68,7 @@ pub fn port_name(s: Svc) -> String {
 }
 
 /// The server container, with its own idle settings explicit, as in the local lab.
-fn server_container(knobs: &Knobs) -> Container {
+fn server_container(knobs: &CellConfig) -> Container {
     let port = knobs.service.port();
     let idle = knobs.server_idle_timeout.0.as_secs();
     let (image, args, env): (&str, Vec<String>, Vec<EnvVar>) = match knobs.service {
@@ -169,7 +169,7 @@ fn readiness(s: Svc) -> Probe {
     Probe { period_seconds: Some(1), failure_threshold: Some(180), timeout_seconds: Some(2), ..probe }
 }
 
-pub fn server(knobs: &Knobs, ns: &str, annotations: BTreeMap<String, String>) -> (Deployment, Service) {
+pub fn server(knobs: &CellConfig, ns: &str, annotations: BTreeMap<String, String>) -> (Deployment, Service) {
     let name = knobs.service.name();
     let labels = [("app", name)];
     let deployment = Deployment {
@@ -258,8 +258,8 @@ pub fn middlebox(name: &str, ns: &str, hop: &MiddleboxHop, next_host: &str, s: S
 
 /// The probe container's command: `idlelab probe` for the Rust client libraries,
 /// `idlelab-probe-go` (in the same image) for the Go ones. Both read the spec from the file.
-fn probe_command(knobs: &Knobs) -> Vec<String> {
-    use crate::probe::library::Runtime;
+fn probe_command(knobs: &CellConfig) -> Vec<String> {
+    use crate::model::library::Runtime;
     let spec = ["--spec".to_string(), "/spec/probe.json".to_string()];
     match knobs.client.library.runtime() {
         Runtime::Go => std::iter::once("idlelab-probe-go".to_string()).chain(spec).collect(),
@@ -270,7 +270,7 @@ fn probe_command(knobs: &Knobs) -> Vec<String> {
     }
 }
 
-pub fn probe(ns: &str, spec_json: &str, knobs: &Knobs, annotations: BTreeMap<String, String>) -> (ConfigMap, Pod) {
+pub fn probe(ns: &str, spec_json: &str, knobs: &CellConfig, annotations: BTreeMap<String, String>) -> (ConfigMap, Pod) {
     let cm = ConfigMap {
         metadata: meta("idlelab-probe-spec", ns, &[("app", "idlelab-probe")], BTreeMap::new()),
         data: Some(BTreeMap::from([("probe.json".to_string(), spec_json.to_string())])),

@@ -26,7 +26,7 @@ use crate::cells::Cell;
 use crate::hop::Hop;
 use crate::mitigation::{IstioContext, IstioForm};
 use crate::probe::ProbeSpec;
-use crate::scenario::Service as Svc;
+use crate::model::service::Service as Svc;
 use plan::{Capture, Plan, Step};
 use std::collections::BTreeMap;
 
@@ -52,7 +52,7 @@ impl KubeTarget {
 
 /// The programs of `required` that are not on PATH.
 pub fn missing_programs(required: &[&str]) -> Vec<String> {
-    required.iter().filter(|p| crate::lab::envoy::find_in_path(p).is_none()).map(|p| p.to_string()).collect()
+    required.iter().filter(|p| crate::tools::find_in_path(p).is_none()).map(|p| p.to_string()).collect()
 }
 
 /// The kind cluster's service and pod CIDRs (`kind-config/cluster.yaml`, `networking`): what

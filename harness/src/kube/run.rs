@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
-    if let Some(c) = cells.iter().find(|c| c.real.client.library == crate::probe::library::Library::External) {
+    if let Some(c) = cells.iter().find(|c| c.real.client.library == crate::model::library::Library::External) {
         eprintln!(
             "error: {}: an external client (`client.command`) runs only in the local lab: the cluster's probe image has the lab's own clients\n  hint: run it without `--backend kind`",
             c.scenario
@@ -233,7 +233,7 @@ pub fn evidence_summary(output: &str) -> String {
 }
 
 fn report(cell: &Cell, started: Instant, error: Option<String>, mut evidence: Evidence) -> CellReport {
-    let judged = evidence.observations.as_ref().filter(|_| error.is_none()).map(crate::verdict::judge);
+    let judged = evidence.observations.as_ref().filter(|_| error.is_none()).map(crate::model::verdict::judge);
     evidence.notes.extend(cell.time_scale.notes());
     CellReport {
         scenario: cell.scenario.clone(),
@@ -259,7 +259,7 @@ fn report(cell: &Cell, started: Instant, error: Option<String>, mut evidence: Ev
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::observation::{Attempt, ConnObservation, Observations, Outcome};
+    use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 
     /// Records every command (and what went to its stdin); answers the probe's log with canned
     /// observations, a pod IP to `get pod`, and fails the commands that contain `fail_on`.
@@ -316,7 +316,7 @@ mod tests {
         };
         let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
         assert!(runner.ran.iter().any(|r| r.contains("logs -f idlelab-probe")), "{:?}", runner.ran);
-        assert_eq!(reports[0].verdict, Some(crate::verdict::Verdict::IdleClosed), "{:?}", reports[0].error);
+        assert_eq!(reports[0].verdict, Some(crate::model::verdict::Verdict::IdleClosed), "{:?}", reports[0].error);
     }
 
     /// The passthrough scenario's probe targets the next hop's pod IP, captured at run time.
@@ -433,7 +433,7 @@ mod tests {
             .collect();
         assert_eq!(runner.ran, planned, "the run is the plan");
         assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].verdict, Some(crate::verdict::Verdict::IdleClosed));
+        assert_eq!(reports[0].verdict, Some(crate::model::verdict::Verdict::IdleClosed));
         assert!(reports[0].pass);
         // A log without observations fails the cell, and teardown still runs.
         let mut runner = FakeRunner { log: "nothing useful\n".into(), ..Default::default() };

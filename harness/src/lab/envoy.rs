@@ -14,22 +14,6 @@ use std::time::Duration;
 /// The uid Istio's proxy runs as; the capture exempts it.
 pub const ENVOY_UID: u32 = 1337;
 
-/// Where the Envoy binary is: `$ENVOY_BIN`, then what `just setup` installed, then `$PATH`.
-pub fn envoy_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ENVOY_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let cached = crate::doctor::tools_dir().join("bin/envoy");
-    if cached.exists() {
-        return Some(cached);
-    }
-    find_in_path("envoy")
-}
-
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
-}
-
 /// The fields of one access log line (JSON), the same for every proxy of the lab (MeshConfig `accessLogFormat`): `chain` is
 /// the stat prefix, or a command operator such as `%UPSTREAM_CLUSTER%`.
 pub fn access_log_fields(chain: &str) -> Value {

@@ -72,7 +72,7 @@ fn parse_packets(nft_counter: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::Dur;
+    use crate::model::duration::Dur;
 
     #[test]
     fn rules_and_counter() {

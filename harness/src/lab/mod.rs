@@ -30,10 +30,10 @@ pub mod topology;
 
 use crate::events::Phase;
 use crate::hop::Hop;
-use crate::knobs::Knobs;
-use crate::probe::observation::Observations;
+use crate::config::CellConfig;
+use crate::model::observation::Observations;
 use crate::probe::{KeepaliveSecs, ProbeLine, ProbeSpec};
-use crate::scenario::Service;
+use crate::model::service::Service;
 use anyhow::{Context, Result, anyhow, bail};
 use middlebox::MiddleboxView;
 use serde::Serialize;
@@ -186,7 +186,7 @@ impl CellLab {
     }
 
     /// Sockets in every namespace that has some, and every middlebox's view.
-    async fn snapshot(&self, knobs: &Knobs, moment: &str, evidence: &mut LabEvidence) {
+    async fn snapshot(&self, knobs: &CellConfig, moment: &str, evidence: &mut LabEvidence) {
         for node in &self.topology.nodes {
             if node.role.starts_with("mb") {
                 if let Some(Hop::Middlebox(_)) = hop_of(knobs, &node.role) {
@@ -208,13 +208,13 @@ fn node_role(index: usize, hop: &Hop) -> Option<String> {
     }
 }
 
-fn hop_of<'a>(knobs: &'a Knobs, role: &str) -> Option<&'a Hop> {
+fn hop_of<'a>(knobs: &'a CellConfig, role: &str) -> Option<&'a Hop> {
     knobs.path.iter().enumerate().find(|(i, h)| node_role(*i, h).as_deref() == Some(role)).map(|(_, h)| h)
 }
 
 /// The probe's spec for these (scaled) knobs, connecting to `target`.
-pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
-    let ms = |d: crate::duration::Dur| d.0.as_millis() as u64;
+pub fn probe_spec_for(knobs: &CellConfig, target: String) -> ProbeSpec {
+    let ms = |d: crate::model::duration::Dur| d.0.as_millis() as u64;
     ProbeSpec {
         service: knobs.service,
         library: knobs.client.library.name().to_string(),
@@ -237,8 +237,8 @@ pub fn probe_spec_for(knobs: &Knobs, target: String) -> ProbeSpec {
 }
 
 /// The probe's command for the cell's client library.
-fn probe_command(knobs: &Knobs) -> Result<tokio::process::Command> {
-    use crate::probe::library::Runtime;
+fn probe_command(knobs: &CellConfig) -> Result<tokio::process::Command> {
+    use crate::model::library::Runtime;
     Ok(match knobs.client.library.runtime() {
         Runtime::Rust => {
             // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
@@ -247,7 +247,7 @@ fn probe_command(knobs: &Knobs) -> Result<tokio::process::Command> {
             cmd
         }
         Runtime::Go => {
-            let bin = crate::probe::go_probe_bin();
+            let bin = crate::tools::go_probe_bin();
             if !bin.is_file() {
                 bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
             }
@@ -274,13 +274,13 @@ struct HopContext<'a> {
     istio: Option<(&'a crate::istio::objects::CellObjects, &'a str, &'a tls::MeshCa)>,
     /// The idle timeout the client sidecar's upstream HTTP pool must have (scaled) when no
     /// DestinationRule sets it: the time scale's model, checked against what Envoy received.
-    http_pool_idle: Option<crate::duration::Dur>,
+    http_pool_idle: Option<crate::model::duration::Dur>,
 }
 
 /// Start the server; returns it and how long it took to accept connections.
 async fn start_server(
     lab: &CellLab,
-    knobs: &Knobs,
+    knobs: &CellConfig,
     shared: &RunShared,
     tag: &str,
 ) -> Result<(process::LabProcess, u64)> {

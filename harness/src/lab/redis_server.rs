@@ -6,14 +6,10 @@
 
 use super::process::{LabProcess, spawn};
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-pub fn redis_bin() -> Option<PathBuf> {
-    super::envoy::find_in_path("redis-server")
-        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
-}
+use crate::tools::redis_bin;
 
 /// `idle_timeout_s`: redis' own `timeout` (0 = off), from the scenario's `server.idle_timeout`.
 pub async fn start(dir: &Path, port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {

@@ -7,8 +7,8 @@
 //! ```
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -22,7 +22,7 @@ impl Mitigation for AppHeartbeat {
     fn describe(&self) -> String {
         format!("the app PINGs each idle pooled connection every {}", self.0)
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_zero() {
             return Err("a heartbeat interval of 0s would never idle; give a duration".into());
         }

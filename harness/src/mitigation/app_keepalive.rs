@@ -7,8 +7,8 @@
 //! ```
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::knobs::Knobs;
-use crate::scenario::Keepalive;
+use crate::config::CellConfig;
+use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -25,7 +25,7 @@ impl Mitigation for AppKeepalive {
             self.0.time, self.0.interval, self.0.probes
         )
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         self.0.check()?;
         knobs.client.keepalive = Some(self.0);
         Ok(())
@@ -45,7 +45,7 @@ impl Mitigation for AppKeepalive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::Dur;
+    use crate::model::duration::Dur;
 
     #[test]
     fn sets_the_client_socket_option() {

@@ -14,8 +14,8 @@
 //! the service's cluster, and only HTTP: on a `tcp-*` port it is accepted and changes nothing.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -33,7 +33,7 @@ impl Mitigation for DrHttpIdleTimeout {
             self.0
         )
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_zero() {
             return Err("dr-http-idle-timeout needs a duration above 0s (Istio's field has no 'off')".into());
         }
@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(k.sidecar().unwrap().service_http_idle_timeout, Some(Dur::secs(300)));
         // Not HTTP (the test knobs are redis): accepted, and it decides nothing.
         assert!(k.durations_mut().iter().all(|d| !d.label.contains("service_http_idle_timeout")));
-        k.service = crate::scenario::Service::Http;
+        k.service = crate::model::service::Service::Http;
         assert!(k.durations_mut().iter().any(|d| d.label.ends_with("sidecar.service_http_idle_timeout")));
         let forms = DrHttpIdleTimeout(Dur::secs(300)).istio_resources(&super::super::test_ctx());
         let IstioForm::Manifest { yaml, .. } = &forms[0] else { panic!("a manifest") };

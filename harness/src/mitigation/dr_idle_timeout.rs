@@ -12,8 +12,8 @@
 //! host's chains, and the app's connection takes the catch-all chain.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -31,7 +31,7 @@ impl Mitigation for DrIdleTimeout {
             self.0
         )
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         let sidecar = need_sidecar(knobs, "dr-idle-timeout")?;
         sidecar.service_idle_timeout = Some(self.0);
         Ok(())

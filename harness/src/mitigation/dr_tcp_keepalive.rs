@@ -16,8 +16,8 @@
 //! see (the failure still reproduces).
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::knobs::Knobs;
-use crate::scenario::Keepalive;
+use crate::config::CellConfig;
+use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -35,7 +35,7 @@ impl Mitigation for DrTcpKeepalive {
             self.0.time, self.0.interval, self.0.probes
         )
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         self.0.check()?;
         let sidecar = need_sidecar(knobs, "dr-tcp-keepalive")?;
         sidecar.service_upstream_keepalive = Some(self.0);
@@ -62,7 +62,7 @@ impl Mitigation for DrTcpKeepalive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::Dur;
+    use crate::model::duration::Dur;
 
     #[test]
     fn keepalive_on_the_sidecars_upstream() {

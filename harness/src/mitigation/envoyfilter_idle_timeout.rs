@@ -10,8 +10,8 @@
 //! loads.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -32,7 +32,7 @@ impl Mitigation for EnvoyFilterIdleTimeout {
             format!("EnvoyFilter merges idle_timeout: {} into the sidecar's outbound tcp_proxy", self.0)
         }
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         need_sidecar(knobs, "envoyfilter-idle-timeout")?.idle_timeout = self.0;
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! (`kube::KIND_RANGES`), other ranges are used as written.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
-use crate::knobs::Knobs;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -54,7 +54,7 @@ impl Mitigation for ExcludeOutboundIpRanges {
     fn describe(&self) -> String {
         format!("outbound capture skips {}: the app's socket reaches the next hop itself", self.0.join(", "))
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_empty() {
             return Err("list at least one IPv4 CIDR, e.g. 198.18.0.0/15".into());
         }

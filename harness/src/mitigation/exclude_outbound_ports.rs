@@ -9,7 +9,7 @@
 //! connection goes straight out of the pod with the app's own socket options.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
-use crate::knobs::Knobs;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -29,7 +29,7 @@ impl Mitigation for ExcludeOutboundPorts {
     fn describe(&self) -> String {
         format!("outbound capture skips port(s) {}: the app's socket reaches the next hop itself", self.list())
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_empty() {
             return Err("list at least one port".into());
         }

@@ -11,10 +11,10 @@
 //! TCP_KEEPINTVL=5, TCP_KEEPCNT=6. STATE_LISTENING fails on Istio ≥ 1.9 (istio#28879).
 
 use super::{IstioContext, IstioForm, Mitigation, to_yaml};
-use crate::duration::Dur;
+use crate::model::duration::Dur;
 use crate::hop::Hop;
-use crate::knobs::Knobs;
-use crate::scenario::Keepalive;
+use crate::config::CellConfig;
+use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -43,7 +43,7 @@ impl Mitigation for GatewayKeepalive {
             self.0.time, self.0.interval, self.0.probes
         )
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         self.0.check()?;
         let gateway = knobs.path.iter_mut().find_map(|h| match h {
             Hop::Gateway(g) => Some(g),

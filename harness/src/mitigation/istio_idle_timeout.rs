@@ -11,8 +11,8 @@
 //! 1.14) and inbound chains.
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -26,7 +26,7 @@ impl Mitigation for IstioIdleTimeout {
     fn describe(&self) -> String {
         format!("pod annotation proxy.istio.io/config: ISTIO_META_IDLE_TIMEOUT={} on every pod with a sidecar", self.0)
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         let mut applied = false;
         if let Some(s) = knobs.sidecar_mut() {
             s.idle_timeout = self.0;

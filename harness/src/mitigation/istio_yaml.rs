@@ -18,8 +18,8 @@
 //! `idlelab try` runs it at its baseline's factor instead.
 
 use super::{IstioContext, IstioForm, Mitigation, to_yaml};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -96,7 +96,7 @@ pub struct LabHosts {
 impl LabHosts {
     /// The hosts of a scenario's lab: its server's Service, and the gateway's when the path
     /// has one.
-    pub fn of(path: &[crate::hop::Hop], service: crate::scenario::Service, namespace: &str) -> LabHosts {
+    pub fn of(path: &[crate::hop::Hop], service: crate::model::service::Service, namespace: &str) -> LabHosts {
         use crate::istio::objects::target_host;
         let target = target_host(path, service, namespace);
         let server = target_host(&[], service, namespace);
@@ -516,12 +516,12 @@ fn scale_proxy_config(text: &str, ctx: &IstioContext, changes: &mut Vec<String>)
 }
 
 /// What the lab's knobs learn from a duration it knows, via the built-in mitigations' model.
-fn keepalive_of(v: &Value) -> Option<crate::scenario::Keepalive> {
+fn keepalive_of(v: &Value) -> Option<crate::model::service::Keepalive> {
     let ka = &v["tcpKeepalive"];
     let time = ka["time"].as_str().and_then(parse_go_duration)?;
     let interval = ka["interval"].as_str().and_then(parse_go_duration).unwrap_or(Dur::secs(75));
     let probes = ka["probes"].as_u64().unwrap_or(9) as u32;
-    Some(crate::scenario::Keepalive { time, interval, probes })
+    Some(crate::model::service::Keepalive { time, interval, probes })
 }
 
 impl Mitigation for IstioYaml {
@@ -543,7 +543,7 @@ impl Mitigation for IstioYaml {
             None => "the team's own Istio YAML".into(),
         }
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         use super::{dr_http_idle_timeout, dr_idle_timeout, dr_tcp_keepalive, istio_idle_timeout};
         let l = self.loaded();
         for d in l.docs.iter().filter(|d| d.kind == "DestinationRule") {
@@ -641,10 +641,10 @@ mod tests {
         let mut m =
             IstioYaml { files: vec![f.clone()], host_map: BTreeMap::new(), annotations: BTreeMap::new(), loaded: None };
         m.load(dir.path()).unwrap();
-        let memcached = LabHosts::of(&[], crate::scenario::Service::Memcached, "lab");
+        let memcached = LabHosts::of(&[], crate::model::service::Service::Memcached, "lab");
         assert_eq!(memcached.hosts, vec!["memcached.lab.svc.cluster.local".to_string()]);
         let gateway =
-            LabHosts::of(&[crate::hop::Hop::Gateway(Default::default())], crate::scenario::Service::Http, "lab");
+            LabHosts::of(&[crate::hop::Hop::Gateway(Default::default())], crate::model::service::Service::Http, "lab");
         assert_eq!(gateway.hosts.len(), 2, "{gateway:?}");
         for (host, matches) in [
             ("memcached", true),                         // a short name: the service's first label

@@ -1,7 +1,7 @@
 //! Mitigations: one small type per file, each with two renderings.
 //!
 //! ```text
-//!   scenario cell ──▶ MitigationSpec ──┬─ apply(&mut Knobs)      local lab: an Envoy field, a capture
+//!   scenario cell ──▶ MitigationSpec ──┬─ apply(&mut CellConfig)      local lab: an Envoy field, a capture
 //!                                      │                          rule left out, a socket option, a pool policy
 //!                                      └─ istio_resources(&ctx)  cluster: the annotation / EnvoyFilter /
 //!                                                                 DestinationRule that does the same
@@ -27,8 +27,8 @@ pub mod pool_max_lifetime;
 pub mod pool_test_on_borrow;
 pub mod tcp_user_timeout;
 
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 /// What a mitigation is on a cluster.
@@ -65,11 +65,11 @@ pub struct IstioContext {
 impl IstioContext {
     /// A duration Envoy takes in milliseconds (idle timeouts), scaled.
     pub fn millis(&self, d: Dur) -> Dur {
-        crate::timescale::scale_millis(d, self.factor)
+        crate::model::scale::scale_millis(d, self.factor)
     }
     /// A duration the kernel takes in whole seconds (keepalive), scaled, at least 1 s.
     pub fn seconds(&self, d: Dur) -> u64 {
-        crate::timescale::scale_seconds(d, self.factor)
+        crate::model::scale::scale_seconds(d, self.factor)
     }
 }
 
@@ -79,7 +79,7 @@ pub trait Mitigation {
     /// One line: what changes on the path.
     fn describe(&self) -> String;
     /// Change the local lab's knobs; `Err` says why this path has nothing to apply it to.
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String>;
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String>;
     /// The Istio resources (or app setting) that do the same on a cluster.
     fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm>;
 }
@@ -138,7 +138,7 @@ pub fn to_yaml(v: &serde_json::Value) -> String {
     serde_saphyr::to_string(v).expect("a JSON value always renders as YAML")
 }
 
-pub(crate) fn need_sidecar<'a>(knobs: &'a mut Knobs, what: &str) -> Result<&'a mut crate::hop::SidecarHop, String> {
+pub(crate) fn need_sidecar<'a>(knobs: &'a mut CellConfig, what: &str) -> Result<&'a mut crate::hop::SidecarHop, String> {
     knobs.sidecar_mut().ok_or_else(|| format!("{what} changes the client sidecar, and this path has no `sidecar` hop"))
 }
 
@@ -156,7 +156,7 @@ pub(crate) fn test_ctx() -> IstioContext {
 }
 
 #[cfg(test)]
-pub(crate) fn test_knobs() -> Knobs {
+pub(crate) fn test_knobs() -> CellConfig {
     let s = crate::scenario::parse(
         "name: t\nsummary: s\nservice: redis\npath: [{sidecar: {idle_timeout: 1h}}]\nidle: 70m\ncells: [{mitigation: none, expect: idle-closed}]\n",
         std::path::Path::new("t.yaml"),

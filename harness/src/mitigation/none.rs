@@ -5,7 +5,7 @@
 //! ```
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::knobs::Knobs;
+use crate::config::CellConfig;
 
 pub struct NoMitigation;
 
@@ -16,7 +16,7 @@ impl Mitigation for NoMitigation {
     fn describe(&self) -> String {
         "baseline: nothing changed".into()
     }
-    fn apply(&self, _knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, _knobs: &mut CellConfig) -> Result<(), String> {
         Ok(())
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {

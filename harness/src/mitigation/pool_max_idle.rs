@@ -10,8 +10,8 @@
 //! has already closed; the cost is a new connection after every long idle.
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -25,11 +25,11 @@ impl Mitigation for PoolMaxIdle {
     fn describe(&self) -> String {
         format!("the pool discards connections idle longer than {} at checkout", self.0)
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_zero() {
             return Err("a max idle of 0s would discard every connection; give a duration".into());
         }
-        knobs.client.library.setting(crate::probe::library::PoolSetting::MaxIdle)?;
+        knobs.client.library.setting(crate::model::library::PoolSetting::MaxIdle)?;
         knobs.client.pool_max_idle = Some(self.0);
         Ok(())
     }

@@ -7,8 +7,8 @@
 //! ```
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -22,11 +22,11 @@ impl Mitigation for PoolMaxLifetime {
     fn describe(&self) -> String {
         format!("the pool discards connections older than {} at checkout", self.0)
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_zero() {
             return Err("a max lifetime of 0s would discard every connection; give a duration".into());
         }
-        knobs.client.library.setting(crate::probe::library::PoolSetting::MaxLifetime)?;
+        knobs.client.library.setting(crate::model::library::PoolSetting::MaxLifetime)?;
         knobs.client.pool_max_lifetime = Some(self.0);
         Ok(())
     }

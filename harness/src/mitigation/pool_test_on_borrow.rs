@@ -10,7 +10,7 @@
 //! the request. The cost is a round trip on every checkout.
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::knobs::Knobs;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -28,9 +28,9 @@ impl Mitigation for PoolTestOnBorrow {
             "no ping at checkout".into()
         }
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0 {
-            knobs.client.library.setting(crate::probe::library::PoolSetting::TestOnBorrow)?;
+            knobs.client.library.setting(crate::model::library::PoolSetting::TestOnBorrow)?;
         }
         knobs.client.test_on_borrow = self.0;
         Ok(())

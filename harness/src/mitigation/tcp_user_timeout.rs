@@ -9,8 +9,8 @@
 //! the app fails after X instead of after its request timeout (or the kernel's ~15 min).
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::duration::Dur;
-use crate::knobs::Knobs;
+use crate::model::duration::Dur;
+use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -24,11 +24,11 @@ impl Mitigation for TcpUserTimeout {
     fn describe(&self) -> String {
         format!("TCP_USER_TIMEOUT {} on the app's socket: unacknowledged data fails the connection after it", self.0)
     }
-    fn apply(&self, knobs: &mut Knobs) -> Result<(), String> {
+    fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         if self.0.is_zero() {
             return Err("0s means the kernel default; give a duration".into());
         }
-        knobs.client.library.setting(crate::probe::library::PoolSetting::TcpUserTimeout)?;
+        knobs.client.library.setting(crate::model::library::PoolSetting::TcpUserTimeout)?;
         knobs.client.tcp_user_timeout = Some(self.0);
         Ok(())
     }

@@ -17,7 +17,7 @@
 //! ([`ReuseGate`]: no connection delivers an answer until each request has one of its own) and
 //! knows which socket carried each.
 
-use super::observation::{Attempt, ConnObservation, Observations, Outcome};
+use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::{LogHandle, ObservedStream};
 use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
 use http_body_util::{BodyExt, Empty};

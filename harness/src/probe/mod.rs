@@ -14,15 +14,13 @@
 
 pub mod http;
 pub mod idle_watch;
-pub mod library;
 pub mod memcached;
 pub mod mysql;
-pub mod observation;
 pub mod redis;
 pub mod stream;
 
-use crate::scenario::Service;
-use observation::{Attempt, ConnObservation, Observations, Outcome};
+use crate::model::service::Service;
+use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::io::{self, Write};
@@ -70,11 +68,6 @@ pub struct ProbeSpec {
     /// the TLS server name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
-}
-
-/// `idlelab-probe-go` (the Go client libraries), as `just setup` builds it.
-pub fn go_probe_bin() -> std::path::PathBuf {
-    crate::doctor::tools_dir().join("bin/idlelab-probe-go")
 }
 
 /// One line of the probe's stdout.

@@ -15,7 +15,7 @@
 //! by `CONNECTION_ID()`. Keepalive: the library sets only the idle time; the interval and count
 //! come from the namespace's sysctls, which the lab sets.
 
-use super::observation::{Attempt, ConnObservation, Observations, Outcome};
+use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::StreamLog;
 use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
 use mysql_async::prelude::Queryable;

@@ -18,9 +18,9 @@ pub mod timeline;
 use crate::events::Event;
 use crate::lab::LabEvidence;
 use crate::mitigation::{IstioForm, MitigationSpec};
-use crate::probe::observation::Observations;
-use crate::timescale::TimeScale;
-use crate::verdict::Verdict;
+use crate::model::observation::Observations;
+use crate::model::scale::TimeScale;
+use crate::model::verdict::Verdict;
 use serde::Serialize;
 use std::path::PathBuf;
 

@@ -8,9 +8,9 @@
 //! Times are the probe's (ms since it started); the dashed lines are where each hop's scaled
 //! timeout falls, counted from the start of the idle period.
 
-use crate::knobs::Role;
-use crate::probe::observation::{Attempt, Observations, Outcome};
-use crate::timescale::TimeScale;
+use crate::model::scale::Role;
+use crate::model::observation::{Attempt, Observations, Outcome};
+use crate::model::scale::TimeScale;
 use std::fmt::Write;
 
 /// Connections drawn at most; the rest are summarised in a caption.
@@ -167,7 +167,7 @@ pub fn svg(obs: &Observations, time_scale: &TimeScale) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::observation::ConnObservation;
+    use crate::model::observation::ConnObservation;
 
     #[test]
     fn draws_a_row_per_connection_with_fin_and_result() {
@@ -212,7 +212,7 @@ mod tests {
             peak_rss_kib: 0,
         };
         let ts =
-            crate::timescale::scale(&crate::mitigation::test_knobs(), crate::scenario::TimeScaleSpec::Auto).unwrap().1;
+            crate::timescale::scale(&crate::mitigation::test_knobs(), crate::model::service::TimeScaleSpec::Auto).unwrap().1;
         let s = svg(&obs, &ts);
         assert!(s.starts_with("<svg") && s.ends_with("</svg>"));
         assert_eq!(s.matches("conn ").count(), 2);

@@ -13,7 +13,7 @@
 //! Each verdict says only what was measured: a failure with no FIN seen is never called
 //! `idle-closed`, and the sentence of evidence quotes the times and the client's own error.
 
-use crate::probe::observation::{Attempt, ConnObservation, Observations, Outcome};
+use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -170,7 +170,7 @@ pub fn judge(obs: &Observations) -> (Verdict, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::observation::{Attempt, ConnObservation};
+    use crate::model::observation::{Attempt, ConnObservation};
 
     fn conn(outcome: Outcome, fin: bool) -> ConnObservation {
         ConnObservation {

@@ -3,105 +3,18 @@
 //! Scenario files and mitigations speak in real-world durations; `timescale` turns the
 //! same struct into the compressed values the local lab runs with.
 
-use crate::duration::Dur;
+use crate::model::duration::Dur;
 use crate::hop::Hop;
-use crate::scenario::{Keepalive, Service};
+use crate::model::service::{Keepalive, Service};
 use serde::Serialize;
+use crate::model::scale::{ENVOY_HTTP_DRAIN_MS, ENVOY_HTTP_DRAIN_SLACK_MS, KnobDuration, Precision, Role};
 
-/// How a duration is handed to the component that enforces it. Reports write it as
-/// `whole-seconds`, `millis` or `server-clock` (how late the latter may act is the scaled
-/// value's `late_by_ms`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// Kernel knobs (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`, conntrack timeouts): whole seconds, ≥ 1 s.
-    WholeSeconds,
-    /// Envoy and the probe: milliseconds.
-    Millis,
-    /// A server's own timer on a whole-second clock (redis `timeout`, memcached
-    /// `idle_timeout`): set in whole seconds, and it acts up to `late_ms` after its value
-    /// (the clock's tick plus how often the server looks), never before.
-    ServerClock { late_ms: u64 },
-    /// Envoy's HTTP connection manager idle timeout: exact to the millisecond, but an idle
-    /// HTTP/1.1 connection is closed only after the manager's `drain_timeout` (Envoy's
-    /// default 5 s, which Istio leaves alone) — a fixed delay that no time scale shrinks.
-    HttpDrain { drain_ms: u64 },
-}
-
-impl Serialize for Precision {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match self {
-            Precision::WholeSeconds => "whole-seconds",
-            Precision::Millis => "millis",
-            Precision::ServerClock { .. } => "server-clock",
-            Precision::HttpDrain { .. } => "millis+drain",
-        })
-    }
-}
-
-impl Precision {
-    /// How long after its value the component may act.
-    pub fn late_by(self) -> std::time::Duration {
-        match self {
-            Precision::ServerClock { late_ms } => std::time::Duration::from_millis(late_ms),
-            Precision::HttpDrain { drain_ms } => std::time::Duration::from_millis(drain_ms),
-            Precision::WholeSeconds | Precision::Millis => std::time::Duration::ZERO,
-        }
-    }
-}
-
-/// Envoy's HTTP connection manager `drain_timeout` default (Istio does not set it).
-pub const ENVOY_HTTP_DRAIN_MS: u64 = 5000;
-/// How much later than idle timeout + drain the close may come when every core is busy: a
-/// matrix under `--repeat 20` on two cores saw a reuse meet the closing connection (an RST,
-/// not the FIN) with only the usual 1 s apart.
-pub const ENVOY_HTTP_DRAIN_SLACK_MS: u64 = 1000;
-
-/// What a duration is on the path; the time scale derives from it which orderings decide
-/// the outcome (see `timescale::deciding_pairs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// How long the pool sits idle.
-    Idle,
-    /// A hop forgets or closes an idle connection after this. `refreshed_by_probes`: the hop
-    /// keeps per-flow state that any segment refreshes (conntrack), so keepalive probes that
-    /// cross it keep the flow; an Envoy hop terminates TCP and only bytes reset its timer.
-    Timeout { refreshed_by_probes: bool },
-    /// The app's protocol-level PING interval.
-    Heartbeat,
-    /// The pool's maximum idle time before it discards a connection at checkout.
-    PoolMaxIdle,
-    /// Idle time before the first keepalive probe (any socket: app, Envoy upstream, gateway).
-    KeepaliveTime,
-    /// Time between keepalive probes.
-    KeepaliveInterval,
-    /// `TCP_USER_TIMEOUT`: bounded by the request timeout, not by the path.
-    UserTimeout,
-}
-
-/// A mutable view of one duration of the cell, for the time scale.
-pub struct KnobDuration<'a> {
-    pub label: String,
-    pub value: &'a mut Dur,
-    pub precision: Precision,
-    pub role: Role,
-}
-
-impl<'a> KnobDuration<'a> {
-    /// An Envoy idle timeout (tcp_proxy `idle_timeout`, on any Envoy of the path): millisecond
-    /// precision, reset by bytes but never by keepalive probes. 0 disables it, so a zero has
-    /// nothing to scale and gives `None`.
-    pub fn envoy_idle_timeout(label: String, value: &'a mut Dur) -> Option<Self> {
-        let timeout = Role::Timeout { refreshed_by_probes: false };
-        (!value.is_zero()).then_some(KnobDuration { label, value, precision: Precision::Millis, role: timeout })
-    }
-}
 
 /// Client-side settings: the app's pool and socket.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ClientKnobs {
+pub struct ClientConfig {
     /// The client library the probe drives (its own pool, its own settings).
-    pub library: crate::probe::library::Library,
+    pub library: crate::model::library::Library,
     /// For `library: external`: the program that speaks the probe contract, run in the
     /// scenario file's directory.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,16 +39,16 @@ pub struct ClientKnobs {
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Knobs {
+pub struct CellConfig {
     pub service: Service,
-    pub client: ClientKnobs,
+    pub client: ClientConfig,
     /// The server's own idle timeout (`0s` = off).
     pub server_idle_timeout: Dur,
     pub path: Vec<Hop>,
     pub idle: Dur,
 }
 
-impl Knobs {
+impl CellConfig {
     /// Every duration the time scale applies to, with what it decides.
     pub fn durations_mut(&mut self) -> Vec<KnobDuration<'_>> {
         let mut out = vec![KnobDuration {
@@ -187,7 +100,7 @@ impl Knobs {
                 role: Role::UserTimeout,
             });
         }
-        let http = self.service == crate::scenario::Service::Http;
+        let http = self.service == crate::model::service::Service::Http;
         for (i, hop) in self.path.iter_mut().enumerate() {
             let client_sidecar = matches!(hop, crate::hop::Hop::Sidecar(_));
             for mut d in hop.durations_mut(i) {
@@ -213,18 +126,18 @@ impl Knobs {
     /// in `durations_mut`): the app's socket up to the first proxy that terminates it (a
     /// sidecar the capture skips does not), an Envoy's upstream socket up to the next proxy,
     /// the gateway's accepted socket back to the proxy before it.
-    pub fn keepalives(&self) -> Vec<(String, Keepalive, Vec<crate::keepalive::Forgetter>)> {
+    pub fn keepalives(&self) -> Vec<(String, Keepalive, Vec<crate::model::keepalive::Forgetter>)> {
         let port = self.service.port();
         let terminates = |h: &Hop| match h {
             Hop::Sidecar(s) => !s.exclude_outbound_ports.contains(&port) && s.exclude_outbound_ip_ranges.is_empty(),
             Hop::Gateway(_) | Hop::ServerSidecar(_) => true,
             Hop::Middlebox(_) => false,
         };
-        let forgetters = |hops: &[Hop]| -> Vec<crate::keepalive::Forgetter> {
+        let forgetters = |hops: &[Hop]| -> Vec<crate::model::keepalive::Forgetter> {
             hops.iter()
                 .filter_map(|h| match h {
                     Hop::Middlebox(m) => {
-                        Some(crate::keepalive::Forgetter { timeout: m.idle_timeout.0, on_unknown: m.on_unknown })
+                        Some(crate::model::keepalive::Forgetter { timeout: m.idle_timeout.0, on_unknown: m.on_unknown })
                     }
                     _ => None,
                 })
@@ -264,11 +177,11 @@ impl Knobs {
     /// Per keepalive of the path that ends the connection while probes run (a middlebox it
     /// crosses forgets the flow between them): when and how (`keepalive::end`). Measured
     /// from the last activity, so it is compared with the idle period.
-    pub fn keepalive_ends(&self) -> Vec<(String, crate::keepalive::KeepaliveEnd)> {
+    pub fn keepalive_ends(&self) -> Vec<(String, crate::model::keepalive::KeepaliveEnd)> {
         self.keepalives()
             .into_iter()
             .filter_map(|(label, ka, devices)| {
-                crate::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).map(|e| (label, e))
+                crate::model::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).map(|e| (label, e))
             })
             .collect()
     }
@@ -288,7 +201,7 @@ impl Knobs {
     /// The client library and the settings of it this cell uses, by their names in the
     /// library (real-world values), e.g. "database/sql DB.SetConnMaxIdleTime = 30m".
     pub fn client_settings(&self) -> Vec<String> {
-        use crate::probe::library::PoolSetting;
+        use crate::model::library::PoolSetting;
         let c = &self.client;
         let l = c.library;
         let mut out = vec![format!("client library: {} ({})", l.name(), l.describe())];

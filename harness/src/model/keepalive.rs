@@ -17,8 +17,16 @@
 //! gives up at `time + (probes + 1) × interval`, one interval later than `time + probes ×
 //! interval`.
 
-use crate::hop::OnUnknown;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// What a middlebox does with a segment of a flow it has forgotten.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnknown {
+    Reset,
+    Drop,
+}
 
 /// A device on the socket's path that forgets idle flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

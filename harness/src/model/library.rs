@@ -12,8 +12,8 @@
 //! with `client.command`. A mitigation a library cannot express is refused at load, with the
 //! reason.
 
-use crate::duration::Dur;
-use crate::scenario::{Keepalive, Service};
+use crate::model::duration::Dur;
+use crate::model::service::{Keepalive, Service};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -1,0 +1,14 @@
+//! The model: the words every layer shares, and nothing of the lab.
+//!
+//! Durations as scenario files write them, the services and the keepalive a socket carries,
+//! the client libraries and their settings, the time scale's types, what a probe observes
+//! and the verdict judged from it. Nothing here starts a process, opens a socket or reads a
+//! file; everything above imports from here, and nothing here imports from above.
+
+pub mod duration;
+pub mod keepalive;
+pub mod library;
+pub mod observation;
+pub mod scale;
+pub mod service;
+pub mod verdict;
