@@ -10,7 +10,7 @@
 
 use crate::cli::{Exec, OutputArgs, ScenarioArgs, execute, prepare};
 use crate::report::RunSummary;
-use crate::{doctor, lab, scenario};
+use crate::{doctor, local, scenario};
 use comfy_table::{Table, presets};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ fn quiet(
     cells: Vec<crate::cells::Cell>,
     jobs: Option<usize>,
 ) -> Result<RunSummary, i32> {
-    let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", lab::netns::PREFIX, std::process::id()));
+    let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", local::netns::PREFIX, std::process::id()));
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
     let exec = Exec {
         title: title.into(),
@@ -37,7 +37,7 @@ fn quiet(
 }
 
 fn scenario_row(summary: &RunSummary) -> Value {
-    let lab: Vec<&lab::LabEvidence> = summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
+    let lab: Vec<&local::LabEvidence> = summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
     let overhead: Vec<u64> = lab.iter().map(|l| l.setup_ms + l.teardown_ms).collect();
     let mean = if overhead.is_empty() { 0 } else { overhead.iter().sum::<u64>() / overhead.len() as u64 };
     let factors: Vec<u32> = summary.cells.iter().map(|c| c.time_scale.factor).collect();

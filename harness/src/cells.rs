@@ -3,11 +3,11 @@
 
 use crate::config::CellConfig;
 use crate::mitigation::MitigationSpec;
-use crate::scenario::Scenario;
-use crate::model::service::TimeScaleSpec;
-use crate::timescale::{self};
 use crate::model::scale::TimeScale;
+use crate::model::service::TimeScaleSpec;
 use crate::model::verdict::Verdict;
+use crate::scenario::Scenario;
+use crate::timescale::{self};
 
 #[derive(Clone, Debug)]
 pub struct Cell {

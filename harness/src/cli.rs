@@ -1,13 +1,13 @@
 //! The `idlelab` command line. Exit codes: 0 every cell matched, 1 some did not,
 //! 2 bad input or missing prerequisites, 130 interrupted.
 
+use crate::model::service::TimeScaleSpec;
 use crate::report::html::HtmlReporter;
 use crate::report::junit::JunitReporter;
 use crate::report::{Reporter, RunSummary, json::JsonReporter, markdown::MarkdownReporter, terminal::TerminalReporter};
 use crate::runner::{self, Emitter, RunOptions};
 use crate::scenario::{self};
-use crate::model::service::TimeScaleSpec;
-use crate::{cells, doctor, lab};
+use crate::{cells, doctor, local};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -223,7 +223,7 @@ pub fn main() -> i32 {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(crate::lab::http_server::serve(listen, request_log.as_deref())) {
+            match rt.block_on(crate::local::http_server::serve(listen, request_log.as_deref())) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -251,7 +251,7 @@ pub fn main() -> i32 {
             }
         },
         Command::Reap => {
-            for r in lab::netns::reap_stale() {
+            for r in local::netns::reap_stale() {
                 println!("removed {r}");
             }
             0
@@ -267,7 +267,7 @@ pub fn main() -> i32 {
             match prepare(&scenario, &args, None) {
                 Err(code) => code,
                 Ok((_, cells)) => {
-                    let plan = crate::kube::plan(&cells, &crate::kube::KubeTarget { context });
+                    let plan = crate::kind::plan(&cells, &crate::kind::KubeTarget { context });
                     let text = if json {
                         serde_json::to_string_pretty(&plan).expect("a plan serializes") + "\n"
                     } else {
@@ -283,7 +283,7 @@ pub fn main() -> i32 {
             match prepare(&scenario, &args, pool) {
                 Err(code) => code,
                 Ok((s, cells)) if backend == Backend::Kind => {
-                    crate::kube::run::main(&s, &cells, &crate::kube::KubeTarget { context }, output.out.as_deref())
+                    crate::kind::run::main(&s, &cells, &crate::kind::KubeTarget { context }, output.out.as_deref())
                 }
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
@@ -414,7 +414,7 @@ pub(crate) fn execute(
         eprintln!("error: --repeat 0: a cell runs at least once");
         return Err(2);
     }
-    for r in lab::netns::reap_stale() {
+    for r in local::netns::reap_stale() {
         eprintln!("note: removed {r} left by a killed run");
     }
     let default_dir = exec.output.out.is_none();

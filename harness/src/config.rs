@@ -3,12 +3,11 @@
 //! Scenario files and mitigations speak in real-world durations; `timescale` turns the
 //! same struct into the compressed values the local lab runs with.
 
-use crate::model::duration::Dur;
 use crate::hop::Hop;
+use crate::model::duration::Dur;
+use crate::model::scale::{ENVOY_HTTP_DRAIN_MS, ENVOY_HTTP_DRAIN_SLACK_MS, KnobDuration, Precision, Role};
 use crate::model::service::{Keepalive, Service};
 use serde::Serialize;
-use crate::model::scale::{ENVOY_HTTP_DRAIN_MS, ENVOY_HTTP_DRAIN_SLACK_MS, KnobDuration, Precision, Role};
-
 
 /// Client-side settings: the app's pool and socket.
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -1,6 +1,5 @@
 //! `idlelab doctor`: each prerequisite of the local lab, found or missing, with its fix.
 
-
 use std::process::Command;
 
 pub struct Check {
@@ -99,7 +98,7 @@ pub fn checks() -> Vec<Check> {
         },
         Check {
             name: "pidfd_getfd (each socket's keepalive settings)",
-            found: crate::lab::sockets::pidfd_getfd_available().ok().map(|()| {
+            found: crate::local::sockets::pidfd_getfd_available().ok().map(|()| {
                 format!("kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
             }),
             fix: "a Linux kernel >= 5.6 that does not block pidfd_open/pidfd_getfd (seccomp): socket evidence reads SO_KEEPALIVE through them",

@@ -43,18 +43,19 @@
 
 pub mod bench;
 pub mod cells;
+pub mod certs;
 pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod doctor;
 pub mod events;
 pub mod hop;
-pub mod istio;
-pub mod kube;
-pub mod lab;
+pub mod kind;
+pub mod local;
 pub mod mitigation;
 pub mod model;
 pub mod probe;
+pub mod render;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -8,11 +8,11 @@
 
 use crate::cells::Cell;
 use crate::events::{Event, Phase};
-use crate::lab::RunShared;
+use crate::local::RunShared;
 use crate::mitigation::{IstioContext, MitigationSpec};
+use crate::model::verdict::{self, Verdict};
 use crate::report::{CellReport, Evidence, RepeatOutcome, Reporter, RunSummary, SCHEMA_VERSION, ScenarioSummary};
 use crate::scenario::Scenario;
-use crate::model::verdict::{self, Verdict};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -84,7 +84,7 @@ fn istio_context(cell: &Cell) -> IstioContext {
 /// durations it scaled), document by document.
 fn istio_yaml_notes(cell: &Cell) -> Vec<String> {
     let crate::mitigation::MitigationSpec::IstioYaml(m) = &cell.mitigation else { return vec![] };
-    let ctx = crate::istio::objects::context(cell, crate::lab::ISTIO_NAMESPACE);
+    let ctx = crate::render::objects::context(cell, crate::local::ISTIO_NAMESPACE);
     let mut out: Vec<String> = m
         .loaded
         .iter()
@@ -156,7 +156,7 @@ async fn run_one(
         phase_emitter.emit(Event::CellPhase { cell: phase_key.clone(), phase: p })
     };
     let span = tracing::info_span!("cell", key = %key, factor = cell.time_scale.factor);
-    let result = tracing::Instrument::instrument(crate::lab::run_cell(&cell, &shared, &phase), span).await;
+    let result = tracing::Instrument::instrument(crate::local::run_cell(&cell, &shared, &phase), span).await;
     if let Err(f) = &result {
         tracing::warn!(key = %key, "cell could not run: {:#}", f.error);
     }

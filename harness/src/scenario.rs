@@ -4,16 +4,16 @@
 //! nothing to act on is an error that names the file, the line and the column, says what
 //! was expected and gives a hint. The format is documented in `scenarios/README.md`.
 
-use crate::model::duration::Dur;
 use crate::hop::Hop;
 use crate::mitigation::MitigationSpec;
+use crate::model::duration::Dur;
 use crate::model::library::Library;
+use crate::model::service::{KeepaliveSetting, Service, TimeScaleSpec};
 use crate::model::verdict::Verdict;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use crate::model::service::{KeepaliveSetting, Service, TimeScaleSpec};
 
 fn default_pool() -> usize {
     4
@@ -277,7 +277,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
             let lab = crate::mitigation::istio_yaml::LabHosts::of(
                 &scenario.path,
                 scenario.service,
-                crate::lab::ISTIO_NAMESPACE,
+                crate::local::ISTIO_NAMESPACE,
             );
             if let Some(u) = m.unmatched_hosts(std::slice::from_ref(&lab)).first() {
                 return Err(ScenarioError {

@@ -26,13 +26,13 @@
 //! probes) is clamped to the kernel's 1 s minimum and the summary says so. `TCP_USER_TIMEOUT`
 //! is checked against the (unscaled) request timeout instead.
 
-use crate::model::duration::{Dur, human};
 use crate::config::CellConfig;
+use crate::model::duration::{Dur, human};
 use crate::model::scale::{Precision, Role};
+use crate::model::scale::{ScaledValue, TimeScale, scale_millis};
 use crate::model::service::TimeScaleSpec;
 use std::fmt;
 use std::time::Duration;
-use crate::model::scale::{ScaledValue, TimeScale, scale_millis};
 
 /// The smallest gap kept between two durations whose order decides the outcome, and the
 /// shortest idle period. One second absorbs process start-up, scheduling on a busy 2-core
@@ -223,7 +223,12 @@ fn ordered(values: &[ScaledValue], i: usize, j: usize) -> Option<(usize, usize)>
     }
 }
 
-fn check(knobs: &CellConfig, values: &[ScaledValue], pairs: &[(usize, usize)], factor: u32) -> Result<(), OrderingError> {
+fn check(
+    knobs: &CellConfig,
+    values: &[ScaledValue],
+    pairs: &[(usize, usize)],
+    factor: u32,
+) -> Result<(), OrderingError> {
     for &(i, j) in pairs {
         if values[i].real == values[j].real {
             return Err(race(factor, &values[i].label, &values[j].label, values[i].real));

@@ -36,8 +36,7 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 pub fn redis_bin() -> Option<PathBuf> {
-    find_in_path("redis-server")
-        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
+    find_in_path("redis-server").or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
 }
 
 /// `idlelab-probe-go` (the Go client libraries), as `just setup` builds it.

@@ -13,10 +13,10 @@
 use crate::cli::{Exec, OutputArgs, execute};
 use crate::mitigation::istio_yaml::IstioYaml;
 use crate::mitigation::{Mitigation, MitigationSpec};
-use crate::report::CellReport;
 use crate::model::service::Service;
-use crate::scenario::{self, CellSpec};
 use crate::model::verdict::Verdict;
+use crate::report::CellReport;
+use crate::scenario::{self, CellSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,13 +61,7 @@ fn touches(m: &IstioYaml) -> (bool, bool, bool) {
 /// The lab services the files' hosts name (after `host_map`), if any.
 fn services_named(m: &IstioYaml) -> Vec<Service> {
     let l = m.loaded.as_deref().expect("loaded");
-    let all = [
-        Service::Redis,
-        Service::Mysql,
-        Service::Memcached,
-        Service::Http,
-        Service::Https,
-    ];
+    let all = [Service::Redis, Service::Mysql, Service::Memcached, Service::Http, Service::Https];
     let mut out = Vec::new();
     for d in &l.docs {
         if let Some(h) = d.value["spec"]["host"].as_str() {
@@ -85,7 +79,7 @@ fn services_named(m: &IstioYaml) -> Vec<Service> {
 fn check_hosts(fix: &IstioYaml, scenarios: &[scenario::Scenario]) -> Result<(), String> {
     use crate::mitigation::istio_yaml::LabHosts;
     let labs: Vec<LabHosts> =
-        scenarios.iter().map(|s| LabHosts::of(&s.path, s.service, crate::lab::ISTIO_NAMESPACE)).collect();
+        scenarios.iter().map(|s| LabHosts::of(&s.path, s.service, crate::local::ISTIO_NAMESPACE)).collect();
     let unmatched = fix.unmatched_hosts(&labs);
     let Some(first) = unmatched.first() else { return Ok(()) };
     let mut hosts: Vec<&str> = labs.iter().flat_map(|l| l.hosts.iter().map(String::as_str)).collect();
@@ -169,9 +163,9 @@ pub(crate) fn main(args: TryArgs) -> i32 {
 
     // Istio's own judgement first, on the files as the lab will apply them.
     let ctx = crate::mitigation::IstioContext {
-        namespace: crate::lab::ISTIO_NAMESPACE.into(),
-        client_app: crate::istio::objects::CLIENT_APP.into(),
-        service_host: format!("redis.{}.svc.cluster.local", crate::lab::ISTIO_NAMESPACE),
+        namespace: crate::local::ISTIO_NAMESPACE.into(),
+        client_app: crate::render::objects::CLIENT_APP.into(),
+        service_host: format!("redis.{}.svc.cluster.local", crate::local::ISTIO_NAMESPACE),
         service_port: 6379,
         sidecar_pods: vec!["client".into()],
         factor: 1,
@@ -180,14 +174,14 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     let loaded = fix.loaded.clone().expect("loaded");
     let docs: Vec<String> = loaded.docs.iter().map(|d| crate::mitigation::to_yaml(&fix.render(d, &ctx).0)).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(crate::istio::validate(&docs)) {
+    match rt.block_on(crate::local::control_plane::validate(&docs)) {
         Ok(warnings) => {
             for w in warnings {
                 eprintln!("warning (Istio): {w}");
             }
         }
         Err(e) => {
-            match e.downcast_ref::<crate::istio::Rejected>() {
+            match e.downcast_ref::<crate::local::control_plane::Rejected>() {
                 Some(r) => {
                     let at = r.index.and_then(|i| loaded.docs.get(i));
                     let place = at.map(|d| format!("{}:{}: ", d.file.display(), d.line)).unwrap_or_default();

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 fn require_go_probe() {
     require_lab();
     assert!(
-        idlelab::probe::go_probe_bin().is_file(),
+        idlelab::tools::go_probe_bin().is_file(),
         "the Go probe is missing: run `just setup` (it builds clients/go with Go)"
     );
 }

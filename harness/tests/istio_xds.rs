@@ -5,9 +5,11 @@
 
 mod common;
 use common::*;
-use idlelab::istio::objects::{self, ProxyRole};
-use idlelab::istio::{self, tcp_proxies};
-use idlelab::scenario::TimeScaleSpec;
+use idlelab::local::config_dump::tcp_proxies;
+use idlelab::local::{config_dump, control_plane, xds_only};
+use idlelab::model::service::TimeScaleSpec;
+use idlelab::render::objects::{self, ProxyRole};
+use idlelab::tools;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 
@@ -17,7 +19,7 @@ const ADDRS: objects::Addresses =
 fn require_istio() {
     require_lab();
     assert!(
-        istio::xds_bin().is_file() && istio::agent_bin().is_file() && istio::bootstrap_template().is_file(),
+        tools::xds_bin().is_file() && tools::agent_bin().is_file() && tools::bootstrap_template().is_file(),
         "Istio's binaries are missing: run `just setup` (it builds istio/ with Go)"
     );
 }
@@ -33,13 +35,13 @@ fn cell(service: &str, path: &str, mitigation: &str) -> idlelab::cells::Cell {
 
 const CLIENT: &str = "[{sidecar: {}}]";
 
-fn run_objects(o: &objects::CellObjects) -> istio::ObjectsRun {
+fn run_objects(o: &objects::CellObjects) -> xds_only::ObjectsRun {
     require_istio();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(istio::objects_config(o)).unwrap_or_else(|e| panic!("{e:#}"))
+    rt.block_on(xds_only::objects_config(o)).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn run(service: &str, path: &str, mitigation: &str) -> (objects::CellObjects, istio::ObjectsRun) {
+fn run(service: &str, path: &str, mitigation: &str) -> (objects::CellObjects, xds_only::ObjectsRun) {
     run_at(service, path, mitigation, ADDRS)
 }
 
@@ -48,17 +50,17 @@ fn run_at(
     path: &str,
     mitigation: &str,
     addrs: objects::Addresses,
-) -> (objects::CellObjects, istio::ObjectsRun) {
+) -> (objects::CellObjects, xds_only::ObjectsRun) {
     let c = cell(service, path, mitigation);
-    let ca = idlelab::lab::tls::generate().unwrap();
+    let ca = idlelab::certs::generate().unwrap();
     let cert = objects::GatewayCert { cert_pem: &ca.cert_pem, key_pem: &ca.key_pem };
     let o = objects::for_cell(&c, "lab", addrs, Some(cert)).expect("a path with a proxy");
     let r = run_objects(&o);
     (o, r)
 }
 
-fn listener<'a>(r: &'a istio::ObjectsRun, role: ProxyRole, name: &str) -> &'a Value {
-    istio::dynamic_listener(&r.proxy(role).dump, name).unwrap_or_else(|| panic!("no dynamic listener {name}"))
+fn listener<'a>(r: &'a xds_only::ObjectsRun, role: ProxyRole, name: &str) -> &'a Value {
+    config_dump::dynamic_listener(&r.proxy(role).dump, name).unwrap_or_else(|| panic!("no dynamic listener {name}"))
 }
 
 fn idle_timeouts(l: &Value) -> Vec<String> {
@@ -68,8 +70,8 @@ fn idle_timeouts(l: &Value) -> Vec<String> {
     v
 }
 
-fn fields(o: &objects::CellObjects, r: &istio::ObjectsRun, role: ProxyRole) -> Value {
-    istio::deciding_fields(&r.proxy(role).dump, o.proxy(role).unwrap())
+fn fields(o: &objects::CellObjects, r: &xds_only::ObjectsRun, role: ProxyRole) -> Value {
+    config_dump::deciding_fields(&r.proxy(role).dump, o.proxy(role).unwrap())
 }
 
 /// Listeners and clusters arrive over ADS; only Istio's own static listeners (stats,
@@ -78,21 +80,21 @@ fn fields(o: &objects::CellObjects, r: &istio::ObjectsRun, role: ProxyRole) -> V
 fn the_sidecars_listeners_come_from_istio_over_ads() {
     let (o, r) = run("redis", CLIENT, "none");
     let dump = &r.proxy(ProxyRole::Sidecar).dump;
-    let listeners = istio::dump_section(dump, "ListenersConfigDump").unwrap();
+    let listeners = config_dump::dump_section(dump, "ListenersConfigDump").unwrap();
     let statics: Vec<&str> = listeners["static_listeners"]
         .as_array()
         .map(|a| a.iter().filter_map(|l| l["listener"]["name"].as_str()).collect())
         .unwrap_or_default();
     assert!(statics.iter().all(|n| *n == "0.0.0.0_15090" || *n == "0.0.0.0_15021"), "{statics:?}");
-    let bootstrap = istio::dump_section(dump, "BootstrapConfigDump").unwrap();
+    let bootstrap = config_dump::dump_section(dump, "BootstrapConfigDump").unwrap();
     assert!(bootstrap["bootstrap"]["dynamic_resources"]["ads_config"].is_object(), "ADS in the bootstrap");
     let client = o.proxy(ProxyRole::Sidecar).unwrap();
     // Istio 1.30 leaves the field unset without IDLE_TIMEOUT or a DestinationRule: Envoy's own
     // tcp_proxy default, 1 h, applies.
     let l = listener(&r, ProxyRole::Sidecar, &client.listener);
     assert_eq!(idle_timeouts(l), vec!["unset"], "Istio's default is Envoy's 1 h: {l}");
-    assert!(istio::dynamic_listener(dump, "virtualOutbound").is_some());
-    assert!(istio::dynamic_cluster(dump, &client.cluster).is_some());
+    assert!(config_dump::dynamic_listener(dump, "virtualOutbound").is_some());
+    assert!(config_dump::dynamic_cluster(dump, &client.cluster).is_some());
     assert!(r.control_plane_ready_ms < 30_000 && r.proxy(ProxyRole::Sidecar).proxy_ready_ms < 20_000);
     let capture = &r.proxy(ProxyRole::Sidecar).capture;
     assert!(capture.contains("redirect to :15001"), "istio-iptables installed the capture: {capture}");
@@ -128,14 +130,14 @@ fn the_envoyfilter_turns_the_idle_timeout_off() {
 fn a_destination_rule_sets_the_service_clusters_keepalive_and_idle_timeout() {
     let (o, r) = run("redis", CLIENT, "{dr-tcp-keepalive: {time: 300s, interval: 75s, probes: 9}}");
     let dump = &r.proxy(ProxyRole::Sidecar).dump;
-    let cluster = istio::dynamic_cluster(dump, &o.proxy(ProxyRole::Sidecar).unwrap().cluster).unwrap();
+    let cluster = config_dump::dynamic_cluster(dump, &o.proxy(ProxyRole::Sidecar).unwrap().cluster).unwrap();
     let ka = &cluster["upstream_connection_options"]["tcp_keepalive"];
     assert_eq!(
         (ka["keepalive_time"].as_u64(), ka["keepalive_interval"].as_u64(), ka["keepalive_probes"].as_u64()),
         (Some(300), Some(75), Some(9)),
         "{cluster}"
     );
-    let passthrough = istio::dynamic_cluster(dump, "PassthroughCluster").unwrap();
+    let passthrough = config_dump::dynamic_cluster(dump, "PassthroughCluster").unwrap();
     assert!(
         passthrough["upstream_connection_options"].is_null(),
         "PassthroughCluster is not the rule's host: {passthrough}"
@@ -188,7 +190,7 @@ fn the_gateway_terminates_tls_from_its_secret_and_takes_the_keepalive_filter() {
         "TCP_KEEPIDLE 300: {f}"
     );
     let dump = &r.proxy(ProxyRole::Gateway).dump;
-    let secrets = istio::dump_section(dump, "SecretsConfigDump").unwrap();
+    let secrets = config_dump::dump_section(dump, "SecretsConfigDump").unwrap();
     let names: Vec<&str> =
         secrets["dynamic_active_secrets"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
     assert!(names.contains(&"kubernetes://idlelab-lab"), "the credentialName Secret came over SDS: {names:?}");
@@ -219,8 +221,8 @@ fn a_resource_istio_rejects_is_refused_with_istios_message() {
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad, namespace: lab}\nspec:\n  host: redis.lab.svc.cluster.local\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}\n".into(),
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let e = rt.block_on(istio::objects_config(&o)).err().expect("rejected");
-    let r = e.downcast_ref::<istio::Rejected>().unwrap_or_else(|| panic!("{e:#}"));
+    let e = rt.block_on(xds_only::objects_config(&o)).err().expect("rejected");
+    let r = e.downcast_ref::<control_plane::Rejected>().unwrap_or_else(|| panic!("{e:#}"));
     assert_eq!((r.kind.as_str(), r.name.as_str()), ("DestinationRule", "bad"));
     assert!(r.message.contains("max connections must be non-negative"), "{r}");
 }

@@ -7,8 +7,8 @@
 mod common;
 use common::*;
 use idlelab::cells::{Cell, expand};
-use idlelab::kube::plan::Step;
-use idlelab::kube::{KubeTarget, plan};
+use idlelab::kind::plan::Step;
+use idlelab::kind::{KubeTarget, plan};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -62,7 +62,7 @@ fn a_compressed_plan_says_its_baseline_is_explicit_and_a_real_time_plan_keeps_is
     assert!(compressed.contains("the baseline is then an explicit value, not Istio's default"), "{compressed}");
     assert!(compressed.contains("ISTIO_META_IDLE_TIMEOUT: 0h0m6s"), "{compressed}");
     let real = plan(
-        &expand(&s, &["none".into()], Some(idlelab::scenario::TimeScaleSpec::Factor(1))).unwrap(),
+        &expand(&s, &["none".into()], Some(idlelab::model::service::TimeScaleSpec::Factor(1))).unwrap(),
         &KubeTarget { context: None },
     )
     .to_string();
@@ -201,7 +201,7 @@ fn run_on_kind_without_the_tools_fails_fast_and_creates_nothing() {
 
 /// Every document of a plan's `kubectl apply` steps for one cell.
 fn applied(cell: &Cell, index: usize) -> Vec<Value> {
-    idlelab::kube::cell_steps(cell, index, &KubeTarget { context: None })
+    idlelab::kind::cell_steps(cell, index, &KubeTarget { context: None })
         .iter()
         .filter_map(|s| match s {
             Step::Command { stdin: Some(m), .. } => Some(m.clone()),
@@ -212,14 +212,14 @@ fn applied(cell: &Cell, index: usize) -> Vec<Value> {
 }
 
 fn local(cell: &Cell, ns: &str) -> Vec<Value> {
-    let addrs = idlelab::istio::objects::Addresses {
+    let addrs = idlelab::render::objects::Addresses {
         app: "198.18.0.1".parse().unwrap(),
         server: "198.18.0.6".parse().unwrap(),
         gateway: Some("198.18.0.2".parse().unwrap())
             .filter(|_| cell.real.path.iter().any(|h| matches!(h, idlelab::hop::Hop::Gateway(_)))),
     };
-    let cert = idlelab::istio::objects::GatewayCert { cert_pem: "C", key_pem: "K" };
-    idlelab::istio::objects::for_cell(cell, ns, addrs, Some(cert))
+    let cert = idlelab::render::objects::GatewayCert { cert_pem: "C", key_pem: "K" };
+    idlelab::render::objects::for_cell(cell, ns, addrs, Some(cert))
         .map(|o| o.docs.iter().flat_map(|d| serde_saphyr::from_str_multiple::<Value, Vec<Value>>(d).unwrap()).collect())
         .unwrap_or_default()
 }
@@ -287,15 +287,15 @@ fn the_local_lab_and_the_kind_plan_render_the_same_objects() {
     let mut compared = 0;
     for name in shipped() {
         for (i, c) in scenario_cells(&name).iter().enumerate() {
-            let ns = idlelab::kube::namespace_of(i, &c.scenario);
+            let ns = idlelab::kind::namespace_of(i, &c.scenario);
             let kind = applied(c, i);
             let local = local(c, &ns);
             if local.is_empty() {
                 continue; // no Istio proxy on the path: nothing goes to Istio's control plane
             }
             let key = format!("{}::{}", c.scenario, c.label);
-            let kind_host = idlelab::kube::target_host(c, &ns);
-            let local_host = idlelab::istio::objects::target_host(&c.real.path, c.real.service, &ns);
+            let kind_host = idlelab::kind::target_host(c, &ns);
+            let local_host = idlelab::render::objects::target_host(&c.real.path, c.real.service, &ns);
             // The target host, as a DestinationRule's `host` or inside an outbound cluster's
             // name (`outbound|<port>||<host>`, the time scale's EnvoyFilter).
             let host_of = |docs: Vec<Value>, host: &str| {
@@ -324,7 +324,7 @@ fn the_local_lab_and_the_kind_plan_render_the_same_objects() {
 #[test]
 fn the_renderer_comparison_can_fail() {
     let c = &scenario_cells("redis-idle")[1];
-    let ns = idlelab::kube::namespace_of(1, &c.scenario);
+    let ns = idlelab::kind::namespace_of(1, &c.scenario);
     let mut local = local(c, &ns);
     assert_eq!(pod_annotations(&applied(c, 1)), pod_annotations(&local));
     for d in &mut local {
@@ -349,19 +349,22 @@ fn the_middlebox_pod_gives_forgotten_flows_the_same_verdict_on_input_and_counts_
     else {
         panic!("redis-blackhole has a middlebox")
     };
-    let script = idlelab::kube::manifests::middlebox_script(m, "redis.ns.svc.cluster.local", 6379);
+    let script = idlelab::render::manifests::middlebox_script(m, "redis.ns.svc.cluster.local", 6379);
     assert!(script.contains("chain input { type filter hook input priority 0; ct state invalid meta l4proto tcp counter name forgotten drop; }"), "{script}");
     assert!(script.contains("chain forward { type filter hook forward priority 0; ct state invalid meta l4proto tcp counter name forgotten drop; }"), "{script}");
     // nft itself accepts the ruleset (check mode, in a throwaway namespace).
     let ruleset =
         script.split("<<NFT\n").nth(1).unwrap().split("\nNFT\n").next().unwrap().replace("$next", "10.96.0.10");
-    let ns =
-        idlelab::lab::netns::Netns::create(format!("{}{}-nftcheck", idlelab::lab::netns::PREFIX, std::process::id()))
-            .unwrap();
+    let ns = idlelab::local::netns::Netns::create(format!(
+        "{}{}-nftcheck",
+        idlelab::local::netns::PREFIX,
+        std::process::id()
+    ))
+    .unwrap();
     ns.exec("nft", &["-c", "-f", "-"], Some(&ruleset))
         .unwrap_or_else(|e| panic!("nft refused the middlebox rules: {e:#}\n{ruleset}"));
     drop(ns);
-    let steps = idlelab::kube::cell_steps(blackhole, 0, &KubeTarget { context: None });
+    let steps = idlelab::kind::cell_steps(blackhole, 0, &KubeTarget { context: None });
     assert!(
         steps.iter().any(|s| matches!(s, Step::Command { args, capture: Some(_), .. } if args.join(" ").contains("nft list counter ip idlelab_middlebox forgotten"))),
         "the evidence reads the counter both rules count in"
@@ -376,7 +379,7 @@ fn every_gateway_envoyfilter_is_per_cell_and_the_teardown_deletes_it() {
     let mut checked = 0;
     for name in ["https-keepalive", "https-keepalive-direct"] {
         for (i, c) in scenario_cells(name).iter().enumerate() {
-            let ns = idlelab::kube::namespace_of(i, &c.scenario);
+            let ns = idlelab::kind::namespace_of(i, &c.scenario);
             let docs = applied(c, i);
             for d in docs.iter().filter(|d| d["kind"] == "EnvoyFilter" && d["metadata"]["namespace"] == "istio-system")
             {
@@ -384,7 +387,7 @@ fn every_gateway_envoyfilter_is_per_cell_and_the_teardown_deletes_it() {
                 assert!(d["metadata"]["name"].as_str().unwrap().ends_with(&ns), "{d}");
                 checked += 1;
             }
-            let steps = idlelab::kube::cell_steps(c, i, &KubeTarget { context: None });
+            let steps = idlelab::kind::cell_steps(c, i, &KubeTarget { context: None });
             let teardown = steps
                 .iter()
                 .filter_map(|s| if let Step::Command { args, .. } = s { Some(args.join(" ")) } else { None })
@@ -406,7 +409,7 @@ fn every_gateway_envoyfilter_is_per_cell_and_the_teardown_deletes_it() {
 #[test]
 fn exclude_outbound_ip_ranges_names_the_clusters_ranges_on_kind() {
     let config = std::fs::read_to_string(repo().join("kind-config/cluster.yaml")).unwrap();
-    for r in idlelab::kube::KIND_RANGES {
+    for r in idlelab::kind::KIND_RANGES {
         assert!(config.contains(&format!("\"{r}\"")), "kind-config sets {r}");
     }
     let cells = scenario_cells("redis-sidecar-upstream");
@@ -415,7 +418,7 @@ fn exclude_outbound_ip_ranges_names_the_clusters_ranges_on_kind() {
     let docs = applied(c, i);
     let probe = docs.iter().find(|d| d["kind"] == "Pod" && d["metadata"]["name"] == "idlelab-probe").unwrap();
     let ranges = probe["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeOutboundIPRanges"].as_str().unwrap();
-    assert_eq!(ranges, idlelab::kube::KIND_RANGES.join(","), "{probe}");
+    assert_eq!(ranges, idlelab::kind::KIND_RANGES.join(","), "{probe}");
 }
 
 /// Issue 13, defect 4: `rollout status` waits for a server that answers a real client.
@@ -428,9 +431,9 @@ fn every_server_has_a_readiness_probe_that_is_a_real_client() {
         let probe = &d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
         let how = probe.to_string();
         let want = match c.real.service {
-            idlelab::scenario::Service::Redis => "redis-cli",
-            idlelab::scenario::Service::Mysql => "mariadb-admin",
-            idlelab::scenario::Service::Memcached => "tcpSocket",
+            idlelab::model::service::Service::Redis => "redis-cli",
+            idlelab::model::service::Service::Mysql => "mariadb-admin",
+            idlelab::model::service::Service::Memcached => "tcpSocket",
             _ => "httpGet",
         };
         assert!(how.contains(want), "{name}: {how}");
@@ -484,7 +487,7 @@ fn the_nightly_workflow_fails_on_a_regression_and_installs_checksummed_tools() {
 fn namespaces_are_unique_per_run_and_valid_dns_labels() {
     for name in shipped() {
         for (i, _) in scenario_cells(&name).iter().enumerate() {
-            let ns = idlelab::kube::namespace_of(i, &name);
+            let ns = idlelab::kind::namespace_of(i, &name);
             assert!(ns.contains("$RUN_ID"), "{ns}");
             let real = ns.replace("$RUN_ID", "a1b2c3");
             assert!(real.len() <= 63, "{real}");
@@ -498,7 +501,7 @@ fn namespaces_are_unique_per_run_and_valid_dns_labels() {
 #[test]
 fn istios_own_validation_accepts_every_istio_resource_of_the_kind_plan() {
     require_lab();
-    assert!(idlelab::istio::xds_bin().is_file(), "run `just setup` (it builds istio/)");
+    assert!(idlelab::tools::xds_bin().is_file(), "run `just setup` (it builds istio/)");
     let mut docs = Vec::new();
     for name in shipped() {
         for (i, c) in scenario_cells(&name).iter().enumerate() {
@@ -510,9 +513,9 @@ fn istios_own_validation_accepts_every_istio_resource_of_the_kind_plan() {
     }
     assert!(docs.len() >= 40, "{}", docs.len());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(idlelab::istio::validate(&docs))
+    rt.block_on(idlelab::local::control_plane::validate(&docs))
         .unwrap_or_else(|e| panic!("Istio rejected a resource of the plan: {e:#}"));
     // And it can refuse: the same check on a broken one.
     let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad, namespace: x}\nspec: {host: h, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}}\n";
-    assert!(rt.block_on(idlelab::istio::validate(&[bad.to_string()])).is_err());
+    assert!(rt.block_on(idlelab::local::control_plane::validate(&[bad.to_string()])).is_err());
 }

@@ -5,8 +5,8 @@
 //! next. Now the child keeps every descriptor where it is and only clears close-on-exec on
 //! the inherited ones.
 
-use idlelab::lab::netns::Netns;
-use idlelab::lab::process::spawn_inheriting;
+use idlelab::local::netns::Netns;
+use idlelab::local::process::spawn_inheriting;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +24,7 @@ fn require_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_child_inherits_exactly_its_sockets_while_other_threads_churn_descriptors() {
     require_root();
-    let ns = Netns::create(format!("{}{}-spawntest", idlelab::lab::netns::PREFIX, std::process::id())).unwrap();
+    let ns = Netns::create(format!("{}{}-spawntest", idlelab::local::netns::PREFIX, std::process::id())).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let churn: Vec<_> = (0..4)
         .map(|_| {

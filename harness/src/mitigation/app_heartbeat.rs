@@ -7,8 +7,8 @@
 //! ```
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

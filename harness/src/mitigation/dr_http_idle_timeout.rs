@@ -14,8 +14,8 @@
 //! the service's cluster, and only HTTP: on a `tcp-*` port it is accepted and changes nothing.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

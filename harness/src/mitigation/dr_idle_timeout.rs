@@ -12,8 +12,8 @@
 //! host's chains, and the app's connection takes the catch-all chain.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -10,8 +10,8 @@
 //! loads.
 
 use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

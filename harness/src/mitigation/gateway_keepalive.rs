@@ -11,9 +11,9 @@
 //! TCP_KEEPINTVL=5, TCP_KEEPCNT=6. STATE_LISTENING fails on Istio ≥ 1.9 (istio#28879).
 
 use super::{IstioContext, IstioForm, Mitigation, to_yaml};
-use crate::model::duration::Dur;
-use crate::hop::Hop;
 use crate::config::CellConfig;
+use crate::hop::Hop;
+use crate::model::duration::Dur;
 use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -63,7 +63,7 @@ impl Mitigation for GatewayKeepalive {
             "metadata": {
                 "name": format!("idlelab-gateway-keepalive-{}", ctx.namespace),
                 "namespace": "istio-system",
-                "labels": {crate::kube::istio::CELL_LABEL: ctx.namespace}
+                "labels": {crate::render::istio::CELL_LABEL: ctx.namespace}
             },
             "spec": {
                 "workloadSelector": {"labels": {"istio": "ingressgateway"}},

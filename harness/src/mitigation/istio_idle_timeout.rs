@@ -11,8 +11,8 @@
 //! 1.14) and inbound chains.
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -18,8 +18,8 @@
 //! `idlelab try` runs it at its baseline's factor instead.
 
 use super::{IstioContext, IstioForm, Mitigation, to_yaml};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -97,7 +97,7 @@ impl LabHosts {
     /// The hosts of a scenario's lab: its server's Service, and the gateway's when the path
     /// has one.
     pub fn of(path: &[crate::hop::Hop], service: crate::model::service::Service, namespace: &str) -> LabHosts {
-        use crate::istio::objects::target_host;
+        use crate::render::objects::target_host;
         let target = target_host(path, service, namespace);
         let server = target_host(&[], service, namespace);
         let hosts = if target == server { vec![server] } else { vec![server, target.clone()] };

@@ -27,8 +27,8 @@ pub mod pool_max_lifetime;
 pub mod pool_test_on_borrow;
 pub mod tcp_user_timeout;
 
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 
 /// What a mitigation is on a cluster.
@@ -138,7 +138,10 @@ pub fn to_yaml(v: &serde_json::Value) -> String {
     serde_saphyr::to_string(v).expect("a JSON value always renders as YAML")
 }
 
-pub(crate) fn need_sidecar<'a>(knobs: &'a mut CellConfig, what: &str) -> Result<&'a mut crate::hop::SidecarHop, String> {
+pub(crate) fn need_sidecar<'a>(
+    knobs: &'a mut CellConfig,
+    what: &str,
+) -> Result<&'a mut crate::hop::SidecarHop, String> {
     knobs.sidecar_mut().ok_or_else(|| format!("{what} changes the client sidecar, and this path has no `sidecar` hop"))
 }
 

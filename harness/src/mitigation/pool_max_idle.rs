@@ -10,8 +10,8 @@
 //! has already closed; the cost is a new connection after every long idle.
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -9,8 +9,8 @@
 //! the app fails after X instead of after its request timeout (or the kernel's ~15 min).
 
 use super::{IstioContext, IstioForm, Mitigation};
-use crate::model::duration::Dur;
 use crate::config::CellConfig;
+use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -56,7 +56,6 @@ impl Service {
     ///   about a second: up to 3 s late;
     /// - MariaDB's `wait_timeout` is a read timeout on the socket: whole seconds, on time.
     pub fn server_idle_precision(self) -> Precision {
-
         match self {
             Service::Redis => Precision::ServerClock { late_ms: 1100 },
             Service::Memcached => Precision::ServerClock { late_ms: 3000 },
@@ -148,8 +147,6 @@ impl<'de> Deserialize<'de> for KeepaliveSetting {
     }
 }
 
-
-
 /// `time_scale: auto` or a factor (`720` runs 1 h as 5 s).
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
 pub enum TimeScaleSpec {
@@ -200,4 +197,3 @@ impl fmt::Display for TimeScaleSpec {
         }
     }
 }
-

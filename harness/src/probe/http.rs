@@ -17,9 +17,9 @@
 //! ([`ReuseGate`]: no connection delivers an answer until each request has one of its own) and
 //! knows which socket carried each.
 
-use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use super::stream::{LogHandle, ObservedStream};
 use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
+use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -214,8 +214,7 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
             let stream = match &this.tls {
                 None => Stream::Plain(observed),
                 Some(tls) => {
-                    let name =
-                        rustls::pki_types::ServerName::try_from(crate::lab::tls::SERVER_NAME).expect("valid name");
+                    let name = rustls::pki_types::ServerName::try_from(crate::certs::SERVER_NAME).expect("valid name");
                     Stream::Tls(Box::new(tls.connect(name, observed).await?))
                 }
             };
@@ -332,7 +331,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {
     };
     let client = new_client();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let authority = spec.authority.clone().unwrap_or_else(|| crate::lab::tls::SERVER_NAME.to_string());
+    let authority = spec.authority.clone().unwrap_or_else(|| crate::certs::SERVER_NAME.to_string());
     let uri = |path: &str| -> hyper::Uri { format!("{scheme}://{authority}{path}").parse().expect("valid URI") };
     let timeout = Duration::from_millis(spec.request_timeout_ms);
     // One GET and the connection that carried it (when hyper-util got as far as one).

@@ -19,8 +19,8 @@ pub mod mysql;
 pub mod redis;
 pub mod stream;
 
-use crate::model::service::Service;
 use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
+use crate::model::service::Service;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::io::{self, Write};

@@ -16,7 +16,7 @@ pub mod terminal;
 pub mod timeline;
 
 use crate::events::Event;
-use crate::lab::LabEvidence;
+use crate::local::LabEvidence;
 use crate::mitigation::{IstioForm, MitigationSpec};
 use crate::model::observation::Observations;
 use crate::model::scale::TimeScale;

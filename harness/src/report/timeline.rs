@@ -8,8 +8,8 @@
 //! Times are the probe's (ms since it started); the dashed lines are where each hop's scaled
 //! timeout falls, counted from the start of the idle period.
 
-use crate::model::scale::Role;
 use crate::model::observation::{Attempt, Observations, Outcome};
+use crate::model::scale::Role;
 use crate::model::scale::TimeScale;
 use std::fmt::Write;
 
@@ -211,8 +211,9 @@ mod tests {
             finished_ms: 0,
             peak_rss_kib: 0,
         };
-        let ts =
-            crate::timescale::scale(&crate::mitigation::test_knobs(), crate::model::service::TimeScaleSpec::Auto).unwrap().1;
+        let ts = crate::timescale::scale(&crate::mitigation::test_knobs(), crate::model::service::TimeScaleSpec::Auto)
+            .unwrap()
+            .1;
         let s = svg(&obs, &ts);
         assert!(s.starts_with("<svg") && s.ends_with("</svg>"));
         assert_eq!(s.matches("conn ").count(), 2);

@@ -41,7 +41,7 @@ pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeT
         eprintln!("error: cannot create {}: {e}", out.display());
         return 2;
     }
-    let ca = match crate::lab::tls::generate() {
+    let ca = match crate::certs::generate() {
         Ok(ca) => ca,
         Err(e) => {
             eprintln!("error: generating the run's CA: {e:#}");
@@ -360,7 +360,7 @@ mod tests {
         // The gateway's certificate is applied (a re-run replaces it), not created.
         let text = p.to_string();
         assert!(!text.contains("create secret"), "{text}");
-        let secret = crate::kube::istio::gateway_secret_manifest("ns1")
+        let secret = crate::render::istio::gateway_secret_manifest("ns1")
             .replace("$RUN_CERT_PEM", "-----BEGIN CERTIFICATE-----\\nAA\\n-----END CERTIFICATE-----\\n")
             .replace("$RUN_KEY_PEM", "k");
         let v: serde_json::Value = serde_saphyr::from_str(&secret).unwrap();

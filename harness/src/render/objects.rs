@@ -17,7 +17,6 @@
 //! controller would create. A middlebox is a router in the local lab, not a pod behind a
 //! Service, so the app addresses the next hop that has one (the gateway, else the server).
 
-use super::Pod;
 use crate::hop::{Hop, Route};
 use crate::mitigation::{IstioContext, IstioForm};
 use k8s_openapi::api::core::v1::{
@@ -27,6 +26,28 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+
+/// The pod a proxy stands for: what the downward API and the injector would give it.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub ip: Ipv4Addr,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+}
+
+impl Pod {
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Its SPIFFE identity, as Istio's CA would put it in the workload certificate.
+    pub fn spiffe_id(&self) -> String {
+        format!("spiffe://cluster.local/ns/{}/sa/{}", self.namespace, self.service_account)
+    }
+}
 
 /// The app's label, which workload selectors (EnvoyFilter) name.
 pub const CLIENT_APP: &str = "idlelab-probe";
@@ -117,7 +138,7 @@ fn yaml<T: serde::Serialize>(kind: &str, api_version: &str, v: &T) -> String {
     let mut value = serde_json::to_value(v).expect("serializable");
     value["apiVersion"] = api_version.into();
     value["kind"] = kind.into();
-    crate::kube::manifests::yaml(&value)
+    crate::render::manifests::yaml(&value)
 }
 
 /// The host the client sidecar's upstream is, in the local lab: the gateway's Service when
@@ -152,7 +173,7 @@ fn service_docs(
     service: crate::model::service::Service,
     endpoint: Ipv4Addr,
 ) -> [String; 2] {
-    let port_name = crate::kube::manifests::port_name(service);
+    let port_name = crate::render::manifests::port_name(service);
     let port = service.port();
     let svc = Service {
         metadata: meta(name, Some(namespace), &[]),
@@ -228,7 +249,7 @@ pub fn for_cell(
     }
     let ctx = context(cell, namespace);
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
-    let mut annotations = crate::kube::pod_annotations(cell, &ctx, &forms);
+    let mut annotations = crate::kind::pod_annotations(cell, &ctx, &forms);
     let mut annotations_of = |pod: &str| -> Vec<(String, String)> {
         annotations
             .remove(pod)
@@ -299,10 +320,10 @@ pub fn for_cell(
             service,
             gw_ip,
         ));
-        docs.push(crate::kube::istio::gateway_manifests(g, namespace, &server_host, port));
+        docs.push(crate::render::istio::gateway_manifests(g, namespace, &server_host, port));
         if let Some(c) = cert.filter(|_| g.tls) {
             let mut secret = Secret {
-                metadata: meta(&crate::kube::istio::gateway_secret_name(namespace), Some(GATEWAY_NAMESPACE), &[]),
+                metadata: meta(&crate::render::istio::gateway_secret_name(namespace), Some(GATEWAY_NAMESPACE), &[]),
                 type_: Some("kubernetes.io/tls".into()),
                 ..Default::default()
             };
@@ -315,7 +336,7 @@ pub fn for_cell(
             ]));
             docs.push(yaml("Secret", "v1", &secret));
         }
-        docs.extend(crate::kube::istio::gateway_extras(cell, namespace, port).into_iter().map(|(y, _)| y));
+        docs.extend(crate::render::istio::gateway_extras(cell, namespace, port).into_iter().map(|(y, _)| y));
         proxies.push(ProxyInputs {
             role: ProxyRole::Gateway,
             pod,
@@ -362,7 +383,7 @@ pub fn for_cell(
         IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
         _ => None,
     }));
-    docs.extend(crate::kube::istio::sidecar_http_pool_idle(cell, &ctx).map(|(y, _)| y));
+    docs.extend(crate::render::istio::sidecar_http_pool_idle(cell, &ctx).map(|(y, _)| y));
     let mesh = cell.scaled.sidecar().and_then(|s| s.upstream_keepalive).map(|ka| {
         let (time, interval) = ka.whole_seconds();
         format!("tcpKeepalive:\n  time: {time}s\n  interval: {interval}s\n  probes: {}\n", ka.probes)

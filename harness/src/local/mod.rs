@@ -15,6 +15,8 @@
 //! Everything a cell creates is owned by a guard whose `Drop` removes it, so success,
 //! failure, Ctrl-C and panics all clean up the same way.
 
+pub mod config_dump;
+pub mod control_plane;
 pub mod envoy;
 pub mod http_server;
 pub mod memcached_server;
@@ -23,17 +25,18 @@ pub mod middlebox;
 pub mod mysql_server;
 pub mod netns;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod sockets;
-pub mod tls;
 pub mod topology;
+pub mod xds_only;
 
+use crate::config::CellConfig;
 use crate::events::Phase;
 use crate::hop::Hop;
-use crate::config::CellConfig;
 use crate::model::observation::Observations;
-use crate::probe::{KeepaliveSecs, ProbeLine, ProbeSpec};
 use crate::model::service::Service;
+use crate::probe::{KeepaliveSecs, ProbeLine, ProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
 use middlebox::MiddleboxView;
 use serde::Serialize;
@@ -142,7 +145,7 @@ pub struct CellOutcome {
 struct CellLab {
     envoys: Vec<(String, envoy::Envoy)>,
     /// Istio's control plane for the cell's proxies (in the app's namespace).
-    control_plane: Option<crate::istio::ControlPlane>,
+    control_plane: Option<crate::local::control_plane::ControlPlane>,
     server: Option<process::LabProcess>,
     topology: Topology,
     dir: tempfile::TempDir,
@@ -271,7 +274,7 @@ struct HopContext<'a> {
     tag: &'a str,
     /// The cell's objects, its control plane's address and mesh CA, when Istio has proxies
     /// on the path.
-    istio: Option<(&'a crate::istio::objects::CellObjects, &'a str, &'a tls::MeshCa)>,
+    istio: Option<(&'a crate::render::objects::CellObjects, &'a str, &'a crate::certs::MeshCa)>,
     /// The idle timeout the client sidecar's upstream HTTP pool must have (scaled) when no
     /// DestinationRule sets it: the time scale's model, checked against what Envoy received.
     http_pool_idle: Option<crate::model::duration::Dur>,
@@ -301,7 +304,10 @@ async fn start_server(
 }
 
 /// The EnvoyFilters among `docs` and what Istio's accounting says it applied of each.
-async fn envoy_filter_status(cp: &crate::istio::ControlPlane, docs: &[String]) -> Vec<EnvoyFilterStatus> {
+async fn envoy_filter_status(
+    cp: &crate::local::control_plane::ControlPlane,
+    docs: &[String],
+) -> Vec<EnvoyFilterStatus> {
     let filters: Vec<String> = docs
         .iter()
         .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
@@ -355,7 +361,7 @@ const HTTP_REQUEST_LOG: &str = "requests.txt";
 
 /// Set up one hop; returns its Envoy (with the role it plays) when it has one.
 async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> Result<Option<(String, envoy::Envoy)>> {
-    use crate::istio::objects::ProxyRole;
+    use crate::render::objects::ProxyRole;
     let (role, node) = match hop {
         Hop::Middlebox(h) => {
             let role = node_role(i, hop).expect("a middlebox has a node");
@@ -374,7 +380,7 @@ async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> 
         .await
         .with_context(|| format!("{} {}", ctx.tag, role.name()))?;
     if let (ProxyRole::Sidecar, Some(expected), Some(fields)) = (role, ctx.http_pool_idle, &envoy.istio_config)
-        && let Some(problem) = crate::istio::http_pool_idle_mismatch(fields, expected)
+        && let Some(problem) = crate::local::config_dump::http_pool_idle_mismatch(fields, expected)
     {
         bail!("{} sidecar: {problem}", ctx.tag);
     }
@@ -438,8 +444,11 @@ async fn run_in(
         .find_map(|(i, h)| matches!(h, Hop::Gateway(_)).then(|| node_role(i, h)).flatten())
         .map(|role| lab.topology.node(&role).toward_app.expect("a gateway has an address"))
         .unwrap_or(srv_ip);
-    let run_ca =
-        if knobs.service == Service::Https { Some(tls::generate().context("generating the run's CA")?) } else { None };
+    let run_ca = if knobs.service == Service::Https {
+        Some(crate::certs::generate().context("generating the run's CA")?)
+    } else {
+        None
+    };
     if knobs.service == Service::Mysql {
         shared.mysql_template().await?;
     }
@@ -448,11 +457,11 @@ async fn run_in(
     // has a proxy.
     let app_ip = topology::link_addrs(seq, 0).0;
     let gateway_ip = (target_ip != srv_ip).then_some(target_ip);
-    let addrs = crate::istio::objects::Addresses { app: app_ip, server: srv_ip, gateway: gateway_ip };
+    let addrs = crate::render::objects::Addresses { app: app_ip, server: srv_ip, gateway: gateway_ip };
     let cert =
-        run_ca.as_ref().map(|c| crate::istio::objects::GatewayCert { cert_pem: &c.cert_pem, key_pem: &c.key_pem });
-    let objects = crate::istio::objects::for_cell(cell, ISTIO_NAMESPACE, addrs, cert);
-    let mesh_ca = objects.as_ref().map(|_| tls::MeshCa::new()).transpose()?;
+        run_ca.as_ref().map(|c| crate::render::objects::GatewayCert { cert_pem: &c.cert_pem, key_pem: &c.key_pem });
+    let objects = crate::render::objects::for_cell(cell, ISTIO_NAMESPACE, addrs, cert);
+    let mesh_ca = objects.as_ref().map(|_| crate::certs::MeshCa::new()).transpose()?;
     if let Some(objects) = &objects {
         let others: Vec<std::path::PathBuf> = lab
             .topology
@@ -460,7 +469,7 @@ async fn run_in(
             .iter()
             .filter(|n| n.role != "app")
             .filter(|n| {
-                (n.role == "srv" && objects.proxy(crate::istio::objects::ProxyRole::ServerSidecar).is_some())
+                (n.role == "srv" && objects.proxy(crate::render::objects::ProxyRole::ServerSidecar).is_some())
                     || (n.role.starts_with("gw"))
             })
             .map(|n| n.netns.path())

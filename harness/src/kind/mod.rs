@@ -17,16 +17,14 @@
 //! - Evidence: `istioctl proxy-config` of the probe's sidecar (listeners, clusters) and its
 //!   stats, kept with the cell.
 
-pub mod istio;
-pub mod manifests;
 pub mod plan;
 pub mod run;
 
 use crate::cells::Cell;
 use crate::hop::Hop;
 use crate::mitigation::{IstioContext, IstioForm};
-use crate::probe::ProbeSpec;
 use crate::model::service::Service as Svc;
+use crate::probe::ProbeSpec;
 use plan::{Capture, Plan, Step};
 use std::collections::BTreeMap;
 
@@ -94,7 +92,7 @@ fn istio_context(cell: &Cell, ns: &str) -> IstioContext {
 
 /// The probe's spec on the cluster: the same scaled knobs, the first hop's address as target.
 fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
-    let mut spec = crate::lab::probe_spec_for(&cell.scaled, target);
+    let mut spec = crate::local::probe_spec_for(&cell.scaled, target);
     if cell.scaled.service == Svc::Https {
         spec.tls_ca_pem = Some("$RUN_CA_PEM".into());
     }
@@ -112,14 +110,14 @@ pub fn pod_annotations(
     ctx: &IstioContext,
     forms: &[IstioForm],
 ) -> BTreeMap<&'static str, BTreeMap<String, String>> {
-    let scaled_sidecars = istio::scaled_idle_timeouts(cell);
+    let scaled_sidecars = crate::render::istio::scaled_idle_timeouts(cell);
     let mut annotations: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
     let sidecar_on = |pod: &str| ctx.sidecar_pods.iter().any(|p| p == pod);
     for pod in ["client", "server"] {
         let a = annotations.entry(pod).or_default();
         a.insert("sidecar.istio.io/inject".into(), sidecar_on(pod).to_string());
         if let Some((_, d)) = scaled_sidecars.iter().find(|(p, _)| p == pod) {
-            a.insert("proxy.istio.io/config".into(), istio::idle_timeout_annotation(*d));
+            a.insert("proxy.istio.io/config".into(), crate::render::istio::idle_timeout_annotation(*d));
         }
     }
     for f in forms {
@@ -153,12 +151,12 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
             ),
             Step::command(
                 "docker",
-                &["build", "-t", manifests::PROBE_IMAGE, "."],
+                &["build", "-t", crate::render::manifests::PROBE_IMAGE, "."],
                 "build the probe image (Dockerfile)",
             ),
             Step::command(
                 "kind",
-                &["load", "docker-image", manifests::PROBE_IMAGE, "--name", "idlelab"],
+                &["load", "docker-image", crate::render::manifests::PROBE_IMAGE, "--name", "idlelab"],
                 "put the probe image into the cluster (no registry)",
             ),
         ],
@@ -166,7 +164,7 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
             Step::Note {
                 text: format!(
                     "existing cluster `{ctx}`: Istio must be installed and {} pullable by its nodes",
-                    manifests::PROBE_IMAGE
+                    crate::render::manifests::PROBE_IMAGE
                 ),
             },
             Step::command(
@@ -192,7 +190,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     let port = service.port();
     let mut steps = vec![Step::Cell { key: format!("{}::{}", cell.scenario, cell.label) }];
     let factor = cell.time_scale.factor;
-    let scaled_sidecars = istio::scaled_idle_timeouts(cell);
+    let scaled_sidecars = crate::render::istio::scaled_idle_timeouts(cell);
     if factor > 1 {
         steps.push(Step::Note {
             text: format!(
@@ -203,7 +201,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     }
     steps.push(Step::apply(
         &kubectl,
-        manifests::yaml(&manifests::namespace(&ns)),
+        crate::render::manifests::yaml(&crate::render::manifests::namespace(&ns)),
         "the cell's namespace (sidecar injection enabled; each pod opts in or out)",
     ));
 
@@ -225,10 +223,11 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     }
 
     // Server, then the hops from the server back to the app (each forwards to the next).
-    let (deployment, svc) = manifests::server(&cell.scaled, &ns, annotations.remove("server").unwrap_or_default());
+    let (deployment, svc) =
+        crate::render::manifests::server(&cell.scaled, &ns, annotations.remove("server").unwrap_or_default());
     steps.push(Step::apply(
         &kubectl,
-        format!("{}---\n{}", manifests::yaml(&deployment), manifests::yaml(&svc)),
+        format!("{}---\n{}", crate::render::manifests::yaml(&deployment), crate::render::manifests::yaml(&svc)),
         &format!("the {} server", service.name()),
     ));
     let mut next_host = format!("{}.{ns}.svc.cluster.local", service.name());
@@ -243,26 +242,26 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                     steps.push(Step::Note { text: "the gateway's certificate comes from a CA generated for the run ($RUN_DIR/cert.pem, key.pem); the probe trusts only that CA".into() });
                     steps.push(Step::apply(
                         &kubectl,
-                        istio::gateway_secret_manifest(&ns),
+                        crate::render::istio::gateway_secret_manifest(&ns),
                         "the gateway's TLS certificate (apply: a re-run replaces it), labelled with its cell",
                     ));
                 }
                 steps.push(Step::apply(
                     &kubectl,
-                    istio::gateway_manifests(g, &ns, &next_host, port),
+                    crate::render::istio::gateway_manifests(g, &ns, &next_host, port),
                     "ingress gateway: Gateway + VirtualService to the next hop",
                 ));
-                for (yaml, purpose) in istio::gateway_extras(cell, &ns, port) {
+                for (yaml, purpose) in crate::render::istio::gateway_extras(cell, &ns, port) {
                     steps.push(Step::apply(&kubectl, yaml, purpose));
                 }
                 next_host = "istio-ingressgateway.istio-system.svc.cluster.local".into();
             }
             Hop::Middlebox(m) => {
                 let name = format!("mb{i}");
-                let (pod, svc) = manifests::middlebox(&name, &ns, m, &next_host, service);
+                let (pod, svc) = crate::render::manifests::middlebox(&name, &ns, m, &next_host, service);
                 steps.push(Step::apply(
                     &kubectl,
-                    format!("{}---\n{}", manifests::yaml(&pod), manifests::yaml(&svc)),
+                    format!("{}---\n{}", crate::render::manifests::yaml(&pod), crate::render::manifests::yaml(&svc)),
                     &format!(
                         "middlebox {name}: conntrack forgets after {}, then {}",
                         m.idle_timeout,
@@ -281,7 +280,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     for (kind, yaml) in manifests_of_mitigation {
         steps.push(Step::apply(&kubectl, yaml, &format!("the mitigation: {kind}")));
     }
-    if let Some((yaml, purpose)) = istio::sidecar_http_pool_idle(cell, &ctx) {
+    if let Some((yaml, purpose)) = crate::render::istio::sidecar_http_pool_idle(cell, &ctx) {
         steps.push(Step::apply(&kubectl, yaml, purpose));
     }
     steps.extend(waits);
@@ -303,10 +302,11 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
         format!("{next_host}:{port}")
     };
     let spec = serde_json::to_string_pretty(&probe_spec(cell, target_addr)).expect("a probe spec serializes");
-    let (cm, pod) = manifests::probe(&ns, &spec, &cell.scaled, annotations.remove("client").unwrap_or_default());
+    let (cm, pod) =
+        crate::render::manifests::probe(&ns, &spec, &cell.scaled, annotations.remove("client").unwrap_or_default());
     steps.push(Step::apply(
         &kubectl,
-        format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)),
+        format!("{}---\n{}", crate::render::manifests::yaml(&cm), crate::render::manifests::yaml(&pod)),
         "the probe pod",
     ));
     // A probe that fails at once goes straight to Completed and never becomes Ready: the wait
@@ -384,11 +384,11 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
                         "counter",
                         "ip",
                         "idlelab_middlebox",
-                        manifests::MIDDLEBOX_COUNTER,
+                        crate::render::manifests::MIDDLEBOX_COUNTER,
                     ],
                     &format!(
                         "evidence: middlebox mb{i}'s forgotten-flow segments (counter {})",
-                        manifests::MIDDLEBOX_COUNTER
+                        crate::render::manifests::MIDDLEBOX_COUNTER
                     ),
                 )
                 .with_capture(Capture::Evidence)
@@ -399,7 +399,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     // Teardown, waited for: what the cell put in istio-system (the gateway's EnvoyFilters and
     // certificate) must be gone before the next cell uses the one shared gateway.
     if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
-        let selector = format!("{}={ns}", istio::CELL_LABEL);
+        let selector = format!("{}={ns}", crate::render::istio::CELL_LABEL);
         steps.push(k(
             &[
                 "-n",

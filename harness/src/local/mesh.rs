@@ -14,11 +14,11 @@
 //! One control plane per cell serves every pod of the cell (as istiod serves a cluster): it
 //! runs in the app's namespace and also listens, through sockets opened in theirs, in the
 //! gateway's and the server's. Its objects are the kind backend's
-//! ([`crate::istio::objects::for_cell`]). Istio decides every listener, cluster, idle timeout,
+//! ([`crate::render::objects::for_cell`]). Istio decides every listener, cluster, idle timeout,
 //! retry policy and certificate; the lab adds only an access log in MeshConfig.
 
 use super::envoy::{Envoy, EnvoyFiles};
-use crate::istio::objects::{CellObjects, ProxyInputs};
+use crate::render::objects::{CellObjects, ProxyInputs};
 use anyhow::Result;
 
 /// Where each proxy's Envoy writes its access log: relative to its working directory (Envoy
@@ -43,9 +43,9 @@ pub async fn start_control_plane(
     home: &super::netns::Netns,
     others: &[std::path::PathBuf],
     dir: &std::path::Path,
-) -> Result<crate::istio::ControlPlane> {
+) -> Result<crate::local::control_plane::ControlPlane> {
     let mesh = mesh_config(objects.mesh.as_deref());
-    crate::istio::ControlPlane::start(&home.path(), others, dir, &objects.docs, Some(&mesh)).await
+    crate::local::control_plane::ControlPlane::start(&home.path(), others, dir, &objects.docs, Some(&mesh)).await
 }
 
 /// Start one proxy of the cell in `netns`; returns once Envoy has the chain the app's
@@ -55,18 +55,18 @@ pub async fn start_proxy(
     files: EnvoyFiles,
     netns: &super::netns::Netns,
     xds: &str,
-    ca: &super::tls::MeshCa,
+    ca: &crate::certs::MeshCa,
 ) -> Result<Envoy> {
     let proxy_dir = files.dir.join("proxy");
     std::fs::create_dir_all(&proxy_dir)?;
-    let proxy = crate::istio::Proxy::start(netns, &proxy_dir, &p.pod, xds, p.role, ca).await?;
+    let proxy = crate::local::proxy::Proxy::start(netns, &proxy_dir, &p.pod, xds, p.role, ca).await?;
     let ms = proxy.wait_chain(p, std::time::Duration::from_secs(20)).await?;
     tracing::debug!(role = p.role.name(), listener = %p.listener, ms, "the proxy's listeners arrived over ADS");
-    let mut fields = crate::istio::deciding_fields(&proxy.config_dump().await?, p);
+    let mut fields = crate::local::config_dump::deciding_fields(&proxy.config_dump().await?, p);
     fields["listener_ready_ms"] = ms.into();
     Ok(Envoy {
         process: proxy.agent,
-        admin: super::envoy::Admin { netns: netns.path(), port: crate::istio::ADMIN_PORT },
+        admin: super::envoy::Admin { netns: netns.path(), port: crate::local::proxy::ADMIN_PORT },
         access_log: proxy_dir.join(ACCESS_LOG),
         log: proxy.log,
         istio_config: Some(fields),

@@ -7,8 +7,8 @@
 //!     ConfigMap + Pod idlelab-probe    `idlelab probe --spec /spec/probe.json`, sidecar per the path
 //! ```
 
-use crate::hop::{MiddleboxHop, OnUnknown};
 use crate::config::CellConfig;
+use crate::hop::{MiddleboxHop, OnUnknown};
 use crate::model::service::Service as Svc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{

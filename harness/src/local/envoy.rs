@@ -1,7 +1,7 @@
 //! Envoy in the lab: the Envoy binary, the access-log format every proxy writes, and what
 //! the harness asks a running Envoy (its admin API: counters, config dump).
 //!
-//! Every Envoy is started by Istio's pilot-agent (`crate::istio::Proxy`); its admin API
+//! Every Envoy is started by Istio's pilot-agent (`crate::local::proxy::Proxy`); its admin API
 //! answers on TCP 15000 of the pod's namespace, reached from a thread inside that namespace.
 
 use super::process::LabProcess;

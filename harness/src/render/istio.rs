@@ -2,11 +2,11 @@
 //! idle timeouts of a compressed run, and the ingress gateway's Gateway + VirtualService.
 
 use crate::cells::Cell;
-use crate::model::duration::Dur;
 use crate::hop::{GatewayHop, Hop};
 use crate::mitigation::envoyfilter_idle_timeout::TCP_PROXY_TYPE_URL;
 use crate::mitigation::istio_idle_timeout::go_duration;
 use crate::mitigation::to_yaml;
+use crate::model::duration::Dur;
 use serde_json::json;
 
 const ISTIO_DEFAULT_IDLE: Dur = Dur::secs(3600);

@@ -5,11 +5,11 @@
 //! to show. `timeout 0` keeps redis from closing idle clients itself.
 
 use super::process::{LabProcess, spawn};
+use crate::tools::redis_bin;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::tools::redis_bin;
 
 /// `idle_timeout_s`: redis' own `timeout` (0 = off), from the scenario's `server.idle_timeout`.
 pub async fn start(dir: &Path, port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
