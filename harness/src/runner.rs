@@ -80,28 +80,6 @@ fn istio_context(cell: &Cell) -> IstioContext {
     }
 }
 
-/// For a team's own YAML: what the lab changed in it for this cell (namespace, hosts, the
-/// durations it scaled), document by document.
-fn istio_yaml_notes(cell: &Cell) -> Vec<String> {
-    let crate::mitigation::MitigationSpec::IstioYaml(m) = &cell.mitigation else { return vec![] };
-    let ctx = crate::render::objects::context(cell, crate::local::ISTIO_NAMESPACE);
-    let mut out: Vec<String> = m
-        .loaded
-        .iter()
-        .flat_map(|l| l.docs.iter())
-        .map(|d| {
-            let (_, changes) = m.render(d, &ctx);
-            let what = if changes.is_empty() { "as written".to_string() } else { changes.join("; ") };
-            format!("istio-yaml: {} {} ({}:{}): {what}", d.kind, d.name, d.file.display(), d.line)
-        })
-        .collect();
-    out.extend(m.loaded.iter().flat_map(|_| m.render_annotations(&ctx)).map(|(k, _, changes)| {
-        let what = if changes.is_empty() { "as written".to_string() } else { changes.join("; ") };
-        format!("istio-yaml: client pod annotation {k}: {what}")
-    }));
-    out
-}
-
 fn report_of(cell: &Cell, key: &str) -> CellReport {
     CellReport {
         scenario: cell.scenario.clone(),
@@ -128,7 +106,7 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
                         .then(|| cell.real.client_settings().join("; "))
                         .map(|s| format!("configuration: {s}")),
                 )
-                .chain(istio_yaml_notes(cell))
+                .chain(cell.mitigation.as_mitigation().notes(&crate::render::objects::context(cell, crate::mitigation::LOCAL_NAMESPACE)))
                 .collect(),
             ..Default::default()
         },

@@ -251,7 +251,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     let options = serde_saphyr::options! { strict_booleans: true };
     let mut scenario: Scenario = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let loc = e.location();
-        let message = first_line(&e.to_string());
+        let message = crate::model::first_line(&e.to_string());
         ScenarioError {
             file: path.to_path_buf(),
             line: loc.map(|l| l.line()),
@@ -262,59 +262,22 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     })?;
     scenario.source = path.to_path_buf();
     scenario.positions = Positions::of(text);
-    // A team's own Istio YAML (`istio-yaml`) is read now, relative to the scenario file.
+    // What a mitigation reads besides this file (a team's own Istio YAML) is read now,
+    // relative to the scenario file, and checked against this scenario's lab.
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     for cell in &mut scenario.cells {
-        if let MitigationSpec::IstioYaml(m) = &mut cell.mitigation.value {
-            m.load(&base).map_err(|e| ScenarioError {
-                file: e.file.clone(),
+        cell.mitigation.value.as_mitigation_mut().load(&base, &scenario.path, scenario.service).map_err(|e| {
+            ScenarioError {
+                file: e.file,
                 line: e.line.map(|l| l as u64),
-                column: None,
-                message: e.message.clone(),
-                hint: e.hint.clone(),
-            })?;
-            // A DestinationRule for a host this lab does not have would apply to nothing.
-            let lab = crate::mitigation::istio_yaml::LabHosts::of(
-                &scenario.path,
-                scenario.service,
-                crate::local::ISTIO_NAMESPACE,
-            );
-            if let Some(u) = m.unmatched_hosts(std::slice::from_ref(&lab)).first() {
-                return Err(ScenarioError {
-                    file: u.file.clone(),
-                    line: Some(u.line as u64),
-                    column: Some(u.column as u64),
-                    message: format!(
-                        "{} {}: host `{}` matches none of this scenario's hosts ({}): Istio would apply it to nothing",
-                        u.kind,
-                        u.name,
-                        u.host,
-                        lab.hosts.join(", ")
-                    ),
-                    hint: Some(format!(
-                        "map it onto the lab's service: `{{istio-yaml: {{files: [...], host_map: {{{}: {}}}}}}}`",
-                        u.host,
-                        scenario.service.name()
-                    )),
-                });
+                column: e.column.map(|c| c as u64),
+                message: e.message,
+                hint: e.hint,
             }
-        }
+        })?;
     }
     scenario.validate()?;
     Ok(scenario)
-}
-
-/// serde-saphyr renders a snippet under its message; the summary line is the message.
-pub(crate) fn first_line(s: &str) -> String {
-    let mut line = s.lines().next().unwrap_or(s).trim();
-    line = line.strip_prefix("error: ").unwrap_or(line);
-    // "line 6 column 7: …": the location is already in front of the message.
-    if let Some(rest) = line.strip_prefix("line ")
-        && let Some((_, msg)) = rest.split_once(": ")
-    {
-        line = msg;
-    }
-    line.to_string()
 }
 
 fn hint_for(message: &str) -> Option<String> {

@@ -79,7 +79,7 @@ fn services_named(m: &IstioYaml) -> Vec<Service> {
 fn check_hosts(fix: &IstioYaml, scenarios: &[scenario::Scenario]) -> Result<(), String> {
     use crate::mitigation::istio_yaml::LabHosts;
     let labs: Vec<LabHosts> =
-        scenarios.iter().map(|s| LabHosts::of(&s.path, s.service, crate::local::ISTIO_NAMESPACE)).collect();
+        scenarios.iter().map(|s| LabHosts::of(&s.path, s.service, crate::mitigation::LOCAL_NAMESPACE)).collect();
     let unmatched = fix.unmatched_hosts(&labs);
     let Some(first) = unmatched.first() else { return Ok(()) };
     let mut hosts: Vec<&str> = labs.iter().flat_map(|l| l.hosts.iter().map(String::as_str)).collect();
@@ -133,7 +133,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         return 2;
     }
     let mut fix = IstioYaml { files: args.files.clone(), host_map, annotations, loaded: None };
-    if let Err(e) = fix.load(&std::env::current_dir().unwrap_or_default()) {
+    if let Err(e) = fix.read_files(&std::env::current_dir().unwrap_or_default()) {
         eprintln!("error: {e}");
         return 2;
     }
@@ -163,9 +163,9 @@ pub(crate) fn main(args: TryArgs) -> i32 {
 
     // Istio's own judgement first, on the files as the lab will apply them.
     let ctx = crate::mitigation::IstioContext {
-        namespace: crate::local::ISTIO_NAMESPACE.into(),
+        namespace: crate::mitigation::LOCAL_NAMESPACE.into(),
         client_app: crate::render::objects::CLIENT_APP.into(),
-        service_host: format!("redis.{}.svc.cluster.local", crate::local::ISTIO_NAMESPACE),
+        service_host: format!("redis.{}.svc.cluster.local", crate::mitigation::LOCAL_NAMESPACE),
         service_port: 6379,
         sidecar_pods: vec!["client".into()],
         factor: 1,

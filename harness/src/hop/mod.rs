@@ -17,6 +17,7 @@ pub use middlebox::{MiddleboxHop, OnUnknown};
 pub use server_sidecar::ServerSidecarHop;
 pub use sidecar::{Route, SidecarHop};
 
+use crate::model::service::Service;
 use serde::{Deserialize, Serialize};
 
 /// One hop of a scenario's `path:` list, written as `- sidecar: {...}`.
@@ -47,5 +48,19 @@ impl Hop {
             Hop::Gateway(h) => h.durations_mut(index),
             Hop::ServerSidecar(h) => h.durations_mut(index),
         }
+    }
+}
+
+/// The ingress gateway's Service and namespace, as Istio's default profile names them.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
+
+/// The host the client sidecar's upstream is, in the local lab: the gateway's Service when
+/// the path has one, else the server's.
+pub fn target_host(path: &[Hop], service: Service, namespace: &str) -> String {
+    if path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
+        format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}.svc.cluster.local")
+    } else {
+        format!("{}.{namespace}.svc.cluster.local", service.name())
     }
 }

@@ -92,7 +92,7 @@ fn istio_context(cell: &Cell, ns: &str) -> IstioContext {
 
 /// The probe's spec on the cluster: the same scaled knobs, the first hop's address as target.
 fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
-    let mut spec = crate::local::probe_spec_for(&cell.scaled, target);
+    let mut spec = ProbeSpec::for_cell(&cell.scaled, target);
     if cell.scaled.service == Svc::Https {
         spec.tls_ca_pem = Some("$RUN_CA_PEM".into());
     }

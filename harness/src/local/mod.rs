@@ -36,7 +36,7 @@ use crate::events::Phase;
 use crate::hop::Hop;
 use crate::model::observation::Observations;
 use crate::model::service::Service;
-use crate::probe::{KeepaliveSecs, ProbeLine, ProbeSpec};
+use crate::probe::{ProbeLine, ProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
 use middlebox::MiddleboxView;
 use serde::Serialize;
@@ -215,30 +215,6 @@ fn hop_of<'a>(knobs: &'a CellConfig, role: &str) -> Option<&'a Hop> {
     knobs.path.iter().enumerate().find(|(i, h)| node_role(*i, h).as_deref() == Some(role)).map(|(_, h)| h)
 }
 
-/// The probe's spec for these (scaled) knobs, connecting to `target`.
-pub fn probe_spec_for(knobs: &CellConfig, target: String) -> ProbeSpec {
-    let ms = |d: crate::model::duration::Dur| d.0.as_millis() as u64;
-    ProbeSpec {
-        service: knobs.service,
-        library: knobs.client.library.name().to_string(),
-        target,
-        pool: knobs.client.pool,
-        keepalive: knobs.client.keepalive.map(|k| {
-            let (time_s, interval_s) = k.whole_seconds();
-            KeepaliveSecs { time_s, interval_s, probes: k.probes }
-        }),
-        idle_ms: ms(knobs.idle),
-        heartbeat_ms: knobs.client.heartbeat.map(ms),
-        pool_max_idle_ms: knobs.client.pool_max_idle.map(ms),
-        tcp_user_timeout_ms: knobs.client.tcp_user_timeout.map(ms),
-        request_timeout_ms: ms(knobs.client.request_timeout),
-        tls_ca_pem: None,
-        test_on_borrow: knobs.client.test_on_borrow,
-        pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
-        authority: None,
-    }
-}
-
 /// The probe's command for the cell's client library.
 fn probe_command(knobs: &CellConfig) -> Result<tokio::process::Command> {
     use crate::model::library::Runtime;
@@ -387,8 +363,6 @@ async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> 
     Ok(Some((role.name().to_string(), envoy)))
 }
 
-/// The Kubernetes namespace of the objects Istio's control plane serves for a cell.
-pub const ISTIO_NAMESPACE: &str = "idlelab";
 
 async fn run_in(
     cell: &crate::cells::Cell,
@@ -460,7 +434,7 @@ async fn run_in(
     let addrs = crate::render::objects::Addresses { app: app_ip, server: srv_ip, gateway: gateway_ip };
     let cert =
         run_ca.as_ref().map(|c| crate::render::objects::GatewayCert { cert_pem: &c.cert_pem, key_pem: &c.key_pem });
-    let objects = crate::render::objects::for_cell(cell, ISTIO_NAMESPACE, addrs, cert);
+    let objects = crate::render::objects::for_cell(cell, crate::mitigation::LOCAL_NAMESPACE, addrs, cert);
     let mesh_ca = objects.as_ref().map(|_| crate::certs::MeshCa::new()).transpose()?;
     if let Some(objects) = &objects {
         let others: Vec<std::path::PathBuf> = lab
@@ -521,7 +495,7 @@ async fn run_in(
     // The probe, inside the app namespace, as root (not exempt from capture): this same binary
     // for the Rust libraries, the Go probe for the Go ones, the scenario's own program for an
     // external client; all speak the probe contract (scenarios/PROBE.md).
-    let mut spec = probe_spec_for(knobs, format!("{target_ip}:{port}"));
+    let mut spec = ProbeSpec::for_cell(knobs, format!("{target_ip}:{port}"));
     // An app names an HTTP service by its host, and Istio routes an `http-*` port by it.
     if knobs.service == Service::Http {
         spec.authority = objects.as_ref().map(|o| format!("{}:{port}", o.ctx.service_host));

@@ -63,7 +63,7 @@ impl Mitigation for GatewayKeepalive {
             "metadata": {
                 "name": format!("idlelab-gateway-keepalive-{}", ctx.namespace),
                 "namespace": "istio-system",
-                "labels": {crate::render::istio::CELL_LABEL: ctx.namespace}
+                "labels": {super::CELL_LABEL: ctx.namespace}
             },
             "spec": {
                 "workloadSelector": {"labels": {"istio": "ingressgateway"}},

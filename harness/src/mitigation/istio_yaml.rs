@@ -17,7 +17,9 @@
 //! EnvoyFilter's do not, since whether Istio applies it at all is what is being tried:
 //! `idlelab try` runs it at its baseline's factor instead.
 
-use super::{IstioContext, IstioForm, Mitigation, to_yaml};
+use super::{IstioContext, IstioForm, LoadError, Mitigation, to_yaml};
+use crate::hop::Hop;
+use crate::model::service::Service;
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -97,7 +99,7 @@ impl LabHosts {
     /// The hosts of a scenario's lab: its server's Service, and the gateway's when the path
     /// has one.
     pub fn of(path: &[crate::hop::Hop], service: crate::model::service::Service, namespace: &str) -> LabHosts {
-        use crate::render::objects::target_host;
+        use crate::hop::target_host;
         let target = target_host(path, service, namespace);
         let server = target_host(&[], service, namespace);
         let hosts = if target == server { vec![server] } else { vec![server, target.clone()] };
@@ -126,28 +128,6 @@ pub struct Loaded {
     pub annotations: Vec<(String, String)>,
 }
 
-/// A file, a line and what is wrong there.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LoadError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{l}: {}", self.file.display(), self.message)?,
-            None => write!(f, "{}: {}", self.file.display(), self.message)?,
-        }
-        if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
-        }
-        Ok(())
-    }
-}
-
 const ISTIO_KINDS: [&str; 7] =
     ["DestinationRule", "EnvoyFilter", "Sidecar", "ServiceEntry", "Gateway", "VirtualService", "ProxyConfig"];
 const WORKLOAD_KINDS: [&str; 5] = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod"];
@@ -174,10 +154,11 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     out
 }
 
+
 impl IstioYaml {
     /// Read the files (relative to `base`), check each document's kind, and take the
     /// annotations of workload snippets. Nothing is started.
-    pub fn load(&mut self, base: &Path) -> Result<(), LoadError> {
+    pub fn read_files(&mut self, base: &Path) -> Result<(), LoadError> {
         let mut loaded = Loaded::default();
         for f in &mut self.files {
             if f.is_relative() {
@@ -186,6 +167,7 @@ impl IstioYaml {
             let err = |line: Option<usize>, message: String, hint: Option<&str>| LoadError {
                 file: f.clone(),
                 line,
+                column: None,
                 message,
                 hint: hint.map(str::to_string),
             };
@@ -195,7 +177,7 @@ impl IstioYaml {
                     let line = e.location().map(|l| start + l.line() as usize - 1);
                     err(
                         line,
-                        crate::scenario::first_line(&e.to_string()),
+                        crate::model::first_line(&e.to_string()),
                         Some("the file must be the YAML you would `kubectl apply`"),
                     )
                 })?;
@@ -234,6 +216,7 @@ impl IstioYaml {
             return Err(LoadError {
                 file: self.files.first().cloned().unwrap_or_default(),
                 line: None,
+                column: None,
                 message: "no Istio resource and no pod annotation in the files".into(),
                 hint: None,
             });
@@ -542,6 +525,54 @@ impl Mitigation for IstioYaml {
             }
             None => "the team's own Istio YAML".into(),
         }
+    }
+    /// Read the files and refuse a host that matches none of the scenario's lab's: a
+    /// DestinationRule for a host this lab does not have would apply to nothing.
+    fn load(&mut self, base: &Path, path: &[Hop], service: Service) -> Result<(), LoadError> {
+        self.read_files(base)?;
+        let lab = LabHosts::of(path, service, super::LOCAL_NAMESPACE);
+        match self.unmatched_hosts(std::slice::from_ref(&lab)).first() {
+            None => Ok(()),
+            Some(u) => Err(LoadError {
+                file: u.file.clone(),
+                line: Some(u.line),
+                column: Some(u.column),
+                message: format!(
+                    "{} {}: host `{}` matches none of this scenario's hosts ({}): Istio would apply it to nothing",
+                    u.kind,
+                    u.name,
+                    u.host,
+                    lab.hosts.join(", ")
+                ),
+                hint: Some(format!(
+                    "map it onto the lab's service: `{{istio-yaml: {{files: [...], host_map: {{{}: {}}}}}}}`",
+                    u.host,
+                    service.name()
+                )),
+            }),
+        }
+    }
+    /// What the lab changed in the team's YAML for this cell (namespace, hosts, the durations
+    /// it scaled), document by document.
+    fn notes(&self, ctx: &IstioContext) -> Vec<String> {
+        let Some(loaded) = &self.loaded else { return vec![] };
+        let what = |changes: Vec<String>| {
+            if changes.is_empty() { "as written".to_string() } else { changes.join("; ") }
+        };
+        let mut out: Vec<String> = loaded
+            .docs
+            .iter()
+            .map(|d| {
+                let (_, changes) = self.render(d, ctx);
+                format!("istio-yaml: {} {} ({}:{}): {}", d.kind, d.name, d.file.display(), d.line, what(changes))
+            })
+            .collect();
+        out.extend(
+            self.render_annotations(ctx)
+                .into_iter()
+                .map(|(k, _, changes)| format!("istio-yaml: client pod annotation {k}: {}", what(changes))),
+        );
+        out
     }
     fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         use super::{dr_http_idle_timeout, dr_idle_timeout, dr_tcp_keepalive, istio_idle_timeout};

@@ -28,6 +28,18 @@ pub mod pool_test_on_borrow;
 pub mod tcp_user_timeout;
 
 use crate::config::CellConfig;
+use crate::hop::Hop;
+use crate::model::service::Service;
+use std::path::{Path, PathBuf};
+
+/// The label every object of a cell carries on a cluster (`idlelab.dev/cell: <namespace>`),
+/// so that what a cell put in istio-system can be found and removed.
+pub const CELL_LABEL: &str = "idlelab.dev/cell";
+/// Label `app:` of the client (probe) pod, for workload selectors.
+pub const CLIENT_APP: &str = "idlelab-probe";
+/// The namespace the local lab gives every cell's objects (each cell has its own control
+/// plane, so they never meet).
+pub const LOCAL_NAMESPACE: &str = "idlelab";
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +94,42 @@ pub trait Mitigation {
     fn apply(&self, knobs: &mut CellConfig) -> Result<(), String>;
     /// The Istio resources (or app setting) that do the same on a cluster.
     fn istio_resources(&self, ctx: &IstioContext) -> Vec<IstioForm>;
+    /// Read what the mitigation names besides the scenario file (relative to `base`, the
+    /// scenario file's directory) and check it against the scenario's lab (`path`,
+    /// `service`), before anything starts. Most mitigations have nothing to read.
+    fn load(&mut self, _base: &Path, _path: &[Hop], _service: Service) -> Result<(), LoadError> {
+        Ok(())
+    }
+    /// What the lab changed in the mitigation for a cell (a team's YAML mapped onto the lab's
+    /// namespace and hosts, its durations scaled), for the cell's evidence.
+    fn notes(&self, _ctx: &IstioContext) -> Vec<String> {
+        vec![]
+    }
+}
+
+/// What a mitigation found wrong in a file it reads besides the scenario (a team's own YAML):
+/// the file, the line and column, what is wrong there, a hint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file.display(), self.message)?,
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file.display(), self.message)?,
+            _ => write!(f, "{}: {}", self.file.display(), self.message)?,
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The `mitigation:` of a cell, as written in scenario files.
@@ -111,6 +159,27 @@ impl MitigationSpec {
     pub fn as_mitigation(&self) -> &dyn Mitigation {
         match self {
             MitigationSpec::NoMitigation => &none::NoMitigation,
+            MitigationSpec::AppKeepalive(m) => m,
+            MitigationSpec::IstioIdleTimeout(m) => m,
+            MitigationSpec::EnvoyfilterIdleTimeout(m) => m,
+            MitigationSpec::ExcludeOutboundPorts(m) => m,
+            MitigationSpec::PoolMaxIdle(m) => m,
+            MitigationSpec::AppHeartbeat(m) => m,
+            MitigationSpec::DrTcpKeepalive(m) => m,
+            MitigationSpec::DrIdleTimeout(m) => m,
+            MitigationSpec::DrHttpIdleTimeout(m) => m,
+            MitigationSpec::IstioYaml(m) => m,
+            MitigationSpec::ExcludeOutboundIpRanges(m) => m,
+            MitigationSpec::TcpUserTimeout(m) => m,
+            MitigationSpec::GatewayKeepalive(m) => m,
+            MitigationSpec::PoolTestOnBorrow(m) => m,
+            MitigationSpec::PoolMaxLifetime(m) => m,
+        }
+    }
+    pub fn as_mitigation_mut(&mut self) -> &mut dyn Mitigation {
+        match self {
+            // A unit struct: leaking its box allocates nothing.
+            MitigationSpec::NoMitigation => Box::leak(Box::new(none::NoMitigation)),
             MitigationSpec::AppKeepalive(m) => m,
             MitigationSpec::IstioIdleTimeout(m) => m,
             MitigationSpec::EnvoyfilterIdleTimeout(m) => m,

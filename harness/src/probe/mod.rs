@@ -70,6 +70,32 @@ pub struct ProbeSpec {
     pub authority: Option<String>,
 }
 
+impl ProbeSpec {
+    /// The probe's spec for these (scaled) knobs, connecting to `target`.
+    pub fn for_cell(knobs: &crate::config::CellConfig, target: String) -> ProbeSpec {
+        let ms = |d: crate::model::duration::Dur| d.0.as_millis() as u64;
+        ProbeSpec {
+            service: knobs.service,
+            library: knobs.client.library.name().to_string(),
+            target,
+            pool: knobs.client.pool,
+            keepalive: knobs.client.keepalive.map(|k| {
+                let (time_s, interval_s) = k.whole_seconds();
+                KeepaliveSecs { time_s, interval_s, probes: k.probes }
+            }),
+            idle_ms: ms(knobs.idle),
+            heartbeat_ms: knobs.client.heartbeat.map(ms),
+            pool_max_idle_ms: knobs.client.pool_max_idle.map(ms),
+            tcp_user_timeout_ms: knobs.client.tcp_user_timeout.map(ms),
+            request_timeout_ms: ms(knobs.client.request_timeout),
+            tls_ca_pem: None,
+            test_on_borrow: knobs.client.test_on_borrow,
+            pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
+            authority: None,
+        }
+    }
+}
+
 /// One line of the probe's stdout.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

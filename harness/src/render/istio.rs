@@ -85,7 +85,7 @@ pub fn gateway_idle_timeout(ns: &str, d: Dur, port: u16) -> String {
 
 /// The label every object a cell creates outside its own namespace carries (the gateway's
 /// EnvoyFilters and Secret in istio-system): the cell's teardown deletes by it.
-pub const CELL_LABEL: &str = "idlelab.dev/cell";
+pub use crate::mitigation::CELL_LABEL;
 
 /// The `kubernetes.io/tls` Secret (namespace istio-system) the gateway's Gateway names.
 pub fn gateway_secret_name(ns: &str) -> String {

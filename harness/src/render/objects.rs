@@ -50,10 +50,9 @@ impl Pod {
 }
 
 /// The app's label, which workload selectors (EnvoyFilter) name.
-pub const CLIENT_APP: &str = "idlelab-probe";
+pub use crate::mitigation::CLIENT_APP;
 /// Where Istio's ingress gateway lives, and its Service.
-pub const GATEWAY_NAMESPACE: &str = "istio-system";
-pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
+pub use crate::hop::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, target_host};
 /// The gateway's service account (Istio's chart).
 const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
 /// Cluster IPs for Services the app does not address (their clients use the endpoints).
@@ -141,15 +140,6 @@ fn yaml<T: serde::Serialize>(kind: &str, api_version: &str, v: &T) -> String {
     crate::render::manifests::yaml(&value)
 }
 
-/// The host the client sidecar's upstream is, in the local lab: the gateway's Service when
-/// the path has one, else the server's.
-pub fn target_host(path: &[Hop], service: crate::model::service::Service, namespace: &str) -> String {
-    if path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
-        format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}.svc.cluster.local")
-    } else {
-        format!("{}.{namespace}.svc.cluster.local", service.name())
-    }
-}
 
 /// The Istio context of a cell in the local lab (the kind backend's, with the local target).
 pub fn context(cell: &crate::cells::Cell, namespace: &str) -> IstioContext {
