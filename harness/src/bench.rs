@@ -8,9 +8,9 @@
 //!
 //! Results go to `results/bench.json` and a table.
 
-use crate::cli::{Exec, OutputArgs, ScenarioArgs, execute, prepare};
 use crate::report::RunSummary;
-use crate::{doctor, local, scenario};
+use crate::session::{BackendChoice, Exec, OutputArgs, ScenarioArgs, execute, prepare};
+use crate::{backend, local, scenario};
 use comfy_table::{Table, presets};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -31,13 +31,14 @@ fn quiet(
         quiet: true,
         time_scale_label: label,
     };
-    let r = execute(scenarios, cells, exec);
+    let r = execute(scenarios, cells, exec, BackendChoice::Local);
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
 
 fn scenario_row(summary: &RunSummary) -> Value {
-    let lab: Vec<&local::LabEvidence> = summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
+    let lab: Vec<&backend::evidence::LabEvidence> =
+        summary.cells.iter().filter_map(|c| c.evidence.lab.as_ref()).collect();
     let overhead: Vec<u64> = lab.iter().map(|l| l.setup_ms + l.teardown_ms).collect();
     let mean = if overhead.is_empty() { 0 } else { overhead.iter().sum::<u64>() / overhead.len() as u64 };
     let factors: Vec<u32> = summary.cells.iter().map(|c| c.time_scale.factor).collect();
@@ -119,7 +120,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "envoy": doctor::checks().into_iter().find(|c| c.name == "envoy").and_then(|c| c.found),
+        "envoy": local::doctor::checks().into_iter().find(|c| c.name == "envoy").and_then(|c| c.found),
     });
     let doc = json!({
         "schema_version": 2,

@@ -1,16 +1,12 @@
 //! The `idlelab` command line. Exit codes: 0 every cell matched, 1 some did not,
 //! 2 bad input or missing prerequisites, 130 interrupted.
 
-use crate::model::service::TimeScaleSpec;
-use crate::report::html::HtmlReporter;
-use crate::report::junit::JunitReporter;
-use crate::report::{Reporter, RunSummary, json::JsonReporter, markdown::MarkdownReporter, terminal::TerminalReporter};
-use crate::runner::{self, Emitter, RunOptions};
-use crate::scenario::{self};
-use crate::{cells, doctor, local};
+use crate::local::{self, doctor};
+use crate::scenario;
+use crate::session::{BackendChoice, Exec, OutputArgs, ScenarioArgs, execute, prepare};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -21,36 +17,6 @@ use std::path::{Path, PathBuf};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args, Clone)]
-pub(crate) struct ScenarioArgs {
-    /// Directory holding the shipped scenarios.
-    #[arg(long, default_value = "scenarios", env = "IDLELAB_SCENARIOS")]
-    pub scenarios_dir: PathBuf,
-    /// Run only these cells (a mitigation name such as `none`, or a full cell label).
-    #[arg(long = "mitigation", value_name = "NAME")]
-    pub mitigations: Vec<String>,
-    /// `auto` (the strongest compression that keeps every deciding ordering) or a factor.
-    #[arg(long, value_name = "auto|N", value_parser = TimeScaleSpec::parse)]
-    pub time_scale: Option<TimeScaleSpec>,
-}
-
-/// Where a run's reports go, how often each cell runs and how much it prints (`run`, `matrix`).
-#[derive(clap::Args, Clone)]
-pub(crate) struct OutputArgs {
-    /// Output directory (default: <results-dir>/<scenario or "matrix">-<UTC timestamp>/).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Where default output directories and the `latest` link go.
-    #[arg(long, default_value = "results")]
-    pub results_dir: PathBuf,
-    /// Run each cell N times; a verdict that differs between runs fails the cell.
-    #[arg(long, default_value_t = 1)]
-    pub repeat: u32,
-    /// Print each cell's phases as they happen (when the output is not a terminal).
-    #[arg(long, short)]
-    pub verbose: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,10 +140,6 @@ enum Command {
     },
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime")
-}
-
 /// Name this process `idlelab`: the lab starts its probe and server as /proc/self/exe, whose
 /// process name would otherwise be `exe` in `ss` and `ps`.
 fn name_process() {
@@ -282,13 +244,17 @@ pub fn main() -> i32 {
         Command::Run { scenario, args, output, jobs, pool, backend, context } => {
             match prepare(&scenario, &args, pool) {
                 Err(code) => code,
-                Ok((s, cells)) if backend == Backend::Kind => {
-                    crate::kind::run::main(&s, &cells, &crate::kind::KubeTarget { context }, output.out.as_deref())
-                }
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
                     let exec = Exec { title: s.name.clone(), output, jobs, quiet: false, time_scale_label };
-                    execute(vec![s], cells, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
+                    let backend = match backend {
+                        Backend::Local => BackendChoice::Local,
+                        Backend::Kind => BackendChoice::Kind {
+                            target: crate::kind::KubeTarget { context },
+                            runner: Box::new(crate::kind::plan::ProcessRunner),
+                        },
+                    };
+                    execute(vec![s], cells, exec, backend).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
                 }
             }
         }
@@ -312,43 +278,15 @@ pub fn main() -> i32 {
             }
             let label = args.time_scale.map(|t| t.to_string()).unwrap_or_else(|| "per scenario".into());
             let exec = Exec { title: "matrix".into(), output, jobs: Some(jobs), quiet: false, time_scale_label: label };
-            execute(loaded, all, exec).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
+            execute(loaded, all, exec, BackendChoice::Local)
+                .map(|sum| if sum.pass { 0 } else { 1 })
+                .unwrap_or_else(|c| c)
         }
         Command::Compare { old, new } => crate::compare::main(&old, &new),
         Command::Try { files, scenarios, host_map, annotate, scenarios_dir, output } => {
             crate::tryout::main(crate::tryout::TryArgs { files, scenarios, host_map, annotate, scenarios_dir, output })
         }
         Command::Bench { scenarios, scenarios_dir, out } => crate::bench::main(scenarios, scenarios_dir, out),
-    }
-}
-
-/// Load, validate and expand; print the error and return exit code 2 on bad input.
-pub(crate) fn prepare(
-    name: &str,
-    args: &ScenarioArgs,
-    pool: Option<usize>,
-) -> Result<(scenario::Scenario, Vec<cells::Cell>), i32> {
-    let loaded = scenario::resolve(name, &args.scenarios_dir).and_then(|p| scenario::load(&p));
-    let mut s = match loaded {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Err(2);
-        }
-    };
-    if let Some(n) = pool {
-        if !(1..=2000).contains(&n) {
-            eprintln!("error: --pool {n}: expected 1 to 2000 connections");
-            return Err(2);
-        }
-        s.client.pool = n;
-    }
-    match cells::expand(&s, &args.mitigations, args.time_scale) {
-        Ok(c) => Ok((s, c)),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(2)
-        }
     }
 }
 
@@ -372,94 +310,4 @@ fn check(names: &[String], args: &ScenarioArgs) -> i32 {
         }
     }
     code
-}
-
-/// Write the file reports of a finished run (again) into its directory.
-pub(crate) fn write_reports(summary: &RunSummary) -> anyhow::Result<()> {
-    let dir = &summary.out_dir;
-    let mut reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(JsonReporter { path: dir.join("summary.json") }),
-        Box::new(MarkdownReporter { path: dir.join("summary.md") }),
-        Box::new(JunitReporter { path: dir.join("junit.xml") }),
-        Box::new(HtmlReporter { path: dir.join("report.html") }),
-    ];
-    reporters.iter_mut().try_for_each(|r| r.finish(summary))
-}
-
-fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
-    results_dir.join(format!("{scenario}-{stamp}"))
-}
-
-/// How to execute a set of cells (a scenario's, or the matrix's).
-pub(crate) struct Exec {
-    pub title: String,
-    pub output: OutputArgs,
-    pub jobs: Option<usize>,
-    /// No terminal view (the benchmark prints its own table).
-    pub quiet: bool,
-    pub time_scale_label: String,
-}
-
-pub(crate) fn execute(
-    scenarios: Vec<scenario::Scenario>,
-    cells: Vec<cells::Cell>,
-    exec: Exec,
-) -> Result<RunSummary, i32> {
-    if let Some(msg) = doctor::missing(&doctor::checks()) {
-        eprintln!("error: {msg}");
-        return Err(2);
-    }
-    if exec.output.repeat == 0 {
-        eprintln!("error: --repeat 0: a cell runs at least once");
-        return Err(2);
-    }
-    for r in local::netns::reap_stale() {
-        eprintln!("note: removed {r} left by a killed run");
-    }
-    let default_dir = exec.output.out.is_none();
-    let out_dir = exec.output.out.clone().unwrap_or_else(|| default_out_dir(&exec.output.results_dir, &exec.title));
-    if let Err(e) = std::fs::create_dir_all(&out_dir) {
-        eprintln!("error: cannot create {}: {e}", out_dir.display());
-        return Err(2);
-    }
-    let mut reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(JsonReporter { path: out_dir.join("summary.json") }),
-        Box::new(MarkdownReporter { path: out_dir.join("summary.md") }),
-        Box::new(JunitReporter { path: out_dir.join("junit.xml") }),
-        Box::new(HtmlReporter { path: out_dir.join("report.html") }),
-    ];
-    if !exec.quiet {
-        reporters.insert(0, Box::new(TerminalReporter::new(exec.output.verbose)));
-    }
-    let emitter = Emitter::new(reporters);
-    let opts = RunOptions {
-        title: exec.title.clone(),
-        jobs: exec.jobs.unwrap_or(cells.len() * exec.output.repeat as usize),
-        repeat: exec.output.repeat,
-        out_dir: out_dir.clone(),
-        time_scale_label: exec.time_scale_label.clone(),
-    };
-    let rt = runtime();
-    let summary = match rt.block_on(runner::run(&scenarios, cells, &opts, &emitter)) {
-        Ok(s) => s,
-        Err(runner::Interrupted) => {
-            drop(rt);
-            eprintln!("interrupted: every namespace, process and temp dir of this run was removed");
-            return Err(130);
-        }
-    };
-    drop(rt);
-    if let Err(e) = emitter.finish(&summary) {
-        eprintln!("error: writing reports: {e:#}");
-        return Err(1);
-    }
-    if default_dir {
-        let latest = exec.output.results_dir.join("latest");
-        let _ = std::fs::remove_file(&latest);
-        if let Some(name) = out_dir.file_name() {
-            let _ = std::os::unix::fs::symlink(name, &latest);
-        }
-    }
-    Ok(summary)
 }

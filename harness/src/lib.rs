@@ -41,13 +41,13 @@
 //! - [`bench`]: `idlelab bench`, the figures the README quotes.
 //! - [`cli`]: the `idlelab` command line.
 
+pub mod backend;
 pub mod bench;
 pub mod cells;
 pub mod certs;
 pub mod cli;
 pub mod compare;
 pub mod config;
-pub mod doctor;
 pub mod events;
 pub mod hop;
 pub mod kind;
@@ -59,6 +59,7 @@ pub mod render;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod session;
 pub mod timescale;
 pub mod tools;
 pub mod tryout;

@@ -1,17 +1,22 @@
-//! The runner: cells → local lab → probe observations → verdict, emitting events.
+//! The runner: cells → a backend → probe observations → verdict, emitting events; the same
+//! for every backend.
+//!
+//! ```text
+//!   cells ──▶ Backend::run_cell ──CellOutcome──▶ verdict::judge ──▶ CellReport
+//!      └──────────── Event (RunStarted, CellScaled, CellPhase, CellFinished, RunFinished) ──▶ reporters
+//! ```
 //!
 //! It never prints: reporters turn its events into the terminal view and the files.
-//! Cells run concurrently (each in its own namespaces), bounded by `jobs`; with `repeat`,
+//! Cells run concurrently, bounded by `jobs` and the backend's `max_jobs`; with `repeat`,
 //! each cell runs that many times and a verdict that differs between runs fails the cell.
-//! Ctrl-C or SIGTERM aborts the cells, whose guards remove every namespace, process and
-//! temp dir.
+//! Ctrl-C or SIGTERM aborts the cells, whose guards remove everything they created.
 
+use crate::backend::{Backend, PhaseSink};
 use crate::cells::Cell;
+use crate::events::{CellReport, Evidence, RepeatOutcome, Reporter, RunSummary, SCHEMA_VERSION, ScenarioSummary};
 use crate::events::{Event, Phase};
-use crate::local::RunShared;
 use crate::mitigation::{IstioContext, MitigationSpec};
 use crate::model::verdict::{self, Verdict};
-use crate::report::{CellReport, Evidence, RepeatOutcome, Reporter, RunSummary, SCHEMA_VERSION, ScenarioSummary};
 use crate::scenario::Scenario;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -106,7 +111,11 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
                         .then(|| cell.real.client_settings().join("; "))
                         .map(|s| format!("configuration: {s}")),
                 )
-                .chain(cell.mitigation.as_mitigation().notes(&crate::render::objects::context(cell, crate::mitigation::LOCAL_NAMESPACE)))
+                .chain(
+                    cell.mitigation
+                        .as_mitigation()
+                        .notes(&crate::render::objects::context(cell, crate::mitigation::LOCAL_NAMESPACE)),
+                )
                 .collect(),
             ..Default::default()
         },
@@ -119,22 +128,23 @@ pub fn logs_dir(out_dir: &std::path::Path, key: &str) -> PathBuf {
     out_dir.join("logs").join(key.replace("::", "--").replace(['/', '#', '='], "_"))
 }
 
-async fn run_one(
+async fn run_one<B: Backend>(
+    backend: Arc<B>,
     cell: Arc<Cell>,
+    index: usize,
     key: String,
-    shared: Arc<RunShared>,
     emitter: Emitter,
     out_dir: Arc<PathBuf>,
 ) -> CellReport {
     let started = Instant::now();
     let phase_key = key.clone();
     let phase_emitter = emitter.clone();
-    let phase = move |p: Phase| {
+    let phase: PhaseSink = Arc::new(move |p: Phase| {
         tracing::debug!(phase = ?p, "phase");
         phase_emitter.emit(Event::CellPhase { cell: phase_key.clone(), phase: p })
-    };
+    });
     let span = tracing::info_span!("cell", key = %key, factor = cell.time_scale.factor);
-    let result = tracing::Instrument::instrument(crate::local::run_cell(&cell, &shared, &phase), span).await;
+    let result = tracing::Instrument::instrument(backend.run_cell(cell.clone(), index, phase), span).await;
     if let Err(f) = &result {
         tracing::warn!(key = %key, "cell could not run: {:#}", f.error);
     }
@@ -153,12 +163,9 @@ async fn run_one(
             if Some(cell.expected) != Some(v) && !outcome.logs.is_empty() {
                 keep_logs(&outcome.logs);
             }
-            report.evidence.notes.extend(outcome.evidence.http.clone());
-            report.evidence.notes.extend(
-                outcome.evidence.envoy_filters.iter().map(|e| format!("Istio: EnvoyFilter {}: {}", e.name, e.status)),
-            );
+            report.evidence.notes.extend(outcome.notes);
             report.evidence.observations = Some(outcome.observations);
-            report.evidence.lab = Some(outcome.evidence);
+            report.evidence.lab = outcome.lab;
             report.verdict = Some(v);
             report.explanation = why;
         }
@@ -182,8 +189,10 @@ async fn interrupted() {
     }
 }
 
-/// Run cells (of one scenario or many). `Err(Interrupted)` after Ctrl-C, once everything is removed.
-pub async fn run(
+/// Run cells (of one scenario or many) on `backend`. `Err(Interrupted)` after Ctrl-C, once
+/// everything is removed (the backend is dropped before this returns).
+pub async fn run<B: Backend>(
+    backend: B,
     scenarios: &[Scenario],
     cells: Vec<Cell>,
     opts: &RunOptions,
@@ -200,7 +209,7 @@ pub async fn run(
         .collect();
     emitter.emit(Event::RunStarted {
         title: opts.title.clone(),
-        backend: "local".into(),
+        backend: backend.name(),
         cells: tasks.iter().map(|t| t.2.clone()).collect(),
         out_dir: opts.out_dir.clone(),
     });
@@ -212,9 +221,12 @@ pub async fn run(
             values: c.time_scale.values.clone(),
         });
     }
-    // Removed when the run ends, interrupted or not (its guard drops with this function).
-    let shared = match RunShared::new() {
-        Ok(s) => Arc::new(s),
+    // What `prepare` made is removed when the run ends, interrupted or not: the backend drops
+    // with this function.
+    let backend = Arc::new(backend);
+    let backend_name = backend.name();
+    match backend.prepare().await {
+        Ok(()) => {}
         Err(e) => {
             let reports = cells
                 .iter()
@@ -224,10 +236,10 @@ pub async fn run(
                     r
                 })
                 .collect();
-            return Ok(summary_of(scenarios, opts, started, started_at, reports));
+            return Ok(summary_of(scenarios, opts, &backend_name, started, started_at, reports));
         }
-    };
-    let permits = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.jobs.min(backend.max_jobs()).max(1)));
     let mut set = JoinSet::new();
     let mut by_task = HashMap::new();
     for (i, run_no, key) in tasks {
@@ -239,11 +251,11 @@ pub async fn run(
             expected: cell.expected,
             key: key.clone(),
         };
-        let (emitter, permits, shared) = (emitter.clone(), permits.clone(), shared.clone());
+        let (emitter, permits, backend) = (emitter.clone(), permits.clone(), backend.clone());
         let out_dir = Arc::new(opts.out_dir.clone());
         let handle = set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore");
-            (i, run_no, run_one(cell, key, shared, emitter, out_dir).await)
+            (i, run_no, run_one(backend, cell, i, key, emitter, out_dir).await)
         });
         by_task.insert(handle.id(), (i, run_no, identity));
     }
@@ -269,7 +281,7 @@ pub async fn run(
         }
     }
     let reports = runs.into_iter().map(combine_repeats).collect();
-    let summary = summary_of(scenarios, opts, started, started_at, reports);
+    let summary = summary_of(scenarios, opts, &backend_name, started, started_at, reports);
     emitter.emit(Event::RunFinished { wall_ms: summary.wall_ms });
     Ok(summary)
 }
@@ -306,6 +318,7 @@ fn combine_repeats(mut runs: Vec<(u32, CellReport)>) -> CellReport {
 fn summary_of(
     scenarios: &[Scenario],
     opts: &RunOptions,
+    backend: &str,
     started: Instant,
     started_at: String,
     reports: Vec<CellReport>,
@@ -328,7 +341,7 @@ fn summary_of(
         scenario: opts.title.clone(),
         summary: scenarios.iter().map(|s| s.summary.clone()).collect::<Vec<_>>().join("; "),
         scenarios: scenario_summaries,
-        backend: "local".into(),
+        backend: backend.into(),
         time_scale: opts.time_scale_label.clone(),
         repeat: opts.repeat.max(1),
         pass: reports.iter().all(|r| r.pass),

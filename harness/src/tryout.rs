@@ -10,13 +10,13 @@
 //! Exit 0 when the files fix every failure tried (`survived` or `recovered`), 1 when one
 //! still fails, 2 for bad input.
 
-use crate::cli::{Exec, OutputArgs, execute};
 use crate::mitigation::istio_yaml::IstioYaml;
 use crate::mitigation::{Mitigation, MitigationSpec};
 use crate::model::service::Service;
 use crate::model::verdict::Verdict;
 use crate::report::CellReport;
 use crate::scenario::{self, CellSpec};
+use crate::session::{BackendChoice, Exec, OutputArgs, execute};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -268,7 +268,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         quiet: false,
         time_scale_label: "per scenario".into(),
     };
-    let mut summary = match execute(loaded_scenarios, all_cells, exec) {
+    let mut summary = match execute(loaded_scenarios, all_cells, exec, BackendChoice::Local) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -311,7 +311,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     for (i, lines) in notes {
         summary.cells[i].evidence.notes.extend(lines);
     }
-    if let Err(e) = crate::cli::write_reports(&summary) {
+    if let Err(e) = crate::report::write_files(&summary) {
         eprintln!("error: writing reports: {e:#}");
         return 1;
     }

@@ -20,6 +20,7 @@
 pub mod plan;
 pub mod run;
 
+use crate::backend::Phase;
 use crate::cells::Cell;
 use crate::hop::Hop;
 use crate::mitigation::{IstioContext, IstioForm};
@@ -46,11 +47,6 @@ impl KubeTarget {
     pub fn required_programs(&self) -> Vec<&'static str> {
         if self.context.is_some() { vec!["kubectl", "istioctl"] } else { vec!["docker", "kind", "kubectl", "istioctl"] }
     }
-}
-
-/// The programs of `required` that are not on PATH.
-pub fn missing_programs(required: &[&str]) -> Vec<String> {
-    required.iter().filter(|p| crate::tools::find_in_path(p).is_none()).map(|p| p.to_string()).collect()
 }
 
 /// The kind cluster's service and pod CIDRs (`kind-config/cluster.yaml`, `networking`): what
@@ -188,7 +184,8 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     let ctx = istio_context(cell, &ns);
     let service = cell.real.service;
     let port = service.port();
-    let mut steps = vec![Step::Cell { key: format!("{}::{}", cell.scenario, cell.label) }];
+    let mut steps =
+        vec![Step::Cell { key: format!("{}::{}", cell.scenario, cell.label) }, Step::Phase { phase: Phase::Setup }];
     let factor = cell.time_scale.factor;
     let scaled_sidecars = crate::render::istio::scaled_idle_timeouts(cell);
     if factor > 1 {
@@ -304,6 +301,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     let spec = serde_json::to_string_pretty(&probe_spec(cell, target_addr)).expect("a probe spec serializes");
     let (cm, pod) =
         crate::render::manifests::probe(&ns, &spec, &cell.scaled, annotations.remove("client").unwrap_or_default());
+    steps.push(Step::Phase { phase: Phase::Warm });
     steps.push(Step::apply(
         &kubectl,
         format!("{}---\n{}", crate::render::manifests::yaml(&cm), crate::render::manifests::yaml(&pod)),
@@ -315,6 +313,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
         k(&["-n", &ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=60s"], "wait for the probe")
             .optional(),
     );
+    steps.push(Step::Phase { phase: Phase::Idle { ms: cell.scaled.idle.0.as_millis() as u64 } });
     // Evidence while the probe holds its connections: just before the reuse (warm-up ≈ 1 s,
     // then the idle period), Envoy's config as Istio set it and its counters.
     let idle_s = cell.scaled.idle.0.as_secs_f64();
@@ -358,6 +357,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
             .optional(),
         );
     }
+    steps.push(Step::Phase { phase: Phase::Reuse });
     // Always fetched, also from a probe that already completed or failed.
     let log_timeout = idle_s as u64 + 600;
     steps.push(
@@ -396,6 +396,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
             );
         }
     }
+    steps.push(Step::Phase { phase: Phase::Teardown });
     // Teardown, waited for: what the cell put in istio-system (the gateway's EnvoyFilters and
     // certificate) must be gone before the next cell uses the one shared gateway.
     if cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(_))) {

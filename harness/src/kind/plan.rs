@@ -12,6 +12,8 @@ use std::fmt;
 pub enum Step {
     /// A heading: which cell the following steps belong to.
     Cell { key: String },
+    /// Where the cell is from here on (the runner's `CellPhase` event).
+    Phase { phase: crate::backend::Phase },
     /// Something the reader must know (e.g. the baseline is an explicit value, not Istio's default).
     Note { text: String },
     /// A command; `stdin` holds a manifest for `kubectl apply -f -`.
@@ -130,6 +132,7 @@ impl fmt::Display for Plan {
             match s {
                 Step::Cell { key } => writeln!(f, "\n### cell {key}")?,
                 Step::Note { text } => writeln!(f, "# note: {text}")?,
+                Step::Phase { phase } => writeln!(f, "# phase: {}", phase.name())?,
                 Step::Command { program, args, stdin, purpose, capture, required, timeout_s } => {
                     let mut tags = Vec::new();
                     if let Some(c) = capture {
@@ -161,8 +164,13 @@ impl fmt::Display for Plan {
     }
 }
 
-/// The one boundary through which the kube backend touches the world.
-pub trait CommandRunner {
+/// The one boundary through which the kind backend touches the world.
+pub trait CommandRunner: Send {
+    /// Whether this runner can run `programs` (and, with `engine`, reach a Docker engine),
+    /// checked before anything is created: `Err` says what is missing and what to do.
+    fn preflight(&mut self, _programs: &[&str], _engine: bool) -> Result<(), String> {
+        Ok(())
+    }
     /// Run one command; returns its stdout, or an error with its stderr (or that it timed out).
     fn run(
         &mut self,
@@ -177,6 +185,20 @@ pub trait CommandRunner {
 pub struct ProcessRunner;
 
 impl CommandRunner for ProcessRunner {
+    fn preflight(&mut self, programs: &[&str], engine: bool) -> Result<(), String> {
+        let missing: Vec<&str> = programs.iter().copied().filter(|p| crate::tools::find_in_path(p).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the kind backend needs {} on PATH; missing: {}\n  hint: on a machine without a Docker engine, `idlelab plan SCENARIO --backend kind` prints every command and manifest the run would use; `--context NAME` runs on an existing cluster (needs kubectl and istioctl)",
+                programs.join(", "),
+                missing.join(", ")
+            ));
+        }
+        if engine && self.run("docker", &["info".into()], None, std::time::Duration::from_secs(30)).is_err() {
+            return Err("docker is installed but no Docker engine answers (`docker info` failed); kind needs one\n  hint: `idlelab plan SCENARIO --backend kind` prints what the run would do; `--context NAME` uses an existing cluster".into());
+        }
+        Ok(())
+    }
     fn run(
         &mut self,
         program: &str,

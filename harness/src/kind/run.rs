@@ -1,132 +1,139 @@
-//! `idlelab run --backend kind`: check the tools, then execute the plan step by step through
-//! the one [`CommandRunner`] boundary, read the probe's log, judge and report.
+//! The kind backend: a cell's steps of the plan, executed one after another through the one
+//! [`CommandRunner`] boundary; the probe's log is read back as its observations.
+//!
+//! ```text
+//!   prepare:  the run's CA, $RUN_ID, then the cluster steps (kind create, istioctl install, …)
+//!   run_cell: cell_steps(cell) ──CommandRunner──▶ kubectl / istioctl ── probe's log ──▶ CellOutcome
+//! ```
 //!
 //! Without docker / kind / kubectl / istioctl it stops before anything exists (exit 2).
 
-use super::plan::{Capture, CommandRunner, Plan, ProcessRunner, Step};
-use super::{KubeTarget, missing_programs, plan};
+use super::plan::{Capture, CommandRunner, Step};
+use super::{KubeTarget, cell_steps, cluster_steps};
+use crate::backend::{Backend, CellFailure, CellOutcome, PhaseSink};
 use crate::cells::Cell;
+use crate::model::observation::Observations;
 use crate::probe::ProbeLine;
-use crate::report::{CellReport, Evidence, Reporter, RunSummary, SCHEMA_VERSION};
-use std::path::Path;
-use std::time::Instant;
+use anyhow::anyhow;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
-pub fn main(scenario: &crate::scenario::Scenario, cells: &[Cell], target: &KubeTarget, out: Option<&Path>) -> i32 {
-    if let Some(c) = cells.iter().find(|c| c.real.client.library == crate::model::library::Library::External) {
-        eprintln!(
-            "error: {}: an external client (`client.command`) runs only in the local lab: the cluster's probe image has the lab's own clients\n  hint: run it without `--backend kind`",
-            c.scenario
-        );
-        return 2;
-    }
-    let missing = missing_programs(&target.required_programs());
-    if !missing.is_empty() {
-        eprintln!(
-            "error: the kind backend needs {} on PATH; missing: {}\n  hint: on a machine without a Docker engine, `idlelab plan SCENARIO --backend kind` prints every command and manifest the run would use; `--context NAME` runs on an existing cluster (needs kubectl and istioctl)",
-            target.required_programs().join(", "),
-            missing.join(", ")
-        );
-        return 2;
-    }
-    if target.context.is_none()
-        && ProcessRunner.run("docker", &["info".into()], None, std::time::Duration::from_secs(30)).is_err()
-    {
-        eprintln!(
-            "error: docker is installed but no Docker engine answers (`docker info` failed); kind needs one\n  hint: `idlelab plan SCENARIO --backend kind` prints what the run would do; `--context NAME` uses an existing cluster"
-        );
-        return 2;
-    }
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| Path::new("results").join("kind-run"));
-    if let Err(e) = std::fs::create_dir_all(&out) {
-        eprintln!("error: cannot create {}: {e}", out.display());
-        return 2;
-    }
-    let ca = match crate::certs::generate() {
-        Ok(ca) => ca,
-        Err(e) => {
-            eprintln!("error: generating the run's CA: {e:#}");
-            return 1;
-        }
-    };
-    let _ = std::fs::write(out.join("cert.pem"), &ca.cert_pem);
-    // Per run, for the cells' namespaces (DNS labels: lowercase hex).
-    let run_id =
-        format!("{:06x}", (std::process::id() as u64 ^ jiff::Timestamp::now().as_millisecond() as u64) & 0xff_ffff);
-    let _ = std::fs::write(out.join("key.pem"), &ca.key_pem);
-    let substitute = |s: &str| {
-        s.replace("$RUN_ID", &run_id)
-            .replace("$RUN_DIR", &out.display().to_string())
-            .replace("$RUN_CA_PEM", &ca.ca_pem.replace('\n', "\\n"))
-            .replace("$RUN_CERT_PEM", &ca.cert_pem.replace('\n', "\\n"))
-            .replace("$RUN_KEY_PEM", &ca.key_pem.replace('\n', "\\n"))
-    };
-    let started = Instant::now();
-    let reports = execute(&plan(cells, target), cells, &mut ProcessRunner, &substitute);
-    let summary = RunSummary {
-        schema_version: SCHEMA_VERSION,
-        scenario: scenario.name.clone(),
-        summary: scenario.summary.clone(),
-        scenarios: vec![crate::report::ScenarioSummary {
-            name: scenario.name.clone(),
-            summary: scenario.summary.clone(),
-            source: scenario.source.clone(),
-            pass: reports.iter().all(|r| r.pass),
-            cells: reports.len(),
-        }],
-        backend: format!("kind ({})", target.context()),
-        time_scale: cells.first().map(|c| c.time_scale.factor.to_string()).unwrap_or_default(),
-        repeat: 1,
-        pass: reports.iter().all(|r| r.pass),
-        started_at: jiff::Timestamp::now().to_string(),
-        wall_ms: started.elapsed().as_millis() as u64,
-        out_dir: out.clone(),
-        cells: reports,
-    };
-    let mut reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(crate::report::json::JsonReporter { path: out.join("summary.json") }),
-        Box::new(crate::report::markdown::MarkdownReporter { path: out.join("summary.md") }),
-        Box::new(crate::report::junit::JunitReporter { path: out.join("junit.xml") }),
-        Box::new(crate::report::html::HtmlReporter { path: out.join("report.html") }),
-        Box::new(crate::report::terminal::TerminalReporter::new(false)),
-    ];
-    for r in reporters.iter_mut() {
-        if let Err(e) = r.finish(&summary) {
-            eprintln!("error: writing reports: {e:#}");
-        }
-    }
-    if summary.pass { 0 } else { 1 }
+/// The run's values that steps name as `$RUN_ID`, `$RUN_DIR`, `$RUN_CA_PEM`, … (made by
+/// `prepare`).
+struct RunValues {
+    run_id: String,
+    dir: PathBuf,
+    ca: crate::certs::RunCa,
 }
 
-/// Execute a plan: cluster steps first, then each cell's steps; a failed required step ends
-/// its cell (its optional teardown steps still run).
+impl RunValues {
+    fn substitute(&self, s: &str) -> String {
+        s.replace("$RUN_ID", &self.run_id)
+            .replace("$RUN_DIR", &self.dir.display().to_string())
+            .replace("$RUN_CA_PEM", &self.ca.ca_pem.replace('\n', "\\n"))
+            .replace("$RUN_CERT_PEM", &self.ca.cert_pem.replace('\n', "\\n"))
+            .replace("$RUN_KEY_PEM", &self.ca.key_pem.replace('\n', "\\n"))
+    }
+}
+
+/// The kind backend: cells one at a time (they share the cluster's ingress gateway).
+pub struct KindBackend {
+    target: KubeTarget,
+    out_dir: PathBuf,
+    runner: Arc<Mutex<Box<dyn CommandRunner>>>,
+    values: OnceLock<Arc<RunValues>>,
+}
+
+impl KindBackend {
+    /// `runner`: [`super::plan::ProcessRunner`] for real; tests give a fake one.
+    pub fn new(target: KubeTarget, out_dir: PathBuf, runner: Box<dyn CommandRunner>) -> Self {
+        KindBackend { target, out_dir, runner: Arc::new(Mutex::new(runner)), values: OnceLock::new() }
+    }
+}
+
+impl Backend for KindBackend {
+    fn name(&self) -> String {
+        format!("kind ({})", self.target.context())
+    }
+    fn max_jobs(&self) -> usize {
+        1
+    }
+    fn preflight(&self, cells: &[Cell]) -> Result<(), String> {
+        if let Some(c) = cells.iter().find(|c| c.real.client.library == crate::model::library::Library::External) {
+            return Err(format!(
+                "{}: an external client (`client.command`) runs only in the local lab: the cluster's probe image has the lab's own clients\n  hint: run it without `--backend kind`",
+                c.scenario
+            ));
+        }
+        let mut runner = self.runner.lock().expect("command runner");
+        runner.preflight(&self.target.required_programs(), self.target.context.is_none())
+    }
+    async fn prepare(&self) -> anyhow::Result<()> {
+        let ca = crate::certs::generate()?;
+        std::fs::create_dir_all(&self.out_dir)?;
+        std::fs::write(self.out_dir.join("cert.pem"), &ca.cert_pem)?;
+        std::fs::write(self.out_dir.join("key.pem"), &ca.key_pem)?;
+        // Per run, for the cells' namespaces (DNS labels: lowercase hex).
+        let run_id =
+            format!("{:06x}", (std::process::id() as u64 ^ jiff::Timestamp::now().as_millisecond() as u64) & 0xff_ffff);
+        let values = Arc::new(RunValues { run_id, dir: self.out_dir.clone(), ca });
+        let _ = self.values.set(values.clone());
+        let (runner, steps) = (self.runner.clone(), cluster_steps(&self.target));
+        let noop: PhaseSink = Arc::new(|_| {});
+        let done = tokio::task::spawn_blocking(move || {
+            execute(&steps, &mut **runner.lock().expect("command runner"), &|s| values.substitute(s), &noop)
+        })
+        .await?;
+        match done.error {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(()),
+        }
+    }
+    async fn run_cell(&self, cell: Arc<Cell>, index: usize, phase: PhaseSink) -> Result<CellOutcome, CellFailure> {
+        let values =
+            self.values.get().cloned().ok_or_else(|| CellFailure::new(anyhow!("the kind backend was not prepared")))?;
+        let (runner, steps) = (self.runner.clone(), cell_steps(&cell, index, &self.target));
+        let done = tokio::task::spawn_blocking(move || {
+            execute(&steps, &mut **runner.lock().expect("command runner"), &|s| values.substitute(s), &phase)
+        })
+        .await
+        .map_err(|e| CellFailure::new(e.into()))?;
+        match (done.error, done.observations) {
+            (None, Some(observations)) => Ok(CellOutcome { observations, lab: None, notes: done.notes, logs: vec![] }),
+            (Some(e), _) => Err(CellFailure::new(anyhow!("{e}"))),
+            (None, None) => Err(CellFailure::new(anyhow!("the probe's log has no observations"))),
+        }
+    }
+}
+
+/// What executing some steps gave.
+#[derive(Default)]
+pub struct Executed {
+    /// The first required step that failed: its purpose and error.
+    pub error: Option<String>,
+    pub observations: Option<Observations>,
+    /// Evidence captured on the way.
+    pub notes: Vec<String>,
+}
+
+/// Execute steps in order: a failed required step stops the required steps after it (the
+/// optional teardown steps still run). `$NAME`s are filled in by `substitute` and by what
+/// earlier steps captured (`Capture::Var`).
 pub fn execute(
-    plan: &Plan,
-    cells: &[Cell],
+    steps: &[Step],
     runner: &mut dyn CommandRunner,
     substitute: &dyn Fn(&str) -> String,
-) -> Vec<CellReport> {
-    let mut reports = Vec::new();
-    let mut current: Option<(usize, Instant, Option<String>, Evidence)> = None;
-    // `$NAME`s a cell's steps captured (`Capture::Var`), for its later steps.
-    let mut vars: std::collections::BTreeMap<String, String> = Default::default();
-    let mut index = 0;
-    let finish = |cur: Option<(usize, Instant, Option<String>, Evidence)>, reports: &mut Vec<CellReport>| {
-        if let Some((i, t, error, evidence)) = cur {
-            reports.push(report(&cells[i], t, error, evidence));
-        }
-    };
-    for step in &plan.steps {
+    phase: &PhaseSink,
+) -> Executed {
+    let mut done = Executed::default();
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    for step in steps {
         match step {
-            Step::Cell { .. } => {
-                finish(current.take(), &mut reports);
-                vars.clear();
-                current = Some((index, Instant::now(), None, Evidence::default()));
-                index += 1;
-            }
-            Step::Note { .. } => {}
+            Step::Cell { .. } | Step::Note { .. } => {}
+            Step::Phase { phase: p } => phase(p.clone()),
             Step::Command { program, args, stdin, capture, required, purpose, timeout_s } => {
-                let failed = current.as_ref().is_some_and(|c| c.2.is_some());
-                if failed && *required {
+                if done.error.is_some() && *required {
                     continue;
                 }
                 let with_vars =
@@ -135,50 +142,29 @@ pub fn execute(
                 let stdin = stdin.as_deref().map(with_vars);
                 let timeout = std::time::Duration::from_secs(*timeout_s);
                 match runner.run(program, &args, stdin.as_deref(), timeout) {
-                    Ok(output) => {
-                        if let Some(cur) = current.as_mut() {
-                            match capture {
-                                Some(Capture::ProbeLog) => {
-                                    for line in output.lines() {
-                                        match serde_json::from_str::<ProbeLine>(line) {
-                                            Ok(ProbeLine::Observations(o)) => cur.3.observations = Some(o),
-                                            Ok(ProbeLine::Error(e)) => cur.2 = Some(format!("probe: {e}")),
-                                            _ => {}
-                                        }
-                                    }
-                                    if cur.3.observations.is_none() && cur.2.is_none() {
-                                        cur.2 = Some("the probe's log has no observations".into());
-                                    }
+                    Ok(output) => match capture {
+                        Some(Capture::ProbeLog) => {
+                            for line in output.lines() {
+                                match serde_json::from_str::<ProbeLine>(line) {
+                                    Ok(ProbeLine::Observations(o)) => done.observations = Some(o),
+                                    Ok(ProbeLine::Error(e)) => done.error = Some(format!("probe: {e}")),
+                                    _ => {}
                                 }
-                                Some(Capture::Evidence) => {
-                                    cur.3.notes.push(format!("{purpose}: {}", evidence_summary(&output)))
-                                }
-                                Some(Capture::Var(name)) => {
-                                    vars.insert(name.clone(), output.trim().to_string());
-                                }
-                                None => {}
                             }
                         }
-                    }
-                    Err(e) if *required => match current.as_mut() {
-                        Some(cur) => cur.2 = Some(format!("{purpose}: {e:#}")),
-                        None => {
-                            // A cluster step failed: every cell fails with it.
-                            return cells
-                                .iter()
-                                .map(|c| {
-                                    report(c, Instant::now(), Some(format!("{purpose}: {e:#}")), Evidence::default())
-                                })
-                                .collect();
+                        Some(Capture::Evidence) => done.notes.push(format!("{purpose}: {}", evidence_summary(&output))),
+                        Some(Capture::Var(name)) => {
+                            vars.insert(name.clone(), output.trim().to_string());
                         }
+                        None => {}
                     },
+                    Err(e) if *required => done.error = Some(format!("{purpose}: {e:#}")),
                     Err(_) => {}
                 }
             }
         }
     }
-    finish(current.take(), &mut reports);
-    reports
+    done
 }
 
 /// What decides the outcome in a piece of cluster evidence: from `istioctl proxy-config`
@@ -232,43 +218,26 @@ pub fn evidence_summary(output: &str) -> String {
     if lines.is_empty() { format!("{} bytes", output.len()) } else { lines.join("; ") }
 }
 
-fn report(cell: &Cell, started: Instant, error: Option<String>, mut evidence: Evidence) -> CellReport {
-    let judged = evidence.observations.as_ref().filter(|_| error.is_none()).map(crate::model::verdict::judge);
-    evidence.notes.extend(cell.time_scale.notes());
-    CellReport {
-        scenario: cell.scenario.clone(),
-        cell: cell.label.clone(),
-        key: format!("{}::{}", cell.scenario, cell.label),
-        mitigation: cell.mitigation.clone(),
-        describe: cell.describe.clone(),
-        expected: cell.expected,
-        verdict: judged.as_ref().map(|j| j.0),
-        pass: judged.as_ref().is_some_and(|j| j.0 == cell.expected),
-        stable: true,
-        explanation: judged.map(|j| j.1).unwrap_or_default(),
-        why_expected: cell.why.clone(),
-        error,
-        wall_ms: started.elapsed().as_millis() as u64,
-        time_scale: cell.time_scale.clone(),
-        istio: vec![],
-        evidence,
-        repeats: vec![],
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::kind::plan;
     use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 
-    /// Records every command (and what went to its stdin); answers the probe's log with canned
-    /// observations, a pod IP to `get pod`, and fails the commands that contain `fail_on`.
+    /// What a [`FakeRunner`] was asked to run (and what went to its stdin).
     #[derive(Default)]
-    struct FakeRunner {
-        ran: Vec<String>,
-        stdins: Vec<String>,
-        log: String,
-        fail_on: Option<String>,
+    pub struct Recorded {
+        pub ran: Vec<String>,
+        pub stdins: Vec<String>,
+    }
+
+    /// Records every command; answers the probe's log with canned observations, a pod IP to
+    /// `get pod`, and fails the commands that contain `fail_on`.
+    #[derive(Default)]
+    pub struct FakeRunner {
+        pub recorded: Arc<Mutex<Recorded>>,
+        pub log: String,
+        pub fail_on: Option<String>,
     }
 
     impl CommandRunner for FakeRunner {
@@ -280,8 +249,9 @@ mod tests {
             _timeout: std::time::Duration,
         ) -> anyhow::Result<String> {
             let line = format!("{program} {}", args.join(" "));
-            self.ran.push(line.clone());
-            self.stdins.extend(stdin.map(str::to_string));
+            let mut r = self.recorded.lock().unwrap();
+            r.ran.push(line.clone());
+            r.stdins.extend(stdin.map(str::to_string));
             if self.fail_on.as_deref().is_some_and(|f| line.contains(f)) {
                 anyhow::bail!("timed out waiting for the condition");
             }
@@ -303,34 +273,44 @@ mod tests {
         crate::cells::expand(&s, &[only.into()], None).unwrap()
     }
 
+    /// The cluster's steps, then each cell's, as the runner drives them.
+    fn execute_all(cells: &[Cell], runner: &mut FakeRunner) -> Vec<Executed> {
+        let target = KubeTarget { context: None };
+        let same = |s: &str| s.to_string();
+        let noop: PhaseSink = Arc::new(|_| {});
+        let cluster = execute(&cluster_steps(&target), runner, &same, &noop);
+        assert!(cluster.error.is_none());
+        cells.iter().enumerate().map(|(i, c)| execute(&cell_steps(c, i, &target), runner, &same, &noop)).collect()
+    }
+
     /// A probe that went straight to Completed never becomes Ready: the wait fails, and its log
     /// is fetched and judged all the same.
     #[test]
     fn the_probes_log_is_fetched_even_when_the_wait_for_ready_fails() {
         let cells = cells_of("redis-idle", "none");
-        let p = plan(&cells, &KubeTarget { context: None });
         let mut runner = FakeRunner {
             log: observations(true),
             fail_on: Some("--for=condition=Ready pod/idlelab-probe".into()),
             ..Default::default()
         };
-        let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
-        assert!(runner.ran.iter().any(|r| r.contains("logs -f idlelab-probe")), "{:?}", runner.ran);
-        assert_eq!(reports[0].verdict, Some(crate::model::verdict::Verdict::IdleClosed), "{:?}", reports[0].error);
+        let done = execute_all(&cells, &mut runner);
+        assert!(runner.recorded.lock().unwrap().ran.iter().any(|r| r.contains("logs -f idlelab-probe")));
+        assert!(done[0].error.is_none(), "{:?}", done[0].error);
+        let judged = crate::model::verdict::judge(done[0].observations.as_ref().unwrap()).0;
+        assert_eq!(judged, crate::model::verdict::Verdict::IdleClosed);
     }
 
     /// The passthrough scenario's probe targets the next hop's pod IP, captured at run time.
     #[test]
     fn redis_idle_passthrough_targets_an_address_the_mesh_does_not_know() {
         let cells = cells_of("redis-idle-passthrough", "none");
-        let p = plan(&cells, &KubeTarget { context: None });
         let mut runner = FakeRunner { log: observations(true), ..Default::default() };
-        execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
-        let probe = runner.stdins.iter().find(|m| m.contains("probe.json")).expect("the probe's ConfigMap");
+        execute_all(&cells, &mut runner);
+        let recorded = runner.recorded.lock().unwrap();
+        let probe = recorded.stdins.iter().find(|m| m.contains("probe.json")).expect("the probe's ConfigMap");
         assert!(probe.contains("\"target\": \"10.244.0.7:6379\""), "{probe}");
     }
 
-    /// Every command has a timeout, and the real runner kills a command at it, naming it.
     #[test]
     fn cluster_evidence_is_kept_as_the_fields_that_decide() {
         let listeners =
@@ -344,6 +324,7 @@ mod tests {
         assert!(evidence_summary("counter forgotten {\n packets 3 bytes 156\n}").contains("packets 3"));
     }
 
+    /// Every command has a timeout, and the real runner kills a command at it, naming it.
     #[test]
     fn every_step_has_a_timeout_and_the_runner_enforces_it() {
         let cells = cells_of("https-keepalive", "none");
@@ -353,8 +334,8 @@ mod tests {
                 assert!(*timeout_s > 0);
             }
         }
-        let started = Instant::now();
-        let e = ProcessRunner.run("sleep", &["5".into()], None, std::time::Duration::from_secs(1)).unwrap_err();
+        let started = std::time::Instant::now();
+        let e = plan::ProcessRunner.run("sleep", &["5".into()], None, std::time::Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("`sleep 5` timed out after 1 s"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
         // The gateway's certificate is applied (a re-run replaces it), not created.
@@ -368,7 +349,8 @@ mod tests {
         assert_eq!(v["metadata"]["labels"]["idlelab.dev/cell"], "ns1");
     }
 
-    fn observations(fin: bool) -> String {
+    /// Canned probe output: one connection, closed with a FIN during the idle (`fin`) or not.
+    pub fn observations(fin: bool) -> String {
         let conn = ConnObservation {
             id: 0,
             local_addr: String::new(),
@@ -410,16 +392,11 @@ mod tests {
     }
 
     #[test]
-    fn execution_runs_exactly_the_plans_commands_and_judges_the_probes_log() {
-        let s = crate::scenario::load(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/redis-idle.yaml"),
-        )
-        .unwrap();
-        let cells = crate::cells::expand(&s, &["none".into()], None).unwrap();
-        let target = KubeTarget { context: None };
-        let p = plan(&cells, &target);
+    fn execution_runs_exactly_the_plans_commands() {
+        let cells = cells_of("redis-idle", "none");
+        let p = plan(&cells, &KubeTarget { context: None });
         let mut runner = FakeRunner { log: observations(true), ..Default::default() };
-        let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
+        let done = execute_all(&cells, &mut runner);
         let planned: Vec<String> = p
             .steps
             .iter()
@@ -431,14 +408,12 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(runner.ran, planned, "the run is the plan");
-        assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].verdict, Some(crate::model::verdict::Verdict::IdleClosed));
-        assert!(reports[0].pass);
-        // A log without observations fails the cell, and teardown still runs.
+        assert_eq!(runner.recorded.lock().unwrap().ran, planned, "the run is the plan");
+        assert!(done[0].observations.is_some());
+        // A log without observations leaves none, and teardown still runs.
         let mut runner = FakeRunner { log: "nothing useful\n".into(), ..Default::default() };
-        let reports = execute(&p, &cells, &mut runner, &|s: &str| s.to_string());
-        assert!(reports[0].error.as_deref().unwrap().contains("no observations"));
-        assert!(runner.ran.last().unwrap().contains("delete namespace"));
+        let done = execute_all(&cells, &mut runner);
+        assert!(done[0].observations.is_none());
+        assert!(runner.recorded.lock().unwrap().ran.last().unwrap().contains("delete namespace"));
     }
 }

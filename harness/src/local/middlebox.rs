@@ -10,9 +10,9 @@
 //! entry expired, every segment of the flow is `invalid`: exactly a cloud LB that forgot it.
 
 use super::netns::Netns;
+use crate::backend::evidence::MiddleboxView;
 use crate::hop::{MiddleboxHop, OnUnknown};
 use anyhow::Result;
-use serde::Serialize;
 
 pub const TABLE: &str = "idlelab_middlebox";
 
@@ -40,17 +40,6 @@ pub fn start(hop: &MiddleboxHop, ns: &Netns) -> Result<()> {
         None,
     )?;
     Ok(())
-}
-
-/// What the middlebox knew at one moment.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct MiddleboxView {
-    pub role: String,
-    pub moment: String,
-    /// Segments of forgotten flows answered with RST or dropped, so far.
-    pub forgotten_segments: u64,
-    /// `conntrack -L -p tcp` lines.
-    pub conntrack: Vec<String>,
 }
 
 pub fn snapshot(ns: &Netns, role: &str, moment: &str) -> MiddleboxView {

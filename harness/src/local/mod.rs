@@ -17,6 +17,7 @@
 
 pub mod config_dump;
 pub mod control_plane;
+pub mod doctor;
 pub mod envoy;
 pub mod http_server;
 pub mod memcached_server;
@@ -31,17 +32,15 @@ pub mod sockets;
 pub mod topology;
 pub mod xds_only;
 
+use crate::backend::evidence::{EnvoyEvidence, EnvoyFilterStatus, LabEvidence};
+use crate::backend::{Backend, CellFailure, CellOutcome, Phase, PhaseSink};
 use crate::config::CellConfig;
-use crate::events::Phase;
 use crate::hop::Hop;
 use crate::model::observation::Observations;
 use crate::model::service::Service;
 use crate::probe::{ProbeLine, ProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
-use middlebox::MiddleboxView;
-use serde::Serialize;
 use serde_json::Value;
-use sockets::SocketSnapshot;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -71,74 +70,6 @@ impl RunShared {
         let dir = self.dir.path();
         self.mysql_template.get_or_try_init(|| mysql_server::init_template(dir)).await.map(|p| p.as_path())
     }
-}
-
-/// What one Envoy of the path recorded.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct EnvoyEvidence {
-    /// `sidecar`, …
-    pub role: String,
-    /// Non-zero counters about connections and idle timeouts.
-    pub counters: BTreeMap<String, u64>,
-    /// One JSON object per closed connection (duration, response flags, close reason).
-    pub access_log: Vec<Value>,
-    /// For a sidecar configured by Istio's code: what decides the outcome, from its config
-    /// dump (idle timeout of the app's chain, its cluster's keepalive, where it came from).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub istio_config: Option<Value>,
-}
-
-/// One EnvoyFilter as Istio applied it (`ControlPlane::envoy_filter_status`).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct EnvoyFilterStatus {
-    /// `namespace/name`.
-    pub name: String,
-    /// The patch types (`cluster`, `listener`, `networkfilter`, …) Istio applied.
-    pub applied: Vec<String>,
-    /// "applied", or "not applied: it matched nothing on any proxy of the cell".
-    pub status: String,
-}
-
-/// What the local lab recorded besides the probe's observations.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct LabEvidence {
-    pub namespaces: Vec<String>,
-    pub addresses: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub envoys: Vec<EnvoyEvidence>,
-    /// The TCP sockets of the namespaces with sockets (sock_diag, what `ss -tano` shows),
-    /// after warm-up and just before the reuse.
-    pub sockets: Vec<SocketSnapshot>,
-    /// Each middlebox's conntrack entries and forgotten-segment counter, after warm-up,
-    /// before and after the reuse.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub middleboxes: Vec<MiddleboxView>,
-    /// HTTP: how many requests the server received, per path (warm-up and reuse). More
-    /// reuse requests than the app sent means a proxy retried one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_requests: Option<BTreeMap<String, u64>>,
-    /// Per EnvoyFilter of the cell, what Istio's own accounting says it applied: its patch
-    /// types, or none (it matched nothing); and Istio's patch errors.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub envoy_filters: Vec<EnvoyFilterStatus>,
-    /// HTTP: one sentence of what the app got on reuse, what the first proxy's Envoy logged
-    /// for those requests (code, flags, attempts: more than one is a retry) and how many the
-    /// server received.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<String>,
-    pub setup_ms: u64,
-    /// Of the setup: starting the server until it accepts connections (MariaDB includes
-    /// copying the template data directory; the run's one-time initialisation is not counted).
-    pub server_start_ms: u64,
-    pub teardown_ms: u64,
-}
-
-pub struct CellOutcome {
-    pub observations: Observations,
-    pub evidence: LabEvidence,
-    /// The logs of the cell's Envoys, pilot-agents and control plane (file name, text), read
-    /// before teardown: the runner keeps them for a cell that did not match.
-    pub logs: Vec<(String, String)>,
 }
 
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
@@ -362,7 +293,6 @@ async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> 
     }
     Ok(Some((role.name().to_string(), envoy)))
 }
-
 
 async fn run_in(
     cell: &crate::cells::Cell,
@@ -623,13 +553,6 @@ fn http_view(o: &Observations, envoys: &[EnvoyEvidence], received: &BTreeMap<Str
     )
 }
 
-/// A cell that could not run: why, and the logs its processes left (read before teardown).
-#[derive(Debug)]
-pub struct CellFailure {
-    pub error: anyhow::Error,
-    pub logs: Vec<(String, String)>,
-}
-
 /// Run one cell (its scaled knobs; its mitigation's Istio resources). `phase` is told where
 /// the cell is. Success or failure, everything the cell created is gone when this returns;
 /// the logs of its control plane, proxies and server come back either way.
@@ -651,8 +574,50 @@ pub async fn run_cell(
     match result {
         Ok((observations, mut evidence)) => {
             evidence.teardown_ms = teardown_ms;
-            Ok(CellOutcome { observations, evidence, logs })
+            let notes = evidence
+                .http
+                .iter()
+                .cloned()
+                .chain(evidence.envoy_filters.iter().map(|e| format!("Istio: EnvoyFilter {}: {}", e.name, e.status)))
+                .collect();
+            Ok(CellOutcome { observations, lab: Some(evidence), notes, logs })
         }
         Err(error) => Err(CellFailure { error, logs }),
+    }
+}
+
+/// The local lab as a backend: every cell in namespaces of its own on this host.
+#[derive(Default)]
+pub struct LocalBackend {
+    /// Made by `prepare`; its temp dir goes when the backend is dropped.
+    shared: std::sync::OnceLock<RunShared>,
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> String {
+        "local".into()
+    }
+    fn preflight(&self, _cells: &[crate::cells::Cell]) -> Result<(), String> {
+        if let Some(msg) = doctor::missing(&doctor::checks()) {
+            return Err(msg);
+        }
+        for r in netns::reap_stale() {
+            tracing::warn!("removed {r} left by a killed run");
+        }
+        Ok(())
+    }
+    async fn prepare(&self) -> Result<()> {
+        let shared = RunShared::new()?;
+        self.shared.set(shared).map_err(|_| anyhow!("the local backend was prepared twice"))
+    }
+    async fn run_cell(
+        &self,
+        cell: std::sync::Arc<crate::cells::Cell>,
+        _index: usize,
+        phase: PhaseSink,
+    ) -> Result<CellOutcome, CellFailure> {
+        let shared =
+            self.shared.get().ok_or_else(|| CellFailure::new(anyhow!("the local backend was not prepared")))?;
+        run_cell(&cell, shared, &*phase).await
     }
 }

@@ -10,54 +10,13 @@
 //! is the normal state right after traffic. The timer is kept as `ss -o` prints it.
 
 use super::netns::{Netns, in_netns};
+use crate::backend::evidence::{KeepaliveOptions, SocketSnapshot, SocketView, timer_source};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags, Timer};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct SocketView {
-    pub state: String,
-    pub local: String,
-    pub peer: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<String>,
-    pub uid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timer: Option<String>,
-    /// SO_KEEPALIVE as read from the socket (or, when its owner could not be reached, whether
-    /// the timer is a keepalive timer: see `keepalive_read_from`).
-    pub keepalive: bool,
-    /// The socket's keepalive settings when keepalive is on and the socket could be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keepalive_options: Option<KeepaliveOptions>,
-    /// `getsockopt` (read from the socket) or `timer` (inferred from `ss -o`'s timer).
-    #[serde(default = "timer_source")]
-    pub keepalive_read_from: String,
-}
-
-/// A socket's keepalive settings, in the kernel's whole seconds.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
-pub struct KeepaliveOptions {
-    pub idle_s: u32,
-    pub interval_s: u32,
-    pub probes: u32,
-}
-
-fn timer_source() -> String {
-    "timer".into()
-}
-
-/// One moment's view of a namespace's sockets.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct SocketSnapshot {
-    pub netns_role: String,
-    pub moment: String,
-    pub sockets: Vec<SocketView>,
-}
 
 /// TCP state names as `ss` prints them.
 pub fn state_name(state: u8) -> &'static str {

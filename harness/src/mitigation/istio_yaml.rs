@@ -18,10 +18,10 @@
 //! `idlelab try` runs it at its baseline's factor instead.
 
 use super::{IstioContext, IstioForm, LoadError, Mitigation, to_yaml};
-use crate::hop::Hop;
-use crate::model::service::Service;
 use crate::config::CellConfig;
+use crate::hop::Hop;
 use crate::model::duration::Dur;
+use crate::model::service::Service;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -153,7 +153,6 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     }
     out
 }
-
 
 impl IstioYaml {
     /// Read the files (relative to `base`), check each document's kind, and take the
@@ -643,7 +642,7 @@ mod tests {
             annotations: BTreeMap::new(),
             loaded: None,
         };
-        m.load(dir.path()).unwrap();
+        m.read_files(dir.path()).unwrap();
         let ctx = IstioContext { factor: 150, ..super::super::test_ctx() };
         let (v, changes) = m.render(&m.loaded().docs[0], &ctx);
         assert_eq!(v["spec"]["host"], "redis.cell-1.svc.cluster.local");
@@ -671,7 +670,7 @@ mod tests {
         .unwrap();
         let mut m =
             IstioYaml { files: vec![f.clone()], host_map: BTreeMap::new(), annotations: BTreeMap::new(), loaded: None };
-        m.load(dir.path()).unwrap();
+        m.read_files(dir.path()).unwrap();
         let memcached = LabHosts::of(&[], crate::model::service::Service::Memcached, "lab");
         assert_eq!(memcached.hosts, vec!["memcached.lab.svc.cluster.local".to_string()]);
         let gateway =
@@ -712,12 +711,12 @@ mod tests {
         std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
         let mut m =
             IstioYaml { files: vec![f.clone()], host_map: BTreeMap::new(), annotations: BTreeMap::new(), loaded: None };
-        let e = m.load(dir.path()).unwrap_err();
+        let e = m.read_files(dir.path()).unwrap_err();
         assert_eq!(e.line, Some(1));
         assert!(e.message.contains("kind `Service`"), "{e}");
         std::fs::write(&f, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n---\nspec: [unclosed\n")
             .unwrap();
-        let e = m.load(dir.path()).unwrap_err();
+        let e = m.read_files(dir.path()).unwrap_err();
         assert_eq!(e.file, f);
         assert!(e.line.is_some_and(|l| l >= 4), "{e}");
     }

@@ -49,10 +49,10 @@ impl Pod {
     }
 }
 
-/// The app's label, which workload selectors (EnvoyFilter) name.
-pub use crate::mitigation::CLIENT_APP;
 /// Where Istio's ingress gateway lives, and its Service.
 pub use crate::hop::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, target_host};
+/// The app's label, which workload selectors (EnvoyFilter) name.
+pub use crate::mitigation::CLIENT_APP;
 /// The gateway's service account (Istio's chart).
 const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
 /// Cluster IPs for Services the app does not address (their clients use the endpoints).
@@ -139,7 +139,6 @@ fn yaml<T: serde::Serialize>(kind: &str, api_version: &str, v: &T) -> String {
     value["kind"] = kind.into();
     crate::render::manifests::yaml(&value)
 }
-
 
 /// The Istio context of a cell in the local lab (the kind backend's, with the local target).
 pub fn context(cell: &crate::cells::Cell, namespace: &str) -> IstioContext {

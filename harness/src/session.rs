@@ -1,0 +1,180 @@
+//! A session: what `run`, `matrix`, `try` and `bench` share between parsing their arguments
+//! and the runner: load and expand the scenarios, choose the backend, build the reporters,
+//! run, finish the reports.
+//!
+//! ```text
+//!   scenario files ──prepare()──▶ cells ──execute(backend)──▶ runner ──events──▶ reporters
+//! ```
+
+use crate::backend::Backend;
+use crate::kind::KubeTarget;
+use crate::kind::run::KindBackend;
+use crate::local::LocalBackend;
+use crate::model::service::TimeScaleSpec;
+use crate::report::RunSummary;
+use crate::runner::{self, Emitter, RunOptions};
+use crate::{cells, scenario};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Clone)]
+pub struct ScenarioArgs {
+    /// Directory holding the shipped scenarios.
+    #[arg(long, default_value = "scenarios", env = "IDLELAB_SCENARIOS")]
+    pub scenarios_dir: PathBuf,
+    /// Run only these cells (a mitigation name such as `none`, or a full cell label).
+    #[arg(long = "mitigation", value_name = "NAME")]
+    pub mitigations: Vec<String>,
+    /// `auto` (the strongest compression that keeps every deciding ordering) or a factor.
+    #[arg(long, value_name = "auto|N", value_parser = TimeScaleSpec::parse)]
+    pub time_scale: Option<TimeScaleSpec>,
+}
+
+/// Where a run's reports go, how often each cell runs and how much it prints (`run`, `matrix`).
+#[derive(clap::Args, Clone)]
+pub struct OutputArgs {
+    /// Output directory (default: <results-dir>/<scenario or "matrix">-<UTC timestamp>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where default output directories and the `latest` link go.
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Run each cell N times; a verdict that differs between runs fails the cell.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Print each cell's phases as they happen (when the output is not a terminal).
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// Where the cells run.
+pub enum BackendChoice {
+    /// Network namespaces on this host.
+    Local,
+    /// A cluster with Istio (the kind cluster `idlelab`, or an existing context), its
+    /// commands run through `runner` (the real one, or a test's).
+    Kind { target: KubeTarget, runner: Box<dyn crate::kind::plan::CommandRunner> },
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime")
+}
+
+/// Load, validate and expand; print the error and return exit code 2 on bad input.
+pub fn prepare(
+    name: &str,
+    args: &ScenarioArgs,
+    pool: Option<usize>,
+) -> Result<(scenario::Scenario, Vec<cells::Cell>), i32> {
+    let loaded = scenario::resolve(name, &args.scenarios_dir).and_then(|p| scenario::load(&p));
+    let mut s = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(2);
+        }
+    };
+    if let Some(n) = pool {
+        if !(1..=2000).contains(&n) {
+            eprintln!("error: --pool {n}: expected 1 to 2000 connections");
+            return Err(2);
+        }
+        s.client.pool = n;
+    }
+    match cells::expand(&s, &args.mitigations, args.time_scale) {
+        Ok(c) => Ok((s, c)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(2)
+        }
+    }
+}
+
+fn default_out_dir(results_dir: &Path, scenario: &str) -> PathBuf {
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    results_dir.join(format!("{scenario}-{stamp}"))
+}
+
+/// How to execute a set of cells (a scenario's, or the matrix's).
+pub struct Exec {
+    pub title: String,
+    pub output: OutputArgs,
+    pub jobs: Option<usize>,
+    /// No terminal view (the benchmark prints its own table).
+    pub quiet: bool,
+    pub time_scale_label: String,
+}
+
+/// Run `cells` on the chosen backend, with the terminal view (unless `exec.quiet`) and the
+/// report files in the run's directory: the run's summary, or the exit code (2 bad input or
+/// missing prerequisites, 130 interrupted).
+pub fn execute(
+    scenarios: Vec<scenario::Scenario>,
+    cells: Vec<cells::Cell>,
+    exec: Exec,
+    backend: BackendChoice,
+) -> Result<RunSummary, i32> {
+    if exec.output.repeat == 0 {
+        eprintln!("error: --repeat 0: a cell runs at least once");
+        return Err(2);
+    }
+    let default_dir = exec.output.out.is_none();
+    let out_dir = exec.output.out.clone().unwrap_or_else(|| default_out_dir(&exec.output.results_dir, &exec.title));
+    if let Err(e) = std::fs::create_dir_all(&out_dir) {
+        eprintln!("error: cannot create {}: {e}", out_dir.display());
+        return Err(2);
+    }
+    let emitter = Emitter::new(crate::report::reporters(&out_dir, (!exec.quiet).then_some(exec.output.verbose)));
+    let opts = RunOptions {
+        title: exec.title.clone(),
+        jobs: exec.jobs.unwrap_or(cells.len() * exec.output.repeat as usize),
+        repeat: exec.output.repeat,
+        out_dir: out_dir.clone(),
+        time_scale_label: exec.time_scale_label.clone(),
+    };
+    let rt = runtime();
+    let run = match backend {
+        BackendChoice::Local => run_on(LocalBackend::default(), &rt, &scenarios, cells, &opts, &emitter),
+        BackendChoice::Kind { target, runner } => {
+            run_on(KindBackend::new(target, out_dir.clone(), runner), &rt, &scenarios, cells, &opts, &emitter)
+        }
+    };
+    let summary = match run? {
+        Ok(s) => s,
+        Err(runner::Interrupted) => {
+            drop(rt);
+            // The backend's guards removed what the run created (namespaces, processes, temp
+            // dirs); a cluster's cells are removed by their own teardown steps.
+            eprintln!("interrupted: every namespace, process and temp dir of this run was removed");
+            return Err(130);
+        }
+    };
+    drop(rt);
+    if let Err(e) = emitter.finish(&summary) {
+        eprintln!("error: writing reports: {e:#}");
+        return Err(1);
+    }
+    if default_dir {
+        let latest = exec.output.results_dir.join("latest");
+        let _ = std::fs::remove_file(&latest);
+        if let Some(name) = out_dir.file_name() {
+            let _ = std::os::unix::fs::symlink(name, &latest);
+        }
+    }
+    Ok(summary)
+}
+
+/// Check that the cells can run on `backend` (exit 2 if not), then run them.
+fn run_on<B: Backend>(
+    backend: B,
+    rt: &tokio::runtime::Runtime,
+    scenarios: &[scenario::Scenario],
+    cells: Vec<cells::Cell>,
+    opts: &RunOptions,
+    emitter: &Emitter,
+) -> Result<Result<RunSummary, runner::Interrupted>, i32> {
+    if let Err(msg) = backend.preflight(&cells) {
+        eprintln!("error: {msg}");
+        return Err(2);
+    }
+    Ok(rt.block_on(runner::run(backend, scenarios, cells, opts, emitter)))
+}
