@@ -117,8 +117,27 @@ pub fn execute(
         eprintln!("error: --repeat 0: a cell runs at least once");
         return Err(2);
     }
-    let default_dir = exec.output.out.is_none();
     let out_dir = exec.output.out.clone().unwrap_or_else(|| default_out_dir(&exec.output.results_dir, &exec.title));
+    match backend {
+        BackendChoice::Local => execute_on(LocalBackend::default(), scenarios, cells, exec, out_dir),
+        BackendChoice::Kind { target, runner } => {
+            execute_on(KindBackend::new(target, out_dir.clone(), runner), scenarios, cells, exec, out_dir)
+        }
+    }
+}
+
+fn execute_on<B: Backend>(
+    backend: B,
+    scenarios: Vec<scenario::Scenario>,
+    cells: Vec<cells::Cell>,
+    exec: Exec,
+    out_dir: PathBuf,
+) -> Result<RunSummary, i32> {
+    // Before anything exists: a missing prerequisite leaves no directory behind.
+    if let Err(msg) = backend.preflight(&cells) {
+        eprintln!("error: {msg}");
+        return Err(2);
+    }
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
         eprintln!("error: cannot create {}: {e}", out_dir.display());
         return Err(2);
@@ -132,13 +151,7 @@ pub fn execute(
         time_scale_label: exec.time_scale_label.clone(),
     };
     let rt = runtime();
-    let run = match backend {
-        BackendChoice::Local => run_on(LocalBackend::default(), &rt, &scenarios, cells, &opts, &emitter),
-        BackendChoice::Kind { target, runner } => {
-            run_on(KindBackend::new(target, out_dir.clone(), runner), &rt, &scenarios, cells, &opts, &emitter)
-        }
-    };
-    let summary = match run? {
+    let summary = match rt.block_on(runner::run(backend, &scenarios, cells, &opts, &emitter)) {
         Ok(s) => s,
         Err(runner::Interrupted) => {
             drop(rt);
@@ -153,7 +166,7 @@ pub fn execute(
         eprintln!("error: writing reports: {e:#}");
         return Err(1);
     }
-    if default_dir {
+    if exec.output.out.is_none() {
         let latest = exec.output.results_dir.join("latest");
         let _ = std::fs::remove_file(&latest);
         if let Some(name) = out_dir.file_name() {
@@ -161,20 +174,4 @@ pub fn execute(
         }
     }
     Ok(summary)
-}
-
-/// Check that the cells can run on `backend` (exit 2 if not), then run them.
-fn run_on<B: Backend>(
-    backend: B,
-    rt: &tokio::runtime::Runtime,
-    scenarios: &[scenario::Scenario],
-    cells: Vec<cells::Cell>,
-    opts: &RunOptions,
-    emitter: &Emitter,
-) -> Result<Result<RunSummary, runner::Interrupted>, i32> {
-    if let Err(msg) = backend.preflight(&cells) {
-        eprintln!("error: {msg}");
-        return Err(2);
-    }
-    Ok(rt.block_on(runner::run(backend, scenarios, cells, opts, emitter)))
 }
