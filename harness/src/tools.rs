@@ -58,3 +58,10 @@ pub fn agent_bin() -> PathBuf {
 pub fn bootstrap_template() -> PathBuf {
     tools_dir().join("share/istio/envoy_bootstrap.json")
 }
+
+/// The `idlelab` binary the lab starts its probe and HTTP server from: this very binary
+/// (`/proc/self/exe`, even if the file was rebuilt since the run started), or
+/// `$IDLELAB_EXE` when the runner is embedded in another program (a test binary).
+pub fn idlelab_exe() -> PathBuf {
+    std::env::var_os("IDLELAB_EXE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}

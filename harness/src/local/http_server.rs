@@ -62,8 +62,7 @@ pub async fn serve(listen: SocketAddr, request_log: Option<&Path>) -> Result<()>
 
 /// Start the server in a namespace and wait until it listens.
 pub async fn start(port: u16, netns: &Path, name: &str, request_log: &Path) -> Result<LabProcess> {
-    // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    let mut cmd = tokio::process::Command::new(crate::tools::idlelab_exe());
     cmd.args(["serve-http", "--listen", &format!("0.0.0.0:{port}")])
         .arg("--request-log")
         .arg(request_log)

@@ -151,8 +151,7 @@ fn probe_command(knobs: &CellConfig) -> Result<tokio::process::Command> {
     use crate::model::library::Runtime;
     Ok(match knobs.client.library.runtime() {
         Runtime::Rust => {
-            // /proc/self/exe: this very binary, even if the file was rebuilt since the run started.
-            let mut cmd = tokio::process::Command::new("/proc/self/exe");
+            let mut cmd = tokio::process::Command::new(crate::tools::idlelab_exe());
             cmd.arg("probe");
             cmd
         }
