@@ -15,7 +15,7 @@ use crate::backend::{Backend, PhaseSink};
 use crate::cells::Cell;
 use crate::events::{CellReport, Evidence, RepeatOutcome, Reporter, RunSummary, SCHEMA_VERSION, ScenarioSummary};
 use crate::events::{Event, Phase};
-use crate::mitigation::{IstioContext, MitigationSpec};
+use crate::mitigation::MitigationSpec;
 use crate::model::verdict::{self, Verdict};
 use crate::scenario::Scenario;
 use std::collections::HashMap;
@@ -72,19 +72,6 @@ struct Identity {
     key: String,
 }
 
-fn istio_context(cell: &Cell) -> IstioContext {
-    IstioContext {
-        namespace: format!("idlelab-{}", cell.scenario),
-        client_app: "idlelab-probe".into(),
-        service_host: format!("{}.idlelab-{}.svc.cluster.local", cell.real.service.name(), cell.scenario),
-        service_port: cell.real.service.port(),
-        sidecar_pods: cell.real.sidecar_pods(),
-        // Reports show the real-world resource a user would apply.
-        factor: 1,
-        cluster_ranges: None,
-    }
-}
-
 fn report_of(cell: &Cell, key: &str) -> CellReport {
     CellReport {
         scenario: cell.scenario.clone(),
@@ -101,7 +88,7 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
         error: None,
         wall_ms: 0,
         time_scale: cell.time_scale.clone(),
-        istio: cell.mitigation.as_mitigation().istio_resources(&istio_context(cell)),
+        istio: cell.mitigation.as_mitigation().istio_resources(&crate::render::report_context(cell)),
         evidence: Evidence {
             notes: cell
                 .time_scale
@@ -114,7 +101,7 @@ fn report_of(cell: &Cell, key: &str) -> CellReport {
                 .chain(
                     cell.mitigation
                         .as_mitigation()
-                        .notes(&crate::render::objects::context(cell, crate::mitigation::LOCAL_NAMESPACE)),
+                        .notes(&crate::render::local_context(cell, crate::mitigation::LOCAL_NAMESPACE)),
                 )
                 .collect(),
             ..Default::default()

@@ -164,7 +164,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     // Istio's own judgement first, on the files as the lab will apply them.
     let ctx = crate::mitigation::IstioContext {
         namespace: crate::mitigation::LOCAL_NAMESPACE.into(),
-        client_app: crate::render::objects::CLIENT_APP.into(),
+        client_app: crate::mitigation::CLIENT_APP.into(),
         service_host: format!("redis.{}.svc.cluster.local", crate::mitigation::LOCAL_NAMESPACE),
         service_port: 6379,
         sidecar_pods: vec!["client".into()],

@@ -294,8 +294,8 @@ fn the_local_lab_and_the_kind_plan_render_the_same_objects() {
                 continue; // no Istio proxy on the path: nothing goes to Istio's control plane
             }
             let key = format!("{}::{}", c.scenario, c.label);
-            let kind_host = idlelab::kind::target_host(c, &ns);
-            let local_host = idlelab::render::objects::target_host(&c.real.path, c.real.service, &ns);
+            let kind_host = idlelab::render::cluster_target_host(c, &ns);
+            let local_host = idlelab::hop::target_host(&c.real.path, c.real.service, &ns);
             // The target host, as a DestinationRule's `host` or inside an outbound cluster's
             // name (`outbound|<port>||<host>`, the time scale's EnvoyFilter).
             let host_of = |docs: Vec<Value>, host: &str| {
@@ -409,7 +409,7 @@ fn every_gateway_envoyfilter_is_per_cell_and_the_teardown_deletes_it() {
 #[test]
 fn exclude_outbound_ip_ranges_names_the_clusters_ranges_on_kind() {
     let config = std::fs::read_to_string(repo().join("kind-config/cluster.yaml")).unwrap();
-    for r in idlelab::kind::KIND_RANGES {
+    for r in idlelab::render::KIND_RANGES {
         assert!(config.contains(&format!("\"{r}\"")), "kind-config sets {r}");
     }
     let cells = scenario_cells("redis-sidecar-upstream");
@@ -418,7 +418,7 @@ fn exclude_outbound_ip_ranges_names_the_clusters_ranges_on_kind() {
     let docs = applied(c, i);
     let probe = docs.iter().find(|d| d["kind"] == "Pod" && d["metadata"]["name"] == "idlelab-probe").unwrap();
     let ranges = probe["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeOutboundIPRanges"].as_str().unwrap();
-    assert_eq!(ranges, idlelab::kind::KIND_RANGES.join(","), "{probe}");
+    assert_eq!(ranges, idlelab::render::KIND_RANGES.join(","), "{probe}");
 }
 
 /// Issue 13, defect 4: `rollout status` waits for a server that answers a real client.

@@ -23,11 +23,10 @@ pub mod run;
 use crate::backend::Phase;
 use crate::cells::Cell;
 use crate::hop::Hop;
-use crate::mitigation::{IstioContext, IstioForm};
+use crate::mitigation::IstioForm;
 use crate::model::service::Service as Svc;
 use crate::probe::ProbeSpec;
 use plan::{Capture, Plan, Step};
-use std::collections::BTreeMap;
 
 /// Where the cells run.
 #[derive(Clone, Debug)]
@@ -49,41 +48,10 @@ impl KubeTarget {
     }
 }
 
-/// The kind cluster's service and pod CIDRs (`kind-config/cluster.yaml`, `networking`): what
-/// the local lab's 198.18.0.0/15 stands for in a mitigation that names address ranges.
-pub const KIND_RANGES: [&str; 2] = ["10.96.0.0/16", "10.244.0.0/16"];
-
 /// A cell's namespace: unique per run (`$RUN_ID`, six hex digits filled in at execution), so
 /// that a re-run never meets a namespace of an earlier run that is still terminating.
 pub fn namespace_of(cell_index: usize, scenario: &str) -> String {
     format!("idlelab-{scenario}-{cell_index}-$RUN_ID")
-}
-
-/// The host the app connects to: the first hop with an address after the client sidecar
-/// (a middlebox's Service, the ingress gateway), else the server's Service. A DestinationRule
-/// for the client sidecar's upstream names this host.
-pub fn target_host(cell: &Cell, ns: &str) -> String {
-    let mut host = format!("{}.{ns}.svc.cluster.local", cell.real.service.name());
-    for (i, hop) in cell.real.path.iter().enumerate().rev() {
-        match hop {
-            Hop::Gateway(_) => host = "istio-ingressgateway.istio-system.svc.cluster.local".into(),
-            Hop::Middlebox(_) => host = format!("mb{i}.{ns}.svc.cluster.local"),
-            Hop::Sidecar(_) | Hop::ServerSidecar(_) => {}
-        }
-    }
-    host
-}
-
-fn istio_context(cell: &Cell, ns: &str) -> IstioContext {
-    IstioContext {
-        namespace: ns.into(),
-        client_app: "idlelab-probe".into(),
-        service_host: target_host(cell, ns),
-        service_port: cell.real.service.port(),
-        sidecar_pods: cell.real.sidecar_pods(),
-        factor: cell.time_scale.factor,
-        cluster_ranges: Some(KIND_RANGES.iter().map(|r| r.to_string()).collect()),
-    }
 }
 
 /// The probe's spec on the cluster: the same scaled knobs, the first hop's address as target.
@@ -96,35 +64,6 @@ fn probe_spec(cell: &Cell, target: String) -> ProbeSpec {
         spec.authority = Some(spec.target.clone());
     }
     spec
-}
-
-/// The annotations of the `client` and `server` pods of a cell: sidecar injection as the path
-/// says, each sidecar's explicit (scaled) idle timeout, then the mitigation's own annotations,
-/// which win. The kind backend and Istio's control plane in the local lab both take these.
-pub fn pod_annotations(
-    cell: &Cell,
-    ctx: &IstioContext,
-    forms: &[IstioForm],
-) -> BTreeMap<&'static str, BTreeMap<String, String>> {
-    let scaled_sidecars = crate::render::istio::scaled_idle_timeouts(cell);
-    let mut annotations: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
-    let sidecar_on = |pod: &str| ctx.sidecar_pods.iter().any(|p| p == pod);
-    for pod in ["client", "server"] {
-        let a = annotations.entry(pod).or_default();
-        a.insert("sidecar.istio.io/inject".into(), sidecar_on(pod).to_string());
-        if let Some((_, d)) = scaled_sidecars.iter().find(|(p, _)| p == pod) {
-            a.insert("proxy.istio.io/config".into(), crate::render::istio::idle_timeout_annotation(*d));
-        }
-    }
-    for f in forms {
-        if let IstioForm::PodAnnotation { pod, key, value } = f {
-            annotations
-                .entry(if pod == "server" { "server" } else { "client" })
-                .or_default()
-                .insert(key.clone(), value.clone());
-        }
-    }
-    annotations
 }
 
 /// Steps that bring up the cluster (kind backend) or check it (existing context).
@@ -181,7 +120,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
         a.extend_from_slice(args);
         Step::command("kubectl", &a, purpose)
     };
-    let ctx = istio_context(cell, &ns);
+    let ctx = crate::render::cluster_context(cell, &ns);
     let service = cell.real.service;
     let port = service.port();
     let mut steps =
@@ -204,7 +143,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
 
     // Pod annotations: the mitigation's, and the explicit scaled idle timeouts.
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
-    let mut annotations = pod_annotations(cell, &ctx, &forms);
+    let mut annotations = crate::render::pod_annotations(cell, &ctx, &forms);
     let sidecar_on = |pod: &str| ctx.sidecar_pods.iter().any(|p| p == pod);
     let mut manifests_of_mitigation = Vec::new();
     let mut app_settings = Vec::new();

@@ -50,9 +50,9 @@ impl Pod {
 }
 
 /// Where Istio's ingress gateway lives, and its Service.
-pub use crate::hop::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, target_host};
+use crate::hop::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, target_host};
 /// The app's label, which workload selectors (EnvoyFilter) name.
-pub use crate::mitigation::CLIENT_APP;
+use crate::mitigation::CLIENT_APP;
 /// The gateway's service account (Istio's chart).
 const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
 /// Cluster IPs for Services the app does not address (their clients use the endpoints).
@@ -140,19 +140,6 @@ fn yaml<T: serde::Serialize>(kind: &str, api_version: &str, v: &T) -> String {
     crate::render::manifests::yaml(&value)
 }
 
-/// The Istio context of a cell in the local lab (the kind backend's, with the local target).
-pub fn context(cell: &crate::cells::Cell, namespace: &str) -> IstioContext {
-    IstioContext {
-        namespace: namespace.into(),
-        client_app: CLIENT_APP.into(),
-        service_host: target_host(&cell.real.path, cell.real.service, namespace),
-        service_port: cell.real.service.port(),
-        sidecar_pods: cell.real.sidecar_pods(),
-        factor: cell.time_scale.factor,
-        cluster_ranges: None,
-    }
-}
-
 /// A Service with one port named as the kind backend names it, and its EndpointSlice.
 fn service_docs(
     name: &str,
@@ -236,9 +223,9 @@ pub fn for_cell(
     if !path.iter().any(|h| matches!(h, Hop::Sidecar(_) | Hop::ServerSidecar(_) | Hop::Gateway(_))) {
         return None;
     }
-    let ctx = context(cell, namespace);
+    let ctx = super::local_context(cell, namespace);
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
-    let mut annotations = crate::kind::pod_annotations(cell, &ctx, &forms);
+    let mut annotations = super::pod_annotations(cell, &ctx, &forms);
     let mut annotations_of = |pod: &str| -> Vec<(String, String)> {
         annotations
             .remove(pod)
