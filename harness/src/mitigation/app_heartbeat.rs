@@ -6,7 +6,7 @@
 //!       ◀─PONG──          ◀─PONG──                    timer on the path starts over
 //! ```
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn sets_the_heartbeat() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         AppHeartbeat(Dur::secs(1200)).apply(&mut k).unwrap();
         assert_eq!(k.client.heartbeat, Some(Dur::secs(1200)));
     }

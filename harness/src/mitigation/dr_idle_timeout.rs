@@ -11,7 +11,7 @@
 //! sidecar it is applied and changes nothing, as Istio does: a DestinationRule selects its
 //! host's chains, and the app's connection takes the catch-all chain.
 
-use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
+use super::contract::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn sets_only_the_service_chain() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         DrIdleTimeout(Dur::secs(86400)).apply(&mut k).unwrap();
         let s = k.sidecar().unwrap();
         assert_eq!(s.service_idle_timeout, Some(Dur::secs(86400)));

@@ -15,7 +15,7 @@
 //! word, so the lab does not refuse it either: the cell shows what a team applying it would
 //! see (the failure still reproduces).
 
-use super::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
+use super::contract::{IstioContext, IstioForm, Mitigation, need_sidecar, to_yaml};
 use crate::config::CellConfig;
 use crate::model::service::Keepalive;
 use serde::{Deserialize, Serialize};
@@ -66,12 +66,14 @@ mod tests {
 
     #[test]
     fn keepalive_on_the_sidecars_upstream() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         let m = DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 });
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().effective_upstream_keepalive().unwrap().time, Dur::secs(60));
         assert!(k.client.keepalive.is_none(), "the app's socket is untouched");
-        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::test_ctx())[0] else { panic!() };
+        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::contract::test_ctx())[0] else {
+            panic!()
+        };
         assert!(
             yaml.contains("tcpKeepalive")
                 && yaml.contains("time: 60s")
@@ -83,7 +85,7 @@ mod tests {
     /// Issue 9: on a passthrough route the DestinationRule reaches no cluster the app uses.
     #[test]
     fn a_passthrough_route_keeps_no_keepalive() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         k.sidecar_mut().unwrap().route = crate::hop::Route::Passthrough;
         DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 }).apply(&mut k).unwrap();
         // What Envoy receives is Istio's to decide: tests/istio_xds.rs reads it from the config dump.

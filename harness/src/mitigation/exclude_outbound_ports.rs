@@ -8,7 +8,7 @@
 //! In the lab this is the capture rule's exclusion set, as istio-iptables builds it: the
 //! connection goes straight out of the pod with the app's own socket options.
 
-use super::{IstioContext, IstioForm, Mitigation, need_sidecar};
+use super::contract::{IstioContext, IstioForm, Mitigation, need_sidecar};
 use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
@@ -55,13 +55,13 @@ mod tests {
 
     #[test]
     fn leaves_the_port_out_of_the_capture() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         let m = ExcludeOutboundPorts(vec![6379]);
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().exclude_outbound_ports, vec![6379]);
         assert!(ExcludeOutboundPorts(vec![15001]).apply(&mut k).is_err());
         assert_eq!(
-            m.istio_resources(&super::super::test_ctx()),
+            m.istio_resources(&super::super::contract::test_ctx()),
             vec![IstioForm::PodAnnotation {
                 pod: "client".into(),
                 key: "traffic.sidecar.istio.io/excludeOutboundPorts".into(),

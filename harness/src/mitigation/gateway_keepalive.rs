@@ -10,7 +10,7 @@
 //! Linux numbers: SOL_SOCKET=1, SO_KEEPALIVE=9, IPPROTO_TCP=6, TCP_KEEPIDLE=4,
 //! TCP_KEEPINTVL=5, TCP_KEEPCNT=6. STATE_LISTENING fails on Istio ≥ 1.9 (istio#28879).
 
-use super::{IstioContext, IstioForm, Mitigation, to_yaml};
+use super::contract::{IstioContext, IstioForm, Mitigation, to_yaml};
 use crate::config::CellConfig;
 use crate::hop::Hop;
 use crate::model::duration::Dur;
@@ -63,7 +63,7 @@ impl Mitigation for GatewayKeepalive {
             "metadata": {
                 "name": format!("idlelab-gateway-keepalive-{}", ctx.namespace),
                 "namespace": "istio-system",
-                "labels": {super::CELL_LABEL: ctx.namespace}
+                "labels": {super::contract::CELL_LABEL: ctx.namespace}
             },
             "spec": {
                 "workloadSelector": {"labels": {"istio": "ingressgateway"}},
@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn sets_the_gateway_listener_options() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         let m = GatewayKeepalive(Keepalive { time: Dur::secs(300), interval: Dur::secs(75), probes: 9 });
         assert!(m.apply(&mut k).unwrap_err().contains("no `gateway` hop"));
         k.path.push(Hop::Gateway(GatewayHop::default()));
@@ -97,7 +97,9 @@ mod tests {
         let opts = socket_options(&m.0);
         assert_eq!(opts[0]["name"], 9);
         assert_eq!(opts[1]["int_value"], 300);
-        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::test_ctx())[0] else { panic!() };
+        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::contract::test_ctx())[0] else {
+            panic!()
+        };
         assert!(yaml.contains("STATE_PREBIND") && yaml.contains("GATEWAY"), "{yaml}");
     }
 }

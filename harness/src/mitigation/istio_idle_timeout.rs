@@ -10,7 +10,7 @@
 //! TCP chain without a DestinationRule value, the virtualOutbound passthrough chain (since
 //! 1.14) and inbound chains.
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -70,11 +70,11 @@ mod tests {
 
     #[test]
     fn raises_the_sidecar_timeout_and_renders_the_annotation() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         let m = IstioIdleTimeout(Dur::secs(86400));
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(86400));
-        let r = m.istio_resources(&super::super::test_ctx());
+        let r = m.istio_resources(&super::super::contract::test_ctx());
         assert_eq!(
             r,
             vec![IstioForm::PodAnnotation {

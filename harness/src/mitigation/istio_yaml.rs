@@ -17,7 +17,7 @@
 //! EnvoyFilter's do not, since whether Istio applies it at all is what is being tried:
 //! `idlelab try` runs it at its baseline's factor instead.
 
-use super::{IstioContext, IstioForm, LoadError, Mitigation, to_yaml};
+use super::contract::{IstioContext, IstioForm, LoadError, Mitigation, to_yaml};
 use crate::config::CellConfig;
 use crate::hop::Hop;
 use crate::model::duration::Dur;
@@ -529,7 +529,7 @@ impl Mitigation for IstioYaml {
     /// DestinationRule for a host this lab does not have would apply to nothing.
     fn load(&mut self, base: &Path, path: &[Hop], service: Service) -> Result<(), LoadError> {
         self.read_files(base)?;
-        let lab = LabHosts::of(path, service, super::LOCAL_NAMESPACE);
+        let lab = LabHosts::of(path, service, super::contract::LOCAL_NAMESPACE);
         match self.unmatched_hosts(std::slice::from_ref(&lab)).first() {
             None => Ok(()),
             Some(u) => Err(LoadError {
@@ -643,7 +643,7 @@ mod tests {
             loaded: None,
         };
         m.read_files(dir.path()).unwrap();
-        let ctx = IstioContext { factor: 150, ..super::super::test_ctx() };
+        let ctx = IstioContext { factor: 150, ..super::super::contract::test_ctx() };
         let (v, changes) = m.render(&m.loaded().docs[0], &ctx);
         assert_eq!(v["spec"]["host"], "redis.cell-1.svc.cluster.local");
         assert_eq!(v["metadata"]["namespace"], "cell-1");
@@ -651,7 +651,7 @@ mod tests {
         assert!(changes.iter().any(|c| c.contains("tcpKeepalive.time 300s → 0h0m2s")), "{changes:?}");
         let a = m.render_annotations(&ctx);
         assert!(a[0].1.contains("ISTIO_META_IDLE_TIMEOUT: 0h9m36s"), "{a:?}");
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().service_upstream_keepalive.unwrap().time, Dur::secs(300));
         assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(86400));

@@ -4,7 +4,7 @@
 //!   app ──▶ (path unchanged) ──▶ server
 //! ```
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 
 pub struct NoMitigation;

@@ -9,7 +9,7 @@
 //! Below the proxy's idle timeout this means no request ever meets a connection the path
 //! has already closed; the cost is a new connection after every long idle.
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn sets_the_pool_policy() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         PoolMaxIdle(Dur::secs(1800)).apply(&mut k).unwrap();
         assert_eq!(k.client.pool_max_idle, Some(Dur::secs(1800)));
         assert!(PoolMaxIdle(Dur::secs(0)).apply(&mut k).is_err());

@@ -6,7 +6,7 @@
 //!                                     └──no───▶ command on the pooled connection
 //! ```
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn sets_the_lifetime() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         PoolMaxLifetime(Dur::secs(1800)).apply(&mut k).unwrap();
         assert_eq!(k.client.pool_max_lifetime, Some(Dur::secs(1800)));
     }

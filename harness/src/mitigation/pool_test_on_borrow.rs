@@ -9,7 +9,7 @@
 //! It hides both failures: an idle close and a forgotten flow both fail the ping instead of
 //! the request. The cost is a round trip on every checkout.
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn turns_the_ping_on() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         PoolTestOnBorrow(true).apply(&mut k).unwrap();
         assert!(k.client.test_on_borrow);
     }

@@ -8,7 +8,7 @@
 //! It does not keep a flow alive; it bounds how long a write into a black hole can hang, so
 //! the app fails after X instead of after its request timeout (or the kernel's ~15 min).
 
-use super::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn sets_the_socket_option() {
-        let mut k = super::super::test_knobs();
+        let mut k = super::super::contract::test_knobs();
         TcpUserTimeout(Dur::secs(20)).apply(&mut k).unwrap();
         assert_eq!(k.client.tcp_user_timeout, Some(Dur::secs(20)));
     }

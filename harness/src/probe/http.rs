@@ -17,8 +17,9 @@
 //! ([`ReuseGate`]: no connection delivers an answer until each request has one of its own) and
 //! knows which socket carried each.
 
+use super::client::{ClientError, classify, emit_phase, observations, plain_attempt};
+use super::spec::ProbeSpec;
 use super::stream::{LogHandle, ObservedStream};
-use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
 use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -209,7 +210,7 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
         Box::pin(async move {
             let opened_ms = this.clock.elapsed().as_millis() as u64;
             let tcp = tokio::net::TcpStream::connect(&this.spec.target).await?;
-            let (keepalive, local_addr) = super::configure_socket(&tcp, &this.spec)?;
+            let (keepalive, local_addr) = super::client::configure_socket(&tcp, &this.spec)?;
             let (observed, log) = ObservedStream::new(tcp, this.clock);
             let stream = match &this.tls {
                 None => Stream::Plain(observed),

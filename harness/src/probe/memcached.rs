@@ -5,8 +5,8 @@
 //! `version`. Reuse: `get idlelab:<id>`. The library reads only when it expects an answer, so
 //! a FIN or an RST that arrives while idle is seen by the probe's idle watch (`idle_watch`).
 
+use super::client::{Client, ClientError};
 use super::stream::ObservedStream;
-use super::{Client, ClientError};
 use memcache_async::ascii::Protocol;
 use std::sync::Arc;
 use tokio::sync::Mutex;

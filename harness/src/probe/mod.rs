@@ -12,126 +12,27 @@
 //! because pools that validate on checkout hide exactly the failure the lab reproduces.
 //! One module per client library (`redis`, …) implements [`Client`].
 
+pub mod client;
 pub mod http;
 pub mod idle_watch;
 pub mod memcached;
 pub mod mysql;
 pub mod redis;
+pub mod spec;
 pub mod stream;
 
 use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use crate::model::service::Service;
-use serde::{Deserialize, Serialize};
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::{self};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stream::{LogHandle, ObservedStream, StreamLog};
+use stream::{LogHandle, ObservedStream};
 use tokio::net::TcpStream;
 
-/// TCP keepalive for the probe's sockets, in the kernel's whole seconds.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
-pub struct KeepaliveSecs {
-    pub time_s: u64,
-    pub interval_s: u64,
-    pub probes: u32,
-}
-
-/// What the probe is asked to do, with durations already scaled.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct ProbeSpec {
-    pub service: Service,
-    /// The client library to drive (`probe::library` names: `redis-rs`, `go-sql-driver`, …).
-    #[serde(default)]
-    pub library: String,
-    /// `ip:port` the app connects to (the server's address; a sidecar captures it).
-    pub target: String,
-    pub pool: usize,
-    pub keepalive: Option<KeepaliveSecs>,
-    pub idle_ms: u64,
-    pub heartbeat_ms: Option<u64>,
-    pub pool_max_idle_ms: Option<u64>,
-    #[serde(default)]
-    pub tcp_user_timeout_ms: Option<u64>,
-    pub request_timeout_ms: u64,
-    /// For https: the PEM of the CA the gateway's certificate was issued by.
-    #[serde(default)]
-    pub tls_ca_pem: Option<String>,
-    /// Ping each connection at checkout and replace it when the ping fails.
-    #[serde(default)]
-    pub test_on_borrow: bool,
-    /// Replace a connection older than this at checkout.
-    #[serde(default)]
-    pub pool_max_lifetime_ms: Option<u64>,
-    /// HTTP: the request's authority (Host), as an app names the service
-    /// (`http.idlelab.svc.cluster.local:8080`); Istio routes an `http-*` port by it. Default:
-    /// the TLS server name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<String>,
-}
-
-impl ProbeSpec {
-    /// The probe's spec for these (scaled) knobs, connecting to `target`.
-    pub fn for_cell(knobs: &crate::config::CellConfig, target: String) -> ProbeSpec {
-        let ms = |d: crate::model::duration::Dur| d.0.as_millis() as u64;
-        ProbeSpec {
-            service: knobs.service,
-            library: knobs.client.library.name().to_string(),
-            target,
-            pool: knobs.client.pool,
-            keepalive: knobs.client.keepalive.map(|k| {
-                let (time_s, interval_s) = k.whole_seconds();
-                KeepaliveSecs { time_s, interval_s, probes: k.probes }
-            }),
-            idle_ms: ms(knobs.idle),
-            heartbeat_ms: knobs.client.heartbeat.map(ms),
-            pool_max_idle_ms: knobs.client.pool_max_idle.map(ms),
-            tcp_user_timeout_ms: knobs.client.tcp_user_timeout.map(ms),
-            request_timeout_ms: ms(knobs.client.request_timeout),
-            tls_ca_pem: None,
-            test_on_borrow: knobs.client.test_on_borrow,
-            pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
-            authority: None,
-        }
-    }
-}
-
-/// One line of the probe's stdout.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProbeLine {
-    Phase {
-        name: String,
-        ms: u64,
-        #[serde(default)]
-        idle_ms: Option<u64>,
-    },
-    Observations(Observations),
-    Error(String),
-}
-
-/// A failed client call, as the library reported it.
-#[derive(Debug, Clone)]
-pub struct ClientError {
-    pub timeout: bool,
-    pub io_kind: Option<io::ErrorKind>,
-    pub text: String,
-}
-
-/// One client library. Its connections are cheap handles (cloned into heartbeat tasks).
-pub trait Client: Send + Sync + 'static {
-    type Conn: Clone + Send + Sync + 'static;
-    fn handshake(&self, stream: ObservedStream) -> impl Future<Output = Result<Self::Conn, ClientError>> + Send;
-    /// The first command on a fresh connection.
-    fn warm(&self, conn: &mut Self::Conn, id: usize) -> impl Future<Output = Result<(), ClientError>> + Send;
-    /// A protocol-level PING (mitigation `app-heartbeat`).
-    fn heartbeat(&self, conn: &mut Self::Conn) -> impl Future<Output = Result<(), ClientError>> + Send;
-    /// The command sent on reuse.
-    fn request(&self, conn: &mut Self::Conn, id: usize) -> impl Future<Output = Result<(), ClientError>> + Send;
-    /// Whether the library reads its socket all the time (so the stream log sees a FIN or an
-    /// RST as it arrives). When it does not, [`idle_watch`] watches the idle sockets.
-    fn reads_eagerly(&self) -> bool;
-}
+pub use client::{Client, ClientError, classify};
+use client::{configure_socket, emit, emit_phase, observations, plain_attempt};
+pub use spec::{KeepaliveSecs, ProbeLine, ProbeSpec};
 
 struct Slot<C: Client> {
     conn: C::Conn,
@@ -147,34 +48,6 @@ struct Probe<C: Client> {
     client: C,
     spec: ProbeSpec,
     clock: Instant,
-}
-
-/// Apply the spec's socket options to a fresh socket; returns (keepalive read back, local address).
-pub(crate) fn configure_socket(tcp: &TcpStream, spec: &ProbeSpec) -> io::Result<(bool, String)> {
-    let sock = socket2::SockRef::from(tcp);
-    if let Some(ka) = spec.keepalive {
-        let params = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(ka.time_s))
-            .with_interval(Duration::from_secs(ka.interval_s))
-            .with_retries(ka.probes);
-        sock.set_tcp_keepalive(&params)?;
-    }
-    if let Some(ms) = spec.tcp_user_timeout_ms {
-        sock.set_tcp_user_timeout(Some(Duration::from_millis(ms)))?;
-    }
-    let _ = tcp.set_nodelay(true);
-    Ok((sock.keepalive().unwrap_or(false), tcp.local_addr().map(|a| a.to_string()).unwrap_or_default()))
-}
-
-pub(crate) fn emit_phase(name: &str, ms: u64, idle_ms: Option<u64>) {
-    emit(&ProbeLine::Phase { name: name.into(), ms, idle_ms });
-}
-
-fn emit(line: &ProbeLine) {
-    let mut out = io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, line);
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
 }
 
 impl<C: Client> Probe<C> {
@@ -234,70 +107,6 @@ impl<C: Client> Probe<C> {
             Err(e) => Attempt { at_ms, latency_ms, outcome: classify(&e, &log.get()), error: Some(e.text), local_addr },
         }
     }
-}
-
-/// The observations of a finished probe, connections in id order.
-pub(crate) fn observations(
-    spec: &ProbeSpec,
-    idle_started_ms: u64,
-    reuse_started_ms: u64,
-    mut connections: Vec<ConnObservation>,
-    notes: Vec<String>,
-) -> Observations {
-    connections.sort_by_key(|c| c.id);
-    Observations {
-        service: spec.service.name().into(),
-        target: spec.target.clone(),
-        pool: spec.pool,
-        idle_started_ms,
-        idle_ms: spec.idle_ms,
-        reuse_started_ms,
-        connections,
-        notes,
-        finished_ms: 0,
-        peak_rss_kib: 0,
-    }
-}
-
-/// A request that ran outside the library's own error classification (a retry on a fresh
-/// connection): ok, timed out, or failed with its text.
-pub(crate) fn plain_attempt(at_ms: u64, latency_ms: u64, result: Result<(), ClientError>) -> Attempt {
-    match result {
-        Ok(()) => Attempt { at_ms, latency_ms, outcome: Outcome::Ok, error: None, local_addr: None },
-        Err(e) => Attempt {
-            at_ms,
-            latency_ms,
-            outcome: if e.timeout { Outcome::NoAnswer } else { Outcome::Error },
-            error: Some(e.text),
-            local_addr: None,
-        },
-    }
-}
-
-/// How a failed request ended, from the library's error and what the socket saw.
-///
-/// The socket's own error comes first: a library that reports "timed out" or "connection
-/// closed" after its socket got `ETIMEDOUT` or `ECONNRESET` failed because of that error.
-pub fn classify(err: &ClientError, log: &StreamLog) -> Outcome {
-    fn by_kind(k: io::ErrorKind) -> Option<Outcome> {
-        match k {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Some(Outcome::Reset),
-            io::ErrorKind::BrokenPipe => Some(Outcome::BrokenPipe),
-            io::ErrorKind::TimedOut => Some(Outcome::TimedOut),
-            io::ErrorKind::UnexpectedEof => Some(Outcome::Eof),
-            _ => None,
-        }
-    }
-    if let Some(o) = log.error.as_ref().and_then(|(_, k, _)| by_kind(*k)) {
-        return o;
-    }
-    if err.timeout {
-        return Outcome::NoAnswer;
-    }
-    if log.eof_ms.is_some() {
-        return Outcome::Eof;
-    }
-    err.io_kind.and_then(by_kind).unwrap_or(Outcome::Error)
 }
 
 /// How much before the end of the idle period the last heartbeat must be due: one due later

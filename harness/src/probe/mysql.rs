@@ -15,8 +15,9 @@
 //! by `CONNECTION_ID()`. Keepalive: the library sets only the idle time; the interval and count
 //! come from the namespace's sysctls, which the lab sets.
 
+use super::client::{ClientError, classify, emit_phase, observations, plain_attempt};
+use super::spec::ProbeSpec;
 use super::stream::StreamLog;
-use super::{ClientError, ProbeSpec, classify, emit_phase, observations, plain_attempt};
 use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};

@@ -3,8 +3,8 @@
 //!
 //! Warm: `SET idlelab:<id> <n>`. Heartbeat: `PING`. Reuse: `GET idlelab:<id>`.
 
+use super::client::{Client, ClientError};
 use super::stream::ObservedStream;
-use super::{Client, ClientError};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError};
 use std::time::Duration;

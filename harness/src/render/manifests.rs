@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn objects_carry_api_version_kind_and_the_servers_settings() {
-        let knobs = crate::mitigation::test_knobs();
+        let knobs = crate::mitigation::contract::test_knobs();
         let (d, s) = server(&knobs, "ns1", inject(true));
         let y = yaml(&d);
         assert!(y.contains("apiVersion: apps/v1") && y.contains("kind: Deployment"), "{y}");

@@ -50,7 +50,7 @@ impl Pod {
 }
 
 /// Where Istio's ingress gateway lives, and its Service.
-use crate::hop::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, target_host};
+use crate::hop::{GATEWAY_NAMESPACE, GATEWAY_SERVICE};
 /// The app's label, which workload selectors (EnvoyFilter) name.
 use crate::mitigation::CLIENT_APP;
 /// The gateway's service account (Istio's chart).

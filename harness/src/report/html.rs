@@ -2,7 +2,8 @@
 //! measured, its timeline (SVG, see `timeline`), the scaled durations, Envoy's and the
 //! middleboxes' evidence and the mitigation's cluster form.
 
-use super::{CellReport, Reporter, RunSummary, timeline};
+use super::timeline;
+use crate::events::{CellReport, Reporter, RunSummary};
 use crate::mitigation::IstioForm;
 use minijinja::value::Serde;
 use minijinja::{Environment, Value, context};

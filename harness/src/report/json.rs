@@ -1,6 +1,6 @@
 //! `summary.json`: the machine-readable record of a run (schema: results/README.md).
 
-use super::{Reporter, RunSummary};
+use crate::events::{Reporter, RunSummary};
 use std::path::PathBuf;
 
 pub struct JsonReporter {

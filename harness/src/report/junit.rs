@@ -1,7 +1,7 @@
 //! `junit.xml`: one testcase per cell (`scenario::mitigation`), one suite per scenario; a
 //! failure says expected vs measured and the evidence, so a CI page shows why.
 
-use super::{Reporter, RunSummary};
+use crate::events::{Reporter, RunSummary};
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use std::path::PathBuf;
 use std::time::Duration;

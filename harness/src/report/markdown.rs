@@ -1,6 +1,6 @@
 //! `summary.md`: one table per scenario, mitigations as rows, evidence in words.
 
-use super::{CellReport, Reporter, RunSummary};
+use crate::events::{CellReport, Reporter, RunSummary};
 use std::fmt::Write;
 use std::path::PathBuf;
 

@@ -5,8 +5,8 @@
 //! (`--time-scale 1`) shows where it is. Otherwise: plain lines, one per cell as it finishes
 //! (and per phase with `-v`). Then a table.
 
-use super::{Reporter, RunSummary};
 use crate::events::{Event, Phase};
+use crate::events::{Reporter, RunSummary};
 use comfy_table::{Table, presets};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;

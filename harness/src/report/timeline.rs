@@ -211,9 +211,12 @@ mod tests {
             finished_ms: 0,
             peak_rss_kib: 0,
         };
-        let ts = crate::timescale::scale(&crate::mitigation::test_knobs(), crate::model::service::TimeScaleSpec::Auto)
-            .unwrap()
-            .1;
+        let ts = crate::timescale::scale(
+            &crate::mitigation::contract::test_knobs(),
+            crate::model::service::TimeScaleSpec::Auto,
+        )
+        .unwrap()
+        .1;
         let s = svg(&obs, &ts);
         assert!(s.starts_with("<svg") && s.ends_with("</svg>"));
         assert_eq!(s.matches("conn ").count(), 2);
