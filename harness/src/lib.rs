@@ -3,63 +3,78 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: load → expand → run → observe → judge → report. Each module knows
-//! only the ones before it.
+//! Data flows one way: load → expand → run → observe → judge → report. Each module imports
+//! only the ones listed before it (no import circle, none back up).
 //!
-//! - [`duration`]: real-world durations as scenario files write them (`70m`, `1h`).
-//! - [`scenario`]: load and validate a scenario file (strict: errors name file, line, column).
-//! - [`hop`]: one type per hop kind on the path (`sidecar`, …), as the scenario describes it.
-//! - [`mitigation`]: one type per mitigation, each with its lab and its Istio rendering.
-//! - [`knobs`]: a cell's settings after its mitigation, the single input of a backend.
-//! - [`keepalive`]: the kernel's keepalive timer against the middleboxes its probes cross
-//!   (when, and how, keepalive ends an idle connection).
+//! ```text
+//!   cli ─▶ session ─▶ runner ─▶ Backend: local │ kind ─▶ probe observations
+//!                       │                                      │
+//!                       └──── events ◀── verdict (model) ◀─────┘ ──▶ report
+//!   scenario ─▶ cells (config + mitigation + time scale) ─▶ render (Kubernetes, Istio objects)
+//!   model: durations, services, keepalive, libraries, observations, verdicts, scaled values
+//! ```
+//!
+//! The ground: the words every layer shares, and what the machine provides.
+//! - [`model`]: durations, services, the kernel's keepalive, client libraries and their
+//!   settings, the time scale's types, the probe's observations and the verdict judged from
+//!   them. Imports nothing of the lab.
+//! - [`tools`]: where the lab's tools are installed (Envoy, Istio's binaries, the Go probe).
+//! - [`certs`]: the CA of a run and of a cell's mesh.
+//!
+//! A cell's configuration:
+//! - [`hop`]: one type per hop kind on the path (`sidecar`, `middlebox`, …).
+//! - [`config`]: a cell's resolved configuration (`CellConfig`): the scenario's settings
+//!   after its mitigation, the single input of a backend.
+//! - [`mitigation`]: one type per mitigation, each with its change to the configuration and
+//!   its Istio resources.
 //! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
+//! - [`scenario`]: load and validate a scenario file (errors name file, line, column).
 //! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
-//! - [`lab`]: the local backend: namespaces, nftables middleboxes, a real server per cell,
-//!   and (`lab::mesh`) the cell's Istio proxies: client sidecar, ingress gateway, server
-//!   sidecar, each pilot-agent + Envoy configured by one control plane per cell.
-//! - [`istio`]: Istio's own control-plane code (the Go side in `istio/`): the one renderer of
-//!   a cell's Kubernetes and Istio objects (`istio::objects`, shared with `kube`), the control
-//!   plane over them, pilot-agent + Envoy per proxy, config dumps and their deciding fields.
-//! - [`kube`]: the kind backend: the same cells as a plan of kind / istioctl / kubectl
-//!   commands and manifests, executed through one command runner.
+//!
+//! Running a cell:
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
-//!   per Rust client library; `probe::library` names every library (Rust, the Go ones in
-//!   `clients/go`, an external program) and its settings, behind one contract
-//!   (`scenarios/PROBE.md`).
-//! - [`verdict`]: the verdict, a pure function of the probe's observations.
-//! - [`events`]: what the runner tells reporters.
-//! - [`runner`]: runs cells concurrently (and repeatedly), judges them, emits events; handles
-//!   Ctrl-C.
-//! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html) that
-//!   consume events.
+//!   per Rust client library, behind the probe contract (`scenarios/PROBE.md`).
+//! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
+//! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind.
+//! - [`local`]: the local backend: namespaces, nftables middleboxes, real servers, and Istio's
+//!   control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
+//!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites.
+//! - [`kind`]: the kind backend: the cells as a plan of kind / istioctl / kubectl commands,
+//!   executed through one command runner.
+//!
+//! Judging and reporting:
+//! - [`events`]: what the runner tells reporters, and the reports of cells and runs.
+//! - [`runner`]: runs cells on a backend, concurrently and repeatedly, judges them, emits
+//!   events; handles Ctrl-C.
+//! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html).
 //! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
-//! - [`tryout`]: `idlelab try FILE...`, a team's own Istio YAML (the `istio-yaml`
-//!   mitigation) against the failures: verdict before → after and the diff of what Istio
-//!   generated.
-//! - [`doctor`]: prerequisites, found or missing, with their fixes.
+//!
+//! Commands:
+//! - [`session`]: what `run`, `matrix`, `try` and `bench` share: load, choose the backend,
+//!   build the reporters, run.
+//! - [`tryout`]: `idlelab try FILE...`, a team's own Istio YAML against the failures.
 //! - [`bench`]: `idlelab bench`, the figures the README quotes.
 //! - [`cli`]: the `idlelab` command line.
 
-pub mod backend;
-pub mod bench;
-pub mod cells;
-pub mod certs;
-pub mod cli;
-pub mod compare;
-pub mod config;
-pub mod events;
-pub mod hop;
-pub mod kind;
-pub mod local;
-pub mod mitigation;
 pub mod model;
+pub mod tools;
+pub mod certs;
+pub mod hop;
+pub mod config;
+pub mod mitigation;
+pub mod timescale;
+pub mod scenario;
+pub mod cells;
 pub mod probe;
 pub mod render;
-pub mod report;
+pub mod backend;
+pub mod local;
+pub mod kind;
+pub mod events;
 pub mod runner;
-pub mod scenario;
+pub mod report;
+pub mod compare;
 pub mod session;
-pub mod timescale;
-pub mod tools;
 pub mod tryout;
+pub mod bench;
+pub mod cli;

@@ -411,7 +411,7 @@ mod tests {
     use crate::mitigation::{Mitigation, app_heartbeat::AppHeartbeat, app_keepalive::AppKeepalive};
 
     fn base() -> CellConfig {
-        crate::mitigation::contract::test_knobs() // sidecar 1h, idle 70m
+        crate::mitigation::contract::tests::test_knobs() // sidecar 1h, idle 70m
     }
 
     #[test]

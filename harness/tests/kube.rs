@@ -12,16 +12,25 @@ use idlelab::kind::{KubeTarget, plan};
 use serde_json::Value;
 use std::path::PathBuf;
 
-fn istio_api() -> PathBuf {
-    let dir = std::env::var_os("IDLELAB_ISTIO_API")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().parent().unwrap().join("shared/istio-api"));
+/// A file of Istio's API module (`istio.io/api`, the version `istio/go.mod` pins, from the Go
+/// module cache that `just setup` fills): its CRDs' OpenAPI schemas and its annotations.
+fn istio_api(file: &str) -> PathBuf {
+    let o = std::process::Command::new("go")
+        .args(["list", "-m", "-f", "{{.Dir}}", "istio.io/api"])
+        .env("GOFLAGS", "-mod=readonly")
+        .current_dir(repo().join("istio"))
+        .output()
+        .expect("run go (install Go >= 1.26 and run `just setup`)");
+    let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let path = dir.join(file);
     assert!(
-        dir.join("customresourcedefinitions.gen.yaml").exists(),
-        "Istio's CRDs are read from {} (the shared/ folder beside the repository, or $IDLELAB_ISTIO_API)",
-        dir.display()
+        o.status.success() && path.is_file(),
+        "{} not found: `go list -m istio.io/api` in istio/ said {:?} {}; run `just setup` (it downloads Istio's modules)",
+        path.display(),
+        dir,
+        String::from_utf8_lossy(&o.stderr)
     );
-    dir
+    path
 }
 
 fn scenario_cells(name: &str) -> Vec<Cell> {
@@ -88,7 +97,7 @@ fn crd_schema(crds: &[Value], api_version: &str, kind: &str) -> Value {
 
 #[test]
 fn every_istio_resource_passes_the_istio_1_30_crd_schemas() {
-    let text = std::fs::read_to_string(istio_api().join("customresourcedefinitions.gen.yaml")).unwrap();
+    let text = std::fs::read_to_string(istio_api("kubernetes/customresourcedefinitions.gen.yaml")).unwrap();
     let crds: Vec<Value> = serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
         .unwrap()
         .into_iter()
@@ -129,7 +138,7 @@ fn every_istio_annotation_is_one_istio_knows() {
     struct Annotations {
         annotations: Vec<Value>,
     }
-    let text = std::fs::read_to_string(istio_api().join("annotations.yaml")).unwrap();
+    let text = std::fs::read_to_string(istio_api("annotation/annotations.yaml")).unwrap();
     let known: Vec<String> = serde_saphyr::from_str::<Annotations>(&text)
         .unwrap()
         .annotations

@@ -14,7 +14,7 @@
 //! already), an EnvoyFilter puts SO_KEEPALIVE / TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT at
 //! STATE_PREBIND on the listener, so every accepted downstream socket probes back through
 //! whatever sits in front of the gateway. Its idle timeout is Envoy's `tcp_proxy` default
-//! (1 h); a compressed run sets the scaled value with an EnvoyFilter (`kube::istio`).
+//! (1 h); a compressed run sets the scaled value with an EnvoyFilter (`render::istio`).
 
 use crate::model::duration::Dur;
 use crate::model::scale::KnobDuration;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::keepalive::OnUnknown;
 
-/// Devices with documented idle figures (../shared/FACTS.md §6).
+/// Devices with documented idle figures (each vendor's documentation, as quoted per variant).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {

@@ -13,7 +13,7 @@
 //! carry no bytes and end at Envoy's own socket, so they never reset that timer. On an
 //! `http-*` port the same knob is the HTTP connection manager's idle timeout toward the app
 //! (it closes after Envoy's 5 s drain), and Envoy keeps its own upstream pool behind it. This
-//! type is the time-scale model of the hop; the config itself is Istio's (`lab::mesh`).
+//! type is the time-scale model of the hop; the config itself is Istio's (`local::mesh`).
 
 use crate::model::duration::Dur;
 use crate::model::scale::KnobDuration;
@@ -71,7 +71,7 @@ pub struct SidecarHop {
     /// HTTP only: how long Envoy keeps an idle upstream connection of the service's pool when
     /// no DestinationRule sets it: Istio sets nothing, so Envoy's own default (1 h) applies.
     /// Not a scenario setting: it is here so that the time scale scales it, and the lab sets
-    /// the scaled value on the cluster (`kube::istio::sidecar_http_pool_idle`).
+    /// the scaled value on the cluster (`render::istio::sidecar_http_pool_idle`).
     #[serde(skip, default = "envoy_default_http_pool_idle")]
     pub envoy_http_pool_idle: Dur,
     /// HTTP only: the idle timeout Istio gives PassthroughCluster's HTTP pool (5 min).

@@ -68,7 +68,7 @@ pub struct Envoy {
     pub admin: Admin,
     pub access_log: PathBuf,
     pub log: PathBuf,
-    /// The deciding fields of what it received from Istio (`istio::deciding_fields`).
+    /// The deciding fields of what it received from Istio (`config_dump::deciding_fields`).
     pub istio_config: Option<Value>,
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The uid Istio's proxy runs as (the lab's other Envoys too); the capture exempts it.
+/// The uid Istio's proxy runs as; the capture exempts it.
 pub use crate::local::envoy::ENVOY_UID as PROXY_UID;
 /// Envoy's admin port in Istio's bootstrap (loopback of the pod's namespace).
 pub const ADMIN_PORT: u16 = 15000;

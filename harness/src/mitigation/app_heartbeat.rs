@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn sets_the_heartbeat() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         AppHeartbeat(Dur::secs(1200)).apply(&mut k).unwrap();
         assert_eq!(k.client.heartbeat, Some(Dur::secs(1200)));
     }

@@ -49,11 +49,11 @@ mod tests {
 
     #[test]
     fn sets_the_client_socket_option() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         let m = AppKeepalive(Keepalive { time: Dur::secs(600), interval: Dur::secs(75), probes: 9 });
         m.apply(&mut k).unwrap();
         assert_eq!(k.client.keepalive.unwrap().time, Dur::secs(600));
         assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(3600), "the sidecar is untouched");
-        assert!(matches!(m.istio_resources(&super::super::contract::test_ctx())[0], IstioForm::AppSetting { .. }));
+        assert!(matches!(m.istio_resources(&super::super::contract::tests::test_ctx())[0], IstioForm::AppSetting { .. }));
     }
 }

@@ -119,25 +119,29 @@ pub(crate) fn need_sidecar<'a>(
     knobs.sidecar_mut().ok_or_else(|| format!("{what} changes the client sidecar, and this path has no `sidecar` hop"))
 }
 
+/// Helpers for the mitigations' unit tests: a context and a configuration to apply them to.
 #[cfg(test)]
-pub(crate) fn test_ctx() -> IstioContext {
-    IstioContext {
-        namespace: "cell-1".into(),
-        client_app: "idlelab-probe".into(),
-        service_host: "redis.cell-1.svc.cluster.local".into(),
-        service_port: 6379,
-        sidecar_pods: vec!["client".into()],
-        factor: 1,
-        cluster_ranges: None,
-    }
-}
+pub(crate) mod tests {
+    use super::*;
 
-#[cfg(test)]
-pub(crate) fn test_knobs() -> CellConfig {
-    let s = crate::scenario::parse(
-        "name: t\nsummary: s\nservice: redis\npath: [{sidecar: {idle_timeout: 1h}}]\nidle: 70m\ncells: [{mitigation: none, expect: idle-closed}]\n",
-        std::path::Path::new("t.yaml"),
-    )
-    .unwrap();
-    s.base_knobs()
+    pub fn test_ctx() -> IstioContext {
+        IstioContext {
+            namespace: "cell-1".into(),
+            client_app: "idlelab-probe".into(),
+            service_host: "redis.cell-1.svc.cluster.local".into(),
+            service_port: 6379,
+            sidecar_pods: vec!["client".into()],
+            factor: 1,
+            cluster_ranges: None,
+        }
+    }
+
+    pub fn test_knobs() -> CellConfig {
+        let s = crate::scenario::parse(
+            "name: t\nsummary: s\nservice: redis\npath: [{sidecar: {idle_timeout: 1h}}]\nidle: 70m\ncells: [{mitigation: none, expect: idle-closed}]\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        s.base_knobs()
+    }
 }

@@ -61,14 +61,14 @@ mod tests {
 
     #[test]
     fn sets_the_services_upstream_pool_idle_and_renders_a_destination_rule() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         DrHttpIdleTimeout(Dur::secs(300)).apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().service_http_idle_timeout, Some(Dur::secs(300)));
         // Not HTTP (the test knobs are redis): accepted, and it decides nothing.
         assert!(k.durations_mut().iter().all(|d| !d.label.contains("service_http_idle_timeout")));
         k.service = crate::model::service::Service::Http;
         assert!(k.durations_mut().iter().any(|d| d.label.ends_with("sidecar.service_http_idle_timeout")));
-        let forms = DrHttpIdleTimeout(Dur::secs(300)).istio_resources(&super::super::contract::test_ctx());
+        let forms = DrHttpIdleTimeout(Dur::secs(300)).istio_resources(&super::super::contract::tests::test_ctx());
         let IstioForm::Manifest { yaml, .. } = &forms[0] else { panic!("a manifest") };
         assert!(yaml.contains("idleTimeout: 0h5m0s"), "{yaml}");
         assert!(DrHttpIdleTimeout(Dur::secs(0)).apply(&mut k).is_err());

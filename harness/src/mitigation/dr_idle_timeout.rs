@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn sets_only_the_service_chain() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         DrIdleTimeout(Dur::secs(86400)).apply(&mut k).unwrap();
         let s = k.sidecar().unwrap();
         assert_eq!(s.service_idle_timeout, Some(Dur::secs(86400)));

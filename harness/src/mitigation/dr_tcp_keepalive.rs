@@ -66,12 +66,12 @@ mod tests {
 
     #[test]
     fn keepalive_on_the_sidecars_upstream() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         let m = DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 });
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().effective_upstream_keepalive().unwrap().time, Dur::secs(60));
         assert!(k.client.keepalive.is_none(), "the app's socket is untouched");
-        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::contract::test_ctx())[0] else {
+        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::contract::tests::test_ctx())[0] else {
             panic!()
         };
         assert!(
@@ -85,7 +85,7 @@ mod tests {
     /// Issue 9: on a passthrough route the DestinationRule reaches no cluster the app uses.
     #[test]
     fn a_passthrough_route_keeps_no_keepalive() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         k.sidecar_mut().unwrap().route = crate::hop::Route::Passthrough;
         DrTcpKeepalive(Keepalive { time: Dur::secs(60), interval: Dur::secs(10), probes: 3 }).apply(&mut k).unwrap();
         // What Envoy receives is Istio's to decide: tests/istio_xds.rs reads it from the config dump.

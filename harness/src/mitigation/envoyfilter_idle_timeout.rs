@@ -69,11 +69,11 @@ mod tests {
 
     #[test]
     fn turns_the_timeout_off_and_renders_a_v3_patch() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         let m = EnvoyFilterIdleTimeout(Dur::secs(0));
         m.apply(&mut k).unwrap();
         assert!(k.sidecar().unwrap().idle_timeout.is_zero());
-        let r = m.istio_resources(&super::super::contract::test_ctx());
+        let r = m.istio_resources(&super::super::contract::tests::test_ctx());
         let IstioForm::Manifest { yaml, .. } = &r[0] else { panic!("{r:?}") };
         assert!(yaml.contains(TCP_PROXY_TYPE_URL), "{yaml}");
         assert!(yaml.contains("idle_timeout: 0s"), "{yaml}");

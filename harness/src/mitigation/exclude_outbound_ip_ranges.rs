@@ -7,7 +7,7 @@
 //!
 //! The local lab's addresses are in 198.18.0.0/15 (`[198.18.0.0/15]` excludes every lab
 //! destination); on a cluster that range stands for the cluster's service and pod ranges
-//! (`kube::KIND_RANGES`), other ranges are used as written.
+//! (`render::KIND_RANGES`), other ranges are used as written.
 
 use super::contract::{IstioContext, IstioForm, Mitigation, need_sidecar};
 use crate::config::CellConfig;
@@ -79,15 +79,15 @@ mod tests {
 
     #[test]
     fn validates_and_applies_ranges() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         ExcludeOutboundIpRanges(vec!["198.18.0.0/15".into()]).apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().exclude_outbound_ip_ranges, vec!["198.18.0.0/15"]);
         assert!(ExcludeOutboundIpRanges(vec!["198.18.0.0".into()]).apply(&mut k).unwrap_err().contains("CIDR"));
         assert!(ExcludeOutboundIpRanges(vec!["10.0.0.0/33".into()]).apply(&mut k).is_err());
         let m = ExcludeOutboundIpRanges(vec!["198.18.0.0/15".into(), "10.1.0.0/16".into()]);
-        assert_eq!(m.on(&super::super::contract::test_ctx()), vec!["198.18.0.0/15", "10.1.0.0/16"]);
+        assert_eq!(m.on(&super::super::contract::tests::test_ctx()), vec!["198.18.0.0/15", "10.1.0.0/16"]);
         let kind =
-            IstioContext { cluster_ranges: Some(vec!["10.96.0.0/16".into()]), ..super::super::contract::test_ctx() };
+            IstioContext { cluster_ranges: Some(vec!["10.96.0.0/16".into()]), ..super::super::contract::tests::test_ctx() };
         assert_eq!(m.on(&kind), vec!["10.96.0.0/16", "10.1.0.0/16"], "the lab's range stands for the cluster's");
     }
 }

@@ -55,13 +55,13 @@ mod tests {
 
     #[test]
     fn leaves_the_port_out_of_the_capture() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         let m = ExcludeOutboundPorts(vec![6379]);
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().exclude_outbound_ports, vec![6379]);
         assert!(ExcludeOutboundPorts(vec![15001]).apply(&mut k).is_err());
         assert_eq!(
-            m.istio_resources(&super::super::contract::test_ctx()),
+            m.istio_resources(&super::super::contract::tests::test_ctx()),
             vec![IstioForm::PodAnnotation {
                 pod: "client".into(),
                 key: "traffic.sidecar.istio.io/excludeOutboundPorts".into(),

@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn sets_the_gateway_listener_options() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         let m = GatewayKeepalive(Keepalive { time: Dur::secs(300), interval: Dur::secs(75), probes: 9 });
         assert!(m.apply(&mut k).unwrap_err().contains("no `gateway` hop"));
         k.path.push(Hop::Gateway(GatewayHop::default()));
@@ -97,7 +97,7 @@ mod tests {
         let opts = socket_options(&m.0);
         assert_eq!(opts[0]["name"], 9);
         assert_eq!(opts[1]["int_value"], 300);
-        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::contract::test_ctx())[0] else {
+        let IstioForm::Manifest { yaml, .. } = &m.istio_resources(&super::super::contract::tests::test_ctx())[0] else {
             panic!()
         };
         assert!(yaml.contains("STATE_PREBIND") && yaml.contains("GATEWAY"), "{yaml}");

@@ -70,11 +70,11 @@ mod tests {
 
     #[test]
     fn raises_the_sidecar_timeout_and_renders_the_annotation() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         let m = IstioIdleTimeout(Dur::secs(86400));
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(86400));
-        let r = m.istio_resources(&super::super::contract::test_ctx());
+        let r = m.istio_resources(&super::super::contract::tests::test_ctx());
         assert_eq!(
             r,
             vec![IstioForm::PodAnnotation {

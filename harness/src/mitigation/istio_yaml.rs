@@ -643,7 +643,7 @@ mod tests {
             loaded: None,
         };
         m.read_files(dir.path()).unwrap();
-        let ctx = IstioContext { factor: 150, ..super::super::contract::test_ctx() };
+        let ctx = IstioContext { factor: 150, ..super::super::contract::tests::test_ctx() };
         let (v, changes) = m.render(&m.loaded().docs[0], &ctx);
         assert_eq!(v["spec"]["host"], "redis.cell-1.svc.cluster.local");
         assert_eq!(v["metadata"]["namespace"], "cell-1");
@@ -651,7 +651,7 @@ mod tests {
         assert!(changes.iter().any(|c| c.contains("tcpKeepalive.time 300s → 0h0m2s")), "{changes:?}");
         let a = m.render_annotations(&ctx);
         assert!(a[0].1.contains("ISTIO_META_IDLE_TIMEOUT: 0h9m36s"), "{a:?}");
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         m.apply(&mut k).unwrap();
         assert_eq!(k.sidecar().unwrap().service_upstream_keepalive.unwrap().time, Dur::secs(300));
         assert_eq!(k.sidecar().unwrap().idle_timeout, Dur::secs(86400));

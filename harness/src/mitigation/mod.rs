@@ -7,36 +7,50 @@
 //!                                                                 DestinationRule that does the same
 //! ```
 //!
-//! Adding a mitigation: write one file with a type that implements [`Mitigation`], add one
-//! line to [`MitigationSpec`] (its name in scenario files) and one to `as_mitigation`.
+//! Adding a mitigation (`CONTRIBUTING.md`): one file with a type that implements
+//! [`Mitigation`] and its unit tests, and one line in the list below: its name in scenario
+//! files (the kebab-case of the variant), its module and its type.
 
-pub mod app_heartbeat;
-pub mod app_keepalive;
 pub mod contract;
-pub mod dr_http_idle_timeout;
-pub mod dr_idle_timeout;
-pub mod dr_tcp_keepalive;
-pub mod envoyfilter_idle_timeout;
-pub mod exclude_outbound_ip_ranges;
-pub mod exclude_outbound_ports;
-pub mod gateway_keepalive;
-pub mod istio_idle_timeout;
-pub mod istio_yaml;
 pub mod none;
-pub mod pool_max_idle;
-pub mod pool_max_lifetime;
-pub mod pool_test_on_borrow;
-pub mod tcp_user_timeout;
 
 pub use contract::{CELL_LABEL, CLIENT_APP, IstioContext, IstioForm, LOCAL_NAMESPACE, LoadError, Mitigation, to_yaml};
 use serde::{Deserialize, Serialize};
 
-/// The `mitigation:` of a cell, as written in scenario files.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub enum MitigationSpec {
-    #[serde(rename = "none")]
-    NoMitigation,
+/// Declares each mitigation's module, its variant of [`MitigationSpec`] and its arms in
+/// `as_mitigation` / `as_mitigation_mut`, from one line per mitigation.
+macro_rules! mitigations {
+    ($($variant:ident($module:ident::$ty:ident),)*) => {
+        $(pub mod $module;)*
+
+        /// The `mitigation:` of a cell, as written in scenario files.
+        #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        pub enum MitigationSpec {
+            #[serde(rename = "none")]
+            NoMitigation,
+            $($variant($module::$ty),)*
+        }
+
+        impl MitigationSpec {
+            pub fn as_mitigation(&self) -> &dyn Mitigation {
+                match self {
+                    MitigationSpec::NoMitigation => &none::NoMitigation,
+                    $(MitigationSpec::$variant(m) => m,)*
+                }
+            }
+            pub fn as_mitigation_mut(&mut self) -> &mut dyn Mitigation {
+                match self {
+                    // A unit struct: leaking its box allocates nothing.
+                    MitigationSpec::NoMitigation => Box::leak(Box::new(none::NoMitigation)),
+                    $(MitigationSpec::$variant(m) => m,)*
+                }
+            }
+        }
+    };
+}
+
+mitigations! {
     AppKeepalive(app_keepalive::AppKeepalive),
     IstioIdleTimeout(istio_idle_timeout::IstioIdleTimeout),
     EnvoyfilterIdleTimeout(envoyfilter_idle_timeout::EnvoyFilterIdleTimeout),
@@ -52,50 +66,10 @@ pub enum MitigationSpec {
     GatewayKeepalive(gateway_keepalive::GatewayKeepalive),
     PoolTestOnBorrow(pool_test_on_borrow::PoolTestOnBorrow),
     PoolMaxLifetime(pool_max_lifetime::PoolMaxLifetime),
+    EnvoyfilterTcpKeepalive(envoyfilter_tcp_keepalive::EnvoyFilterTcpKeepalive),
 }
 
 impl MitigationSpec {
-    pub fn as_mitigation(&self) -> &dyn Mitigation {
-        match self {
-            MitigationSpec::NoMitigation => &none::NoMitigation,
-            MitigationSpec::AppKeepalive(m) => m,
-            MitigationSpec::IstioIdleTimeout(m) => m,
-            MitigationSpec::EnvoyfilterIdleTimeout(m) => m,
-            MitigationSpec::ExcludeOutboundPorts(m) => m,
-            MitigationSpec::PoolMaxIdle(m) => m,
-            MitigationSpec::AppHeartbeat(m) => m,
-            MitigationSpec::DrTcpKeepalive(m) => m,
-            MitigationSpec::DrIdleTimeout(m) => m,
-            MitigationSpec::DrHttpIdleTimeout(m) => m,
-            MitigationSpec::IstioYaml(m) => m,
-            MitigationSpec::ExcludeOutboundIpRanges(m) => m,
-            MitigationSpec::TcpUserTimeout(m) => m,
-            MitigationSpec::GatewayKeepalive(m) => m,
-            MitigationSpec::PoolTestOnBorrow(m) => m,
-            MitigationSpec::PoolMaxLifetime(m) => m,
-        }
-    }
-    pub fn as_mitigation_mut(&mut self) -> &mut dyn Mitigation {
-        match self {
-            // A unit struct: leaking its box allocates nothing.
-            MitigationSpec::NoMitigation => Box::leak(Box::new(none::NoMitigation)),
-            MitigationSpec::AppKeepalive(m) => m,
-            MitigationSpec::IstioIdleTimeout(m) => m,
-            MitigationSpec::EnvoyfilterIdleTimeout(m) => m,
-            MitigationSpec::ExcludeOutboundPorts(m) => m,
-            MitigationSpec::PoolMaxIdle(m) => m,
-            MitigationSpec::AppHeartbeat(m) => m,
-            MitigationSpec::DrTcpKeepalive(m) => m,
-            MitigationSpec::DrIdleTimeout(m) => m,
-            MitigationSpec::DrHttpIdleTimeout(m) => m,
-            MitigationSpec::IstioYaml(m) => m,
-            MitigationSpec::ExcludeOutboundIpRanges(m) => m,
-            MitigationSpec::TcpUserTimeout(m) => m,
-            MitigationSpec::GatewayKeepalive(m) => m,
-            MitigationSpec::PoolTestOnBorrow(m) => m,
-            MitigationSpec::PoolMaxLifetime(m) => m,
-        }
-    }
     pub fn label(&self) -> String {
         self.as_mitigation().label()
     }

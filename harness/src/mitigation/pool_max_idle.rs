@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn sets_the_pool_policy() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         PoolMaxIdle(Dur::secs(1800)).apply(&mut k).unwrap();
         assert_eq!(k.client.pool_max_idle, Some(Dur::secs(1800)));
         assert!(PoolMaxIdle(Dur::secs(0)).apply(&mut k).is_err());

@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn sets_the_lifetime() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         PoolMaxLifetime(Dur::secs(1800)).apply(&mut k).unwrap();
         assert_eq!(k.client.pool_max_lifetime, Some(Dur::secs(1800)));
     }

@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn turns_the_ping_on() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         PoolTestOnBorrow(true).apply(&mut k).unwrap();
         assert!(k.client.test_on_borrow);
     }

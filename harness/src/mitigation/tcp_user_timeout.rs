@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn sets_the_socket_option() {
-        let mut k = super::super::contract::test_knobs();
+        let mut k = super::super::contract::tests::test_knobs();
         TcpUserTimeout(Dur::secs(20)).apply(&mut k).unwrap();
         assert_eq!(k.client.tcp_user_timeout, Some(Dur::secs(20)));
     }

@@ -17,7 +17,7 @@ pub struct KeepaliveSecs {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ProbeSpec {
     pub service: Service,
-    /// The client library to drive (`probe::library` names: `redis-rs`, `go-sql-driver`, …).
+    /// The client library to drive (`model::library` names: `redis-rs`, `go-sql-driver`, …).
     #[serde(default)]
     pub library: String,
     /// `ip:port` the app connects to (the server's address; a sidecar captures it).

@@ -167,7 +167,7 @@ pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static
 /// The patch replaces the cluster's `HttpProtocolOptions` entry whole (Istio merges a map's
 /// `Any` values by replacing them), so it carries the protocol choice Istio makes for the
 /// cluster too: HTTP/1.1 for an `http-*` service port, the downstream's protocol for
-/// PassthroughCluster. The lab checks what Envoy received (`istio::http_pool_idle_mismatch`).
+/// PassthroughCluster. The lab checks what Envoy received (`local::config_dump::http_pool_idle_mismatch`).
 pub fn sidecar_http_pool_idle(cell: &Cell, ctx: &crate::mitigation::IstioContext) -> Option<(String, &'static str)> {
     let factor = cell.time_scale.factor;
     if factor <= 1 || cell.real.service != crate::model::service::Service::Http {

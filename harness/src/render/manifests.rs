@@ -263,7 +263,7 @@ fn probe_command(knobs: &CellConfig) -> Vec<String> {
     let spec = ["--spec".to_string(), "/spec/probe.json".to_string()];
     match knobs.client.library.runtime() {
         Runtime::Go => std::iter::once("idlelab-probe-go".to_string()).chain(spec).collect(),
-        // An external client has no image: `kube::cell_steps` refuses it before this.
+        // An external client has no image: the kind backend refuses it before this.
         Runtime::Rust | Runtime::External => {
             ["idlelab".to_string(), "probe".to_string()].into_iter().chain(spec).collect()
         }
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn objects_carry_api_version_kind_and_the_servers_settings() {
-        let knobs = crate::mitigation::contract::test_knobs();
+        let knobs = crate::mitigation::contract::tests::test_knobs();
         let (d, s) = server(&knobs, "ns1", inject(true));
         let y = yaml(&d);
         assert!(y.contains("apiVersion: apps/v1") && y.contains("kind: Deployment"), "{y}");

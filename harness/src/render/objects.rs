@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The Istio resources, the pod annotations and the port names come from the functions the
-//! kind backend applies (`kube::pod_annotations`, `kube::istio`, `kube::manifests::port_name`,
+//! kind backend applies (`render::pod_annotations`, `render::istio`, `render::manifests::port_name`,
 //! the mitigation's forms). What differs is what a cluster's controllers would add: the local
 //! lab writes the Pod (with its IP) and the EndpointSlice that a Deployment and the endpoint
 //! controller would create. A middlebox is a router in the local lab, not a pod behind a

@@ -212,7 +212,7 @@ mod tests {
             peak_rss_kib: 0,
         };
         let ts = crate::timescale::scale(
-            &crate::mitigation::contract::test_knobs(),
+            &crate::mitigation::contract::tests::test_knobs(),
             crate::model::service::TimeScaleSpec::Auto,
         )
         .unwrap()
