@@ -29,9 +29,16 @@ check: build
 doctor: build
     {{idlelab}} doctor
 
-# Unit tests and the real lab's integration tests: every test binary runs, and every failure is reported.
+# The Go folders' own tests, then the Rust unit tests and the real lab's integration tests: everything runs, every failure is reported.
 test: setup
-    cargo test --workspace --no-fail-fast
+    #!/usr/bin/env bash
+    set -uo pipefail
+    export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
+    rc=0
+    (cd istio && go test -count=1 ./...) || rc=1
+    (cd clients/go && go test -count=1 ./...) || rc=1
+    cargo test --workspace --no-fail-fast || rc=1
+    exit $rc
 
 # Time every scenario, the whole matrix and a 1,000-connection pool; writes results/bench.json.
 bench: setup build

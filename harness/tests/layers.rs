@@ -106,7 +106,10 @@ fn no_file_and_its_folders_mod_rs_import_each_other() {
     let mut circles = Vec::new();
     for f in files.iter().filter(|f| f.file_name().is_some_and(|n| n != "mod.rs")) {
         let dir = f.parent().unwrap();
-        let Ok(parent) = std::fs::read_to_string(dir.join("mod.rs")) else { continue };
+        if !dir.join("mod.rs").exists() {
+            continue;
+        }
+        // What mod.rs takes from its files, its list of them (`pub mod x;`) aside.
         let parent =
             code(&dir.join("mod.rs")).lines().filter(|l| !l.starts_with("pub mod ")).collect::<Vec<_>>().join("\n");
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();

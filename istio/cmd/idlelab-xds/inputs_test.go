@@ -67,14 +67,14 @@ func TestValidateAnswersWithIstiosWebhookMessage(t *testing.T) {
 	if _, err := server.New(server.Options{Schemas: collections.PilotGatewayAPI(), DomainSuffix: "cluster.local", Mux: mux}); err != nil {
 		t.Fatal(err)
 	}
-	ok := []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: n}\nspec: {host: redis}\n")
-	if err := validate(mux, destinationRule, "n", "r", ok); err != nil {
+	ok := []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: cell}\nspec: {host: redis}\n")
+	if err := validate(mux, destinationRule, "cell", "r", ok); err != nil {
 		t.Errorf("a valid rule was refused: %v", err)
 	}
 	// A rule without a host is Istio's to refuse, in Istio's words.
-	bad := []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: n}\nspec: {host: ''}\n")
-	err := validate(mux, destinationRule, "n", "r", bad)
-	if err == nil || !strings.Contains(err.Error(), "host") {
+	bad := []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: cell}\nspec: {host: ''}\n")
+	err := validate(mux, destinationRule, "cell", "r", bad)
+	if err == nil || !strings.Contains(err.Error(), "empty domain name") {
 		t.Errorf("a rule with no host: %v", err)
 	}
 }
