@@ -446,3 +446,31 @@ func (g *goHTTP) fresh(ctx context.Context, tag string) error {
 }
 
 func (g *goHTTP) close() { g.client.CloseIdleConnections() }
+
+// libraryFor is the library the spec names, refused when it cannot do what the spec asks.
+func libraryFor(s *spec) (library, error) {
+	want := map[string]string{"go-redis": "redis", "go-sql-driver": "mysql", "gomemcache": "memcached", "go-net-http": "http"}
+	svc, ok := want[s.Library]
+	if !ok {
+		return nil, fmt.Errorf("idlelab-probe-go has no library %q (it has go-redis, go-sql-driver, gomemcache, go-net-http)", s.Library)
+	}
+	if svc != s.Service && !(svc == "http" && s.Service == "https") {
+		return nil, fmt.Errorf("library %s does not speak %s", s.Library, s.Service)
+	}
+	if s.HeartbeatMs != nil {
+		return nil, fmt.Errorf("%s owns its pool: the probe cannot ping each idle connection (heartbeat)", s.Library)
+	}
+	switch s.Library {
+	case "go-redis":
+		return &goRedis{}, nil
+	case "go-sql-driver":
+		if s.TestOnBorrow {
+			return nil, errors.New("database/sql has no test-on-borrow")
+		}
+		return &goSQL{}, nil
+	case "gomemcache":
+		return &goMemcache{}, nil
+	default:
+		return &goHTTP{}, nil
+	}
+}

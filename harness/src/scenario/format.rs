@@ -1,0 +1,254 @@
+//! The scenario format: what a scenario file holds once decoded, and where each value is
+//! written in it (for errors found after decoding). `scenarios/README.md` documents it.
+
+use crate::hop::Hop;
+use crate::mitigation::MitigationSpec;
+use crate::model::duration::Dur;
+use crate::model::library::Library;
+use crate::model::service::{KeepaliveSetting, Service, TimeScaleSpec};
+use crate::model::verdict::Verdict;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::path::PathBuf;
+
+fn default_pool() -> usize {
+    4
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(2)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    /// The client library (`probe::library`); default: the Rust one for the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// `library: external`: the program that speaks the probe contract (`scenarios/PROBE.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Pooled connections, each warmed, idled and reused once.
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+    /// `off`, `{time, interval, probes}`, or absent: the library's default (off for the Rust
+    /// clients, Go's 15 s / 15 s / 9 for the Go ones).
+    #[serde(default)]
+    pub keepalive: Option<KeepaliveSetting>,
+    /// How long the probe waits for an answer before calling the connection hung. Not scaled.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+impl Default for ClientSpec {
+    fn default() -> Self {
+        ClientSpec {
+            library: None,
+            command: None,
+            pool: default_pool(),
+            keepalive: None,
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+/// `server: {idle_timeout: 8h}`: the server's own idle timeout (redis `timeout`, MariaDB
+/// `wait_timeout`, memcached `-o idle_timeout`); `0s` = off. Default: the server's own
+/// default (redis off, MariaDB 8 h, memcached off), so it never hides or causes a failure
+/// by accident.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+}
+
+/// One cell: a mitigation and the verdict it is expected to give.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellSpec {
+    pub mitigation: Spanned<MitigationSpec>,
+    pub expect: Verdict,
+    /// One line on why this verdict is expected; reports show it.
+    #[serde(default)]
+    pub why: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub summary: String,
+    pub service: Service,
+    #[serde(default)]
+    pub client: ClientSpec,
+    /// The server's own settings that could end an idle connection, made explicit.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// Hops from the app to the server, in order; empty means a direct connection.
+    #[serde(default)]
+    pub path: Vec<Hop>,
+    /// How long the pool sits idle, in real-world time.
+    pub idle: Dur,
+    #[serde(default)]
+    pub time_scale: TimeScaleSpec,
+    pub cells: Vec<CellSpec>,
+    /// Where the scenario came from (set by `load`).
+    #[serde(skip)]
+    pub source: PathBuf,
+    /// Where the values `validate` checks are written (set by `parse`).
+    #[serde(skip)]
+    pub positions: Positions,
+}
+
+/// Where a scenario's values are written in its file, for errors found after decoding
+/// (an unknown library, a hop out of place): `file:line:column` like a syntax error.
+#[derive(Clone, Debug, Default)]
+pub struct Positions {
+    pub name: Option<serde_saphyr::Location>,
+    pub service: Option<serde_saphyr::Location>,
+    pub client: Option<serde_saphyr::Location>,
+    pub library: Option<serde_saphyr::Location>,
+    pub command: Option<serde_saphyr::Location>,
+    pub pool: Option<serde_saphyr::Location>,
+    pub server_idle_timeout: Option<serde_saphyr::Location>,
+    pub path: Option<serde_saphyr::Location>,
+    /// Each hop of `path`.
+    pub hops: Vec<serde_saphyr::Location>,
+    pub cells: Option<serde_saphyr::Location>,
+}
+
+impl Positions {
+    /// A second, lenient decode of the same text that keeps only where each value is.
+    pub(super) fn of(text: &str) -> Positions {
+        use serde::de::IgnoredAny;
+        type At = Option<Spanned<IgnoredAny>>;
+        #[derive(Deserialize)]
+        struct Client {
+            #[serde(default)]
+            library: At,
+            #[serde(default)]
+            command: At,
+            #[serde(default)]
+            pool: At,
+        }
+        #[derive(Deserialize)]
+        struct Server {
+            #[serde(default)]
+            idle_timeout: At,
+        }
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            name: At,
+            #[serde(default)]
+            service: At,
+            #[serde(default)]
+            client: Option<Spanned<Client>>,
+            #[serde(default)]
+            server: Option<Server>,
+            #[serde(default)]
+            path: Option<Spanned<Vec<Spanned<IgnoredAny>>>>,
+            #[serde(default)]
+            cells: At,
+        }
+        let at = |a: &At| a.as_ref().map(|s| s.referenced);
+        let Ok(doc) = serde_saphyr::from_str::<Doc>(text) else { return Positions::default() };
+        let client = doc.client.as_ref();
+        Positions {
+            name: at(&doc.name),
+            service: at(&doc.service),
+            client: client.map(|c| c.referenced),
+            library: client.and_then(|c| at(&c.value.library)),
+            command: client.and_then(|c| at(&c.value.command)),
+            pool: client.and_then(|c| at(&c.value.pool)),
+            server_idle_timeout: doc.server.as_ref().and_then(|s| at(&s.idle_timeout)),
+            path: doc.path.as_ref().map(|p| p.referenced),
+            hops: doc.path.map(|p| p.value.iter().map(|h| h.referenced).collect()).unwrap_or_default(),
+            cells: at(&doc.cells),
+        }
+    }
+
+    pub(super) fn hop(&self, i: usize) -> Option<serde_saphyr::Location> {
+        self.hops.get(i).copied().or(self.path)
+    }
+}
+
+/// A scenario file that cannot be used, with where and why.
+#[derive(Debug)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+impl Scenario {
+    /// The client library: the named one (which must speak the service), else the service's
+    /// default; `client.command` alone means `external`. Err: (message, hint).
+    pub fn library(&self) -> Result<Library, (String, Option<String>)> {
+        let names = || crate::model::library::ALL.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ");
+        let library = match (&self.client.library, &self.client.command) {
+            (None, Some(_)) => Library::External,
+            (None, None) => Library::default_for(self.service),
+            (Some(name), _) => Library::parse(name).ok_or_else(|| {
+                (format!("client.library `{name}` is not one the lab knows"), Some(format!("one of: {}", names())))
+            })?,
+        };
+        if !library.speaks(self.service) {
+            let fitting: Vec<&str> =
+                crate::model::library::ALL.iter().filter(|l| l.speaks(self.service)).map(|l| l.name()).collect();
+            return Err((
+                format!("client.library `{}` does not speak {}", library.name(), self.service.name()),
+                Some(format!("for {}: {}", self.service.name(), fitting.join(", "))),
+            ));
+        }
+        Ok(library)
+    }
+
+    /// The knobs every cell starts from, before its mitigation.
+    pub fn base_knobs(&self) -> crate::config::CellConfig {
+        let library = self.library().unwrap_or(Library::default_for(self.service));
+        crate::config::CellConfig {
+            service: self.service,
+            client: crate::config::ClientConfig {
+                library,
+                command: self.client.command.clone(),
+                command_dir: self.source.parent().map(std::path::Path::to_path_buf),
+                pool: self.client.pool,
+                keepalive: match &self.client.keepalive {
+                    Some(k) => k.0,
+                    None => library.default_keepalive(),
+                },
+                pool_max_idle: library.default_pool_max_idle(),
+                heartbeat: None,
+                tcp_user_timeout: None,
+                test_on_borrow: false,
+                pool_max_lifetime: None,
+                request_timeout: self.client.request_timeout,
+            },
+            server_idle_timeout: self.server.idle_timeout.unwrap_or(self.service.default_server_idle_timeout()),
+            path: self.path.clone(),
+            idle: self.idle,
+        }
+    }
+}
