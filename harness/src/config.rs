@@ -3,7 +3,7 @@
 //! Scenario files and mitigations speak in real-world durations; `timescale` turns the
 //! same struct into the compressed values the local lab runs with.
 
-use crate::hop::Hop;
+use crate::hop::{Hop, Toward};
 use crate::model::duration::Dur;
 use crate::model::scale::{ENVOY_HTTP_DRAIN_MS, ENVOY_HTTP_DRAIN_SLACK_MS, KnobDuration, Precision, Role};
 use crate::model::service::{Keepalive, Service};
@@ -127,20 +127,9 @@ impl CellConfig {
     /// the gateway's accepted socket back to the proxy before it.
     pub fn keepalives(&self) -> Vec<(String, Keepalive, Vec<crate::model::keepalive::Forgetter>)> {
         let port = self.service.port();
-        let terminates = |h: &Hop| match h {
-            Hop::Sidecar(s) => !s.exclude_outbound_ports.contains(&port) && s.exclude_outbound_ip_ranges.is_empty(),
-            Hop::Gateway(_) | Hop::ServerSidecar(_) => true,
-            Hop::Middlebox(_) => false,
-        };
+        let terminates = |h: &Hop| h.on_path().terminates_tcp(port);
         let forgetters = |hops: &[Hop]| -> Vec<crate::model::keepalive::Forgetter> {
-            hops.iter()
-                .filter_map(|h| match h {
-                    Hop::Middlebox(m) => {
-                        Some(crate::model::keepalive::Forgetter { timeout: m.idle_timeout.0, on_unknown: m.on_unknown })
-                    }
-                    _ => None,
-                })
-                .collect()
+            hops.iter().filter_map(|h| h.on_path().forgets_flows()).collect()
         };
         let next_terminator = |from: usize| {
             self.path.iter().enumerate().skip(from).find(|(_, h)| terminates(h)).map_or(self.path.len(), |(i, _)| i)
@@ -149,26 +138,16 @@ impl CellConfig {
         if let Some(ka) = self.client.keepalive {
             out.push(("client.keepalive".to_string(), ka, forgetters(&self.path[..next_terminator(0)])));
         }
-        for (i, hop) in self.path.iter().enumerate() {
-            match hop {
-                Hop::Sidecar(s) if terminates(hop) => {
-                    let crossed = forgetters(&self.path[i + 1..next_terminator(i + 1)]);
-                    let (label, ka) = match (s.route, s.service_upstream_keepalive) {
-                        (crate::hop::Route::Service, Some(ka)) => ("service_upstream_keepalive", Some(ka)),
-                        _ => ("upstream_keepalive", s.upstream_keepalive),
-                    };
-                    if let Some(ka) = ka {
-                        out.push((format!("path[{i}].sidecar.{label}"), ka, crossed));
-                    }
-                }
-                Hop::Gateway(g) => {
+        for (i, hop) in self.path.iter().enumerate().filter(|(_, h)| terminates(h)) {
+            let Some((label, ka, toward)) = hop.on_path().own_keepalive(i) else { continue };
+            let crossed = match toward {
+                Toward::Server => forgetters(&self.path[i + 1..next_terminator(i + 1)]),
+                Toward::App => {
                     let before = self.path[..i].iter().rposition(terminates).map_or(0, |p| p + 1);
-                    if let Some(ka) = g.keepalive {
-                        out.push((format!("path[{i}].gateway.keepalive"), ka, forgetters(&self.path[before..i])));
-                    }
+                    forgetters(&self.path[before..i])
                 }
-                _ => {}
-            }
+            };
+            out.push((label, ka, crossed));
         }
         out
     }
@@ -187,14 +166,7 @@ impl CellConfig {
 
     /// The pods of the path that have a sidecar: `client`, `server`.
     pub fn sidecar_pods(&self) -> Vec<String> {
-        self.path
-            .iter()
-            .filter_map(|h| match h {
-                Hop::Sidecar(_) => Some("client".to_string()),
-                Hop::ServerSidecar(_) => Some("server".to_string()),
-                _ => None,
-            })
-            .collect()
+        self.path.iter().filter_map(|h| h.on_path().sidecar_pod()).map(str::to_string).collect()
     }
 
     /// The client library and the settings of it this cell uses, by their names in the

@@ -16,6 +16,7 @@
 //! whatever sits in front of the gateway. Its idle timeout is Envoy's `tcp_proxy` default
 //! (1 h); a compressed run sets the scaled value with an EnvoyFilter (`render::istio`).
 
+use super::contract::{PathHop, ProxyRole, Toward};
 use crate::model::duration::Dur;
 use crate::model::scale::KnobDuration;
 use crate::model::service::Keepalive;
@@ -42,6 +43,11 @@ pub struct GatewayHop {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_options: Vec<SocketOption>,
 }
+
+
+/// The ingress gateway's Service and namespace, as Istio's default profile names them.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
 
 /// One Envoy `SocketOption` with an integer value.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -83,8 +89,11 @@ impl Default for GatewayHop {
     }
 }
 
-impl GatewayHop {
-    pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+impl PathHop for GatewayHop {
+    fn kind(&self) -> &'static str {
+        "gateway"
+    }
+    fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         let mut out = Vec::new();
         out.extend(KnobDuration::envoy_idle_timeout(
             format!("path[{index}].gateway.idle_timeout"),
@@ -94,5 +103,23 @@ impl GatewayHop {
             out.extend(ka.durations_mut(&format!("path[{index}].gateway.keepalive")));
         }
         out
+    }
+    fn terminates_tcp(&self, _port: u16) -> bool {
+        true
+    }
+    fn own_keepalive(&self, index: usize) -> Option<(String, Keepalive, Toward)> {
+        self.keepalive.map(|ka| (format!("path[{index}].gateway.keepalive"), ka, Toward::App))
+    }
+    fn proxy_role(&self) -> Option<ProxyRole> {
+        Some(ProxyRole::Gateway)
+    }
+    fn own_node(&self, index: usize) -> Option<String> {
+        Some(format!("gw{index}"))
+    }
+    fn cluster_host(&self, _index: usize, _ns: &str) -> Option<String> {
+        self.local_host()
+    }
+    fn local_host(&self) -> Option<String> {
+        Some(format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}.svc.cluster.local"))
     }
 }

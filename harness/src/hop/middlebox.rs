@@ -14,6 +14,8 @@
 //! AWS NLB do) or silently dropped (`on_unknown: drop`). Any segment refreshes the flow,
 //! keepalive probes included.
 
+use super::contract::PathHop;
+use crate::model::keepalive::Forgetter;
 use crate::model::duration::Dur;
 use crate::model::scale::{KnobDuration, Precision, Role};
 use serde::{Deserialize, Serialize};
@@ -91,13 +93,28 @@ impl MiddleboxHop {
         self.idle_timeout.0.as_secs().max(1)
     }
 
-    pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+}
+
+impl PathHop for MiddleboxHop {
+    fn kind(&self) -> &'static str {
+        "middlebox"
+    }
+    fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         vec![KnobDuration {
             label: format!("path[{index}].middlebox.idle_timeout"),
             value: &mut self.idle_timeout,
             precision: Precision::WholeSeconds,
             role: Role::Timeout { refreshed_by_probes: true },
         }]
+    }
+    fn forgets_flows(&self) -> Option<Forgetter> {
+        Some(Forgetter { timeout: self.idle_timeout.0, on_unknown: self.on_unknown })
+    }
+    fn own_node(&self, index: usize) -> Option<String> {
+        Some(format!("mb{index}"))
+    }
+    fn cluster_host(&self, index: usize, ns: &str) -> Option<String> {
+        Some(format!("mb{index}.{ns}.svc.cluster.local"))
     }
 }
 

@@ -12,6 +12,7 @@
 //! DestinationRule `idleTimeout` on the client side does not reach it (istio#60009). It must
 //! be the last hop of a path.
 
+use super::contract::{PathHop, ProxyRole};
 use crate::model::duration::Dur;
 use crate::model::scale::KnobDuration;
 use serde::{Deserialize, Serialize};
@@ -34,10 +35,22 @@ impl Default for ServerSidecarHop {
     }
 }
 
-impl ServerSidecarHop {
-    pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+impl PathHop for ServerSidecarHop {
+    fn kind(&self) -> &'static str {
+        "server-sidecar"
+    }
+    fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         KnobDuration::envoy_idle_timeout(format!("path[{index}].server-sidecar.idle_timeout"), &mut self.idle_timeout)
             .into_iter()
             .collect()
+    }
+    fn terminates_tcp(&self, _port: u16) -> bool {
+        true
+    }
+    fn proxy_role(&self) -> Option<ProxyRole> {
+        Some(ProxyRole::ServerSidecar)
+    }
+    fn sidecar_pod(&self) -> Option<&'static str> {
+        Some("server")
     }
 }

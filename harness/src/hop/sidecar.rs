@@ -15,6 +15,7 @@
 //! (it closes after Envoy's 5 s drain), and Envoy keeps its own upstream pool behind it. This
 //! type is the time-scale model of the hop; the config itself is Istio's (`local::mesh`).
 
+use super::contract::{PathHop, ProxyRole, Toward};
 use crate::model::duration::Dur;
 use crate::model::scale::KnobDuration;
 use crate::model::service::Keepalive;
@@ -110,7 +111,43 @@ impl Default for SidecarHop {
 }
 
 impl SidecarHop {
-    pub fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
+
+    /// On an `http-*` port: the idle timeout of Envoy's upstream HTTP pool that no
+    /// DestinationRule sets, and whether it is PassthroughCluster's (Istio's 5 min) rather
+    /// than the service cluster's (Envoy's 1 h). `None` when a DestinationRule sets it
+    /// (`http.idleTimeout`, or `tcp.idleTimeout`, which Istio gives the HTTP pool too).
+    pub fn http_pool_idle_default(&self) -> Option<(Dur, bool)> {
+        match self.route {
+            Route::Passthrough => Some((self.passthrough_http_pool_idle, true)),
+            Route::Service if self.service_http_idle_timeout.is_none() && self.service_idle_timeout.is_none() => {
+                Some((self.envoy_http_pool_idle, false))
+            }
+            Route::Service => None,
+        }
+    }
+
+    /// The keepalive on the upstream socket of the chain the app's connection takes.
+    pub fn effective_upstream_keepalive(&self) -> Option<Keepalive> {
+        match self.route {
+            Route::Service => self.service_upstream_keepalive.or(self.upstream_keepalive),
+            Route::Passthrough => self.upstream_keepalive,
+        }
+    }
+
+    /// The idle timeout of the chain the app's connection takes.
+    pub fn effective_idle_timeout(&self) -> Dur {
+        match (self.route, self.service_idle_timeout) {
+            (Route::Service, Some(t)) => t,
+            _ => self.idle_timeout,
+        }
+    }
+}
+
+impl PathHop for SidecarHop {
+    fn kind(&self) -> &'static str {
+        "sidecar"
+    }
+    fn durations_mut(&mut self, index: usize) -> Vec<KnobDuration<'_>> {
         let http_pool_default = self.http_pool_idle_default().is_some();
         let mut out = Vec::new();
         out.extend(KnobDuration::envoy_idle_timeout(
@@ -153,34 +190,23 @@ impl SidecarHop {
         }
         out
     }
-
-    /// On an `http-*` port: the idle timeout of Envoy's upstream HTTP pool that no
-    /// DestinationRule sets, and whether it is PassthroughCluster's (Istio's 5 min) rather
-    /// than the service cluster's (Envoy's 1 h). `None` when a DestinationRule sets it
-    /// (`http.idleTimeout`, or `tcp.idleTimeout`, which Istio gives the HTTP pool too).
-    pub fn http_pool_idle_default(&self) -> Option<(Dur, bool)> {
-        match self.route {
-            Route::Passthrough => Some((self.passthrough_http_pool_idle, true)),
-            Route::Service if self.service_http_idle_timeout.is_none() && self.service_idle_timeout.is_none() => {
-                Some((self.envoy_http_pool_idle, false))
-            }
-            Route::Service => None,
-        }
+    /// The capture skips excluded ports and ranges: the app's own socket then goes on.
+    fn terminates_tcp(&self, port: u16) -> bool {
+        !self.exclude_outbound_ports.contains(&port) && self.exclude_outbound_ip_ranges.is_empty()
     }
-
-    /// The keepalive on the upstream socket of the chain the app's connection takes.
-    pub fn effective_upstream_keepalive(&self) -> Option<Keepalive> {
-        match self.route {
-            Route::Service => self.service_upstream_keepalive.or(self.upstream_keepalive),
-            Route::Passthrough => self.upstream_keepalive,
-        }
+    /// Envoy's upstream socket: the service's cluster's keepalive (a DestinationRule's) on a
+    /// service route, else the one every upstream cluster has.
+    fn own_keepalive(&self, index: usize) -> Option<(String, Keepalive, Toward)> {
+        let (label, ka) = match (self.route, self.service_upstream_keepalive) {
+            (Route::Service, Some(ka)) => ("service_upstream_keepalive", Some(ka)),
+            _ => ("upstream_keepalive", self.upstream_keepalive),
+        };
+        ka.map(|ka| (format!("path[{index}].sidecar.{label}"), ka, Toward::Server))
     }
-
-    /// The idle timeout of the chain the app's connection takes.
-    pub fn effective_idle_timeout(&self) -> Dur {
-        match (self.route, self.service_idle_timeout) {
-            (Route::Service, Some(t)) => t,
-            _ => self.idle_timeout,
-        }
+    fn proxy_role(&self) -> Option<ProxyRole> {
+        Some(ProxyRole::Sidecar)
+    }
+    fn sidecar_pod(&self) -> Option<&'static str> {
+        Some("client")
     }
 }

@@ -133,13 +133,9 @@ impl CellLab {
     }
 }
 
-/// The node role of each path hop that has its own namespace: `mb<index>`.
+/// The node role of each path hop that has its own namespace: `mb<index>`, `gw<index>`.
 fn node_role(index: usize, hop: &Hop) -> Option<String> {
-    match hop {
-        Hop::Middlebox(_) => Some(format!("mb{index}")),
-        Hop::Gateway(_) => Some(format!("gw{index}")),
-        Hop::Sidecar(_) | Hop::ServerSidecar(_) => None,
-    }
+    hop.on_path().own_node(index)
 }
 
 fn hop_of<'a>(knobs: &'a CellConfig, role: &str) -> Option<&'a Hop> {
@@ -268,16 +264,20 @@ const HTTP_REQUEST_LOG: &str = "requests.txt";
 /// Set up one hop; returns its Envoy (with the role it plays) when it has one.
 async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> Result<Option<(String, envoy::Envoy)>> {
     use crate::render::objects::ProxyRole;
-    let (role, node) = match hop {
-        Hop::Middlebox(h) => {
-            let role = node_role(i, hop).expect("a middlebox has a node");
-            let ns = &lab.topology.node(&role).netns;
-            middlebox::start(h, ns).with_context(|| format!("setting up middlebox {role}"))?;
-            return Ok(None);
+    // A proxy is Istio's to make (one recipe for every proxy role); anything else is built here.
+    let Some(role) = hop.on_path().proxy_role() else {
+        let node = node_role(i, hop).expect("a hop that is no proxy has a node of its own");
+        let ns = &lab.topology.node(&node).netns;
+        match hop {
+            Hop::Middlebox(h) => middlebox::start(h, ns).with_context(|| format!("setting up middlebox {node}"))?,
+            other => bail!("the local lab cannot build a `{}` hop", other.kind()),
         }
-        Hop::Sidecar(_) => (ProxyRole::Sidecar, lab.topology.app()),
-        Hop::Gateway(_) => (ProxyRole::Gateway, lab.topology.node(&node_role(i, hop).expect("a gateway has a node"))),
-        Hop::ServerSidecar(_) => (ProxyRole::ServerSidecar, lab.topology.server()),
+        return Ok(None);
+    };
+    let node = match node_role(i, hop) {
+        Some(own) => lab.topology.node(&own),
+        None if role == ProxyRole::ServerSidecar => lab.topology.server(),
+        None => lab.topology.app(),
     };
     let (objects, xds, ca) = ctx.istio.expect("Istio's objects for a path with a proxy");
     let p = objects.proxy(role).expect("the objects have every proxy of the path");

@@ -7,7 +7,6 @@ pub mod manifests;
 pub mod objects;
 
 use crate::cells::Cell;
-use crate::hop::Hop;
 use crate::mitigation::{CLIENT_APP, IstioContext, IstioForm};
 use std::collections::BTreeMap;
 
@@ -66,15 +65,12 @@ pub fn report_context(cell: &Cell) -> IstioContext {
 /// (a middlebox's Service, the ingress gateway), else the server's Service. A DestinationRule
 /// for the client sidecar's upstream names this host.
 pub fn cluster_target_host(cell: &Cell, ns: &str) -> String {
-    let mut host = format!("{}.{ns}.svc.cluster.local", cell.real.service.name());
-    for (i, hop) in cell.real.path.iter().enumerate().rev() {
-        match hop {
-            Hop::Gateway(_) => host = "istio-ingressgateway.istio-system.svc.cluster.local".into(),
-            Hop::Middlebox(_) => host = format!("mb{i}.{ns}.svc.cluster.local"),
-            Hop::Sidecar(_) | Hop::ServerSidecar(_) => {}
-        }
-    }
-    host
+    cell.real
+        .path
+        .iter()
+        .enumerate()
+        .find_map(|(i, h)| h.on_path().cluster_host(i, ns))
+        .unwrap_or_else(|| format!("{}.{ns}.svc.cluster.local", cell.real.service.name()))
 }
 
 /// The annotations of the `client` and `server` pods of a cell: sidecar injection as the path

@@ -59,26 +59,7 @@ const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
 const UNUSED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 const UNUSED_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 253);
 
-/// Which proxy of the path a pod's Envoy is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyRole {
-    /// The client pod's sidecar (outbound).
-    Sidecar,
-    /// The server pod's sidecar (inbound).
-    ServerSidecar,
-    /// The ingress gateway (`pilot-agent proxy router`).
-    Gateway,
-}
-
-impl ProxyRole {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProxyRole::Sidecar => "sidecar",
-            ProxyRole::ServerSidecar => "server-sidecar",
-            ProxyRole::Gateway => "gateway",
-        }
-    }
-}
+pub use crate::hop::ProxyRole;
 
 /// One proxy of the cell: its pod, and the names Istio gives the chain the app's connection
 /// takes through it.
