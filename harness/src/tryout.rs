@@ -61,7 +61,7 @@ fn touches(m: &IstioYaml) -> (bool, bool, bool) {
 /// The lab services the files' hosts name (after `host_map`), if any.
 fn services_named(m: &IstioYaml) -> Vec<Service> {
     let l = m.loaded.as_deref().expect("loaded");
-    let all = [Service::Redis, Service::Mysql, Service::Memcached, Service::Http, Service::Https];
+    let all = Service::ALL;
     let mut out = Vec::new();
     for d in &l.docs {
         if let Some(h) = d.value["spec"]["host"].as_str() {

@@ -9,9 +9,7 @@
 use super::evidence::{envoy_filter_status, http_view};
 use super::shared::RunShared;
 use super::topology::{self, Topology};
-use super::{
-    envoy, http_server, memcached_server, mesh, middlebox, mysql_server, netns, process, redis_server, sockets,
-};
+use super::{envoy, http_server, mesh, middlebox, netns, process, servers, sockets};
 use crate::backend::evidence::{EnvoyEvidence, LabEvidence};
 use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::CellConfig;
@@ -146,22 +144,14 @@ async fn start_server(
 ) -> Result<(process::LabProcess, u64)> {
     let dir = lab.dir.path().join("server");
     std::fs::create_dir(&dir)?;
-    let ns = lab.topology.server().netns.path();
+    let netns = lab.topology.server().netns.path();
     let name = format!("{tag} {} server", knobs.service.name());
-    let port = knobs.service.port();
-    let idle_s = knobs.server_idle_timeout.0.as_secs();
+    let idle_timeout_s = knobs.server_idle_timeout.0.as_secs();
     let started = Instant::now();
-    let server = match knobs.service {
-        Service::Redis => redis_server::start(&dir, port, idle_s, &ns, &name).await?,
-        Service::Mysql => mysql_server::start(shared.mysql_template().await?, &dir, port, idle_s, &ns, &name).await?,
-        Service::Memcached => memcached_server::start(port, idle_s, &ns, &name).await?,
-        Service::Http | Service::Https => http_server::start(port, &ns, &name, &dir.join(HTTP_REQUEST_LOG)).await?,
-    };
+    let place = servers::ServerPlace { dir: &dir, netns: &netns, name: &name, idle_timeout_s };
+    let server = servers::start(knobs.service, place, shared).await?;
     Ok((server, started.elapsed().as_millis() as u64))
 }
-
-/// The HTTP server's request log, in its dir of the cell.
-const HTTP_REQUEST_LOG: &str = "requests.txt";
 
 /// Set up one hop; returns its Envoy (with the role it plays) when it has one.
 async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> Result<Option<(String, envoy::Envoy)>> {
@@ -422,7 +412,7 @@ async fn collect_evidence(lab: &CellLab, knobs: &CellConfig, observations: &Obse
     lab.snapshot(knobs, "after-reuse", evidence).await;
     if matches!(knobs.service, Service::Http | Service::Https) {
         evidence.server_requests =
-            Some(http_server::requests_received(&lab.dir.path().join("server").join(HTTP_REQUEST_LOG)));
+            Some(http_server::requests_received(&lab.dir.path().join("server").join(servers::HTTP_REQUEST_LOG)));
     }
     // The access loggers flush every 100 ms; the last connections closed when the probe exited.
     tokio::time::sleep(Duration::from_millis(150)).await;

@@ -6,8 +6,8 @@ pub struct Check {
     pub name: &'static str,
     pub found: Option<String>,
     pub fix: &'static str,
-    /// `idlelab run` refuses to start without it; the others serve Istio's own code (the
-    /// `istio` module and its tests), which the local lab's cells do not use yet.
+    /// `idlelab run` refuses to start without it; the others (Istio's binaries, the Go probe)
+    /// are needed only by the cells that use them, which then fail naming the fix.
     pub for_run: bool,
 }
 
@@ -43,7 +43,7 @@ pub fn checks() -> Vec<Check> {
             let ver = after.split('/').nth(1).unwrap_or(after).to_string();
             format!("{ver} ({})", envoy.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
         });
-    vec![
+    let mut checks = vec![
         Check {
             name: "root (CAP_NET_ADMIN, CAP_SYS_ADMIN)",
             found: root.then(|| "uid 0".to_string()),
@@ -79,18 +79,6 @@ pub fn checks() -> Vec<Check> {
             for_run: true,
         },
         Check {
-            name: "mariadbd (MariaDB server)",
-            found: version_of("mariadbd", &["--version"]),
-            fix: "just setup   (apt-get install -y mariadb-server)",
-            for_run: true,
-        },
-        Check {
-            name: "memcached",
-            found: version_of("memcached", &["-V"]),
-            fix: "just setup   (apt-get install -y memcached)",
-            for_run: true,
-        },
-        Check {
             name: "conntrack (evidence from middleboxes)",
             found: version_of("conntrack", &["--version"]),
             fix: "just setup   (apt-get install -y conntrack)",
@@ -102,12 +90,6 @@ pub fn checks() -> Vec<Check> {
                 format!("kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
             }),
             fix: "a Linux kernel >= 5.6 that does not block pidfd_open/pidfd_getfd (seccomp): socket evidence reads SO_KEEPALIVE through them",
-            for_run: true,
-        },
-        Check {
-            name: "redis-server",
-            found: crate::tools::redis_bin().and_then(|b| version_of(&b.to_string_lossy(), &["--version"])),
-            fix: "just setup   (apt-get install -y redis-server)",
             for_run: true,
         },
         Check {
@@ -129,7 +111,15 @@ pub fn checks() -> Vec<Check> {
             fix: "just setup   (builds clients/go with Go: ~30 s cold, cached after)",
             for_run: false,
         },
-    ]
+    ];
+    // Each service's server (`servers::program`).
+    checks.extend(
+        crate::model::service::Service::ALL
+            .into_iter()
+            .filter_map(super::servers::program)
+            .map(|(name, version_args, fix)| Check { name, found: version_of(name, version_args), fix, for_run: true }),
+    );
+    checks
 }
 
 /// Print the checks; true when all were found.

@@ -30,6 +30,7 @@ pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod redis_server;
+pub mod servers;
 mod shared;
 pub mod sockets;
 pub mod topology;

@@ -22,6 +22,9 @@ pub enum Service {
 }
 
 impl Service {
+    /// Every service, in the order reports list them.
+    pub const ALL: [Service; 5] = [Service::Redis, Service::Mysql, Service::Memcached, Service::Http, Service::Https];
+
     pub fn port(self) -> u16 {
         match self {
             Service::Redis => 6379,
