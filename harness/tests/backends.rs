@@ -161,3 +161,82 @@ fn both_backends_emit_the_same_events_and_write_the_same_reports() {
     // The kind run executed the plan's commands through the fake, the probe's log included.
     assert!(ran.lock().unwrap().iter().any(|c| c.contains("logs -f idlelab-probe")));
 }
+
+/// `idlelab run redis-idle --backend kind` is `session::execute` with the kind backend (the
+/// command line only picks it): with a fake cluster it writes the same report files, names
+/// the backend in summary.json, and a cluster step that fails fails every cell with its
+/// purpose, teardown still run.
+#[test]
+fn the_run_command_drives_the_kind_backend_through_the_session() {
+    use idlelab::session::{BackendChoice, Exec, OutputArgs, execute};
+    let (s, cells) = cells();
+    let dir = tempdir();
+    let exec = |out: &std::path::Path| Exec {
+        title: "redis-idle".into(),
+        output: OutputArgs { out: Some(out.to_path_buf()), results_dir: out.to_path_buf(), repeat: 1, verbose: false },
+        jobs: None,
+        quiet: true,
+        time_scale_label: "auto".into(),
+    };
+    // Canned observations: every connection closed by a FIN while idle.
+    let log = std::fs::read_to_string(fixture("probe-log-idle-closed.jsonl")).expect("the fixture");
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let fake = FakeCluster { logs: vec![log.clone(), log], ran: ran.clone() };
+    let target = KubeTarget { context: None };
+    let summary = execute(
+        vec![s.clone()],
+        cells.clone(),
+        exec(dir.path()),
+        BackendChoice::Kind { target, runner: Box::new(fake) },
+    )
+    .unwrap_or_else(|code| panic!("exit {code}"));
+    assert_eq!(report_files(dir.path()), ["junit.xml", "report.html", "summary.json", "summary.md"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["backend"], "kind (kind-idlelab)");
+    assert_eq!(summary.cells[0].verdict, Some(idlelab::model::verdict::Verdict::IdleClosed));
+    assert!(!summary.cells[1].istio.is_empty(), "the same Istio forms as the local backend reports");
+    assert!(ran.lock().unwrap().iter().any(|c| c.starts_with("kind create cluster")));
+
+    /// Fails `istioctl install` (`kind create cluster` may fail: an existing cluster is reused):
+    /// nothing after it can run.
+    struct NoCluster(Arc<Mutex<Vec<String>>>);
+    impl CommandRunner for NoCluster {
+        fn run(
+            &mut self,
+            program: &str,
+            args: &[String],
+            _: Option<&str>,
+            _: std::time::Duration,
+        ) -> anyhow::Result<String> {
+            let line = format!("{program} {}", args.join(" "));
+            self.0.lock().unwrap().push(line.clone());
+            if line.starts_with("istioctl install") {
+                anyhow::bail!("no cluster to install Istio on");
+            }
+            Ok(String::new())
+        }
+    }
+    let dir = tempdir();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let target = KubeTarget { context: None };
+    let summary = execute(
+        vec![s],
+        cells,
+        exec(dir.path()),
+        BackendChoice::Kind { target, runner: Box::new(NoCluster(ran.clone())) },
+    )
+    .unwrap_or_else(|code| panic!("exit {code}"));
+    assert!(!summary.pass);
+    for c in &summary.cells {
+        assert!(
+            c.error
+                .as_deref()
+                .is_some_and(|e| e.contains("install Istio") && e.contains("no cluster to install Istio on")),
+            "{:?}",
+            c.error
+        );
+    }
+    let ran = ran.lock().unwrap();
+    assert!(ran.last().unwrap().starts_with("istioctl install"), "nothing runs after the cluster step failed: {ran:?}");
+}

@@ -102,7 +102,10 @@ impl Backend for KindBackend {
         match (done.error, done.observations) {
             (None, Some(observations)) => Ok(CellOutcome { observations, lab: None, notes: done.notes, logs: vec![] }),
             (Some(e), _) => Err(CellFailure::new(anyhow!("{e}"))),
-            (None, None) => Err(CellFailure::new(anyhow!("the probe's log has no observations"))),
+            (None, None) => Err(CellFailure::new(match done.unreadable {
+                Some(why) => anyhow!("the probe's log has no observations; a line that is not a probe line: {why}"),
+                None => anyhow!("the probe's log has no observations"),
+            })),
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct Executed {
     pub observations: Option<Observations>,
     /// Evidence captured on the way.
     pub notes: Vec<String>,
+    /// The first line of the probe's log that is not a probe line, and why.
+    pub unreadable: Option<String>,
 }
 
 /// Execute steps in order: a failed required step stops the required steps after it (the
@@ -148,7 +153,12 @@ pub fn execute(
                                 match serde_json::from_str::<ProbeLine>(line) {
                                     Ok(ProbeLine::Observations(o)) => done.observations = Some(o),
                                     Ok(ProbeLine::Error(e)) => done.error = Some(format!("probe: {e}")),
-                                    _ => {}
+                                    Ok(ProbeLine::Phase { .. }) => {}
+                                    Err(e) if done.unreadable.is_none() && !line.trim().is_empty() => {
+                                        done.unreadable =
+                                            Some(format!("{e}: {}", line.chars().take(200).collect::<String>()))
+                                    }
+                                    Err(_) => {}
                                 }
                             }
                         }

@@ -131,162 +131,17 @@ pub fn heartbeat_schedule(idle_ms: u64, every_ms: u64) -> u32 {
 
 async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations, ClientError> {
     let probe = Arc::new(Probe { client, spec, clock: Instant::now() });
-    let spec = &probe.spec;
-
-    probe.phase("warm", None);
-    let mut slots = Vec::with_capacity(spec.pool);
-    for id in 0..spec.pool {
-        let mut slot = probe.connect().await?;
-        probe.client.warm(&mut slot.conn, id).await?;
-        slots.push(slot);
-    }
-
+    let slots = probe.warm().await?;
     let idle_started_ms = probe.now_ms();
-    let watch = (!probe.client.reads_eagerly())
-        .then(|| idle_watch::IdleWatch::start(slots.iter().map(|s| s.fd).collect(), probe.clock));
-    let idle = Duration::from_millis(spec.idle_ms);
-    let idle_start = tokio::time::Instant::now();
-    let idle_end = idle_start + idle;
-    probe.phase("idle", Some(spec.idle_ms));
-
-    // Heartbeats: one task per connection, PING k at `idle_start + k × interval`, for the k
-    // that `heartbeat_schedule` gives: decided from the two numbers, never from a clock, so
-    // every run sends the same heartbeats.
-    let mut beats = tokio::task::JoinSet::new();
-    if let Some(every_ms) = spec.heartbeat_ms {
-        let count = heartbeat_schedule(spec.idle_ms, every_ms);
-        let every = Duration::from_millis(every_ms);
-        for (id, slot) in slots.iter().enumerate() {
-            let (probe, mut conn, log, addr) =
-                (probe.clone(), slot.conn.clone(), slot.log.clone(), slot.local_addr.clone());
-            beats.spawn(async move {
-                let (mut sent, mut failure) = (0u32, None);
-                for k in 1..=count {
-                    tokio::time::sleep_until(idle_start + every * k).await;
-                    let a = probe.attempt(&log, &addr, || probe.client.heartbeat(&mut conn)).await;
-                    sent += 1;
-                    if !a.outcome.is_ok() {
-                        failure = Some(a);
-                        break;
-                    }
-                }
-                (id, sent, failure)
-            });
-        }
-    }
-    tokio::time::sleep_until(idle_end).await;
-    let mut heartbeat = vec![(0u32, None); slots.len()];
-    while let Some(r) = beats.join_next().await {
-        let (id, sent, failure) = r.expect("heartbeat task");
-        heartbeat[id] = (sent, failure);
-    }
-
-    let idle_events = watch.map(|w| w.stop()).unwrap_or_else(|| vec![None; slots.len()]);
+    let (heartbeats, idle_events) = probe.idle(&slots).await;
     let reuse_started_ms = probe.now_ms();
     probe.phase("reuse", None);
     let mut reuses = tokio::task::JoinSet::new();
-    for (id, ((slot, (heartbeats, heartbeat_failure)), idle_event)) in
-        slots.into_iter().zip(heartbeat).zip(idle_events).enumerate()
-    {
+    for (id, ((slot, heartbeat), idle_event)) in slots.into_iter().zip(heartbeats).zip(idle_events).enumerate() {
         let probe = probe.clone();
-        reuses.spawn(async move {
-            let before = slot.log.get();
-            let last_activity_ms = before.last_activity_ms().unwrap_or(slot.opened_ms);
-            // What ended the quiet while idle, and when it arrived: from the stream log for a
-            // library that reads eagerly, from the idle watch otherwise.
-            let error_at = |kind: io::ErrorKind| before.error.as_ref().filter(|(_, k, _)| *k == kind).map(|(t, _, _)| *t);
-            let mut peer_closed_ms = before.eof_ms;
-            let mut peer_reset_ms = error_at(io::ErrorKind::ConnectionReset);
-            let mut timed_out_ms = error_at(io::ErrorKind::TimedOut);
-            let mut socket_closed_ms = None;
-            match idle_event {
-                Some((t, idle_watch::IdleEvent::PeerFin)) => peer_closed_ms = peer_closed_ms.or(Some(t)),
-                Some((t, idle_watch::IdleEvent::SocketClosed)) => socket_closed_ms = Some(t),
-                None => {}
-            }
-            let (local_addr, opened_ms, keepalive) = (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
-
-            // Checkout: the pool's policy decides whether this connection is used at all.
-            let mut replaced_before_use = None;
-            let mut slot = slot;
-            if let Some(max) = probe.spec.pool_max_idle_ms {
-                let idle_for = probe.now_ms().saturating_sub(last_activity_ms);
-                if idle_for > max {
-                    replaced_before_use = Some(format!("idle {} ms > max idle {} ms", idle_for, max));
-                }
-            }
-            if let Some(max) = probe.spec.pool_max_lifetime_ms {
-                let age = probe.now_ms().saturating_sub(opened_ms);
-                if replaced_before_use.is_none() && age > max {
-                    replaced_before_use = Some(format!("age {} ms > max lifetime {} ms", age, max));
-                }
-            }
-            let mut borrow_ping = None;
-            if replaced_before_use.is_none() && probe.spec.test_on_borrow {
-                let mut conn = slot.conn.clone();
-                let ping = probe.attempt(&slot.log, &slot.local_addr, || probe.client.heartbeat(&mut conn)).await;
-                borrow_ping = Some(ping.outcome);
-                if !ping.outcome.is_ok() {
-                    replaced_before_use = Some(format!(
-                        "test-on-borrow: the ping failed ({:?}: {})",
-                        ping.outcome,
-                        ping.error.unwrap_or_default()
-                    ));
-                }
-            }
-            if replaced_before_use.is_some() {
-                drop(slot);
-                slot = probe.connect().await?;
-            }
-            let log = slot.log.clone();
-            let mut conn = slot.conn.clone();
-            let reuse = probe.attempt(&log, &slot.local_addr, || probe.client.request(&mut conn, id)).await;
-            // A socket the kernel closed while idle kept its error for the library's next call
-            // (the first failure on it): that error says whether an RST or a timeout closed it.
-            let mut notes = Vec::new();
-            if let Some(t) = socket_closed_ms {
-                let first = heartbeat_failure.as_ref().map(|a| a.outcome).or(borrow_ping)
-                    .or(replaced_before_use.is_none().then_some(reuse.outcome));
-                match first {
-                    Some(Outcome::Reset) => peer_reset_ms = peer_reset_ms.or(Some(t)),
-                    Some(Outcome::TimedOut) => timed_out_ms = timed_out_ms.or(Some(t)),
-                    _ => notes.push(format!(
-                        "connection {id}: its socket was closed without a FIN at {t} ms, while idle (an RST or the kernel's timeout; the next call did not say which)"
-                    )),
-                }
-            }
-            let retry_after_reconnect = if reuse.outcome.is_ok() {
-                None
-            } else {
-                match probe.connect().await {
-                    Ok(mut fresh) => {
-                        let log = fresh.log.clone();
-                        let addr = fresh.local_addr.clone();
-                        Some(probe.attempt(&log, &addr, || probe.client.request(&mut fresh.conn, id)).await)
-                    }
-                    Err(e) => Some(plain_attempt(probe.now_ms(), 0, Err(e))),
-                }
-            };
-            let reconnects = u32::from(replaced_before_use.is_some()) + u32::from(retry_after_reconnect.is_some());
-            Ok::<_, ClientError>((ConnObservation {
-                id,
-                reconnects,
-                local_addr,
-                opened_ms,
-                last_activity_ms,
-                heartbeats,
-                heartbeat_failure,
-                peer_closed_ms,
-                peer_reset_ms,
-                timed_out_ms,
-                replaced_before_use,
-                reuse,
-                retry_after_reconnect,
-                keepalive,
-            }, notes))
-        });
+        reuses.spawn(async move { probe.reuse(id, slot, heartbeat, idle_event).await });
     }
-    let mut connections = Vec::with_capacity(spec.pool);
+    let mut connections = Vec::with_capacity(probe.spec.pool);
     let mut notes = Vec::new();
     while let Some(r) = reuses.join_next().await {
         let (c, n) = r.expect("reuse task")?;
@@ -294,7 +149,186 @@ async fn run_with<C: Client>(client: C, spec: ProbeSpec) -> Result<Observations,
         notes.extend(n);
     }
     notes.sort();
-    Ok(observations(spec, idle_started_ms, reuse_started_ms, connections, notes))
+    Ok(observations(&probe.spec, idle_started_ms, reuse_started_ms, connections, notes))
+}
+
+/// A connection's heartbeats while idle: how many were sent, and the first that failed.
+type Heartbeats = (u32, Option<Attempt>);
+
+impl<C: Client> Probe<C> {
+    /// Open the pool, one warm-up command per connection.
+    async fn warm(&self) -> Result<Vec<Slot<C>>, ClientError> {
+        self.phase("warm", None);
+        let mut slots = Vec::with_capacity(self.spec.pool);
+        for id in 0..self.spec.pool {
+            let mut slot = self.connect().await?;
+            self.client.warm(&mut slot.conn, id).await?;
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Leave the pool idle for the spec's idle period, with heartbeats when asked; returns each
+    /// connection's heartbeats and what the idle watch saw on its socket (for a library that
+    /// does not read its sockets all the time).
+    async fn idle(self: &Arc<Self>, slots: &[Slot<C>]) -> (Vec<Heartbeats>, Vec<Option<(u64, idle_watch::IdleEvent)>>) {
+        let watch = (!self.client.reads_eagerly())
+            .then(|| idle_watch::IdleWatch::start(slots.iter().map(|s| s.fd).collect(), self.clock));
+        let idle_start = tokio::time::Instant::now();
+        let idle_end = idle_start + Duration::from_millis(self.spec.idle_ms);
+        self.phase("idle", Some(self.spec.idle_ms));
+        // Heartbeats: one task per connection, PING k at `idle_start + k × interval`, for the k
+        // that `heartbeat_schedule` gives: decided from the two numbers, never from a clock, so
+        // every run sends the same heartbeats.
+        let mut beats = tokio::task::JoinSet::new();
+        if let Some(every_ms) = self.spec.heartbeat_ms {
+            let count = heartbeat_schedule(self.spec.idle_ms, every_ms);
+            let every = Duration::from_millis(every_ms);
+            for (id, slot) in slots.iter().enumerate() {
+                let (probe, mut conn, log, addr) =
+                    (self.clone(), slot.conn.clone(), slot.log.clone(), slot.local_addr.clone());
+                beats.spawn(async move {
+                    let (mut sent, mut failure) = (0u32, None);
+                    for k in 1..=count {
+                        tokio::time::sleep_until(idle_start + every * k).await;
+                        let a = probe.attempt(&log, &addr, || probe.client.heartbeat(&mut conn)).await;
+                        sent += 1;
+                        if !a.outcome.is_ok() {
+                            failure = Some(a);
+                            break;
+                        }
+                    }
+                    (id, sent, failure)
+                });
+            }
+        }
+        tokio::time::sleep_until(idle_end).await;
+        let mut heartbeats = vec![(0u32, None); slots.len()];
+        while let Some(r) = beats.join_next().await {
+            let (id, sent, failure) = r.expect("heartbeat task");
+            heartbeats[id] = (sent, failure);
+        }
+        let idle_events = watch.map(|w| w.stop()).unwrap_or_else(|| vec![None; slots.len()]);
+        (heartbeats, idle_events)
+    }
+
+    /// Checkout: the pool's policy decides whether this connection is used at all (max idle,
+    /// max lifetime, test-on-borrow). Returns the connection to use, why the first was
+    /// replaced, and the outcome of a test-on-borrow ping.
+    async fn checkout(
+        &self,
+        slot: Slot<C>,
+        last_activity_ms: u64,
+    ) -> Result<(Slot<C>, Option<String>, Option<Outcome>), ClientError> {
+        let mut replaced_before_use = None;
+        if let Some(max) = self.spec.pool_max_idle_ms {
+            let idle_for = self.now_ms().saturating_sub(last_activity_ms);
+            if idle_for > max {
+                replaced_before_use = Some(format!("idle {} ms > max idle {} ms", idle_for, max));
+            }
+        }
+        if let Some(max) = self.spec.pool_max_lifetime_ms {
+            let age = self.now_ms().saturating_sub(slot.opened_ms);
+            if replaced_before_use.is_none() && age > max {
+                replaced_before_use = Some(format!("age {} ms > max lifetime {} ms", age, max));
+            }
+        }
+        let mut borrow_ping = None;
+        if replaced_before_use.is_none() && self.spec.test_on_borrow {
+            let mut conn = slot.conn.clone();
+            let ping = self.attempt(&slot.log, &slot.local_addr, || self.client.heartbeat(&mut conn)).await;
+            borrow_ping = Some(ping.outcome);
+            if !ping.outcome.is_ok() {
+                replaced_before_use = Some(format!(
+                    "test-on-borrow: the ping failed ({:?}: {})",
+                    ping.outcome,
+                    ping.error.unwrap_or_default()
+                ));
+            }
+        }
+        if replaced_before_use.is_some() {
+            drop(slot);
+            return Ok((self.connect().await?, replaced_before_use, borrow_ping));
+        }
+        Ok((slot, None, borrow_ping))
+    }
+
+    /// Reuse one pooled connection once: what its socket saw while idle, the checkout, the
+    /// request, and a retry on a fresh connection when it failed (the server itself was fine).
+    async fn reuse(
+        self: Arc<Self>,
+        id: usize,
+        slot: Slot<C>,
+        (heartbeats, heartbeat_failure): Heartbeats,
+        idle_event: Option<(u64, idle_watch::IdleEvent)>,
+    ) -> Result<(ConnObservation, Vec<String>), ClientError> {
+        let before = slot.log.get();
+        let last_activity_ms = before.last_activity_ms().unwrap_or(slot.opened_ms);
+        // What ended the quiet while idle, and when it arrived: from the stream log for a
+        // library that reads eagerly, from the idle watch otherwise.
+        let error_at = |kind: io::ErrorKind| before.error.as_ref().filter(|(_, k, _)| *k == kind).map(|(t, _, _)| *t);
+        let mut peer_closed_ms = before.eof_ms;
+        let mut peer_reset_ms = error_at(io::ErrorKind::ConnectionReset);
+        let mut timed_out_ms = error_at(io::ErrorKind::TimedOut);
+        let mut socket_closed_ms = None;
+        match idle_event {
+            Some((t, idle_watch::IdleEvent::PeerFin)) => peer_closed_ms = peer_closed_ms.or(Some(t)),
+            Some((t, idle_watch::IdleEvent::SocketClosed)) => socket_closed_ms = Some(t),
+            None => {}
+        }
+        let (local_addr, opened_ms, keepalive) = (slot.local_addr.clone(), slot.opened_ms, slot.keepalive);
+        let (slot, replaced_before_use, borrow_ping) = self.checkout(slot, last_activity_ms).await?;
+        let log = slot.log.clone();
+        let mut conn = slot.conn.clone();
+        let reuse = self.attempt(&log, &slot.local_addr, || self.client.request(&mut conn, id)).await;
+        // A socket the kernel closed while idle kept its error for the library's next call
+        // (the first failure on it): that error says whether an RST or a timeout closed it.
+        let mut notes = Vec::new();
+        if let Some(t) = socket_closed_ms {
+            let first = heartbeat_failure
+                .as_ref()
+                .map(|a| a.outcome)
+                .or(borrow_ping)
+                .or(replaced_before_use.is_none().then_some(reuse.outcome));
+            match first {
+                Some(Outcome::Reset) => peer_reset_ms = peer_reset_ms.or(Some(t)),
+                Some(Outcome::TimedOut) => timed_out_ms = timed_out_ms.or(Some(t)),
+                _ => notes.push(format!(
+                    "connection {id}: its socket was closed without a FIN at {t} ms, while idle (an RST or the kernel's timeout; the next call did not say which)"
+                )),
+            }
+        }
+        let retry_after_reconnect = if reuse.outcome.is_ok() {
+            None
+        } else {
+            match self.connect().await {
+                Ok(mut fresh) => {
+                    let log = fresh.log.clone();
+                    let addr = fresh.local_addr.clone();
+                    Some(self.attempt(&log, &addr, || self.client.request(&mut fresh.conn, id)).await)
+                }
+                Err(e) => Some(plain_attempt(self.now_ms(), 0, Err(e))),
+            }
+        };
+        let reconnects = u32::from(replaced_before_use.is_some()) + u32::from(retry_after_reconnect.is_some());
+        let observed = ConnObservation {
+            id,
+            reconnects,
+            local_addr,
+            opened_ms,
+            last_activity_ms,
+            heartbeats,
+            heartbeat_failure,
+            peer_closed_ms,
+            peer_reset_ms,
+            timed_out_ms,
+            replaced_before_use,
+            reuse,
+            retry_after_reconnect,
+            keepalive,
+        };
+        Ok((observed, notes))
+    }
 }
 
 /// VmHWM of this process, in KiB.
