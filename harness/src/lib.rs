@@ -22,13 +22,15 @@
 //! - [`certs`]: the CA of a run and of a cell's mesh.
 //!
 //! A cell's configuration:
-//! - [`hop`]: one type per hop kind on the path (`sidecar`, `middlebox`, …).
+//! - [`hop`]: one type per hop kind on the path (`sidecar`, `middlebox`, …), each telling
+//!   what it is on the path (`hop::PathHop`).
 //! - [`config`]: a cell's resolved configuration (`CellConfig`): the scenario's settings
 //!   after its mitigation, the single input of a backend.
 //! - [`mitigation`]: one type per mitigation, each with its change to the configuration and
 //!   its Istio resources.
 //! - [`timescale`]: compress a cell's durations without flipping what decides its outcome.
-//! - [`scenario`]: load and validate a scenario file (errors name file, line, column).
+//! - [`scenario`]: the scenario format, its loader and its validator (errors name file,
+//!   line, column).
 //! - [`cells`]: expand a scenario into cells (scenario × mitigation), scaled.
 //!
 //! Running a cell:
@@ -36,11 +38,12 @@
 //!   per Rust client library, behind the probe contract (`scenarios/PROBE.md`).
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind.
-//! - [`local`]: the local backend: namespaces, nftables middleboxes, real servers, and Istio's
-//!   control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
+//! - [`local`]: the local backend: a cell's run stage by stage (`local::cell`) in namespaces
+//!   of its own, nftables middleboxes, each service's real server (`local::servers`), and
+//!   Istio's control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
 //!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites.
-//! - [`kind`]: the kind backend: the cells as a plan of kind / istioctl / kubectl commands,
-//!   executed through one command runner.
+//! - [`kind`]: the kind backend: each cell's steps (`kind::cell`) in a plan of kind /
+//!   istioctl / kubectl commands, executed through one command runner (`kind::run`).
 //!
 //! Judging and reporting:
 //! - [`events`]: what the runner tells reporters, and the reports of cells and runs.

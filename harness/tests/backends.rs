@@ -26,10 +26,13 @@ impl Reporter for Recorder {
 }
 
 /// Answers the probe's `kubectl logs` in cell `i`'s namespace with `logs[i]` and every other
-/// command with nothing; records the commands.
+/// command with nothing, but fails the commands that start with `fail_on`; records the
+/// commands.
+#[derive(Default)]
 struct FakeCluster {
     logs: Vec<String>,
     ran: Arc<Mutex<Vec<String>>>,
+    fail_on: Option<&'static str>,
 }
 
 impl CommandRunner for FakeCluster {
@@ -40,7 +43,11 @@ impl CommandRunner for FakeCluster {
         _: Option<&str>,
         _: std::time::Duration,
     ) -> anyhow::Result<String> {
-        self.ran.lock().unwrap().push(format!("{program} {}", args.join(" ")));
+        let line = format!("{program} {}", args.join(" "));
+        self.ran.lock().unwrap().push(line.clone());
+        if let Some(prefix) = self.fail_on.filter(|p| line.starts_with(p)) {
+            anyhow::bail!("no cluster for `{prefix}`");
+        }
         if !args.iter().any(|a| a == "logs") {
             return Ok(String::new());
         }
@@ -131,7 +138,7 @@ fn both_backends_emit_the_same_events_and_write_the_same_reports() {
     let kind = KindBackend::new(
         KubeTarget { context: None },
         kind_dir.path().to_path_buf(),
-        Box::new(FakeCluster { logs, ran: ran.clone() }),
+        Box::new(FakeCluster { logs, ran: ran.clone(), fail_on: None }),
     );
     let (kind_events, on_kind) = run_on(kind, kind_dir.path());
 
@@ -181,7 +188,7 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
     // Canned observations: every connection closed by a FIN while idle.
     let log = std::fs::read_to_string(fixture("probe-log-idle-closed.jsonl")).expect("the fixture");
     let ran = Arc::new(Mutex::new(Vec::new()));
-    let fake = FakeCluster { logs: vec![log.clone(), log], ran: ran.clone() };
+    let fake = FakeCluster { logs: vec![log.clone(), log], ran: ran.clone(), fail_on: None };
     let target = KubeTarget { context: None };
     let summary = execute(
         vec![s.clone()],
@@ -198,25 +205,8 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
     assert!(!summary.cells[1].istio.is_empty(), "the same Istio forms as the local backend reports");
     assert!(ran.lock().unwrap().iter().any(|c| c.starts_with("kind create cluster")));
 
-    /// Fails `istioctl install` (`kind create cluster` may fail: an existing cluster is reused):
-    /// nothing after it can run.
-    struct NoCluster(Arc<Mutex<Vec<String>>>);
-    impl CommandRunner for NoCluster {
-        fn run(
-            &mut self,
-            program: &str,
-            args: &[String],
-            _: Option<&str>,
-            _: std::time::Duration,
-        ) -> anyhow::Result<String> {
-            let line = format!("{program} {}", args.join(" "));
-            self.0.lock().unwrap().push(line.clone());
-            if line.starts_with("istioctl install") {
-                anyhow::bail!("no cluster to install Istio on");
-            }
-            Ok(String::new())
-        }
-    }
+    // `istioctl install` fails (`kind create cluster` may: an existing cluster is reused):
+    // nothing after it runs, and every cell fails with its purpose.
     let dir = tempdir();
     let ran = Arc::new(Mutex::new(Vec::new()));
     let target = KubeTarget { context: None };
@@ -224,7 +214,10 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
         vec![s],
         cells,
         exec(dir.path()),
-        BackendChoice::Kind { target, runner: Box::new(NoCluster(ran.clone())) },
+        BackendChoice::Kind {
+            target,
+            runner: Box::new(FakeCluster { ran: ran.clone(), fail_on: Some("istioctl install"), ..Default::default() }),
+        },
     )
     .unwrap_or_else(|code| panic!("exit {code}"));
     assert!(!summary.pass);
@@ -232,7 +225,7 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
         assert!(
             c.error
                 .as_deref()
-                .is_some_and(|e| e.contains("install Istio") && e.contains("no cluster to install Istio on")),
+                .is_some_and(|e| e.contains("install Istio") && e.contains("no cluster for `istioctl install`")),
             "{:?}",
             c.error
         );
