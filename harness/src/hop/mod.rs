@@ -5,8 +5,8 @@
 //! ```
 //!
 //! Each hop kind is one small type in its own file: the parameters a scenario sets, and what
-//! it is on the path ([`PathHop`], `contract.rs`). Adding one: its file and one line in the
-//! list below; then what each backend builds for it (`CONTRIBUTING.md`).
+//! it is on the path ([`PathHop`], `contract.rs`). Adding one: its file (`build.rs` lists
+//! every file of this folder); then what each backend builds for it (`CONTRIBUTING.md`).
 
 pub mod contract;
 
@@ -23,8 +23,6 @@ use serde::{Deserialize, Serialize};
 /// `on_path_mut`, from one line per kind.
 macro_rules! hops {
     ($($variant:ident($module:ident::$ty:ident),)*) => {
-        $(pub mod $module;)*
-
         /// One hop of a scenario's `path:` list, written as `- sidecar: {...}`.
         #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
         #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -48,12 +46,9 @@ macro_rules! hops {
     };
 }
 
-hops! {
-    Sidecar(sidecar::SidecarHop),
-    Middlebox(middlebox::MiddleboxHop),
-    Gateway(gateway::GatewayHop),
-    ServerSidecar(server_sidecar::ServerSidecarHop),
-}
+// The list: one line per file of this folder, made by `build.rs` (a new file is a new hop
+// kind; its variant is the file's name in CamelCase).
+include!(concat!(env!("OUT_DIR"), "/hops.rs"));
 
 impl Hop {
     pub fn kind(&self) -> &'static str {

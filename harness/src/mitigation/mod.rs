@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Adding a mitigation (`CONTRIBUTING.md`): one file with a type that implements
-//! [`Mitigation`] and its unit tests, and one line in the list below: its name in scenario
-//! files (the kebab-case of the variant), its module and its type.
+//! [`Mitigation`] and its unit tests. `build.rs` lists every file of this folder; the file's
+//! name is the mitigation's name in scenario files (`app_keepalive.rs`: `app-keepalive`).
 
 pub mod contract;
 pub mod none;
@@ -21,8 +21,6 @@ use serde::{Deserialize, Serialize};
 /// `as_mitigation` / `as_mitigation_mut`, from one line per mitigation.
 macro_rules! mitigations {
     ($($variant:ident($module:ident::$ty:ident),)*) => {
-        $(pub mod $module;)*
-
         /// The `mitigation:` of a cell, as written in scenario files.
         #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
         #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -50,24 +48,9 @@ macro_rules! mitigations {
     };
 }
 
-mitigations! {
-    AppKeepalive(app_keepalive::AppKeepalive),
-    IstioIdleTimeout(istio_idle_timeout::IstioIdleTimeout),
-    EnvoyfilterIdleTimeout(envoyfilter_idle_timeout::EnvoyFilterIdleTimeout),
-    ExcludeOutboundPorts(exclude_outbound_ports::ExcludeOutboundPorts),
-    PoolMaxIdle(pool_max_idle::PoolMaxIdle),
-    AppHeartbeat(app_heartbeat::AppHeartbeat),
-    DrTcpKeepalive(dr_tcp_keepalive::DrTcpKeepalive),
-    DrIdleTimeout(dr_idle_timeout::DrIdleTimeout),
-    DrHttpIdleTimeout(dr_http_idle_timeout::DrHttpIdleTimeout),
-    IstioYaml(istio_yaml::IstioYaml),
-    ExcludeOutboundIpRanges(exclude_outbound_ip_ranges::ExcludeOutboundIpRanges),
-    TcpUserTimeout(tcp_user_timeout::TcpUserTimeout),
-    GatewayKeepalive(gateway_keepalive::GatewayKeepalive),
-    PoolTestOnBorrow(pool_test_on_borrow::PoolTestOnBorrow),
-    PoolMaxLifetime(pool_max_lifetime::PoolMaxLifetime),
-    EnvoyfilterTcpKeepalive(envoyfilter_tcp_keepalive::EnvoyFilterTcpKeepalive),
-}
+// The list: one line per file of this folder, made by `build.rs` (a new file is a new
+// mitigation; its variant is the file's name in CamelCase).
+include!(concat!(env!("OUT_DIR"), "/mitigations.rs"));
 
 impl MitigationSpec {
     pub fn label(&self) -> String {

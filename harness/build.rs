@@ -1,0 +1,57 @@
+//! Lists every mitigation and every hop kind from the files of their folders, so that adding
+//! one is its file alone: `src/mitigation/<name>.rs` with `impl Mitigation for <Type>`,
+//! `src/hop/<kind>.rs` with `impl PathHop for <Type>`. The variant is the file's name in
+//! CamelCase; its name in scenario files is the same in kebab-case.
+
+use std::path::Path;
+
+fn main() {
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    for (folder, macro_name, implemented, skip) in [
+        ("src/mitigation", "mitigations", "impl Mitigation for ", &["mod", "contract", "none"][..]),
+        ("src/hop", "hops", "impl PathHop for ", &["mod", "contract"][..]),
+    ] {
+        println!("cargo:rerun-if-changed={folder}");
+        let mut files: Vec<_> = std::fs::read_dir(folder)
+            .unwrap_or_else(|e| panic!("{folder}: {e}"))
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .collect();
+        files.sort();
+        // The modules, by absolute path: an included file's `mod x;` would be looked for in OUT_DIR.
+        let mut mods = String::new();
+        let mut list = format!("{macro_name}! {{\n");
+        for path in files {
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if skip.contains(&stem.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let ty: String = text
+                .split(implemented)
+                .nth(1)
+                .unwrap_or_else(|| {
+                    panic!("{}: each file of {folder} implements `{}<Type>` for its type", path.display(), implemented)
+                })
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let abs = std::fs::canonicalize(&path).expect("the file exists");
+            mods += &format!("#[path = {:?}]\npub mod {stem};\n", abs.display().to_string());
+            list += &format!("    {}({stem}::{ty}),\n", camel(&stem));
+        }
+        list += "}\n";
+        std::fs::write(Path::new(&out).join(format!("{macro_name}.rs")), mods + &list).expect("write the list");
+    }
+}
+
+/// `app_keepalive` → `AppKeepalive`.
+fn camel(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
