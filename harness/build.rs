@@ -7,6 +7,7 @@ use std::path::Path;
 
 fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let mut hop_types: Vec<(String, String)> = Vec::new(); // (variant, type)
     for (folder, macro_name, implemented, skip) in [
         ("src/mitigation", "mitigations", "impl Mitigation for ", &["mod", "contract", "none"][..]),
         ("src/hop", "hops", "impl PathHop for ", &["mod", "contract"][..]),
@@ -39,9 +40,46 @@ fn main() {
             let abs = std::fs::canonicalize(&path).expect("the file exists");
             mods += &format!("#[path = {:?}]\npub mod {stem};\n", abs.display().to_string());
             list += &format!("    {}({stem}::{ty}),\n", camel(&stem));
+            if macro_name == "hops" {
+                hop_types.push((camel(&stem), ty.clone()));
+            }
         }
         list += "}\n";
         std::fs::write(Path::new(&out).join(format!("{macro_name}.rs")), mods + &list).expect("write the list");
+    }
+    // What each backend builds for a hop kind, one file per kind: the files of `folder` that
+    // implement `trait_name` for a hop's type, and the function that finds a hop's.
+    for (folder, trait_name, function, doc) in [
+        ("src/local", "LocalDevice", "local_device", "The local lab's build of a hop that is no proxy."),
+        ("src/kind", "OnCluster", "on_cluster", "The kind backend's objects and steps of a hop."),
+    ] {
+        println!("cargo:rerun-if-changed={folder}");
+        let mut files: Vec<_> = std::fs::read_dir(folder)
+            .unwrap_or_else(|e| panic!("{folder}: {e}"))
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .collect();
+        files.sort();
+        let (mut mods, mut arms) = (String::new(), String::new());
+        let implemented = format!("impl {trait_name} for ");
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let Some(rest) = text.split(&implemented).nth(1) else { continue };
+            let ty: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let variant = &hop_types
+                .iter()
+                .find(|(_, t)| *t == ty)
+                .unwrap_or_else(|| panic!("{}: `{implemented}{ty}`: {ty} is no hop kind of src/hop/", path.display()))
+                .0;
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let abs = std::fs::canonicalize(&path).expect("the file exists");
+            mods += &format!("#[path = {:?}]\npub mod {stem};\n", abs.display().to_string());
+            arms += &format!("        crate::hop::Hop::{variant}(h) => Some(h),\n");
+        }
+        let code = format!(
+            "{mods}\n/// {doc}\npub fn {function}(hop: &crate::hop::Hop) -> Option<&dyn {trait_name}> {{\n    #[allow(unreachable_patterns)]\n    match hop {{\n{arms}        _ => None,\n    }}\n}}\n"
+        );
+        std::fs::write(Path::new(&out).join(format!("{function}.rs")), code).expect("write the dispatch");
     }
 }
 

@@ -10,11 +10,12 @@
 //!   teardown  what the cell put in istio-system, then its namespace
 //! ```
 
+use super::device;
 use super::plan::{Capture, Step};
 use super::target::{KubeTarget, namespace_of};
 use crate::backend::Phase;
 use crate::cells::Cell;
-use crate::hop::{GatewayHop, Hop, MiddleboxHop, OnUnknown, Route};
+use crate::hop::Route;
 use crate::mitigation::{IstioContext, IstioForm};
 use crate::model::service::Service;
 use crate::probe::ProbeSpec;
@@ -42,10 +43,11 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
 type Annotations = BTreeMap<&'static str, BTreeMap<String, String>>;
 
 /// A cell's steps as they are written.
-struct CellPlan<'a> {
-    cell: &'a Cell,
+pub struct CellPlan<'a> {
+    pub cell: &'a Cell,
     target: &'a KubeTarget,
-    ns: String,
+    /// The cell's namespace on the cluster.
+    pub ns: String,
     kubectl: Vec<String>,
     steps: Vec<Step>,
 }
@@ -58,18 +60,18 @@ impl<'a> CellPlan<'a> {
     }
 
     /// `kubectl --context … ARGS`.
-    fn k(&self, args: &[&str], purpose: &str) -> Step {
+    pub fn k(&self, args: &[&str], purpose: &str) -> Step {
         let mut a: Vec<&str> = self.kubectl[1..].iter().map(String::as_str).collect();
         a.extend_from_slice(args);
         Step::command("kubectl", &a, purpose)
     }
 
-    fn apply(&mut self, manifest: String, purpose: &str) {
+    pub fn apply(&mut self, manifest: String, purpose: &str) {
         let step = Step::apply(&self.kubectl, manifest, purpose);
         self.steps.push(step);
     }
 
-    fn note(&mut self, text: String) {
+    pub fn note(&mut self, text: String) {
         self.steps.push(Step::Note { text });
     }
 
@@ -109,52 +111,16 @@ impl<'a> CellPlan<'a> {
             &["-n", &self.ns, "rollout", "status", &format!("deployment/{}", service.name()), "--timeout=180s"],
             "wait for the server",
         )];
-        for (i, hop) in self.cell.scaled.path.iter().enumerate().rev() {
-            match hop {
-                Hop::Gateway(g) => self.gateway(g, &next_host),
-                Hop::Middlebox(m) => waits.push(self.middlebox(i, m, &next_host, service)),
-                Hop::Sidecar(_) | Hop::ServerSidecar(_) => {}
+        let cell = self.cell;
+        for (i, hop) in cell.scaled.path.iter().enumerate().rev() {
+            if let Some(device) = device::on_cluster(hop) {
+                waits.extend(device.set_up(self, i, &next_host));
             }
             if let Some(host) = hop.on_path().cluster_host(i, &self.ns) {
                 next_host = host;
             }
         }
         (next_host, waits)
-    }
-
-    /// Istio's ingress gateway: its certificate, Gateway + VirtualService to `next_host`, and
-    /// the EnvoyFilters of its scaled idle timeout and socket options.
-    fn gateway(&mut self, g: &GatewayHop, next_host: &str) {
-        let port = self.cell.real.service.port();
-        if g.tls {
-            self.note("the gateway's certificate comes from a CA generated for the run ($RUN_DIR/cert.pem, key.pem); the probe trusts only that CA".into());
-            self.apply(
-                istio::gateway_secret_manifest(&self.ns),
-                "the gateway's TLS certificate (apply: a re-run replaces it), labelled with its cell",
-            );
-        }
-        self.apply(
-            istio::gateway_manifests(g, &self.ns, next_host, port),
-            "ingress gateway: Gateway + VirtualService to the next hop",
-        );
-        for (yaml, purpose) in istio::gateway_extras(self.cell, &self.ns, port) {
-            self.apply(yaml, purpose);
-        }
-    }
-
-    /// A middlebox pod and its Service, forwarding to `next_host`; returns the wait for it.
-    fn middlebox(&mut self, i: usize, m: &MiddleboxHop, next_host: &str, service: Service) -> Step {
-        let name = format!("mb{i}");
-        let (pod, svc) = manifests::middlebox(&name, &self.ns, m, next_host, service);
-        let then = if m.on_unknown == OnUnknown::Reset { "reset" } else { "drop" };
-        self.apply(
-            format!("{}---\n{}", manifests::yaml(&pod), manifests::yaml(&svc)),
-            &format!("middlebox {name}: conntrack forgets after {}, then {then}", m.idle_timeout),
-        );
-        self.k(
-            &["-n", &self.ns, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=180s"],
-            &format!("wait for {name}"),
-        )
     }
 
     /// The mitigation's own resources, and the client sidecar's scaled HTTP pool idle timeout.
@@ -262,26 +228,10 @@ impl<'a> CellPlan<'a> {
             "the probe's observations",
         );
         self.steps.push(log.with_capture(Capture::ProbeLog).with_timeout(log_timeout));
-        for (i, hop) in self.cell.scaled.path.iter().enumerate() {
-            if matches!(hop, Hop::Middlebox(_)) {
-                let counter = manifests::MIDDLEBOX_COUNTER;
-                let step = self.k(
-                    &[
-                        "-n",
-                        &self.ns,
-                        "exec",
-                        &format!("mb{i}"),
-                        "--",
-                        "nft",
-                        "list",
-                        "counter",
-                        "ip",
-                        "idlelab_middlebox",
-                        counter,
-                    ],
-                    &format!("evidence: middlebox mb{i}'s forgotten-flow segments (counter {counter})"),
-                );
-                self.steps.push(step.with_capture(Capture::Evidence).optional());
+        let cell = self.cell;
+        for (i, hop) in cell.scaled.path.iter().enumerate() {
+            if let Some(step) = device::on_cluster(hop).and_then(|d| d.evidence(self, i)) {
+                self.steps.push(step);
             }
         }
     }
@@ -290,23 +240,11 @@ impl<'a> CellPlan<'a> {
     /// certificate) must be gone before the next cell uses the one shared gateway.
     fn teardown(&mut self) {
         self.steps.push(Step::Phase { phase: Phase::Teardown });
-        if self.cell.scaled.path.iter().any(|h| matches!(h, Hop::Gateway(_))) {
-            let selector = format!("{}={}", istio::CELL_LABEL, self.ns);
-            let step = self.k(
-                &[
-                    "-n",
-                    "istio-system",
-                    "delete",
-                    "envoyfilter,secret",
-                    "-l",
-                    &selector,
-                    "--ignore-not-found",
-                    "--wait=true",
-                    "--timeout=120s",
-                ],
-                "remove the cell's gateway EnvoyFilters and certificate (by label), and wait",
-            );
-            self.steps.push(step);
+        let cell = self.cell;
+        for hop in &cell.scaled.path {
+            if let Some(step) = device::on_cluster(hop).and_then(|d| d.teardown(self)) {
+                self.steps.push(step);
+            }
         }
         let step = self.k(
             &["delete", "namespace", &self.ns, "--ignore-not-found", "--wait=true", "--timeout=180s"],

@@ -9,7 +9,7 @@
 use super::evidence::{envoy_filter_status, http_view};
 use super::shared::RunShared;
 use super::topology::{self, Topology};
-use super::{envoy, http_server, mesh, middlebox, netns, process, servers, sockets};
+use super::{device, envoy, http_server, mesh, netns, process, servers, sockets};
 use crate::backend::evidence::{EnvoyEvidence, LabEvidence};
 use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::CellConfig;
@@ -75,10 +75,8 @@ impl CellLab {
     /// Sockets in every namespace that has some, and every middlebox's view.
     async fn snapshot(&self, knobs: &CellConfig, moment: &str, evidence: &mut LabEvidence) {
         for node in &self.topology.nodes {
-            if node.role.starts_with("mb") {
-                if let Some(Hop::Middlebox(_)) = hop_of(knobs, &node.role) {
-                    evidence.middleboxes.push(middlebox::snapshot(&node.netns, &node.role, moment));
-                }
+            if let Some(device) = hop_of(knobs, &node.role).and_then(device::local_device) {
+                evidence.middleboxes.extend(device.snapshot(&node.netns, &node.role, moment));
             } else if moment != "after-reuse" {
                 evidence.sockets.push(sockets::snapshot(&node.netns, &node.role, moment).await);
             }
@@ -160,9 +158,9 @@ async fn start_hop(lab: &CellLab, ctx: &HopContext<'_>, i: usize, hop: &Hop) -> 
     let Some(role) = hop.on_path().proxy_role() else {
         let node = node_role(i, hop).expect("a hop that is no proxy has a node of its own");
         let ns = &lab.topology.node(&node).netns;
-        match hop {
-            Hop::Middlebox(h) => middlebox::start(h, ns).with_context(|| format!("setting up middlebox {node}"))?,
-            other => bail!("the local lab cannot build a `{}` hop", other.kind()),
+        match device::local_device(hop) {
+            Some(device) => device.start(ns).with_context(|| format!("setting up {} {node}", hop.kind()))?,
+            None => bail!("the local lab cannot build a `{}` hop: it is no proxy and has no `LocalDevice`", hop.kind()),
         }
         return Ok(None);
     };

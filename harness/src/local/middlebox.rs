@@ -9,7 +9,8 @@
 //! With `loose = 0` conntrack never adopts a flow from a mid-stream segment, so once the
 //! entry expired, every segment of the flow is `invalid`: exactly a cloud LB that forgot it.
 
-use super::netns::Netns;
+use crate::local::device::LocalDevice;
+use crate::local::netns::Netns;
 use crate::backend::evidence::MiddleboxView;
 use crate::hop::{MiddleboxHop, OnUnknown};
 use anyhow::Result;
@@ -70,5 +71,14 @@ mod tests {
         assert!(r.contains("ct state invalid meta l4proto tcp counter name \"forgotten\" drop"), "{r}");
         let listing = "table inet idlelab_middlebox {\n\tcounter forgotten {\n\t\tpackets 3 bytes 156\n\t}\n}\n";
         assert_eq!(parse_packets(listing), 3);
+    }
+}
+
+impl LocalDevice for MiddleboxHop {
+    fn start(&self, ns: &Netns) -> Result<()> {
+        start(self, ns)
+    }
+    fn snapshot(&self, ns: &Netns, node: &str, moment: &str) -> Option<MiddleboxView> {
+        Some(snapshot(ns, node, moment))
     }
 }

@@ -18,13 +18,13 @@
 mod cell;
 pub mod config_dump;
 pub mod control_plane;
+pub mod device;
 pub mod doctor;
 pub mod envoy;
 mod evidence;
 pub mod http_server;
 pub mod memcached_server;
 pub mod mesh;
-pub mod middlebox;
 pub mod mysql_server;
 pub mod netns;
 pub mod process;
