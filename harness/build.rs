@@ -47,6 +47,43 @@ fn main() {
         list += "}\n";
         std::fs::write(Path::new(&out).join(format!("{macro_name}.rs")), mods + &list).expect("write the list");
     }
+    // Each service's server in the local lab: the files `src/local/*_server.rs`.
+    println!("cargo:rerun-if-changed=src/local");
+    let mut servers: Vec<_> = std::fs::read_dir("src/local")
+        .expect("src/local")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_server.rs")))
+        .collect();
+    servers.sort();
+    let (mut mods, mut starts, mut programs, mut prepares) =
+        (String::new(), String::new(), String::new(), String::new());
+    for path in servers {
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for needed in ["pub const SERVES", "pub const PROGRAM", "pub async fn start_for"] {
+            assert!(
+                text.contains(needed),
+                "{}: a server's file has `{needed}` (see src/local/servers.rs)",
+                path.display()
+            );
+        }
+        let abs = std::fs::canonicalize(&path).expect("the file exists");
+        mods += &format!("#[path = {:?}]\npub mod {stem};\n", abs.display().to_string());
+        starts += &format!(
+            "    if {stem}::SERVES.contains(&at.service) {{\n        return {stem}::start_for(at, shared).await;\n    }}\n"
+        );
+        programs += &format!("    if {stem}::SERVES.contains(&service) {{\n        return {stem}::PROGRAM;\n    }}\n");
+        if text.contains("pub async fn prepare_run(") {
+            prepares += &format!(
+                "    if {stem}::SERVES.contains(&service) {{\n        {stem}::prepare_run(shared).await?;\n    }}\n"
+            );
+        }
+    }
+    let code = format!(
+        "{mods}\n/// Start the server of `at.service`; it accepts connections when this returns.\npub async fn start(at: ServerPlace<'_>, shared: &RunShared) -> anyhow::Result<LabProcess> {{\n{starts}    anyhow::bail!(\"no server of the local lab serves {{}}\", at.service.name())\n}}\n\n/// The program a service's server needs, its version flag and the fix when it is missing; None for the lab's own.\npub fn program(service: Service) -> Option<(&'static str, &'static [&'static str], &'static str)> {{\n{programs}    None\n}}\n\n/// What the run prepares once for `service`'s servers (MariaDB's template), before a cell's server starts.\npub async fn prepare(service: Service, shared: &RunShared) -> anyhow::Result<()> {{\n{prepares}    let _ = (service, shared);\n    Ok(())\n}}\n"
+    );
+    std::fs::write(Path::new(&out).join("servers.rs"), code).expect("write the servers");
+
     // What each backend builds for a hop kind, one file per kind: the files of `folder` that
     // implement `trait_name` for a hop's type, and the function that finds a hop's.
     for (folder, trait_name, function, doc) in [

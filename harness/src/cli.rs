@@ -185,7 +185,7 @@ pub fn main() -> i32 {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(crate::local::http_server::serve(listen, request_log.as_deref())) {
+            match rt.block_on(crate::local::servers::http_server::serve(listen, request_log.as_deref())) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");

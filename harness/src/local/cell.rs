@@ -7,9 +7,10 @@
 //! ```
 
 use super::evidence::{envoy_filter_status, http_view};
-use super::shared::RunShared;
+use super::servers::http_server;
+use super::shared::{RunShared, ServerPlace};
 use super::topology::{self, Topology};
-use super::{device, envoy, http_server, mesh, netns, process, servers, sockets};
+use super::{device, envoy, mesh, netns, process, servers, sockets};
 use crate::backend::evidence::{EnvoyEvidence, LabEvidence};
 use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::CellConfig;
@@ -146,8 +147,8 @@ async fn start_server(
     let name = format!("{tag} {} server", knobs.service.name());
     let idle_timeout_s = knobs.server_idle_timeout.0.as_secs();
     let started = Instant::now();
-    let place = servers::ServerPlace { dir: &dir, netns: &netns, name: &name, idle_timeout_s };
-    let server = servers::start(knobs.service, place, shared).await?;
+    let place = ServerPlace { service: knobs.service, dir: &dir, netns: &netns, name: &name, idle_timeout_s };
+    let server = servers::start(place, shared).await?;
     Ok((server, started.elapsed().as_millis() as u64))
 }
 
@@ -269,9 +270,7 @@ async fn start_mesh(lab: &mut CellLab, cell: &crate::cells::Cell, shared: &RunSh
     } else {
         None
     };
-    if knobs.service == Service::Mysql {
-        shared.mysql_template().await?;
-    }
+    servers::prepare(knobs.service, shared).await?;
     let app_ip = topology::link_addrs(seq, 0).0;
     let gateway_ip = (target_ip != srv_ip).then_some(target_ip);
     let addrs = crate::render::objects::Addresses { app: app_ip, server: srv_ip, gateway: gateway_ip };
@@ -410,7 +409,7 @@ async fn collect_evidence(lab: &CellLab, knobs: &CellConfig, observations: &Obse
     lab.snapshot(knobs, "after-reuse", evidence).await;
     if matches!(knobs.service, Service::Http | Service::Https) {
         evidence.server_requests =
-            Some(http_server::requests_received(&lab.dir.path().join("server").join(servers::HTTP_REQUEST_LOG)));
+            Some(http_server::requests_received(&lab.dir.path().join("server").join(http_server::HTTP_REQUEST_LOG)));
     }
     // The access loggers flush every 100 ms; the last connections closed when the probe exited.
     tokio::time::sleep(Duration::from_millis(150)).await;

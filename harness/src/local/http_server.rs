@@ -5,7 +5,7 @@
 //! when an idle connection dies. `GET /warm` answers after 50 ms, so that N concurrent warm
 //! requests need N connections; anything else answers at once.
 
-use super::process::{LabProcess, spawn};
+use crate::local::process::{LabProcess, spawn};
 use anyhow::{Context, Result, bail};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -17,6 +17,22 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use crate::local::shared::{RunShared, ServerPlace};
+use crate::model::service::Service;
+
+/// The server's request log, in its dir of the cell (the server-side request count).
+pub const HTTP_REQUEST_LOG: &str = "requests.txt";
+
+/// The services this server serves.
+pub const SERVES: &[Service] = &[Service::Http, Service::Https];
+/// Its program, the flag that prints its version, and the fix when it is missing (`idlelab doctor`).
+pub const PROGRAM: Option<(&str, &[&str], &str)> = None;
+
+/// Start it for a cell (`servers::start`).
+pub async fn start_for(at: ServerPlace<'_>, shared: &RunShared) -> Result<LabProcess> {
+    let _ = shared; // what the run shares: nothing this server needs
+    start(at.service.port(), at.netns, at.name, &at.dir.join(HTTP_REQUEST_LOG)).await
+}
 
 /// Each request's path, one line per request, appended to the request log (when there is
 /// one): how many times the server received a request is evidence (a proxy's hidden retry

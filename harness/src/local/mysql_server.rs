@@ -6,10 +6,29 @@
 //! `interactive_timeout` come from the scenario's `server.idle_timeout` (MariaDB's 8 h
 //! default otherwise). Grant tables are skipped (a lab, no credentials), InnoDB is small.
 
-use super::process::{LabProcess, spawn};
+use crate::local::process::{LabProcess, spawn};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use crate::local::shared::{RunShared, ServerPlace};
+use crate::model::service::Service;
+
+/// The services this server serves.
+pub const SERVES: &[Service] = &[Service::Mysql];
+/// Its program, the flag that prints its version, and the fix when it is missing (`idlelab doctor`).
+pub const PROGRAM: Option<(&str, &[&str], &str)> = Some(("mariadbd", &["--version"], "just setup   (apt-get install -y mariadb-server)"));
+
+/// What every cell's MariaDB starts from, made once per run (before the cell's clock for
+/// its server's start runs: `servers::prepare`).
+pub async fn prepare_run(shared: &RunShared) -> Result<()> {
+    shared.template("mariadb", |dir| async move { init_template(&dir).await }).await.map(|_| ())
+}
+
+/// Start it for a cell (`servers::start`).
+pub async fn start_for(at: ServerPlace<'_>, shared: &RunShared) -> Result<LabProcess> {
+    let template = shared.template("mariadb", |dir| async move { init_template(&dir).await }).await?;
+    start(&template, at.dir, at.service.port(), at.idle_timeout_s, at.netns, at.name).await
+}
 
 fn server_args(datadir: &Path, dir: &Path, port: u16) -> Vec<String> {
     vec![
@@ -43,7 +62,7 @@ pub async fn init_template(dir: &Path) -> Result<PathBuf> {
     // mariadb-install-db is a shell script whose subshells do not inherit the parent-death
     // signal: it runs as PID 1 of its own PID namespace (`unshare --kill-child`), so that when
     // it dies with the harness the kernel kills everything it started.
-    let out = super::process::dies_with_runner(&mut tokio::process::Command::new("unshare"))
+    let out = crate::local::process::dies_with_runner(&mut tokio::process::Command::new("unshare"))
         .args(["--pid", "--fork", "--kill-child", "mariadb-install-db"])
         .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
         .arg(format!("--datadir={}", datadir.display()))
@@ -54,7 +73,7 @@ pub async fn init_template(dir: &Path) -> Result<PathBuf> {
         .context("running mariadb-install-db (run `just setup`)")?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!("mariadb-install-db failed: {}", super::envoy::last_lines(&stderr, 4));
+        bail!("mariadb-install-db failed: {}", crate::local::envoy::last_lines(&stderr, 4));
     }
     Ok(datadir)
 }
@@ -68,7 +87,7 @@ pub async fn start(
     name: &str,
 ) -> Result<LabProcess> {
     let datadir = dir.join("data");
-    let status = super::process::dies_with_runner(&mut tokio::process::Command::new("cp"))
+    let status = crate::local::process::dies_with_runner(&mut tokio::process::Command::new("cp"))
         .arg("-a")
         .arg(template)
         .arg(&datadir)
@@ -87,7 +106,7 @@ pub async fn start(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut process = spawn(name, cmd, netns, None)?;
-    if let Err(e) = super::netns::wait_listening(netns, port, Duration::from_secs(20)).await {
+    if let Err(e) = crate::local::netns::wait_listening(netns, port, Duration::from_secs(20)).await {
         let log = std::fs::read_to_string(dir.join("mariadbd.err")).unwrap_or_default();
         let exited = process.exited().map(|s| format!(" (exited: {s})")).unwrap_or_default();
         bail!("mariadbd did not start{exited}: {e}: {}", log.lines().last().unwrap_or(""));

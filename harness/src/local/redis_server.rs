@@ -4,12 +4,25 @@
 //! server side, which would keep a middlebox's flow alive and hide the failures the lab exists
 //! to show. `timeout 0` keeps redis from closing idle clients itself.
 
-use super::process::{LabProcess, spawn};
+use crate::local::process::{LabProcess, spawn};
 use crate::tools::redis_bin;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::local::shared::{RunShared, ServerPlace};
+use crate::model::service::Service;
+
+/// The services this server serves.
+pub const SERVES: &[Service] = &[Service::Redis];
+/// Its program, the flag that prints its version, and the fix when it is missing (`idlelab doctor`).
+pub const PROGRAM: Option<(&str, &[&str], &str)> = Some(("redis-server", &["--version"], "just setup   (apt-get install -y redis-server)"));
+
+/// Start it for a cell (`servers::start`).
+pub async fn start_for(at: ServerPlace<'_>, shared: &RunShared) -> Result<LabProcess> {
+    let _ = shared; // what the run shares: nothing this server needs
+    start(at.dir, at.service.port(), at.idle_timeout_s, at.netns, at.name).await
+}
 
 /// `idle_timeout_s`: redis' own `timeout` (0 = off), from the scenario's `server.idle_timeout`.
 pub async fn start(dir: &Path, port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
