@@ -39,11 +39,13 @@
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind.
 //! - [`local`]: the local backend: a cell's run stage by stage (`local::cell`) in namespaces
-//!   of its own, nftables middleboxes, each service's real server (`local::servers`), and
+//!   of its own, each hop kind that is no proxy (`local::device`: the nftables middlebox),
+//!   each service's real server (`local::servers`), and
 //!   Istio's control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
 //!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites.
-//! - [`kind`]: the kind backend: each cell's steps (`kind::cell`) in a plan of kind /
-//!   istioctl / kubectl commands, executed through one command runner (`kind::run`).
+//! - [`kind`]: the kind backend: each cell's steps (`kind::cell`, each hop kind's objects in
+//!   `kind::device`) in a plan of kind / istioctl / kubectl commands, executed through one
+//!   command runner (`kind::run`).
 //!
 //! Judging and reporting:
 //! - [`events`]: what the runner tells reporters, and the reports of cells and runs.
