@@ -133,3 +133,38 @@ fn no_file_and_its_folders_mod_rs_import_each_other() {
     }
     assert!(circles.is_empty(), "files that import their folder's mod.rs, which imports them:\n{}", circles.join("\n"));
 }
+
+/// Inside a folder, no two files name each other (`super::x` or `crate::<folder>::x`).
+#[test]
+fn no_two_files_of_a_folder_import_each_other() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut circles = Vec::new();
+    let named_siblings = |f: &Path| -> BTreeSet<String> {
+        let dir = f.parent().unwrap();
+        let folder = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let c = code(f);
+        let mut out = BTreeSet::new();
+        for prefix in ["super::".to_string(), format!("crate::{folder}::")] {
+            for (i, _) in c.match_indices(prefix.as_str()) {
+                let rest = &c[i + prefix.len()..];
+                let names: Vec<String> = match rest.strip_prefix('{') {
+                    Some(g) => g[..g.find('}').unwrap_or(g.len())].split(',').map(|n| ident(n.trim())).collect(),
+                    None => vec![ident(rest)],
+                };
+                out.extend(names.into_iter().filter(|n| dir.join(format!("{n}.rs")).exists() && n != "mod"));
+            }
+        }
+        out
+    };
+    for f in &files {
+        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+        for other in named_siblings(f) {
+            let g = f.parent().unwrap().join(format!("{other}.rs"));
+            if stem < other && named_siblings(&g).contains(&stem) {
+                circles.push(format!("{} ↔ {other}.rs", f.strip_prefix(src()).unwrap().display()));
+            }
+        }
+    }
+    assert!(circles.is_empty(), "files of one folder that import each other:\n{}", circles.join("\n"));
+}

@@ -10,9 +10,10 @@
 //!   teardown  what the cell put in istio-system, then its namespace
 //! ```
 
+use super::cell_plan::CellPlan;
 use super::device;
 use super::plan::{Capture, Step};
-use super::target::{KubeTarget, namespace_of};
+use super::target::KubeTarget;
 use crate::backend::Phase;
 use crate::cells::Cell;
 use crate::hop::Route;
@@ -42,39 +43,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
 /// The pods' annotations, by pod (`client`, `server`).
 type Annotations = BTreeMap<&'static str, BTreeMap<String, String>>;
 
-/// A cell's steps as they are written.
-pub struct CellPlan<'a> {
-    pub cell: &'a Cell,
-    target: &'a KubeTarget,
-    /// The cell's namespace on the cluster.
-    pub ns: String,
-    kubectl: Vec<String>,
-    steps: Vec<Step>,
-}
-
-impl<'a> CellPlan<'a> {
-    fn new(cell: &'a Cell, index: usize, target: &'a KubeTarget) -> Self {
-        let steps =
-            vec![Step::Cell { key: format!("{}::{}", cell.scenario, cell.label) }, Step::Phase { phase: Phase::Setup }];
-        CellPlan { cell, target, ns: namespace_of(index, &cell.scenario), kubectl: target.kubectl(), steps }
-    }
-
-    /// `kubectl --context … ARGS`.
-    pub fn k(&self, args: &[&str], purpose: &str) -> Step {
-        let mut a: Vec<&str> = self.kubectl[1..].iter().map(String::as_str).collect();
-        a.extend_from_slice(args);
-        Step::command("kubectl", &a, purpose)
-    }
-
-    pub fn apply(&mut self, manifest: String, purpose: &str) {
-        let step = Step::apply(&self.kubectl, manifest, purpose);
-        self.steps.push(step);
-    }
-
-    pub fn note(&mut self, text: String) {
-        self.steps.push(Step::Note { text });
-    }
-
+impl CellPlan<'_> {
     /// The time scale's note, the namespace, and the pods' annotations (the mitigation's and
     /// the explicit scaled idle timeouts); a mitigation with no cluster form is noted.
     fn setup(&mut self, ctx: &IstioContext) -> Annotations {

@@ -2,7 +2,7 @@
 //! in a file of its own in `src/kind/` (`gateway.rs`, `middlebox.rs`), which `build.rs` finds
 //! and lists here. The sidecars need none: injection makes them, as the pods' annotations say.
 
-use super::cell::CellPlan;
+use super::cell_plan::CellPlan;
 use super::plan::Step;
 
 /// A hop, as the kind backend sets it up in a cell.

@@ -7,7 +7,7 @@
 //! ```
 
 use crate::hop::GatewayHop;
-use crate::kind::cell::CellPlan;
+use crate::kind::cell_plan::CellPlan;
 use crate::kind::device::OnCluster;
 use crate::kind::plan::Step;
 use crate::render::istio;

@@ -7,7 +7,7 @@
 //! ```
 
 use crate::hop::{MiddleboxHop, OnUnknown};
-use crate::kind::cell::CellPlan;
+use crate::kind::cell_plan::CellPlan;
 use crate::kind::device::OnCluster;
 use crate::kind::plan::{Capture, Step};
 use crate::render::manifests;

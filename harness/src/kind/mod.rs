@@ -18,6 +18,7 @@
 //!   stats, kept with the cell.
 
 pub mod cell;
+pub mod cell_plan;
 pub mod device;
 pub mod plan;
 pub mod run;
