@@ -12,13 +12,7 @@ fn main() {
         ("src/mitigation", "mitigations", "impl Mitigation for ", &["mod", "contract", "none"][..]),
         ("src/hop", "hops", "impl PathHop for ", &["mod", "contract"][..]),
     ] {
-        println!("cargo:rerun-if-changed={folder}");
-        let mut files: Vec<_> = std::fs::read_dir(folder)
-            .unwrap_or_else(|e| panic!("{folder}: {e}"))
-            .map(|e| e.expect("a directory entry").path())
-            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-            .collect();
-        files.sort();
+        let files = rust_files_of(folder);
         // The modules, by absolute path: an included file's `mod x;` would be looked for in OUT_DIR.
         let mut mods = String::new();
         let mut list = format!("{macro_name}! {{\n");
@@ -48,13 +42,7 @@ fn main() {
         std::fs::write(Path::new(&out).join(format!("{macro_name}.rs")), mods + &list).expect("write the list");
     }
     // Each service's server in the local lab: the files `src/local/*_server.rs`.
-    println!("cargo:rerun-if-changed=src/local");
-    let mut servers: Vec<_> = std::fs::read_dir("src/local")
-        .expect("src/local")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_server.rs")))
-        .collect();
-    servers.sort();
+    let servers = rust_files_of("src/local").into_iter().filter(|p| p.to_string_lossy().ends_with("_server.rs"));
     let (mut mods, mut starts, mut programs, mut prepares) =
         (String::new(), String::new(), String::new(), String::new());
     for path in servers {
@@ -90,13 +78,7 @@ fn main() {
         ("src/local", "LocalDevice", "local_device", "The local lab's build of a hop that is no proxy."),
         ("src/kind", "OnCluster", "on_cluster", "The kind backend's objects and steps of a hop."),
     ] {
-        println!("cargo:rerun-if-changed={folder}");
-        let mut files: Vec<_> = std::fs::read_dir(folder)
-            .unwrap_or_else(|e| panic!("{folder}: {e}"))
-            .map(|e| e.expect("a directory entry").path())
-            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-            .collect();
-        files.sort();
+        let files = rust_files_of(folder);
         let (mut mods, mut arms) = (String::new(), String::new());
         let implemented = format!("impl {trait_name} for ");
         for path in files {
@@ -118,6 +100,18 @@ fn main() {
         );
         std::fs::write(Path::new(&out).join(format!("{function}.rs")), code).expect("write the dispatch");
     }
+}
+
+/// The `.rs` files of `folder`, sorted; the build reruns when the folder changes.
+fn rust_files_of(folder: &str) -> Vec<std::path::PathBuf> {
+    println!("cargo:rerun-if-changed={folder}");
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{folder}: {e}"))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    files.sort();
+    files
 }
 
 /// `app_keepalive` → `AppKeepalive`.

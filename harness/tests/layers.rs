@@ -48,17 +48,21 @@ fn ident(s: &str) -> String {
     s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
 }
 
+/// The first segment of each path after a `crate::` or `super::`: `x` of `x::…`, and each of
+/// `{x, y::z}`.
+fn names_after(rest: &str) -> Vec<String> {
+    match rest.strip_prefix('{') {
+        Some(group) => group[..group.find('}').unwrap_or(group.len())].split(',').map(|n| ident(n.trim())).collect(),
+        None => vec![ident(rest)],
+    }
+}
+
 /// The modules of the crate a file names: `crate::x::…`, and each of `crate::{x, y::z}`.
 fn named_modules(code: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (i, _) in code.match_indices("crate::") {
         let rest = &code[i + 7..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            out.extend(group[..end].split(',').map(|item| ident(item.trim())).filter(|n| !n.is_empty()));
-        } else {
-            out.insert(ident(rest));
-        }
+        out.extend(names_after(rest).into_iter().filter(|n| !n.is_empty()));
     }
     out
 }
@@ -118,13 +122,7 @@ fn no_file_and_its_folders_mod_rs_import_each_other() {
         let is_sibling = |name: &str| dir.join(format!("{name}.rs")).exists() || dir.join(name).is_dir();
         let takes_from_parent = c.match_indices("super::").any(|(i, _)| {
             let rest = &c[i + 7..];
-            let names: Vec<String> = match rest.strip_prefix('{') {
-                Some(group) => {
-                    group[..group.find('}').unwrap_or(group.len())].split(',').map(|n| ident(n.trim())).collect()
-                }
-                None => vec![ident(rest)],
-            };
-            names.iter().any(|n| !n.is_empty() && !is_sibling(n))
+            names_after(rest).iter().any(|n| !n.is_empty() && !is_sibling(n))
         });
         let parent_takes_from_it = parent.contains(&format!("{stem}::"));
         if takes_from_parent && parent_takes_from_it {
@@ -148,11 +146,9 @@ fn no_two_files_of_a_folder_import_each_other() {
         for prefix in ["super::".to_string(), format!("crate::{folder}::")] {
             for (i, _) in c.match_indices(prefix.as_str()) {
                 let rest = &c[i + prefix.len()..];
-                let names: Vec<String> = match rest.strip_prefix('{') {
-                    Some(g) => g[..g.find('}').unwrap_or(g.len())].split(',').map(|n| ident(n.trim())).collect(),
-                    None => vec![ident(rest)],
-                };
-                out.extend(names.into_iter().filter(|n| dir.join(format!("{n}.rs")).exists() && n != "mod"));
+                out.extend(
+                    names_after(rest).into_iter().filter(|n| dir.join(format!("{n}.rs")).exists() && n != "mod"),
+                );
             }
         }
         out
