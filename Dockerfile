@@ -1,11 +1,14 @@
-# The probe image for the kind backend: `idlelab probe`, `idlelab-probe-go` (the Go client
-# libraries), the lab's HTTP server, and the tools a middlebox pod needs (nft, sysctl, getent). `just kind-up` builds it and loads it
-# into kind with `kind load docker-image` (no registry).
+# The lab image for the kind backend on a machine whose Docker engine reaches registries
+# (kind-images/build.sh lab builds it with `--provenance=false`, so that `kind load` gets one
+# plain image, kind#3795). Offline, build.sh assembles the same image from a debootstrap rootfs.
+# It holds Debian's servers (the versions the local lab runs), nftables and iproute2 for the
+# middlebox, tini as PID 1, `idlelab` and `idlelab-probe-go`.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY harness ./harness
-RUN cargo build --release --locked --bin idlelab
+COPY kind-images/versions.env ./kind-images/versions.env
+RUN cargo build --locked --bin idlelab
 
 FROM golang:1.26-bookworm AS build-go
 WORKDIR /src
@@ -14,9 +17,9 @@ RUN CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o /
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables procps ca-certificates \
+ && apt-get install -y --no-install-recommends iproute2 iptables nftables conntrack procps ca-certificates \
+      redis-server mariadb-server memcached libcap2-bin tini \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/idlelab /usr/local/bin/idlelab
+COPY --from=build /src/target/debug/idlelab /usr/local/bin/idlelab
 COPY --from=build-go /idlelab-probe-go /usr/local/bin/idlelab-probe-go
-ENTRYPOINT []
-CMD ["idlelab", "probe", "--spec", "/spec/probe.json"]
+ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -37,12 +37,14 @@ test: setup
     rc=0
     (cd istio && go test -count=1 ./...) || rc=1
     (cd clients/go && go test -count=1 ./...) || rc=1
+    (cd kind-images/kube && go test -count=1 ./...) || rc=1
+    (cd kind-images/etcd && go test -count=1 ./...) || rc=1
     cargo test --workspace --no-fail-fast || rc=1
     exit $rc
 
-# Time every scenario, the whole matrix and a 1,000-connection pool; writes results/bench.json.
-bench: setup build
-    {{idlelab}} bench
+# Time every scenario, the whole matrix, a 1,000-connection pool and the kind backend (--kind-cold: every image built from nothing); writes results/bench.json.
+bench *ARGS: setup build
+    {{idlelab}} bench --kind {{ARGS}}
 
 # Remove namespaces and temp dirs left by runs that were killed with SIGKILL.
 reap: build
@@ -60,27 +62,12 @@ compare OLD NEW: build
 plan NAME *ARGS: build
     {{idlelab}} plan {{NAME}} {{ARGS}}
 
-# Create the kind cluster and install Istio (an existing cluster with Istio is reused).
-kind-up:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    for tool in docker kind kubectl istioctl; do
-      command -v "$tool" >/dev/null || { echo "kind-up: $tool is missing (the kind backend needs docker, kind, kubectl, istioctl)" >&2; exit 2; }
-    done
-    if kind get clusters 2>/dev/null | grep -qx idlelab; then
-      echo "kind-up: cluster idlelab exists; reusing it"
-    else
-      kind create cluster --config kind-config/cluster.yaml
-    fi
-    if kubectl --context kind-idlelab -n istio-system get deploy istiod >/dev/null 2>&1 \
-       && kubectl --context kind-idlelab -n istio-system get deploy istiod -o jsonpath='{.spec.template.spec.containers[0].image}' | grep -q ':1.30.3'; then
-      echo "kind-up: Istio 1.30.3 is installed; reusing it"
-    else
-      istioctl install --context kind-idlelab -y -f istio-profiles/minimal.yaml
-    fi
-    docker build -t idlelab-probe:dev .
-    kind load docker-image idlelab-probe:dev --name idlelab
+# The kind cluster `idlelab` with Istio 1.30 (reused when present). A Docker engine that reaches
+# registries gets public images; without one (or with --offline) the lab starts its own engine in
+# a network namespace of its own and builds every image from Debian packages and Go modules.
+kind-up *ARGS: setup build
+    bash kind-images/kind-up.sh {{ARGS}}
 
-# Delete the kind cluster.
+# Remove the kind cluster, the lab's Docker engine and its network namespace (nothing else).
 kind-down:
-    kind delete cluster --name idlelab
+    bash kind-images/kind-up.sh --down

@@ -6,6 +6,10 @@
 //!   verdict as the 4-connection cell, the probe's peak RSS, and the time to open the pool and
 //!   to classify every reuse.
 //!
+//! - with `--kind`: the kind backend (kind_section): a warm `just kind-up`, the cluster up from
+//!   cached images and its first cell, redis-idle on kind and on the local lab; with
+//!   `--kind-cold`, also every image built from nothing (an empty Go build cache, no image).
+//!
 //! Results go to `results/bench.json` and a table.
 
 use crate::report::RunSummary;
@@ -78,7 +82,78 @@ fn pool_cell(args: &ScenarioArgs, pool: usize) -> Result<Value, i32> {
     }))
 }
 
-pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
+/// `kind-images/kind-up.sh ARGS` with its output shown, timed; an error names the step.
+fn kind_up(args: &[&str], env: &[(&str, &str)]) -> Result<u64, i32> {
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("bash")
+        .arg(crate::kind::repo_file("kind-images/kind-up.sh"))
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .map_err(|e| {
+            eprintln!("error: bash: {e}");
+            1
+        })?;
+    if !status.success() {
+        eprintln!("error: kind-images/kind-up.sh {} failed ({status})", args.join(" "));
+        return Err(1);
+    }
+    Ok(started.elapsed().as_millis() as u64)
+}
+
+/// One scenario on a backend, quietly: its wall time and whether it passed.
+fn timed_run(name: &str, args: &ScenarioArgs, backend: BackendChoice) -> Result<Value, i32> {
+    let (s, cells) = prepare(name, args, None)?;
+    let dir = std::env::temp_dir().join(format!("{}{}-bench-{name}", local::netns::PREFIX, std::process::id()));
+    let exec = Exec {
+        title: name.into(),
+        output: OutputArgs { out: Some(dir.clone()), results_dir: PathBuf::from("results"), repeat: 1, verbose: false },
+        jobs: None,
+        quiet: true,
+        time_scale_label: s.time_scale.to_string(),
+    };
+    let summary = execute(vec![s], cells, exec, backend);
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = summary?;
+    Ok(json!({"cells": summary.cells.len(), "pass": summary.pass, "wall_ms": summary.wall_ms}))
+}
+
+/// The kind backend's figures (issue 19's targets: warm kind-up ≤ 90 s, redis-idle on kind
+/// ≤ 3 min). `cold`: first remove every built image and binary and build them again with an
+/// empty Go build cache (Go's module downloads stay).
+fn kind_section(args: &ScenarioArgs, cold: bool) -> Result<Value, i32> {
+    let kind = || BackendChoice::Kind {
+        target: crate::kind::KubeTarget { context: None },
+        runner: Box::new(crate::kind::plan::ProcessRunner::detect()),
+    };
+    let mut doc = serde_json::Map::new();
+    if cold {
+        eprintln!("bench: kind, cold: every image and binary built from nothing");
+        kind_up(&["--down"], &[])?;
+        let home = crate::kind::engine::kind_home();
+        for d in [home.clone(), PathBuf::from("/var/lib/idlelab/docker")] {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+        let gocache = std::env::temp_dir().join(format!("idlelab-bench-gocache-{}", std::process::id()));
+        let ms = kind_up(&[], &[("GOCACHE", gocache.to_str().unwrap_or_default())]);
+        let _ = std::fs::remove_dir_all(&gocache);
+        doc.insert("cold_kind_up_ms".into(), json!(ms?));
+    }
+    eprintln!("bench: kind, warm kind-up (cluster and Istio present)");
+    kind_up(&[], &[])?;
+    doc.insert("warm_kind_up_ms".into(), json!(kind_up(&[], &[])?));
+    eprintln!("bench: kind, the cluster from cached images, then its first cell");
+    kind_up(&["--down"], &[])?;
+    doc.insert("cluster_up_ms".into(), json!(kind_up(&[], &[])?));
+    let first = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
+    doc.insert("first_cell".into(), timed_run("redis-idle", &first, kind())?);
+    eprintln!("bench: redis-idle on kind and on the local lab");
+    doc.insert("redis_idle_kind".into(), timed_run("redis-idle", args, kind())?);
+    doc.insert("redis_idle_local".into(), timed_run("redis-idle", args, BackendChoice::Local)?);
+    Ok(Value::Object(doc))
+}
+
+pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool, kind_cold: bool) -> i32 {
     let args = ScenarioArgs { scenarios_dir: scenarios_dir.clone(), mitigations: vec![], time_scale: None };
     let names = if names.is_empty() { scenario::list(&scenarios_dir).unwrap_or_default() } else { names };
     let mut code = 0;
@@ -117,6 +192,14 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
     if !same || large["pass"] != true {
         code = 1;
     }
+    let kind = if kind || kind_cold {
+        match kind_section(&args, kind_cold) {
+            Ok(k) => Some(k),
+            Err(c) => return c,
+        }
+    } else {
+        None
+    };
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -129,6 +212,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
         "scenarios": rows,
         "matrix": matrix,
         "pool": {"small": small, "large": large, "same_verdict": same},
+        "kind": kind,
     });
     if let Some(parent) = out.parent() {
         let _ = std::fs::create_dir_all(parent);
@@ -181,6 +265,23 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf) -> i32 {
             p["teardown_ms"]
         );
     }
-    println!("same verdict at 4 and 1,000 connections: {same}\nwritten to {}", out.display());
+    println!("same verdict at 4 and 1,000 connections: {same}");
+    if let Some(k) = &kind {
+        let s = |v: &Value| format!("{:.1} s", v.as_f64().unwrap_or(0.0) / 1000.0);
+        if let Some(cold) = k.get("cold_kind_up_ms") {
+            println!("kind: cold kind-up (every image built, empty Go build cache): {}", s(cold));
+        }
+        println!(
+            "kind: warm kind-up {}; the cluster from cached images {}, then its first cell {}; redis-idle on kind {} (pass {}), on the local lab {} (pass {})",
+            s(&k["warm_kind_up_ms"]),
+            s(&k["cluster_up_ms"]),
+            s(&k["first_cell"]["wall_ms"]),
+            s(&k["redis_idle_kind"]["wall_ms"]),
+            k["redis_idle_kind"]["pass"],
+            s(&k["redis_idle_local"]["wall_ms"]),
+            k["redis_idle_local"]["pass"],
+        );
+    }
+    println!("written to {}", out.display());
     code
 }

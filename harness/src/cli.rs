@@ -137,6 +137,13 @@ enum Command {
         scenarios_dir: PathBuf,
         #[arg(long, default_value = "results/bench.json")]
         out: PathBuf,
+        /// Also time the kind backend: warm `kind-up`, the cluster from cached images and its
+        /// first cell, redis-idle on kind and on the local lab (the cluster is recreated).
+        #[arg(long)]
+        kind: bool,
+        /// With --kind, first build every image and binary from nothing (tens of minutes).
+        #[arg(long)]
+        kind_cold: bool,
     },
 }
 
@@ -216,6 +223,9 @@ pub fn main() -> i32 {
             for r in local::netns::reap_stale() {
                 println!("removed {r}");
             }
+            for r in crate::kind::reap() {
+                println!("{r}");
+            }
             0
         }
         Command::Check { scenarios, args } => check(&scenarios, &args),
@@ -251,7 +261,7 @@ pub fn main() -> i32 {
                         Backend::Local => BackendChoice::Local,
                         Backend::Kind => BackendChoice::Kind {
                             target: crate::kind::KubeTarget { context },
-                            runner: Box::new(crate::kind::plan::ProcessRunner),
+                            runner: Box::new(crate::kind::plan::ProcessRunner::detect()),
                         },
                     };
                     execute(vec![s], cells, exec, backend).map(|sum| if sum.pass { 0 } else { 1 }).unwrap_or_else(|c| c)
@@ -286,7 +296,9 @@ pub fn main() -> i32 {
         Command::Try { files, scenarios, host_map, annotate, scenarios_dir, output } => {
             crate::tryout::main(crate::tryout::TryArgs { files, scenarios, host_map, annotate, scenarios_dir, output })
         }
-        Command::Bench { scenarios, scenarios_dir, out } => crate::bench::main(scenarios, scenarios_dir, out),
+        Command::Bench { scenarios, scenarios_dir, out, kind, kind_cold } => {
+            crate::bench::main(scenarios, scenarios_dir, out, kind, kind_cold)
+        }
     }
 }
 

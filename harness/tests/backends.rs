@@ -25,9 +25,9 @@ impl Reporter for Recorder {
     }
 }
 
-/// Answers the probe's `kubectl logs` in cell `i`'s namespace with `logs[i]` and every other
-/// command with nothing, but fails the commands that start with `fail_on`; records the
-/// commands.
+/// Answers the probe's run (`kubectl exec idlelab-probe -c probe`) in cell `i`'s namespace with
+/// `logs[i]`, istiod's image with the pinned Istio's, every other command with nothing, but
+/// fails the commands that start with `fail_on`; records the commands.
 #[derive(Default)]
 struct FakeCluster {
     logs: Vec<String>,
@@ -48,7 +48,10 @@ impl CommandRunner for FakeCluster {
         if let Some(prefix) = self.fail_on.filter(|p| line.starts_with(p)) {
             anyhow::bail!("no cluster for `{prefix}`");
         }
-        if !args.iter().any(|a| a == "logs") {
+        if args.iter().any(|a| a == "istiod") {
+            return Ok("idlelab.local/istio/pilot:1.30.3-idlelab".into());
+        }
+        if !line.contains("exec idlelab-probe -c probe") {
             return Ok(String::new());
         }
         let ns = args.iter().find(|a| a.starts_with("idlelab-redis-idle-")).expect("the cell's namespace");
@@ -166,7 +169,7 @@ fn both_backends_emit_the_same_events_and_write_the_same_reports() {
     assert_eq!(report_files(local_dir.path()), report_files(kind_dir.path()));
     assert_eq!(report_files(kind_dir.path()), ["junit.xml", "report.html", "summary.json", "summary.md"]);
     // The kind run executed the plan's commands through the fake, the probe's log included.
-    assert!(ran.lock().unwrap().iter().any(|c| c.contains("logs -f idlelab-probe")));
+    assert!(ran.lock().unwrap().iter().any(|c| c.contains("exec idlelab-probe -c probe -- idlelab probe")));
 }
 
 /// `idlelab run redis-idle --backend kind` is `session::execute` with the kind backend (the
@@ -175,6 +178,7 @@ fn both_backends_emit_the_same_events_and_write_the_same_reports() {
 /// purpose, teardown still run.
 #[test]
 fn the_run_command_drives_the_kind_backend_through_the_session() {
+    const ISTIOD_CHECK: &str = "kubectl --context kind-idlelab -n istio-system get deploy istiod";
     use idlelab::session::{BackendChoice, Exec, OutputArgs, execute};
     let (s, cells) = cells();
     let dir = tempdir();
@@ -203,10 +207,10 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
     assert_eq!(json["backend"], "kind (kind-idlelab)");
     assert_eq!(summary.cells[0].verdict, Some(idlelab::model::verdict::Verdict::IdleClosed));
     assert!(!summary.cells[1].istio.is_empty(), "the same Istio forms as the local backend reports");
-    assert!(ran.lock().unwrap().iter().any(|c| c.starts_with("kind create cluster")));
+    assert!(ran.lock().unwrap().iter().any(|c| c.contains("kind-images/build.sh lab")));
 
-    // `istioctl install` fails (`kind create cluster` may: an existing cluster is reused):
-    // nothing after it runs, and every cell fails with its purpose.
+    // Istio is not installed (`just kind-up` installs it once): nothing after the check runs,
+    // and every cell fails with its purpose.
     let dir = tempdir();
     let ran = Arc::new(Mutex::new(Vec::new()));
     let target = KubeTarget { context: None };
@@ -216,7 +220,7 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
         exec(dir.path()),
         BackendChoice::Kind {
             target,
-            runner: Box::new(FakeCluster { ran: ran.clone(), fail_on: Some("istioctl install"), ..Default::default() }),
+            runner: Box::new(FakeCluster { ran: ran.clone(), fail_on: Some(ISTIOD_CHECK), ..Default::default() }),
         },
     )
     .unwrap_or_else(|code| panic!("exit {code}"));
@@ -225,11 +229,11 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
         assert!(
             c.error
                 .as_deref()
-                .is_some_and(|e| e.contains("install Istio") && e.contains("no cluster for `istioctl install`")),
+                .is_some_and(|e| e.contains("Istio 1.30.3 is installed") && e.contains("no cluster for")),
             "{:?}",
             c.error
         );
     }
     let ran = ran.lock().unwrap();
-    assert!(ran.last().unwrap().starts_with("istioctl install"), "nothing runs after the cluster step failed: {ran:?}");
+    assert!(ran.last().unwrap().starts_with(ISTIOD_CHECK), "nothing runs after the cluster step failed: {ran:?}");
 }

@@ -405,7 +405,7 @@ fn every_gateway_envoyfilter_is_per_cell_and_the_teardown_deletes_it() {
             let probe_log = steps
                 .iter()
                 .filter_map(|s| if let Step::Command { args, .. } = s { Some(args.join(" ")) } else { None })
-                .position(|a| a.contains("logs -f idlelab-probe"))
+                .position(|a| a.contains("exec idlelab-probe -c probe"))
                 .unwrap();
             assert!(teardown > probe_log, "teardown comes after the cell");
         }
@@ -488,6 +488,42 @@ fn the_nightly_workflow_fails_on_a_regression_and_installs_checksummed_tools() {
         steps.iter().find(|s| s["run"].as_str().is_some_and(|r| r.contains("--backend kind --out"))).unwrap();
     assert!(kind_loop["run"].as_str().unwrap().contains("exit 1"), "{kind_loop}");
     assert!(text.contains("junit.xml"), "GitHub shows the failing cells");
+}
+
+/// Issue 19, defects 3 and 4: in every nightly job the baseline is restored from the path it is
+/// saved to (else `compare` never runs); `compare` runs as root, as the matrix did (a root-owned
+/// target/ would fail a user's `cargo build`); the kind job brings the cluster up once, with
+/// `just kind-up`, and removes it.
+#[test]
+fn the_nightly_jobs_restore_the_baseline_they_save_and_install_istio_once() {
+    let wf: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join(".github/workflows/nightly.yml")).unwrap()).unwrap();
+    for (name, job) in wf["jobs"].as_object().unwrap() {
+        let steps = job["steps"].as_array().unwrap();
+        let path_of = |action: &str| {
+            steps
+                .iter()
+                .filter(|s| s["uses"].as_str().is_some_and(|u| u.starts_with(action)))
+                .map(|s| s["with"]["path"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let (restored, saved) = (path_of("actions/cache/restore"), path_of("actions/cache/save"));
+        assert_eq!(restored.len(), 1, "{name}: one baseline restored");
+        assert_eq!(restored, saved, "{name}: the baseline is saved where it is restored from");
+        let runs: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+        for r in runs.iter().filter(|r| r.contains(" compare ")) {
+            for line in r.lines().filter(|l| l.contains(" compare ")) {
+                assert!(line.trim_start().starts_with("sudo"), "{name}: compare runs as root: {line}");
+            }
+        }
+        if name == "kind" {
+            assert!(job["timeout-minutes"].as_u64().unwrap() <= 90, "{name}: well inside its limit");
+            let ups = runs.iter().filter(|r| r.contains("just kind-up")).count();
+            assert_eq!(ups, 1, "{name}: the cluster and Istio come up once");
+            assert!(!runs.iter().any(|r| r.contains("istioctl install")), "{name}: no per-scenario install");
+            assert!(runs.iter().any(|r| r.contains("just kind-down")), "{name}: the cluster is removed");
+        }
+    }
 }
 
 /// Issue 13, defect 7: a cell's namespace is unique per run (`$RUN_ID`), and with the id filled

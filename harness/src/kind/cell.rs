@@ -4,10 +4,11 @@
 //!   setup     namespace · the mitigation's annotations and notes
 //!             server → hops from the server back to the app (each forwards to the next)
 //!             the mitigation's resources · waits
-//!   warm      the probe pod (its target: the first hop with an address, or a pod IP)
-//!   idle      evidence while it holds its connections (proxy-config, the sidecar's stats)
-//!   reuse     the probe's log (its observations) · each middlebox's counter
-//!   teardown  what the cell put in istio-system, then its namespace
+//!   warm      the probe pod, Ready with its sidecar; then `kubectl exec` of the probe
+//!   idle      (its target: the first hop with an address, or a pod IP)
+//!   reuse     the probe's output (its observations), then evidence from the pods still up:
+//!             the sidecar's proxy-config and stats · each middlebox's counter
+//!   teardown  what the cell put in istio-system, then its namespace (also after a failure)
 //! ```
 
 use super::cell_plan::CellPlan;
@@ -35,7 +36,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     if ctx.sidecar_pods.iter().any(|p| p == "client") {
         plan.sidecar_evidence();
     }
-    plan.observations();
+    plan.middlebox_evidence();
     plan.teardown();
     plan.steps
 }
@@ -104,9 +105,10 @@ impl CellPlan<'_> {
         }
     }
 
-    /// The probe pod, its spec in a ConfigMap. A passthrough route means an address the mesh
-    /// does not know: the next hop's pod IP, not its Service name (which would take the
-    /// service's own listener and cluster).
+    /// The probe pod, its spec in a ConfigMap; once it is Ready (its sidecar too), the probe
+    /// runs in it by `kubectl exec`, its output read back as its observations. A passthrough
+    /// route means an address the mesh does not know: the next hop's pod IP, not its Service
+    /// name (which would take the service's own listener and cluster).
     fn probe(&mut self, next_host: &str, client_annotations: BTreeMap<String, String>) {
         let port = self.cell.real.service.port();
         let passthrough = self.cell.real.sidecar().is_some_and(|s| s.route == Route::Passthrough);
@@ -134,34 +136,33 @@ impl CellPlan<'_> {
         };
         let spec = serde_json::to_string_pretty(&probe_spec(self.cell, target_addr)).expect("a probe spec serializes");
         let (cm, pod) = manifests::probe(&self.ns, &spec, &self.cell.scaled, client_annotations);
-        self.steps.push(Step::Phase { phase: Phase::Warm });
-        self.apply(format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)), "the probe pod");
-        // A probe that fails at once goes straight to Completed and never becomes Ready: the
-        // wait may fail, and its log is still fetched.
+        self.apply(format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)), "the probe pod (it waits; the probe runs in it)");
         let wait = self.k(
-            &["-n", &self.ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=60s"],
-            "wait for the probe",
+            &["-n", &self.ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=180s"],
+            "wait for the probe pod and its sidecar",
         );
-        self.steps.push(wait.optional());
-        self.steps.push(Step::Phase { phase: Phase::Idle { ms: self.cell.scaled.idle.0.as_millis() as u64 } });
+        self.steps.push(wait);
+        self.steps.push(Step::Phase { phase: Phase::Warm });
+        let mut args = vec!["-n", self.ns.as_str(), "exec", "idlelab-probe", "-c", "probe", "--"];
+        let command = manifests::probe_command(&self.cell.scaled);
+        args.extend(command.iter().map(String::as_str));
+        // Warm-up, the idle period, the reuse and its retries: the idle plus a generous margin.
+        let timeout = self.cell.scaled.idle.0.as_secs() + 300;
+        let run = self.k(&args, "the probe: warm, idle, reuse (its observations)");
+        self.steps.push(run.with_capture(Capture::ProbeLog).with_timeout(timeout));
     }
 
-    /// Evidence while the probe holds its connections: just before the reuse (warm-up ≈ 1 s,
-    /// then the idle period), the sidecar's config as Istio set it and its counters.
+    /// Evidence after the reuse, the probe's pod and sidecar still up: the sidecar's config as
+    /// Istio set it, and its counters (idle timeouts, resets) including what the idle period did.
     fn sidecar_evidence(&mut self) {
-        let idle_s = self.cell.scaled.idle.0.as_secs_f64();
-        let wait = format!("{:.1}", (idle_s * 0.8).max(0.5));
-        self.steps.push(
-            Step::command("sleep", &[&wait], "wait until just before the reuse (80 % of the scaled idle period)")
-                .with_timeout(idle_s as u64 + 30),
-        );
         let pod_ref = format!("idlelab-probe.{}", self.ns);
         let ctx_name = self.target.context();
+        let port = self.cell.real.service.port().to_string();
         for what in ["listener", "cluster"] {
             self.steps.push(
                 Step::command(
                     "istioctl",
-                    &["--context", &ctx_name, "proxy-config", what, &pod_ref, "-o", "json"],
+                    &["--context", &ctx_name, "proxy-config", what, &pod_ref, "--port", &port, "-o", "json"],
                     &format!("evidence: the probe sidecar's effective {what}s (tcp_proxy idle_timeout, tcp_keepalive)"),
                 )
                 .with_capture(Capture::Evidence)
@@ -180,23 +181,15 @@ impl CellPlan<'_> {
                 "pilot-agent",
                 "request",
                 "GET",
-                "stats",
+                &format!("stats?filter=^(tcp\\.|cluster\\.outbound\\|{port}\\|)"),
             ],
-            "evidence: the sidecar's counters (idle_timeout …), while the probe holds its connections",
+            "evidence: the sidecar's counters (idle_timeout …) after the reuse",
         );
         self.steps.push(stats.with_capture(Capture::Evidence).optional());
     }
 
-    /// The probe's log (always fetched, also from a probe that already completed or failed),
-    /// then each middlebox's count of forgotten-flow segments (FORWARD and INPUT paths).
-    fn observations(&mut self) {
-        self.steps.push(Step::Phase { phase: Phase::Reuse });
-        let log_timeout = self.cell.scaled.idle.0.as_secs_f64() as u64 + 600;
-        let log = self.k(
-            &["-n", &self.ns, "logs", "-f", "idlelab-probe", "-c", "probe", "--pod-running-timeout=180s"],
-            "the probe's observations",
-        );
-        self.steps.push(log.with_capture(Capture::ProbeLog).with_timeout(log_timeout));
+    /// Each middlebox's count of forgotten-flow segments (FORWARD and INPUT paths).
+    fn middlebox_evidence(&mut self) {
         let cell = self.cell;
         for (i, hop) in cell.scaled.path.iter().enumerate() {
             if let Some(step) = device::on_cluster(hop).and_then(|d| d.evidence(self, i)) {
@@ -205,21 +198,22 @@ impl CellPlan<'_> {
         }
     }
 
-    /// Teardown, waited for: what the cell put in istio-system (the gateway's EnvoyFilters and
-    /// certificate) must be gone before the next cell uses the one shared gateway.
+    /// Teardown, also after a failure: what the cell put in istio-system (the gateway's
+    /// EnvoyFilters and certificate) must be gone before the next cell uses the one shared
+    /// gateway, and its namespace with it.
     fn teardown(&mut self) {
         self.steps.push(Step::Phase { phase: Phase::Teardown });
         let cell = self.cell;
         for hop in &cell.scaled.path {
             if let Some(step) = device::on_cluster(hop).and_then(|d| d.teardown(self)) {
-                self.steps.push(step);
+                self.steps.push(step.cleanup());
             }
         }
         let step = self.k(
-            &["delete", "namespace", &self.ns, "--ignore-not-found", "--wait=true", "--timeout=180s"],
+            &["delete", "namespace", &self.ns, "--ignore-not-found", "--wait=true", "--timeout=120s"],
             "remove the cell, and wait",
         );
-        self.steps.push(step.optional());
+        self.steps.push(step.cleanup());
     }
 }
 

@@ -30,8 +30,9 @@ impl OnCluster for GatewayHop {
         None
     }
 
-    /// Waited for: what the cell put in istio-system (the gateway's EnvoyFilters and
-    /// certificate) must be gone before the next cell uses the one shared gateway.
+    /// Waited for, and run after a failure too (the stage makes it a cleanup step): what the
+    /// cell put in istio-system (the gateway's EnvoyFilters and certificate) must be gone
+    /// before the next cell uses the one shared gateway.
     fn teardown(&self, plan: &CellPlan) -> Option<Step> {
         let selector = format!("{}={}", istio::CELL_LABEL, plan.ns);
         Some(plan.k(

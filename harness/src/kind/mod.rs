@@ -20,6 +20,7 @@
 pub mod cell;
 pub mod cell_plan;
 pub mod device;
+pub mod engine;
 pub mod plan;
 pub mod run;
 pub mod target;
@@ -28,51 +29,119 @@ pub use cell::cell_steps;
 pub use target::{KubeTarget, namespace_of};
 
 use crate::cells::Cell;
-use plan::{Plan, Step};
+use plan::{Capture, Plan, Step};
 
-/// Steps that bring up the cluster (kind backend) or check it (existing context).
+/// The label every cell namespace carries: a sweep finds what a killed run left with it.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=idlelab";
+
+/// The `idlelab` the lab image carries: this very binary, by its real path (a file the image
+/// build can copy and hash).
+fn lab_binary() -> String {
+    let exe = crate::tools::idlelab_exe();
+    std::fs::canonicalize(&exe).unwrap_or(exe).display().to_string()
+}
+
+/// A repository file by absolute path (the plan is run from anywhere: tests, CI, a shell).
+pub fn repo_file(rel: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
+}
+
+/// Steps before the cells: the lab image into the cluster, Istio's version checked, and a sweep
+/// of whatever an earlier run left (cell namespaces, the gateway's per-cell objects in
+/// istio-system). The cluster itself comes from `just kind-up` and is reused by every run.
 pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
-    match &target.context {
+    let ctx = target.context();
+    let k = |args: &[&str], purpose: &str| {
+        let mut a = vec!["--context", ctx.as_str()];
+        a.extend_from_slice(args);
+        Step::command("kubectl", &a, purpose)
+    };
+    let mut steps = match &target.context {
         None => vec![
             Step::Note {
-                text: "the kind cluster `idlelab` and Istio are reused when they already exist (just kind-up)".into(),
+                text: "the kind cluster `idlelab` with Istio comes from `just kind-up` (kind-images/kind-up.sh), once; every run reuses it".into(),
             },
             Step::command(
-                "kind",
-                &["create", "cluster", "--name", "idlelab", "--config", "kind-config/cluster.yaml"],
-                "create the kind cluster (pinned node image)",
+                "bash",
+                &[&repo_file("kind-images/build.sh"), "lab", &lab_binary()],
+                "the lab image: Debian's servers, nftables and this build's probes (built when its inputs changed)",
             )
-            .optional(),
-            Step::command(
-                "istioctl",
-                &["install", "--context", "kind-idlelab", "-y", "-f", "istio-profiles/minimal.yaml"],
-                "install Istio with an ingress gateway (pinned version)",
-            ),
-            Step::command(
-                "docker",
-                &["build", "-t", crate::render::manifests::PROBE_IMAGE, "."],
-                "build the probe image (Dockerfile)",
-            ),
+            .with_capture(Capture::Var("LAB_IMAGE".into()))
+            .with_timeout(1800),
             Step::command(
                 "kind",
-                &["load", "docker-image", crate::render::manifests::PROBE_IMAGE, "--name", "idlelab"],
-                "put the probe image into the cluster (no registry)",
-            ),
+                &["load", "docker-image", "$LAB_IMAGE", "--name", "idlelab"],
+                "put the lab image into the node (kind skips an image the node has)",
+            )
+            .with_timeout(600),
         ],
         Some(ctx) => vec![
-            Step::Note {
-                text: format!(
-                    "existing cluster `{ctx}`: Istio must be installed and {} pullable by its nodes",
-                    crate::render::manifests::PROBE_IMAGE
-                ),
-            },
-            Step::command(
-                "kubectl",
-                &["--context", ctx, "get", "namespace", "istio-system"],
-                "check that Istio is installed",
-            ),
+            Step::Note { text: format!("existing cluster `{ctx}`: Istio installed, the lab image pullable by its nodes") },
+            Step::command("printenv", &["IDLELAB_LAB_IMAGE"], "the lab image the cluster's nodes can pull ($IDLELAB_LAB_IMAGE)")
+                .with_capture(Capture::Var("LAB_IMAGE".into())),
         ],
+    };
+    let istio = engine::pinned("ISTIO_RELEASE");
+    steps.push(
+        k(
+            &["-n", "istio-system", "get", "deploy", "istiod", "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
+            &format!("Istio {istio} is installed (istiod's image)"),
+        )
+        .with_capture(Capture::Expect(istio.into())),
+    );
+    steps.extend(sweep_steps(target));
+    steps
+}
+
+/// What any run of the lab leaves on the cluster when it is killed: cell namespaces (by their
+/// label) and the gateway's per-cell objects in istio-system (by theirs). A run starts with
+/// these, and `idlelab reap` runs them.
+pub fn sweep_steps(target: &KubeTarget) -> Vec<Step> {
+    let ctx = target.context();
+    let k = |args: &[&str], purpose: &str| {
+        let mut a = vec!["--context", ctx.as_str()];
+        a.extend_from_slice(args);
+        Step::command("kubectl", &a, purpose)
+    };
+    vec![
+        k(
+            &["delete", "namespace", "-l", MANAGED_BY, "--ignore-not-found", "--wait=true", "--timeout=180s"],
+            "sweep: cell namespaces an earlier run left",
+        ),
+        k(
+            &[
+                "-n",
+                "istio-system",
+                "delete",
+                "envoyfilter,secret",
+                "-l",
+                crate::render::istio::CELL_LABEL,
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=60s",
+            ],
+            "sweep: gateway objects an earlier run's cells left in istio-system",
+        ),
+    ]
+}
+
+/// `idlelab reap` on the kind cluster: the sweep, when the lab's own engine runs (a cluster
+/// of the user's own is left alone unless a run is started on it). Returns what it removed
+/// (kubectl's own lines) or why it could not.
+pub fn reap() -> Vec<String> {
+    let Some(engine) = engine::LabEngine::detect() else { return vec![] };
+    let mut runner = plan::ProcessRunner { engine: Some(engine) };
+    let mut out = Vec::new();
+    for step in sweep_steps(&KubeTarget { context: None }) {
+        if let Step::Command { program, args, timeout_s, purpose, .. } = step {
+            use plan::CommandRunner;
+            match runner.run(&program, &args, None, std::time::Duration::from_secs(timeout_s)) {
+                Ok(text) => out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("kind cluster: {l}"))),
+                Err(e) => out.push(format!("kind cluster: {purpose} failed: {e:#}")),
+            }
+        }
     }
+    out
 }
 
 /// The whole plan for these cells.

@@ -27,15 +27,40 @@ pub enum Step {
         /// `probe-log`: the probe's output (its observations); `evidence`: kept in the report.
         #[serde(skip_serializing_if = "Option::is_none")]
         capture: Option<Capture>,
-        /// Whether a failure stops the cell (teardown steps do not).
+        /// Whether a failure stops the cell's later required steps.
         required: bool,
+        /// A cleanup step: it runs even after a failure (what the cell made must go), and its
+        /// own failure is reported.
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        cleanup: bool,
         /// Seconds before the runner kills it and fails the step, naming it.
         timeout_s: u64,
     },
 }
 
-/// A step's timeout unless it says otherwise: every command has one.
-pub const DEFAULT_TIMEOUT_S: u64 = 300;
+/// A step's timeout unless it says otherwise: a call to the API server. A command that waits
+/// (`--timeout=Ns`) gets its own wait plus [`WAIT_MARGIN_S`]; builds and installs set theirs.
+pub const DEFAULT_TIMEOUT_S: u64 = 60;
+/// What a waiting command gets beyond its own `--timeout`, to report its own error first.
+pub const WAIT_MARGIN_S: u64 = 30;
+
+/// The timeout a command's own `--timeout=Ns` (or `Nm`) implies, else [`DEFAULT_TIMEOUT_S`].
+fn implied_timeout(args: &[String]) -> u64 {
+    args.iter()
+        .filter_map(|a| a.strip_prefix("--timeout="))
+        .filter_map(|t| {
+            let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit())?);
+            let n: u64 = n.parse().ok()?;
+            match unit {
+                "s" => Some(n),
+                "m" => Some(n * 60),
+                _ => None,
+            }
+        })
+        .map(|n| n + WAIT_MARGIN_S)
+        .next()
+        .unwrap_or(DEFAULT_TIMEOUT_S)
+}
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -44,18 +69,22 @@ pub enum Capture {
     Evidence,
     /// The trimmed output becomes `$NAME` in the cell's later steps.
     Var(String),
+    /// The output must contain this, else the step fails (a version check).
+    Expect(String),
 }
 
 impl Step {
     pub fn command(program: &str, args: &[&str], purpose: &str) -> Step {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         Step::Command {
             program: program.into(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            timeout_s: implied_timeout(&args),
+            args,
             stdin: None,
             purpose: purpose.into(),
             capture: None,
             required: true,
-            timeout_s: DEFAULT_TIMEOUT_S,
+            cleanup: false,
         }
     }
 
@@ -69,6 +98,7 @@ impl Step {
             purpose: purpose.into(),
             capture: None,
             required: true,
+            cleanup: false,
             timeout_s: DEFAULT_TIMEOUT_S,
         }
     }
@@ -83,6 +113,15 @@ impl Step {
     pub fn with_capture(mut self, c: Capture) -> Step {
         if let Step::Command { capture, .. } = &mut self {
             *capture = Some(c);
+        }
+        self
+    }
+
+    /// Runs even after a failure, and its own failure is reported.
+    pub fn cleanup(mut self) -> Step {
+        if let Step::Command { required, cleanup, .. } = &mut self {
+            *required = false;
+            *cleanup = true;
         }
         self
     }
@@ -133,12 +172,14 @@ impl fmt::Display for Plan {
                 Step::Cell { key } => writeln!(f, "\n### cell {key}")?,
                 Step::Note { text } => writeln!(f, "# note: {text}")?,
                 Step::Phase { phase } => writeln!(f, "# phase: {}", phase.name())?,
-                Step::Command { program, args, stdin, purpose, capture, required, timeout_s } => {
+                Step::Command { program, args, stdin, purpose, capture, required, cleanup, timeout_s } => {
                     let mut tags = Vec::new();
                     if let Some(c) = capture {
                         tags.push(format!("{c:?}").to_lowercase());
                     }
-                    if !required {
+                    if *cleanup {
+                        tags.push("cleanup: runs after a failure too".into());
+                    } else if !required {
                         tags.push("may fail".into());
                     }
                     if *timeout_s != DEFAULT_TIMEOUT_S {
@@ -181,12 +222,28 @@ pub trait CommandRunner: Send {
     ) -> anyhow::Result<String>;
 }
 
-/// Runs commands for real.
-pub struct ProcessRunner;
+/// Runs commands for real: in the lab engine's namespace when kind-up started one
+/// ([`super::engine::LabEngine`]), else as they are.
+#[derive(Default)]
+pub struct ProcessRunner {
+    pub engine: Option<super::engine::LabEngine>,
+}
+
+impl ProcessRunner {
+    /// Against the lab's own engine when it runs, else the user's.
+    pub fn detect() -> ProcessRunner {
+        ProcessRunner { engine: super::engine::LabEngine::detect() }
+    }
+}
 
 impl CommandRunner for ProcessRunner {
     fn preflight(&mut self, programs: &[&str], engine: bool) -> Result<(), String> {
-        let missing: Vec<&str> = programs.iter().copied().filter(|p| crate::tools::find_in_path(p).is_none()).collect();
+        let tools = super::engine::kind_home().join("bin");
+        let missing: Vec<&str> = programs
+            .iter()
+            .copied()
+            .filter(|p| crate::tools::find_in_path(p).is_none() && !tools.join(p).exists())
+            .collect();
         if !missing.is_empty() {
             return Err(format!(
                 "the kind backend needs {} on PATH; missing: {}\n  hint: on a machine without a Docker engine, `idlelab plan SCENARIO --backend kind` prints every command and manifest the run would use; `--context NAME` runs on an existing cluster (needs kubectl and istioctl)",
@@ -207,8 +264,15 @@ impl CommandRunner for ProcessRunner {
         timeout: std::time::Duration,
     ) -> anyhow::Result<String> {
         use std::io::{Read, Write};
-        let mut child = std::process::Command::new(program)
-            .args(args)
+        let mut command = match &self.engine {
+            Some(engine) => engine.command(program, args),
+            None => {
+                let mut c = std::process::Command::new(program);
+                c.args(args);
+                c
+            }
+        };
+        let mut child = command
             .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -10,7 +10,7 @@
 
 use super::plan::{Capture, CommandRunner, Step};
 use super::{KubeTarget, cell_steps, cluster_steps};
-use crate::backend::{Backend, CellFailure, CellOutcome, PhaseSink};
+use crate::backend::{Backend, CellFailure, CellOutcome, Phase, PhaseSink};
 use crate::cells::Cell;
 use crate::model::observation::Observations;
 use crate::probe::ProbeLine;
@@ -25,10 +25,13 @@ struct RunValues {
     run_id: String,
     dir: PathBuf,
     ca: crate::certs::RunCa,
+    /// What the cluster's steps captured (`$LAB_IMAGE`).
+    vars: BTreeMap<String, String>,
 }
 
 impl RunValues {
     fn substitute(&self, s: &str) -> String {
+        let s = self.vars.iter().fold(s.to_string(), |acc, (k, v)| acc.replace(&format!("${k}"), v));
         s.replace("$RUN_ID", &self.run_id)
             .replace("$RUN_DIR", &self.dir.display().to_string())
             .replace("$RUN_CA_PEM", &self.ca.ca_pem.replace('\n', "\\n"))
@@ -77,18 +80,20 @@ impl Backend for KindBackend {
         // Per run, for the cells' namespaces (DNS labels: lowercase hex).
         let run_id =
             format!("{:06x}", (std::process::id() as u64 ^ jiff::Timestamp::now().as_millisecond() as u64) & 0xff_ffff);
-        let values = Arc::new(RunValues { run_id, dir: self.out_dir.clone(), ca });
-        let _ = self.values.set(values.clone());
+        let values = RunValues { run_id, dir: self.out_dir.clone(), ca, vars: BTreeMap::new() };
         let (runner, steps) = (self.runner.clone(), cluster_steps(&self.target));
         let noop: PhaseSink = Arc::new(|_| {});
-        let done = tokio::task::spawn_blocking(move || {
-            execute(&steps, &mut **runner.lock().expect("command runner"), &|s| values.substitute(s), &noop)
+        let (done, mut values) = tokio::task::spawn_blocking(move || {
+            let done = execute(&steps, &mut **runner.lock().expect("command runner"), &|s| values.substitute(s), &noop);
+            (done, values)
         })
         .await?;
-        match done.error {
-            Some(e) => Err(anyhow!("{e}")),
-            None => Ok(()),
+        if let Some(e) = done.error {
+            return Err(anyhow!("{e}"));
         }
+        values.vars = done.vars;
+        let _ = self.values.set(Arc::new(values));
+        Ok(())
     }
     async fn run_cell(&self, cell: Arc<Cell>, index: usize, phase: PhaseSink) -> Result<CellOutcome, CellFailure> {
         let values =
@@ -120,6 +125,8 @@ pub struct Executed {
     pub notes: Vec<String>,
     /// The first line of the probe's log that is not a probe line, and why.
     pub unreadable: Option<String>,
+    /// What `Capture::Var` steps captured.
+    pub vars: BTreeMap<String, String>,
 }
 
 /// Execute steps in order: a failed required step stops the required steps after it (the
@@ -132,17 +139,16 @@ pub fn execute(
     phase: &PhaseSink,
 ) -> Executed {
     let mut done = Executed::default();
-    let mut vars: BTreeMap<String, String> = BTreeMap::new();
     for step in steps {
         match step {
             Step::Cell { .. } | Step::Note { .. } => {}
             Step::Phase { phase: p } => phase(p.clone()),
-            Step::Command { program, args, stdin, capture, required, purpose, timeout_s } => {
+            Step::Command { program, args, stdin, capture, required, cleanup, purpose, timeout_s } => {
                 if done.error.is_some() && *required {
                     continue;
                 }
                 let with_vars =
-                    |s: &str| vars.iter().fold(substitute(s), |acc, (k, v)| acc.replace(&format!("${k}"), v));
+                    |s: &str| done.vars.iter().fold(substitute(s), |acc, (k, v)| acc.replace(&format!("${k}"), v));
                 let args: Vec<String> = args.iter().map(|a| with_vars(a)).collect();
                 let stdin = stdin.as_deref().map(with_vars);
                 let timeout = std::time::Duration::from_secs(*timeout_s);
@@ -153,7 +159,13 @@ pub fn execute(
                                 match serde_json::from_str::<ProbeLine>(line) {
                                     Ok(ProbeLine::Observations(o)) => done.observations = Some(o),
                                     Ok(ProbeLine::Error(e)) => done.error = Some(format!("probe: {e}")),
-                                    Ok(ProbeLine::Phase { .. }) => {}
+                                    // The probe's own phases, as it reported them (read once
+                                    // the exec returns).
+                                    Ok(ProbeLine::Phase { name, idle_ms, .. }) => match name.as_str() {
+                                        "idle" => phase(Phase::Idle { ms: idle_ms.unwrap_or_default() }),
+                                        "reuse" => phase(Phase::Reuse),
+                                        _ => {}
+                                    },
                                     Err(e) if done.unreadable.is_none() && !line.trim().is_empty() => {
                                         done.unreadable =
                                             Some(format!("{e}: {}", line.chars().take(200).collect::<String>()))
@@ -164,11 +176,17 @@ pub fn execute(
                         }
                         Some(Capture::Evidence) => done.notes.push(format!("{purpose}: {}", evidence_summary(&output))),
                         Some(Capture::Var(name)) => {
-                            vars.insert(name.clone(), output.trim().to_string());
+                            done.vars.insert(name.clone(), output.trim().to_string());
                         }
-                        None => {}
+                        Some(Capture::Expect(want)) if !output.contains(want.as_str()) => {
+                            done.error = Some(format!("{purpose}: expected `{want}`, found `{}`", output.trim()))
+                        }
+                        Some(Capture::Expect(_)) | None => {}
                     },
-                    Err(e) if *required => done.error = Some(format!("{purpose}: {e:#}")),
+                    Err(e) if *required || (*cleanup && done.error.is_none()) => {
+                        done.error = Some(format!("{purpose}: {e:#}"))
+                    }
+                    Err(e) if *cleanup => done.notes.push(format!("cleanup failed too: {purpose}: {e:#}")),
                     Err(_) => {}
                 }
             }
@@ -225,7 +243,14 @@ pub fn evidence_summary(output: &str) -> String {
     }
     let lines: Vec<&str> =
         output.lines().filter(|l| l.contains("idle_timeout") || l.contains("packets")).map(str::trim).collect();
-    if lines.is_empty() { format!("{} bytes", output.len()) } else { lines.join("; ") }
+    // Counters that stayed at zero say nothing happened; say how many, not each.
+    let (zero, counted): (Vec<&str>, Vec<&str>) = lines.iter().partition(|l| l.ends_with(": 0"));
+    match (counted.is_empty(), zero.is_empty()) {
+        (true, true) => format!("{} bytes", output.len()),
+        (true, false) => format!("{} idle-timeout counters, all 0", zero.len()),
+        (false, true) => counted.join("; "),
+        (false, false) => format!("{}; {} other idle-timeout counters at 0", counted.join("; "), zero.len()),
+    }
 }
 
 #[cfg(test)]
@@ -265,8 +290,10 @@ pub(crate) mod tests {
             if self.fail_on.as_deref().is_some_and(|f| line.contains(f)) {
                 anyhow::bail!("timed out waiting for the condition");
             }
-            Ok(if args.iter().any(|a| a == "logs") {
+            Ok(if line.contains("exec idlelab-probe -c probe") {
                 self.log.clone()
+            } else if args.iter().any(|a| a == "istiod") {
+                "idlelab.local/istio/pilot:1.30.3-idlelab".into()
             } else if args.iter().any(|a| a.starts_with("jsonpath=")) {
                 "10.244.0.7".into()
             } else {
@@ -293,21 +320,48 @@ pub(crate) mod tests {
         cells.iter().enumerate().map(|(i, c)| execute(&cell_steps(c, i, &target), runner, &same, &noop)).collect()
     }
 
-    /// A probe that went straight to Completed never becomes Ready: the wait fails, and its log
-    /// is fetched and judged all the same.
+    /// Issue 19, defect 2: a cell that fails still removes what it made. The probe pod never
+    /// becomes Ready: the probe does not run, the cell fails with the wait's purpose, and the
+    /// gateway's objects in istio-system and the namespace are deleted all the same.
     #[test]
-    fn the_probes_log_is_fetched_even_when_the_wait_for_ready_fails() {
-        let cells = cells_of("redis-idle", "none");
+    fn a_failed_cell_still_removes_its_gateway_objects_and_namespace() {
+        let cells = cells_of("https-keepalive", "none");
         let mut runner = FakeRunner {
             log: observations(true),
             fail_on: Some("--for=condition=Ready pod/idlelab-probe".into()),
             ..Default::default()
         };
         let done = execute_all(&cells, &mut runner);
-        assert!(runner.recorded.lock().unwrap().ran.iter().any(|r| r.contains("logs -f idlelab-probe")));
-        assert!(done[0].error.is_none(), "{:?}", done[0].error);
-        let judged = crate::model::verdict::judge(done[0].observations.as_ref().unwrap()).0;
-        assert_eq!(judged, crate::model::verdict::Verdict::IdleClosed);
+        let ran = runner.recorded.lock().unwrap().ran.clone();
+        assert!(!ran.iter().any(|r| r.contains("exec idlelab-probe -c probe")), "{ran:?}");
+        assert!(done[0].error.as_deref().is_some_and(|e| e.contains("wait for the probe pod")), "{:?}", done[0].error);
+        let wait = ran.iter().position(|r| r.contains("--for=condition=Ready pod/idlelab-probe")).unwrap();
+        let gateway = ran.iter().position(|r| r.contains("-n istio-system delete envoyfilter,secret -l idlelab.dev/cell="));
+        let namespace = ran.iter().position(|r| r.contains("delete namespace idlelab-"));
+        assert!(gateway.is_some_and(|g| g > wait), "the gateway's objects go after a failure: {ran:?}");
+        assert!(namespace.is_some_and(|n| n > wait), "the namespace goes after a failure: {ran:?}");
+    }
+
+    /// A cleanup step that fails fails a cell that had not failed: a leak is not a pass.
+    #[test]
+    fn a_failed_cleanup_fails_the_cell() {
+        let cells = cells_of("https-keepalive", "none");
+        let mut runner =
+            FakeRunner { log: observations(true), fail_on: Some("delete namespace idlelab-".into()), ..Default::default() };
+        let done = execute_all(&cells, &mut runner);
+        assert!(done[0].error.as_deref().is_some_and(|e| e.contains("remove the cell")), "{:?}", done[0].error);
+    }
+
+    /// Issue 19, defect 2: every run starts with a sweep of what earlier runs left: cell
+    /// namespaces by their label, and the gateway's per-cell objects in istio-system.
+    #[test]
+    fn every_run_sweeps_what_earlier_runs_left() {
+        let steps: Vec<String> = cluster_steps(&KubeTarget { context: None })
+            .iter()
+            .filter_map(|s| if let Step::Command { program, args, .. } = s { Some(format!("{program} {}", args.join(" "))) } else { None })
+            .collect();
+        assert!(steps.iter().any(|s| s.contains("delete namespace -l app.kubernetes.io/managed-by=idlelab")), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("-n istio-system delete envoyfilter,secret -l idlelab.dev/cell ")), "{steps:?}");
     }
 
     /// The passthrough scenario's probe targets the next hop's pod IP, captured at run time.
@@ -329,8 +383,9 @@ pub(crate) mod tests {
         let clusters =
             r#"[{"name":"outbound|6379||redis","upstreamConnectionOptions":{"tcpKeepalive":{"keepaliveTime":300}}}]"#;
         assert!(evidence_summary(clusters).contains("outbound|6379||redis tcp_keepalive"));
-        let stats = "tcp.outbound|6379||redis.idle_timeout: 4\nlistener.x.downstream_cx_total: 8\n";
-        assert_eq!(evidence_summary(stats), "tcp.outbound|6379||redis.idle_timeout: 4");
+        let stats = "tcp.outbound|6379||redis.idle_timeout: 4\nlistener.x.downstream_cx_total: 8\ntcp.BlackHoleCluster.idle_timeout: 0\n";
+        assert_eq!(evidence_summary(stats), "tcp.outbound|6379||redis.idle_timeout: 4; 1 other idle-timeout counters at 0");
+        assert_eq!(evidence_summary("tcp.x.idle_timeout: 0\n"), "1 idle-timeout counters, all 0");
         assert!(evidence_summary("counter forgotten {\n packets 3 bytes 156\n}").contains("packets 3"));
     }
 
@@ -339,13 +394,28 @@ pub(crate) mod tests {
     fn every_step_has_a_timeout_and_the_runner_enforces_it() {
         let cells = cells_of("https-keepalive", "none");
         let p = plan(&cells, &KubeTarget { context: None });
+        // Issue 19, defect 5: a timeout fits the command. An API call gets a minute; a wait
+        // gets its own `--timeout` plus a margin; the image build and the probe get theirs.
+        let idle = cells[0].scaled.idle.0.as_secs();
         for s in &p.steps {
-            if let Step::Command { timeout_s, .. } = s {
-                assert!(*timeout_s > 0);
+            if let Step::Command { program, args, timeout_s, .. } = s {
+                let line = args.join(" ");
+                let want = if line.contains("build.sh lab") {
+                    1800
+                } else if line.contains("load docker-image") {
+                    600
+                } else if line.contains("exec idlelab-probe -c probe --") {
+                    idle + 300
+                } else if let Some(t) = args.iter().find_map(|a| a.strip_prefix("--timeout=")) {
+                    t.trim_end_matches('s').parse::<u64>().unwrap() + plan::WAIT_MARGIN_S
+                } else {
+                    plan::DEFAULT_TIMEOUT_S
+                };
+                assert_eq!(*timeout_s, want, "{program} {line}");
             }
         }
         let started = std::time::Instant::now();
-        let e = plan::ProcessRunner.run("sleep", &["5".into()], None, std::time::Duration::from_secs(1)).unwrap_err();
+        let e = plan::ProcessRunner::default().run("sleep", &["5".into()], None, std::time::Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("`sleep 5` timed out after 1 s"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
         // The gateway's certificate is applied (a re-run replaces it), not created.
@@ -417,6 +487,8 @@ pub(crate) mod tests {
                     None
                 }
             })
+            // What the lab image's build printed (nothing, from the fake) replaces its name.
+            .map(|c| c.replace("$LAB_IMAGE", ""))
             .collect();
         assert_eq!(runner.recorded.lock().unwrap().ran, planned, "the run is the plan");
         assert!(done[0].observations.is_some());

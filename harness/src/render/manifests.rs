@@ -12,7 +12,7 @@ use crate::hop::{MiddleboxHop, OnUnknown};
 use crate::model::service::Service as Svc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, ExecAction, HTTPGetAction,
     Namespace, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort,
     ServiceSpec, Sysctl, TCPSocketAction, Volume, VolumeMount,
 };
@@ -20,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-/// The probe image `just kind-up` builds from the Dockerfile and loads into kind.
-pub const PROBE_IMAGE: &str = "idlelab-probe:dev";
+/// The lab's image (servers, middlebox, probes), named at execution: `kind-images/build.sh lab`
+/// builds it from Debian's packages and the lab's binaries, tagged by their hash.
+pub const LAB_IMAGE: &str = "$LAB_IMAGE";
 
 pub fn yaml<T: serde::Serialize>(v: &T) -> String {
     serde_saphyr::to_string(v).expect("a Kubernetes object renders as YAML")
@@ -67,68 +68,42 @@ pub fn port_name(s: Svc) -> String {
     format!("{protocol}-{}", s.name())
 }
 
-/// The server container, with its own idle settings explicit, as in the local lab.
+/// The server container: the lab image's Debian servers (the versions the local lab runs), with
+/// the same arguments as the local lab, its own idle settings explicit.
 fn server_container(knobs: &CellConfig) -> Container {
     let port = knobs.service.port();
     let idle = knobs.server_idle_timeout.0.as_secs();
-    let (image, args, env): (&str, Vec<String>, Vec<EnvVar>) = match knobs.service {
-        Svc::Redis => (
-            "redis:7.0.15",
-            vec![
-                "redis-server",
-                "--tcp-keepalive",
-                "0",
-                "--timeout",
-                &idle.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            vec![],
-        ),
-        Svc::Mysql => {
-            let wait = if idle == 0 { 31_536_000 } else { idle };
-            (
-                "mariadb:10.11.11",
-                vec![
-                    format!("--wait-timeout={wait}"),
-                    format!("--interactive-timeout={wait}"),
-                    "--skip-name-resolve".into(),
-                ],
-                vec![EnvVar {
-                    name: "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD".into(),
-                    value: Some("1".into()),
-                    ..Default::default()
-                }],
-            )
+    let p = port.to_string();
+    let args: Vec<String> = match knobs.service {
+        Svc::Redis => {
+            let idle = idle.to_string();
+            let a = ["redis-server", "--bind", "0.0.0.0", "--port", &p, "--protected-mode", "no", "--tcp-keepalive", "0"];
+            let b = ["--timeout", &idle, "--save", "", "--appendonly", "no", "--dir", "/tmp"];
+            a.iter().chain(b.iter()).map(|s| s.to_string()).collect()
         }
-        Svc::Memcached => (
-            "memcached:1.6.18",
-            vec!["memcached".into(), "-U".into(), "0".into(), "-o".into(), format!("idle_timeout={idle}")],
-            vec![],
-        ),
-        Svc::Http | Svc::Https => (
-            PROBE_IMAGE,
-            vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")],
-            vec![],
-        ),
-    };
-    let (command, args) = match knobs.service {
-        Svc::Mysql => (None, Some(args)),
-        _ => (Some(args), None),
+        Svc::Mysql => {
+            // mariadb-install-db, then the local lab's own server arguments (`mysql_server.rs`).
+            let wait = if idle == 0 { 31_536_000 } else { idle };
+            let script = format!(
+                "mariadb-install-db --no-defaults --user=root --auth-root-authentication-method=normal --skip-test-db --datadir=/tmp/data --innodb-log-file-size=4M --innodb-buffer-pool-size=8M >/tmp/install.log 2>&1 || {{ cat /tmp/install.log; exit 1; }}\n\
+                 exec mariadbd --no-defaults --datadir=/tmp/data --socket=/tmp/mysql.sock --port={p} --bind-address=0.0.0.0 --user=root --skip-grant-tables --skip-name-resolve --skip-log-bin --performance-schema=OFF --innodb-buffer-pool-size=8M --innodb-log-file-size=4M --innodb-flush-log-at-trx-commit=0 --wait-timeout={wait} --interactive-timeout={wait}\n"
+            );
+            vec!["sh".into(), "-c".into(), script]
+        }
+        Svc::Memcached => ["memcached", "-u", "root", "-l", "0.0.0.0", "-p", &p, "-U", "0", "-t", "1", "-m", "16"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-o".to_string(), format!("idle_timeout={idle}")])
+            .collect(),
+        Svc::Http | Svc::Https => {
+            vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")]
+        }
     };
     Container {
         name: "server".into(),
-        image: Some(image.into()),
-        command,
-        args,
-        env: (!env.is_empty()).then_some(env),
+        image: Some(LAB_IMAGE.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(lab_command(args)),
         ports: Some(vec![ContainerPort {
             container_port: port as i32,
             name: Some(port_name(knobs.service)),
@@ -138,6 +113,15 @@ fn server_container(knobs: &CellConfig) -> Container {
         ..Default::default()
     }
 }
+
+/// tini as PID 1: it passes SIGTERM on, so a pod stops at once (with
+/// `terminationGracePeriodSeconds` 1) instead of waiting for the kubelet's SIGKILL.
+fn lab_command(args: Vec<String>) -> Vec<String> {
+    ["/usr/bin/tini".to_string(), "--".to_string()].into_iter().chain(args).collect()
+}
+
+/// Lab pods stop within a second: nothing in them needs a graceful shutdown.
+const GRACE_S: i64 = 1;
 
 /// Ready means "answers a real client", so `rollout status` does not return before MariaDB has
 /// initialised: redis-cli PING, mariadb-admin ping over TCP, an HTTP GET; memcached's image
@@ -186,7 +170,11 @@ pub fn server(knobs: &CellConfig, ns: &str, annotations: BTreeMap<String, String
                     annotations: (!annotations.is_empty()).then_some(annotations),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec { containers: vec![server_container(knobs)], ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![server_container(knobs)],
+                    termination_grace_period_seconds: Some(GRACE_S),
+                    ..Default::default()
+                }),
             },
             ..Default::default()
         }),
@@ -229,7 +217,7 @@ pub fn middlebox_script(hop: &MiddleboxHop, next_host: &str, port: u16) -> Strin
     };
     let c = MIDDLEBOX_COUNTER;
     format!(
-        "set -eu\nnext=$(getent hosts {next_host} | awk '{{print $1}}')\nnft -f - <<NFT\ntable ip idlelab_middlebox {{\n  counter {c} {{ }}\n  chain pre {{ type nat hook prerouting priority -100; tcp dport {port} dnat to $next:{port}; }}\n  chain post {{ type nat hook postrouting priority 100; oifname != \"lo\" masquerade; }}\n  chain forward {{ type filter hook forward priority 0; ct state invalid meta l4proto tcp counter name {c} {verdict}; }}\n  chain input {{ type filter hook input priority 0; ct state invalid meta l4proto tcp counter name {c} {verdict}; }}\n}}\nNFT\nsysctl -w net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 net.netfilter.nf_conntrack_tcp_timeout_established={}\nexec sleep infinity\n",
+        "set -eu\n# The next hop's Service may not resolve yet: wait for it (the pod is Ready only once the rules below are in).\nfor i in $(seq 120); do next=$(getent hosts {next_host} | awk '{{print $1}}'); [ -n \"$next\" ] && break; sleep 0.5; done\n[ -n \"$next\" ] || {{ echo 'middlebox: {next_host} did not resolve within 60 s' >&2; exit 1; }}\nnft -f - <<NFT\ntable ip idlelab_middlebox {{\n  counter {c} {{ }}\n  chain pre {{ type nat hook prerouting priority -100; tcp dport {port} dnat to $next:{port}; }}\n  chain post {{ type nat hook postrouting priority 100; oifname != \"lo\" masquerade; }}\n  chain forward {{ type filter hook forward priority 0; ct state invalid meta l4proto tcp counter name {c} {verdict}; }}\n  chain input {{ type filter hook input priority 0; ct state invalid meta l4proto tcp counter name {c} {verdict}; }}\n}}\nNFT\nsysctl -w net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 net.netfilter.nf_conntrack_tcp_timeout_established={}\ntouch /tmp/ready\nexec sleep infinity\n",
         hop.conntrack_timeout_s()
     )
 }
@@ -238,10 +226,20 @@ pub fn middlebox(name: &str, ns: &str, hop: &MiddleboxHop, next_host: &str, s: S
     let pod = Pod {
         metadata: meta(name, ns, &[("app", name)], inject(false)),
         spec: Some(PodSpec {
+            // A bare pod that fails is not restarted into a crash loop: its cell fails at the wait.
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(GRACE_S),
             containers: vec![Container {
                 name: "middlebox".into(),
-                image: Some(PROBE_IMAGE.into()),
-                command: Some(vec!["sh".into(), "-c".into(), middlebox_script(hop, next_host, s.port())]),
+                image: Some(LAB_IMAGE.into()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(lab_command(vec!["sh".into(), "-c".into(), middlebox_script(hop, next_host, s.port())])),
+                // Ready means the rules and sysctls are in (the script's last step before it sleeps).
+                readiness_probe: Some(Probe {
+                    exec: Some(ExecAction { command: Some(vec!["test".into(), "-e".into(), "/tmp/ready".into()]) }),
+                    period_seconds: Some(1),
+                    ..Default::default()
+                }),
                 security_context: Some(SecurityContext {
                     privileged: Some(true),
                     capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), ..Default::default() }),
@@ -256,9 +254,10 @@ pub fn middlebox(name: &str, ns: &str, hop: &MiddleboxHop, next_host: &str, s: S
     (pod, service(name, ns, s, name))
 }
 
-/// The probe container's command: `idlelab probe` for the Rust client libraries,
-/// `idlelab-probe-go` (in the same image) for the Go ones. Both read the spec from the file.
-fn probe_command(knobs: &CellConfig) -> Vec<String> {
+/// The probe's command, run in the probe pod by `kubectl exec` (its output is the exec's):
+/// `idlelab probe` for the Rust client libraries, `idlelab-probe-go` (in the same image) for the
+/// Go ones. Both read the spec from the file.
+pub fn probe_command(knobs: &CellConfig) -> Vec<String> {
     use crate::model::library::Runtime;
     let spec = ["--spec".to_string(), "/spec/probe.json".to_string()];
     match knobs.client.library.runtime() {
@@ -288,11 +287,16 @@ pub fn probe(ns: &str, spec_json: &str, knobs: &CellConfig, annotations: BTreeMa
         metadata: meta("idlelab-probe", ns, &[("app", "idlelab-probe")], annotations),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(GRACE_S),
             security_context: sysctls.map(|s| PodSecurityContext { sysctls: Some(s), ..Default::default() }),
+            // The pod only waits; the probe runs in it by `kubectl exec`, so the pod and its
+            // sidecar outlive the probe and the evidence is read after the reuse, however short
+            // the idle period.
             containers: vec![Container {
                 name: "probe".into(),
-                image: Some(PROBE_IMAGE.into()),
-                command: Some(probe_command(knobs)),
+                image: Some(LAB_IMAGE.into()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(lab_command(vec!["sleep".into(), "infinity".into()])),
                 volume_mounts: Some(vec![VolumeMount {
                     name: "spec".into(),
                     mount_path: "/spec".into(),
@@ -326,6 +330,53 @@ mod tests {
         let y = yaml(&s);
         assert!(y.contains("kind: Service") && y.contains("tcp-redis"), "{y}");
         let (_, pod) = probe("ns1", "{}", &knobs, inject(true));
-        assert!(yaml(&pod).contains("/spec/probe.json"));
+        assert!(yaml(&pod).contains("mountPath: /spec"));
+        assert!(probe_command(&knobs).join(" ").ends_with("--spec /spec/probe.json"));
+    }
+
+    /// Issue 19, defect 3: every lab pod stops at once. tini is PID 1 (it passes SIGTERM on, so
+    /// `sleep infinity` and `serve-http` end) and the grace period is 1 s.
+    #[test]
+    fn every_lab_pod_stops_at_once() {
+        let knobs = crate::mitigation::contract::tests::test_knobs();
+        let hop = MiddleboxHop {
+            preset: None,
+            idle_timeout: crate::model::duration::Dur(std::time::Duration::from_secs(30)),
+            on_unknown: OnUnknown::Reset,
+        };
+        let (d, _) = server(&knobs, "ns1", BTreeMap::new());
+        let server_spec = d.spec.unwrap().template.spec.unwrap();
+        let (_, probe_pod) = probe("ns1", "{}", &knobs, BTreeMap::new());
+        let (mb, _) = middlebox("mb0", "ns1", &hop, "redis.ns1.svc.cluster.local", Svc::Redis);
+        for spec in [server_spec, probe_pod.spec.unwrap(), mb.spec.unwrap()] {
+            assert_eq!(spec.termination_grace_period_seconds, Some(1));
+            let command = spec.containers[0].command.clone().unwrap();
+            assert_eq!(command[..2], ["/usr/bin/tini", "--"], "{command:?}");
+            assert_eq!(spec.containers[0].image.as_deref(), Some(LAB_IMAGE));
+        }
+    }
+
+    /// Issue 19, defect 6: a middlebox is Ready only once its rules are in. Its script waits
+    /// for the next hop's name to resolve (and fails, not loops, when it never does); the pod
+    /// is not restarted into a crash loop.
+    #[test]
+    fn a_middlebox_is_ready_only_once_its_rules_are_loaded() {
+        let hop = MiddleboxHop {
+            preset: None,
+            idle_timeout: crate::model::duration::Dur(std::time::Duration::from_secs(30)),
+            on_unknown: OnUnknown::Drop,
+        };
+        let (pod, _) = middlebox("mb0", "ns1", &hop, "redis.ns1.svc.cluster.local", Svc::Redis);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let ready = spec.containers[0].readiness_probe.clone().expect("a readiness probe");
+        let check = ready.exec.unwrap().command.unwrap().join(" ");
+        let script = middlebox_script(&hop, "redis.ns1.svc.cluster.local", 6379);
+        let marker = check.strip_prefix("test -e ").expect(&check);
+        let (nft, sysctl, touch) =
+            (script.find("nft -f").unwrap(), script.find("sysctl -w").unwrap(), script.find(&format!("touch {marker}")).unwrap());
+        assert!(nft < touch && sysctl < touch, "the marker comes after the rules and sysctls:\n{script}");
+        let resolve = script.find("getent hosts").unwrap();
+        assert!(resolve < nft && script[..nft].contains("sleep") && script[..nft].contains("exit 1"), "{script}");
     }
 }

@@ -1,0 +1,171 @@
+//! Issue 19: the kind backend on a real kind cluster with Istio, on this machine.
+//!
+//! One test, in order, because the steps share one cluster:
+//! 1. `kind-images/kind-up.sh` (what `just kind-up` runs): the lab's own Docker engine in a
+//!    network namespace of its own, every image built offline and cached, the cluster and Istio
+//!    reused when present.
+//! 2. The same scenarios on both backends; every cell's verdict on kind equals the local lab's.
+//!    The evidence shows istiod configured the probe's sidecar (its tcp_proxy idle timeout, as
+//!    the local lab's config dump shows it) and a middlebox counted the segments it forgot.
+//! 3. A run killed with SIGKILL mid-cell, then `idlelab reap`: nothing of the lab left on the
+//!    cluster.
+//! 4. `kind-up.sh --down`: no cluster, no dockerd, no namespace of the lab; the host's nft and
+//!    iptables rulesets as they were before step 1.
+//!
+//! Where Docker cannot run, step 1 fails and says what to install; nothing is skipped.
+
+mod common;
+
+use common::{bin, repo};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+/// The host's own rules, which the lab must not touch.
+fn host_rules() -> String {
+    let nft = Command::new("nft").args(["list", "ruleset"]).output().expect("nft (Debian nftables)");
+    let ipt = Command::new("iptables-save").output().map(|o| o.stdout).unwrap_or_default();
+    // iptables-save stamps the time it ran; only the rules count.
+    let ipt: String = String::from_utf8_lossy(&ipt).lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    format!("{}\n{ipt}", String::from_utf8_lossy(&nft.stdout))
+}
+
+fn kind_up() {
+    let started = std::time::Instant::now();
+    let status = Command::new("bash")
+        .arg(repo().join("kind-images/kind-up.sh"))
+        .current_dir(repo())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("bash");
+    assert!(
+        status.success(),
+        "the kind backend's test needs a kind cluster, and `just kind-up` failed ({status}).\n  \
+         It runs as root and installs Debian's docker.io, debootstrap and jq itself; it needs the Go \
+         toolchain (Kubernetes, etcd, coredns, kind and Istio are built from Go modules), `just setup` \
+         (Envoy for the proxy image) and about 10 GB of disk. Its output above says which step failed."
+    );
+    eprintln!("kind-up: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// `idlelab run SCENARIO --mitigation …` on one backend; its summary.json.
+fn run(scenario: &str, backend: &str, out: &std::path::Path) -> Value {
+    let started = std::time::Instant::now();
+    let o = Command::new(bin())
+        .args(["run", scenario, "--backend", backend, "--out"])
+        .arg(out)
+        .current_dir(repo())
+        .output()
+        .expect("run idlelab");
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap_or_else(|_| {
+        panic!(
+            "{scenario} on {backend} wrote no summary ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    eprintln!("{scenario} on {backend}: {:.0} s", started.elapsed().as_secs_f64());
+    serde_json::from_str(&summary).unwrap()
+}
+
+/// Each cell's verdict (or its error) by cell label.
+fn verdicts(summary: &Value) -> BTreeMap<String, String> {
+    summary["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let v = c["verdict"].as_str().map(str::to_string);
+            (c["cell"].as_str().unwrap().to_string(), v.unwrap_or_else(|| format!("error: {}", c["error"])))
+        })
+        .collect()
+}
+
+fn notes(cell: &Value) -> String {
+    cell["evidence"]["notes"].as_array().map(|n| n.iter().map(|x| x.as_str().unwrap_or_default()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+}
+
+fn lab_namespaces() -> Vec<String> {
+    let o = Command::new("nsenter")
+        .args(["--net=/run/netns/idlelab-kind", "--", "kubectl", "--context", "kind-idlelab", "get", "ns"])
+        .args(["-l", "app.kubernetes.io/managed-by=idlelab", "-o", "name"])
+        .env("KUBECONFIG", "/var/cache/idlelab/kind/kubeconfig")
+        .env("PATH", format!("/var/cache/idlelab/kind/bin:{}", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("kubectl");
+    assert!(o.status.success(), "kubectl: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
+    common::require_lab();
+    let before = host_rules();
+    kind_up();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut compared = 0;
+    for scenario in ["redis-idle", "redis-sidecar-upstream", "redis-blackhole", "https-keepalive", "redis-idle-go"] {
+        let local = run(scenario, "local", &dir.path().join(format!("{scenario}-local")));
+        let kind = run(scenario, "kind", &dir.path().join(format!("{scenario}-kind")));
+        assert_eq!(kind["backend"], "kind (kind-idlelab)");
+        let (l, k) = (verdicts(&local), verdicts(&kind));
+        assert_eq!(k, l, "{scenario}: every cell's verdict on kind equals the local lab's (kind, then local)");
+        compared += k.len();
+
+        for cell in kind["cells"].as_array().unwrap() {
+            let label = cell["cell"].as_str().unwrap();
+            let notes = notes(cell);
+            if scenario == "redis-idle" && label == "none" {
+                // istiod's config of the probe's sidecar: the scaled tcp_proxy idle timeout.
+                assert!(notes.contains("_6379 idle_timeout 6s"), "{scenario}::{label}: istiod's config in the evidence:\n{notes}");
+                // …and the sidecar's own count: its tcp_proxy closed the 4 pooled connections.
+                assert!(
+                    notes.lines().any(|l| l.contains("tcp.outbound|6379||redis.") && l.contains(".idle_timeout: 4")),
+                    "{scenario}::{label}: the sidecar's idle-timeout counter:\n{notes}"
+                );
+            }
+            if scenario == "redis-sidecar-upstream" && label == "none" || scenario == "redis-blackhole" && label == "none" {
+                let counted = notes
+                    .lines()
+                    .find(|l| l.contains("forgotten-flow segments"))
+                    .and_then(|l| l.split("packets ").nth(1))
+                    .and_then(|n| n.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                assert!(counted.is_some_and(|n| n > 0), "{scenario}::{label}: the middlebox's counter:\n{notes}");
+            }
+        }
+    }
+    assert_eq!(compared, 7 + 5 + 4 + 4 + 4, "every cell compared");
+
+    // A run killed mid-cell leaves its namespace; reap removes it.
+    let mut child = Command::new(bin())
+        .args(["run", "redis-idle", "--backend", "kind", "--mitigation", "none", "--out"])
+        .arg(dir.path().join("killed"))
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while lab_namespaces().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the run made no namespace within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!lab_namespaces().is_empty(), "the killed run left its namespace (what reap is for)");
+    let reap = Command::new(bin()).arg("reap").current_dir(repo()).output().unwrap();
+    assert!(reap.status.success(), "{}", String::from_utf8_lossy(&reap.stderr));
+    assert_eq!(lab_namespaces(), Vec::<String>::new(), "reap removed the killed run's namespace");
+
+    // kind-down: nothing of the lab's left, the host's rules untouched.
+    let down = Command::new("bash").arg(repo().join("kind-images/kind-up.sh")).arg("--down").status().unwrap();
+    assert!(down.success());
+    assert!(!std::path::Path::new("/run/netns/idlelab-kind").exists(), "the engine's namespace is gone");
+    let procs = Command::new("pgrep").args(["-f", "dockerd --data-root /var/lib/idlelab"]).output().unwrap();
+    assert!(procs.stdout.is_empty(), "no dockerd left: {}", String::from_utf8_lossy(&procs.stdout));
+    assert_eq!(host_rules(), before, "the host's nft and iptables rules are as they were");
+}
