@@ -16,10 +16,10 @@ COPY clients/go ./
 RUN CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o /idlelab-probe-go ./cmd/idlelab-probe-go
 
 FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 iptables nftables conntrack procps ca-certificates \
-      redis-server mariadb-server memcached libcap2-bin tini \
- && rm -rf /var/lib/apt/lists/*
+COPY kind-images/versions.env /tmp/versions.env
+RUN . /tmp/versions.env && apt-get update \
+ && apt-get install -y --no-install-recommends $LAB_PACKAGES \
+ && rm -rf /var/lib/apt/lists/* /tmp/versions.env
 COPY --from=build /src/target/debug/idlelab /usr/local/bin/idlelab
 COPY --from=build-go /idlelab-probe-go /usr/local/bin/idlelab-probe-go
 ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -80,7 +80,6 @@ rootfs_image() { # NAME PACKAGES… → prints the image
   fi
   echo "$image"
 }
-LAB_PACKAGES="iproute2 iptables nftables conntrack procps ca-certificates redis-server mariadb-server memcached libcap2-bin tini"
 NODE_PACKAGES="systemd systemd-sysv dbus containerd runc containernetworking-plugins iptables nftables conntrack ebtables ethtool socat util-linux mount kmod ca-certificates libseccomp2 pigz procps bash curl iproute2 jq"
 
 # One static binary as an image of its own (no base: nothing else in it).
@@ -185,6 +184,13 @@ build_node() {
   # (Docker 20.10's commit takes no STOPSIGNAL; kind removes its node with `docker rm -f` anyway.)
   docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'ENV container=docker' "$c" "$image" >/dev/null
   docker rm -f "$c" >/dev/null; trap - EXIT
+  prune idlelab/kind-node "$image"
+}
+
+# Earlier builds of an image (other tags of the repository) go, unless a container uses one
+# (the running cluster's node): a rebuilt input must not leave a GB behind each time.
+prune() { # REPOSITORY KEEP
+  docker images "$1" --format '{{.Repository}}:{{.Tag}}' | grep -vx "$2" | xargs -r docker rmi >/dev/null 2>&1 || true
 }
 
 # Istio's images from this project's pinned Istio (istio/): pilot = pilot-discovery, proxyv2 =
@@ -236,6 +242,7 @@ build_lab() {
   strip --strip-debug "$d/idlelab" 2>/dev/null || true
   printf '%s\n' "FROM $base" 'COPY idlelab idlelab-probe-go /usr/local/bin/' 'ENTRYPOINT ["/usr/bin/tini", "--"]' > "$d/Dockerfile"
   DOCKER_BUILDKIT=0 docker build -q -t "$image" "$d" >/dev/null; rm -rf "$d"
+  prune idlelab/lab "$image"
   echo "$image"
 }
 

@@ -63,7 +63,7 @@ stop() {
   fi
   # Mounts under the exec root (container rootfs, netns files) go before the directory.
   if [ -d "$RUN" ]; then
-    grep -o " $RUN[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { grep -o " $RUN[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$RUN"
   fi
   [ "${1:-}" = quiet ] || echo "engine: stopped"

@@ -45,7 +45,9 @@
 //!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites.
 //! - [`kind`]: the kind backend: each cell's steps (`kind::cell`, each hop kind's objects in
 //!   `kind::device`) in a plan of kind / istioctl / kubectl commands, executed through one
-//!   command runner (`kind::run`).
+//!   command runner (`kind::run`) that reaches the cluster through the lab's own Docker engine
+//!   when kind-up started one (`kind::engine`). The cluster and its images come from
+//!   `kind-images/` (`just kind-up`).
 //!
 //! Judging and reporting:
 //! - [`events`]: what the runner tells reporters, and the reports of cells and runs.

@@ -133,7 +133,15 @@ fn both_backends_emit_the_same_events_and_write_the_same_reports() {
         .cells
         .iter()
         .map(|c| {
-            format!("{}\n", serde_json::json!({ "observations": c.evidence.observations.clone().expect("observed") }))
+            // What a real probe prints: its phases as it goes, then its observations.
+            let o = c.evidence.observations.clone().expect("observed");
+            let phases = [
+                serde_json::json!({"phase": {"name": "warm", "ms": 0}}),
+                serde_json::json!({"phase": {"name": "idle", "ms": o.idle_started_ms, "idle_ms": o.idle_ms}}),
+                serde_json::json!({"phase": {"name": "reuse", "ms": o.reuse_started_ms}}),
+            ];
+            let lines: Vec<String> = phases.iter().map(|p| p.to_string()).collect();
+            format!("{}\n{}\n", lines.join("\n"), serde_json::json!({ "observations": o }))
         })
         .collect();
     let ran = Arc::new(Mutex::new(Vec::new()));

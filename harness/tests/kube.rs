@@ -60,7 +60,7 @@ fn plan_snapshots_for_every_shipped_scenario() {
     }
     // An existing cluster: no kind or docker step, the context everywhere.
     let p = plan(&scenario_cells("redis-idle"), &KubeTarget { context: Some("staging".into()) });
-    assert_eq!(p.programs(), ["istioctl", "kubectl", "sleep"], "the only local command waits for the idle period");
+    assert_eq!(p.programs(), ["istioctl", "kubectl", "printenv"], "the only local command reads the lab image's name");
     assert!(p.to_string().contains("kubectl --context staging"));
 }
 
@@ -197,14 +197,15 @@ fn kubernetes_objects_read_back_as_k8s_openapi_types() {
 #[test]
 fn run_on_kind_without_the_tools_fails_fast_and_creates_nothing() {
     let out = std::env::temp_dir().join(format!("idlelab-test-kind-{}", std::process::id()));
-    // An empty PATH: none of docker, kind, kubectl, istioctl can be found.
+    // An empty PATH and no kind-up tools: none of docker, kind, kubectl, istioctl can be found.
     let o = idlelab(&["run", "redis-idle", "--backend", "kind", "--out", out.to_str().unwrap()])
         .env("PATH", "/nonexistent")
+        .env("IDLELAB_HOME", "/nonexistent")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("missing: docker, kind, kubectl, istioctl") && err.contains("idlelab plan"), "{err}");
+    assert!(err.contains("missing: docker, kind, kubectl, istioctl") && err.contains("just kind-up"), "{err}");
     assert!(!out.exists(), "nothing created");
 }
 
@@ -511,8 +512,8 @@ fn the_nightly_jobs_restore_the_baseline_they_save_and_install_istio_once() {
         assert_eq!(restored.len(), 1, "{name}: one baseline restored");
         assert_eq!(restored, saved, "{name}: the baseline is saved where it is restored from");
         let runs: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
-        for r in runs.iter().filter(|r| r.contains(" compare ")) {
-            for line in r.lines().filter(|l| l.contains(" compare ")) {
+        for r in &runs {
+            for line in r.lines().filter(|l| l.contains("idlelab compare") || l.contains("just compare")) {
                 assert!(line.trim_start().starts_with("sudo"), "{name}: compare runs as root: {line}");
             }
         }

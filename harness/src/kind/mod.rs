@@ -34,14 +34,15 @@ use plan::{Capture, Plan, Step};
 /// The label every cell namespace carries: a sweep finds what a killed run left with it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=idlelab";
 
-/// The `idlelab` the lab image carries: this very binary, by its real path (a file the image
-/// build can copy and hash).
-fn lab_binary() -> String {
+/// The `idlelab` the lab image carries (`$IDLELAB_EXE` in the plan): this very binary, by its
+/// real path (a file the image build can copy and hash).
+pub fn lab_binary() -> String {
     let exe = crate::tools::idlelab_exe();
     std::fs::canonicalize(&exe).unwrap_or(exe).display().to_string()
 }
 
-/// A repository file by absolute path (the plan is run from anywhere: tests, CI, a shell).
+/// A repository file by absolute path, for what runs outside a plan (`idlelab bench`). A plan
+/// names repository files relative to the repository, where `idlelab` runs (as `scenarios/`).
 pub fn repo_file(rel: &str) -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
 }
@@ -63,7 +64,7 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
             },
             Step::command(
                 "bash",
-                &[&repo_file("kind-images/build.sh"), "lab", &lab_binary()],
+                &["kind-images/build.sh", "lab", "$IDLELAB_EXE"],
                 "the lab image: Debian's servers, nftables and this build's probes (built when its inputs changed)",
             )
             .with_capture(Capture::Var("LAB_IMAGE".into()))

@@ -246,13 +246,13 @@ impl CommandRunner for ProcessRunner {
             .collect();
         if !missing.is_empty() {
             return Err(format!(
-                "the kind backend needs {} on PATH; missing: {}\n  hint: on a machine without a Docker engine, `idlelab plan SCENARIO --backend kind` prints every command and manifest the run would use; `--context NAME` runs on an existing cluster (needs kubectl and istioctl)",
+                "the kind backend needs {} on PATH; missing: {}\n  hint: `just kind-up` builds kind, kubectl and istioctl (into $IDLELAB_HOME/kind/bin), starts a Docker engine of the lab's own where none answers, and brings up the cluster; `idlelab plan SCENARIO --backend kind` prints every command and manifest a run would use; `--context NAME` runs on an existing cluster (needs kubectl and istioctl)",
                 programs.join(", "),
                 missing.join(", ")
             ));
         }
         if engine && self.run("docker", &["info".into()], None, std::time::Duration::from_secs(30)).is_err() {
-            return Err("docker is installed but no Docker engine answers (`docker info` failed); kind needs one\n  hint: `idlelab plan SCENARIO --backend kind` prints what the run would do; `--context NAME` uses an existing cluster".into());
+            return Err("docker is installed but no Docker engine answers (`docker info` failed); kind needs one\n  hint: `just kind-up` starts the lab's own engine (as root) and the cluster; `idlelab plan SCENARIO --backend kind` prints what the run would do; `--context NAME` uses an existing cluster".into());
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ impl RunValues {
     fn substitute(&self, s: &str) -> String {
         let s = self.vars.iter().fold(s.to_string(), |acc, (k, v)| acc.replace(&format!("${k}"), v));
         s.replace("$RUN_ID", &self.run_id)
+            .replace("$IDLELAB_EXE", &super::lab_binary())
             .replace("$RUN_DIR", &self.dir.display().to_string())
             .replace("$RUN_CA_PEM", &self.ca.ca_pem.replace('\n', "\\n"))
             .replace("$RUN_CERT_PEM", &self.ca.cert_pem.replace('\n', "\\n"))
@@ -350,6 +351,24 @@ pub(crate) mod tests {
             FakeRunner { log: observations(true), fail_on: Some("delete namespace idlelab-".into()), ..Default::default() };
         let done = execute_all(&cells, &mut runner);
         assert!(done[0].error.as_deref().is_some_and(|e| e.contains("remove the cell")), "{:?}", done[0].error);
+    }
+
+    /// Issue 19, defect 9: a cell with about 1 s of idle keeps its evidence. The probe runs in
+    /// a pod that outlives it (`kubectl exec`), and the sidecar's config and counters are read
+    /// after the probe returns, before the namespace goes; no step waits on the idle's clock.
+    #[test]
+    fn a_one_second_idle_cell_reads_its_evidence_after_the_probe_while_the_pod_is_up() {
+        let cells = cells_of("redis-idle", "istio-idle-timeout");
+        assert_eq!(cells[0].scaled.idle.0.as_secs(), 1, "the shipped 1 s cell");
+        let lines: Vec<String> = cell_steps(&cells[0], 0, &KubeTarget { context: None })
+            .iter()
+            .filter_map(|s| if let Step::Command { program, args, .. } = s { Some(format!("{program} {}", args.join(" "))) } else { None })
+            .collect();
+        let at = |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {lines:#?}"));
+        let probe = at("exec idlelab-probe -c probe --");
+        assert!(probe < at("proxy-config listener") && probe < at("proxy-config cluster") && probe < at("-c istio-proxy"));
+        assert!(at("-c istio-proxy") < at("delete namespace"));
+        assert!(!lines.iter().any(|l| l.starts_with("sleep ")), "no step sleeps against the idle period: {lines:#?}");
     }
 
     /// Issue 19, defect 2: every run starts with a sweep of what earlier runs left: cell
