@@ -49,8 +49,12 @@ impl CellPlan<'_> {
     /// the explicit scaled idle timeouts); a mitigation with no cluster form is noted.
     fn setup(&mut self, ctx: &IstioContext) -> Annotations {
         let factor = self.cell.time_scale.factor;
-        if factor > 1 {
-            let scaled_sidecars = istio::scaled_idle_timeouts(self.cell);
+        let scaled_sidecars = istio::scaled_idle_timeouts(self.cell);
+        if factor > 1 && scaled_sidecars.is_empty() {
+            self.note(format!(
+                "time scale ×{factor}: no sidecar on the path; the other scaled durations (a middlebox's conntrack timeout, the server's idle timeout, the app's settings) are set as in the local lab"
+            ));
+        } else if factor > 1 {
             self.note(format!(
                 "time scale ×{factor}: each sidecar's idle timeout is set explicitly to its scaled value ({}); the baseline is then an explicit value, not Istio's default. Run with --time-scale 1 for Istio's own defaults.",
                 scaled_sidecars.iter().map(|(pod, d)| format!("{pod} {d}")).collect::<Vec<_>>().join(", ")
