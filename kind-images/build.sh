@@ -195,26 +195,32 @@ prune() { # REPOSITORY KEEP
 
 # Istio's images from this project's pinned Istio (istio/): pilot = pilot-discovery, proxyv2 =
 # pilot-agent + the Envoy the local lab runs + Istio's bootstrap template, user istio-proxy 1337.
+# Their tag is the Istio version plus a hash of what they hold, so a rebuilt binary is a new
+# tag (kind-up reloads and reinstalls); prints the tag.
 build_istio() {
   build_istio_bins
   local bin; bin=$(istio_bin)
   local envoy; envoy=$(readlink -f "$IDLELAB_HOME/bin/envoy")
   [ -x "$envoy" ] || { say "no Envoy at $IDLELAB_HOME/bin/envoy: run just setup first"; return 2; }
+  local tag; tag="$ISTIO_TAG-$(inputs_hash "$bin/pilot-discovery" "$bin/pilot-agent" "$bin/envoy_bootstrap.json" "$envoy" "$LAB_PACKAGES")"
   local base; base=$(rootfs_image lab $LAB_PACKAGES)
   local d
-  if ! has_image "$ISTIO_HUB/pilot:$ISTIO_TAG"; then
+  if ! has_image "$ISTIO_HUB/pilot:$tag"; then
     d=$(mktemp -d); cp "$bin/pilot-discovery" "$d/"
     printf 'FROM %s\nCOPY pilot-discovery /usr/local/bin/\nRUN useradd -u 1337 -U -M -d / istio-proxy\nUSER 1337:1337\nENTRYPOINT ["/usr/local/bin/pilot-discovery"]\n' "$base" > "$d/Dockerfile"
-    DOCKER_BUILDKIT=0 docker build -q -t "$ISTIO_HUB/pilot:$ISTIO_TAG" "$d" >/dev/null; rm -rf "$d"
+    DOCKER_BUILDKIT=0 docker build -q -t "$ISTIO_HUB/pilot:$tag" "$d" >/dev/null; rm -rf "$d"
+    prune "$ISTIO_HUB/pilot" "$ISTIO_HUB/pilot:$tag"
   fi
-  if ! has_image "$ISTIO_HUB/proxyv2:$ISTIO_TAG"; then
+  if ! has_image "$ISTIO_HUB/proxyv2:$tag"; then
     d=$(mktemp -d); cp "$bin/pilot-agent" "$bin/envoy_bootstrap.json" "$d/"; cp "$envoy" "$d/envoy"
     printf '%s\n' "FROM $base" 'COPY pilot-agent envoy /usr/local/bin/' \
       'COPY envoy_bootstrap.json /var/lib/istio/envoy/envoy_bootstrap_tmpl.json' \
       'RUN useradd -u 1337 -U -M -d / istio-proxy && mkdir -p /etc/istio/proxy && chown -R 1337:1337 /etc/istio/proxy /var/lib/istio' \
       'ENV ISTIO_META_ISTIO_PROXY_SHA=idlelab' 'USER 1337:1337' 'ENTRYPOINT ["/usr/local/bin/pilot-agent"]' > "$d/Dockerfile"
-    DOCKER_BUILDKIT=0 docker build -q -t "$ISTIO_HUB/proxyv2:$ISTIO_TAG" "$d" >/dev/null; rm -rf "$d"
+    DOCKER_BUILDKIT=0 docker build -q -t "$ISTIO_HUB/proxyv2:$tag" "$d" >/dev/null; rm -rf "$d"
+    prune "$ISTIO_HUB/proxyv2" "$ISTIO_HUB/proxyv2:$tag"
   fi
+  echo "$tag"
 }
 
 # The lab's own image: Debian's servers (the same versions as the local lab), nftables for the
@@ -256,6 +262,6 @@ case "${1:-all}" in
   lab-name) [ -n "${2:-}" ] && export IDLELAB_EXE="$2"; lab_image ;;
   rootfs) rootfs_image lab $LAB_PACKAGES; rootfs_image node $NODE_PACKAGES ;;
   --names) node_image; lab_image ;;
-  all) build_tools; build_node; build_istio; build_lab >/dev/null ;;
+  all) build_tools; build_node >/dev/null; build_istio >/dev/null; build_lab >/dev/null ;;
   *) echo "usage: build.sh all|tools|node|istio|lab" >&2; exit 2 ;;
 esac

@@ -30,8 +30,23 @@ case "${1:-}" in
     bash "$here/engine.sh" stop
     rm -f "$KIND_HOME/kubeconfig"
     exit 0 ;;
+  --load)
+    # kind-up.sh --load IMAGE…: the images the node lacks, by name. kind's own check asks the
+    # node's crictl, which the offline node image has not; every tag here names its content
+    # (a hash of the inputs), so the name is enough.
+    shift
+    [ -S /run/idlelab-kind/docker.sock ] && export DOCKER_HOST=unix:///run/idlelab-kind/docker.sock
+    node="$CLUSTER-control-plane"
+    have=$(docker exec "$node" ctr --namespace=k8s.io images ls -q 2>/dev/null || true)
+    for img in "$@"; do
+      ref="$img"
+      case "${img%%/*}" in *.*|*:*|localhost) ;; *) ref="docker.io/$img" ;; esac
+      if grep -qxF "$ref" <<<"$have"; then continue; fi
+      kind load docker-image --name "$CLUSTER" "$img" >/dev/null
+    done
+    exit 0 ;;
   "") ;;
-  *) echo "usage: kind-up.sh [--offline | --down]" >&2; exit 2 ;;
+  *) echo "usage: kind-up.sh [--offline | --down | --load IMAGE…]" >&2; exit 2 ;;
 esac
 
 # The lab's own engine when no other answers (or offline); everything below then runs in its
@@ -66,9 +81,9 @@ got=$(istioctl version --remote=false 2>&1 | sed -n 's/^client version: //p')
 if [ -n "$offline" ]; then
   step "images (built offline; cached by version and inputs)"
   bash "$here/build.sh" node >/dev/null
-  bash "$here/build.sh" istio
+  tag=$(bash "$here/build.sh" istio)
   node_image=$(bash "$here/build.sh" node-name)
-  hub="$ISTIO_HUB"; tag="$ISTIO_TAG"
+  hub="$ISTIO_HUB"
   config="$repo/kind-config/cluster-offline.yaml"
 else
   node_image="$KIND_NODE_IMAGE"
@@ -88,11 +103,10 @@ else
 fi
 ctx=(--context "kind-$CLUSTER")
 
-# kind load skips an image the node already has (same ID).
-step "loading images into the node"
 images=("$lab_image")
 [ -n "$offline" ] && images+=("$hub/pilot:$tag" "$hub/proxyv2:$tag")
-"${in_ns[@]}" kind load docker-image --name "$CLUSTER" "${images[@]}" >/dev/null
+step "loading images into the node"
+bash "$here/kind-up.sh" --load "${images[@]}"
 
 installed=$("${in_ns[@]}" kubectl "${ctx[@]}" -n istio-system get deploy istiod -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null || true)
 if [ "$installed" = "$hub/pilot:$tag" ]; then

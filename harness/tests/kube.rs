@@ -491,6 +491,45 @@ fn the_nightly_workflow_fails_on_a_regression_and_installs_checksummed_tools() {
     assert!(text.contains("junit.xml"), "GitHub shows the failing cells");
 }
 
+/// Issue 19, defects 1 and 8: the profile names Istio's hub and tag (an istioctl built from
+/// source would install its *testing* images otherwise), kind-up checks istioctl's version
+/// before it installs and passes the hub and tag of the images it built, and the mesh-wide
+/// keepalive file is an overlay with nothing but its keepalive, so it cannot drift from the
+/// profile (the old copy had stale gateway port names and istiod's default requests).
+#[test]
+fn the_istio_profile_names_its_images_and_the_overlay_cannot_go_stale() {
+    let read = |f: &str| std::fs::read_to_string(repo().join(f)).unwrap();
+    let p: Value = serde_saphyr::from_str(&read("istio-profiles/minimal.yaml")).unwrap();
+    assert_eq!(p["spec"]["hub"], "docker.io/istio");
+    assert_eq!(p["spec"]["tag"], idlelab::kind::engine::pinned("ISTIO_RELEASE"));
+    let env = &p["spec"]["values"]["pilot"]["env"];
+    assert_eq!(env["PILOT_ENABLE_METADATA_EXCHANGE"], "false", "as the local lab's control plane");
+    assert_eq!(env["PILOT_ENABLE_ALPN_FILTER"], "false");
+    let overlay: Value = serde_saphyr::from_str(&read("istio-profiles/mesh-keepalive.yaml")).unwrap();
+    let keys: Vec<&String> = overlay["spec"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["meshConfig"], "an overlay: only the mesh-wide keepalive");
+    let meshconfig: Vec<&String> = overlay["spec"]["meshConfig"].as_object().unwrap().keys().collect();
+    assert_eq!(meshconfig, ["tcpKeepalive"]);
+    let up = read("kind-images/kind-up.sh");
+    let check = up.find("istioctl version --remote=false").expect("kind-up checks istioctl's version");
+    let install = up.find("istioctl install").expect("kind-up installs Istio");
+    assert!(check < install, "the version is checked before the install");
+    assert!(up[install..].contains("--set \"hub=$hub\" --set \"tag=$tag\""), "the images' hub and tag, explicitly");
+}
+
+/// Issue 19, defect 7: `kind load` of a BuildKit image with a provenance attestation is
+/// fragile (kind#3795): every image build is either the legacy builder (no attestation) or
+/// BuildKit with `--provenance=false`.
+#[test]
+fn no_image_is_built_with_a_provenance_attestation() {
+    let build = std::fs::read_to_string(repo().join("kind-images/build.sh")).unwrap();
+    let builds: Vec<&str> = build.lines().filter(|l| l.contains("docker build")).collect();
+    assert!(builds.len() >= 4, "{builds:#?}");
+    for l in builds {
+        assert!(l.contains("DOCKER_BUILDKIT=0") || l.contains("--provenance=false"), "{l}");
+    }
+}
+
 /// Issue 19, defects 3 and 4: in every nightly job the baseline is restored from the path it is
 /// saved to (else `compare` never runs); `compare` runs as root, as the matrix did (a root-owned
 /// target/ would fail a user's `cargo build`); the kind job brings the cluster up once, with

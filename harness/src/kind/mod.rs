@@ -47,16 +47,19 @@ pub fn repo_file(rel: &str) -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
 }
 
+/// `kubectl --context <the target's> ARGS`.
+fn kubectl(target: &KubeTarget, args: &[&str], purpose: &str) -> Step {
+    let ctx = target.context();
+    let mut a = vec!["--context", ctx.as_str()];
+    a.extend_from_slice(args);
+    Step::command("kubectl", &a, purpose)
+}
+
 /// Steps before the cells: the lab image into the cluster, Istio's version checked, and a sweep
 /// of whatever an earlier run left (cell namespaces, the gateway's per-cell objects in
 /// istio-system). The cluster itself comes from `just kind-up` and is reused by every run.
 pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
-    let ctx = target.context();
-    let k = |args: &[&str], purpose: &str| {
-        let mut a = vec!["--context", ctx.as_str()];
-        a.extend_from_slice(args);
-        Step::command("kubectl", &a, purpose)
-    };
+    let k = |args: &[&str], purpose: &str| kubectl(target, args, purpose);
     let mut steps = match &target.context {
         None => vec![
             Step::Note {
@@ -70,9 +73,9 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
             .with_capture(Capture::Var("LAB_IMAGE".into()))
             .with_timeout(1800),
             Step::command(
-                "kind",
-                &["load", "docker-image", "$LAB_IMAGE", "--name", "idlelab"],
-                "put the lab image into the node (kind skips an image the node has)",
+                "bash",
+                &["kind-images/kind-up.sh", "--load", "$LAB_IMAGE"],
+                "put the lab image into the node, unless the node has it (its tag names its content)",
             )
             .with_timeout(600),
         ],
@@ -98,12 +101,7 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
 /// label) and the gateway's per-cell objects in istio-system (by theirs). A run starts with
 /// these, and `idlelab reap` runs them.
 pub fn sweep_steps(target: &KubeTarget) -> Vec<Step> {
-    let ctx = target.context();
-    let k = |args: &[&str], purpose: &str| {
-        let mut a = vec!["--context", ctx.as_str()];
-        a.extend_from_slice(args);
-        Step::command("kubectl", &a, purpose)
-    };
+    let k = |args: &[&str], purpose: &str| kubectl(target, args, purpose);
     vec![
         k(
             &["delete", "namespace", "-l", MANAGED_BY, "--ignore-not-found", "--wait=true", "--timeout=180s"],

@@ -421,7 +421,7 @@ pub(crate) mod tests {
                 let line = args.join(" ");
                 let want = if line.contains("build.sh lab") {
                     1800
-                } else if line.contains("load docker-image") {
+                } else if line.contains("kind-up.sh --load") {
                     600
                 } else if line.contains("exec idlelab-probe -c probe --") {
                     idle + 300
