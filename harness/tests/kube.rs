@@ -261,6 +261,19 @@ fn pod_annotations(docs: &[Value]) -> Vec<(String, Value)> {
             if let Some(v) = m.get_mut("traffic.sidecar.istio.io/excludeOutboundIPRanges") {
                 *v = "ADDRESS RANGES".into();
             }
+            // The other, for evidence only: on kind the probe's sidecar keeps all of Envoy's
+            // stats (Istio's bootstrap keeps few), as the local lab's Envoy does.
+            const STATS: &str = "proxyStatsMatcher:\n  inclusionRegexps:\n  - \".*\"\n";
+            if let Some(config) = m.get("proxy.istio.io/config").and_then(Value::as_str).map(str::to_string) {
+                match config.replace(STATS, "") {
+                    rest if rest.is_empty() => {
+                        m.remove("proxy.istio.io/config");
+                    }
+                    rest => {
+                        m.insert("proxy.istio.io/config".into(), rest.into());
+                    }
+                }
+            }
         }
         if a.as_object().is_some_and(|m| !m.is_empty()) {
             out.push((who.to_string(), a));

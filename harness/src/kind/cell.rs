@@ -32,7 +32,15 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     let (next_host, waits) = plan.server_and_hops(annotations.remove("server").unwrap_or_default());
     plan.mitigation_resources(&ctx);
     plan.steps.extend(waits);
-    plan.probe(&next_host, annotations.remove("client").unwrap_or_default());
+    let mut client = annotations.remove("client").unwrap_or_default();
+    if ctx.sidecar_pods.iter().any(|p| p == "client") {
+        // Istio's bootstrap keeps few of Envoy's stats; the evidence reads its idle-timeout
+        // counters, so the probe's sidecar keeps them all, as the local lab's Envoy does
+        // (added to the pod's ProxyConfig, after what the cell already put there).
+        let config = client.entry("proxy.istio.io/config".into()).or_default();
+        config.push_str("proxyStatsMatcher:\n  inclusionRegexps:\n  - \".*\"\n");
+    }
+    plan.probe(&next_host, client);
     if ctx.sidecar_pods.iter().any(|p| p == "client") {
         plan.sidecar_evidence();
     }

@@ -87,11 +87,6 @@ pub fn pod_annotations(
     for pod in ["client", "server"] {
         let a = annotations.entry(pod).or_default();
         a.insert("sidecar.istio.io/inject".into(), sidecar_on(pod).to_string());
-        if sidecar_on(pod) {
-            // Istio's bootstrap keeps few stats; the evidence needs tcp_proxy's idle timeouts and
-            // the outbound clusters' connection counters.
-            a.insert("sidecar.istio.io/statsInclusionPrefixes".into(), "tcp.,cluster.outbound".into());
-        }
         if let Some((_, d)) = scaled_sidecars.iter().find(|(p, _)| p == pod) {
             a.insert("proxy.istio.io/config".into(), istio::idle_timeout_annotation(*d));
         }
