@@ -308,3 +308,23 @@ func TestTagsAreFoundInWhatIsWritten(t *testing.T) {
 		t.Errorf("%s %d %v", ph, k, ok)
 	}
 }
+
+// go-sql-driver's Close writes COM_QUIT (length 1, sequence 0, command 0x01) before it closes
+// the socket; the server's FIN answers it. The probe counts the close from that packet, so the
+// answering FIN is not taken for the peer's own close while the connection idled (a race seen
+// once in mysql-sidecar-upstream-go::pool-max-idle).
+func TestMySQLQuitIsTheLibrarysClose(t *testing.T) {
+	if !isMySQLQuit([]byte{1, 0, 0, 0, 1}) {
+		t.Fatal("COM_QUIT not recognised")
+	}
+	for _, b := range [][]byte{
+		{1, 0, 0, 0, 3},                     // COM_QUERY of nothing
+		{1, 0, 0, 1, 1},                     // sequence 1: not a new command
+		{5, 0, 0, 0, 3, 'S', 'E', 'L', 'E'}, // a query
+		{1, 0, 0, 0},                        // short
+	} {
+		if isMySQLQuit(b) {
+			t.Errorf("%v taken for COM_QUIT", b)
+		}
+	}
+}

@@ -133,6 +133,11 @@ func (c *observedConn) Read(b []byte) (int, error) {
 
 func (c *observedConn) Write(b []byte) (int, error) {
 	c.scanTags(b) // before the write: a request whose write fails was still carried here
+	if isMySQLQuit(b) {
+		// go-sql-driver's Close says COM_QUIT before it closes the socket, and the server's
+		// FIN answers it: the library's close starts here, not at its Close a moment later.
+		c.markClosed()
+	}
 	n, err := c.Conn.Write(b)
 	c.record(n, err, true)
 	if err != nil {
@@ -242,7 +247,18 @@ func parseTag(tag string) (string, int, bool) {
 	return string(rest[:i]), k, true
 }
 
+// isMySQLQuit: a whole MySQL COM_QUIT packet (payload length 1, sequence 0, command 0x01).
+func isMySQLQuit(b []byte) bool {
+	return len(b) == 5 && b[0] == 1 && b[1] == 0 && b[2] == 0 && b[3] == 0 && b[4] == 0x01
+}
+
 func (c *observedConn) Close() error {
+	c.markClosed()
+	return c.Conn.Close()
+}
+
+// markClosed records the library's close (once: its first sign) and stops the watching.
+func (c *observedConn) markClosed() {
 	now := c.p.now()
 	l := c.log
 	l.mu.Lock()
@@ -262,7 +278,6 @@ func (c *observedConn) Close() error {
 	}
 	l.closing = true
 	l.mu.Unlock()
-	return c.Conn.Close()
 }
 
 func (l *connLog) isClosing() bool {
