@@ -7,6 +7,8 @@ out="$1"; shift
 mirror="${IDLELAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 dir=$(mktemp -d /var/tmp/idlelab-rootfs.XXXXXX)
 trap 'umount -l "$dir/proc" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$out.partial"' EXIT
+# Killed or interrupted: leave through the EXIT trap above, so nothing half-made stays.
+trap 'exit 130' INT TERM HUP
 include=$(IFS=,; echo "$*")
 debootstrap --variant=minbase --include="$include" bookworm "$dir" "$mirror" >"$dir.log" 2>&1 || {
   echo "rootfs: debootstrap failed; its log ends:" >&2; tail -20 "$dir.log" >&2; rm -f "$dir.log"; exit 1; }
