@@ -235,9 +235,7 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
     assert!(!summary.pass);
     for c in &summary.cells {
         assert!(
-            c.error
-                .as_deref()
-                .is_some_and(|e| e.contains("Istio 1.30.3 is installed") && e.contains("no cluster for")),
+            c.error.as_deref().is_some_and(|e| e.contains("Istio 1.30.3 is installed") && e.contains("no cluster for")),
             "{:?}",
             c.error
         );

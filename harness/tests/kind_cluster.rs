@@ -26,7 +26,8 @@ fn host_rules() -> String {
     let nft = Command::new("nft").args(["list", "ruleset"]).output().expect("nft (Debian nftables)");
     let ipt = Command::new("iptables-save").output().map(|o| o.stdout).unwrap_or_default();
     // iptables-save stamps the time it ran; only the rules count.
-    let ipt: String = String::from_utf8_lossy(&ipt).lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let ipt: String =
+        String::from_utf8_lossy(&ipt).lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
     format!("{}\n{ipt}", String::from_utf8_lossy(&nft.stdout))
 }
 
@@ -84,7 +85,10 @@ fn verdicts(summary: &Value) -> BTreeMap<String, String> {
 }
 
 fn notes(cell: &Value) -> String {
-    cell["evidence"]["notes"].as_array().map(|n| n.iter().map(|x| x.as_str().unwrap_or_default()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    cell["evidence"]["notes"]
+        .as_array()
+        .map(|n| n.iter().map(|x| x.as_str().unwrap_or_default()).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
 }
 
 fn lab_namespaces() -> Vec<String> {
@@ -120,7 +124,10 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
             let notes = notes(cell);
             if scenario == "redis-idle" && label == "none" {
                 // istiod's config of the probe's sidecar: the scaled tcp_proxy idle timeout.
-                assert!(notes.contains("_6379 idle_timeout 6s"), "{scenario}::{label}: istiod's config in the evidence:\n{notes}");
+                assert!(
+                    notes.contains("_6379 idle_timeout 6s"),
+                    "{scenario}::{label}: istiod's config in the evidence:\n{notes}"
+                );
                 // …and the sidecar's own count: its tcp_proxy closed the 4 pooled connections.
                 assert!(
                     notes.lines().any(|l| l.contains("tcp.outbound|6379||redis.") && l.contains(".idle_timeout: 4")),
@@ -131,7 +138,9 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
                 // A 1 s idle: the evidence is still there (read after the probe, pod still up).
                 assert!(notes.contains("_6379 idle_timeout 20.571s"), "{scenario}::{label}: the scaled 24h:\n{notes}");
             }
-            if scenario == "redis-sidecar-upstream" && label == "none" || scenario == "redis-blackhole" && label == "none" {
+            if scenario == "redis-sidecar-upstream" && label == "none"
+                || scenario == "redis-blackhole" && label == "none"
+            {
                 let counted = notes
                     .lines()
                     .find(|l| l.contains("forgotten-flow segments"))

@@ -550,7 +550,8 @@ fn no_image_is_built_with_a_provenance_attestation() {
 #[test]
 fn the_nightly_jobs_restore_the_baseline_they_save_and_install_istio_once() {
     let wf: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(repo().join(".github/workflows/nightly.yml")).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join(".github/workflows/nightly.yml")).unwrap())
+            .unwrap();
     for (name, job) in wf["jobs"].as_object().unwrap() {
         let steps = job["steps"].as_array().unwrap();
         let path_of = |action: &str| {

@@ -148,7 +148,10 @@ impl CellPlan<'_> {
         };
         let spec = serde_json::to_string_pretty(&probe_spec(self.cell, target_addr)).expect("a probe spec serializes");
         let (cm, pod) = manifests::probe(&self.ns, &spec, &self.cell.scaled, client_annotations);
-        self.apply(format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)), "the probe pod (it waits; the probe runs in it)");
+        self.apply(
+            format!("{}---\n{}", manifests::yaml(&cm), manifests::yaml(&pod)),
+            "the probe pod (it waits; the probe runs in it)",
+        );
         let wait = self.k(
             &["-n", &self.ns, "wait", "--for=condition=Ready", "pod/idlelab-probe", "--timeout=180s"],
             "wait for the probe pod and its sidecar",

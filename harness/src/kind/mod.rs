@@ -88,7 +88,15 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
     let istio = engine::pinned("ISTIO_RELEASE");
     steps.push(
         k(
-            &["-n", "istio-system", "get", "deploy", "istiod", "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
+            &[
+                "-n",
+                "istio-system",
+                "get",
+                "deploy",
+                "istiod",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
             &format!("Istio {istio} is installed (istiod's image)"),
         )
         .with_capture(Capture::Expect(istio.into())),
@@ -135,7 +143,9 @@ pub fn reap() -> Vec<String> {
         if let Step::Command { program, args, timeout_s, purpose, .. } = step {
             use plan::CommandRunner;
             match runner.run(&program, &args, None, std::time::Duration::from_secs(timeout_s)) {
-                Ok(text) => out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("kind cluster: {l}"))),
+                Ok(text) => {
+                    out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("kind cluster: {l}")))
+                }
                 Err(e) => out.push(format!("kind cluster: {purpose} failed: {e:#}")),
             }
         }

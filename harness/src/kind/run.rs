@@ -337,7 +337,8 @@ pub(crate) mod tests {
         assert!(!ran.iter().any(|r| r.contains("exec idlelab-probe -c probe")), "{ran:?}");
         assert!(done[0].error.as_deref().is_some_and(|e| e.contains("wait for the probe pod")), "{:?}", done[0].error);
         let wait = ran.iter().position(|r| r.contains("--for=condition=Ready pod/idlelab-probe")).unwrap();
-        let gateway = ran.iter().position(|r| r.contains("-n istio-system delete envoyfilter,secret -l idlelab.dev/cell="));
+        let gateway =
+            ran.iter().position(|r| r.contains("-n istio-system delete envoyfilter,secret -l idlelab.dev/cell="));
         let namespace = ran.iter().position(|r| r.contains("delete namespace idlelab-"));
         assert!(gateway.is_some_and(|g| g > wait), "the gateway's objects go after a failure: {ran:?}");
         assert!(namespace.is_some_and(|n| n > wait), "the namespace goes after a failure: {ran:?}");
@@ -347,8 +348,11 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_cleanup_fails_the_cell() {
         let cells = cells_of("https-keepalive", "none");
-        let mut runner =
-            FakeRunner { log: observations(true), fail_on: Some("delete namespace idlelab-".into()), ..Default::default() };
+        let mut runner = FakeRunner {
+            log: observations(true),
+            fail_on: Some("delete namespace idlelab-".into()),
+            ..Default::default()
+        };
         let done = execute_all(&cells, &mut runner);
         assert!(done[0].error.as_deref().is_some_and(|e| e.contains("remove the cell")), "{:?}", done[0].error);
     }
@@ -362,11 +366,20 @@ pub(crate) mod tests {
         assert_eq!(cells[0].scaled.idle.0.as_secs(), 1, "the shipped 1 s cell");
         let lines: Vec<String> = cell_steps(&cells[0], 0, &KubeTarget { context: None })
             .iter()
-            .filter_map(|s| if let Step::Command { program, args, .. } = s { Some(format!("{program} {}", args.join(" "))) } else { None })
+            .filter_map(|s| {
+                if let Step::Command { program, args, .. } = s {
+                    Some(format!("{program} {}", args.join(" ")))
+                } else {
+                    None
+                }
+            })
             .collect();
-        let at = |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {lines:#?}"));
+        let at =
+            |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {lines:#?}"));
         let probe = at("exec idlelab-probe -c probe --");
-        assert!(probe < at("proxy-config listener") && probe < at("proxy-config cluster") && probe < at("-c istio-proxy"));
+        assert!(
+            probe < at("proxy-config listener") && probe < at("proxy-config cluster") && probe < at("-c istio-proxy")
+        );
         assert!(at("-c istio-proxy") < at("delete namespace"));
         assert!(!lines.iter().any(|l| l.starts_with("sleep ")), "no step sleeps against the idle period: {lines:#?}");
     }
@@ -377,10 +390,22 @@ pub(crate) mod tests {
     fn every_run_sweeps_what_earlier_runs_left() {
         let steps: Vec<String> = cluster_steps(&KubeTarget { context: None })
             .iter()
-            .filter_map(|s| if let Step::Command { program, args, .. } = s { Some(format!("{program} {}", args.join(" "))) } else { None })
+            .filter_map(|s| {
+                if let Step::Command { program, args, .. } = s {
+                    Some(format!("{program} {}", args.join(" ")))
+                } else {
+                    None
+                }
+            })
             .collect();
-        assert!(steps.iter().any(|s| s.contains("delete namespace -l app.kubernetes.io/managed-by=idlelab")), "{steps:?}");
-        assert!(steps.iter().any(|s| s.contains("-n istio-system delete envoyfilter,secret -l idlelab.dev/cell ")), "{steps:?}");
+        assert!(
+            steps.iter().any(|s| s.contains("delete namespace -l app.kubernetes.io/managed-by=idlelab")),
+            "{steps:?}"
+        );
+        assert!(
+            steps.iter().any(|s| s.contains("-n istio-system delete envoyfilter,secret -l idlelab.dev/cell ")),
+            "{steps:?}"
+        );
     }
 
     /// The passthrough scenario's probe targets the next hop's pod IP, captured at run time.
@@ -403,7 +428,10 @@ pub(crate) mod tests {
             r#"[{"name":"outbound|6379||redis","upstreamConnectionOptions":{"tcpKeepalive":{"keepaliveTime":300}}}]"#;
         assert!(evidence_summary(clusters).contains("outbound|6379||redis tcp_keepalive"));
         let stats = "tcp.outbound|6379||redis.idle_timeout: 4\nlistener.x.downstream_cx_total: 8\ntcp.BlackHoleCluster.idle_timeout: 0\n";
-        assert_eq!(evidence_summary(stats), "tcp.outbound|6379||redis.idle_timeout: 4; 1 other idle-timeout counters at 0");
+        assert_eq!(
+            evidence_summary(stats),
+            "tcp.outbound|6379||redis.idle_timeout: 4; 1 other idle-timeout counters at 0"
+        );
         assert_eq!(evidence_summary("tcp.x.idle_timeout: 0\n"), "1 idle-timeout counters, all 0");
         assert!(evidence_summary("counter forgotten {\n packets 3 bytes 156\n}").contains("packets 3"));
     }
@@ -434,7 +462,9 @@ pub(crate) mod tests {
             }
         }
         let started = std::time::Instant::now();
-        let e = plan::ProcessRunner::default().run("sleep", &["5".into()], None, std::time::Duration::from_secs(1)).unwrap_err();
+        let e = plan::ProcessRunner::default()
+            .run("sleep", &["5".into()], None, std::time::Duration::from_secs(1))
+            .unwrap_err();
         assert!(e.to_string().contains("`sleep 5` timed out after 1 s"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
         // The gateway's certificate is applied (a re-run replaces it), not created.

@@ -12,9 +12,9 @@ use crate::hop::{MiddleboxHop, OnUnknown};
 use crate::model::service::Service as Svc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, ExecAction, HTTPGetAction,
-    Namespace, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort,
-    ServiceSpec, Sysctl, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, ExecAction, HTTPGetAction, Namespace,
+    Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec,
+    Sysctl, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -77,7 +77,8 @@ fn server_container(knobs: &CellConfig) -> Container {
     let args: Vec<String> = match knobs.service {
         Svc::Redis => {
             let idle = idle.to_string();
-            let a = ["redis-server", "--bind", "0.0.0.0", "--port", &p, "--protected-mode", "no", "--tcp-keepalive", "0"];
+            let a =
+                ["redis-server", "--bind", "0.0.0.0", "--port", &p, "--protected-mode", "no", "--tcp-keepalive", "0"];
             let b = ["--timeout", &idle, "--save", "", "--appendonly", "no", "--dir", "/tmp"];
             a.iter().chain(b.iter()).map(|s| s.to_string()).collect()
         }
@@ -373,8 +374,11 @@ mod tests {
         let check = ready.exec.unwrap().command.unwrap().join(" ");
         let script = middlebox_script(&hop, "redis.ns1.svc.cluster.local", 6379);
         let marker = check.strip_prefix("test -e ").expect(&check);
-        let (nft, sysctl, touch) =
-            (script.find("nft -f").unwrap(), script.find("sysctl -w").unwrap(), script.find(&format!("touch {marker}")).unwrap());
+        let (nft, sysctl, touch) = (
+            script.find("nft -f").unwrap(),
+            script.find("sysctl -w").unwrap(),
+            script.find(&format!("touch {marker}")).unwrap(),
+        );
         assert!(nft < touch && sysctl < touch, "the marker comes after the rules and sysctls:\n{script}");
         let resolve = script.find("getent hosts").unwrap();
         assert!(resolve < nft && script[..nft].contains("sleep") && script[..nft].contains("exit 1"), "{script}");
