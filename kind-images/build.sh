@@ -17,7 +17,9 @@ repo="$(cd "$here/.." && pwd)"
 source "$here/versions.env"
 IDLELAB_HOME="${IDLELAB_HOME:-/var/cache/idlelab}"
 KIND_HOME="${KIND_HOME:-$IDLELAB_HOME/kind}"
-export DOCKER_HOST="${DOCKER_HOST:-unix:///run/idlelab-kind/docker.sock}"
+# The lab's engine when DOCKER_HOST names it, or names none while it runs; else the user's own.
+if [ -z "${DOCKER_HOST:-}" ] && [ -S "$LAB_ENGINE_SOCKET" ]; then export DOCKER_HOST="unix://$LAB_ENGINE_SOCKET"; fi
+lab_engine() { [ "${DOCKER_HOST:-}" = "unix://$LAB_ENGINE_SOCKET" ]; }
 export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
 mkdir -p "$KIND_HOME/bin"
 
@@ -230,7 +232,7 @@ lab_image() {
   echo "idlelab/lab:$(inputs_hash "$idlelab" "$IDLELAB_HOME/bin/idlelab-probe-go" "$LAB_PACKAGES")"
 }
 build_lab() {
-  if [ "$DOCKER_HOST" != "unix:///run/idlelab-kind/docker.sock" ]; then
+  if ! lab_engine; then
     # A Docker engine of the user's own (with registries): the repository's Dockerfile, which
     # builds the binaries from source for Linux. --provenance=false: one plain image for
     # `kind load` (kind#3795).

@@ -9,12 +9,13 @@
 # Anything that connects to a port a container publishes (kubectl to kind's API server) must
 # run in the namespace: `nsenter --net=/run/netns/idlelab-kind CMD` (the `exec` verb does it).
 set -euo pipefail
-NETNS=idlelab-kind
-RUN=/run/idlelab-kind
-DATA="${IDLELAB_DOCKER_ROOT:-/var/lib/idlelab/docker}"
-SOCK="$RUN/docker.sock"
-export DOCKER_HOST="unix://$SOCK"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/versions.env"
+NETNS="$LAB_ENGINE_NETNS"
+RUN="$(dirname "$LAB_ENGINE_SOCKET")"
+DATA="${IDLELAB_DOCKER_ROOT:-/var/lib/idlelab/docker}"
+SOCK="$LAB_ENGINE_SOCKET"
+export DOCKER_HOST="unix://$SOCK"
 
 answers() { [ -S "$SOCK" ] && timeout 10 docker version >/dev/null 2>&1; }
 

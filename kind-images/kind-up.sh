@@ -24,7 +24,7 @@ case "${1:-}" in
   --offline) offline=1 ;;
   --down)
     if bash "$here/engine.sh" status; then
-      export DOCKER_HOST=unix:///run/idlelab-kind/docker.sock
+      export DOCKER_HOST="unix://$LAB_ENGINE_SOCKET"
       bash "$here/engine.sh" exec kind delete cluster --name "$CLUSTER" --kubeconfig "$KIND_HOME/kubeconfig" || true
     fi
     bash "$here/engine.sh" stop
@@ -35,7 +35,7 @@ case "${1:-}" in
     # node's crictl, which the offline node image has not; every tag here names its content
     # (a hash of the inputs), so the name is enough.
     shift
-    [ -S /run/idlelab-kind/docker.sock ] && export DOCKER_HOST=unix:///run/idlelab-kind/docker.sock
+    [ -S "$LAB_ENGINE_SOCKET" ] && export DOCKER_HOST="unix://$LAB_ENGINE_SOCKET"
     node="$CLUSTER-control-plane"
     have=$(docker exec "$node" ctr --namespace=k8s.io images ls -q 2>/dev/null || true)
     for img in "$@"; do
@@ -52,7 +52,7 @@ esac
 # The lab's own engine when no other answers (or offline); everything below then runs in its
 # network namespace (kind publishes the API server on 127.0.0.1 there).
 in_ns=()
-if [ -n "$offline" ] || [ -S /run/idlelab-kind/docker.sock ] || ! docker version >/dev/null 2>&1; then
+if [ -n "$offline" ] || [ -S "$LAB_ENGINE_SOCKET" ] || ! docker version >/dev/null 2>&1; then
   offline=1
   missing=()
   for p in docker.io debootstrap jq gcc libc6-dev; do
@@ -64,11 +64,11 @@ if [ -n "$offline" ] || [ -S /run/idlelab-kind/docker.sock ] || ! docker version
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  step "starting the lab's Docker engine (network namespace idlelab-kind)"
+  step "starting the lab's Docker engine (network namespace $LAB_ENGINE_NETNS)"
   bash "$here/engine.sh" start >/dev/null
-  export DOCKER_HOST=unix:///run/idlelab-kind/docker.sock
+  export DOCKER_HOST="unix://$LAB_ENGINE_SOCKET"
   export KUBECONFIG="$KIND_HOME/kubeconfig"
-  in_ns=(nsenter --net=/run/netns/idlelab-kind)
+  in_ns=(nsenter --net="/run/netns/$LAB_ENGINE_NETNS")
 fi
 
 step "tools: kind $KIND_VERSION, kubectl $KUBE_VERSION, istioctl $ISTIO_TAG"

@@ -25,6 +25,7 @@ fn quiet(
     scenarios: Vec<scenario::Scenario>,
     cells: Vec<crate::cells::Cell>,
     jobs: Option<usize>,
+    backend: BackendChoice,
 ) -> Result<RunSummary, i32> {
     let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", local::netns::PREFIX, std::process::id()));
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
@@ -35,7 +36,7 @@ fn quiet(
         quiet: true,
         time_scale_label: label,
     };
-    let r = execute(scenarios, cells, exec, BackendChoice::Local);
+    let r = execute(scenarios, cells, exec, backend);
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -65,7 +66,7 @@ fn scenario_row(summary: &RunSummary) -> Value {
 fn pool_cell(args: &ScenarioArgs, pool: usize) -> Result<Value, i32> {
     let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
     let (s, cells) = prepare("redis-idle", &args, Some(pool))?;
-    let summary = quiet(&format!("pool-{pool}"), vec![s], cells, None)?;
+    let summary = quiet(&format!("pool-{pool}"), vec![s], cells, None, BackendChoice::Local)?;
     let c = &summary.cells[0];
     let o = c.evidence.observations.as_ref();
     Ok(json!({
@@ -104,17 +105,7 @@ fn kind_up(args: &[&str], env: &[(&str, &str)]) -> Result<u64, i32> {
 /// One scenario on a backend, quietly: its wall time and whether it passed.
 fn timed_run(name: &str, args: &ScenarioArgs, backend: BackendChoice) -> Result<Value, i32> {
     let (s, cells) = prepare(name, args, None)?;
-    let dir = std::env::temp_dir().join(format!("{}{}-bench-{name}", local::netns::PREFIX, std::process::id()));
-    let exec = Exec {
-        title: name.into(),
-        output: OutputArgs { out: Some(dir.clone()), results_dir: PathBuf::from("results"), repeat: 1, verbose: false },
-        jobs: None,
-        quiet: true,
-        time_scale_label: s.time_scale.to_string(),
-    };
-    let summary = execute(vec![s], cells, exec, backend);
-    let _ = std::fs::remove_dir_all(&dir);
-    let summary = summary?;
+    let summary = quiet(name, vec![s], cells, None, backend)?;
     Ok(json!({"cells": summary.cells.len(), "pass": summary.pass, "wall_ms": summary.wall_ms}))
 }
 
@@ -167,7 +158,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         everything.0.push(s.clone());
         everything.1.extend(cells.iter().cloned());
         eprintln!("bench: {n} ({} cells)", cells.len());
-        match quiet(n, vec![s], cells, None) {
+        match quiet(n, vec![s], cells, None, BackendChoice::Local) {
             Ok(summary) => {
                 code = code.max(if summary.pass { 0 } else { 1 });
                 rows.push(scenario_row(&summary));
@@ -176,7 +167,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         }
     }
     eprintln!("bench: the whole matrix ({} cells)", everything.1.len());
-    let matrix = match quiet("matrix", everything.0, everything.1, Some(32)) {
+    let matrix = match quiet("matrix", everything.0, everything.1, Some(32), BackendChoice::Local) {
         Ok(m) => {
             code = code.max(if m.pass { 0 } else { 1 });
             json!({"cells": m.cells.len(), "pass": m.pass, "wall_ms": m.wall_ms, "jobs": 32})

@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{bin, repo};
+use common::{bin, repo, text};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -50,25 +50,18 @@ fn kind_up() {
     eprintln!("kind-up: {:.0} s", started.elapsed().as_secs_f64());
 }
 
-/// `idlelab run SCENARIO --mitigation …` on one backend; its summary.json.
+/// `idlelab run SCENARIO` on one backend; its summary.json.
 fn run(scenario: &str, backend: &str, out: &std::path::Path) -> Value {
     let started = std::time::Instant::now();
-    let o = Command::new(bin())
-        .args(["run", scenario, "--backend", backend, "--out"])
-        .arg(out)
-        .current_dir(repo())
-        .output()
-        .expect("run idlelab");
-    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap_or_else(|_| {
-        panic!(
-            "{scenario} on {backend} wrote no summary ({}):\n{}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
+    let o = common::run(&["run", scenario, "--backend", backend, "--out", out.to_str().unwrap()]);
+    assert!(
+        out.join("summary.json").exists(),
+        "{scenario} on {backend} wrote no summary ({}):\n{}",
+        o.status,
+        text(&o)
+    );
     eprintln!("{scenario} on {backend}: {:.0} s", started.elapsed().as_secs_f64());
-    serde_json::from_str(&summary).unwrap()
+    common::summary(out)
 }
 
 /// Each cell's verdict (or its error) by cell label.
@@ -91,14 +84,11 @@ fn notes(cell: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The lab's namespaces on the cluster, asked the way the kind backend asks (`kind::engine`).
 fn lab_namespaces() -> Vec<String> {
-    let o = Command::new("nsenter")
-        .args(["--net=/run/netns/idlelab-kind", "--", "kubectl", "--context", "kind-idlelab", "get", "ns"])
-        .args(["-l", "app.kubernetes.io/managed-by=idlelab", "-o", "name"])
-        .env("KUBECONFIG", "/var/cache/idlelab/kind/kubeconfig")
-        .env("PATH", format!("/var/cache/idlelab/kind/bin:{}", std::env::var("PATH").unwrap_or_default()))
-        .output()
-        .expect("kubectl");
+    let engine = idlelab::kind::engine::LabEngine::detect().expect("the lab's engine runs");
+    let args = ["--context", "kind-idlelab", "get", "ns", "-l", idlelab::kind::MANAGED_BY, "-o", "name"];
+    let o = engine.command("kubectl", &args.map(String::from)).output().expect("kubectl");
     assert!(o.status.success(), "kubectl: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
 }

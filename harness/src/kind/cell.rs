@@ -33,7 +33,8 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     plan.mitigation_resources(&ctx);
     plan.steps.extend(waits);
     let mut client = annotations.remove("client").unwrap_or_default();
-    if ctx.sidecar_pods.iter().any(|p| p == "client") {
+    let client_sidecar = ctx.sidecar_pods.iter().any(|p| p == "client");
+    if client_sidecar {
         // Istio's bootstrap keeps few of Envoy's stats; the evidence reads its idle-timeout
         // counters, so the probe's sidecar keeps them all, as the local lab's Envoy does
         // (added to the pod's ProxyConfig, after what the cell already put there).
@@ -41,7 +42,7 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
         config.push_str("proxyStatsMatcher:\n  inclusionRegexps:\n  - \".*\"\n");
     }
     plan.probe(&next_host, client);
-    if ctx.sidecar_pods.iter().any(|p| p == "client") {
+    if client_sidecar {
         plan.sidecar_evidence();
     }
     plan.middlebox_evidence();

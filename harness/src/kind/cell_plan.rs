@@ -12,7 +12,6 @@ pub struct CellPlan<'a> {
     pub(super) target: &'a KubeTarget,
     /// The cell's namespace on the cluster.
     pub ns: String,
-    kubectl: Vec<String>,
     pub(super) steps: Vec<Step>,
 }
 
@@ -20,18 +19,16 @@ impl<'a> CellPlan<'a> {
     pub(super) fn new(cell: &'a Cell, index: usize, target: &'a KubeTarget) -> Self {
         let steps =
             vec![Step::Cell { key: format!("{}::{}", cell.scenario, cell.label) }, Step::Phase { phase: Phase::Setup }];
-        CellPlan { cell, target, ns: namespace_of(index, &cell.scenario), kubectl: target.kubectl(), steps }
+        CellPlan { cell, target, ns: namespace_of(index, &cell.scenario), steps }
     }
 
     /// `kubectl --context … ARGS`.
     pub fn k(&self, args: &[&str], purpose: &str) -> Step {
-        let mut a: Vec<&str> = self.kubectl[1..].iter().map(String::as_str).collect();
-        a.extend_from_slice(args);
-        Step::command("kubectl", &a, purpose)
+        self.target.kubectl_step(args, purpose)
     }
 
     pub fn apply(&mut self, manifest: String, purpose: &str) {
-        let step = Step::apply(&self.kubectl, manifest, purpose);
+        let step = Step::apply(&self.target.kubectl(), manifest, purpose);
         self.steps.push(step);
     }
 

@@ -13,11 +13,6 @@
 
 use std::path::PathBuf;
 
-/// The network namespace the lab's Docker engine runs in (kind-images/engine.sh).
-pub const ENGINE_NETNS: &str = "idlelab-kind";
-/// The lab engine's API socket.
-pub const ENGINE_SOCKET: &str = "/run/idlelab-kind/docker.sock";
-
 /// What `kind-images/versions.env` pins, read at compile time: one place names the versions.
 pub fn pinned(key: &str) -> &'static str {
     const VERSIONS: &str = include_str!("../../../kind-images/versions.env");
@@ -34,6 +29,11 @@ pub fn kind_home() -> PathBuf {
     crate::tools::tools_dir().join("kind")
 }
 
+/// This process's PATH with `tools` first: where kind-up puts kind, kubectl and istioctl.
+pub fn path_with(tools: &std::path::Path) -> String {
+    format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default())
+}
+
 /// The lab's own engine, when it is running: commands then run in its namespace, with its
 /// socket, kubeconfig and tools.
 #[derive(Clone, Debug)]
@@ -47,10 +47,12 @@ pub struct LabEngine {
 impl LabEngine {
     /// The lab's engine if its socket exists; `None` means a Docker engine of the user's own.
     pub fn detect() -> Option<LabEngine> {
-        std::path::Path::new(ENGINE_SOCKET).exists().then(|| LabEngine {
-            netns: ENGINE_NETNS.into(),
+        // Its namespace and socket: kind-images/versions.env, which engine.sh reads too.
+        let socket = pinned("LAB_ENGINE_SOCKET");
+        std::path::Path::new(socket).exists().then(|| LabEngine {
+            netns: pinned("LAB_ENGINE_NETNS").into(),
             kubeconfig: kind_home().join("kubeconfig"),
-            docker_host: format!("unix://{ENGINE_SOCKET}"),
+            docker_host: format!("unix://{socket}"),
             tools: kind_home().join("bin"),
         })
     }
@@ -68,10 +70,7 @@ impl LabEngine {
             std::process::Command::new(program)
         };
         c.args(args);
-        let path = std::env::var("PATH").unwrap_or_default();
-        c.env("PATH", format!("{}:{path}", self.tools.display()))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("DOCKER_HOST", &self.docker_host);
+        c.env("PATH", path_with(&self.tools)).env("KUBECONFIG", &self.kubeconfig).env("DOCKER_HOST", &self.docker_host);
         c
     }
 }

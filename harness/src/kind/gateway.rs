@@ -40,7 +40,7 @@ impl OnCluster for GatewayHop {
                 "-n",
                 "istio-system",
                 "delete",
-                "envoyfilter,secret",
+                istio::CELL_KINDS_IN_ISTIO_SYSTEM,
                 "-l",
                 &selector,
                 "--ignore-not-found",

@@ -47,19 +47,11 @@ pub fn repo_file(rel: &str) -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
 }
 
-/// `kubectl --context <the target's> ARGS`.
-fn kubectl(target: &KubeTarget, args: &[&str], purpose: &str) -> Step {
-    let ctx = target.context();
-    let mut a = vec!["--context", ctx.as_str()];
-    a.extend_from_slice(args);
-    Step::command("kubectl", &a, purpose)
-}
-
 /// Steps before the cells: the lab image into the cluster, Istio's version checked, and a sweep
 /// of whatever an earlier run left (cell namespaces, the gateway's per-cell objects in
 /// istio-system). The cluster itself comes from `just kind-up` and is reused by every run.
 pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
-    let k = |args: &[&str], purpose: &str| kubectl(target, args, purpose);
+    let k = |args: &[&str], purpose: &str| target.kubectl_step(args, purpose);
     let mut steps = match &target.context {
         None => vec![
             Step::Note {
@@ -109,7 +101,7 @@ pub fn cluster_steps(target: &KubeTarget) -> Vec<Step> {
 /// label) and the gateway's per-cell objects in istio-system (by theirs). A run starts with
 /// these, and `idlelab reap` runs them.
 pub fn sweep_steps(target: &KubeTarget) -> Vec<Step> {
-    let k = |args: &[&str], purpose: &str| kubectl(target, args, purpose);
+    let k = |args: &[&str], purpose: &str| target.kubectl_step(args, purpose);
     vec![
         k(
             &["delete", "namespace", "-l", MANAGED_BY, "--ignore-not-found", "--wait=true", "--timeout=180s"],
@@ -120,7 +112,7 @@ pub fn sweep_steps(target: &KubeTarget) -> Vec<Step> {
                 "-n",
                 "istio-system",
                 "delete",
-                "envoyfilter,secret",
+                crate::render::istio::CELL_KINDS_IN_ISTIO_SYSTEM,
                 "-l",
                 crate::render::istio::CELL_LABEL,
                 "--ignore-not-found",

@@ -238,6 +238,7 @@ impl ProcessRunner {
 
 impl CommandRunner for ProcessRunner {
     fn preflight(&mut self, programs: &[&str], engine: bool) -> Result<(), String> {
+        // As `run` finds them: kind-up's tools first, then PATH.
         let tools = super::engine::kind_home().join("bin");
         let missing: Vec<&str> = programs
             .iter()
@@ -267,8 +268,9 @@ impl CommandRunner for ProcessRunner {
         let mut command = match &self.engine {
             Some(engine) => engine.command(program, args),
             None => {
+                // kind-up puts kind, kubectl and istioctl there for a laptop's engine too.
                 let mut c = std::process::Command::new(program);
-                c.args(args);
+                c.args(args).env("PATH", super::engine::path_with(&super::engine::kind_home().join("bin")));
                 c
             }
         };

@@ -31,14 +31,19 @@ struct RunValues {
 
 impl RunValues {
     fn substitute(&self, s: &str) -> String {
-        let s = self.vars.iter().fold(s.to_string(), |acc, (k, v)| acc.replace(&format!("${k}"), v));
-        s.replace("$RUN_ID", &self.run_id)
+        fill(s.to_string(), &self.vars)
+            .replace("$RUN_ID", &self.run_id)
             .replace("$IDLELAB_EXE", &super::lab_binary())
             .replace("$RUN_DIR", &self.dir.display().to_string())
             .replace("$RUN_CA_PEM", &self.ca.ca_pem.replace('\n', "\\n"))
             .replace("$RUN_CERT_PEM", &self.ca.cert_pem.replace('\n', "\\n"))
             .replace("$RUN_KEY_PEM", &self.ca.key_pem.replace('\n', "\\n"))
     }
+}
+
+/// `s` with each `$NAME` of `vars` replaced by its value.
+fn fill(s: String, vars: &BTreeMap<String, String>) -> String {
+    vars.iter().fold(s, |acc, (k, v)| acc.replace(&format!("${k}"), v))
 }
 
 /// The kind backend: cells one at a time (they share the cluster's ingress gateway).
@@ -148,8 +153,7 @@ pub fn execute(
                 if done.error.is_some() && *required {
                     continue;
                 }
-                let with_vars =
-                    |s: &str| done.vars.iter().fold(substitute(s), |acc, (k, v)| acc.replace(&format!("${k}"), v));
+                let with_vars = |s: &str| fill(substitute(s), &done.vars);
                 let args: Vec<String> = args.iter().map(|a| with_vars(a)).collect();
                 let stdin = stdin.as_deref().map(with_vars);
                 let timeout = std::time::Duration::from_secs(*timeout_s);

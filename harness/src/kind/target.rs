@@ -1,5 +1,7 @@
 //! Which cluster the kind backend runs on, and how a cell's namespace there is named.
 
+use super::plan::Step;
+
 /// Where the cells run.
 #[derive(Clone, Debug)]
 pub struct KubeTarget {
@@ -13,6 +15,13 @@ impl KubeTarget {
     }
     pub(super) fn kubectl(&self) -> Vec<String> {
         vec!["kubectl".into(), "--context".into(), self.context()]
+    }
+    /// The step `kubectl --context <its context> ARGS`.
+    pub fn kubectl_step(&self, args: &[&str], purpose: &str) -> Step {
+        let ctx = self.context();
+        let mut a = vec!["--context", ctx.as_str()];
+        a.extend_from_slice(args);
+        Step::command("kubectl", &a, purpose)
     }
     /// The programs a run needs on PATH.
     pub fn required_programs(&self) -> Vec<&'static str> {

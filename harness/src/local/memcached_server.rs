@@ -21,8 +21,7 @@ pub async fn start_for(at: ServerPlace<'_>, shared: &RunShared) -> Result<LabPro
 
 pub async fn start(port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
     let mut cmd = tokio::process::Command::new("memcached");
-    cmd.args(["-u", "root", "-l", "0.0.0.0", "-p", &port.to_string(), "-U", "0", "-t", "1", "-m", "16"])
-        .args(["-o", &format!("idle_timeout={idle_timeout_s}")])
+    cmd.args(Service::Memcached.server_args(idle_timeout_s, &[]).expect("memcached's arguments"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

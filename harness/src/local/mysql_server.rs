@@ -30,24 +30,14 @@ pub async fn start_for(at: ServerPlace<'_>, shared: &RunShared) -> Result<LabPro
     start(&template, at.dir, at.service.port(), at.idle_timeout_s, at.netns, at.name).await
 }
 
-fn server_args(datadir: &Path, dir: &Path, port: u16) -> Vec<String> {
+/// Where this cell's MariaDB keeps its files: its own copy of the template, in the cell's dir.
+fn server_files(datadir: &Path, dir: &Path) -> Vec<String> {
     vec![
-        "--no-defaults".into(),
         format!("--datadir={}", datadir.display()),
         format!("--socket={}", dir.join("mysql.sock").display()),
         format!("--pid-file={}", dir.join("mariadbd.pid").display()),
         format!("--log-error={}", dir.join("mariadbd.err").display()),
         format!("--tmpdir={}", dir.display()),
-        format!("--port={port}"),
-        "--bind-address=0.0.0.0".into(),
-        "--user=root".into(),
-        "--skip-grant-tables".into(),
-        "--skip-name-resolve".into(),
-        "--skip-log-bin".into(),
-        "--performance-schema=OFF".into(),
-        "--innodb-buffer-pool-size=8M".into(),
-        "--innodb-log-file-size=4M".into(),
-        "--innodb-flush-log-at-trx-commit=0".into(),
     ]
 }
 
@@ -64,10 +54,10 @@ pub async fn init_template(dir: &Path) -> Result<PathBuf> {
     // it dies with the harness the kernel kills everything it started.
     let out = crate::local::process::dies_with_runner(&mut tokio::process::Command::new("unshare"))
         .args(["--pid", "--fork", "--kill-child", "mariadb-install-db"])
-        .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
-        .arg(format!("--datadir={}", datadir.display()))
-        .arg(format!("--tmpdir={}", tmpdir.display()))
-        .args(["--innodb-log-file-size=4M", "--innodb-buffer-pool-size=8M"])
+        .args(Service::mariadb_install_args(&[
+            format!("--datadir={}", datadir.display()),
+            format!("--tmpdir={}", tmpdir.display()),
+        ]))
         .output()
         .await
         .context("running mariadb-install-db (run `just setup`)")?;
@@ -96,12 +86,9 @@ pub async fn start(
     if !status.success() {
         bail!("copying the MariaDB template data directory failed");
     }
-    // MariaDB's own default is 8 h; 0 means "the scenario turned it off": use the maximum.
-    let wait = if idle_timeout_s == 0 { 31_536_000 } else { idle_timeout_s };
+    let args = Service::Mysql.server_args(idle_timeout_s, &server_files(&datadir, dir)).expect("MariaDB's arguments");
     let mut cmd = tokio::process::Command::new("mariadbd");
-    cmd.args(server_args(&datadir, dir, port))
-        .arg(format!("--wait-timeout={wait}"))
-        .arg(format!("--interactive-timeout={wait}"))
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

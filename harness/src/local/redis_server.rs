@@ -1,8 +1,7 @@
 //! redis-server in the server namespace.
 //!
-//! Started with `tcp-keepalive 0`: redis's own default (300 s) sends keepalive probes from the
-//! server side, which would keep a middlebox's flow alive and hide the failures the lab exists
-//! to show. `timeout 0` keeps redis from closing idle clients itself.
+//! Its arguments are `Service::server_args`, the same in a pod (`tcp-keepalive 0`, `timeout`
+//! as the scenario says); here it keeps its socket, data and log in the cell's directory.
 
 use crate::local::process::{LabProcess, spawn};
 use crate::tools::redis_bin;
@@ -21,33 +20,25 @@ pub const PROGRAM: Option<(&str, &[&str], &str)> = Some(("redis-server", &["--ve
 /// Start it for a cell (`servers::start`).
 pub async fn start_for(at: ServerPlace<'_>, shared: &RunShared) -> Result<LabProcess> {
     let _ = shared; // what the run shares: nothing this server needs
-    start(at.dir, at.service.port(), at.idle_timeout_s, at.netns, at.name).await
+    start(at.dir, at.idle_timeout_s, at.netns, at.name).await
 }
 
 /// `idle_timeout_s`: redis' own `timeout` (0 = off), from the scenario's `server.idle_timeout`.
-pub async fn start(dir: &Path, port: u16, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
+pub async fn start(dir: &Path, idle_timeout_s: u64, netns: &Path, name: &str) -> Result<LabProcess> {
     let bin = redis_bin().context("redis-server not found: run `just setup`")?;
     let socket = dir.join("redis.sock");
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(["--bind", "0.0.0.0", "--port", &port.to_string(), "--protected-mode", "no"])
-        .args([
-            "--tcp-keepalive",
-            "0",
-            "--timeout",
-            &idle_timeout_s.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ])
-        .arg("--unixsocket")
-        .arg(&socket)
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(dir.join("redis.log"))
+    let files = [
+        "--daemonize".to_string(),
+        "no".into(),
+        "--unixsocket".into(),
+        socket.display().to_string(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--logfile".into(),
+        dir.join("redis.log").display().to_string(),
+    ];
+    cmd.args(Service::Redis.server_args(idle_timeout_s, &files).expect("redis's arguments"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

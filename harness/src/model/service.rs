@@ -51,6 +51,66 @@ impl Service {
             _ => Dur::secs(0),
         }
     }
+    /// The server's arguments, the same in the local lab and in a pod, with its own idle timeout
+    /// explicit (`idle_s`, the scenario's `server.idle_timeout`; 0: off). `files` is where the
+    /// backend keeps the server's files (data, socket, logs), put where the server wants them.
+    /// `None` for HTTP(S), whose server is `idlelab serve-http` itself.
+    /// - redis: `tcp-keepalive 0`, since redis's own 300 s default would send probes from the
+    ///   server side, keep a middlebox's flow alive and hide the failures the lab exists to show;
+    /// - MariaDB: `wait_timeout` (0 means a year: MariaDB has no "off"); `--no-defaults` first;
+    /// - memcached: `-o idle_timeout`.
+    pub fn server_args(self, idle_s: u64, files: &[String]) -> Option<Vec<String>> {
+        let port = self.port().to_string();
+        let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            Service::Redis => {
+                let idle = idle_s.to_string();
+                let mut a = strings(&["--bind", "0.0.0.0", "--port", &port, "--protected-mode", "no"]);
+                a.extend(strings(&["--tcp-keepalive", "0", "--timeout", &idle, "--save", "", "--appendonly", "no"]));
+                a.extend_from_slice(files);
+                Some(a)
+            }
+            Service::Mysql => {
+                let wait = if idle_s == 0 { 31_536_000 } else { idle_s };
+                let mut a = strings(&["--no-defaults"]);
+                a.extend_from_slice(files);
+                a.extend(strings(&[
+                    &format!("--port={port}"),
+                    "--bind-address=0.0.0.0",
+                    "--user=root",
+                    "--skip-grant-tables",
+                    "--skip-name-resolve",
+                    "--skip-log-bin",
+                    "--performance-schema=OFF",
+                    "--innodb-buffer-pool-size=8M",
+                    "--innodb-log-file-size=4M",
+                    "--innodb-flush-log-at-trx-commit=0",
+                    &format!("--wait-timeout={wait}"),
+                    &format!("--interactive-timeout={wait}"),
+                ]));
+                Some(a)
+            }
+            Service::Memcached => {
+                let mut a = strings(&["-u", "root", "-l", "0.0.0.0", "-p", &port, "-U", "0", "-t", "1", "-m", "16"]);
+                a.extend(["-o".to_string(), format!("idle_timeout={idle_s}")]);
+                a.extend_from_slice(files);
+                Some(a)
+            }
+            Service::Http | Service::Https => None,
+        }
+    }
+    /// `mariadb-install-db`'s arguments for the data directory every MariaDB cell starts from,
+    /// the same in the local lab and in a pod; `files` as for [`Service::server_args`].
+    pub fn mariadb_install_args(files: &[String]) -> Vec<String> {
+        let mut a: Vec<String> =
+            ["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend_from_slice(files);
+        a.extend(["--innodb-log-file-size=4M".to_string(), "--innodb-buffer-pool-size=8M".to_string()]);
+        a
+    }
     /// How the server's own idle timer keeps time, measured against its source:
     /// - redis compares whole-second clocks (`now - lastinteraction > timeout`, in
     ///   `clientsCron`, 10 times a second): it closes 0–1.1 s after its value;

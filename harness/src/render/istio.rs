@@ -87,6 +87,10 @@ pub fn gateway_idle_timeout(ns: &str, d: Dur, port: u16) -> String {
 /// EnvoyFilters and Secret in istio-system): the cell's teardown deletes by it.
 pub use crate::mitigation::CELL_LABEL;
 
+/// The kinds of those objects, as kubectl names them: a cell's teardown and a run's sweep
+/// delete these kinds by [`CELL_LABEL`].
+pub const CELL_KINDS_IN_ISTIO_SYSTEM: &str = "envoyfilter,secret";
+
 /// The `kubernetes.io/tls` Secret (namespace istio-system) the gateway's Gateway names.
 pub fn gateway_secret_name(ns: &str) -> String {
     format!("idlelab-{ns}")

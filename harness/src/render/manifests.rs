@@ -73,28 +73,25 @@ pub fn port_name(s: Svc) -> String {
 fn server_container(knobs: &CellConfig) -> Container {
     let port = knobs.service.port();
     let idle = knobs.server_idle_timeout.0.as_secs();
-    let p = port.to_string();
-    let args: Vec<String> = match knobs.service {
-        Svc::Redis => {
-            let idle = idle.to_string();
-            let a =
-                ["redis-server", "--bind", "0.0.0.0", "--port", &p, "--protected-mode", "no", "--tcp-keepalive", "0"];
-            let b = ["--timeout", &idle, "--save", "", "--appendonly", "no", "--dir", "/tmp"];
-            a.iter().chain(b.iter()).map(|s| s.to_string()).collect()
-        }
+    let service = knobs.service;
+    let args: Vec<String> = match service {
+        // Files in /tmp: the pod's own.
+        Svc::Redis => std::iter::once("redis-server".to_string())
+            .chain(service.server_args(idle, &["--dir".into(), "/tmp".into()]).expect("redis's arguments"))
+            .collect(),
         Svc::Mysql => {
-            // mariadb-install-db, then the local lab's own server arguments (`mysql_server.rs`).
-            let wait = if idle == 0 { 31_536_000 } else { idle };
+            // mariadb-install-db, then the server, with the local lab's arguments.
+            let word = |a: Vec<String>| a.join(" ");
+            let install = word(Svc::mariadb_install_args(&["--datadir=/tmp/data".into()]));
+            let files = ["--datadir=/tmp/data".to_string(), "--socket=/tmp/mysql.sock".into()];
+            let server = word(service.server_args(idle, &files).expect("MariaDB's arguments"));
             let script = format!(
-                "mariadb-install-db --no-defaults --user=root --auth-root-authentication-method=normal --skip-test-db --datadir=/tmp/data --innodb-log-file-size=4M --innodb-buffer-pool-size=8M >/tmp/install.log 2>&1 || {{ cat /tmp/install.log; exit 1; }}\n\
-                 exec mariadbd --no-defaults --datadir=/tmp/data --socket=/tmp/mysql.sock --port={p} --bind-address=0.0.0.0 --user=root --skip-grant-tables --skip-name-resolve --skip-log-bin --performance-schema=OFF --innodb-buffer-pool-size=8M --innodb-log-file-size=4M --innodb-flush-log-at-trx-commit=0 --wait-timeout={wait} --interactive-timeout={wait}\n"
+                "mariadb-install-db {install} >/tmp/install.log 2>&1 || {{ cat /tmp/install.log; exit 1; }}\nexec mariadbd {server}\n"
             );
             vec!["sh".into(), "-c".into(), script]
         }
-        Svc::Memcached => ["memcached", "-u", "root", "-l", "0.0.0.0", "-p", &p, "-U", "0", "-t", "1", "-m", "16"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["-o".to_string(), format!("idle_timeout={idle}")])
+        Svc::Memcached => std::iter::once("memcached".to_string())
+            .chain(service.server_args(idle, &[]).expect("memcached's arguments"))
             .collect(),
         Svc::Http | Svc::Https => {
             vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")]
