@@ -325,6 +325,17 @@ pub(crate) mod tests {
         cells.iter().enumerate().map(|(i, c)| execute(&cell_steps(c, i, &target), runner, &same, &noop)).collect()
     }
 
+    /// Each command step as `program args…`.
+    fn command_lines(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Command { program, args, .. } => Some(format!("{program} {}", args.join(" "))),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Issue 19, defect 2: a cell that fails still removes what it made. The probe pod never
     /// becomes Ready: the probe does not run, the cell fails with the wait's purpose, and the
     /// gateway's objects in istio-system and the namespace are deleted all the same.
@@ -368,16 +379,7 @@ pub(crate) mod tests {
     fn a_one_second_idle_cell_reads_its_evidence_after_the_probe_while_the_pod_is_up() {
         let cells = cells_of("redis-idle", "istio-idle-timeout");
         assert_eq!(cells[0].scaled.idle.0.as_secs(), 1, "the shipped 1 s cell");
-        let lines: Vec<String> = cell_steps(&cells[0], 0, &KubeTarget { context: None })
-            .iter()
-            .filter_map(|s| {
-                if let Step::Command { program, args, .. } = s {
-                    Some(format!("{program} {}", args.join(" ")))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let lines = command_lines(&cell_steps(&cells[0], 0, &KubeTarget { context: None }));
         let at =
             |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {lines:#?}"));
         let probe = at("exec idlelab-probe -c probe --");
@@ -392,16 +394,7 @@ pub(crate) mod tests {
     /// namespaces by their label, and the gateway's per-cell objects in istio-system.
     #[test]
     fn every_run_sweeps_what_earlier_runs_left() {
-        let steps: Vec<String> = cluster_steps(&KubeTarget { context: None })
-            .iter()
-            .filter_map(|s| {
-                if let Step::Command { program, args, .. } = s {
-                    Some(format!("{program} {}", args.join(" ")))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let steps = command_lines(&cluster_steps(&KubeTarget { context: None }));
         assert!(
             steps.iter().any(|s| s.contains("delete namespace -l app.kubernetes.io/managed-by=idlelab")),
             "{steps:?}"
@@ -530,19 +523,8 @@ pub(crate) mod tests {
         let p = plan(&cells, &KubeTarget { context: None });
         let mut runner = FakeRunner { log: observations(true), ..Default::default() };
         let done = execute_all(&cells, &mut runner);
-        let planned: Vec<String> = p
-            .steps
-            .iter()
-            .filter_map(|s| {
-                if let Step::Command { program, args, .. } = s {
-                    Some(format!("{program} {}", args.join(" ")))
-                } else {
-                    None
-                }
-            })
-            // What the lab image's build printed (nothing, from the fake) replaces its name.
-            .map(|c| c.replace("$LAB_IMAGE", ""))
-            .collect();
+        // What the lab image's build printed (nothing, from the fake) replaces its name.
+        let planned: Vec<String> = command_lines(&p.steps).iter().map(|c| c.replace("$LAB_IMAGE", "")).collect();
         assert_eq!(runner.recorded.lock().unwrap().ran, planned, "the run is the plan");
         assert!(done[0].observations.is_some());
         // A log without observations leaves none, and teardown still runs.
