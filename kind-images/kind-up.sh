@@ -95,13 +95,38 @@ lab_image=$(bash "$here/build.sh" lab)
 # kind bind-mounts the host's /lib/modules into its node.
 [ -d /lib/modules ] || mkdir -p /lib/modules
 
+ctx=(--context "kind-$CLUSTER")
+node="$CLUSTER-control-plane"
+# A cluster is reused only when its node runs and its API server answers. When the engine
+# restarted (a reboot, a killed session, a CI machine restored from a snapshot), kind's restart
+# policy brings the node back by itself or leaves it exited: then it is made anew.
+cluster_answers() {
+  local state
+  for _ in $(seq 60); do
+    state=$(docker inspect -f '{{.State.Status}}' "$node" 2>/dev/null || echo missing)
+    case "$state" in
+      running) "${in_ns[@]}" kubectl "${ctx[@]}" get --raw /readyz >/dev/null 2>&1 && return 0 ;;
+      restarting) ;;
+      *) say "node $node is $state"; return 1 ;;
+    esac
+    sleep 2
+  done
+  say "node $node is $state, and its API server did not answer /readyz within 120 s"
+  return 1
+}
 if "${in_ns[@]}" kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-  step "cluster $CLUSTER exists; reusing it"
-else
+  if cluster_answers; then
+    step "cluster $CLUSTER exists; reusing it"
+  else
+    step "cluster $CLUSTER exists but does not answer; deleting it"
+    "${in_ns[@]}" kind delete cluster --name "$CLUSTER"
+  fi
+fi
+if ! "${in_ns[@]}" kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   step "creating cluster $CLUSTER ($node_image)"
   "${in_ns[@]}" kind create cluster --name "$CLUSTER" --config "$config" --image "$node_image" --wait 120s
 fi
-ctx=(--context "kind-$CLUSTER")
+"${in_ns[@]}" kubectl "${ctx[@]}" wait --for=condition=Ready node --all --timeout=120s >/dev/null
 
 images=("$lab_image")
 [ -n "$offline" ] && images+=("$hub/pilot:$tag" "$hub/proxyv2:$tag")

@@ -3,7 +3,7 @@
 //! One test, in order, because the steps share one cluster:
 //! 1. `kind-images/kind-up.sh` (what `just kind-up` runs): the lab's own Docker engine in a
 //!    network namespace of its own, every image built offline and cached, the cluster and Istio
-//!    reused when present.
+//!    reused when present; a cluster whose node stopped is made anew (the scenarios run on it).
 //! 2. The same scenarios on both backends; every cell's verdict on kind equals the local lab's.
 //!    The evidence shows istiod configured the probe's sidecar (its tcp_proxy idle timeout, as
 //!    the local lab's config dump shows it) and a middlebox counted the segments it forgot.
@@ -84,6 +84,15 @@ fn notes(cell: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// When the cluster's node container was made.
+fn node_created() -> String {
+    let engine = idlelab::kind::engine::LabEngine::detect().expect("the lab's engine runs");
+    let args = ["inspect", "-f", "{{.Created}}", "idlelab-control-plane"].map(String::from);
+    let o = engine.command("docker", &args).output().expect("docker");
+    assert!(o.status.success(), "docker inspect: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 /// The lab's namespaces on the cluster, asked the way the kind backend asks (`kind::engine`).
 fn lab_namespaces() -> Vec<String> {
     let engine = idlelab::kind::engine::LabEngine::detect().expect("the lab's engine runs");
@@ -98,6 +107,15 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
     common::require_lab();
     let before = host_rules();
     kind_up();
+
+    // A node that stopped (an engine restored from a snapshot, as a CI machine's was) is not
+    // reused: kind-up makes the cluster anew, and the scenarios below run on that one.
+    let created_before = node_created();
+    let engine = idlelab::kind::engine::LabEngine::detect().expect("the lab's engine runs");
+    let stop = engine.command("docker", &["stop", "idlelab-control-plane"].map(String::from)).output().unwrap();
+    assert!(stop.status.success(), "docker stop: {}", String::from_utf8_lossy(&stop.stderr));
+    kind_up();
+    assert_ne!(node_created(), created_before, "kind-up made a new node for the stopped one");
 
     let dir = tempfile::tempdir().unwrap();
     let mut compared = 0;
