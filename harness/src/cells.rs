@@ -41,7 +41,13 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
         let baseline = scenario.base_knobs();
         let mut real = baseline.clone();
         m.as_mitigation().apply(&mut real).map_err(|e| format!("cell `{label}`: {e}"))?;
-        let (scaled, time_scale) = timescale::scale(&real, spec).map_err(|e| {
+        // A balance run is real time: none of its durations is a timer whose order decides it.
+        let scaled = if real.grpc.is_some() {
+            Ok((real.clone(), crate::model::scale::TimeScale { factor: 1, auto: false, values: vec![], orderings: vec![] }))
+        } else {
+            timescale::scale(&real, spec)
+        };
+        let (scaled, time_scale) = scaled.map_err(|e| {
             let at = c.mitigation.referenced;
             format!(
                 "{}:{}:{}: cell `{label}`: {e}\n  hint: {}",

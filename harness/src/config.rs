@@ -37,6 +37,30 @@ pub struct ClientConfig {
     pub request_timeout: Dur,
 }
 
+/// A gRPC balance cell: replicas behind a ClusterIP (or a headless name), clients with
+/// channels, scale events. Real time: nothing in it is a timer the time scale would compress.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GrpcConfig {
+    pub replicas: u32,
+    pub clients: usize,
+    pub channels: usize,
+    pub lb: crate::model::balance::GrpcLb,
+    /// The clients address every replica (a headless Service's records), not the ClusterIP.
+    pub headless: bool,
+    pub duration: Dur,
+    pub request_interval: Dur,
+    /// `(at, replicas)`, in order.
+    pub scale: Vec<(Dur, u32)>,
+    pub threshold: crate::model::balance::BalanceThreshold,
+}
+
+impl GrpcConfig {
+    /// Replicas at the end of the run (the most any moment has: the lab scales up only).
+    pub fn max_replicas(&self) -> u32 {
+        self.scale.iter().map(|(_, r)| *r).chain([self.replicas]).max().unwrap_or(self.replicas)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CellConfig {
     pub service: Service,
@@ -45,6 +69,9 @@ pub struct CellConfig {
     pub server_idle_timeout: Dur,
     pub path: Vec<Hop>,
     pub idle: Dur,
+    /// `service: grpc`: the balance run (`None` for every other service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcConfig>,
 }
 
 impl CellConfig {

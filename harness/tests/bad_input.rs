@@ -170,3 +170,24 @@ fn every_shipped_scenario_is_valid() {
     assert!(out.contains("redis-idle: ok") && out.contains("redis-idle-passthrough: ok"), "{out}");
     assert!(out.contains("decides nothing on this path"), "the clamped keepalive interval is reported: {out}");
 }
+
+/// gRPC balance scenarios: a Deployment of no replicas, a scale event after the run, and a
+/// policy the client library does not have, each at its line with a hint.
+#[test]
+fn grpc_balance_input_is_checked_at_its_line() {
+    refused_at("grpc-zero-replicas.yaml", "4:11", &["replicas is 0, expected 1 to 32"], "replicas: 4", &[]);
+    refused_at(
+        "grpc-scale-after-end.yaml",
+        "7:5",
+        &["events[0]: scale at 10s is after the end of the run (duration 8s)"],
+        "before 8s",
+        &[],
+    );
+    refused_at(
+        "grpc-round-robin-tonic.yaml",
+        "5:34",
+        &["client.lb `round_robin`: tonic has no `round_robin` policy", "balance_list"],
+        "pick_first",
+        &[],
+    );
+}

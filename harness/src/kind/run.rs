@@ -75,6 +75,12 @@ impl Backend for KindBackend {
                 c.scenario
             ));
         }
+        if let Some(c) = cells.iter().find(|c| c.real.grpc.is_some()) {
+            return Err(format!(
+                "{}: gRPC balance cells run only in the local lab so far: the kind backend has no replicas, client pods or balance counts yet\n  hint: run it without `--backend kind`",
+                c.scenario
+            ));
+        }
         let mut runner = self.runner.lock().expect("command runner");
         runner.preflight(&self.target.required_programs(), self.target.context.is_none())
     }

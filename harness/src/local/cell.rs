@@ -26,6 +26,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 static CELL_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A cell's number in this run: its namespaces' names and its /24 of addresses
+/// (`topology::link_addrs`) come from it.
+pub(super) fn next_cell_seq() -> u32 {
+    CELL_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
 struct CellLab {
     envoys: Vec<(String, envoy::Envoy)>,
@@ -193,7 +199,7 @@ async fn run_in(
     let knobs = &cell.scaled;
     let started = Instant::now();
     phase(Phase::Setup);
-    let seq = CELL_SEQ.fetch_add(1, Ordering::Relaxed);
+    let seq = next_cell_seq();
     let tag = format!("{}{}-c{seq}", netns::PREFIX, std::process::id());
     let lab = slot.insert(build_lab(knobs, &tag, seq).await?);
     let mut evidence = LabEvidence {

@@ -16,12 +16,14 @@
 //! failure, Ctrl-C and panics all clean up the same way.
 
 mod cell;
+pub mod cluster_ip;
 pub mod config_dump;
 pub mod control_plane;
 pub mod device;
 pub mod doctor;
 pub mod envoy;
 mod evidence;
+mod grpc_cell;
 pub mod mesh;
 pub mod netns;
 pub mod process;
@@ -69,6 +71,9 @@ impl Backend for LocalBackend {
     ) -> Result<CellOutcome, CellFailure> {
         let shared =
             self.shared.get().ok_or_else(|| CellFailure::new(anyhow!("the local backend was not prepared")))?;
+        if cell.scaled.grpc.is_some() {
+            return grpc_cell::run_cell(&cell, &*phase).await;
+        }
         run_cell(&cell, shared, &*phase).await
     }
 }

@@ -36,6 +36,10 @@ pub enum Library {
     Gomemcache,
     /// Go's `net/http` client and its `Transport` pool (http, https).
     GoNetHttp,
+    /// tonic's gRPC client (`tonic::transport::Channel`): one HTTP/2 connection per channel
+    /// (`pick_first`-like), or `Channel::balance_list` over each replica (tower's power of
+    /// two choices; tonic has no `round_robin`).
+    Tonic,
     /// A program of the scenario's own (`client.command`) that speaks the probe contract.
     External,
 }
@@ -65,7 +69,7 @@ pub enum PoolSetting {
 /// since Go 1.23 on Linux also 15 s between probes and 9 probes (`net.KeepAliveConfig`).
 pub const GO_DEFAULT_KEEPALIVE: Keepalive = Keepalive { time: Dur::secs(15), interval: Dur::secs(15), probes: 9 };
 
-pub const ALL: [Library; 9] = [
+pub const ALL: [Library; 10] = [
     Library::RedisRs,
     Library::MysqlAsync,
     Library::MemcacheAsync,
@@ -74,6 +78,7 @@ pub const ALL: [Library; 9] = [
     Library::GoSqlDriver,
     Library::Gomemcache,
     Library::GoNetHttp,
+    Library::Tonic,
     Library::External,
 ];
 
@@ -88,6 +93,7 @@ impl Library {
             Library::GoSqlDriver => "go-sql-driver",
             Library::Gomemcache => "gomemcache",
             Library::GoNetHttp => "go-net-http",
+            Library::Tonic => "tonic",
             Library::External => "external",
         }
     }
@@ -103,6 +109,7 @@ impl Library {
             Service::Mysql => Library::MysqlAsync,
             Service::Memcached => Library::MemcacheAsync,
             Service::Http | Service::Https => Library::HyperUtil,
+            Service::Grpc => Library::Tonic,
         }
     }
 
@@ -113,13 +120,16 @@ impl Library {
             Library::MysqlAsync | Library::GoSqlDriver => service == Service::Mysql,
             Library::MemcacheAsync | Library::Gomemcache => service == Service::Memcached,
             Library::HyperUtil | Library::GoNetHttp => matches!(service, Service::Http | Service::Https),
+            Library::Tonic => service == Service::Grpc,
             Library::External => true,
         }
     }
 
     pub fn runtime(self) -> Runtime {
         match self {
-            Library::RedisRs | Library::MysqlAsync | Library::MemcacheAsync | Library::HyperUtil => Runtime::Rust,
+            Library::RedisRs | Library::MysqlAsync | Library::MemcacheAsync | Library::HyperUtil | Library::Tonic => {
+                Runtime::Rust
+            }
             Library::GoRedis | Library::GoSqlDriver | Library::Gomemcache | Library::GoNetHttp => Runtime::Go,
             Library::External => Runtime::External,
         }
@@ -184,6 +194,8 @@ impl Library {
             (GoRedis | GoSqlDriver | Gomemcache | GoNetHttp, TcpUserTimeout) => {
                 Ok("net.Dialer.Control: setsockopt TCP_USER_TIMEOUT")
             }
+            // A balance cell's client holds its channels for the whole run: no pool to set.
+            (Tonic, _) => none("connection pool (its channels are held for the whole run)"),
         }
     }
 
@@ -198,6 +210,7 @@ impl Library {
             Library::GoSqlDriver => "database/sql with go-sql-driver/mysql",
             Library::Gomemcache => "gomemcache (github.com/bradfitz/gomemcache)",
             Library::GoNetHttp => "Go's net/http Transport",
+            Library::Tonic => "tonic (its transport::Channel)",
             Library::External => "the external client",
         }
     }
@@ -212,7 +225,7 @@ mod tests {
         for l in ALL {
             assert_eq!(Library::parse(l.name()), Some(l));
         }
-        for s in [Service::Redis, Service::Mysql, Service::Memcached, Service::Http, Service::Https] {
+        for s in Service::ALL {
             assert!(Library::default_for(s).speaks(s));
             assert_eq!(Library::default_for(s).runtime(), Runtime::Rust);
         }

@@ -5,6 +5,7 @@
 //! and the verdict judged from it. Nothing here starts a process, opens a socket or reads a
 //! file; everything above imports from here, and nothing here imports from above.
 
+pub mod balance;
 pub mod duration;
 pub mod keepalive;
 pub mod library;

@@ -124,6 +124,9 @@ pub struct Observations {
     /// What the client library did, in words (e.g. "checkout discarded 4 pooled connections").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// A gRPC balance cell: how the replicas shared the requests (no pooled connections then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<super::balance::BalanceObservation>,
 }
 
 impl Observations {

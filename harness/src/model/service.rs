@@ -19,11 +19,15 @@ pub enum Service {
     Http,
     /// The same with TLS, terminated at a `gateway` hop (`tls: true`).
     Https,
+    /// The lab's gRPC service (`Replica.Who`, `harness/proto/replica.proto`) on `replicas`
+    /// servers behind a ClusterIP made as kube-proxy makes it: a balance scenario.
+    Grpc,
 }
 
 impl Service {
     /// Every service, in the order reports list them.
-    pub const ALL: [Service; 5] = [Service::Redis, Service::Mysql, Service::Memcached, Service::Http, Service::Https];
+    pub const ALL: [Service; 6] =
+        [Service::Redis, Service::Mysql, Service::Memcached, Service::Http, Service::Https, Service::Grpc];
 
     pub fn port(self) -> u16 {
         match self {
@@ -32,6 +36,7 @@ impl Service {
             Service::Memcached => 11211,
             Service::Http => 8080,
             Service::Https => 8443,
+            Service::Grpc => 50051,
         }
     }
     pub fn name(self) -> &'static str {
@@ -41,6 +46,7 @@ impl Service {
             Service::Memcached => "memcached",
             Service::Http => "http",
             Service::Https => "https",
+            Service::Grpc => "grpc",
         }
     }
     /// The server's own idle timeout when the scenario does not set one: redis `timeout 0`
@@ -96,7 +102,7 @@ impl Service {
                 a.extend_from_slice(files);
                 Some(a)
             }
-            Service::Http | Service::Https => None,
+            Service::Http | Service::Https | Service::Grpc => None,
         }
     }
     /// `mariadb-install-db`'s arguments for the data directory every MariaDB cell starts from,
@@ -122,7 +128,7 @@ impl Service {
         match self {
             Service::Redis => Precision::ServerClock { late_ms: 1100 },
             Service::Memcached => Precision::ServerClock { late_ms: 3000 },
-            Service::Mysql | Service::Http | Service::Https => Precision::WholeSeconds,
+            Service::Mysql | Service::Http | Service::Https | Service::Grpc => Precision::WholeSeconds,
         }
     }
 }

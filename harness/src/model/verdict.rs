@@ -27,6 +27,10 @@ pub enum Verdict {
     Hung,
     FailedOnReuse,
     Recovered,
+    /// gRPC balance: every replica got its share after the last scale event.
+    Balanced,
+    /// gRPC balance: requests stayed on some replicas (per-connection balancing).
+    Pinned,
 }
 
 impl Verdict {
@@ -39,6 +43,8 @@ impl Verdict {
             Verdict::Hung => "hung",
             Verdict::FailedOnReuse => "failed-on-reuse",
             Verdict::Recovered => "recovered",
+            Verdict::Balanced => "balanced",
+            Verdict::Pinned => "pinned",
         }
     }
 }
@@ -60,6 +66,10 @@ fn after_last_activity(c: &ConnObservation, at_ms: u64) -> String {
 
 /// The verdict and one sentence that says which observations produced it.
 pub fn judge(obs: &Observations) -> (Verdict, String) {
+    if let Some(balance) = &obs.balance {
+        let (balanced, why) = super::balance::judge_balance(balance);
+        return (if balanced { Verdict::Balanced } else { Verdict::Pinned }, why);
+    }
     let n = obs.connections.len();
     let failed: Vec<(&ConnObservation, &Attempt)> =
         obs.connections.iter().filter_map(|c| c.first_failure().map(|f| (c, f))).collect();

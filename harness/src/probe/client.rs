@@ -79,6 +79,7 @@ pub(crate) fn observations(
         reuse_started_ms,
         connections,
         notes,
+        balance: None,
         finished_ms: 0,
         peak_rss_kib: 0,
     }

@@ -373,6 +373,10 @@ pub async fn main(spec_file: Option<std::path::PathBuf>) -> i32 {
         Service::Memcached => run_with(memcached::MemcachedClient, spec).await,
         Service::Mysql => mysql::run(spec).await,
         Service::Http | Service::Https => http::run(spec).await,
+        Service::Grpc => {
+            emit(&ProbeLine::Error("a gRPC balance cell runs `idlelab probe-grpc`, not `idlelab probe`".into()));
+            return 2;
+        }
     };
     match result {
         Ok(mut obs) => {

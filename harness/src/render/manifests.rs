@@ -64,6 +64,7 @@ pub fn port_name(s: Svc) -> String {
         Svc::Http => "http",
         Svc::Https => "https",
         Svc::Redis | Svc::Mysql | Svc::Memcached => "tcp",
+        Svc::Grpc => "grpc",
     };
     format!("{protocol}-{}", s.name())
 }
@@ -96,6 +97,12 @@ fn server_container(knobs: &CellConfig) -> Container {
         Svc::Http | Svc::Https => {
             vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")]
         }
+        // One replica's server (the kind backend refuses balance cells so far).
+        Svc::Grpc => ["idlelab", "serve-grpc", "--replica", "0", "--counts", "/tmp/counts", "--listen"]
+            .into_iter()
+            .map(String::from)
+            .chain([format!("0.0.0.0:{port}")])
+            .collect(),
     };
     Container {
         name: "server".into(),
@@ -135,7 +142,7 @@ fn readiness(s: Svc) -> Probe {
         Svc::Mysql => {
             exec(&["mariadb-admin", "--protocol=tcp", "-h", "127.0.0.1", "-P", &port.to_string(), "-uroot", "ping"])
         }
-        Svc::Memcached => Probe {
+        Svc::Memcached | Svc::Grpc => Probe {
             tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.into()), ..Default::default() }),
             ..Default::default()
         },

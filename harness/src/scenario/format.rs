@@ -38,6 +38,19 @@ pub struct ClientSpec {
     /// How long the probe waits for an answer before calling the connection hung. Not scaled.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
+    /// gRPC: client pods, each with its own channels (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<usize>,
+    /// gRPC: channels per client (default 1); each is one HTTP/2 connection to its target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    /// gRPC: the client's load-balancing policy, by the library's own name (tonic:
+    /// `pick_first`, one connection per channel; `balance_list`, one per replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
+    /// gRPC: the time between two requests of one channel (default 50ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_interval: Option<Dur>,
 }
 
 impl Default for ClientSpec {
@@ -48,6 +61,10 @@ impl Default for ClientSpec {
             pool: default_pool(),
             keepalive: None,
             request_timeout: default_request_timeout(),
+            clients: None,
+            channels: None,
+            lb: None,
+            request_interval: None,
         }
     }
 }
@@ -61,6 +78,14 @@ impl Default for ClientSpec {
 pub struct ServerSpec {
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
+}
+
+/// Something that happens during a gRPC balance run.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum EventSpec {
+    /// `scale: {at: 10s, replicas: 6}`: the Deployment scales to `replicas` at `at`.
+    Scale { at: Dur, replicas: u32 },
 }
 
 /// One cell: a mitigation and the verdict it is expected to give.
@@ -88,8 +113,21 @@ pub struct Scenario {
     /// Hops from the app to the server, in order; empty means a direct connection.
     #[serde(default)]
     pub path: Vec<Hop>,
-    /// How long the pool sits idle, in real-world time.
+    /// How long the pool sits idle, in real-world time (not for `service: grpc`).
+    #[serde(default)]
     pub idle: Dur,
+    /// gRPC: the server's replicas when the run starts.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// gRPC: how long the clients send requests, in real time (a balance run is not scaled).
+    #[serde(default)]
+    pub duration: Option<Dur>,
+    /// gRPC: scale events during the run.
+    #[serde(default)]
+    pub events: Vec<EventSpec>,
+    /// gRPC: the balance verdict's threshold (default `{max_cv: 0.3}`).
+    #[serde(default)]
+    pub balance: Option<crate::model::balance::BalanceThreshold>,
     #[serde(default)]
     pub time_scale: TimeScaleSpec,
     pub cells: Vec<CellSpec>,
@@ -116,6 +154,12 @@ pub struct Positions {
     /// Each hop of `path`.
     pub hops: Vec<serde_saphyr::Location>,
     pub cells: Option<serde_saphyr::Location>,
+    pub idle: Option<serde_saphyr::Location>,
+    pub replicas: Option<serde_saphyr::Location>,
+    pub duration: Option<serde_saphyr::Location>,
+    /// Each event of `events`.
+    pub events: Vec<serde_saphyr::Location>,
+    pub lb: Option<serde_saphyr::Location>,
 }
 
 impl Positions {
@@ -131,6 +175,8 @@ impl Positions {
             command: At,
             #[serde(default)]
             pool: At,
+            #[serde(default)]
+            lb: At,
         }
         #[derive(Deserialize)]
         struct Server {
@@ -151,6 +197,14 @@ impl Positions {
             path: Option<Spanned<Vec<Spanned<IgnoredAny>>>>,
             #[serde(default)]
             cells: At,
+            #[serde(default)]
+            idle: At,
+            #[serde(default)]
+            replicas: At,
+            #[serde(default)]
+            duration: At,
+            #[serde(default)]
+            events: Option<Vec<Spanned<IgnoredAny>>>,
         }
         let at = |a: &At| a.as_ref().map(|s| s.referenced);
         let Ok(doc) = serde_saphyr::from_str::<Doc>(text) else { return Positions::default() };
@@ -166,6 +220,11 @@ impl Positions {
             path: doc.path.as_ref().map(|p| p.referenced),
             hops: doc.path.map(|p| p.value.iter().map(|h| h.referenced).collect()).unwrap_or_default(),
             cells: at(&doc.cells),
+            idle: at(&doc.idle),
+            replicas: at(&doc.replicas),
+            duration: at(&doc.duration),
+            events: doc.events.map(|e| e.iter().map(|x| x.referenced).collect()).unwrap_or_default(),
+            lb: client.and_then(|c| at(&c.value.lb)),
         }
     }
 
@@ -249,6 +308,22 @@ impl Scenario {
             server_idle_timeout: self.server.idle_timeout.unwrap_or(self.service.default_server_idle_timeout()),
             path: self.path.clone(),
             idle: self.idle,
+            grpc: (self.service == Service::Grpc).then(|| crate::config::GrpcConfig {
+                replicas: self.replicas.unwrap_or(1),
+                clients: self.client.clients.unwrap_or(3),
+                channels: self.client.channels.unwrap_or(1),
+                lb: self
+                    .client
+                    .lb
+                    .as_deref()
+                    .and_then(|l| crate::model::balance::GrpcLb::parse(l).ok())
+                    .unwrap_or(crate::model::balance::GrpcLb::PickFirst),
+                headless: false,
+                duration: self.duration.unwrap_or_default(),
+                request_interval: self.client.request_interval.unwrap_or(Dur(std::time::Duration::from_millis(50))),
+                scale: self.events.iter().map(|EventSpec::Scale { at, replicas }| (*at, *replicas)).collect(),
+                threshold: self.balance.unwrap_or_default(),
+            }),
         }
     }
 }

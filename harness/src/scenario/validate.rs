@@ -63,6 +63,7 @@ impl Scenario {
             }
             _ => {}
         }
+        self.validate_grpc()?;
         if self.cells.is_empty() {
             return Err(self.error_at(
                 at.cells,
@@ -141,6 +142,109 @@ impl Scenario {
                     Some("give the path the hop this mitigation acts on, or remove the cell".into()),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `service: grpc` takes replicas, a duration and events, and no idle; every other service
+    /// the reverse.
+    fn validate_grpc(&self) -> Result<(), ScenarioError> {
+        let at = &self.positions;
+        if self.service != Service::Grpc {
+            let grpc_only = [
+                ("replicas", self.replicas.is_some(), at.replicas),
+                ("duration", self.duration.is_some(), at.duration),
+                ("events", !self.events.is_empty(), at.events.first().copied()),
+                ("balance", self.balance.is_some(), None),
+                ("client.lb", self.client.lb.is_some(), at.lb),
+                ("client.clients", self.client.clients.is_some(), at.client),
+                ("client.channels", self.client.channels.is_some(), at.client),
+                ("client.request_interval", self.client.request_interval.is_some(), at.client),
+            ];
+            if let Some((field, _, loc)) = grpc_only.iter().find(|(_, set, _)| *set) {
+                return Err(self.error_at(
+                    loc.or(at.service),
+                    format!("`{field}` is for `service: grpc`, not {}", self.service.name()),
+                    Some("remove it, or make this a gRPC balance scenario".into()),
+                ));
+            }
+            if self.idle.is_zero() {
+                return Err(self.error_at(
+                    at.idle.or(at.name),
+                    "idle is missing or 0s: how long the pool sits idle".into(),
+                    Some("e.g. `idle: 70m` (real-world time; the time scale compresses it)".into()),
+                ));
+            }
+            return Ok(());
+        }
+        let hint_replicas = Some("a Deployment's replicas: 1 to 32, e.g. `replicas: 4`".to_string());
+        let replicas = self.replicas.ok_or_else(|| {
+            self.error_at(at.service, "service grpc needs `replicas`".into(), hint_replicas.clone())
+        })?;
+        if !(1..=32).contains(&replicas) {
+            return Err(self.error_at(
+                at.replicas,
+                format!("replicas is {replicas}, expected 1 to 32"),
+                hint_replicas.clone(),
+            ));
+        }
+        let Some(duration) = self.duration.filter(|d| !d.is_zero()) else {
+            return Err(self.error_at(
+                at.duration.or(at.service),
+                "service grpc needs `duration`: how long the clients send requests".into(),
+                Some("e.g. `duration: 20s` (real time: a balance run is not compressed)".into()),
+            ));
+        };
+        if !self.idle.is_zero() {
+            return Err(self.error_at(
+                at.idle,
+                "a gRPC balance run has no idle period; remove `idle`".into(),
+                Some("its clients send requests for `duration`".into()),
+            ));
+        }
+        if !self.path.is_empty() {
+            return Err(self.error_at(
+                at.path,
+                "a gRPC balance run has no hops yet: the clients reach the replicas through the node's ClusterIP".into(),
+                Some("remove `path`".into()),
+            ));
+        }
+        let mut last = (crate::model::duration::Dur::default(), replicas);
+        for (i, crate::scenario::format::EventSpec::Scale { at: when, replicas: to }) in self.events.iter().enumerate() {
+            let loc = at.events.get(i).copied();
+            if *when >= duration {
+                return Err(self.error_at(
+                    loc,
+                    format!("events[{i}]: scale at {when} is after the end of the run (duration {duration})"),
+                    Some(format!("give a time before {duration}, or a longer `duration`")),
+                ));
+            }
+            if *when < last.0 || *to < last.1 || !(1..=32).contains(to) {
+                return Err(self.error_at(
+                    loc,
+                    format!("events[{i}]: scale to {to} replicas at {when}: the lab scales up only, in time order, to at most 32"),
+                    Some("list scale events by time, each with more replicas than before".into()),
+                ));
+            }
+            last = (*when, *to);
+        }
+        for (field, n) in [("client.clients", self.client.clients), ("client.channels", self.client.channels)] {
+            if let Some(n) = n.filter(|n| !(1..=16).contains(n)) {
+                return Err(self.error_at(
+                    at.client,
+                    format!("{field} is {n}, expected 1 to 16"),
+                    Some("each client is a pod with its own channels".into()),
+                ));
+            }
+        }
+        if let Some(lb) = &self.client.lb
+            && let Err(why) = crate::model::balance::GrpcLb::parse(lb)
+        {
+            return Err(self.error_at(
+                at.lb.or(at.client),
+                format!("client.lb `{lb}`: {why}"),
+                Some("tonic: `pick_first` (one connection per channel) or `balance_list` (one per replica)".into()),
+            ));
         }
         Ok(())
     }

@@ -1,0 +1,80 @@
+//! Issue 20: gRPC balance for real. tonic replicas, each in its own namespace, behind a
+//! ClusterIP made as kube-proxy's nftables mode makes it; tonic clients, each in its own
+//! namespace with its own channel; the balance read from the replicas' own counts.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn balance(cell: &Value) -> &Value {
+    &cell["evidence"]["observations"]["balance"]
+}
+
+/// Requests each replica served in segment `i` (before / after the scale event).
+fn served(cell: &Value, i: usize) -> Vec<u64> {
+    balance(cell)["segments"][i]["served"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect()
+}
+
+fn cv(served: &[u64]) -> f64 {
+    let n = served.len() as f64;
+    let mean = served.iter().sum::<u64>() as f64 / n;
+    (served.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() / mean
+}
+
+fn run_scenario(name: &str) -> Value {
+    require_lab();
+    let out = tempdir();
+    let o = run(&["run", name, "--out", out.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{name}: every cell matches its expectation:\n{}", text(&o));
+    summary(out.path())
+}
+
+#[test]
+fn per_connection_balancing_pins_clients_and_leaves_new_replicas_at_zero() {
+    let s = run_scenario("grpc-pinned");
+
+    // ClusterIP: each client's one connection stays on one replica for the whole run.
+    let none = cell(&s, "none");
+    assert_eq!(none["verdict"], "pinned");
+    let before = served(none, 0);
+    assert_eq!(before.len(), 4);
+    assert!(before.iter().filter(|&&n| n > 0).count() <= 3, "3 connections reach at most 3 replicas: {before:?}");
+    let after = served(none, 1);
+    assert_eq!(after.len(), 6);
+    assert_eq!(&after[4..], &[0, 0], "replicas added by the scale-up serve nothing until a reconnect: {after:?}");
+    let notes = none["evidence"]["notes"].to_string();
+    for k in 0..3 {
+        assert!(
+            notes.contains(&format!("client-{k}:")) && !notes.contains(&format!("client-{k}: 0 requests")),
+            "client {k} sent requests: {notes}"
+        );
+    }
+    assert!(!notes.contains("channel 0 → replicas"), "no channel reached two replicas: {notes}");
+    assert!(balance(none)["failed"].as_array().unwrap().is_empty(), "no request failed: {notes}");
+
+    // Client-side balancing over the headless addresses: even over the 4 it knows, 0 for the 2 added.
+    let headless = cell(&s, "headless-client-balancing");
+    assert_eq!(headless["verdict"], "pinned");
+    let before = served(headless, 0);
+    assert!(before.iter().all(|&n| n > 0) && cv(&before) <= 0.3, "balanced over the 4 it resolved: {before:?}");
+    let after = served(headless, 1);
+    assert_eq!(&after[4..], &[0, 0], "not in the list it resolved: {after:?}");
+    assert!(after[..4].iter().all(|&n| n > 0), "{after:?}");
+}
+
+#[test]
+fn client_side_balancing_loads_every_replica_and_a_cluster_ip_leaves_one_idle() {
+    let s = run_scenario("grpc-steady");
+    let none = cell(&s, "none");
+    assert_eq!(none["verdict"], "pinned");
+    let served_none = served(none, 0);
+    assert!(served_none.contains(&0), "3 connections over 4 replicas leave one idle: {served_none:?}");
+    let headless = cell(&s, "headless-client-balancing");
+    assert_eq!(headless["verdict"], "balanced");
+    let served_headless = served(headless, 0);
+    assert!(cv(&served_headless) <= 0.3, "{served_headless:?}");
+    // The same number of requests either way: 3 clients × 8 s at 20 per second, give or take.
+    let total = |v: &[u64]| v.iter().sum::<u64>();
+    assert!(total(&served_none) > 300 && total(&served_headless) > 300, "{served_none:?} {served_headless:?}");
+}
