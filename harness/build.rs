@@ -2,6 +2,8 @@
 //! one is its file alone: `src/mitigation/<name>.rs` with `impl Mitigation for <Type>`,
 //! `src/hop/<kind>.rs` with `impl PathHop for <Type>`. The variant is the file's name in
 //! CamelCase; its name in scenario files is the same in kebab-case.
+//! It also compiles `proto/replica.proto` (the gRPC replica's service) with protox, a protoc
+//! in pure Rust, so that no machine needs protoc installed.
 
 use std::path::Path;
 
@@ -100,6 +102,15 @@ fn main() {
         );
         std::fs::write(Path::new(&out).join(format!("{function}.rs")), code).expect("write the dispatch");
     }
+    compile_protos();
+}
+
+/// The gRPC replica's messages, client and server into OUT_DIR (`tonic::include_proto!`). Its
+/// rerun line joins the folders' lines printed by `rust_files_of`, which stay in cargo's set.
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto/replica.proto");
+    let fds = protox::compile(["proto/replica.proto"], ["proto"]).unwrap_or_else(|e| panic!("{e:?}"));
+    tonic_prost_build::configure().compile_fds(fds).unwrap_or_else(|e| panic!("proto/replica.proto: {e}"));
 }
 
 /// The `.rs` files of `folder`, sorted; the build reruns when the folder changes.

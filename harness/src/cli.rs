@@ -106,6 +106,28 @@ enum Command {
         #[arg(long)]
         request_log: Option<PathBuf>,
     },
+    /// The lab's gRPC replica: answers `Who` with its id, appends its count to --counts
+    /// every 200 ms and on SIGTERM/SIGINT.
+    #[command(hide = true)]
+    ServeGrpc {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The id this replica answers with.
+        #[arg(long)]
+        replica: u32,
+        /// The JSON-lines file its counts are appended to.
+        #[arg(long)]
+        counts: PathBuf,
+        /// Close each client connection this many milliseconds after it opened (GOAWAY).
+        #[arg(long)]
+        max_connection_age_ms: Option<u64>,
+        /// Refused: tonic has no grace after max-connection-age (see `ReplicaServe`).
+        #[arg(long)]
+        max_connection_age_grace_ms: Option<u64>,
+    },
+    /// The gRPC probe: a gRPC probe spec as JSON on stdin, its report as one JSON line on stdout.
+    #[command(hide = true)]
+    ProbeGrpc,
     /// Try your own Istio YAML (DestinationRule, EnvoyFilter, Sidecar, ServiceEntry, Gateway,
     /// VirtualService, ProxyConfig, Deployment/Pod annotations) against the failures: each
     /// scenario it can touch runs its baseline with and without it. Exit 0 when it fixes every
@@ -194,6 +216,44 @@ pub fn main() -> i32 {
                 .expect("tokio runtime");
             match rt.block_on(crate::local::servers::http_server::serve(listen, request_log.as_deref())) {
                 Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::ServeGrpc { listen, replica, counts, max_connection_age_ms, max_connection_age_grace_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let spec = crate::local::grpc_replica::ReplicaServe {
+                listen,
+                replica,
+                counts_file: counts,
+                max_connection_age: max_connection_age_ms.map(std::time::Duration::from_millis),
+                max_connection_age_grace: max_connection_age_grace_ms.map(std::time::Duration::from_millis),
+            };
+            match rt.block_on(crate::local::grpc_replica::serve(spec)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::ProbeGrpc => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(crate::probe::grpc::run_stdin()) {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string(&report).expect("a report serializes"));
+                    0
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     1

@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod envoy;
 mod evidence;
 mod grpc_cell;
+pub mod grpc_replica;
 pub mod mesh;
 pub mod netns;
 pub mod process;

@@ -13,6 +13,7 @@
 //! One module per client library (`redis`, …) implements [`Client`].
 
 pub mod client;
+pub mod grpc;
 pub mod http;
 pub mod idle_watch;
 pub mod memcached;
