@@ -43,7 +43,10 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
         m.as_mitigation().apply(&mut real).map_err(|e| format!("cell `{label}`: {e}"))?;
         // A balance run is real time: none of its durations is a timer whose order decides it.
         let scaled = if real.grpc.is_some() {
-            Ok((real.clone(), crate::model::scale::TimeScale { factor: 1, auto: false, values: vec![], orderings: vec![] }))
+            Ok((
+                real.clone(),
+                crate::model::scale::TimeScale { factor: 1, auto: false, values: vec![], orderings: vec![] },
+            ))
         } else {
             timescale::scale(&real, spec)
         };

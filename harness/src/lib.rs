@@ -17,7 +17,8 @@
 //! The ground: the words every layer shares, and what the machine provides.
 //! - [`model`]: durations, services, the kernel's keepalive, client libraries and their
 //!   settings, the time scale's types, the probe's observations and the verdict judged from
-//!   them. Imports nothing of the lab.
+//!   them (`model::balance`: a gRPC run's requests per replica and its balance verdict).
+//!   Imports nothing of the lab.
 //! - [`tools`]: where the lab's tools are installed (Envoy, Istio's binaries, the Go probe).
 //! - [`certs`]: the CA of a run and of a cell's mesh.
 //!
@@ -35,14 +36,19 @@
 //!
 //! Running a cell:
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
-//!   per Rust client library, behind the probe contract (`scenarios/PROBE.md`).
+//!   per Rust client library, behind the probe contract (`scenarios/PROBE.md`);
+//!   `probe::grpc`, `idlelab probe-grpc`: tonic channels that send requests for a run's
+//!   duration and record which replica answered each.
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind.
 //! - [`local`]: the local backend: a cell's run stage by stage (`local::cell`) in namespaces
 //!   of its own, each hop kind that is no proxy (`local::device`: the nftables middlebox),
 //!   each service's real server (`local::servers`), and
 //!   Istio's control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
-//!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites.
+//!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites. A gRPC
+//!   balance cell has its own stage (`local::grpc_cell`): client and replica namespaces
+//!   around a node with kube-proxy's ClusterIP rules (`local::cluster_ip`), the replicas
+//!   being `idlelab serve-grpc` (`local::grpc_replica`).
 //! - [`kind`]: the kind backend: each cell's steps (`kind::cell`, each hop kind's objects in
 //!   `kind::device`) in a plan of kind / istioctl / kubectl commands, executed through one
 //!   command runner (`kind::run`) that reaches the cluster through the lab's own Docker engine
@@ -53,7 +59,9 @@
 //! - [`events`]: what the runner tells reporters, and the reports of cells and runs.
 //! - [`runner`]: runs cells on a backend, concurrently and repeatedly, judges them, emits
 //!   events; handles Ctrl-C.
-//! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html).
+//! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html); a
+//!   connection timeline per cell (`report::timeline`), or a balance cell's request rate per
+//!   replica (`report::balance_chart`).
 //! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
 //!
 //! Commands:

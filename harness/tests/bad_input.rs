@@ -185,7 +185,7 @@ fn grpc_balance_input_is_checked_at_its_line() {
     );
     refused_at(
         "grpc-round-robin-tonic.yaml",
-        "5:34",
+        "5:30",
         &["client.lb `round_robin`: tonic has no `round_robin` policy", "balance_list"],
         "pick_first",
         &[],

@@ -22,17 +22,23 @@ fn cv(served: &[u64]) -> f64 {
     (served.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() / mean
 }
 
-fn run_scenario(name: &str) -> Value {
+/// The run's summary.json, its report.html and what the terminal printed.
+fn run_scenario(name: &str) -> (Value, String, String) {
     require_lab();
     let out = tempdir();
     let o = run(&["run", name, "--out", out.path().to_str().unwrap()]);
     assert!(o.status.success(), "{name}: every cell matches its expectation:\n{}", text(&o));
-    summary(out.path())
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    (summary(out.path()), html, text(&o))
 }
 
 #[test]
 fn per_connection_balancing_pins_clients_and_leaves_new_replicas_at_zero() {
-    let s = run_scenario("grpc-pinned");
+    let (s, html, terminal) = run_scenario("grpc-pinned");
+    // The charts: one line per replica in report.html (6 per cell), a row per replica in the terminal.
+    assert_eq!(html.matches(r#"class="balance""#).count(), 2, "one chart per cell");
+    assert_eq!(html.matches(r#"class="replica""#).count(), 12, "one line per replica");
+    assert_eq!(terminal.matches("replica  5 ").count(), 2, "{terminal}");
 
     // ClusterIP: each client's one connection stays on one replica for the whole run.
     let none = cell(&s, "none");
@@ -65,7 +71,7 @@ fn per_connection_balancing_pins_clients_and_leaves_new_replicas_at_zero() {
 
 #[test]
 fn client_side_balancing_loads_every_replica_and_a_cluster_ip_leaves_one_idle() {
-    let s = run_scenario("grpc-steady");
+    let (s, _, _) = run_scenario("grpc-steady");
     let none = cell(&s, "none");
     assert_eq!(none["verdict"], "pinned");
     let served_none = served(none, 0);

@@ -38,8 +38,24 @@ fn scenario_cells(name: &str) -> Vec<Cell> {
     expand(&s, &[], None).unwrap()
 }
 
+/// The shipped scenarios the kind backend runs: all but the gRPC balance ones, which it
+/// refuses (`grpc_balance_cells_are_refused_on_kind`).
 fn shipped() -> Vec<String> {
-    idlelab::scenario::list(&repo().join("scenarios")).unwrap()
+    let all = idlelab::scenario::list(&repo().join("scenarios")).unwrap();
+    let kind: Vec<String> = all.iter().filter(|n| !n.starts_with("grpc-")).cloned().collect();
+    assert!(kind.len() + 2 <= all.len(), "the gRPC scenarios are named grpc-*: {all:?}");
+    kind
+}
+
+#[test]
+fn grpc_balance_cells_are_refused_on_kind() {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("run");
+    let o = common::run(&["run", "grpc-steady", "--backend", "kind", "--out", target.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("gRPC balance cells run only in the local lab so far"), "{err}");
+    assert!(!target.exists(), "nothing created");
 }
 
 /// Every manifest document applied by a plan.

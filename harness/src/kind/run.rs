@@ -514,6 +514,7 @@ pub(crate) mod tests {
             reuse_started_ms: 7005,
             connections: vec![conn],
             notes: vec![],
+            balance: None,
             finished_ms: 7010,
             peak_rss_kib: 1,
         };

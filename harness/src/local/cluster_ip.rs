@@ -28,7 +28,7 @@ pub fn ruleset(cluster_ip: Ipv4Addr, port: u16, endpoints: &[Ipv4Addr]) -> Strin
         vmap.join(", ")
     );
     for (i, ep) in endpoints.iter().enumerate() {
-        out += &format!("  chain endpoint-{i} {{\n    dnat to {ep}:{port}\n  }}\n");
+        out += &format!("  chain endpoint-{i} {{\n    meta l4proto tcp dnat to {ep}:{port}\n  }}\n");
     }
     out + "}\n"
 }
@@ -39,10 +39,14 @@ mod tests {
 
     #[test]
     fn one_random_pick_per_new_connection_over_every_endpoint() {
-        let r = ruleset(Ipv4Addr::new(198, 18, 0, 252), 50051, &[Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 14)]);
+        let r = ruleset(
+            Ipv4Addr::new(198, 18, 0, 252),
+            50051,
+            &[Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 14)],
+        );
         assert!(r.contains("ip daddr 198.18.0.252 tcp dport 50051 jump service-grpc"), "{r}");
         assert!(r.contains("numgen random mod 2 vmap { 0 : jump endpoint-0, 1 : jump endpoint-1 }"), "{r}");
-        assert!(r.contains("dnat to 198.18.0.14:50051"), "{r}");
+        assert!(r.contains("meta l4proto tcp dnat to 198.18.0.14:50051"), "{r}");
         // Replaces an earlier version in the same transaction.
         assert!(r.starts_with(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")), "{r}");
     }

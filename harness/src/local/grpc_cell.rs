@@ -44,10 +44,7 @@ struct GrpcLab {
 }
 
 impl GrpcLab {
-    /// Link of client `k`: `k`; of replica `i`: 16 + `i` (at most 16 clients, 32 replicas).
-    fn client_addr(&self, k: usize) -> Ipv4Addr {
-        link_addrs(self.seq, k as u32).1
-    }
+    /// Client `k` is on link `k`, replica `i` on link 16 + `i` (at most 16 clients, 32 replicas).
     fn replica_addr(&self, i: usize) -> Ipv4Addr {
         link_addrs(self.seq, 16 + i as u32).1
     }
@@ -56,8 +53,7 @@ impl GrpcLab {
     }
 
     /// Start replica `i` in its namespace and wait until it accepts connections.
-    async fn start_replica(&mut self, i: usize, grpc: &GrpcConfig) -> Result<()> {
-        let _ = grpc;
+    async fn start_replica(&mut self, i: usize) -> Result<()> {
         let mut cmd = tokio::process::Command::new(crate::tools::idlelab_exe());
         cmd.args(["serve-grpc", "--listen", &format!("0.0.0.0:{PORT}"), "--replica", &i.to_string(), "--counts"])
             .arg(self.counts_file(i))
@@ -102,7 +98,7 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
     let mut node_lines = vec!["link set lo up".to_string()];
     let mut leaf = |name: String, link: u32, dev: String| -> Result<Netns> {
         let ns = Netns::create(name)?;
-        let (node_end, leaf_end) = link_addrs(seq, link);
+        let (node_end, _) = link_addrs(seq, link);
         node_lines.push(format!("link add {dev} type veth peer name eth0 netns {}", ns.name));
         node_lines.push(format!("addr add {node_end}/30 dev {dev}"));
         node_lines.push(format!("link set {dev} up"));
@@ -116,9 +112,9 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
     }
     lab.node.ip_batch(&node_lines)?;
     lab.node.sysctl("net.ipv4.ip_forward", "1")?;
-    let links = (0..grpc.clients).map(|k| (k as u32, &lab.clients[k])).chain(
-        (0..lab.replicas.len()).map(|i| (16 + i as u32, &lab.replicas[i])),
-    );
+    let links = (0..grpc.clients)
+        .map(|k| (k as u32, &lab.clients[k]))
+        .chain((0..lab.replicas.len()).map(|i| (16 + i as u32, &lab.replicas[i])));
     for (link, ns) in links {
         let (node_end, leaf_end) = link_addrs(seq, link);
         ns.ip_batch(&[
@@ -176,7 +172,11 @@ fn timeline(counts: &[Vec<ReplicaCount>], t0: u64, end_ms: u64) -> Vec<(u64, Vec
 
 /// For each replica added at `cut` (ms): when it had served half its fair share of the
 /// segment that starts there (the segment's total / replicas / 2), counted from `cut`.
-fn time_to_share(timeline: &[(u64, Vec<u64>)], seg: &crate::model::balance::Segment, added: &[usize]) -> Vec<(usize, Option<u64>)> {
+fn time_to_share(
+    timeline: &[(u64, Vec<u64>)],
+    seg: &crate::model::balance::Segment,
+    added: &[usize],
+) -> Vec<(usize, Option<u64>)> {
     let n = seg.served.len().max(1) as u64;
     let half_share = (seg.total() / n / 2).max(1);
     let base = |i: usize| {
@@ -211,13 +211,19 @@ async fn run_in(
         slot.insert(built)
     };
     for i in 0..grpc.replicas as usize {
-        lab.start_replica(i, &grpc).await?;
+        lab.start_replica(i).await?;
     }
     lab.sync_endpoints(grpc.replicas as usize)?;
     let mut notes = vec![format!(
         "configuration: ClusterIP {}:{PORT} in the node's namespace, kube-proxy's nftables form (numgen random mod {} → dnat to each replica)",
         lab.cluster_ip, grpc.replicas
     )];
+    if grpc.headless {
+        notes.push(format!(
+            "configuration: the clients address the {} replicas Ready at their start (a headless Service's records), not the ClusterIP",
+            grpc.replicas
+        ));
+    }
 
     // Headless: the addresses of the replicas Ready when the client resolves (its start).
     let targets: Vec<std::net::SocketAddr> = match (grpc.headless, grpc.lb) {
@@ -250,7 +256,7 @@ async fn run_in(
         tokio::time::sleep_until((started + at.0).into()).await;
         let new: Vec<usize> = (replicas_now..*to as usize).collect();
         for &i in &new {
-            lab.start_replica(i, &grpc).await?;
+            lab.start_replica(i).await?;
         }
         lab.sync_endpoints(*to as usize)?;
         let cut = unix_ms().saturating_sub(t0);
@@ -269,7 +275,8 @@ async fn run_in(
     // Two sampling periods: every replica's last count is on disk.
     tokio::time::sleep(Duration::from_millis(450)).await;
     let end_ms = unix_ms().saturating_sub(t0);
-    let counts: Vec<Vec<ReplicaCount>> = (0..replicas_now).map(|i| read_counts(&lab.counts_file(i))).collect::<Result<_>>()?;
+    let counts: Vec<Vec<ReplicaCount>> =
+        (0..replicas_now).map(|i| read_counts(&lab.counts_file(i))).collect::<Result<_>>()?;
     let timeline = timeline(&counts, t0, end_ms);
     let cut_ms: Vec<u64> = cuts.iter().map(|(c, _)| *c).collect();
     let segs = segments(&timeline, &cut_ms, |ms| {
@@ -304,7 +311,13 @@ async fn run_in(
         }
         let desc: Vec<String> = per_channel
             .iter()
-            .map(|(ch, set)| format!("channel {ch} → replica{} {}", if set.len() > 1 { "s" } else { "" }, set.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")))
+            .map(|(ch, set)| {
+                format!(
+                    "channel {ch} → replica{} {}",
+                    if set.len() > 1 { "s" } else { "" },
+                    set.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+                )
+            })
             .collect();
         notes.push(format!("{}: {} requests; {}", r.client, r.requests.len(), desc.join("; ")));
     }
@@ -320,12 +333,18 @@ async fn run_in(
     }
     for (i, t) in &time_to_share_ms {
         notes.push(match t {
-            Some(ms) => format!("replica {i} (added by scale) reached half its fair share {:.1} s after it joined", *ms as f64 / 1000.0),
+            Some(ms) => format!(
+                "replica {i} (added by scale) reached half its fair share {:.1} s after it joined",
+                *ms as f64 / 1000.0
+            ),
             None => format!("replica {i} (added by scale) never reached half its fair share before the end"),
         });
     }
     let rss_kib: Vec<u64> = counts.iter().map(|c| c.last().map(|x| x.rss_kib).unwrap_or(0)).collect();
-    notes.push(format!("replicas' resident memory (KiB): [{}]", rss_kib.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")));
+    notes.push(format!(
+        "replicas' resident memory (KiB): [{}]",
+        rss_kib.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    ));
     let balance = BalanceObservation {
         timeline,
         segments: segs,

@@ -159,9 +159,8 @@ pub fn segments(timeline: &[(u64, Vec<u64>)], cuts: &[u64], replicas_at: impl Fn
         .map(|w| {
             let (a, b) = (at(w[0]), at(w[1]));
             let n = replicas_at(w[0]);
-            let served = (0..n)
-                .map(|i| b.get(i).copied().unwrap_or(0).saturating_sub(a.get(i).copied().unwrap_or(0)))
-                .collect();
+            let served =
+                (0..n).map(|i| b.get(i).copied().unwrap_or(0).saturating_sub(a.get(i).copied().unwrap_or(0))).collect();
             Segment { from_ms: w[0], to_ms: w[1], served }
         })
         .collect()

@@ -223,6 +223,7 @@ mod tests {
             finished_ms: 0,
             peak_rss_kib: 0,
             notes: vec![],
+            balance: None,
         }
     }
 

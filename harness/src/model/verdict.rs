@@ -217,6 +217,7 @@ mod tests {
             reuse_started_ms: 7100,
             connections: conns,
             notes: vec![],
+            balance: None,
             finished_ms: 0,
             peak_rss_kib: 0,
         }

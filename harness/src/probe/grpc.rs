@@ -46,21 +46,8 @@ pub struct GrpcProbeSpec {
     pub request_timeout_ms: u64,
 }
 
-/// How a channel spreads its calls.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum GrpcLb {
-    /// gRPC's default: one HTTP/2 connection to `targets[0]` (further targets are unused),
-    /// opened before the calls and kept for the whole run; if it breaks, tonic reconnects on
-    /// the next call. Behind a ClusterIP all of a channel's calls reach the replica its
-    /// connection landed on.
-    PickFirst,
-    /// Client-side balancing over the static list `targets`: tonic's `Channel::balance_list`,
-    /// which is tower's power-of-two-choices (two endpoints drawn at random, the less loaded
-    /// one wins). Tonic has no round_robin policy. Its connections open lazily, so a replica
-    /// that cannot be reached shows as failed calls, not as a connect error.
-    BalanceList,
-}
+/// How a channel spreads its calls (the scenario's `client.lb`).
+pub use crate::model::balance::GrpcLb;
 
 /// One call of the probe.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

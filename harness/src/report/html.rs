@@ -103,8 +103,13 @@ pub fn render(s: &RunSummary) -> anyhow::Result<String> {
             if let Some(o) = &c.evidence.observations {
                 notes.extend(o.notes.iter().cloned());
             }
-            let timeline =
-                c.evidence.observations.as_ref().map(|o| Value::from_safe_string(timeline::svg(o, &c.time_scale)));
+            // A balance cell draws its replicas' request rates; every other cell its connections.
+            let timeline = c.evidence.observations.as_ref().map(|o| {
+                Value::from_safe_string(match &o.balance {
+                    Some(b) => super::balance_chart::svg(b),
+                    None => timeline::svg(o, &c.time_scale),
+                })
+            });
             let repeats: Vec<String> = c
                 .repeats
                 .iter()

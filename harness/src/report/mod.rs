@@ -8,6 +8,7 @@
 //!                 └──▶ HtmlReporter       (report.html, with a timeline per cell)
 //! ```
 
+pub mod balance_chart;
 pub mod html;
 pub mod json;
 pub mod junit;

@@ -118,7 +118,10 @@ impl Reporter for TerminalReporter {
             Event::CellScaled { cell, factor, auto, values } => {
                 let how = if *auto { "auto" } else { "fixed" };
                 let vals: Vec<String> = values.iter().map(|v| format!("{} {}→{}", v.label, v.real, v.scaled)).collect();
-                self.line(format!("  {cell}: time scale ×{factor} ({how}): {}", vals.join(", ")));
+                // A cell with no duration to scale (a gRPC balance run) says nothing here.
+                if !vals.is_empty() {
+                    self.line(format!("  {cell}: time scale ×{factor} ({how}): {}", vals.join(", ")));
+                }
             }
             Event::CellPhase { cell, phase } => {
                 let (name, idle_until) = phase_name(phase);
@@ -161,6 +164,11 @@ impl Reporter for TerminalReporter {
                     c.expected,
                     c.wall_ms as f64 / 1000.0
                 ));
+                if let Some(b) = c.evidence.observations.as_ref().and_then(|o| o.balance.as_ref()) {
+                    for line in crate::report::balance_chart::sparklines(b, 48) {
+                        self.line(format!("      {line}"));
+                    }
+                }
             }
             Event::RunFinished { .. } => {
                 if let Some(l) = &self.live {

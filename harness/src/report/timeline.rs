@@ -208,6 +208,7 @@ mod tests {
             reuse_started_ms: 7010,
             connections: vec![conn(0), conn(1)],
             notes: vec![],
+            balance: None,
             finished_ms: 0,
             peak_rss_kib: 0,
         };

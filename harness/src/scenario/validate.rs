@@ -178,9 +178,9 @@ impl Scenario {
             return Ok(());
         }
         let hint_replicas = Some("a Deployment's replicas: 1 to 32, e.g. `replicas: 4`".to_string());
-        let replicas = self.replicas.ok_or_else(|| {
-            self.error_at(at.service, "service grpc needs `replicas`".into(), hint_replicas.clone())
-        })?;
+        let replicas = self
+            .replicas
+            .ok_or_else(|| self.error_at(at.service, "service grpc needs `replicas`".into(), hint_replicas.clone()))?;
         if !(1..=32).contains(&replicas) {
             return Err(self.error_at(
                 at.replicas,
@@ -205,12 +205,14 @@ impl Scenario {
         if !self.path.is_empty() {
             return Err(self.error_at(
                 at.path,
-                "a gRPC balance run has no hops yet: the clients reach the replicas through the node's ClusterIP".into(),
+                "a gRPC balance run has no hops yet: the clients reach the replicas through the node's ClusterIP"
+                    .into(),
                 Some("remove `path`".into()),
             ));
         }
         let mut last = (crate::model::duration::Dur::default(), replicas);
-        for (i, crate::scenario::format::EventSpec::Scale { at: when, replicas: to }) in self.events.iter().enumerate() {
+        for (i, crate::scenario::format::EventSpec::Scale { at: when, replicas: to }) in self.events.iter().enumerate()
+        {
             let loc = at.events.get(i).copied();
             if *when >= duration {
                 return Err(self.error_at(
