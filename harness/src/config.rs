@@ -51,6 +51,9 @@ pub struct GrpcConfig {
     pub request_interval: Dur,
     /// `(at, replicas)`, in order.
     pub scale: Vec<(Dur, u32)>,
+    /// The replicas' `max_connection_age` (tonic's `Server::max_connection_age`): each sends
+    /// GOAWAY to a connection this old.
+    pub max_connection_age: Option<Dur>,
     pub threshold: crate::model::balance::BalanceThreshold,
 }
 

@@ -84,3 +84,25 @@ fn client_side_balancing_loads_every_replica_and_a_cluster_ip_leaves_one_idle() 
     let total = |v: &[u64]| v.iter().sum::<u64>();
     assert!(total(&served_none) > 300 && total(&served_headless) > 300, "{served_none:?} {served_headless:?}");
 }
+
+#[test]
+fn max_connection_age_rebalances_onto_replicas_added_later() {
+    let (s, _, _) = run_scenario("grpc-max-connection-age");
+    let none = cell(&s, "none");
+    assert_eq!(none["verdict"], "pinned");
+    let after = served(none, 1);
+    assert_eq!(&after[4..], &[0, 0], "no reconnect, nothing for the added replicas: {after:?}");
+
+    // GOAWAY every 500 ms: each reconnect is a new pick, the added replicas get their share.
+    let aged = cell(&s, "server-max-connection-age");
+    assert_eq!(aged["verdict"], "balanced");
+    let after = served(aged, 1);
+    assert!(after.iter().all(|&n| n > 0), "every replica served after the scale-up: {after:?}");
+    let reached: Vec<bool> =
+        balance(aged)["time_to_share_ms"].as_array().unwrap().iter().map(|p| p[1].is_u64()).collect();
+    assert_eq!(reached, [true, true], "both added replicas reached half their share: {}", balance(aged));
+    // The calls that raced a GOAWAY, if any, are counted with what the client got.
+    for f in balance(aged)["failed"].as_array().unwrap() {
+        assert!(f.as_str().unwrap().contains(" at "), "{f}");
+    }
+}

@@ -22,6 +22,7 @@ use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::GrpcConfig;
 use crate::local::grpc_replica::{ReplicaCount, read_counts};
 use crate::model::balance::{BalanceObservation, GrpcLb, segments};
+use crate::model::duration::Dur;
 use crate::model::observation::Observations;
 use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
@@ -53,11 +54,14 @@ impl GrpcLab {
     }
 
     /// Start replica `i` in its namespace and wait until it accepts connections.
-    async fn start_replica(&mut self, i: usize) -> Result<()> {
+    async fn start_replica(&mut self, i: usize, max_connection_age: Option<Dur>) -> Result<()> {
         let mut cmd = tokio::process::Command::new(crate::tools::idlelab_exe());
         cmd.args(["serve-grpc", "--listen", &format!("0.0.0.0:{PORT}"), "--replica", &i.to_string(), "--counts"])
-            .arg(self.counts_file(i))
-            .stdout(std::process::Stdio::null())
+            .arg(self.counts_file(i));
+        if let Some(age) = max_connection_age {
+            cmd.arg("--max-connection-age-ms").arg(age.0.as_millis().to_string());
+        }
+        cmd.stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join(format!("replica-{i}.stderr")))?);
         let ns = self.replicas[i].path();
         self.processes.push(process::spawn(&format!("replica {i}"), cmd, &ns, None)?);
@@ -211,13 +215,18 @@ async fn run_in(
         slot.insert(built)
     };
     for i in 0..grpc.replicas as usize {
-        lab.start_replica(i).await?;
+        lab.start_replica(i, grpc.max_connection_age).await?;
     }
     lab.sync_endpoints(grpc.replicas as usize)?;
     let mut notes = vec![format!(
         "configuration: ClusterIP {}:{PORT} in the node's namespace, kube-proxy's nftables form (numgen random mod {} → dnat to each replica)",
         lab.cluster_ip, grpc.replicas
     )];
+    if let Some(age) = grpc.max_connection_age {
+        notes.push(format!(
+            "configuration: every replica sends GOAWAY to a connection {age} old (tonic max_connection_age)"
+        ));
+    }
     if grpc.headless {
         notes.push(format!(
             "configuration: the clients address the {} replicas Ready at their start (a headless Service's records), not the ClusterIP",
@@ -256,7 +265,7 @@ async fn run_in(
         tokio::time::sleep_until((started + at.0).into()).await;
         let new: Vec<usize> = (replicas_now..*to as usize).collect();
         for &i in &new {
-            lab.start_replica(i).await?;
+            lab.start_replica(i, grpc.max_connection_age).await?;
         }
         lab.sync_endpoints(*to as usize)?;
         let cut = unix_ms().saturating_sub(t0);

@@ -57,6 +57,7 @@ mod tests {
             duration: crate::model::duration::Dur::secs(20),
             request_interval: crate::model::duration::Dur::secs(1),
             scale: vec![],
+            max_connection_age: None,
             threshold: Default::default(),
         });
         HeadlessClientBalancing::default().apply(&mut k).unwrap();

@@ -322,6 +322,7 @@ impl Scenario {
                 duration: self.duration.unwrap_or_default(),
                 request_interval: self.client.request_interval.unwrap_or(Dur(std::time::Duration::from_millis(50))),
                 scale: self.events.iter().map(|EventSpec::Scale { at, replicas }| (*at, *replicas)).collect(),
+                max_connection_age: None,
                 threshold: self.balance.unwrap_or_default(),
             }),
         }
