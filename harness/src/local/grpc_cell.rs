@@ -24,11 +24,11 @@ use crate::local::grpc_replica::{ReplicaCount, read_counts};
 use crate::model::balance::{BalanceObservation, GrpcLb, segments};
 use crate::model::duration::Dur;
 use crate::model::observation::Observations;
-use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec};
+use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec, unix_ms};
 use anyhow::{Context, Result, anyhow, bail};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 const PORT: u16 = 50051;
@@ -129,10 +129,6 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
         ])?;
     }
     Ok(lab)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// One client pod's probe: its spec on stdin, its report on stdout.

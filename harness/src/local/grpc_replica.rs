@@ -178,13 +178,7 @@ pub fn read_counts(path: &Path) -> Result<Vec<ReplicaCount>> {
 
 /// VmRSS of this process in KiB; 0 where /proc/self/status has none.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
+    crate::probe::status_kib("VmRSS")
 }
 
 #[cfg(test)]

@@ -332,14 +332,21 @@ impl<C: Client> Probe<C> {
     }
 }
 
-/// VmHWM of this process, in KiB.
-fn peak_rss_kib() -> u64 {
+/// A field of this process's `/proc/self/status` in KiB (`VmHWM`, `VmRSS`); 0 where it has none.
+pub(crate) fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// VmHWM of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM")
 }
 
 /// `idlelab probe`: read the spec (a file, or stdin), run, print observations. Returns the
