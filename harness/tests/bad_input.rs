@@ -190,4 +190,25 @@ fn grpc_balance_input_is_checked_at_its_line() {
         "pick_first",
         &[],
     );
+    refused_at(
+        "grpc-middlebox-path.yaml",
+        "6:3",
+        &["takes only `sidecar` (one per client pod) and `server-sidecar` (one per replica) hops, not `middlebox`"],
+        "remove that hop",
+        &[],
+    );
+    refused_at(
+        "grpc-lb-without-sidecar.yaml",
+        "9:17",
+        &["dr-load-balancer changes the client sidecar, and this path has no `sidecar` hop"],
+        "give the path the hop",
+        &[],
+    );
+    refused_at(
+        "grpc-lb-lowercase.yaml",
+        "8:36",
+        &["unknown variant `round_robin`, expected one of LEAST_REQUEST, ROUND_ROBIN, RANDOM"],
+        "scenarios/README.md",
+        &[],
+    );
 }

@@ -1,6 +1,7 @@
 //! Issue 20: gRPC balance for real. tonic replicas, each in its own namespace, behind a
 //! ClusterIP made as kube-proxy's nftables mode makes it; tonic clients, each in its own
-//! namespace with its own channel; the balance read from the replicas' own counts.
+//! namespace with its own channel; Istio's sidecars (real Envoy configured by Istio's code) in
+//! front of the clients or the replicas; the balance read from the replicas' own counts.
 
 mod common;
 
@@ -36,9 +37,9 @@ fn run_scenario(name: &str) -> (Value, String, String) {
 fn per_connection_balancing_pins_clients_and_leaves_new_replicas_at_zero() {
     let (s, html, terminal) = run_scenario("grpc-pinned");
     // The charts: one line per replica in report.html (6 per cell), a row per replica in the terminal.
-    assert_eq!(html.matches(r#"class="balance""#).count(), 2, "one chart per cell");
-    assert_eq!(html.matches(r#"class="replica""#).count(), 12, "one line per replica");
-    assert_eq!(terminal.matches("replica  5 ").count(), 2, "{terminal}");
+    assert_eq!(html.matches(r#"class="balance""#).count(), 3, "one chart per cell");
+    assert_eq!(html.matches(r#"class="replica""#).count(), 18, "one line per replica");
+    assert_eq!(terminal.matches("replica  5 ").count(), 3, "{terminal}");
 
     // ClusterIP: each client's one connection stays on one replica for the whole run.
     let none = cell(&s, "none");
@@ -67,6 +68,78 @@ fn per_connection_balancing_pins_clients_and_leaves_new_replicas_at_zero() {
     let after = served(headless, 1);
     assert_eq!(&after[4..], &[0, 0], "not in the list it resolved: {after:?}");
     assert!(after[..4].iter().all(|&n| n > 0), "{after:?}");
+
+    // A client sidecar: Envoy picks a replica per request, the added ones as soon as EDS has them.
+    let sidecar = cell(&s, "client-sidecar");
+    assert_eq!(sidecar["verdict"], "balanced");
+    assert_sidecars_balance(sidecar, "LEAST_REQUEST");
+}
+
+/// A cell whose client sidecars spread every request: each client's one channel reached every
+/// replica, each segment within CV 0.3, the added replicas at an even share within 2 s, Envoy's
+/// cluster with `lb` as Istio set it, and every endpoint pushed to it.
+fn assert_sidecars_balance(c: &Value, lb: &str) {
+    let notes = c["evidence"]["notes"].to_string();
+    for k in 0..3 {
+        assert!(
+            notes.contains(&format!("client-{k}: ")) && notes.contains("channel 0 → replicas 0,1,2,3,4,5"),
+            "{notes}"
+        );
+    }
+    for i in 0..2 {
+        let seg = served(c, i);
+        assert!(seg.iter().all(|&n| n > 0) && cv(&seg) <= 0.3, "segment {i}: {seg:?}");
+    }
+    for p in balance(c)["time_to_share_ms"].as_array().unwrap() {
+        assert!(p[1].as_u64().is_some_and(|ms| ms <= 2000), "an added replica got its share within 2 s: {p}");
+    }
+    assert!(notes.contains(&format!("lb_policy {lb}, 4 endpoints (EDS)")), "{notes}");
+    assert!(notes.contains("every client sidecar held 6 endpoints (EDS)"), "{notes}");
+    assert!(notes.contains("opened 6 to replicas"), "one upstream connection per replica: {notes}");
+    assert!(balance(c)["failed"].as_array().unwrap().is_empty(), "{notes}");
+}
+
+#[test]
+fn a_client_sidecar_balances_per_request_with_either_load_balancer() {
+    let (s, _, _) = run_scenario("grpc-sidecar");
+    let default = cell(&s, "none");
+    assert_eq!(default["verdict"], "balanced");
+    assert_sidecars_balance(default, "LEAST_REQUEST");
+    let rr = cell(&s, "dr-load-balancer=ROUND_ROBIN");
+    assert_eq!(rr["verdict"], "balanced");
+    assert_sidecars_balance(rr, "ROUND_ROBIN");
+    // Round robin per sidecar: every replica within a few requests of the others.
+    let after = served(rr, 1);
+    assert!(cv(&after) <= 0.1, "{after:?}");
+}
+
+#[test]
+fn a_server_sidecar_swallows_max_connection_age() {
+    let (s, _, _) = run_scenario("grpc-max-connection-age-server-sidecar");
+    for label in ["none", "server-max-connection-age=500ms"] {
+        let c = cell(&s, label);
+        assert_eq!(c["verdict"], "pinned", "{label}");
+        let after = served(c, 1);
+        assert_eq!(&after[4..], &[0, 0], "{label}: the added replicas get nothing: {after:?}");
+    }
+    // The replicas' GOAWAYs end their sidecars' connections to the app, many times; the
+    // clients' connections to those sidecars stay: at most 6 accepted, over all replicas.
+    let aged = cell(&s, "server-max-connection-age=500ms");
+    let notes: Vec<String> =
+        aged["evidence"]["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    let number_after = |line: &str, word: &str| -> u64 {
+        line.split(word).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap()
+    };
+    let sidecars: Vec<&String> = notes.iter().filter(|n| n.starts_with("grpc-")).collect();
+    assert_eq!(sidecars.len(), 6, "one line per replica sidecar: {notes:?}");
+    let accepted: u64 = sidecars.iter().map(|l| number_after(l, "accepted ")).sum();
+    assert!((1..=6).contains(&accepted), "the 6 client connections, never re-opened: {notes:?}");
+    let goaways: u64 = sidecars.iter().map(|l| number_after(l, "requests), ")).sum();
+    // 16 s at one GOAWAY per 500 ms on each busy replica's app connection: 30 or more.
+    assert!(goaways >= 20, "the app's GOAWAYs reached its sidecar: {notes:?}");
+    // Without the age: no GOAWAY at all.
+    let none = cell(&s, "none")["evidence"]["notes"].to_string();
+    assert!(!none.contains("max_connection_age") && none.contains(" 0 of them ended by the app's GOAWAY"), "{none}");
 }
 
 #[test]

@@ -157,6 +157,7 @@ pub fn deciding_fields(dump: &Value, p: &objects::ProxyInputs) -> Value {
     if let Some(c) = dynamic_cluster(dump, &p.cluster) {
         let ka = &c["upstream_connection_options"]["tcp_keepalive"];
         fields["tcp_keepalive"] = if ka.is_null() { Value::Null } else { ka.clone() };
+        fields["lb_policy"] = lb_policy(c).into();
         let http = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
         if !http.is_null() {
             fields["cluster_http_idle_timeout"] =
@@ -176,6 +177,31 @@ pub fn deciding_fields(dump: &Value, p: &objects::ProxyInputs) -> Value {
     fields
 }
 
+/// How a cluster picks an endpoint: its `load_balancing_policy` extension's name when Istio
+/// set one, else `lb_policy` (the dump omits Envoy's default, ROUND_ROBIN).
+pub fn lb_policy(cluster: &Value) -> String {
+    if let Some(name) = cluster["load_balancing_policy"]["policies"][0]["typed_extension_config"]["name"].as_str() {
+        return name.to_string();
+    }
+    cluster["lb_policy"].as_str().unwrap_or("ROUND_ROBIN").to_string()
+}
+
+/// The endpoints Envoy holds for `cluster`, from its admin `/clusters` text
+/// (`<cluster>::<ip>:<port>::health_flags::healthy`), healthy ones only.
+pub fn healthy_hosts(clusters: &str, cluster: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = clusters
+        .lines()
+        .filter_map(|l| l.strip_prefix(cluster)?.strip_prefix("::"))
+        .filter_map(|rest| {
+            let (host, field) = rest.split_once("::")?;
+            (field.starts_with("health_flags::") && rest.ends_with("::healthy")).then(|| host.to_string())
+        })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
 /// Every `tcp_proxy` of a listener (each filter chain), as Istio generated it.
 pub fn tcp_proxies(listener: &Value) -> Vec<&Value> {
     listener["filter_chains"]
@@ -186,4 +212,25 @@ pub fn tcp_proxies(listener: &Value) -> Vec<&Value> {
         .filter(|f| f["name"] == "envoy.filters.network.tcp_proxy")
         .map(|f| &f["typed_config"])
         .collect()
+}
+
+#[cfg(test)]
+mod lb_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_lb_policy_and_the_healthy_hosts() {
+        assert_eq!(lb_policy(&serde_json::json!({"lb_policy": "LEAST_REQUEST"})), "LEAST_REQUEST");
+        assert_eq!(lb_policy(&serde_json::json!({"name": "c"})), "ROUND_ROBIN");
+        let text = "outbound|50051||grpc.idlelab.svc.cluster.local::observability_name::x\n\
+            outbound|50051||grpc.idlelab.svc.cluster.local::198.18.0.70:50051::health_flags::healthy\n\
+            outbound|50051||grpc.idlelab.svc.cluster.local::198.18.0.70:50051::cx_active::1\n\
+            outbound|50051||grpc.idlelab.svc.cluster.local::198.18.0.66:50051::health_flags::healthy\n\
+            outbound|50051||grpc.idlelab.svc.cluster.local::198.18.0.74:50051::health_flags::/failed_eds_health\n\
+            outbound|6379||redis.idlelab.svc.cluster.local::198.18.0.9:6379::health_flags::healthy\n";
+        assert_eq!(
+            healthy_hosts(text, "outbound|50051||grpc.idlelab.svc.cluster.local"),
+            vec!["198.18.0.66:50051", "198.18.0.70:50051"]
+        );
+    }
 }

@@ -56,6 +56,8 @@ pub struct ControlPlane {
     /// From start to its `ready` line.
     pub ready_ms: u64,
     netns: PathBuf,
+    /// Its stdout after the `ready` line: one answer per change ([`ControlPlane::apply`]).
+    answers: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 impl ControlPlane {
@@ -133,7 +135,31 @@ impl ControlPlane {
         let ready_ms = started.elapsed().as_millis() as u64;
         tracing::debug!(addr, ready_ms, docs = docs.len(), "control plane ready");
         // Keep stdin open: idlelab-xds stops when it closes (when this process is gone).
-        Ok(ControlPlane { process, addr, log, ready_ms, netns: netns.to_path_buf() })
+        Ok(ControlPlane { process, addr, log, ready_ms, netns: netns.to_path_buf(), answers: lines })
+    }
+
+    /// Change one Kubernetes object while serving (an EndpointSlice after a scale-up, as the
+    /// endpoint controller would): Istio's controllers see the change and push what it changes
+    /// to the proxies. Returns once the control plane has applied it (not once proxies have it).
+    pub async fn apply(&mut self, doc: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.process.child.stdin.as_mut().ok_or_else(|| anyhow!("idlelab-xds has no stdin"))?;
+        let mut line = serde_json::to_vec(&serde_json::json!({ "apply": doc }))?;
+        line.push(b'\n');
+        stdin.write_all(&line).await?;
+        stdin.flush().await?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), self.answers.next_line())
+            .await
+            .map_err(|_| anyhow!("idlelab-xds did not answer a change within 10 s"))??
+            .ok_or_else(|| anyhow!("idlelab-xds exited (log: {})", self.log.display()))?;
+        let v: Value = serde_json::from_str(&answer).with_context(|| format!("idlelab-xds answered {answer}"))?;
+        match v["applied"].as_str() {
+            Some(what) => {
+                tracing::debug!(what, "control plane applied a change");
+                Ok(())
+            }
+            None => Err(anyhow!("idlelab-xds refused the change: {}", v["error"].as_str().unwrap_or(&answer))),
+        }
     }
 
     /// Which patches of which EnvoyFilters Istio applied while generating the proxies'

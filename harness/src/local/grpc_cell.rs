@@ -13,8 +13,15 @@
 //! per new connection. A scale event starts the new replicas, waits until they accept (a
 //! Ready pod), then syncs the table with every endpoint, as kube-proxy does. The clients run
 //! for the scenario's duration; the balance is read from the replicas' own counts.
+//!
+//! With a `sidecar` hop every client pod gets Istio's sidecar, with a `server-sidecar` hop
+//! every replica does, each made as in the other cells (`local::mesh`): one control plane in
+//! the node's namespace serves them all (`render::objects::for_grpc_cell`). A scale event
+//! then also rewrites the Service's EndpointSlice in the control plane, as the endpoint
+//! controller would, and waits until every client sidecar holds the new endpoints (EDS).
 
 use super::cluster_ip;
+use super::envoy::{Envoy, EnvoyFiles};
 use super::netns::{self, Netns};
 use super::process::{self, LabProcess};
 use super::topology::link_addrs;
@@ -25,6 +32,7 @@ use crate::model::balance::{BalanceObservation, GrpcLb, segments};
 use crate::model::duration::Dur;
 use crate::model::observation::Observations;
 use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec, unix_ms};
+use crate::render::objects::{CellObjects, GrpcAddresses, ProxyInputs};
 use anyhow::{Context, Result, anyhow, bail};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +43,9 @@ const PORT: u16 = 50051;
 
 /// Everything the cell owns, in the order it must go: processes, namespaces, files.
 struct GrpcLab {
+    /// The sidecars, by pod name (`client-0`, `grpc-3`).
+    envoys: Vec<(String, Envoy)>,
+    control_plane: Option<crate::local::control_plane::ControlPlane>,
     processes: Vec<LabProcess>,
     replicas: Vec<Netns>,
     clients: Vec<Netns>,
@@ -42,6 +53,8 @@ struct GrpcLab {
     dir: tempfile::TempDir,
     seq: u32,
     cluster_ip: Ipv4Addr,
+    /// Istio's objects and the mesh's CA, when a pod has a sidecar.
+    mesh: Option<(CellObjects, crate::certs::MeshCa)>,
 }
 
 impl GrpcLab {
@@ -78,16 +91,93 @@ impl GrpcLab {
 
     fn logs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let mut logs = vec![];
         if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".stderr") {
-                    out.push((name, std::fs::read_to_string(e.path()).unwrap_or_default()));
+                    logs.push((name, e.path()));
                 }
             }
         }
+        logs.extend(self.envoys.iter().map(|(pod, e)| (format!("{pod}-pilot-agent.log"), e.log.clone())));
+        if let Some(cp) = &self.control_plane {
+            logs.push(("idlelab-xds.log".into(), cp.log.clone()));
+        }
+        for (name, path) in logs {
+            out.push((name, std::fs::read_to_string(path).unwrap_or_default()));
+        }
         out.sort();
         out
+    }
+
+    /// The proxy of pod `name` (a client's or a replica's), when the path gives it one.
+    fn proxy_inputs(&self, name: &str) -> Option<&ProxyInputs> {
+        self.mesh.as_ref()?.0.proxies.iter().find(|p| p.pod.name == name)
+    }
+
+    /// The namespace of pod `client-<k>` or `grpc-<i>`.
+    fn netns_of(&self, pod: &str) -> Option<&Netns> {
+        if let Some(k) = pod.strip_prefix("client-") {
+            return self.clients.get(k.parse::<usize>().ok()?);
+        }
+        self.replicas.get(pod.strip_prefix("grpc-")?.parse::<usize>().ok()?)
+    }
+
+    /// Start the sidecars of these pods at once, those the path gives one; they join `envoys`.
+    async fn start_sidecars(&mut self, pods: &[String]) -> Result<()> {
+        let started = {
+            let lab: &GrpcLab = self;
+            let (Some((_, ca)), Some(cp)) = (&lab.mesh, &lab.control_plane) else { return Ok(()) };
+            let mut starts = Vec::new();
+            for pod in pods {
+                let (Some(p), Some(ns)) = (lab.proxy_inputs(pod), lab.netns_of(pod)) else { continue };
+                let dir = lab.dir.path().join(pod);
+                std::fs::create_dir(&dir)?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+                let files = EnvoyFiles { dir };
+                starts.push(async move {
+                    let e = super::mesh::start_proxy(p, files, ns, &cp.addr, ca).await;
+                    (pod.clone(), e.with_context(|| format!("the sidecar of {pod}")))
+                });
+            }
+            futures_util::future::join_all(starts).await
+        };
+        // Keep what started even when one failed, so that it is torn down.
+        let mut failure = None;
+        for (pod, e) in started {
+            match e {
+                Ok(e) => self.envoys.push((pod, e)),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// After a scale: the endpoint controller's EndpointSlice over the first `n` replicas,
+    /// to the control plane; then wait until every client sidecar holds those endpoints.
+    /// Returns how long the sidecars took (None without a control plane).
+    async fn sync_eds(&mut self, n: usize) -> Result<Option<u64>> {
+        let endpoints: Vec<Ipv4Addr> = (0..n).map(|i| self.replica_addr(i)).collect();
+        let Some(cp) = self.control_plane.as_mut() else { return Ok(None) };
+        let started = Instant::now();
+        let ns = crate::mitigation::LOCAL_NAMESPACE;
+        let svc = crate::model::service::Service::Grpc;
+        cp.apply(&crate::render::objects::endpoint_slice_doc(svc.name(), ns, svc, &endpoints)).await?;
+        for (pod, envoy) in self.envoys.iter().filter(|(p, _)| p.starts_with("client-")) {
+            let cluster = self.proxy_inputs(pod).map(|p| p.cluster.clone()).unwrap_or_default();
+            loop {
+                let text = envoy.admin.get("/clusters").await?;
+                if super::config_dump::healthy_hosts(&text, &cluster).len() == n {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    bail!("{pod}'s sidecar did not get {n} endpoints of {cluster} within 10 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Some(started.elapsed().as_millis() as u64))
     }
 }
 
@@ -98,7 +188,18 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
     let node = Netns::create(format!("{tag}-node"))?;
     // The ClusterIP: an address of the cell's /24 that no link uses (links take .0 – .191).
     let cluster_ip = Ipv4Addr::from(u32::from(link_addrs(seq, 0).0) - 1 + 252);
-    let mut lab = GrpcLab { processes: vec![], replicas: vec![], clients: vec![], node, dir, seq, cluster_ip };
+    let mut lab = GrpcLab {
+        envoys: vec![],
+        control_plane: None,
+        processes: vec![],
+        replicas: vec![],
+        clients: vec![],
+        node,
+        dir,
+        seq,
+        cluster_ip,
+        mesh: None,
+    };
     let mut node_lines = vec!["link set lo up".to_string()];
     let mut leaf = |name: String, link: u32, dev: String| -> Result<Netns> {
         let ns = Netns::create(name)?;
@@ -170,30 +271,95 @@ fn timeline(counts: &[Vec<ReplicaCount>], t0: u64, end_ms: u64) -> Vec<(u64, Vec
         .collect()
 }
 
-/// For each replica added at `cut` (ms): when it had served half its fair share of the
-/// segment that starts there (the segment's total / replicas / 2), counted from `cut`.
+/// How long after a scale each added replica took to get its share: the end of the first
+/// window of [`SHARE_WINDOW_MS`] in the segment (from the cut on, in steps of the timeline's
+/// 200 ms) in which it served at least half of an even share of that window's requests.
+/// None when that never happened before the segment ended.
 fn time_to_share(
     timeline: &[(u64, Vec<u64>)],
     seg: &crate::model::balance::Segment,
     added: &[usize],
 ) -> Vec<(usize, Option<u64>)> {
     let n = seg.served.len().max(1) as u64;
-    let half_share = (seg.total() / n / 2).max(1);
-    let base = |i: usize| {
-        timeline.iter().take_while(|(t, _)| *t <= seg.from_ms).last().and_then(|(_, v)| v.get(i).copied()).unwrap_or(0)
-    };
+    let points: Vec<&(u64, Vec<u64>)> =
+        timeline.iter().filter(|(t, _)| *t + 200 > seg.from_ms && *t <= seg.to_ms).collect();
+    let at = |p: &(u64, Vec<u64>), i: usize| p.1.get(i).copied().unwrap_or(0);
+    let steps = (SHARE_WINDOW_MS / 200) as usize;
     added
         .iter()
         .map(|&i| {
-            let b = base(i);
-            let when = timeline
-                .iter()
-                .filter(|(t, _)| *t >= seg.from_ms && *t <= seg.to_ms)
-                .find(|(_, v)| v.get(i).copied().unwrap_or(0).saturating_sub(b) >= half_share)
-                .map(|(t, _)| t - seg.from_ms);
+            let when = points.windows(steps + 1).find_map(|w| {
+                let (first, last) = (w[0], w[steps]);
+                let total: u64 = last.1.iter().sum::<u64>().saturating_sub(first.1.iter().sum());
+                let mine = at(last, i).saturating_sub(at(first, i));
+                (total > 0 && mine * n * 2 >= total).then(|| last.0.saturating_sub(seg.from_ms))
+            });
             (i, when)
         })
         .collect()
+}
+
+/// The window `time_to_share` judges a replica's share over.
+const SHARE_WINDOW_MS: u64 = 400;
+
+/// What Istio gave each kind of sidecar, from its config dump (the first of each kind).
+async fn sidecar_notes(lab: &GrpcLab) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (prefix, what) in [("client-", "client sidecars"), ("grpc-", "replica sidecars")] {
+        let Some((pod, envoy)) = lab.envoys.iter().find(|(p, _)| p.starts_with(prefix)) else { continue };
+        let n = lab.envoys.iter().filter(|(p, _)| p.starts_with(prefix)).count();
+        let Some(f) = &envoy.istio_config else { continue };
+        let mut line = format!(
+            "configuration: {n} {what} (Istio's config, read from {pod}'s Envoy): listener {}, cluster {}",
+            f["listener"].as_str().unwrap_or("?"),
+            f["cluster"].as_str().unwrap_or("?"),
+        );
+        if let Some(lb) = f["lb_policy"].as_str() {
+            line.push_str(&format!(", lb_policy {lb}"));
+        }
+        if prefix == "client-" {
+            let cluster = f["cluster"].as_str().unwrap_or_default();
+            if let Ok(text) = envoy.admin.get("/clusters").await {
+                let hosts = super::config_dump::healthy_hosts(&text, cluster);
+                line.push_str(&format!(", {} endpoints (EDS): {}", hosts.len(), hosts.join(" ")));
+            }
+        }
+        notes.push(line);
+    }
+    notes
+}
+
+/// Each sidecar's connections after the run, from Envoy's counters: how many connections it
+/// opened upstream and how many of them a GOAWAY ended (`upstream_cx_close_notify`: the
+/// connection's peer asked to close; here, MaxConnectionAge), and what it accepted downstream.
+async fn sidecar_counters(lab: &GrpcLab) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (pod, envoy) in &lab.envoys {
+        let Some(cluster) = lab.proxy_inputs(pod).map(|p| p.cluster.clone()) else { continue };
+        let Ok(c) = envoy
+            .counters(&["upstream_cx_total", "upstream_cx_close_notify", "upstream_rq_total", "downstream_cx_total"])
+            .await
+        else {
+            continue;
+        };
+        // Istio's stats carry a `;` after the name their tags were extracted from.
+        let get = |scope: &str, name: &str| {
+            c.get(&format!("{scope};.{name}")).or_else(|| c.get(&format!("{scope}.{name}"))).copied().unwrap_or(0)
+        };
+        let replica = pod.starts_with("grpc-");
+        let hcm = format!("http.{}_0.0.0.0_{PORT}", if replica { "inbound" } else { "outbound" });
+        let (from, to, peer) =
+            if replica { ("clients", "its app", "the app's") } else { ("its app", "replicas", "a replica's") };
+        let cluster_scope = format!("cluster.{cluster}");
+        notes.push(format!(
+            "{pod}'s sidecar (Envoy's counters): accepted {} HTTP/2 connection(s) from {from} ({hcm}.downstream_cx_total); opened {} to {to} (cluster {cluster}, {} requests), {} of them ended by {peer} GOAWAY (upstream_cx_close_notify)",
+            get(&hcm, "downstream_cx_total"),
+            get(&cluster_scope, "upstream_cx_total"),
+            get(&cluster_scope, "upstream_rq_total"),
+            get(&cluster_scope, "upstream_cx_close_notify"),
+        ));
+    }
+    notes
 }
 
 async fn run_in(
@@ -210,14 +376,35 @@ async fn run_in(
         let built = tokio::task::spawn_blocking(move || span.in_scope(|| build(&g, &tag, seq))).await??;
         slot.insert(built)
     };
+    // Istio's objects and control plane, when a pod has a sidecar.
+    let addrs = GrpcAddresses {
+        cluster_ip: lab.cluster_ip,
+        clients: (0..grpc.clients).map(|k| link_addrs(seq, k as u32).1).collect(),
+        replicas: (0..grpc.max_replicas() as usize).map(|i| lab.replica_addr(i)).collect(),
+        ready: grpc.replicas as usize,
+    };
+    if let Some(objects) = crate::render::objects::for_grpc_cell(cell, crate::mitigation::LOCAL_NAMESPACE, &addrs) {
+        let others: Vec<std::path::PathBuf> =
+            objects.proxies.iter().filter_map(|p| lab.netns_of(&p.pod.name)).map(Netns::path).collect();
+        let dir = lab.dir.path().join("control-plane");
+        std::fs::create_dir(&dir)?;
+        lab.control_plane = Some(super::mesh::start_control_plane(&objects, &lab.node, &others, &dir).await?);
+        lab.mesh = Some((objects, crate::certs::MeshCa::new()?));
+    }
     for i in 0..grpc.replicas as usize {
         lab.start_replica(i, grpc.max_connection_age).await?;
     }
+    let pods: Vec<String> = (0..grpc.replicas as usize)
+        .map(|i| format!("grpc-{i}"))
+        .chain((0..grpc.clients).map(|k| format!("client-{k}")))
+        .collect();
+    lab.start_sidecars(&pods).await?;
     lab.sync_endpoints(grpc.replicas as usize)?;
     let mut notes = vec![format!(
         "configuration: ClusterIP {}:{PORT} in the node's namespace, kube-proxy's nftables form (numgen random mod {} → dnat to each replica)",
         lab.cluster_ip, grpc.replicas
     )];
+    notes.extend(sidecar_notes(lab).await);
     if let Some(age) = grpc.max_connection_age {
         notes.push(format!(
             "configuration: every replica sends GOAWAY to a connection {age} old (tonic max_connection_age)"
@@ -263,11 +450,18 @@ async fn run_in(
         for &i in &new {
             lab.start_replica(i, grpc.max_connection_age).await?;
         }
+        lab.start_sidecars(&new.iter().map(|i| format!("grpc-{i}")).collect::<Vec<_>>()).await?;
         lab.sync_endpoints(*to as usize)?;
         let cut = unix_ms().saturating_sub(t0);
+        let eds_ms = lab.sync_eds(*to as usize).await?;
         notes.push(format!(
-            "scaled to {to} replicas at {:.1} s (asked for {at}): kube-proxy's map now has {to} entries",
-            cut as f64 / 1000.0
+            "scaled to {to} replicas at {:.1} s (asked for {at}): kube-proxy's map now has {to} entries{}",
+            cut as f64 / 1000.0,
+            match eds_ms {
+                Some(ms) if lab.envoys.iter().any(|(p, _)| p.starts_with("client-")) =>
+                    format!("; every client sidecar held {to} endpoints (EDS) {ms} ms after the EndpointSlice changed"),
+                _ => String::new(),
+            }
         ));
         cuts.push((cut, *to as usize));
         added.push(new);
@@ -285,7 +479,7 @@ async fn run_in(
     let timeline = timeline(&counts, t0, end_ms);
     let cut_ms: Vec<u64> = cuts.iter().map(|(c, _)| *c).collect();
     let segs = segments(&timeline, &cut_ms, |ms| {
-        cuts.iter().filter(|(c, _)| *c <= ms).last().map(|(_, n)| *n).unwrap_or(grpc.replicas as usize)
+        cuts.iter().filter(|(c, _)| *c <= ms).next_back().map(|(_, n)| *n).unwrap_or(grpc.replicas as usize)
     });
     let mut time_to_share_ms = Vec::new();
     for (j, new) in added.iter().enumerate() {
@@ -339,12 +533,15 @@ async fn run_in(
     for (i, t) in &time_to_share_ms {
         notes.push(match t {
             Some(ms) => format!(
-                "replica {i} (added by scale) reached half its fair share {:.1} s after it joined",
+                "replica {i} (added by scale) first served half an even share of a {SHARE_WINDOW_MS} ms window {:.1} s after it joined",
                 *ms as f64 / 1000.0
             ),
-            None => format!("replica {i} (added by scale) never reached half its fair share before the end"),
+            None => format!(
+                "replica {i} (added by scale) never served half an even share of a {SHARE_WINDOW_MS} ms window before the end"
+            ),
         });
     }
+    notes.extend(sidecar_counters(lab).await);
     let rss_kib: Vec<u64> = counts.iter().map(|c| c.last().map(|x| x.rss_kib).unwrap_or(0)).collect();
     notes.push(format!(
         "replicas' resident memory (KiB): [{}]",
@@ -391,5 +588,45 @@ pub async fn run_cell(
     match result {
         Ok((observations, notes)) => Ok(CellOutcome { observations, lab: None, notes, logs }),
         Err(error) => Err(CellFailure { error, logs }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::balance::Segment;
+
+    /// A timeline every 200 ms: replicas 0–3 serve 10 per step each; replica 4, added at
+    /// 1000 ms, from `joins_at` on.
+    fn timeline(joins_at: Option<u64>) -> Vec<(u64, Vec<u64>)> {
+        let mut served = vec![0u64; 5];
+        (0..=20)
+            .map(|step| {
+                let t = step * 200;
+                for (i, s) in served.iter_mut().enumerate() {
+                    if i < 4 || joins_at.is_some_and(|j| t > j) {
+                        *s += 10;
+                    }
+                }
+                (t, served.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_added_replica_gets_its_share_when_its_rate_does_not_when_the_segment_ends() {
+        let seg = |tl: &[(u64, Vec<u64>)]| {
+            let (a, b) = (&tl[5].1, &tl[20].1);
+            Segment { from_ms: 1000, to_ms: 4000, served: a.iter().zip(b).map(|(a, b)| b - a).collect() }
+        };
+        // At once: the first 400 ms window after the cut.
+        let tl = timeline(Some(1000));
+        assert_eq!(time_to_share(&tl, &seg(&tl), &[4]), vec![(4, Some(400))]);
+        // Serving from 2.2 s on: the window 2.0–2.4 s, half of it at an even rate, is enough.
+        let tl = timeline(Some(2200));
+        assert_eq!(time_to_share(&tl, &seg(&tl), &[4]), vec![(4, Some(1400))]);
+        // Never.
+        let tl = timeline(None);
+        assert_eq!(time_to_share(&tl, &seg(&tl), &[4]), vec![(4, None)]);
     }
 }

@@ -85,7 +85,7 @@ impl Proxy {
             "fileFlushInterval": "0.1s",
             "drainDuration": "1s",
             "terminationDrainDuration": "0s",
-            "proxyStatsMatcher": {"inclusionPrefixes": ["tcp.", "listener.", "cluster.outbound|", "cluster.PassthroughCluster", "http."]}
+            "proxyStatsMatcher": {"inclusionPrefixes": ["tcp.", "listener.", "cluster.outbound|", "cluster.inbound|", "cluster.PassthroughCluster", "http."]}
         });
         let log = dir.join("pilot-agent.log");
         // A PID namespace of its own whose PID 1 is a root shell that waits for pilot-agent:

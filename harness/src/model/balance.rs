@@ -94,8 +94,8 @@ pub struct BalanceObservation {
     pub failed: Vec<String>,
     /// Each replica's resident memory at its last sample (KiB).
     pub rss_kib: Vec<u64>,
-    /// For each replica started by a scale event: how long until it had served its fair
-    /// share's half (total of the segment / replicas / 2), or `None` if it never did.
+    /// For each replica started by a scale event: how long after the scale until it first
+    /// served half an even share of the requests of a 400 ms window, or `None` if it never did.
     pub time_to_share_ms: Vec<(usize, Option<u64>)>,
     /// The scenario's threshold the verdict is judged against.
     pub threshold: BalanceThreshold,

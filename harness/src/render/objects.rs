@@ -128,7 +128,7 @@ fn service_docs(
     selector: (&str, &str),
     cluster_ip: Ipv4Addr,
     service: crate::model::service::Service,
-    endpoint: Ipv4Addr,
+    endpoints: &[Ipv4Addr],
 ) -> [String; 2] {
     let port_name = crate::render::manifests::port_name(service);
     let port = service.port();
@@ -150,18 +150,31 @@ fn service_docs(
         }),
         ..Default::default()
     };
+    [yaml("Service", "v1", &svc), endpoint_slice_doc(name, namespace, service, endpoints)]
+}
+
+/// The EndpointSlice the endpoint controller keeps for Service `name`: one endpoint per Ready pod.
+pub fn endpoint_slice_doc(
+    name: &str,
+    namespace: &str,
+    service: crate::model::service::Service,
+    endpoints: &[Ipv4Addr],
+) -> String {
     let slice = EndpointSlice {
         metadata: meta(&format!("{name}-1"), Some(namespace), &[("kubernetes.io/service-name", name)]),
         address_type: "IPv4".into(),
-        endpoints: vec![Endpoint { addresses: vec![endpoint.to_string()], ..Default::default() }],
+        endpoints: endpoints
+            .iter()
+            .map(|ip| Endpoint { addresses: vec![ip.to_string()], ..Default::default() })
+            .collect(),
         ports: Some(vec![EndpointPort {
-            name: Some(port_name),
-            port: Some(port.into()),
+            name: Some(crate::render::manifests::port_name(service)),
+            port: Some(service.port().into()),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
     };
-    [yaml("Service", "v1", &svc), yaml("EndpointSlice", "discovery.k8s.io/v1", &slice)]
+    yaml("EndpointSlice", "discovery.k8s.io/v1", &slice)
 }
 
 /// A running Pod with its IP, labels, annotations and service account.
@@ -227,7 +240,7 @@ pub fn for_cell(
     // The server, its Service and (with a sidecar) its Pod.
     let server_cluster_ip =
         if addrs.gateway.is_some() { UNUSED_CLUSTER_IP } else { addressed(addrs.server, UNUSED_CLUSTER_IP) };
-    docs.extend(service_docs(name, namespace, ("app", name), server_cluster_ip, service, addrs.server));
+    docs.extend(service_docs(name, namespace, ("app", name), server_cluster_ip, service, &[addrs.server]));
     if path.iter().any(|h| matches!(h, Hop::ServerSidecar(_))) {
         let pod = Pod {
             name: name.into(),
@@ -275,7 +288,7 @@ pub fn for_cell(
             ("istio", "ingressgateway"),
             addressed(gw_ip, UNUSED_GATEWAY_IP),
             service,
-            gw_ip,
+            &[gw_ip],
         ));
         docs.push(crate::render::istio::gateway_manifests(g, namespace, &server_host, port));
         if let Some(c) = cert.filter(|_| g.tls) {
@@ -346,4 +359,100 @@ pub fn for_cell(
         format!("tcpKeepalive:\n  time: {time}s\n  interval: {interval}s\n  probes: {}\n", ka.probes)
     });
     Some(CellObjects { docs, mesh, proxies, ctx })
+}
+
+/// Where a gRPC balance cell's pods are: its ClusterIP, each client pod, and each replica the
+/// run will have (the first `ready` of them Ready at the start).
+#[derive(Clone, Debug)]
+pub struct GrpcAddresses {
+    pub cluster_ip: Ipv4Addr,
+    pub clients: Vec<Ipv4Addr>,
+    pub replicas: Vec<Ipv4Addr>,
+    pub ready: usize,
+}
+
+/// The objects of a gRPC balance cell with sidecars: the Service `grpc` (port `grpc-grpc`, so
+/// Istio speaks HTTP/2 and balances per request) and its EndpointSlice over the Ready
+/// replicas; a Pod per client (`client-<k>`) with a client sidecar, and per replica
+/// (`grpc-<i>`, every replica the run scales to: a Pod exists before it is Ready) with a
+/// server sidecar; the mitigation's DestinationRule. `None` when no pod has a sidecar.
+pub fn for_grpc_cell(cell: &crate::cells::Cell, namespace: &str, addrs: &GrpcAddresses) -> Option<CellObjects> {
+    let path = &cell.real.path;
+    let client_sidecar = path.iter().any(|h| matches!(h, Hop::Sidecar(_)));
+    let server_sidecar = path.iter().any(|h| matches!(h, Hop::ServerSidecar(_)));
+    if !client_sidecar && !server_sidecar {
+        return None;
+    }
+    let ctx = super::local_context(cell, namespace);
+    let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
+    let mut annotations = super::pod_annotations(cell, &ctx, &forms);
+    let mut annotations_of = |pod: &str| -> Vec<(String, String)> {
+        annotations
+            .remove(pod)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k != "sidecar.istio.io/inject")
+            .collect()
+    };
+    let service = cell.real.service;
+    let (name, port) = (service.name(), service.port());
+    let mut docs =
+        vec![yaml("Namespace", "v1", &Namespace { metadata: meta(namespace, None, &[]), ..Default::default() })];
+    docs.extend(service_docs(
+        name,
+        namespace,
+        ("app", name),
+        addrs.cluster_ip,
+        service,
+        &addrs.replicas[..addrs.ready],
+    ));
+    let mut proxies = Vec::new();
+    if server_sidecar {
+        let server_annotations = annotations_of("server");
+        for (i, ip) in addrs.replicas.iter().enumerate() {
+            let pod = Pod {
+                name: format!("{name}-{i}"),
+                namespace: namespace.into(),
+                service_account: "default".into(),
+                ip: *ip,
+                labels: injected_labels(name),
+                annotations: server_annotations.clone(),
+            };
+            docs.push(pod_doc(&pod));
+            proxies.push(ProxyInputs {
+                role: ProxyRole::ServerSidecar,
+                pod,
+                listener: "virtualInbound".into(),
+                port,
+                cluster: format!("inbound|{port}||"),
+            });
+        }
+    }
+    if client_sidecar {
+        let client_annotations = annotations_of("client");
+        for (k, ip) in addrs.clients.iter().enumerate() {
+            let pod = Pod {
+                name: format!("client-{k}"),
+                namespace: namespace.into(),
+                service_account: "default".into(),
+                ip: *ip,
+                labels: injected_labels(CLIENT_APP),
+                annotations: client_annotations.clone(),
+            };
+            docs.push(pod_doc(&pod));
+            proxies.push(ProxyInputs {
+                role: ProxyRole::Sidecar,
+                pod,
+                // An HTTP port (gRPC is one): one wildcard listener, routes by authority over RDS.
+                listener: format!("0.0.0.0_{port}"),
+                port,
+                cluster: format!("outbound|{port}||{}", ctx.service_host),
+            });
+        }
+    }
+    docs.extend(forms.iter().filter_map(|f| match f {
+        IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
+        _ => None,
+    }));
+    Some(CellObjects { docs, mesh: None, proxies, ctx })
 }

@@ -202,12 +202,15 @@ impl Scenario {
                 Some("its clients send requests for `duration`".into()),
             ));
         }
-        if !self.path.is_empty() {
+        // The clients' and the replicas' sidecars; other hops have no place in the balance lab yet.
+        if let Some(h) = self.path.iter().find(|h| !matches!(h, Hop::Sidecar(_) | Hop::ServerSidecar(_))) {
             return Err(self.error_at(
                 at.path,
-                "a gRPC balance run has no hops yet: the clients reach the replicas through the node's ClusterIP"
-                    .into(),
-                Some("remove `path`".into()),
+                format!(
+                    "a gRPC balance run takes only `sidecar` (one per client pod) and `server-sidecar` (one per replica) hops, not `{}`",
+                    h.kind()
+                ),
+                Some("remove that hop: the clients reach the replicas through the node's ClusterIP".into()),
             ));
         }
         let mut last = (crate::model::duration::Dur::default(), replicas);

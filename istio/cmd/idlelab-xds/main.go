@@ -14,14 +14,14 @@
 // stdout gets exactly one JSON line: {"ready":"ADDR"} once serving, or {"rejected":{...}}
 // (exit 2) when Istio's validation refuses a resource. Logs (one "LDS: PUSH ... for node:..."
 // line per push and type, from Istio's "ads"/"delta" scopes) go to stderr. It runs until SIGTERM/SIGINT,
-// or until stdin reaches EOF when stdin is a pipe.
+// or until stdin reaches EOF when stdin is a pipe. While it serves, each line on that pipe is a
+// change to a Kubernetes object (apply.go), answered by one line on stdout.
 package main
 
 import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -104,7 +104,8 @@ func main() {
 	}
 
 	t := newFailer()
-	go shutdownOn(t)
+	changes := make(chan *xdsfake.FakeDiscoveryServer, 1)
+	go shutdownOn(t, changes)
 	// Istio's metrics into the default Prometheus registry, as istiod does at start-up: the
 	// EnvoyFilter accounting (envoyfilters.go) reads its gauge from there.
 	if _, err := monitoring.RegisterPrometheusExporter(nil, nil); err != nil {
@@ -150,6 +151,7 @@ func main() {
 		len(in.istio), len(in.kube), time.Since(start).Round(time.Millisecond))
 	line, _ := json.Marshal(ready)
 	fmt.Println(string(line))
+	changes <- s
 	select {}
 }
 
@@ -175,14 +177,21 @@ func reexecWithDefaults() {
 	fail(1, "re-exec with %v: %v", plainEnvoyEnv, err)
 }
 
-func shutdownOn(t *failer) {
+// shutdownOn ends the process on SIGTERM/SIGINT or when stdin (a pipe) closes; until then,
+// once the server is up, it applies the changes stdin carries.
+func shutdownOn(t *failer, server <-chan *xdsfake.FakeDiscoveryServer) {
 	done := make(chan string, 2)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	go func() { done <- (<-sig).String() }()
 	// Only a pipe or socket on stdin is watched: /dev/null or a terminal would end at once or never.
 	if st, err := os.Stdin.Stat(); err == nil && st.Mode()&(os.ModeNamedPipe|os.ModeSocket) != 0 {
-		go func() { _, _ = io.Copy(io.Discard, os.Stdin); done <- "stdin closed" }()
+		go func() {
+			// Changes only once the server is up (a closed stdin before that ends it then).
+			s := <-server
+			serveApplies(os.Stdin, s.KubeClient().Kube(), os.Stdout)
+			done <- "stdin closed"
+		}()
 	}
 	why := <-done
 	scope.Infof("shutting down (%s)", why)
