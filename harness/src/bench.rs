@@ -47,15 +47,22 @@ fn scenario_row(summary: &RunSummary) -> Value {
     let overhead: Vec<u64> = lab.iter().map(|l| l.setup_ms + l.teardown_ms).collect();
     let mean = if overhead.is_empty() { 0 } else { overhead.iter().sum::<u64>() / overhead.len() as u64 };
     let factors: Vec<u32> = summary.cells.iter().map(|c| c.time_scale.factor).collect();
-    // A gRPC balance cell: its wall time and its replicas' memory (their own last samples).
-    let balance: Vec<(u64, u64)> = summary
+    // A gRPC balance cell: its wall time and the memory of its replicas (their own last
+    // samples), its clients (their peaks) and its sidecars (pilot-agent + Envoy), each summed.
+    let balance: Vec<[u64; 4]> = summary
         .cells
         .iter()
         .filter_map(|c| {
             let b = c.evidence.observations.as_ref()?.balance.as_ref()?;
-            Some((c.wall_ms, b.rss_kib.iter().sum::<u64>()))
+            Some([
+                c.wall_ms,
+                b.rss_kib.iter().sum::<u64>(),
+                b.client_rss_kib.iter().sum::<u64>(),
+                b.sidecar_rss_kib.iter().map(|(_, n)| n).sum::<u64>(),
+            ])
         })
         .collect();
+    let most = |i: usize| balance.iter().map(|b| b[i]).max();
     json!({
         "scenario": summary.scenario,
         "cells": summary.cells.len(),
@@ -68,8 +75,10 @@ fn scenario_row(summary: &RunSummary) -> Value {
         "server_start_ms_max": lab.iter().map(|l| l.server_start_ms).max(),
         "time_scale_min": factors.iter().min(),
         "time_scale_max": factors.iter().max(),
-        "balance_cell_wall_ms_max": balance.iter().map(|(w, _)| *w).max(),
-        "balance_replicas_rss_kib_max": balance.iter().map(|(_, r)| *r).max(),
+        "balance_cell_wall_ms_max": most(0),
+        "balance_replicas_rss_kib_max": most(1),
+        "balance_clients_rss_kib_max": most(2),
+        "balance_sidecars_rss_kib_max": most(3),
     })
 }
 
@@ -251,10 +260,12 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
     println!("\n{table}");
     for r in rows.iter().filter(|r| !r["balance_cell_wall_ms_max"].is_null()) {
         println!(
-            "{}: a gRPC balance cell in at most {:.1} s, its replicas' memory at most {:.1} MiB in all",
+            "{}: a gRPC balance cell in at most {:.1} s; memory at most, in all: replicas {:.1} MiB, clients {:.1} MiB, sidecars {:.1} MiB",
             r["scenario"].as_str().unwrap_or(""),
             r["balance_cell_wall_ms_max"].as_f64().unwrap_or(0.0) / 1000.0,
-            r["balance_replicas_rss_kib_max"].as_f64().unwrap_or(0.0) / 1024.0
+            r["balance_replicas_rss_kib_max"].as_f64().unwrap_or(0.0) / 1024.0,
+            r["balance_clients_rss_kib_max"].as_f64().unwrap_or(0.0) / 1024.0,
+            r["balance_sidecars_rss_kib_max"].as_f64().unwrap_or(0.0) / 1024.0
         );
     }
     println!(

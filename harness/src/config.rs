@@ -35,6 +35,9 @@ pub struct ClientConfig {
     /// How long the probe waits for one answer; the lab's patience, not a modelled duration,
     /// so it is not scaled.
     pub request_timeout: Dur,
+    /// gRPC: the client's HTTP/2 keepalive (tonic's settings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive: Option<crate::model::service::Http2Keepalive>,
 }
 
 /// A gRPC balance cell: replicas behind a ClusterIP (or a headless name), clients with
@@ -119,6 +122,21 @@ impl CellConfig {
                 value: &mut self.server_idle_timeout,
                 precision: self.service.server_idle_precision(),
                 role: Role::Timeout { refreshed_by_probes: false },
+            });
+        }
+        if let Some(ka) = self.client.http2_keepalive.as_mut() {
+            // A PING is a frame: bytes every hop up to the first HTTP/2 one sees, like a heartbeat.
+            out.push(KnobDuration {
+                label: "client.http2_keep_alive_interval".into(),
+                value: &mut ka.interval,
+                precision: Precision::Millis,
+                role: Role::Heartbeat,
+            });
+            out.push(KnobDuration {
+                label: "client.keep_alive_timeout".into(),
+                value: &mut ka.timeout,
+                precision: Precision::Millis,
+                role: Role::UserTimeout,
             });
         }
         if let Some(d) = self.client.tcp_user_timeout.as_mut() {

@@ -38,7 +38,8 @@
 //! - [`probe`]: `idlelab probe`, a real client pool that warms, idles and reuses; one module
 //!   per Rust client library, behind the probe contract (`scenarios/PROBE.md`);
 //!   `probe::grpc`, `idlelab probe-grpc`: tonic channels that send requests for a run's
-//!   duration and record which replica answered each.
+//!   duration and record which replica answered each; `probe::grpc_idle`: a gRPC idle
+//!   cell's tonic channels (with their HTTP/2 keepalive) behind the same contract.
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind.
 //! - [`local`]: the local backend: a cell's run stage by stage (`local::cell`) in namespaces
@@ -48,7 +49,9 @@
 //!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites. A gRPC
 //!   balance cell has its own stage (`local::grpc_cell`): client and replica namespaces
 //!   around a node with kube-proxy's ClusterIP rules (`local::cluster_ip`), the replicas
-//!   being `idlelab serve-grpc` (`local::grpc_replica`).
+//!   being `idlelab serve-grpc` (`local::grpc_replica`), and with a `sidecar` or
+//!   `server-sidecar` hop, a sidecar per client or replica pod from the same control plane
+//!   (`render::objects::for_grpc_cell`), which takes EndpointSlice changes while it serves.
 //! - [`kind`]: the kind backend: each cell's steps (`kind::cell`, each hop kind's objects in
 //!   `kind::device`) in a plan of kind / istioctl / kubectl commands, executed through one
 //!   command runner (`kind::run`) that reaches the cluster through the lab's own Docker engine

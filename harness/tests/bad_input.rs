@@ -205,6 +205,20 @@ fn grpc_balance_input_is_checked_at_its_line() {
         &[],
     );
     refused_at(
+        "grpc-keepalive-on-redis.yaml",
+        "5:9",
+        &["`client.http2_keep_alive_interval` is gRPC's HTTP/2 keepalive, and this service is redis"],
+        "client.keepalive",
+        &[],
+    );
+    refused_at(
+        "grpc-duration-without-replicas.yaml",
+        "5:11",
+        &["`duration` is for a gRPC balance run (`service: grpc` with `replicas`), not an idle cell"],
+        "replicas: N",
+        &[],
+    );
+    refused_at(
         "grpc-lb-lowercase.yaml",
         "8:36",
         &["unknown variant `round_robin`, expected one of LEAST_REQUEST, ROUND_ROBIN, RANDOM"],

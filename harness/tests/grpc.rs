@@ -179,3 +179,63 @@ fn max_connection_age_rebalances_onto_replicas_added_later() {
         assert!(f.as_str().unwrap().contains(" at "), "{f}");
     }
 }
+
+/// The scaled value of a cell's duration `label`, in ms.
+fn scaled_ms(cell: &Value, label: &str) -> u64 {
+    let v = cell["time_scale"]["values"].as_array().unwrap().iter().find(|v| v["label"] == label).unwrap();
+    let s = v["scaled"].as_str().unwrap();
+    match s.strip_suffix("ms") {
+        Some(ms) => ms.parse().unwrap(),
+        None => (s.trim_end_matches('s').parse::<f64>().unwrap() * 1000.0).round() as u64,
+    }
+}
+
+#[test]
+fn keepalive_pings_cross_a_middlebox_directly_and_end_at_a_sidecar() {
+    // Direct: no PING, an RST on reuse; PINGs more often than the NLB forgets keep the flow;
+    // PINGs less often meet its RST while idle, and tonic reconnects before the call.
+    let (s, _, _) = run_scenario("grpc-keepalive-direct");
+    let none = cell(&s, "none");
+    assert_eq!(none["verdict"], "reset-on-reuse");
+    assert_eq!(cell(&s, "grpc-keepalive=1m/20s")["verdict"], "survived");
+    let late = cell(&s, "grpc-keepalive=7m/20s");
+    assert_eq!(late["verdict"], "recovered");
+    let interval = scaled_ms(late, "client.http2_keep_alive_interval");
+    let obs = &late["evidence"]["observations"];
+    for c in obs["connections"].as_array().unwrap() {
+        let reset = c["peer_reset_ms"].as_u64().expect("the PING met the NLB's RST while idle");
+        // The PING is the socket's last activity; it went out one interval after the warm call.
+        let since_open = reset - c["opened_ms"].as_u64().unwrap();
+        assert!((interval..interval + 1000).contains(&since_open), "the first PING after {interval} ms met it: {c}");
+        assert!(reset - c["last_activity_ms"].as_u64().unwrap() <= 5, "the RST answered the PING: {c}");
+        assert!(reset < obs["reuse_started_ms"].as_u64().unwrap(), "before the call: {c}");
+        assert!(c["replaced_before_use"].as_str().unwrap().contains("ConnectionReset"), "{c}");
+        assert_eq!(c["reuse"]["outcome"], "ok", "tonic reconnected for the call: {c}");
+    }
+
+    // Through the sidecar: the PINGs end at Envoy; the NLB forgets Envoy's upstream connection
+    // with or without them, and Envoy answers the call itself (UC); TCP keepalive on Envoy's
+    // upstream socket keeps the flow.
+    let (s, _, _) = run_scenario("grpc-keepalive-sidecar");
+    for label in ["none", "grpc-keepalive=1m/20s"] {
+        let c = cell(&s, label);
+        assert_eq!(c["verdict"], "failed-on-reuse", "{label}");
+        let notes = c["evidence"]["notes"].to_string();
+        assert!(
+            notes.contains("gRPC Unavailable: upstream connect error or disconnect/reset before headers"),
+            "{label}: {notes}"
+        );
+        assert!(
+            notes.contains("flags UC (upstream_reset_before_response_started{connection_termination})"),
+            "{label}: {notes}"
+        );
+        for conn in c["evidence"]["observations"]["connections"].as_array().unwrap() {
+            assert!(
+                conn["peer_reset_ms"].is_null() && conn["peer_closed_ms"].is_null(),
+                "the app's own socket saw nothing: {conn}"
+            );
+            assert_eq!(conn["retry_after_reconnect"]["outcome"], "ok", "{conn}");
+        }
+    }
+    assert_eq!(cell(&s, "dr-tcp-keepalive=1m/10s/3")["verdict"], "survived");
+}

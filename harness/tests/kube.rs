@@ -38,8 +38,8 @@ fn scenario_cells(name: &str) -> Vec<Cell> {
     expand(&s, &[], None).unwrap()
 }
 
-/// The shipped scenarios the kind backend runs: all but the gRPC balance ones, which it
-/// refuses (`grpc_balance_cells_are_refused_on_kind`).
+/// The shipped scenarios the kind backend runs: all but the gRPC ones, which it refuses
+/// (`grpc_cells_are_refused_on_kind`).
 fn shipped() -> Vec<String> {
     let all = idlelab::scenario::list(&repo().join("scenarios")).unwrap();
     let kind: Vec<String> = all.iter().filter(|n| !n.starts_with("grpc-")).cloned().collect();
@@ -48,14 +48,17 @@ fn shipped() -> Vec<String> {
 }
 
 #[test]
-fn grpc_balance_cells_are_refused_on_kind() {
-    let out = tempfile::tempdir().unwrap();
-    let target = out.path().join("run");
-    let o = common::run(&["run", "grpc-steady", "--backend", "kind", "--out", target.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("gRPC balance cells run only in the local lab so far"), "{err}");
-    assert!(!target.exists(), "nothing created");
+fn grpc_cells_are_refused_on_kind() {
+    // A balance run and an idle cell alike.
+    for scenario in ["grpc-steady", "grpc-keepalive-sidecar"] {
+        let out = tempfile::tempdir().unwrap();
+        let target = out.path().join("run");
+        let o = common::run(&["run", scenario, "--backend", "kind", "--out", target.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{scenario}: {}", common::text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("gRPC cells run only in the local lab so far"), "{scenario}: {err}");
+        assert!(!target.exists(), "{scenario}: nothing created");
+    }
 }
 
 /// Every manifest document applied by a plan.

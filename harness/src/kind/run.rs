@@ -75,9 +75,9 @@ impl Backend for KindBackend {
                 c.scenario
             ));
         }
-        if let Some(c) = cells.iter().find(|c| c.real.grpc.is_some()) {
+        if let Some(c) = cells.iter().find(|c| c.real.service == crate::model::service::Service::Grpc) {
             return Err(format!(
-                "{}: gRPC balance cells run only in the local lab so far: the kind backend has no replicas, client pods or balance counts yet\n  hint: run it without `--backend kind`",
+                "{}: gRPC cells run only in the local lab so far: the kind backend has no replicas, client pods or balance counts, and its probe pod has not run a gRPC idle cell yet\n  hint: run it without `--backend kind`",
                 c.scenario
             ));
         }

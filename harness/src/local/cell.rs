@@ -351,8 +351,8 @@ async fn run_probe(
 ) -> Result<Observations> {
     let port = knobs.service.port();
     let mut spec = ProbeSpec::for_cell(knobs, format!("{}:{port}", mesh.target_ip));
-    // An app names an HTTP service by its host, and Istio routes an `http-*` port by it.
-    if knobs.service == Service::Http {
+    // An app names an HTTP service by its host, and Istio routes an `http-*` (`grpc-*`) port by it.
+    if knobs.service.is_http() {
         spec.authority = mesh.objects.as_ref().map(|o| format!("{}:{port}", o.ctx.service_host));
     }
     spec.tls_ca_pem = mesh.run_ca.as_ref().map(|ca| ca.ca_pem.clone());
@@ -456,10 +456,16 @@ pub async fn run_cell(
     match result {
         Ok((observations, mut evidence)) => {
             evidence.teardown_ms = teardown_ms;
+            let grpc = if cell.scaled.service == Service::Grpc {
+                super::evidence::grpc_view(&observations, &evidence.envoys)
+            } else {
+                vec![]
+            };
             let notes = evidence
                 .http
                 .iter()
                 .cloned()
+                .chain(grpc)
                 .chain(evidence.envoy_filters.iter().map(|e| format!("Istio: EnvoyFilter {}: {}", e.name, e.status)))
                 .collect();
             Ok(CellOutcome { observations, lab: Some(evidence), notes, logs })

@@ -102,3 +102,39 @@ pub(super) fn http_view(o: &Observations, envoys: &[EnvoyEvidence], received: &B
         received.get("/warm").copied().unwrap_or(0)
     )
 }
+
+/// A gRPC idle cell through Envoy: what the app got, and what each Envoy on the path logged
+/// for the calls it answered itself (response flags and details: `UC`,
+/// `upstream_reset_before_response_started{connection_termination}`), and how many upstream
+/// connections it had (HTTP/2 multiplexes every app connection's calls onto them).
+pub(super) fn grpc_view(o: &Observations, envoys: &[EnvoyEvidence]) -> Vec<String> {
+    let attempts = o.connections.iter().flat_map(|c| std::iter::once(&c.reuse).chain(c.retry_after_reconnect.as_ref()));
+    let app = counted(attempts.map(|a| a.error.clone().unwrap_or_else(|| "OK".into())));
+    let mut notes = vec![format!("gRPC: the app's reuse calls and retries got {app}")];
+    for e in envoys {
+        let failed: Vec<&Value> =
+            e.access_log.iter().filter(|l| l["flags"].as_str().is_some_and(|f| f != "-")).collect();
+        let upstream: std::collections::BTreeSet<&str> =
+            e.access_log.iter().filter_map(|l| l["upstream_local"].as_str()).collect();
+        let answered = if failed.is_empty() {
+            "no call answered by Envoy itself".to_string()
+        } else {
+            let lines = counted(failed.iter().map(|l| {
+                format!(
+                    "HTTP {} flags {} ({})",
+                    l["code"],
+                    l["flags"].as_str().unwrap_or("-"),
+                    l["details"].as_str().unwrap_or("-")
+                )
+            }));
+            format!("{} call(s) answered by Envoy itself: {lines}", failed.len())
+        };
+        notes.push(format!(
+            "{}'s Envoy logged {} call(s) over {} upstream connection(s); {answered}",
+            e.role,
+            e.access_log.len(),
+            upstream.len()
+        ));
+    }
+    notes
+}

@@ -302,6 +302,21 @@ fn time_to_share(
 /// The window `time_to_share` judges a replica's share over.
 const SHARE_WINDOW_MS: u64 = 400;
 
+/// The resident memory of a proxy's processes: pilot-agent and Envoy both run in its dir
+/// (`local::proxy`), so every process whose working directory is under `dir` is counted.
+fn proxy_rss_kib(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// What Istio gave each kind of sidecar, from its config dump (the first of each kind).
 async fn sidecar_notes(lab: &GrpcLab) -> Vec<String> {
     let mut notes = Vec::new();
@@ -543,6 +558,19 @@ async fn run_in(
     }
     notes.extend(sidecar_counters(lab).await);
     let rss_kib: Vec<u64> = counts.iter().map(|c| c.last().map(|x| x.rss_kib).unwrap_or(0)).collect();
+    let client_rss_kib: Vec<u64> = reports.iter().map(|r| r.peak_rss_kib).collect();
+    let sidecar_rss_kib: Vec<(String, u64)> =
+        lab.envoys.iter().map(|(pod, _)| (pod.clone(), proxy_rss_kib(&lab.dir.path().join(pod)))).collect();
+    notes.push(format!(
+        "clients' peak resident memory (KiB): [{}]",
+        client_rss_kib.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    ));
+    if !sidecar_rss_kib.is_empty() {
+        notes.push(format!(
+            "sidecars' resident memory, pilot-agent + Envoy (KiB): {}",
+            sidecar_rss_kib.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
+        ));
+    }
     notes.push(format!(
         "replicas' resident memory (KiB): [{}]",
         rss_kib.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
@@ -553,6 +581,8 @@ async fn run_in(
         requests,
         failed,
         rss_kib,
+        client_rss_kib,
+        sidecar_rss_kib,
         time_to_share_ms,
         threshold: grpc.threshold,
     };

@@ -94,6 +94,12 @@ pub struct BalanceObservation {
     pub failed: Vec<String>,
     /// Each replica's resident memory at its last sample (KiB).
     pub rss_kib: Vec<u64>,
+    /// Each client's peak resident memory (the probe's VmHWM, KiB).
+    #[serde(default)]
+    pub client_rss_kib: Vec<u64>,
+    /// Each sidecar's resident memory after the run (pilot-agent + Envoy, KiB), by pod name.
+    #[serde(default)]
+    pub sidecar_rss_kib: Vec<(String, u64)>,
     /// For each replica started by a scale event: how long after the scale until it first
     /// served half an even share of the requests of a 400 ms window, or `None` if it never did.
     pub time_to_share_ms: Vec<(usize, Option<u64>)>,

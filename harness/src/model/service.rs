@@ -124,12 +124,40 @@ impl Service {
     ///   the oldest connection could expire plus one second, and scans its connections over
     ///   about a second: up to 3 s late;
     /// - MariaDB's `wait_timeout` is a read timeout on the socket: whole seconds, on time.
+    /// Istio gives its port the HTTP connection manager (`http-*`, `grpc-*`): one wildcard
+    /// outbound listener per port, routes by authority.
+    pub fn is_http(self) -> bool {
+        matches!(self, Service::Http | Service::Grpc)
+    }
+
     pub fn server_idle_precision(self) -> Precision {
         match self {
             Service::Redis => Precision::ServerClock { late_ms: 1100 },
             Service::Memcached => Precision::ServerClock { late_ms: 3000 },
             Service::Mysql | Service::Http | Service::Https | Service::Grpc => Precision::WholeSeconds,
         }
+    }
+}
+
+/// gRPC's HTTP/2 keepalive, by tonic's names (grpc-go: `keepalive.ClientParameters` Time,
+/// Timeout, PermitWithoutStream): a PING every `interval` (`http2_keep_alive_interval`), the
+/// connection declared dead when no PING ACK comes within `timeout` (`keep_alive_timeout`),
+/// also while no call is open (`keep_alive_while_idle`). A PING is an HTTP/2 frame: it ends at
+/// the first hop that speaks HTTP/2, a sidecar's Envoy included.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Http2Keepalive {
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub while_idle: bool,
+}
+
+impl fmt::Display for Http2Keepalive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "http2_keep_alive_interval {}, keep_alive_timeout {}, keep_alive_while_idle {}",
+            self.interval, self.timeout, self.while_idle
+        )
     }
 }
 

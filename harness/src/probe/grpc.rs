@@ -74,6 +74,9 @@ pub struct GrpcProbeReport {
     pub client: String,
     /// Every call of every channel, sorted by `unix_ms`.
     pub requests: Vec<GrpcRequest>,
+    /// The probe's peak resident memory (VmHWM, KiB), read at its end.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
 }
 
 /// Open the channels, let each call every `interval_ms` for `duration_ms`, and collect the
@@ -90,7 +93,7 @@ pub async fn run(spec: &GrpcProbeSpec) -> Result<GrpcProbeReport> {
     let calls = channels.into_iter().enumerate().map(|(index, channel)| call_loop(spec, index, channel, until));
     let mut requests: Vec<GrpcRequest> = futures_util::future::join_all(calls).await.into_iter().flatten().collect();
     requests.sort_by_key(|r| r.unix_ms);
-    Ok(GrpcProbeReport { client: spec.client.clone(), requests })
+    Ok(GrpcProbeReport { client: spec.client.clone(), requests, peak_rss_kib: super::status_kib("VmHWM") })
 }
 
 /// The `probe-grpc` subcommand: a [`GrpcProbeSpec`] as JSON on stdin, the report back.

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod grpc;
+pub mod grpc_idle;
 pub mod http;
 pub mod idle_watch;
 pub mod memcached;
@@ -381,10 +382,8 @@ pub async fn main(spec_file: Option<std::path::PathBuf>) -> i32 {
         Service::Memcached => run_with(memcached::MemcachedClient, spec).await,
         Service::Mysql => mysql::run(spec).await,
         Service::Http | Service::Https => http::run(spec).await,
-        Service::Grpc => {
-            emit(&ProbeLine::Error("a gRPC balance cell runs `idlelab probe-grpc`, not `idlelab probe`".into()));
-            return 2;
-        }
+        // An idle cell's channels (a balance cell runs `idlelab probe-grpc`).
+        Service::Grpc => grpc_idle::run(spec).await,
     };
     match result {
         Ok(mut obs) => {

@@ -44,6 +44,17 @@ pub struct ProbeSpec {
     /// the TLS server name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// gRPC: the client's HTTP/2 keepalive (scaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive: Option<Http2KeepaliveMs>,
+}
+
+/// gRPC's HTTP/2 keepalive as the probe takes it (`model::service::Http2Keepalive`, scaled).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Http2KeepaliveMs {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub while_idle: bool,
 }
 
 impl ProbeSpec {
@@ -68,6 +79,11 @@ impl ProbeSpec {
             test_on_borrow: knobs.client.test_on_borrow,
             pool_max_lifetime_ms: knobs.client.pool_max_lifetime.map(ms),
             authority: None,
+            http2_keepalive: knobs.client.http2_keepalive.map(|k| Http2KeepaliveMs {
+                interval_ms: ms(k.interval),
+                timeout_ms: ms(k.timeout),
+                while_idle: k.while_idle,
+            }),
         }
     }
 }

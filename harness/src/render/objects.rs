@@ -337,7 +337,7 @@ pub fn for_cell(
             listener: match route {
                 // Istio gives an HTTP port one wildcard listener (routes by Host over RDS),
                 // other protocols a listener per Service address.
-                Route::Service if service == crate::model::service::Service::Http => format!("0.0.0.0_{port}"),
+                Route::Service if service.is_http() => format!("0.0.0.0_{port}"),
                 Route::Service => format!("{target_ip}_{port}"),
                 Route::Passthrough => "virtualOutbound".into(),
             },

@@ -51,6 +51,15 @@ pub struct ClientSpec {
     /// gRPC: the time between two requests of one channel (default 50ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_interval: Option<Dur>,
+    /// gRPC (tonic): an HTTP/2 PING on each connection this often (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive_interval: Option<Dur>,
+    /// gRPC (tonic): how long to wait for a PING's ACK before the connection is dead (default 20s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_timeout: Option<Dur>,
+    /// gRPC (tonic): PING also while no call is open (default true: a pooled channel is idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_while_idle: Option<bool>,
 }
 
 impl Default for ClientSpec {
@@ -65,6 +74,9 @@ impl Default for ClientSpec {
             channels: None,
             lb: None,
             request_interval: None,
+            http2_keep_alive_interval: None,
+            keep_alive_timeout: None,
+            keep_alive_while_idle: None,
         }
     }
 }
@@ -304,11 +316,19 @@ impl Scenario {
                 test_on_borrow: false,
                 pool_max_lifetime: None,
                 request_timeout: self.client.request_timeout,
+                http2_keepalive: self.client.http2_keep_alive_interval.map(|interval| {
+                    crate::model::service::Http2Keepalive {
+                        interval,
+                        timeout: self.client.keep_alive_timeout.unwrap_or(Dur::secs(20)),
+                        while_idle: self.client.keep_alive_while_idle.unwrap_or(true),
+                    }
+                }),
             },
             server_idle_timeout: self.server.idle_timeout.unwrap_or(self.service.default_server_idle_timeout()),
             path: self.path.clone(),
             idle: self.idle,
-            grpc: (self.service == Service::Grpc).then(|| crate::config::GrpcConfig {
+            // A gRPC scenario with `replicas` is a balance run; without, an idle cell like any other.
+            grpc: (self.service == Service::Grpc && self.replicas.is_some()).then(|| crate::config::GrpcConfig {
                 replicas: self.replicas.unwrap_or(1),
                 clients: self.client.clients.unwrap_or(3),
                 channels: self.client.channels.unwrap_or(1),

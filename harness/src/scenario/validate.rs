@@ -146,12 +146,44 @@ impl Scenario {
         Ok(())
     }
 
-    /// `service: grpc` takes replicas, a duration and events, and no idle; every other service
-    /// the reverse.
+    /// `service: grpc` with `replicas` is a balance run: a duration and events, no idle. Every
+    /// other scenario (a gRPC one without `replicas` too) is an idle cell: an idle, none of
+    /// those. gRPC's HTTP/2 keepalive is for gRPC idle cells only.
     fn validate_grpc(&self) -> Result<(), ScenarioError> {
         let at = &self.positions;
-        if self.service != Service::Grpc {
-            let grpc_only = [
+        let c = &self.client;
+        let keepalive_fields = [
+            ("client.http2_keep_alive_interval", c.http2_keep_alive_interval.is_some()),
+            ("client.keep_alive_timeout", c.keep_alive_timeout.is_some()),
+            ("client.keep_alive_while_idle", c.keep_alive_while_idle.is_some()),
+        ];
+        if self.service != Service::Grpc
+            && let Some((field, _)) = keepalive_fields.iter().find(|(_, set)| *set)
+        {
+            return Err(self.error_at(
+                at.client,
+                format!("`{field}` is gRPC's HTTP/2 keepalive, and this service is {}", self.service.name()),
+                Some("for TCP keepalive on the app's socket use `client.keepalive: {time, interval, probes}`".into()),
+            ));
+        }
+        if c.http2_keep_alive_interval.is_none()
+            && let Some((field, _)) = keepalive_fields[1..].iter().find(|(_, set)| *set)
+        {
+            return Err(self.error_at(
+                at.client,
+                format!("`{field}` without `client.http2_keep_alive_interval`: no PING is ever sent"),
+                Some("add `http2_keep_alive_interval: 60s`, or remove it".into()),
+            ));
+        }
+        // `service: grpc` with `replicas` is a balance run; without, an idle cell like the others.
+        let balance_run = self.service == Service::Grpc && self.replicas.is_some();
+        if !balance_run {
+            let what = if self.service == Service::Grpc {
+                "a gRPC balance run (`service: grpc` with `replicas`)".to_string()
+            } else {
+                "`service: grpc`".to_string()
+            };
+            let balance_only = [
                 ("replicas", self.replicas.is_some(), at.replicas),
                 ("duration", self.duration.is_some(), at.duration),
                 ("events", !self.events.is_empty(), at.events.first().copied()),
@@ -161,11 +193,18 @@ impl Scenario {
                 ("client.channels", self.client.channels.is_some(), at.client),
                 ("client.request_interval", self.client.request_interval.is_some(), at.client),
             ];
-            if let Some((field, _, loc)) = grpc_only.iter().find(|(_, set, _)| *set) {
+            if let Some((field, _, loc)) = balance_only.iter().find(|(_, set, _)| *set) {
                 return Err(self.error_at(
                     loc.or(at.service),
-                    format!("`{field}` is for `service: grpc`, not {}", self.service.name()),
-                    Some("remove it, or make this a gRPC balance scenario".into()),
+                    format!(
+                        "`{field}` is for {what}, not {}",
+                        if self.service == Service::Grpc { "an idle cell" } else { self.service.name() }
+                    ),
+                    Some(if self.service == Service::Grpc {
+                        "give `replicas: N` for a balance run, or remove it for an idle cell".into()
+                    } else {
+                        "remove it, or make this a gRPC balance scenario".into()
+                    }),
                 ));
             }
             if self.idle.is_zero() {
@@ -176,6 +215,13 @@ impl Scenario {
                 ));
             }
             return Ok(());
+        }
+        if let Some((field, _)) = keepalive_fields.iter().find(|(_, set)| *set) {
+            return Err(self.error_at(
+                at.client,
+                format!("`{field}` is for a gRPC idle cell; a balance run does not set the clients' keepalive yet"),
+                Some("remove it, or remove `replicas` to make this an idle cell".into()),
+            ));
         }
         let hint_replicas = Some("a Deployment's replicas: 1 to 32, e.g. `replicas: 4`".to_string());
         let replicas = self
