@@ -239,3 +239,28 @@ fn keepalive_pings_cross_a_middlebox_directly_and_end_at_a_sidecar() {
     }
     assert_eq!(cell(&s, "dr-tcp-keepalive=1m/10s/3")["verdict"], "survived");
 }
+
+#[test]
+fn a_pings_unanswered_ack_is_what_finds_a_blackholed_connection() {
+    let (s, _, _) = run_scenario("grpc-keepalive-blackhole");
+    assert_eq!(cell(&s, "none")["verdict"], "hung");
+    assert_eq!(cell(&s, "grpc-keepalive=1m/20s")["verdict"], "survived");
+    let late = cell(&s, "grpc-keepalive=7m/20s");
+    assert_eq!(late["verdict"], "recovered");
+    let (interval, timeout) =
+        (scaled_ms(late, "client.http2_keep_alive_interval"), scaled_ms(late, "client.keep_alive_timeout"));
+    let obs = &late["evidence"]["observations"];
+    for c in obs["connections"].as_array().unwrap() {
+        // No RST and no FIN: tonic gave the connection up itself, one timeout after the PING.
+        assert!(c["peer_reset_ms"].is_null() && c["peer_closed_ms"].is_null(), "{c}");
+        let why = c["replaced_before_use"].as_str().unwrap();
+        assert!(why.contains("tonic closed it itself") && why.contains("keep_alive_timeout"), "{why}");
+        let closed_at: u64 = why.split(" at ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
+        let since_open = closed_at - c["opened_ms"].as_u64().unwrap();
+        assert!(
+            (interval + timeout..interval + timeout + 1000).contains(&since_open),
+            "closed one interval ({interval} ms) and one timeout ({timeout} ms) after the warm call: {c}"
+        );
+        assert_eq!(c["reuse"]["outcome"], "ok", "{c}");
+    }
+}
