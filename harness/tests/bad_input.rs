@@ -219,6 +219,14 @@ fn grpc_balance_input_is_checked_at_its_line() {
         &[],
     );
     refused_at(
+        "grpc-go-balance-list.yaml",
+        "5:32",
+        &["client.lb `balance_list`: `balance_list` is tonic's; grpc-go balances with `round_robin`"],
+        "grpc-go: `pick_first`",
+        &["tonic:"],
+    );
+    refused_at("grpc-go-idle.yaml", "4:19", &["grpc-go drives gRPC balance runs only so far"], "library: tonic", &[]);
+    refused_at(
         "grpc-lb-lowercase.yaml",
         "8:36",
         &["unknown variant `round_robin`, expected one of LEAST_REQUEST, ROUND_ROBIN, RANDOM"],

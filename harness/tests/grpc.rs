@@ -264,3 +264,25 @@ fn a_pings_unanswered_ack_is_what_finds_a_blackholed_connection() {
         assert_eq!(c["reuse"]["outcome"], "ok", "{c}");
     }
 }
+
+#[test]
+fn grpc_go_pins_and_balances_as_tonic_does() {
+    let (s, _, _) = run_scenario("grpc-pinned-go");
+    // pick_first: one connection per client, the added replicas at 0.
+    let none = cell(&s, "none");
+    assert_eq!(none["verdict"], "pinned");
+    let after = served(none, 1);
+    assert_eq!(&after[4..], &[0, 0], "{after:?}");
+    assert!(after[..4].iter().filter(|&&n| n > 0).count() <= 3, "3 connections: {after:?}");
+    // round_robin over the addresses resolved at start: every one of them, none added later.
+    let headless = cell(&s, "headless-client-balancing");
+    assert_eq!(headless["verdict"], "pinned");
+    let after = served(headless, 1);
+    assert!(after[..4].iter().all(|&n| n > 0) && cv(&after[..4]) <= 0.1, "round robin: {after:?}");
+    assert_eq!(&after[4..], &[0, 0], "{after:?}");
+    assert!(headless["evidence"]["notes"].to_string().contains("channel 0 → replicas 0,1,2,3"));
+    // The client sidecar, for grpc-go's calls too.
+    let sidecar = cell(&s, "client-sidecar");
+    assert_eq!(sidecar["verdict"], "balanced");
+    assert_sidecars_balance(sidecar, "LEAST_REQUEST");
+}

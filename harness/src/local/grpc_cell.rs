@@ -28,8 +28,9 @@ use super::topology::link_addrs;
 use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::GrpcConfig;
 use crate::local::grpc_replica::{ReplicaCount, read_counts};
-use crate::model::balance::{BalanceObservation, GrpcLb, segments};
+use crate::model::balance::{BalanceObservation, segments};
 use crate::model::duration::Dur;
+use crate::model::library::Library;
 use crate::model::observation::Observations;
 use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec, unix_ms};
 use crate::render::objects::{CellObjects, GrpcAddresses, ProxyInputs};
@@ -232,9 +233,19 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
     Ok(lab)
 }
 
-/// One client pod's probe: its spec on stdin, its report on stdout.
-async fn run_client(lab: &GrpcLab, k: usize, spec: &GrpcProbeSpec) -> Result<LabProcess> {
-    let mut cmd = tokio::process::Command::new(crate::tools::idlelab_exe());
+/// One client pod's probe: its spec on stdin, its report on stdout. tonic is this binary's
+/// `probe-grpc`, grpc-go the Go probe's (the same contract).
+async fn run_client(lab: &GrpcLab, k: usize, spec: &GrpcProbeSpec, library: Library) -> Result<LabProcess> {
+    let mut cmd = match library {
+        Library::GrpcGo => {
+            let bin = crate::tools::go_probe_bin();
+            if !bin.is_file() {
+                bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
+            }
+            tokio::process::Command::new(bin)
+        }
+        _ => tokio::process::Command::new(crate::tools::idlelab_exe()),
+    };
     cmd.arg("probe-grpc")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -433,11 +444,10 @@ async fn run_in(
     }
 
     // Headless: the addresses of the replicas Ready when the client resolves (its start).
-    let targets: Vec<std::net::SocketAddr> = match (grpc.headless, grpc.lb) {
-        (true, _) | (_, GrpcLb::BalanceList) => {
-            (0..grpc.replicas as usize).map(|i| (lab.replica_addr(i), PORT).into()).collect()
-        }
-        _ => vec![(lab.cluster_ip, PORT).into()],
+    let targets: Vec<std::net::SocketAddr> = if grpc.headless || grpc.lb.over_every_replica() {
+        (0..grpc.replicas as usize).map(|i| (lab.replica_addr(i), PORT).into()).collect()
+    } else {
+        vec![(lab.cluster_ip, PORT).into()]
     };
     phase(Phase::Warm);
     let t0 = unix_ms();
@@ -452,7 +462,7 @@ async fn run_in(
             interval_ms: grpc.request_interval.0.as_millis() as u64,
             request_timeout_ms: cell.scaled.client.request_timeout.0.as_millis() as u64,
         };
-        clients.push(run_client(lab, k, &spec).await?);
+        clients.push(run_client(lab, k, &spec, cell.scaled.client.library).await?);
     }
     let started = Instant::now();
     // Scale events, on time: new replicas start, then join the ClusterIP once they accept.

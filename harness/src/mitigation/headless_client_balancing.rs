@@ -7,8 +7,9 @@
 //! ```
 //!
 //! The client balances over the addresses it was given when its channel was made: tonic's
-//! `Channel::balance_list` takes a fixed list, as gRPC's DNS resolver re-resolves only when a
-//! connection fails. A replica added later gets nothing until the client resolves again.
+//! `Channel::balance_list` takes a fixed list, and grpc-go's `round_robin` gets its list from
+//! the resolver, whose DNS form re-resolves only when a connection fails. A replica added
+//! later gets nothing until the client resolves again.
 
 use super::contract::{IstioContext, IstioForm, Mitigation};
 use crate::config::CellConfig;
@@ -24,12 +25,13 @@ impl Mitigation for HeadlessClientBalancing {
         "headless-client-balancing".into()
     }
     fn describe(&self) -> String {
-        "the clients resolve a headless Service and balance per request (tonic balance_list)".into()
+        "the clients resolve a headless Service and balance per request (tonic balance_list, grpc-go round_robin)".into()
     }
     fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
+        let library = knobs.client.library;
         let grpc = knobs.grpc.as_mut().ok_or("it balances gRPC requests; this scenario's service is not grpc")?;
         grpc.headless = true;
-        grpc.lb = GrpcLb::BalanceList;
+        grpc.lb = GrpcLb::per_request(library);
         Ok(())
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {

@@ -14,30 +14,49 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A gRPC client's load-balancing policy, by tonic's names.
+/// A gRPC client's load-balancing policy, by its library's names (tonic, grpc-go).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum GrpcLb {
     /// One endpoint per channel (the ClusterIP): one HTTP/2 connection, every request on it.
     PickFirst,
-    /// `Channel::balance_list` over every replica (a headless Service's addresses): tower's
-    /// power of two choices per request, over the list it was given.
+    /// tonic's `Channel::balance_list` over every replica (a headless Service's addresses):
+    /// tower's power of two choices per request, over the list it was given.
     BalanceList,
+    /// grpc-go's `round_robin` over every replica (a headless Service's addresses, as
+    /// resolved at start): each call to the next ready connection in turn.
+    RoundRobin,
 }
 
 impl GrpcLb {
-    pub fn parse(name: &str) -> Result<GrpcLb, String> {
-        match name {
-            "pick_first" => Ok(GrpcLb::PickFirst),
-            "balance_list" => Ok(GrpcLb::BalanceList),
-            "round_robin" => Err("tonic has no `round_robin` policy: its client-side balancing is `Channel::balance_list` (power of two choices over a fixed list)".into()),
-            other => Err(format!("tonic has no load-balancing policy `{other}`")),
+    /// `name` as `library` calls it (tonic: `pick_first`, `balance_list`; grpc-go:
+    /// `pick_first`, `round_robin`).
+    pub fn parse(name: &str, library: crate::model::library::Library) -> Result<GrpcLb, String> {
+        use crate::model::library::Library;
+        match (name, library) {
+            ("pick_first", _) => Ok(GrpcLb::PickFirst),
+            ("balance_list", Library::Tonic) => Ok(GrpcLb::BalanceList),
+            ("round_robin", Library::GrpcGo) => Ok(GrpcLb::RoundRobin),
+            ("round_robin", Library::Tonic) => Err("tonic has no `round_robin` policy: its client-side balancing is `Channel::balance_list` (power of two choices over a fixed list)".into()),
+            ("balance_list", Library::GrpcGo) => Err("`balance_list` is tonic's; grpc-go balances with `round_robin`".into()),
+            (other, l) => Err(format!("{} has no load-balancing policy `{other}`", l.name())),
         }
+    }
+
+    /// The policy that balances per request over every replica, in `library`'s words.
+    pub fn per_request(library: crate::model::library::Library) -> GrpcLb {
+        if library == crate::model::library::Library::GrpcGo { GrpcLb::RoundRobin } else { GrpcLb::BalanceList }
+    }
+
+    /// Whether the client is given every replica's address (a headless Service) to balance over.
+    pub fn over_every_replica(self) -> bool {
+        matches!(self, GrpcLb::BalanceList | GrpcLb::RoundRobin)
     }
     pub fn name(self) -> &'static str {
         match self {
             GrpcLb::PickFirst => "pick_first",
             GrpcLb::BalanceList => "balance_list",
+            GrpcLb::RoundRobin => "round_robin",
         }
     }
 }
@@ -175,6 +194,19 @@ pub fn segments(timeline: &[(u64, Vec<u64>)], cuts: &[u64], replicas_at: impl Fn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_library_names_its_own_policies() {
+        use crate::model::library::Library::{GrpcGo, Tonic};
+        assert_eq!(GrpcLb::parse("pick_first", GrpcGo), Ok(GrpcLb::PickFirst));
+        assert_eq!(GrpcLb::parse("round_robin", GrpcGo), Ok(GrpcLb::RoundRobin));
+        assert_eq!(GrpcLb::parse("balance_list", Tonic), Ok(GrpcLb::BalanceList));
+        assert!(GrpcLb::parse("round_robin", Tonic).unwrap_err().contains("tonic has no `round_robin`"));
+        assert!(GrpcLb::parse("balance_list", GrpcGo).unwrap_err().contains("tonic's"));
+        assert!(GrpcLb::parse("least_request", GrpcGo).unwrap_err().contains("grpc-go has no"));
+        assert_eq!(GrpcLb::per_request(GrpcGo), GrpcLb::RoundRobin);
+        assert!(GrpcLb::RoundRobin.over_every_replica() && !GrpcLb::PickFirst.over_every_replica());
+    }
 
     fn seg(served: &[u64]) -> Segment {
         Segment { from_ms: 0, to_ms: 1000, served: served.to_vec() }

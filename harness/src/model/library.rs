@@ -40,6 +40,9 @@ pub enum Library {
     /// (`pick_first`-like), or `Channel::balance_list` over each replica (tower's power of
     /// two choices; tonic has no `round_robin`).
     Tonic,
+    /// grpc-go (`google.golang.org/grpc`), in the Go probe (`idlelab-probe-go probe-grpc`):
+    /// one `grpc.ClientConn` per channel with grpc-go's `pick_first` or `round_robin`.
+    GrpcGo,
     /// A program of the scenario's own (`client.command`) that speaks the probe contract.
     External,
 }
@@ -69,7 +72,7 @@ pub enum PoolSetting {
 /// since Go 1.23 on Linux also 15 s between probes and 9 probes (`net.KeepAliveConfig`).
 pub const GO_DEFAULT_KEEPALIVE: Keepalive = Keepalive { time: Dur::secs(15), interval: Dur::secs(15), probes: 9 };
 
-pub const ALL: [Library; 10] = [
+pub const ALL: [Library; 11] = [
     Library::RedisRs,
     Library::MysqlAsync,
     Library::MemcacheAsync,
@@ -79,6 +82,7 @@ pub const ALL: [Library; 10] = [
     Library::Gomemcache,
     Library::GoNetHttp,
     Library::Tonic,
+    Library::GrpcGo,
     Library::External,
 ];
 
@@ -94,6 +98,7 @@ impl Library {
             Library::Gomemcache => "gomemcache",
             Library::GoNetHttp => "go-net-http",
             Library::Tonic => "tonic",
+            Library::GrpcGo => "grpc-go",
             Library::External => "external",
         }
     }
@@ -120,7 +125,7 @@ impl Library {
             Library::MysqlAsync | Library::GoSqlDriver => service == Service::Mysql,
             Library::MemcacheAsync | Library::Gomemcache => service == Service::Memcached,
             Library::HyperUtil | Library::GoNetHttp => matches!(service, Service::Http | Service::Https),
-            Library::Tonic => service == Service::Grpc,
+            Library::Tonic | Library::GrpcGo => service == Service::Grpc,
             Library::External => true,
         }
     }
@@ -130,7 +135,9 @@ impl Library {
             Library::RedisRs | Library::MysqlAsync | Library::MemcacheAsync | Library::HyperUtil | Library::Tonic => {
                 Runtime::Rust
             }
-            Library::GoRedis | Library::GoSqlDriver | Library::Gomemcache | Library::GoNetHttp => Runtime::Go,
+            Library::GoRedis | Library::GoSqlDriver | Library::Gomemcache | Library::GoNetHttp | Library::GrpcGo => {
+                Runtime::Go
+            }
             Library::External => Runtime::External,
         }
     }
@@ -196,6 +203,7 @@ impl Library {
             }
             // A balance cell's client holds its channels for the whole run: no pool to set.
             (Tonic, _) => none("connection pool (its channels are held for the whole run)"),
+            (GrpcGo, _) => none("connection pool (its channels are held for the whole run)"),
         }
     }
 
@@ -211,6 +219,7 @@ impl Library {
             Library::Gomemcache => "gomemcache (github.com/bradfitz/gomemcache)",
             Library::GoNetHttp => "Go's net/http Transport",
             Library::Tonic => "tonic (its transport::Channel)",
+            Library::GrpcGo => "grpc-go (google.golang.org/grpc ClientConn)",
             Library::External => "the external client",
         }
     }

@@ -123,6 +123,9 @@ async fn open_channel(spec: &GrpcProbeSpec, index: usize, timeout: Duration) -> 
             let endpoints = spec.targets.iter().map(|t| endpoint(*t, timeout)).collect::<Result<Vec<_>>>()?;
             Ok(Channel::balance_list(endpoints.into_iter()))
         }
+        GrpcLb::RoundRobin => {
+            anyhow::bail!("`round_robin` is grpc-go's (the Go probe); tonic balances with `balance_list`")
+        }
     }
 }
 

@@ -336,7 +336,7 @@ impl Scenario {
                     .client
                     .lb
                     .as_deref()
-                    .and_then(|l| crate::model::balance::GrpcLb::parse(l).ok())
+                    .and_then(|l| crate::model::balance::GrpcLb::parse(l, library).ok())
                     .unwrap_or(crate::model::balance::GrpcLb::PickFirst),
                 headless: false,
                 duration: self.duration.unwrap_or_default(),

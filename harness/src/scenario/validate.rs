@@ -207,6 +207,13 @@ impl Scenario {
                     }),
                 ));
             }
+            if self.service == Service::Grpc && self.library() == Ok(Library::GrpcGo) {
+                return Err(self.error_at(
+                    at.library.or(at.client),
+                    "grpc-go drives gRPC balance runs only so far; a gRPC idle cell runs tonic".into(),
+                    Some("use `library: tonic` (the default), or give `replicas` for a balance run".into()),
+                ));
+            }
             if self.idle.is_zero() {
                 return Err(self.error_at(
                     at.idle.or(at.name),
@@ -288,13 +295,18 @@ impl Scenario {
                 ));
             }
         }
+        let library = self.library().unwrap_or(Library::Tonic);
         if let Some(lb) = &self.client.lb
-            && let Err(why) = crate::model::balance::GrpcLb::parse(lb)
+            && let Err(why) = crate::model::balance::GrpcLb::parse(lb, library)
         {
+            let per_request = crate::model::balance::GrpcLb::per_request(library).name();
             return Err(self.error_at(
                 at.lb.or(at.client),
                 format!("client.lb `{lb}`: {why}"),
-                Some("tonic: `pick_first` (one connection per channel) or `balance_list` (one per replica)".into()),
+                Some(format!(
+                    "{}: `pick_first` (one connection per channel) or `{per_request}` (one per replica)",
+                    library.name()
+                )),
             ));
         }
         Ok(())

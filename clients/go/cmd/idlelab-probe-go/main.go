@@ -4,6 +4,8 @@
 // (time scale, verdict, evidence) stays in Rust; this program only drives a library.
 //
 // Usage: idlelab-probe-go [--spec FILE]   (default: the spec on stdin)
+//
+//	idlelab-probe-go probe-grpc          (a gRPC balance run's channels: grpc_balance.go)
 package main
 
 import (
@@ -110,6 +112,13 @@ func fail(format string, args ...any) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "probe-grpc" {
+		if err := runGrpcBalance(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "idlelab-probe-go probe-grpc:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	specFile := flag.String("spec", "", "read the spec from this file instead of stdin")
 	flag.Parse()
 	var in io.Reader = os.Stdin

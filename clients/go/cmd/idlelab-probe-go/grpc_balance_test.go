@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+)
+
+// replica serves Replica.Who as the lab's tonic replica does (its id, its count), through
+// the same hand-written codec.
+func replica(t *testing.T, id uint32) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served uint64
+	desc := grpc.ServiceDesc{
+		ServiceName: "idlelab.replica.v1.Replica",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Who", Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			var req whoRequest
+			if err := dec(&req); err != nil {
+				return nil, err
+			}
+			served++
+			return &whoReply{replica: id, served: served}, nil
+		}}},
+	}
+	s := grpc.NewServer(grpc.ForceServerCodec(whoCodec{}))
+	s.RegisterService(&desc, struct{}{})
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return l.Addr().String()
+}
+
+func balanceRun(t *testing.T, lb string, targets []string) grpcReport {
+	t.Helper()
+	spec, _ := json.Marshal(grpcSpec{Client: "c", Targets: targets, LB: lb, Channels: 1, DurationMs: 300, IntervalMs: 10, RequestTimeoutMs: 1000})
+	var out bytes.Buffer
+	if err := runGrpcBalance(bytes.NewReader(spec), &out); err != nil {
+		t.Fatal(err)
+	}
+	var r grpcReport
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	return r
+}
+
+func replicasReached(r grpcReport) map[uint32]int {
+	seen := map[uint32]int{}
+	for _, q := range r.Requests {
+		if q.Replica != nil {
+			seen[*q.Replica]++
+		}
+	}
+	return seen
+}
+
+func TestRoundRobinSpreadsCallsAndPickFirstStaysOnOne(t *testing.T) {
+	targets := []string{replica(t, 0), replica(t, 1), replica(t, 2)}
+	rr := balanceRun(t, "round_robin", targets)
+	if len(rr.Requests) < 10 || rr.PeakRssKib == 0 {
+		t.Fatalf("calls for 300 ms every 10 ms, and the probe's memory: %+v", rr)
+	}
+	if seen := replicasReached(rr); len(seen) != 3 {
+		t.Errorf("round_robin reaches every replica: %v", seen)
+	}
+	pf := balanceRun(t, "pick_first", targets)
+	if seen := replicasReached(pf); len(seen) != 1 || seen[0] == 0 {
+		t.Errorf("pick_first stays on the first target: %v", seen)
+	}
+}
+
+func TestAnUnknownPolicyOrADeadTargetFailsTheRun(t *testing.T) {
+	spec := `{"client":"c","targets":["127.0.0.1:1"],"lb":"balance_list","channels":1,"duration_ms":10,"interval_ms":5,"request_timeout_ms":200}`
+	err := runGrpcBalance(strings.NewReader(spec), &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "pick_first or round_robin") {
+		t.Errorf("tonic's balance_list is not grpc-go's: %v", err)
+	}
+	spec = strings.Replace(spec, "balance_list", "pick_first", 1)
+	err = runGrpcBalance(strings.NewReader(spec), &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "connect to 127.0.0.1:1") {
+		t.Errorf("nothing listens there: %v", err)
+	}
+}
