@@ -127,15 +127,17 @@ impl CellConfig {
         if let Some(ka) = self.client.http2_keepalive.as_mut() {
             // A PING is a frame: bytes every hop up to the first HTTP/2 one sees, like a heartbeat.
             out.push(KnobDuration {
-                label: "client.http2_keep_alive_interval".into(),
+                label: "client.http2_keepalive.interval".into(),
                 value: &mut ka.interval,
                 precision: Precision::Millis,
                 role: Role::Heartbeat,
             });
+            // The ACK deadline: at least the lab's gap, so a busy scheduler cannot fake a loss.
             out.push(KnobDuration {
-                label: "client.keep_alive_timeout".into(),
+                label: "client.http2_keepalive.timeout".into(),
                 value: &mut ka.timeout,
-                precision: Precision::Millis,
+                // The time scale's `MIN_GAP` (1 s); `timescale` checks the two agree.
+                precision: Precision::MillisFloor { floor_ms: 1000 },
                 role: Role::UserTimeout,
             });
         }
@@ -147,7 +149,8 @@ impl CellConfig {
                 role: Role::UserTimeout,
             });
         }
-        let http = self.service == crate::model::service::Service::Http;
+        // An `http-*` or `grpc-*` port: Istio gives it the HTTP connection manager.
+        let http = self.service.is_http();
         for (i, hop) in self.path.iter_mut().enumerate() {
             let client_sidecar = matches!(hop, crate::hop::Hop::Sidecar(_));
             for mut d in hop.durations_mut(i) {
@@ -185,6 +188,13 @@ impl CellConfig {
         let mut out = Vec::new();
         if let Some(ka) = self.client.keepalive {
             out.push(("client.keepalive".to_string(), ka, forgetters(&self.path[..next_terminator(0)])));
+        }
+        // gRPC's HTTP/2 keepalive as the same timer: a PING `interval` after the last frame
+        // received, one unanswered PING (no ACK within `timeout`) ends the connection. It
+        // crosses the hops up to the first that speaks HTTP/2 (a sidecar's Envoy).
+        if let Some(h2) = self.client.http2_keepalive {
+            let ka = Keepalive { time: h2.interval, interval: h2.timeout, probes: 1 };
+            out.push(("client.http2_keepalive".to_string(), ka, forgetters(&self.path[..next_terminator(0)])));
         }
         for (i, hop) in self.path.iter().enumerate().filter(|(_, h)| terminates(h)) {
             let Some((label, ka, toward)) = hop.on_path().own_keepalive(i) else { continue };

@@ -99,6 +99,15 @@ fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (D
     let exact = real.0.as_secs_f64() / factor as f64;
     match precision {
         Precision::Millis | Precision::HttpDrain { .. } => (scale_millis(real, factor), None),
+        Precision::MillisFloor { floor_ms } => {
+            let v = scale_millis(real, factor);
+            let floor = Dur(Duration::from_millis(floor_ms));
+            if v < floor && real >= floor {
+                (floor, Some(format!("{v} is below the lab's {floor} floor for this deadline; set to {floor}")))
+            } else {
+                (v, None)
+            }
+        }
         Precision::WholeSeconds | Precision::ServerClock { .. } => {
             let s = exact.round();
             let exact_text = human(Duration::from_millis((exact * 1000.0).round() as u64));
@@ -409,6 +418,39 @@ pub fn scale(knobs: &CellConfig, spec: TimeScaleSpec) -> Result<(CellConfig, Tim
 mod tests {
     use super::*;
     use crate::mitigation::{Mitigation, app_heartbeat::AppHeartbeat, app_keepalive::AppKeepalive};
+
+    /// gRPC's HTTP/2 keepalive: the ACK deadline is floored at the lab's gap, and a PING that
+    /// goes unanswered behind a drop is a give-up the time scale keeps on its side of the idle.
+    #[test]
+    fn a_grpc_ping_deadline_is_floored_and_its_give_up_is_ordered_against_the_idle() {
+        let s = crate::scenario::parse(
+            "name: g\nsummary: s\nservice: grpc\npath: [{middlebox: {idle_timeout: 350s, on_unknown: drop}}]\nidle: 10m\nclient: {http2_keep_alive_interval: 7m, keep_alive_timeout: 20s}\ncells: [{mitigation: none, expect: recovered}]\n",
+            std::path::Path::new("g.yaml"),
+        )
+        .unwrap();
+        let knobs = s.base_knobs();
+        let ends = knobs.keepalive_ends();
+        assert_eq!(ends.len(), 1, "{ends:?}");
+        assert_eq!(ends[0].0, "client.http2_keepalive");
+        assert_eq!(ends[0].1.at, Duration::from_secs(440), "the PING at 7 min, no ACK within 20 s");
+        let (scaled, ts) = scale(&knobs, crate::model::service::TimeScaleSpec::Auto).unwrap();
+        let timeout = ts.values.iter().find(|v| v.label == "client.http2_keepalive.timeout").unwrap();
+        assert_eq!(timeout.scaled, Dur(MIN_GAP), "floored at the gap: {timeout:?}");
+        let h2 = scaled.client.http2_keepalive.unwrap();
+        assert!(h2.interval.0 + h2.timeout.0 + MIN_GAP <= scaled.idle.0, "the give-up stays before the reuse: {ts:?}");
+        assert!(ts.orderings.iter().any(|o| o == "client.http2_keepalive give-up < idle"), "{:?}", ts.orderings);
+        // The deadline's precision in the durations is the floored one.
+        assert_eq!(
+            crate::model::scale::Precision::MillisFloor { floor_ms: MIN_GAP.as_millis() as u64 },
+            knobs
+                .clone()
+                .durations_mut()
+                .iter()
+                .find(|d| d.label == "client.http2_keepalive.timeout")
+                .unwrap()
+                .precision
+        );
+    }
 
     fn base() -> CellConfig {
         crate::mitigation::contract::tests::test_knobs() // sidecar 1h, idle 70m

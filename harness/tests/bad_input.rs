@@ -227,6 +227,20 @@ fn grpc_balance_input_is_checked_at_its_line() {
     );
     refused_at("grpc-go-idle.yaml", "4:19", &["grpc-go drives gRPC balance runs only so far"], "library: tonic", &[]);
     refused_at(
+        "grpc-sidecar-balance-list.yaml",
+        "6:14",
+        &["client-side balancing over every replica's address with a client sidecar", "PassthroughCluster"],
+        "lb: pick_first",
+        &[],
+    );
+    refused_at(
+        "grpc-sidecar-settings.yaml",
+        "6:3",
+        &["a gRPC balance run's `sidecar` takes no settings yet"],
+        "- sidecar: {}",
+        &[],
+    );
+    refused_at(
         "grpc-lb-lowercase.yaml",
         "8:36",
         &["unknown variant `round_robin`, expected one of LEAST_REQUEST, ROUND_ROBIN, RANDOM"],

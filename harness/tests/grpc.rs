@@ -75,23 +75,29 @@ fn per_connection_balancing_pins_clients_and_leaves_new_replicas_at_zero() {
     assert_sidecars_balance(sidecar, "LEAST_REQUEST");
 }
 
+/// A cell's notes, one string each.
+fn note_lines(c: &Value) -> Vec<String> {
+    c["evidence"]["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
+}
+
 /// A cell whose client sidecars spread every request: each client's one channel reached every
-/// replica, each segment within CV 0.3, the added replicas at an even share within 2 s, Envoy's
+/// replica, each segment within CV 0.3, the added replicas at half an even share within 2 s, Envoy's
 /// cluster with `lb` as Istio set it, and every endpoint pushed to it.
 fn assert_sidecars_balance(c: &Value, lb: &str) {
     let notes = c["evidence"]["notes"].to_string();
+    let lines = note_lines(c);
     for k in 0..3 {
-        assert!(
-            notes.contains(&format!("client-{k}: ")) && notes.contains("channel 0 → replicas 0,1,2,3,4,5"),
-            "{notes}"
-        );
+        let own = lines.iter().find(|l| l.starts_with(&format!("client-{k}: "))).expect("a line per client");
+        assert!(own.ends_with("channel 0 → replicas 0,1,2,3,4,5"), "client {k} reached every replica: {own}");
     }
     for i in 0..2 {
         let seg = served(c, i);
         assert!(seg.iter().all(|&n| n > 0) && cv(&seg) <= 0.3, "segment {i}: {seg:?}");
     }
-    for p in balance(c)["time_to_share_ms"].as_array().unwrap() {
-        assert!(p[1].as_u64().is_some_and(|ms| ms <= 2000), "an added replica got its share within 2 s: {p}");
+    let shares = balance(c)["time_to_share_ms"].as_array().unwrap();
+    assert_eq!(shares.len(), 2, "one figure per added replica: {shares:?}");
+    for p in shares {
+        assert!(p[1].as_u64().is_some_and(|ms| ms <= 2000), "an added replica served half its share within 2 s: {p}");
     }
     assert!(notes.contains(&format!("lb_policy {lb}, 4 endpoints (EDS)")), "{notes}");
     assert!(notes.contains("every client sidecar held 6 endpoints (EDS)"), "{notes}");
@@ -123,23 +129,24 @@ fn a_server_sidecar_swallows_max_connection_age() {
         assert_eq!(&after[4..], &[0, 0], "{label}: the added replicas get nothing: {after:?}");
     }
     // The replicas' GOAWAYs end their sidecars' connections to the app, many times; the
-    // clients' connections to those sidecars stay: at most 6 accepted, over all replicas.
-    let aged = cell(&s, "server-max-connection-age=500ms");
-    let notes: Vec<String> =
-        aged["evidence"]["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    // clients' connections to those sidecars stay: at most 6 accepted, over all replicas, in
+    // both cells (without the age, no GOAWAY at all).
     let number_after = |line: &str, word: &str| -> u64 {
         line.split(word).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap()
     };
-    let sidecars: Vec<&String> = notes.iter().filter(|n| n.starts_with("grpc-")).collect();
-    assert_eq!(sidecars.len(), 6, "one line per replica sidecar: {notes:?}");
-    let accepted: u64 = sidecars.iter().map(|l| number_after(l, "accepted ")).sum();
-    assert!((1..=6).contains(&accepted), "the 6 client connections, never re-opened: {notes:?}");
-    let goaways: u64 = sidecars.iter().map(|l| number_after(l, "requests), ")).sum();
-    // 16 s at one GOAWAY per 500 ms on each busy replica's app connection: 30 or more.
-    assert!(goaways >= 20, "the app's GOAWAYs reached its sidecar: {notes:?}");
-    // Without the age: no GOAWAY at all.
-    let none = cell(&s, "none")["evidence"]["notes"].to_string();
-    assert!(!none.contains("max_connection_age") && none.contains(" 0 of them ended by the app's GOAWAY"), "{none}");
+    for (label, min_goaways, max_goaways) in [("none", 0, 0), ("server-max-connection-age=500ms", 20, u64::MAX)] {
+        let notes = note_lines(cell(&s, label));
+        let sidecars: Vec<&String> = notes.iter().filter(|n| n.starts_with("grpc-")).collect();
+        assert_eq!(sidecars.len(), 6, "{label}: one line per replica sidecar: {notes:?}");
+        let accepted: u64 = sidecars.iter().map(|l| number_after(l, "accepted ")).sum();
+        assert!((1..=6).contains(&accepted), "{label}: the 6 client connections, never re-opened: {notes:?}");
+        // 16 s at one GOAWAY per 500 ms on each busy replica's app connection: 30 or more.
+        let goaways: u64 = sidecars.iter().map(|l| number_after(l, "requests), ")).sum();
+        assert!(
+            (min_goaways..=max_goaways).contains(&goaways),
+            "{label}: {goaways} GOAWAYs at the sidecars: {notes:?}"
+        );
+    }
 }
 
 #[test]
@@ -200,14 +207,14 @@ fn keepalive_pings_cross_a_middlebox_directly_and_end_at_a_sidecar() {
     assert_eq!(cell(&s, "grpc-keepalive=1m/20s")["verdict"], "survived");
     let late = cell(&s, "grpc-keepalive=7m/20s");
     assert_eq!(late["verdict"], "recovered");
-    let interval = scaled_ms(late, "client.http2_keep_alive_interval");
+    let interval = scaled_ms(late, "client.http2_keepalive.interval");
     let obs = &late["evidence"]["observations"];
     for c in obs["connections"].as_array().unwrap() {
         let reset = c["peer_reset_ms"].as_u64().expect("the PING met the NLB's RST while idle");
         // The PING is the socket's last activity; it went out one interval after the warm call.
         let since_open = reset - c["opened_ms"].as_u64().unwrap();
         assert!((interval..interval + 1000).contains(&since_open), "the first PING after {interval} ms met it: {c}");
-        assert!(reset - c["last_activity_ms"].as_u64().unwrap() <= 5, "the RST answered the PING: {c}");
+        assert!(reset - c["last_activity_ms"].as_u64().unwrap() <= 50, "the RST answered the PING: {c}");
         assert!(reset < obs["reuse_started_ms"].as_u64().unwrap(), "before the call: {c}");
         assert!(c["replaced_before_use"].as_str().unwrap().contains("ConnectionReset"), "{c}");
         assert_eq!(c["reuse"]["outcome"], "ok", "tonic reconnected for the call: {c}");
@@ -248,7 +255,7 @@ fn a_pings_unanswered_ack_is_what_finds_a_blackholed_connection() {
     let late = cell(&s, "grpc-keepalive=7m/20s");
     assert_eq!(late["verdict"], "recovered");
     let (interval, timeout) =
-        (scaled_ms(late, "client.http2_keep_alive_interval"), scaled_ms(late, "client.keep_alive_timeout"));
+        (scaled_ms(late, "client.http2_keepalive.interval"), scaled_ms(late, "client.http2_keepalive.timeout"));
     let obs = &late["evidence"]["observations"];
     for c in obs["connections"].as_array().unwrap() {
         // No RST and no FIN: tonic gave the connection up itself, one timeout after the PING.

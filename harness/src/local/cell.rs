@@ -307,7 +307,9 @@ async fn start_mesh(lab: &mut CellLab, cell: &crate::cells::Cell, shared: &RunSh
 /// needs tens of milliseconds to come up. Returns how long the server took to accept.
 async fn start_path(lab: &mut CellLab, knobs: &CellConfig, shared: &RunShared, tag: &str, mesh: &Mesh) -> Result<u64> {
     let xds = lab.control_plane.as_ref().map(|cp| cp.addr.clone()).unwrap_or_default();
-    let http_pool_idle = (knobs.service == Service::Http)
+    let http_pool_idle = knobs
+        .service
+        .is_http()
         .then(|| knobs.sidecar().and_then(|s| s.http_pool_idle_default()).map(|(d, _)| d))
         .flatten();
     let ctx = HopContext {

@@ -150,6 +150,8 @@ impl ControlPlane {
         stdin.flush().await?;
         let answer = tokio::time::timeout(Duration::from_secs(10), self.answers.next_line())
             .await
+            // The cell fails with this error and its control plane goes with it, so a late
+            // answer is never read as the next change's.
             .map_err(|_| anyhow!("idlelab-xds did not answer a change within 10 s"))??
             .ok_or_else(|| anyhow!("idlelab-xds exited (log: {})", self.log.display()))?;
         let v: Value = serde_json::from_str(&answer).with_context(|| format!("idlelab-xds answered {answer}"))?;

@@ -143,6 +143,10 @@ pub async fn serve_on(listener: TcpListener, spec: ReplicaServe, stop: impl Futu
     };
     let mut ticks = tokio::time::interval(COUNT_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The line at the start, before anything can win the select below: a replica stopped at
+    // once still has its start and its end.
+    ticks.tick().await;
+    write_count(&mut counts)?;
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -13,7 +13,7 @@
 //! plane pushes it. The cost is an Envoy per client pod. Istio's default load balancer is
 //! LEAST_REQUEST; `dr-load-balancer` changes it.
 
-use super::contract::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation, need_balance_run};
 use crate::config::CellConfig;
 use crate::hop::{Hop, SidecarHop};
 use serde::{Deserialize, Serialize};
@@ -30,9 +30,9 @@ impl Mitigation for ClientSidecar {
         "Istio's sidecar in every client pod: Envoy balances each request over the replicas (EDS)".into()
     }
     fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
-        let grpc = knobs.grpc.as_ref().ok_or("it balances gRPC requests; this scenario's service is not grpc")?;
-        if grpc.headless {
-            return Err("the clients already address the replicas (headless); a sidecar there is not modelled".into());
+        let grpc = need_balance_run(knobs, "client-sidecar")?;
+        if grpc.headless || grpc.lb.over_every_replica() {
+            return Err("the clients balance over every replica's address themselves: their calls name a pod, and Istio would send them to its PassthroughCluster".into());
         }
         if knobs.sidecar().is_some() {
             return Err("the path already has a client sidecar".into());
@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn it_puts_a_sidecar_in_front_of_grpc_clients_only() {
         let mut k = super::super::contract::tests::test_knobs();
-        assert!(ClientSidecar::default().apply(&mut k).unwrap_err().contains("not grpc"));
+        assert!(ClientSidecar::default().apply(&mut k).unwrap_err().contains("service is redis"));
         let s = crate::scenario::parse(
             "name: g\nsummary: s\nservice: grpc\nreplicas: 2\nduration: 4s\ncells: [{mitigation: none, expect: pinned}]\n",
             std::path::Path::new("g.yaml"),

@@ -112,6 +112,21 @@ pub fn to_yaml(v: &serde_json::Value) -> String {
     serde_saphyr::to_string(v).expect("a JSON value always renders as YAML")
 }
 
+/// The gRPC balance run a mitigation acts on, or why this scenario has none.
+pub(crate) fn need_balance_run<'a>(
+    knobs: &'a mut CellConfig,
+    what: &str,
+) -> Result<&'a mut crate::config::GrpcConfig, String> {
+    let service = knobs.service;
+    knobs.grpc.as_mut().ok_or_else(|| {
+        if service == Service::Grpc {
+            format!("{what} acts on a gRPC balance run, and this scenario has no `replicas` (it is an idle cell)")
+        } else {
+            format!("{what} acts on a gRPC balance run; this scenario's service is {}", service.name())
+        }
+    })
+}
+
 pub(crate) fn need_sidecar<'a>(
     knobs: &'a mut CellConfig,
     what: &str,

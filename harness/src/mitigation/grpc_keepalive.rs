@@ -75,7 +75,7 @@ mod tests {
         assert!(k.grpc.is_none(), "no replicas: an idle cell");
         m.apply(&mut k).unwrap();
         assert_eq!(k.client.http2_keepalive.unwrap().interval, Dur::secs(60));
-        assert!(k.durations_mut().iter().any(|d| d.label == "client.http2_keep_alive_interval"));
+        assert!(k.durations_mut().iter().any(|d| d.label == "client.http2_keepalive.interval"));
         assert_eq!(m.label(), "grpc-keepalive=1m/20s");
     }
 }

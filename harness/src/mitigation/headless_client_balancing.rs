@@ -11,7 +11,7 @@
 //! the resolver, whose DNS form re-resolves only when a connection fails. A replica added
 //! later gets nothing until the client resolves again.
 
-use super::contract::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation, need_balance_run};
 use crate::config::CellConfig;
 use crate::model::balance::GrpcLb;
 use serde::{Deserialize, Serialize};
@@ -29,14 +29,18 @@ impl Mitigation for HeadlessClientBalancing {
     }
     fn apply(&self, knobs: &mut CellConfig) -> Result<(), String> {
         let library = knobs.client.library;
-        let grpc = knobs.grpc.as_mut().ok_or("it balances gRPC requests; this scenario's service is not grpc")?;
+        need_balance_run(knobs, "headless-client-balancing")?;
+        if knobs.sidecar().is_some() {
+            return Err("with a client sidecar the calls would name a pod, not the Service, and Istio would send them to its PassthroughCluster: the sidecar would balance nothing".into());
+        }
+        let grpc = need_balance_run(knobs, "headless-client-balancing")?;
         grpc.headless = true;
         grpc.lb = GrpcLb::per_request(library);
         Ok(())
     }
     fn istio_resources(&self, _ctx: &IstioContext) -> Vec<IstioForm> {
         vec![IstioForm::AppSetting {
-            what: "a headless Service (clusterIP: None) for the replicas, and the client's balance_list over its addresses"
+            what: "a headless Service (clusterIP: None) for the replicas, and the client's own balancing over its addresses (tonic balance_list, grpc-go round_robin)"
                 .into(),
         }]
     }
@@ -49,7 +53,7 @@ mod tests {
     #[test]
     fn it_needs_a_grpc_service_and_switches_the_client_to_every_replica() {
         let mut k = super::super::contract::tests::test_knobs();
-        assert!(HeadlessClientBalancing::default().apply(&mut k).unwrap_err().contains("not grpc"));
+        assert!(HeadlessClientBalancing::default().apply(&mut k).unwrap_err().contains("service is redis"));
         k.grpc = Some(crate::config::GrpcConfig {
             replicas: 4,
             clients: 3,
@@ -62,6 +66,8 @@ mod tests {
             max_connection_age: None,
             threshold: Default::default(),
         });
+        assert!(HeadlessClientBalancing::default().apply(&mut k).unwrap_err().contains("client sidecar"));
+        k.path.clear();
         HeadlessClientBalancing::default().apply(&mut k).unwrap();
         let g = k.grpc.unwrap();
         assert!(g.headless);

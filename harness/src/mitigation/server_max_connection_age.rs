@@ -10,7 +10,7 @@
 //! `Server::max_connection_age` (tonic has no grace: the GOAWAY waits for open calls). The
 //! cost: a reconnect per connection per age, and the calls that race a GOAWAY.
 
-use super::contract::{IstioContext, IstioForm, Mitigation};
+use super::contract::{IstioContext, IstioForm, Mitigation, need_balance_run};
 use crate::config::CellConfig;
 use crate::model::duration::Dur;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ impl Mitigation for ServerMaxConnectionAge {
         if self.0.is_zero() {
             return Err("a max connection age of 0s would end every connection at once; give a duration".into());
         }
-        let grpc = knobs.grpc.as_mut().ok_or("it is a gRPC server setting; this scenario's service is not grpc")?;
+        let grpc = need_balance_run(knobs, "server-max-connection-age")?;
         grpc.max_connection_age = Some(self.0);
         Ok(())
     }
@@ -48,7 +48,7 @@ mod tests {
     #[test]
     fn it_needs_a_grpc_service_and_a_positive_age() {
         let mut k = super::super::contract::tests::test_knobs();
-        assert!(ServerMaxConnectionAge(Dur::secs(1)).apply(&mut k).unwrap_err().contains("not grpc"));
+        assert!(ServerMaxConnectionAge(Dur::secs(1)).apply(&mut k).unwrap_err().contains("service is redis"));
         let s = crate::scenario::parse(
             "name: g\nsummary: s\nservice: grpc\nreplicas: 2\nduration: 4s\ncells: [{mitigation: none, expect: pinned}]\n",
             std::path::Path::new("g.yaml"),

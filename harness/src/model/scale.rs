@@ -23,6 +23,10 @@ pub enum Precision {
     /// HTTP/1.1 connection is closed only after the manager's `drain_timeout` (Envoy's
     /// default 5 s, which Istio leaves alone) — a fixed delay that no time scale shrinks.
     HttpDrain { drain_ms: u64 },
+    /// Milliseconds, but never below `floor_ms` once scaled: a deadline the lab's own
+    /// measuring must have room for (gRPC's PING ACK timeout: shorter than the lab's gap it
+    /// would be a race with the scheduler, not an experiment).
+    MillisFloor { floor_ms: u64 },
 }
 
 impl Serialize for Precision {
@@ -32,6 +36,7 @@ impl Serialize for Precision {
             Precision::Millis => "millis",
             Precision::ServerClock { .. } => "server-clock",
             Precision::HttpDrain { .. } => "millis+drain",
+            Precision::MillisFloor { .. } => "millis-floor",
         })
     }
 }
@@ -42,7 +47,7 @@ impl Precision {
         match self {
             Precision::ServerClock { late_ms } => std::time::Duration::from_millis(late_ms),
             Precision::HttpDrain { drain_ms } => std::time::Duration::from_millis(drain_ms),
-            Precision::WholeSeconds | Precision::Millis => std::time::Duration::ZERO,
+            Precision::WholeSeconds | Precision::Millis | Precision::MillisFloor { .. } => std::time::Duration::ZERO,
         }
     }
 }

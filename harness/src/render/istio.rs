@@ -170,11 +170,11 @@ pub fn gateway_extras(cell: &Cell, ns: &str, port: u16) -> Vec<(String, &'static
 ///
 /// The patch replaces the cluster's `HttpProtocolOptions` entry whole (Istio merges a map's
 /// `Any` values by replacing them), so it carries the protocol choice Istio makes for the
-/// cluster too: HTTP/1.1 for an `http-*` service port, the downstream's protocol for
+/// cluster too: HTTP/1.1 for an `http-*` service port, HTTP/2 for a `grpc-*` one, the downstream's protocol for
 /// PassthroughCluster. The lab checks what Envoy received (`local::config_dump::http_pool_idle_mismatch`).
 pub fn sidecar_http_pool_idle(cell: &Cell, ctx: &crate::mitigation::IstioContext) -> Option<(String, &'static str)> {
     let factor = cell.time_scale.factor;
-    if factor <= 1 || cell.real.service != crate::model::service::Service::Http {
+    if factor <= 1 || !cell.real.service.is_http() {
         return None;
     }
     let (scaled, passthrough) = cell.scaled.sidecar()?.http_pool_idle_default()?;
@@ -186,7 +186,12 @@ pub fn sidecar_http_pool_idle(cell: &Cell, ctx: &crate::mitigation::IstioContext
     } else {
         (
             format!("outbound|{}||{}", ctx.service_port, ctx.service_host),
-            json!({"explicit_http_config": {"http_protocol_options": {}}}),
+            // Istio's protocol for the port: HTTP/1.1 on `http-*`, HTTP/2 on `grpc-*`.
+            if cell.real.service == crate::model::service::Service::Grpc {
+                json!({"explicit_http_config": {"http2_protocol_options": {}}})
+            } else {
+                json!({"explicit_http_config": {"http_protocol_options": {}}})
+            },
         )
     };
     let mut options = json!({

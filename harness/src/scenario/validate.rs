@@ -256,6 +256,24 @@ impl Scenario {
             ));
         }
         // The clients' and the replicas' sidecars; other hops have no place in the balance lab yet.
+        if self.client.command.is_some() || self.library() == Ok(Library::External) {
+            return Err(self.error_at(
+                at.library.or(at.client),
+                "an external client does not speak the gRPC balance probe's contract".into(),
+                Some("use `library: tonic` or `library: grpc-go`".into()),
+            ));
+        }
+        if let Some(h) = self.path.iter().find(|h| match h {
+            Hop::Sidecar(s) => *s != crate::hop::SidecarHop::default(),
+            Hop::ServerSidecar(s) => *s != crate::hop::ServerSidecarHop::default(),
+            _ => false,
+        }) {
+            return Err(self.error_at(
+                at.path,
+                format!("a gRPC balance run's `{}` takes no settings yet: its idle timeout, route and keepalive are Istio's defaults", h.kind()),
+                Some(format!("write `- {}: {{}}`", h.kind())),
+            ));
+        }
         if let Some(h) = self.path.iter().find(|h| !matches!(h, Hop::Sidecar(_) | Hop::ServerSidecar(_))) {
             return Err(self.error_at(
                 at.path,
@@ -296,6 +314,14 @@ impl Scenario {
             }
         }
         let library = self.library().unwrap_or(Library::Tonic);
+        let lb = self.client.lb.as_deref().and_then(|l| crate::model::balance::GrpcLb::parse(l, library).ok());
+        if lb.is_some_and(|l| l.over_every_replica()) && self.path.iter().any(|h| matches!(h, Hop::Sidecar(_))) {
+            return Err(self.error_at(
+                at.lb.or(at.client),
+                "client-side balancing over every replica's address with a client sidecar: the calls name a pod, not the Service, and Istio sends them to its PassthroughCluster, so the sidecar balances nothing".into(),
+                Some("use `lb: pick_first` with a sidecar, or remove the sidecar".into()),
+            ));
+        }
         if let Some(lb) = &self.client.lb
             && let Err(why) = crate::model::balance::GrpcLb::parse(lb, library)
         {

@@ -44,6 +44,9 @@ func serveApplies(r io.Reader, kube kubernetes.Interface, out io.Writer) {
 		line, _ := json.Marshal(answer)
 		fmt.Fprintln(out, string(line))
 	}
+	if err := lines.Err(); err != nil {
+		scope.Errorf("reading changes from stdin: %v", err)
+	}
 }
 
 func applyLine(line []byte, kube kubernetes.Interface) (string, error) {
