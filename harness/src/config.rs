@@ -126,10 +126,13 @@ impl CellConfig {
         }
         if let Some(ka) = self.client.http2_keepalive.as_mut() {
             // A PING is a frame: bytes every hop up to the first HTTP/2 one sees, like a heartbeat.
+            // grpc-go raises a keepalive Time below 10 s to 10 s (keepalive.ClientParameters):
+            // the scaled interval cannot go below it either.
+            let floor_ms = if self.client.library == crate::model::library::Library::GrpcGo { 10_000 } else { 0 };
             out.push(KnobDuration {
                 label: "client.http2_keepalive.interval".into(),
                 value: &mut ka.interval,
-                precision: Precision::Millis,
+                precision: if floor_ms > 0 { Precision::MillisFloor { floor_ms } } else { Precision::Millis },
                 role: Role::Heartbeat,
             });
             // The ACK deadline: at least the lab's gap, so a busy scheduler cannot fake a loss.

@@ -103,7 +103,12 @@ fn scale_one(real: Dur, factor: u32, precision: Precision, deciding: bool) -> (D
             let v = scale_millis(real, factor);
             let floor = Dur(Duration::from_millis(floor_ms));
             if v < floor && real >= floor {
-                (floor, Some(format!("{v} is below the lab's {floor} floor for this deadline; set to {floor}")))
+                (
+                    floor,
+                    Some(format!(
+                        "{v} is below its {floor} floor (the lab's gap for a deadline, grpc-go's minimum keepalive Time); set to {floor}"
+                    )),
+                )
             } else {
                 (v, None)
             }

@@ -225,7 +225,6 @@ fn grpc_balance_input_is_checked_at_its_line() {
         "grpc-go: `pick_first`",
         &["tonic:"],
     );
-    refused_at("grpc-go-idle.yaml", "4:19", &["grpc-go drives gRPC balance runs only so far"], "library: tonic", &[]);
     refused_at(
         "grpc-sidecar-balance-list.yaml",
         "6:14",

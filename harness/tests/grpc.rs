@@ -293,3 +293,31 @@ fn grpc_go_pins_and_balances_as_tonic_does() {
     assert_eq!(sidecar["verdict"], "balanced");
     assert_sidecars_balance(sidecar, "LEAST_REQUEST");
 }
+
+#[test]
+fn grpc_gos_keepalive_finds_a_forgotten_flow_at_its_own_10_s_minimum() {
+    let (s, _, _) = run_scenario("grpc-keepalive-go");
+    assert_eq!(cell(&s, "none")["verdict"], "reset-on-reuse");
+    let kept = cell(&s, "grpc-keepalive=5m/20s");
+    assert_eq!(kept["verdict"], "survived");
+    let late = cell(&s, "grpc-keepalive=7m/20s");
+    assert_eq!(late["verdict"], "recovered");
+    // grpc-go raises a keepalive Time below 10 s to 10 s: the time scale never goes below it.
+    for c in [kept, late] {
+        assert!(scaled_ms(c, "client.http2_keepalive.interval") >= 10_000, "{}", c["time_scale"]);
+    }
+    let interval = scaled_ms(late, "client.http2_keepalive.interval");
+    for c in late["evidence"]["observations"]["connections"].as_array().unwrap() {
+        let why = c["replaced_before_use"].as_str().unwrap();
+        // The Go probe says what it measured: the read's ECONNRESET, or the socket found closed by an RST.
+        let reset = why.contains("connection reset by peer") || why.contains("an RST had closed its socket");
+        assert!(reset && why.contains("while it idled"), "{why}");
+        let reset = c["peer_reset_ms"].as_u64().expect("the PING met the NLB's RST while idle");
+        let since_open = reset - c["opened_ms"].as_u64().unwrap();
+        assert!(
+            (interval..interval + 1000).contains(&since_open),
+            "the first PING, {interval} ms after the warm call: {c}"
+        );
+        assert_eq!(c["reuse"]["outcome"], "ok", "grpc-go reconnected for the call: {c}");
+    }
+}

@@ -207,13 +207,6 @@ impl Scenario {
                     }),
                 ));
             }
-            if self.service == Service::Grpc && self.library() == Ok(Library::GrpcGo) {
-                return Err(self.error_at(
-                    at.library.or(at.client),
-                    "grpc-go drives gRPC balance runs only so far; a gRPC idle cell runs tonic".into(),
-                    Some("use `library: tonic` (the default), or give `replicas` for a balance run".into()),
-                ));
-            }
             if self.idle.is_zero() {
                 return Err(self.error_at(
                     at.idle.or(at.name),

@@ -18,20 +18,28 @@ type keepaliveSecs struct {
 }
 
 type spec struct {
-	Service           string         `json:"service"`
-	Library           string         `json:"library"`
-	Target            string         `json:"target"`
-	Pool              int            `json:"pool"`
-	Keepalive         *keepaliveSecs `json:"keepalive"`
-	IdleMs            uint64         `json:"idle_ms"`
-	HeartbeatMs       *uint64        `json:"heartbeat_ms"`
-	PoolMaxIdleMs     *uint64        `json:"pool_max_idle_ms"`
-	TCPUserTimeoutMs  *uint64        `json:"tcp_user_timeout_ms"`
-	RequestTimeoutMs  uint64         `json:"request_timeout_ms"`
-	TLSCAPem          *string        `json:"tls_ca_pem"`
-	TestOnBorrow      bool           `json:"test_on_borrow"`
-	PoolMaxLifetimeMs *uint64        `json:"pool_max_lifetime_ms"`
-	Authority         *string        `json:"authority"`
+	Service           string          `json:"service"`
+	Library           string          `json:"library"`
+	Target            string          `json:"target"`
+	Pool              int             `json:"pool"`
+	Keepalive         *keepaliveSecs  `json:"keepalive"`
+	IdleMs            uint64          `json:"idle_ms"`
+	HeartbeatMs       *uint64         `json:"heartbeat_ms"`
+	PoolMaxIdleMs     *uint64         `json:"pool_max_idle_ms"`
+	TCPUserTimeoutMs  *uint64         `json:"tcp_user_timeout_ms"`
+	RequestTimeoutMs  uint64          `json:"request_timeout_ms"`
+	TLSCAPem          *string         `json:"tls_ca_pem"`
+	TestOnBorrow      bool            `json:"test_on_borrow"`
+	PoolMaxLifetimeMs *uint64         `json:"pool_max_lifetime_ms"`
+	Authority         *string         `json:"authority"`
+	HTTP2Keepalive    *http2Keepalive `json:"http2_keepalive"`
+}
+
+// http2Keepalive is gRPC's HTTP/2 keepalive (scaled), for grpc-go's keepalive.ClientParameters.
+type http2Keepalive struct {
+	IntervalMs uint64 `json:"interval_ms"`
+	TimeoutMs  uint64 `json:"timeout_ms"`
+	WhileIdle  bool   `json:"while_idle"`
 }
 
 func (s *spec) requestTimeout() time.Duration {

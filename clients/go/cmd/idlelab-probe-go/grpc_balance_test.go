@@ -90,3 +90,27 @@ func TestAnUnknownPolicyOrADeadTargetFailsTheRun(t *testing.T) {
 		t.Errorf("nothing listens there: %v", err)
 	}
 }
+
+// grpc-go in an idle cell, end to end against an in-process replica: each ClientConn's one
+// connection carries its own warm and reuse call; a pool setting it lacks is refused.
+func TestGrpcGoIdleCellReusesEachClientConnsOwnConnection(t *testing.T) {
+	addr := replica(t, 0)
+	obs := runProbe(t, spec{Service: "grpc", Library: "grpc-go", Target: addr, Pool: 3, IdleMs: 200, RequestTimeoutMs: 2000}, nil)
+	checkRows(t, obs)
+	for _, c := range obs.Connections {
+		if c.Reuse.Outcome != "ok" || c.ReplacedBeforeUse != nil {
+			t.Errorf("row %d: %+v", c.ID, c)
+		}
+	}
+	max := uint64(60000)
+	_, err := libraryFor(&spec{Service: "grpc", Library: "grpc-go", Pool: 1, PoolMaxIdleMs: &max})
+	if err == nil {
+		p := newProbe()
+		p.spec = spec{Service: "grpc", Library: "grpc-go", Target: addr, Pool: 1, PoolMaxIdleMs: &max}
+		lib, _ := libraryFor(&p.spec)
+		_, err = lib.setup(p)
+	}
+	if err == nil || !strings.Contains(err.Error(), "no pool idle limit") {
+		t.Errorf("a pool idle limit grpc-go lacks: %v", err)
+	}
+}

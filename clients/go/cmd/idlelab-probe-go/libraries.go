@@ -449,10 +449,10 @@ func (g *goHTTP) close() { g.client.CloseIdleConnections() }
 
 // libraryFor is the library the spec names, refused when it cannot do what the spec asks.
 func libraryFor(s *spec) (library, error) {
-	want := map[string]string{"go-redis": "redis", "go-sql-driver": "mysql", "gomemcache": "memcached", "go-net-http": "http"}
+	want := map[string]string{"go-redis": "redis", "go-sql-driver": "mysql", "gomemcache": "memcached", "go-net-http": "http", "grpc-go": "grpc"}
 	svc, ok := want[s.Library]
 	if !ok {
-		return nil, fmt.Errorf("idlelab-probe-go has no library %q (it has go-redis, go-sql-driver, gomemcache, go-net-http)", s.Library)
+		return nil, fmt.Errorf("idlelab-probe-go has no library %q (it has go-redis, go-sql-driver, gomemcache, go-net-http, grpc-go)", s.Library)
 	}
 	if svc != s.Service && !(svc == "http" && s.Service == "https") {
 		return nil, fmt.Errorf("library %s does not speak %s", s.Library, s.Service)
@@ -470,6 +470,8 @@ func libraryFor(s *spec) (library, error) {
 		return &goSQL{}, nil
 	case "gomemcache":
 		return &goMemcache{}, nil
+	case "grpc-go":
+		return &grpcGo{}, nil
 	default:
 		return &goHTTP{}, nil
 	}
