@@ -57,6 +57,11 @@ pub struct GrpcConfig {
     /// The replicas' `max_connection_age` (tonic's `Server::max_connection_age`): each sends
     /// GOAWAY to a connection this old.
     pub max_connection_age: Option<Dur>,
+    /// How long calls in flight get after that GOAWAY (grpc-go `MaxConnectionAgeGrace`;
+    /// `None`: grpc-go's default, infinite; tonic has none).
+    pub max_connection_age_grace: Option<Dur>,
+    /// The replicas' gRPC library: tonic or grpc-go.
+    pub server_library: crate::model::library::Library,
     pub threshold: crate::model::balance::BalanceThreshold,
 }
 

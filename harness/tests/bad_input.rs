@@ -240,6 +240,13 @@ fn grpc_balance_input_is_checked_at_its_line() {
         &[],
     );
     refused_at(
+        "grpc-grace-tonic.yaml",
+        "7:17",
+        &["tonic's server has no MaxConnectionAgeGrace; give the scenario `server: {library: grpc-go}`"],
+        "change the scenario",
+        &["hop"],
+    );
+    refused_at(
         "grpc-lb-lowercase.yaml",
         "8:36",
         &["unknown variant `round_robin`, expected one of LEAST_REQUEST, ROUND_ROBIN, RANDOM"],

@@ -29,7 +29,6 @@ use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::GrpcConfig;
 use crate::local::grpc_replica::{ReplicaCount, read_counts};
 use crate::model::balance::{BalanceObservation, segments};
-use crate::model::duration::Dur;
 use crate::model::library::Library;
 use crate::model::observation::Observations;
 use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec, unix_ms};
@@ -67,13 +66,26 @@ impl GrpcLab {
         self.dir.path().join(format!("replica-{i}.counts"))
     }
 
-    /// Start replica `i` in its namespace and wait until it accepts connections.
-    async fn start_replica(&mut self, i: usize, max_connection_age: Option<Dur>) -> Result<()> {
-        let mut cmd = tokio::process::Command::new(crate::tools::idlelab_exe());
+    /// Start replica `i` in its namespace and wait until it accepts connections: tonic (this
+    /// binary's `serve-grpc`) or grpc-go (the Go probe's, the same flags and counts).
+    async fn start_replica(&mut self, i: usize, grpc: &GrpcConfig) -> Result<()> {
+        let mut cmd = match grpc.server_library {
+            Library::GrpcGo => {
+                let bin = crate::tools::go_probe_bin();
+                if !bin.is_file() {
+                    bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
+                }
+                tokio::process::Command::new(bin)
+            }
+            _ => tokio::process::Command::new(crate::tools::idlelab_exe()),
+        };
         cmd.args(["serve-grpc", "--listen", &format!("0.0.0.0:{PORT}"), "--replica", &i.to_string(), "--counts"])
             .arg(self.counts_file(i));
-        if let Some(age) = max_connection_age {
+        if let Some(age) = grpc.max_connection_age {
             cmd.arg("--max-connection-age-ms").arg(age.0.as_millis().to_string());
+        }
+        if let Some(grace) = grpc.max_connection_age_grace {
+            cmd.arg("--max-connection-age-grace-ms").arg(grace.0.as_millis().to_string());
         }
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join(format!("replica-{i}.stderr")))?);
@@ -418,7 +430,7 @@ async fn run_in(
         lab.mesh = Some((objects, crate::certs::MeshCa::new()?));
     }
     for i in 0..grpc.replicas as usize {
-        lab.start_replica(i, grpc.max_connection_age).await?;
+        lab.start_replica(i, &grpc).await?;
     }
     let pods: Vec<String> = (0..grpc.replicas as usize)
         .map(|i| format!("grpc-{i}"))
@@ -432,9 +444,13 @@ async fn run_in(
     )];
     notes.extend(sidecar_notes(lab).await);
     if let Some(age) = grpc.max_connection_age {
-        notes.push(format!(
-            "configuration: every replica sends GOAWAY to a connection {age} old (tonic max_connection_age)"
-        ));
+        notes.push(match grpc.server_library {
+            Library::GrpcGo => format!(
+                "configuration: every replica (grpc-go) sends GOAWAY to a connection {age} old (keepalive.ServerParameters MaxConnectionAge), calls in flight get {} (MaxConnectionAgeGrace)",
+                grpc.max_connection_age_grace.map(|g| g.to_string()).unwrap_or_else(|| "as long as they need (grpc-go's default)".into())
+            ),
+            _ => format!("configuration: every replica sends GOAWAY to a connection {age} old (tonic max_connection_age)"),
+        });
     }
     if grpc.headless {
         notes.push(format!(
@@ -473,7 +489,7 @@ async fn run_in(
         tokio::time::sleep_until((started + at.0).into()).await;
         let new: Vec<usize> = (replicas_now..*to as usize).collect();
         for &i in &new {
-            lab.start_replica(i, grpc.max_connection_age).await?;
+            lab.start_replica(i, &grpc).await?;
         }
         lab.start_sidecars(&new.iter().map(|i| format!("grpc-{i}")).collect::<Vec<_>>()).await?;
         lab.sync_endpoints(*to as usize)?;

@@ -64,6 +64,8 @@ mod tests {
             request_interval: crate::model::duration::Dur::secs(1),
             scale: vec![],
             max_connection_age: None,
+            max_connection_age_grace: None,
+            server_library: crate::model::library::Library::Tonic,
             threshold: Default::default(),
         });
         assert!(HeadlessClientBalancing::default().apply(&mut k).unwrap_err().contains("client sidecar"));

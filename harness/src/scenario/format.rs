@@ -90,6 +90,10 @@ impl Default for ClientSpec {
 pub struct ServerSpec {
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
+    /// A gRPC balance run's replicas: `tonic` (default, `idlelab serve-grpc`) or `grpc-go`
+    /// (the Go probe's `serve-grpc`, which has MaxConnectionAgeGrace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
 }
 
 /// Something that happens during a gRPC balance run.
@@ -162,6 +166,7 @@ pub struct Positions {
     pub command: Option<serde_saphyr::Location>,
     pub pool: Option<serde_saphyr::Location>,
     pub server_idle_timeout: Option<serde_saphyr::Location>,
+    pub server_library: Option<serde_saphyr::Location>,
     pub path: Option<serde_saphyr::Location>,
     /// Each hop of `path`.
     pub hops: Vec<serde_saphyr::Location>,
@@ -194,6 +199,8 @@ impl Positions {
         struct Server {
             #[serde(default)]
             idle_timeout: At,
+            #[serde(default)]
+            library: At,
         }
         #[derive(Deserialize)]
         struct Doc {
@@ -229,6 +236,7 @@ impl Positions {
             command: client.and_then(|c| at(&c.value.command)),
             pool: client.and_then(|c| at(&c.value.pool)),
             server_idle_timeout: doc.server.as_ref().and_then(|s| at(&s.idle_timeout)),
+            server_library: doc.server.as_ref().and_then(|s| at(&s.library)),
             path: doc.path.as_ref().map(|p| p.referenced),
             hops: doc.path.map(|p| p.value.iter().map(|h| h.referenced).collect()).unwrap_or_default(),
             cells: at(&doc.cells),
@@ -343,6 +351,14 @@ impl Scenario {
                 request_interval: self.client.request_interval.unwrap_or(Dur(std::time::Duration::from_millis(50))),
                 scale: self.events.iter().map(|EventSpec::Scale { at, replicas }| (*at, *replicas)).collect(),
                 max_connection_age: None,
+                max_connection_age_grace: None,
+                server_library: self
+                    .server
+                    .library
+                    .as_deref()
+                    .and_then(Library::parse)
+                    .filter(|l| matches!(l, Library::Tonic | Library::GrpcGo))
+                    .unwrap_or(Library::Tonic),
                 threshold: self.balance.unwrap_or_default(),
             }),
         }

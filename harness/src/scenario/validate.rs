@@ -139,7 +139,11 @@ impl Scenario {
                 return Err(self.error_at(
                     loc,
                     format!("cells[{i}]: mitigation `{label}` cannot apply: {why}"),
-                    Some("give the path the hop this mitigation acts on, or remove the cell".into()),
+                    Some(if why.contains("hop") {
+                        "give the path the hop this mitigation acts on, or remove the cell".into()
+                    } else {
+                        "change the scenario as the message says, or remove the cell".into()
+                    }),
                 ));
             }
         }
@@ -177,6 +181,16 @@ impl Scenario {
         }
         // `service: grpc` with `replicas` is a balance run; without, an idle cell like the others.
         let balance_run = self.service == Service::Grpc && self.replicas.is_some();
+        if let Some(name) = &self.server.library {
+            let known = Library::parse(name).filter(|l| matches!(l, Library::Tonic | Library::GrpcGo));
+            if !balance_run || known.is_none() {
+                return Err(self.error_at(
+                    at.server_library.or(at.service),
+                    format!("server.library `{name}`: a gRPC balance run's replicas are `tonic` or `grpc-go`"),
+                    Some("give `server: {library: grpc-go}` only with `service: grpc` and `replicas`".into()),
+                ));
+            }
+        }
         if !balance_run {
             let what = if self.service == Service::Grpc {
                 "a gRPC balance run (`service: grpc` with `replicas`)".to_string()

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 )
@@ -112,5 +114,23 @@ func TestGrpcGoIdleCellReusesEachClientConnsOwnConnection(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "no pool idle limit") {
 		t.Errorf("a pool idle limit grpc-go lacks: %v", err)
+	}
+}
+
+// The grpc-go replica: its count file starts with 0, ends with every call answered, and its
+// MaxConnectionAge sends the clients to a new connection (a pick_first channel reconnects).
+func TestTheGrpcGoReplicaCountsAndAgesConnections(t *testing.T) {
+	var served atomic.Uint64
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := replicaServer(3, &served, 200*time.Millisecond, 100*time.Millisecond)
+	go s.Serve(l)
+	defer s.Stop()
+	r := balanceRun(t, "pick_first", []string{l.Addr().String()})
+	seen := replicasReached(r)
+	if seen[3] != len(r.Requests) || uint64(len(r.Requests)) != served.Load() {
+		t.Errorf("every call answered by replica 3 and counted: %v, served %d", seen, served.Load())
 	}
 }

@@ -6,6 +6,7 @@
 // Usage: idlelab-probe-go [--spec FILE]   (default: the spec on stdin)
 //
 //	idlelab-probe-go probe-grpc          (a gRPC balance run's channels: grpc_balance.go)
+//	idlelab-probe-go serve-grpc …        (a gRPC replica in grpc-go: grpc_replica.go)
 package main
 
 import (
@@ -112,6 +113,13 @@ func fail(format string, args ...any) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve-grpc" {
+		if err := runReplica(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "idlelab-probe-go serve-grpc:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "probe-grpc" {
 		if err := runGrpcBalance(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "idlelab-probe-go probe-grpc:", err)
