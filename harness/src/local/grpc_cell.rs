@@ -69,16 +69,7 @@ impl GrpcLab {
     /// Start replica `i` in its namespace and wait until it accepts connections: tonic (this
     /// binary's `serve-grpc`) or grpc-go (the Go probe's, the same flags and counts).
     async fn start_replica(&mut self, i: usize, grpc: &GrpcConfig) -> Result<()> {
-        let mut cmd = match grpc.server_library {
-            Library::GrpcGo => {
-                let bin = crate::tools::go_probe_bin();
-                if !bin.is_file() {
-                    bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
-                }
-                tokio::process::Command::new(bin)
-            }
-            _ => tokio::process::Command::new(crate::tools::idlelab_exe()),
-        };
+        let mut cmd = program_of(grpc.server_library)?;
         cmd.args(["serve-grpc", "--listen", &format!("0.0.0.0:{PORT}"), "--replica", &i.to_string(), "--counts"])
             .arg(self.counts_file(i));
         if let Some(age) = grpc.max_connection_age {
@@ -245,19 +236,23 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
     Ok(lab)
 }
 
+/// The program that hosts `library`'s side of the lab's gRPC service: this binary for tonic,
+/// the Go probe for grpc-go (both take `serve-grpc` and `probe-grpc` with the same contract).
+fn program_of(library: Library) -> Result<tokio::process::Command> {
+    if library != Library::GrpcGo {
+        return Ok(tokio::process::Command::new(crate::tools::idlelab_exe()));
+    }
+    let bin = crate::tools::go_probe_bin();
+    if !bin.is_file() {
+        bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
+    }
+    Ok(tokio::process::Command::new(bin))
+}
+
 /// One client pod's probe: its spec on stdin, its report on stdout. tonic is this binary's
 /// `probe-grpc`, grpc-go the Go probe's (the same contract).
 async fn run_client(lab: &GrpcLab, k: usize, spec: &GrpcProbeSpec, library: Library) -> Result<LabProcess> {
-    let mut cmd = match library {
-        Library::GrpcGo => {
-            let bin = crate::tools::go_probe_bin();
-            if !bin.is_file() {
-                bail!("the Go probe {} is missing: run `just setup` (it builds clients/go with Go)", bin.display());
-            }
-            tokio::process::Command::new(bin)
-        }
-        _ => tokio::process::Command::new(crate::tools::idlelab_exe()),
-    };
+    let mut cmd = program_of(library)?;
     cmd.arg("probe-grpc")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -33,6 +33,28 @@ pub trait Client: Send + Sync + 'static {
     fn reads_eagerly(&self) -> bool;
 }
 
+/// A connection the probe opened for a library that owns its pool (hyper-util, tonic): what
+/// its socket recorded, and how it was opened.
+#[derive(Clone)]
+pub(crate) struct OpenedConn {
+    pub log: super::stream::LogHandle,
+    pub local_addr: String,
+    pub opened_ms: u64,
+    pub keepalive: bool,
+}
+
+/// Open a socket to the spec's target with its options, observed from `clock`'s start.
+pub(crate) async fn open_observed(
+    spec: &ProbeSpec,
+    clock: std::time::Instant,
+) -> io::Result<(ObservedStream, OpenedConn)> {
+    let opened_ms = clock.elapsed().as_millis() as u64;
+    let tcp = TcpStream::connect(&spec.target).await?;
+    let (keepalive, local_addr) = configure_socket(&tcp, spec)?;
+    let (observed, log) = ObservedStream::new(tcp, clock);
+    Ok((observed, OpenedConn { log, local_addr, opened_ms, keepalive }))
+}
+
 /// Apply the spec's socket options to a fresh socket; returns (keepalive read back, local address).
 pub(crate) fn configure_socket(tcp: &TcpStream, spec: &ProbeSpec) -> io::Result<(bool, String)> {
     let sock = socket2::SockRef::from(tcp);

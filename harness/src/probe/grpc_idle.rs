@@ -20,7 +20,7 @@ use super::client::{ClientError, classify, emit_phase, observations, plain_attem
 use super::grpc::pb::WhoRequest;
 use super::grpc::pb::replica_client::ReplicaClient;
 use super::spec::ProbeSpec;
-use super::stream::{LogHandle, ObservedStream};
+use super::stream::ObservedStream;
 use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -32,13 +32,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 /// A connection a channel's connector opened.
-#[derive(Clone)]
-struct ConnRecord {
-    log: LogHandle,
-    local_addr: String,
-    opened_ms: u64,
-    keepalive: bool,
-}
+type ConnRecord = super::client::OpenedConn;
 
 /// Opens the probe's own sockets for one channel and records each.
 #[derive(Clone)]
@@ -60,11 +54,8 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
     fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let opened_ms = this.clock.elapsed().as_millis() as u64;
-            let tcp = tokio::net::TcpStream::connect(&this.spec.target).await?;
-            let (keepalive, local_addr) = super::client::configure_socket(&tcp, &this.spec)?;
-            let (observed, log) = ObservedStream::new(tcp, this.clock);
-            this.opened.lock().expect("registry").push(ConnRecord { log, local_addr, opened_ms, keepalive });
+            let (observed, record) = super::client::open_observed(&this.spec, this.clock).await?;
+            this.opened.lock().expect("registry").push(record);
             Ok(TokioIo::new(observed))
         })
     }

@@ -19,7 +19,7 @@
 
 use super::client::{ClientError, classify, emit_phase, observations, plain_attempt};
 use super::spec::ProbeSpec;
-use super::stream::{LogHandle, ObservedStream};
+use super::stream::ObservedStream;
 use crate::model::observation::{Attempt, ConnObservation, Observations, Outcome};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -36,13 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A connection the connector opened.
-#[derive(Clone)]
-struct ConnRecord {
-    log: LogHandle,
-    local_addr: String,
-    opened_ms: u64,
-    keepalive: bool,
-}
+type ConnRecord = super::client::OpenedConn;
 
 enum Stream {
     Plain(ObservedStream),
@@ -208,10 +202,7 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
     fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let opened_ms = this.clock.elapsed().as_millis() as u64;
-            let tcp = tokio::net::TcpStream::connect(&this.spec.target).await?;
-            let (keepalive, local_addr) = super::client::configure_socket(&tcp, &this.spec)?;
-            let (observed, log) = ObservedStream::new(tcp, this.clock);
+            let (observed, record) = super::client::open_observed(&this.spec, this.clock).await?;
             let stream = match &this.tls {
                 None => Stream::Plain(observed),
                 Some(tls) => {
@@ -221,7 +212,7 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
             };
             let index = {
                 let mut opened = this.opened.lock().expect("registry");
-                opened.push(ConnRecord { log, local_addr, opened_ms, keepalive });
+                opened.push(record);
                 opened.len() - 1
             };
             Ok(PooledIo(TokioIo::new(stream), index, this.gate.clone()))

@@ -205,6 +205,15 @@ fn injected_labels(app: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// A pod's annotations as the injector leaves them on a running pod: the injection switch
+/// itself is gone (the pod has its sidecar, or not).
+fn annotations_of(
+    annotations: &mut BTreeMap<&'static str, BTreeMap<String, String>>,
+    pod: &str,
+) -> Vec<(String, String)> {
+    annotations.remove(pod).unwrap_or_default().into_iter().filter(|(k, _)| k != "sidecar.istio.io/inject").collect()
+}
+
 /// The objects of a cell as the kind backend renders it, at `addrs`. `None` when the path has
 /// no Istio proxy. `cert` is the gateway's certificate when it terminates TLS.
 pub fn for_cell(
@@ -220,14 +229,7 @@ pub fn for_cell(
     let ctx = super::local_context(cell, namespace);
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
     let mut annotations = super::pod_annotations(cell, &ctx, &forms);
-    let mut annotations_of = |pod: &str| -> Vec<(String, String)> {
-        annotations
-            .remove(pod)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| k != "sidecar.istio.io/inject")
-            .collect()
-    };
+    let mut annotations_of = |pod: &str| annotations_of(&mut annotations, pod);
     let service = cell.real.service;
     let (name, port) = (service.name(), service.port());
     let route = cell.real.sidecar().map(|s| s.route).unwrap_or(Route::Service);
@@ -386,14 +388,7 @@ pub fn for_grpc_cell(cell: &crate::cells::Cell, namespace: &str, addrs: &GrpcAdd
     let ctx = super::local_context(cell, namespace);
     let forms = cell.mitigation.as_mitigation().istio_resources(&ctx);
     let mut annotations = super::pod_annotations(cell, &ctx, &forms);
-    let mut annotations_of = |pod: &str| -> Vec<(String, String)> {
-        annotations
-            .remove(pod)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| k != "sidecar.istio.io/inject")
-            .collect()
-    };
+    let mut annotations_of = |pod: &str| annotations_of(&mut annotations, pod);
     let service = cell.real.service;
     let (name, port) = (service.name(), service.port());
     let mut docs =

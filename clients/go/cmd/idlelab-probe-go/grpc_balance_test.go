@@ -2,40 +2,22 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
 )
 
-// replica serves Replica.Who as the lab's tonic replica does (its id, its count), through
-// the same hand-written codec.
+// replica serves Replica.Who on 127.0.0.1 as the lab's replicas do (grpc_replica.go).
 func replica(t *testing.T, id uint32) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var served uint64
-	desc := grpc.ServiceDesc{
-		ServiceName: "idlelab.replica.v1.Replica",
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{MethodName: "Who", Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			var req whoRequest
-			if err := dec(&req); err != nil {
-				return nil, err
-			}
-			served++
-			return &whoReply{replica: id, served: served}, nil
-		}}},
-	}
-	s := grpc.NewServer(grpc.ForceServerCodec(whoCodec{}))
-	s.RegisterService(&desc, struct{}{})
+	s := replicaServer(id, new(atomic.Uint64), 0, 0)
 	go s.Serve(l)
 	t.Cleanup(s.Stop)
 	return l.Addr().String()
