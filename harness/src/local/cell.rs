@@ -45,10 +45,7 @@ struct CellLab {
 impl CellLab {
     /// A directory for one Envoy's files, writable by its uid (1337).
     fn envoy_files(&self, role: &str) -> Result<envoy::EnvoyFiles> {
-        let dir = self.dir.path().join(role);
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
-        Ok(envoy::EnvoyFiles { dir })
+        envoy::EnvoyFiles::create(self.dir.path().join(role))
     }
 
     /// Every log the cell's processes wrote (control plane, pilot-agents, Envoys, server,

@@ -77,6 +77,16 @@ pub struct EnvoyFiles {
     pub dir: PathBuf,
 }
 
+impl EnvoyFiles {
+    /// Make `dir` for one proxy, writable by its uid (1337).
+    pub fn create(dir: PathBuf) -> Result<EnvoyFiles> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+        Ok(EnvoyFiles { dir })
+    }
+}
+
 impl Envoy {
     /// Counters whose names match one of these substrings, with non-zero values.
     pub async fn counters(&self, contains: &[&str]) -> Result<BTreeMap<String, u64>> {

@@ -136,10 +136,7 @@ impl GrpcLab {
             let mut starts = Vec::new();
             for pod in pods {
                 let (Some(p), Some(ns)) = (lab.proxy_inputs(pod), lab.netns_of(pod)) else { continue };
-                let dir = lab.dir.path().join(pod);
-                std::fs::create_dir(&dir)?;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
-                let files = EnvoyFiles { dir };
+                let files = EnvoyFiles::create(lab.dir.path().join(pod))?;
                 starts.push(async move {
                     let e = super::mesh::start_proxy(p, files, ns, &cp.addr, ca).await;
                     (pod.clone(), e.with_context(|| format!("the sidecar of {pod}")))
@@ -328,10 +325,7 @@ fn proxy_rss_kib(dir: &std::path::Path) -> u64 {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
         .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
-        .filter_map(|e| {
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
-        })
+        .map(|e| crate::probe::status_kib_of(&e.path().join("status"), "VmRSS"))
         .sum()
 }
 

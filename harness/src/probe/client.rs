@@ -33,6 +33,48 @@ pub trait Client: Send + Sync + 'static {
     fn reads_eagerly(&self) -> bool;
 }
 
+/// A library's error as the app got it: `text`, then each cause beneath it that adds words,
+/// with the kind of the I/O error among them (what [`classify`] reads).
+pub(crate) fn error_chain(mut text: String, first: Option<&(dyn std::error::Error + 'static)>) -> ClientError {
+    let mut io_kind = None;
+    let mut src = first;
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        if !text.contains(&s.to_string()) {
+            text = format!("{text}: {s}");
+        }
+        src = s.source();
+    }
+    ClientError { timeout: false, io_kind, text }
+}
+
+/// Why a library that owns its connections did not hand out the warmed one, from what its
+/// socket recorded before the reuse, in the library's words: `who` ("tonic"), what it did
+/// then (`then`: " and reconnected"), and the setting that closes connections (`config`),
+/// quoted as configuration, never as the cause unless the library was seen closing it.
+pub(crate) fn why_replaced(log: &StreamLog, who: &str, then: &str, config: Option<String>) -> String {
+    let last = log.last_activity_ms().unwrap_or(0);
+    if let Some(t) = log.eof_ms {
+        return format!(
+            "{who} saw the peer's FIN on it at {t} ms ({} ms after its last activity){then}",
+            t.saturating_sub(last)
+        );
+    }
+    if let Some((t, kind, text)) = &log.error {
+        return format!("{who} saw an error on it at {t} ms ({kind:?}: {text}){then}");
+    }
+    if let Some(t) = log.closed_by_client_ms {
+        let config = config.map(|c| format!("; configuration: {c}")).unwrap_or_default();
+        return format!(
+            "{who} closed it itself at {t} ms, {} ms after its last activity, with no FIN or error seen on it{config}",
+            t.saturating_sub(last)
+        );
+    }
+    format!("{who} opened a new connection instead; this one saw no FIN, error or close")
+}
+
 /// A connection the probe opened for a library that owns its pool (hyper-util, tonic): what
 /// its socket recorded, and how it was opened.
 #[derive(Clone)]

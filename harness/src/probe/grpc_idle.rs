@@ -65,43 +65,14 @@ impl tower_service::Service<hyper::Uri> for ObservingConnector {
 /// who failed: Envoy's "upstream connect error or disconnect/reset before headers"), and the
 /// I/O error beneath, when there is one.
 fn client_error(status: &tonic::Status) -> ClientError {
-    let mut io_kind = None;
-    let mut text = format!("gRPC {:?}: {}", status.code(), status.message());
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(s) = src {
-        if let Some(e) = s.downcast_ref::<io::Error>() {
-            io_kind = Some(e.kind());
-        }
-        if !text.contains(&s.to_string()) {
-            text = format!("{text}: {s}");
-        }
-        src = s.source();
-    }
-    ClientError { timeout: false, io_kind, text }
+    let text = format!("gRPC {:?}: {}", status.code(), status.message());
+    super::client::error_chain(text, std::error::Error::source(status))
 }
 
 /// Why the channel's warmed connection did not carry the reuse, from what its socket saw.
 fn why_replaced(log: &super::stream::StreamLog, keepalive: Option<super::spec::Http2KeepaliveMs>) -> String {
-    let last = log.last_activity_ms().unwrap_or(0);
-    if let Some(t) = log.eof_ms {
-        return format!(
-            "tonic saw the peer's FIN on it at {t} ms ({} ms after its last activity) and reconnected",
-            t.saturating_sub(last)
-        );
-    }
-    if let Some((t, kind, text)) = &log.error {
-        return format!("tonic saw an error on it at {t} ms ({kind:?}: {text}) and reconnected");
-    }
-    if let Some(t) = log.closed_by_client_ms {
-        let config = keepalive
-            .map(|k| format!("; configuration: keep_alive_timeout {} ms after a PING", k.timeout_ms))
-            .unwrap_or_default();
-        return format!(
-            "tonic closed it itself at {t} ms, {} ms after its last activity, with no FIN or error seen on it{config}",
-            t.saturating_sub(last)
-        );
-    }
-    "tonic opened a new connection instead; this one saw no FIN, error or close".into()
+    let config = keepalive.map(|k| format!("keep_alive_timeout {} ms after a PING", k.timeout_ms));
+    super::client::why_replaced(log, "tonic", " and reconnected", config)
 }
 
 async fn open_channel(
@@ -122,13 +93,7 @@ async fn open_channel(
     }
     let connector = ObservingConnector { spec: spec.clone(), clock, opened };
     endpoint.connect_with_connector(connector).await.map_err(|e| {
-        let mut text = format!("connect to {}: {e}", spec.target);
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            text = format!("{text}: {s}");
-            src = s.source();
-        }
-        bad(text)
+        super::client::error_chain(format!("connect to {}: {e}", spec.target), std::error::Error::source(&e))
     })
 }
 

@@ -247,19 +247,7 @@ fn rustls_pemfile_certs(reader: &mut dyn io::BufRead) -> io::Result<Vec<rustls::
 }
 
 fn client_error(e: &hyper_util::client::legacy::Error) -> ClientError {
-    let mut io_kind = None;
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut text = e.to_string();
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            io_kind = Some(io.kind());
-        }
-        if !text.contains(&s.to_string()) {
-            text = format!("{text}: {s}");
-        }
-        src = s.source();
-    }
-    ClientError { timeout: false, io_kind, text }
+    super::client::error_chain(e.to_string(), Some(e))
 }
 
 /// An HTTP error status as the app got it: status, who answered (`server` header), body.
@@ -278,27 +266,8 @@ fn http_error(head: &hyper::http::response::Parts, body: &[u8]) -> ClientError {
 /// before the reuse; the pool's idle timeout is quoted as configuration, never as the cause
 /// unless the pool was seen closing the connection itself.
 fn why_replaced(log: &super::stream::StreamLog, pool_idle_timeout_ms: Option<u64>) -> String {
-    let last = log.last_activity_ms().unwrap_or(0);
-    if let Some(t) = log.eof_ms {
-        return format!(
-            "hyper-util's pool saw the peer's FIN on it at {t} ms ({} ms after its last activity), dropped it and opened a new one",
-            t.saturating_sub(last)
-        );
-    }
-    if let Some((t, kind, text)) = &log.error {
-        return format!(
-            "hyper-util's pool saw an error on it at {t} ms ({kind:?}: {text}), dropped it and opened a new one"
-        );
-    }
-    if let Some(t) = log.closed_by_client_ms {
-        let config =
-            pool_idle_timeout_ms.map(|ms| format!("; configuration: pool_idle_timeout {ms} ms")).unwrap_or_default();
-        return format!(
-            "hyper-util's pool closed it itself at {t} ms, {} ms after its last activity, with no FIN or error seen on it{config}",
-            t.saturating_sub(last)
-        );
-    }
-    "hyper-util's pool opened a new connection instead; this one saw no FIN, error or close".into()
+    let config = pool_idle_timeout_ms.map(|ms| format!("pool_idle_timeout {ms} ms"));
+    super::client::why_replaced(log, "hyper-util's pool", ", dropped it and opened a new one", config)
 }
 
 pub async fn run(spec: ProbeSpec) -> Result<Observations, ClientError> {

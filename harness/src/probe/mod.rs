@@ -335,7 +335,12 @@ impl<C: Client> Probe<C> {
 
 /// A field of this process's `/proc/self/status` in KiB (`VmHWM`, `VmRSS`); 0 where it has none.
 pub(crate) fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kib_of(std::path::Path::new("/proc/self/status"), field)
+}
+
+/// A field of a process's `/proc/<pid>/status` file in KiB; 0 where it has none.
+pub(crate) fn status_kib_of(status: &std::path::Path, field: &str) -> u64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()

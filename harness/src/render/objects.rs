@@ -205,6 +205,38 @@ fn injected_labels(app: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// A running pod of app `app` with Istio's sidecar: the injector's labels, the default
+/// service account.
+fn injected_pod(name: String, namespace: &str, ip: Ipv4Addr, app: &str, annotations: Vec<(String, String)>) -> Pod {
+    Pod {
+        name,
+        namespace: namespace.into(),
+        service_account: "default".into(),
+        ip,
+        labels: injected_labels(app),
+        annotations,
+    }
+}
+
+/// A server pod's sidecar: `virtualInbound`'s chain for `port`, to `inbound|<port>||`.
+fn inbound_proxy(pod: Pod, port: u16) -> ProxyInputs {
+    ProxyInputs {
+        role: ProxyRole::ServerSidecar,
+        pod,
+        listener: "virtualInbound".into(),
+        port,
+        cluster: format!("inbound|{port}||"),
+    }
+}
+
+/// The manifests among a mitigation's Istio forms (its DestinationRule, EnvoyFilter).
+fn manifests(forms: &[IstioForm]) -> impl Iterator<Item = String> + '_ {
+    forms.iter().filter_map(|f| match f {
+        IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
+        _ => None,
+    })
+}
+
 /// A pod's annotations as the injector leaves them on a running pod: the injection switch
 /// itself is gone (the pod has its sidecar, or not).
 fn annotations_of(
@@ -244,22 +276,9 @@ pub fn for_cell(
         if addrs.gateway.is_some() { UNUSED_CLUSTER_IP } else { addressed(addrs.server, UNUSED_CLUSTER_IP) };
     docs.extend(service_docs(name, namespace, ("app", name), server_cluster_ip, service, &[addrs.server]));
     if path.iter().any(|h| matches!(h, Hop::ServerSidecar(_))) {
-        let pod = Pod {
-            name: name.into(),
-            namespace: namespace.into(),
-            service_account: "default".into(),
-            ip: addrs.server,
-            labels: injected_labels(name),
-            annotations: annotations_of("server"),
-        };
+        let pod = injected_pod(name.into(), namespace, addrs.server, name, annotations_of("server"));
         docs.push(pod_doc(&pod));
-        proxies.push(ProxyInputs {
-            role: ProxyRole::ServerSidecar,
-            pod,
-            listener: "virtualInbound".into(),
-            port,
-            cluster: format!("inbound|{port}||"),
-        });
+        proxies.push(inbound_proxy(pod, port));
     }
 
     // The ingress gateway: its Pod and Service, Gateway + VirtualService to the server, the
@@ -320,14 +339,7 @@ pub fn for_cell(
 
     // The client pod.
     if cell.real.sidecar().is_some() {
-        let pod = Pod {
-            name: "client".into(),
-            namespace: namespace.into(),
-            service_account: "default".into(),
-            ip: addrs.app,
-            labels: injected_labels(CLIENT_APP),
-            annotations: annotations_of("client"),
-        };
+        let pod = injected_pod("client".into(), namespace, addrs.app, CLIENT_APP, annotations_of("client"));
         docs.push(pod_doc(&pod));
         let target_ip = match addrs.gateway {
             Some(gw) => addressed(gw, UNUSED_GATEWAY_IP),
@@ -351,10 +363,7 @@ pub fn for_cell(
         });
     }
 
-    docs.extend(forms.iter().filter_map(|f| match f {
-        IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
-        _ => None,
-    }));
+    docs.extend(manifests(&forms));
     docs.extend(crate::render::istio::sidecar_http_pool_idle(cell, &ctx).map(|(y, _)| y));
     let mesh = cell.scaled.sidecar().and_then(|s| s.upstream_keepalive).map(|ka| {
         let (time, interval) = ka.whole_seconds();
@@ -405,35 +414,15 @@ pub fn for_grpc_cell(cell: &crate::cells::Cell, namespace: &str, addrs: &GrpcAdd
     if server_sidecar {
         let server_annotations = annotations_of("server");
         for (i, ip) in addrs.replicas.iter().enumerate() {
-            let pod = Pod {
-                name: format!("{name}-{i}"),
-                namespace: namespace.into(),
-                service_account: "default".into(),
-                ip: *ip,
-                labels: injected_labels(name),
-                annotations: server_annotations.clone(),
-            };
+            let pod = injected_pod(format!("{name}-{i}"), namespace, *ip, name, server_annotations.clone());
             docs.push(pod_doc(&pod));
-            proxies.push(ProxyInputs {
-                role: ProxyRole::ServerSidecar,
-                pod,
-                listener: "virtualInbound".into(),
-                port,
-                cluster: format!("inbound|{port}||"),
-            });
+            proxies.push(inbound_proxy(pod, port));
         }
     }
     if client_sidecar {
         let client_annotations = annotations_of("client");
         for (k, ip) in addrs.clients.iter().enumerate() {
-            let pod = Pod {
-                name: format!("client-{k}"),
-                namespace: namespace.into(),
-                service_account: "default".into(),
-                ip: *ip,
-                labels: injected_labels(CLIENT_APP),
-                annotations: client_annotations.clone(),
-            };
+            let pod = injected_pod(format!("client-{k}"), namespace, *ip, CLIENT_APP, client_annotations.clone());
             docs.push(pod_doc(&pod));
             proxies.push(ProxyInputs {
                 role: ProxyRole::Sidecar,
@@ -445,9 +434,6 @@ pub fn for_grpc_cell(cell: &crate::cells::Cell, namespace: &str, addrs: &GrpcAdd
             });
         }
     }
-    docs.extend(forms.iter().filter_map(|f| match f {
-        IstioForm::Manifest { yaml, .. } => Some(yaml.clone()),
-        _ => None,
-    }));
+    docs.extend(manifests(&forms));
     Some(CellObjects { docs, mesh: None, proxies, ctx })
 }

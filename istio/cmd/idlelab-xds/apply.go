@@ -61,29 +61,27 @@ func applyLine(line []byte, kube kubernetes.Interface) (string, error) {
 	ctx := context.Background()
 	switch o := obj.(type) {
 	case *discoveryv1.EndpointSlice:
-		c := kube.DiscoveryV1().EndpointSlices(o.Namespace)
-		return upsert("EndpointSlice", o.ObjectMeta,
-			func() error { _, err := c.Update(ctx, o, metav1.UpdateOptions{}); return err },
-			func() error { _, err := c.Create(ctx, o, metav1.CreateOptions{}); return err })
+		return upsert(ctx, kube.DiscoveryV1().EndpointSlices(o.Namespace), "EndpointSlice", o.ObjectMeta, o)
 	case *corev1.Pod:
-		c := kube.CoreV1().Pods(o.Namespace)
-		return upsert("Pod", o.ObjectMeta,
-			func() error { _, err := c.Update(ctx, o, metav1.UpdateOptions{}); return err },
-			func() error { _, err := c.Create(ctx, o, metav1.CreateOptions{}); return err })
+		return upsert(ctx, kube.CoreV1().Pods(o.Namespace), "Pod", o.ObjectMeta, o)
 	case *corev1.Service:
-		c := kube.CoreV1().Services(o.Namespace)
-		return upsert("Service", o.ObjectMeta,
-			func() error { _, err := c.Update(ctx, o, metav1.UpdateOptions{}); return err },
-			func() error { _, err := c.Create(ctx, o, metav1.CreateOptions{}); return err })
+		return upsert(ctx, kube.CoreV1().Services(o.Namespace), "Service", o.ObjectMeta, o)
 	default:
 		return "", fmt.Errorf("%T: only EndpointSlice, Pod and Service change while serving", obj)
 	}
 }
 
-func upsert(kind string, m metav1.ObjectMeta, update, create func() error) (string, error) {
-	err := update()
+// typedClient is what client-go's typed clients (EndpointSlices, Pods, Services) share.
+type typedClient[T any] interface {
+	Update(context.Context, T, metav1.UpdateOptions) (T, error)
+	Create(context.Context, T, metav1.CreateOptions) (T, error)
+}
+
+// upsert updates `o`, or creates it when it is new.
+func upsert[T any](ctx context.Context, c typedClient[T], kind string, m metav1.ObjectMeta, o T) (string, error) {
+	_, err := c.Update(ctx, o, metav1.UpdateOptions{})
 	if apierrors.IsNotFound(err) {
-		err = create()
+		_, err = c.Create(ctx, o, metav1.CreateOptions{})
 	}
 	if err != nil {
 		return "", err

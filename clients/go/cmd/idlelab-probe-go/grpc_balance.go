@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -198,7 +197,8 @@ func callLoop(spec *grpcSpec, index int, conn *grpc.ClientConn, until time.Time)
 		r.LatencyMs = uint64(time.Since(started).Milliseconds())
 		if err != nil {
 			s := status.Convert(err)
-			r.Code, r.Message = codeName(s.Code().String()), s.Message()
+			// grpc-go's code names (`Unavailable`, `DeadlineExceeded`) are the report's (tonic's).
+			r.Code, r.Message = s.Code().String(), s.Message()
 		} else {
 			replica := reply.replica
 			r.Replica = &replica
@@ -206,10 +206,6 @@ func callLoop(spec *grpcSpec, index int, conn *grpc.ClientConn, until time.Time)
 		out = append(out, r)
 	}
 }
-
-// codeName turns grpc-go's code names (`Unavailable`, `DeadlineExceeded`) into the report's,
-// which are tonic's: the same words.
-func codeName(s string) string { return s }
 
 func runGrpcBalance(in io.Reader, out io.Writer) error {
 	var spec grpcSpec
@@ -259,20 +255,4 @@ func runGrpcBalance(in io.Reader, out io.Writer) error {
 	}
 	_, err = fmt.Fprintln(out, string(line))
 	return err
-}
-
-// statusKib reads a field of /proc/self/status in KiB (0 where there is none).
-func statusKib(field string) uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, field+":"); ok {
-			var n uint64
-			fmt.Sscan(strings.TrimSpace(rest), &n)
-			return n
-		}
-	}
-	return 0
 }

@@ -20,10 +20,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -555,32 +557,20 @@ func (p *probe) idleWatch(conns []*connLog, stop <-chan struct{}) <-chan []*idle
 }
 
 // peakRSSKiB is VmHWM from /proc/self/status.
-func peakRSSKiB() uint64 {
+func peakRSSKiB() uint64 { return statusKib("VmHWM") }
+
+// statusKib reads a field of /proc/self/status in KiB (0 where there is none).
+func statusKib(field string) uint64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0
 	}
-	var v uint64
-	for _, line := range splitLines(string(b)) {
-		if len(line) > 6 && line[:6] == "VmHWM:" {
-			for _, ch := range line[6:] {
-				if ch >= '0' && ch <= '9' {
-					v = v*10 + uint64(ch-'0')
-				}
-			}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, field+":"); ok {
+			var n uint64
+			fmt.Sscan(strings.TrimSpace(rest), &n)
+			return n
 		}
 	}
-	return v
-}
-
-func splitLines(s string) []string {
-	var out []string
-	start := 0
-	for i := range s {
-		if s[i] == '\n' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return append(out, s[start:])
+	return 0
 }
