@@ -41,7 +41,9 @@
 //!   duration and record which replica answered each; `probe::grpc_idle`: a gRPC idle
 //!   cell's tonic channels (with their HTTP/2 keepalive) behind the same contract.
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
-//! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind.
+//! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind;
+//!   `backend::balance`: a gRPC balance run's counts and reports made into its numbers, the
+//!   same for both backends.
 //! - [`local`]: the local backend: a cell's run stage by stage (`local::cell`) in namespaces
 //!   of its own, each hop kind that is no proxy (`local::device`: the nftables middlebox),
 //!   each service's real server (`local::servers`), and
@@ -55,7 +57,9 @@
 //! - [`kind`]: the kind backend: each cell's steps (`kind::cell`, each hop kind's objects in
 //!   `kind::device`) in a plan of kind / istioctl / kubectl commands, executed through one
 //!   command runner (`kind::run`) that reaches the cluster through the lab's own Docker engine
-//!   when kind-up started one (`kind::engine`). The cluster and its images come from
+//!   when kind-up started one (`kind::engine`); a gRPC balance cell's steps are
+//!   `kind::grpc_cell`'s (a StatefulSet of replicas, client pods, `kubectl scale`). The
+//!   cluster and its images come from
 //!   `kind-images/` (`just kind-up`).
 //!
 //! Judging and reporting:

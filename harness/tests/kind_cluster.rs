@@ -7,6 +7,8 @@
 //! 2. The same scenarios on both backends; every cell's verdict on kind equals the local lab's.
 //!    The evidence shows istiod configured the probe's sidecar (its tcp_proxy idle timeout, as
 //!    the local lab's config dump shows it) and a middlebox counted the segments it forgot.
+//!    gRPC too: balance runs (replicas behind the cluster's kube-proxy, `kubectl scale`) and
+//!    keepalive PINGs that end at the client sidecar.
 //! 3. A run killed with SIGKILL mid-cell, then `idlelab reap`: nothing of the lab left on the
 //!    cluster.
 //! 4. `kind-up.sh --down`: no cluster, no dockerd, no namespace of the lab; the host's nft and
@@ -119,7 +121,20 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut compared = 0;
-    for scenario in ["redis-idle", "redis-sidecar-upstream", "redis-blackhole", "https-keepalive", "redis-idle-go"] {
+    let scenarios = [
+        "redis-idle",
+        "redis-sidecar-upstream",
+        "redis-blackhole",
+        "https-keepalive",
+        "redis-idle-go",
+        // Issue 20 on a cluster: tonic and grpc-go clients behind the cluster's own kube-proxy,
+        // headless balancing, a client sidecar balancing per request; scaled by `kubectl scale`.
+        "grpc-pinned",
+        "grpc-pinned-go",
+        // …and keepalive PINGs that end at the client sidecar, an NLB behind it.
+        "grpc-keepalive-sidecar",
+    ];
+    for scenario in scenarios {
         let local = run(scenario, "local", &dir.path().join(format!("{scenario}-local")));
         let kind = run(scenario, "kind", &dir.path().join(format!("{scenario}-kind")));
         assert_eq!(kind["backend"], "kind (kind-idlelab)");
@@ -146,8 +161,11 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
                 // A 1 s idle: the evidence is still there (read after the probe, pod still up).
                 assert!(notes.contains("_6379 idle_timeout 20.571s"), "{scenario}::{label}: the scaled 24h:\n{notes}");
             }
+            // The middlebox forgot the flow: behind the sidecar too, the app's gRPC PINGs
+            // notwithstanding (they end at its Envoy).
             if scenario == "redis-sidecar-upstream" && label == "none"
                 || scenario == "redis-blackhole" && label == "none"
+                || scenario == "grpc-keepalive-sidecar" && !label.starts_with("dr-tcp-keepalive")
             {
                 let counted = notes
                     .lines()
@@ -157,9 +175,22 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
                     .and_then(|n| n.parse::<u64>().ok());
                 assert!(counted.is_some_and(|n| n > 0), "{scenario}::{label}: the middlebox's counter:\n{notes}");
             }
+            if scenario.starts_with("grpc-pinned") {
+                let why = cell["explanation"].as_str().unwrap_or_default();
+                // The replicas' own counts, read from the pods: the 2 added by `kubectl scale`
+                // get nothing over per-connection balancing, their share behind a sidecar.
+                let added_idle = why.contains("replica 4, replica 5 served nothing");
+                assert_eq!(added_idle, label != "client-sidecar", "{scenario}::{label}: {why}\n{notes}");
+                assert!(notes.contains("scaled to 6 replicas"), "{scenario}::{label}:\n{notes}");
+                if label == "client-sidecar" {
+                    // istiod configured each client's sidecar, and EDS brought the new replicas.
+                    assert!(notes.contains("lb_policy LEAST_REQUEST"), "{scenario}::{label}:\n{notes}");
+                    assert!(notes.contains("holds 6 endpoints (EDS)"), "{scenario}::{label}:\n{notes}");
+                }
+            }
         }
     }
-    assert_eq!(compared, 7 + 5 + 4 + 4 + 4, "every cell compared");
+    assert_eq!(compared, 7 + 5 + 4 + 4 + 4 + 3 + 3 + 3, "every cell compared");
 
     // A run killed mid-cell leaves its namespace; reap removes it.
     let mut child = Command::new(bin())

@@ -38,27 +38,20 @@ fn scenario_cells(name: &str) -> Vec<Cell> {
     expand(&s, &[], None).unwrap()
 }
 
-/// The shipped scenarios the kind backend runs: all but the gRPC ones, which it refuses
-/// (`grpc_cells_are_refused_on_kind`).
+/// The shipped scenarios: the kind backend runs every one (gRPC balance and idle cells too).
 fn shipped() -> Vec<String> {
-    let all = idlelab::scenario::list(&repo().join("scenarios")).unwrap();
-    let kind: Vec<String> = all.iter().filter(|n| !n.starts_with("grpc-")).cloned().collect();
-    assert!(kind.len() + 2 <= all.len(), "the gRPC scenarios are named grpc-*: {all:?}");
-    kind
+    idlelab::scenario::list(&repo().join("scenarios")).unwrap()
 }
 
+/// The nightly kind job runs every shipped scenario: it skips none (the kind backend refuses
+/// none of them), so no scenario can fall out of the nightly run unnoticed.
 #[test]
-fn grpc_cells_are_refused_on_kind() {
-    // A balance run and an idle cell alike.
-    for scenario in ["grpc-steady", "grpc-keepalive-sidecar"] {
-        let out = tempfile::tempdir().unwrap();
-        let target = out.path().join("run");
-        let o = common::run(&["run", scenario, "--backend", "kind", "--out", target.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{scenario}: {}", common::text(&o));
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("gRPC cells run only in the local lab so far"), "{scenario}: {err}");
-        assert!(!target.exists(), "{scenario}: nothing created");
-    }
+fn the_nightly_kind_job_runs_every_shipped_scenario() {
+    let workflow = std::fs::read_to_string(repo().join(".github/workflows/nightly.yml")).unwrap();
+    let kind_loop = workflow.split("--backend kind --out \"results/kind/$s\"").next().unwrap();
+    let kind_loop = &kind_loop[kind_loop.rfind("for s in").expect("the kind job's loop")..];
+    assert!(kind_loop.contains("for s in $(sudo target/debug/idlelab list)"), "{kind_loop}");
+    assert!(!kind_loop.contains("continue"), "the kind job skips no scenario:\n{kind_loop}");
 }
 
 /// Every manifest document applied by a plan.
@@ -241,6 +234,20 @@ fn applied(cell: &Cell, index: usize) -> Vec<Value> {
 }
 
 fn local(cell: &Cell, ns: &str) -> Vec<Value> {
+    if let Some(grpc) = &cell.real.grpc {
+        let ip = |n: u32| -> std::net::Ipv4Addr { format!("198.18.1.{n}").parse().unwrap() };
+        let addrs = idlelab::render::objects::GrpcAddresses {
+            cluster_ip: ip(252),
+            clients: (0..grpc.clients as u32).map(|k| ip(1 + k)).collect(),
+            replicas: (0..grpc.max_replicas()).map(|i| ip(100 + i)).collect(),
+            ready: grpc.replicas as usize,
+        };
+        return idlelab::render::objects::for_grpc_cell(cell, ns, &addrs)
+            .map(|o| {
+                o.docs.iter().flat_map(|d| serde_saphyr::from_str_multiple::<Value, Vec<Value>>(d).unwrap()).collect()
+            })
+            .unwrap_or_default();
+    }
     let addrs = idlelab::render::objects::Addresses {
         app: "198.18.0.1".parse().unwrap(),
         server: "198.18.0.6".parse().unwrap(),
@@ -260,13 +267,16 @@ fn istio_resources(docs: &[Value]) -> Vec<Value> {
     v
 }
 
-/// `(kind, pod, annotations)` of the probe/client and server pods, injection switch aside.
+/// `(kind, pod, annotations)` of the probe/client and server pods, injection switch aside;
+/// each once (a gRPC cell has several of each: client pods, replicas).
 fn pod_annotations(docs: &[Value]) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for d in docs {
         let (who, meta) = match (d["kind"].as_str(), d["metadata"]["name"].as_str()) {
             (Some("Pod"), Some("idlelab-probe" | "client")) => ("client", &d["metadata"]),
-            (Some("Deployment"), Some(_)) => ("server", &d["spec"]["template"]["metadata"]),
+            (Some("Pod"), Some(n)) if n.starts_with("client-") => ("client", &d["metadata"]),
+            (Some("Pod"), Some(_)) if d["metadata"]["labels"]["app"] == "grpc" => ("server", &d["metadata"]),
+            (Some("Deployment" | "StatefulSet"), Some(_)) => ("server", &d["spec"]["template"]["metadata"]),
             (Some("Pod"), Some(n)) if d["metadata"]["labels"]["app"] == n && n != "istio-ingressgateway" => {
                 ("server", &d["metadata"])
             }
@@ -298,7 +308,8 @@ fn pod_annotations(docs: &[Value]) -> Vec<(String, Value)> {
             out.push((who.to_string(), a));
         }
     }
-    out.sort_by_key(|(w, _)| w.clone());
+    out.sort_by_key(|(w, a)| (w.clone(), a.to_string()));
+    out.dedup();
     out
 }
 
@@ -306,8 +317,11 @@ fn port_names(docs: &[Value]) -> Vec<String> {
     let mut v: Vec<String> = docs
         .iter()
         .filter(|d| {
+            // A gRPC cell's headless Service is the cluster's way to list the replicas; the
+            // local lab hands its clients their addresses.
             d["kind"] == "Service"
                 && d["metadata"]["name"] != "istio-ingressgateway"
+                && !d["metadata"]["name"].as_str().unwrap().ends_with("-headless")
                 && !d["metadata"]["name"].as_str().unwrap().starts_with("mb")
         })
         .flat_map(|d| d["spec"]["ports"].as_array().cloned().unwrap_or_default())
@@ -469,13 +483,13 @@ fn every_server_has_a_readiness_probe_that_is_a_real_client() {
     for name in shipped() {
         let c = &scenario_cells(&name)[0];
         let docs = applied(c, 0);
-        let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let d = docs.iter().find(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet").unwrap();
         let probe = &d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
         let how = probe.to_string();
         let want = match c.real.service {
             idlelab::model::service::Service::Redis => "redis-cli",
             idlelab::model::service::Service::Mysql => "mariadb-admin",
-            idlelab::model::service::Service::Memcached => "tcpSocket",
+            idlelab::model::service::Service::Memcached | idlelab::model::service::Service::Grpc => "tcpSocket",
             _ => "httpGet",
         };
         assert!(how.contains(want), "{name}: {how}");

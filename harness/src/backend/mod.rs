@@ -13,6 +13,7 @@
 //! A backend never judges and never reports: the verdict is `model::verdict::judge` of the
 //! observations, whichever backend made them.
 
+pub mod balance;
 pub mod evidence;
 
 use crate::cells::Cell;

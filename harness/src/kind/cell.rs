@@ -24,23 +24,18 @@ use crate::probe::ProbeSpec;
 use crate::render::{istio, manifests};
 use std::collections::BTreeMap;
 
-/// Every step of one cell, in order.
+/// Every step of one cell, in order (a gRPC balance cell's are `kind::grpc_cell`'s).
 pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
+    if cell.scaled.grpc.is_some() {
+        return super::grpc_cell::grpc_cell_steps(cell, index, target);
+    }
     let mut plan = CellPlan::new(cell, index, target);
     let ctx = crate::render::cluster_context(cell, &plan.ns);
     let mut annotations = plan.setup(&ctx);
     let (next_host, waits) = plan.server_and_hops(annotations.remove("server").unwrap_or_default());
     plan.mitigation_resources(&ctx);
     plan.steps.extend(waits);
-    let mut client = annotations.remove("client").unwrap_or_default();
-    let client_sidecar = ctx.sidecar_pods.iter().any(|p| p == "client");
-    if client_sidecar {
-        // Istio's bootstrap keeps few of Envoy's stats; the evidence reads its idle-timeout
-        // counters, so the probe's sidecar keeps them all, as the local lab's Envoy does
-        // (added to the pod's ProxyConfig, after what the cell already put there).
-        let config = client.entry("proxy.istio.io/config".into()).or_default();
-        config.push_str("proxyStatsMatcher:\n  inclusionRegexps:\n  - \".*\"\n");
-    }
+    let (client, client_sidecar) = client_annotations(&mut annotations, &ctx);
     plan.probe(&next_host, client);
     if client_sidecar {
         plan.sidecar_evidence();
@@ -50,13 +45,30 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
     plan.steps
 }
 
+/// The client pod's annotations, and whether it has a sidecar. Istio's bootstrap keeps few of
+/// Envoy's stats; the evidence reads its counters (idle timeouts, an outbound cluster's
+/// connections), so a client sidecar keeps them all, as the local lab's Envoy does (added to
+/// the pod's ProxyConfig, after what the cell already put there).
+pub(super) fn client_annotations(
+    annotations: &mut Annotations,
+    ctx: &IstioContext,
+) -> (BTreeMap<String, String>, bool) {
+    let mut client = annotations.remove("client").unwrap_or_default();
+    let client_sidecar = ctx.sidecar_pods.iter().any(|p| p == "client");
+    if client_sidecar {
+        let config = client.entry("proxy.istio.io/config".into()).or_default();
+        config.push_str("proxyStatsMatcher:\n  inclusionRegexps:\n  - \".*\"\n");
+    }
+    (client, client_sidecar)
+}
+
 /// The pods' annotations, by pod (`client`, `server`).
-type Annotations = BTreeMap<&'static str, BTreeMap<String, String>>;
+pub(super) type Annotations = BTreeMap<&'static str, BTreeMap<String, String>>;
 
 impl CellPlan<'_> {
     /// The time scale's note, the namespace, and the pods' annotations (the mitigation's and
     /// the explicit scaled idle timeouts); a mitigation with no cluster form is noted.
-    fn setup(&mut self, ctx: &IstioContext) -> Annotations {
+    pub(super) fn setup(&mut self, ctx: &IstioContext) -> Annotations {
         let factor = self.cell.time_scale.factor;
         let scaled_sidecars = istio::scaled_idle_timeouts(self.cell);
         if factor > 1 && scaled_sidecars.is_empty() {
@@ -107,7 +119,7 @@ impl CellPlan<'_> {
     }
 
     /// The mitigation's own resources, and the client sidecar's scaled HTTP pool idle timeout.
-    fn mitigation_resources(&mut self, ctx: &IstioContext) {
+    pub(super) fn mitigation_resources(&mut self, ctx: &IstioContext) {
         for f in self.cell.mitigation.as_mitigation().istio_resources(ctx) {
             if let IstioForm::Manifest { yaml, kind } = f {
                 self.apply(yaml, &format!("the mitigation: {kind}"));
@@ -185,23 +197,22 @@ impl CellPlan<'_> {
                 .optional(),
             );
         }
-        let stats = self.k(
-            &[
-                "-n",
-                &self.ns,
-                "exec",
-                "idlelab-probe",
-                "-c",
-                "istio-proxy",
-                "--",
-                "pilot-agent",
-                "request",
-                "GET",
-                &format!("stats?filter=^(tcp\\.|cluster\\.outbound\\|{port}\\|)"),
-            ],
+        let stats = self.sidecar_stats(
+            "idlelab-probe",
+            &format!("^(tcp\\.|cluster\\.outbound\\|{port}\\|)"),
             "evidence: the sidecar's counters (idle_timeout …) after the reuse",
         );
         self.steps.push(stats.with_capture(Capture::Evidence).optional());
+    }
+
+    /// The counters of `pod`'s sidecar whose names match `filter` (Envoy's admin, through
+    /// pilot-agent in the sidecar).
+    pub(super) fn sidecar_stats(&self, pod: &str, filter: &str, purpose: &str) -> Step {
+        let stats = format!("stats?filter={filter}");
+        self.k(
+            &["-n", &self.ns, "exec", pod, "-c", "istio-proxy", "--", "pilot-agent", "request", "GET", &stats],
+            purpose,
+        )
     }
 
     /// Each middlebox's count of forgotten-flow segments (FORWARD and INPUT paths).
@@ -217,7 +228,7 @@ impl CellPlan<'_> {
     /// Teardown, also after a failure: what the cell put in istio-system (the gateway's
     /// EnvoyFilters and certificate) must be gone before the next cell uses the one shared
     /// gateway, and its namespace with it.
-    fn teardown(&mut self) {
+    pub(super) fn teardown(&mut self) {
         self.steps.push(Step::Phase { phase: Phase::Teardown });
         let cell = self.cell;
         for hop in &cell.scaled.path {

@@ -16,11 +16,15 @@
 //!   a compressed run sets each sidecar's scaled idle timeout explicitly, and the plan says so.
 //! - Evidence: `istioctl proxy-config` of the probe's sidecar (listeners, clusters) and its
 //!   stats, kept with the cell.
+//! - A gRPC balance cell (`service: grpc` with `replicas`) has steps of its own
+//!   (`grpc_cell`): a StatefulSet of replicas behind the cluster's own ClusterIP, client pods,
+//!   `kubectl scale` on time, and the replicas' counts read back into the local lab's numbers.
 
 pub mod cell;
 pub mod cell_plan;
 pub mod device;
 pub mod engine;
+pub mod grpc_cell;
 pub mod plan;
 pub mod run;
 pub mod target;

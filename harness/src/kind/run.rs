@@ -75,12 +75,6 @@ impl Backend for KindBackend {
                 c.scenario
             ));
         }
-        if let Some(c) = cells.iter().find(|c| c.real.service == crate::model::service::Service::Grpc) {
-            return Err(format!(
-                "{}: gRPC cells run only in the local lab so far: the kind backend has no replicas, client pods or balance counts, and its probe pod has not run a gRPC idle cell yet\n  hint: run it without `--backend kind`",
-                c.scenario
-            ));
-        }
         let mut runner = self.runner.lock().expect("command runner");
         runner.preflight(&self.target.required_programs(), self.target.context.is_none())
     }
@@ -116,6 +110,9 @@ impl Backend for KindBackend {
         })
         .await
         .map_err(|e| CellFailure::new(e.into()))?;
+        if done.error.is_none() && cell.scaled.grpc.is_some() {
+            return balance_outcome(&cell, done).map_err(CellFailure::new);
+        }
         match (done.error, done.observations) {
             (None, Some(observations)) => Ok(CellOutcome { observations, lab: None, notes: done.notes, logs: vec![] }),
             (Some(e), _) => Err(CellFailure::new(anyhow!("{e}"))),
@@ -125,6 +122,19 @@ impl Backend for KindBackend {
             })),
         }
     }
+}
+
+/// A gRPC balance cell's outcome from what its steps captured: the same numbers, notes and
+/// observation the local lab makes of a run.
+fn balance_outcome(cell: &Cell, done: Executed) -> anyhow::Result<CellOutcome> {
+    let (run, mut notes) = super::grpc_cell::balance_run(cell, &done.vars)?;
+    let target = format!("{}:{}", cell.scaled.service.name(), cell.scaled.service.port());
+    let end_ms = run.end_ms;
+    let (balance, balance_notes) = crate::backend::balance::observe(run);
+    notes.extend(balance_notes);
+    notes.extend(done.notes);
+    let observations = Observations::of_balance(cell.scaled.service.name(), target, end_ms, balance);
+    Ok(CellOutcome { observations, lab: None, notes, logs: vec![] })
 }
 
 /// What executing some steps gave.

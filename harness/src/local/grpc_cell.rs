@@ -25,10 +25,11 @@ use super::envoy::{Envoy, EnvoyFiles};
 use super::netns::{self, Netns};
 use super::process::{self, LabProcess};
 use super::topology::link_addrs;
+use crate::backend::balance::BalanceRun;
 use crate::backend::{CellFailure, CellOutcome, Phase};
 use crate::config::GrpcConfig;
-use crate::local::grpc_replica::{ReplicaCount, read_counts};
-use crate::model::balance::{BalanceObservation, segments};
+use crate::local::grpc_replica::read_counts;
+use crate::model::balance::ReplicaCount;
 use crate::model::library::Library;
 use crate::model::observation::Observations;
 use crate::probe::grpc::{GrpcProbeReport, GrpcProbeSpec, unix_ms};
@@ -272,51 +273,6 @@ async fn client_report(mut p: LabProcess) -> Result<GrpcProbeReport> {
     serde_json::from_str(out.trim()).with_context(|| format!("{}: its report is not JSON: {out}", p.name))
 }
 
-/// The replicas' counts as one timeline: every 200 ms from `t0`, what each had served.
-fn timeline(counts: &[Vec<ReplicaCount>], t0: u64, end_ms: u64) -> Vec<(u64, Vec<u64>)> {
-    (0..=end_ms / 200)
-        .map(|step| {
-            let at = t0 + step * 200;
-            let served = counts
-                .iter()
-                .map(|c| c.iter().take_while(|x| x.unix_ms <= at).last().map(|x| x.served).unwrap_or(0))
-                .collect();
-            (step * 200, served)
-        })
-        .collect()
-}
-
-/// How long after a scale each added replica took to get its share: the end of the first
-/// window of [`SHARE_WINDOW_MS`] in the segment (from the cut on, in steps of the timeline's
-/// 200 ms) in which it served at least half of an even share of that window's requests.
-/// None when that never happened before the segment ended.
-fn time_to_share(
-    timeline: &[(u64, Vec<u64>)],
-    seg: &crate::model::balance::Segment,
-    added: &[usize],
-) -> Vec<(usize, Option<u64>)> {
-    let n = seg.served.len().max(1) as u64;
-    let points: Vec<&(u64, Vec<u64>)> =
-        timeline.iter().filter(|(t, _)| *t + 200 > seg.from_ms && *t <= seg.to_ms).collect();
-    let at = |p: &(u64, Vec<u64>), i: usize| p.1.get(i).copied().unwrap_or(0);
-    let steps = (SHARE_WINDOW_MS / 200) as usize;
-    added
-        .iter()
-        .map(|&i| {
-            let when = points.windows(steps + 1).find_map(|w| {
-                let (first, last) = (w[0], w[steps]);
-                let total: u64 = last.1.iter().sum::<u64>().saturating_sub(first.1.iter().sum());
-                let mine = at(last, i).saturating_sub(at(first, i));
-                (total > 0 && mine * n * 2 >= total).then(|| last.0.saturating_sub(seg.from_ms))
-            });
-            (i, when)
-        })
-        .collect()
-}
-
-/// The window `time_to_share` judges a replica's share over.
-const SHARE_WINDOW_MS: u64 = 400;
-
 /// The resident memory of a proxy's processes: pilot-agent and Envoy both run in its dir
 /// (`local::proxy`), so every process whose working directory is under `dir` is counted.
 fn proxy_rss_kib(dir: &std::path::Path) -> u64 {
@@ -449,24 +405,16 @@ async fn run_in(
     }
 
     // Headless: the addresses of the replicas Ready when the client resolves (its start).
-    let targets: Vec<std::net::SocketAddr> = if grpc.headless || grpc.lb.over_every_replica() {
-        (0..grpc.replicas as usize).map(|i| (lab.replica_addr(i), PORT).into()).collect()
+    let targets: Vec<String> = if grpc.headless || grpc.lb.over_every_replica() {
+        (0..grpc.replicas as usize).map(|i| format!("{}:{PORT}", lab.replica_addr(i))).collect()
     } else {
-        vec![(lab.cluster_ip, PORT).into()]
+        vec![format!("{}:{PORT}", lab.cluster_ip)]
     };
     phase(Phase::Warm);
     let t0 = unix_ms();
     let mut clients = Vec::new();
     for k in 0..grpc.clients {
-        let spec = GrpcProbeSpec {
-            client: format!("client-{k}"),
-            targets: targets.clone(),
-            lb: grpc.lb,
-            channels: grpc.channels,
-            duration_ms: grpc.duration.0.as_millis() as u64,
-            interval_ms: grpc.request_interval.0.as_millis() as u64,
-            request_timeout_ms: cell.scaled.client.request_timeout.0.as_millis() as u64,
-        };
+        let spec = GrpcProbeSpec::for_client(&cell.scaled, format!("client-{k}"), targets.clone());
         clients.push(run_client(lab, k, &spec, cell.scaled.client.library).await?);
     }
     let started = Instant::now();
@@ -506,115 +454,23 @@ async fn run_in(
     let end_ms = unix_ms().saturating_sub(t0);
     let counts: Vec<Vec<ReplicaCount>> =
         (0..replicas_now).map(|i| read_counts(&lab.counts_file(i))).collect::<Result<_>>()?;
-    let timeline = timeline(&counts, t0, end_ms);
-    let cut_ms: Vec<u64> = cuts.iter().map(|(c, _)| *c).collect();
-    let segs = segments(&timeline, &cut_ms, |ms| {
-        cuts.iter().filter(|(c, _)| *c <= ms).next_back().map(|(_, n)| *n).unwrap_or(grpc.replicas as usize)
-    });
-    let mut time_to_share_ms = Vec::new();
-    for (j, new) in added.iter().enumerate() {
-        if let Some(seg) = segs.get(j + 1) {
-            time_to_share_ms.extend(time_to_share(&timeline, seg, new));
-        }
-    }
-    let requests: u64 = reports.iter().map(|r| r.requests.len() as u64).sum();
-    let mut failed: Vec<String> = Vec::new();
-    for r in &reports {
-        for q in r.requests.iter().filter(|q| q.code.is_some()) {
-            failed.push(format!(
-                "{} at {:.1} s: {} {}",
-                r.client,
-                q.unix_ms.saturating_sub(t0) as f64 / 1000.0,
-                q.code.as_deref().unwrap_or_default(),
-                q.message.as_deref().unwrap_or_default()
-            ));
-        }
-    }
-    // What each client's channels reached: one replica per connection, or all of them.
-    for r in &reports {
-        let mut per_channel: std::collections::BTreeMap<usize, std::collections::BTreeSet<u32>> = Default::default();
-        for q in &r.requests {
-            if let Some(rep) = q.replica {
-                per_channel.entry(q.channel).or_default().insert(rep);
-            }
-        }
-        let desc: Vec<String> = per_channel
-            .iter()
-            .map(|(ch, set)| {
-                format!(
-                    "channel {ch} → replica{} {}",
-                    if set.len() > 1 { "s" } else { "" },
-                    set.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
-                )
-            })
-            .collect();
-        notes.push(format!("{}: {} requests; {}", r.client, r.requests.len(), desc.join("; ")));
-    }
-    for s in &segs {
-        notes.push(format!(
-            "{:.1}–{:.1} s: requests per replica [{}]; largest share {:.0} %, coefficient of variation {:.2}",
-            s.from_ms as f64 / 1000.0,
-            s.to_ms as f64 / 1000.0,
-            s.served.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
-            s.largest_share() * 100.0,
-            s.coefficient_of_variation()
-        ));
-    }
-    for (i, t) in &time_to_share_ms {
-        notes.push(match t {
-            Some(ms) => format!(
-                "replica {i} (added by scale) first served half an even share of a {SHARE_WINDOW_MS} ms window {:.1} s after it joined",
-                *ms as f64 / 1000.0
-            ),
-            None => format!(
-                "replica {i} (added by scale) never served half an even share of a {SHARE_WINDOW_MS} ms window before the end"
-            ),
-        });
-    }
     notes.extend(sidecar_counters(lab).await);
-    let rss_kib: Vec<u64> = counts.iter().map(|c| c.last().map(|x| x.rss_kib).unwrap_or(0)).collect();
-    let client_rss_kib: Vec<u64> = reports.iter().map(|r| r.peak_rss_kib).collect();
     let sidecar_rss_kib: Vec<(String, u64)> =
         lab.envoys.iter().map(|(pod, _)| (pod.clone(), proxy_rss_kib(&lab.dir.path().join(pod)))).collect();
-    notes.push(format!(
-        "clients' peak resident memory (KiB): [{}]",
-        client_rss_kib.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
-    ));
-    if !sidecar_rss_kib.is_empty() {
-        notes.push(format!(
-            "sidecars' resident memory, pilot-agent + Envoy (KiB): {}",
-            sidecar_rss_kib.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
-        ));
-    }
-    notes.push(format!(
-        "replicas' resident memory (KiB): [{}]",
-        rss_kib.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
-    ));
-    let balance = BalanceObservation {
-        timeline,
-        segments: segs,
-        requests,
-        failed,
-        rss_kib,
-        client_rss_kib,
-        sidecar_rss_kib,
-        time_to_share_ms,
+    let (balance, balance_notes) = crate::backend::balance::observe(BalanceRun {
+        t0,
+        end_ms,
+        initial: grpc.replicas as usize,
+        cuts,
+        added,
+        counts,
+        reports,
         threshold: grpc.threshold,
-    };
+        sidecar_rss_kib,
+    });
+    notes.extend(balance_notes);
     phase(Phase::Teardown);
-    let observations = Observations {
-        service: "grpc".into(),
-        target: format!("{}:{PORT}", lab.cluster_ip),
-        pool: 0,
-        idle_started_ms: 0,
-        idle_ms: 0,
-        reuse_started_ms: 0,
-        connections: vec![],
-        finished_ms: end_ms,
-        peak_rss_kib: 0,
-        notes: vec![],
-        balance: Some(balance),
-    };
+    let observations = Observations::of_balance("grpc", format!("{}:{PORT}", lab.cluster_ip), end_ms, balance);
     Ok((observations, notes))
 }
 
@@ -633,45 +489,5 @@ pub async fn run_cell(
     match result {
         Ok((observations, notes)) => Ok(CellOutcome { observations, lab: None, notes, logs }),
         Err(error) => Err(CellFailure { error, logs }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::balance::Segment;
-
-    /// A timeline every 200 ms: replicas 0–3 serve 10 per step each; replica 4, added at
-    /// 1000 ms, from `joins_at` on.
-    fn timeline(joins_at: Option<u64>) -> Vec<(u64, Vec<u64>)> {
-        let mut served = vec![0u64; 5];
-        (0..=20)
-            .map(|step| {
-                let t = step * 200;
-                for (i, s) in served.iter_mut().enumerate() {
-                    if i < 4 || joins_at.is_some_and(|j| t > j) {
-                        *s += 10;
-                    }
-                }
-                (t, served.clone())
-            })
-            .collect()
-    }
-
-    #[test]
-    fn an_added_replica_gets_its_share_when_its_rate_does_not_when_the_segment_ends() {
-        let seg = |tl: &[(u64, Vec<u64>)]| {
-            let (a, b) = (&tl[5].1, &tl[20].1);
-            Segment { from_ms: 1000, to_ms: 4000, served: a.iter().zip(b).map(|(a, b)| b - a).collect() }
-        };
-        // At once: the first 400 ms window after the cut.
-        let tl = timeline(Some(1000));
-        assert_eq!(time_to_share(&tl, &seg(&tl), &[4]), vec![(4, Some(400))]);
-        // Serving from 2.2 s on: the window 2.0–2.4 s, half of it at an even rate, is enough.
-        let tl = timeline(Some(2200));
-        assert_eq!(time_to_share(&tl, &seg(&tl), &[4]), vec![(4, Some(1400))]);
-        // Never.
-        let tl = timeline(None);
-        assert_eq!(time_to_share(&tl, &seg(&tl), &[4]), vec![(4, None)]);
     }
 }

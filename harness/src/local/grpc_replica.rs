@@ -13,11 +13,11 @@
 //! by `unix_ms`. (This file is not named `*_server.rs`: the build script lists those as the
 //! local lab's service servers.)
 
+use crate::model::balance::ReplicaCount;
 use crate::probe::grpc::pb::replica_server::{Replica, ReplicaServer};
 use crate::probe::grpc::pb::{WhoReply, WhoRequest};
 use crate::probe::grpc::unix_ms;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -56,18 +56,6 @@ pub struct ReplicaServe {
     /// calls without limit. [`serve`] refuses a value rather than ignore it, so no scenario
     /// believes it is in effect.
     pub max_connection_age_grace: Option<Duration>,
-}
-
-/// One line of the counts file: what a replica had served at `unix_ms`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ReplicaCount {
-    /// Wall clock (ms since the Unix epoch), to line up with the probe's calls.
-    pub unix_ms: u64,
-    pub replica: u32,
-    /// `Who` calls answered so far.
-    pub served: u64,
-    /// The replica's resident memory (VmRSS of /proc/self/status); 0 where it cannot be read.
-    pub rss_kib: u64,
 }
 
 /// The `Who` service of one replica.
@@ -173,11 +161,7 @@ pub async fn serve_on(listener: TcpListener, spec: ReplicaServe, stop: impl Futu
 /// The lines of a counts file, in the order written.
 pub fn read_counts(path: &Path) -> Result<Vec<ReplicaCount>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1)))
-        .collect()
+    crate::model::balance::parse_counts(&text, &path.display().to_string())
 }
 
 /// VmRSS of this process in KiB; 0 where /proc/self/status has none.

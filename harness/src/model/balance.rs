@@ -101,6 +101,28 @@ impl Segment {
     }
 }
 
+/// One line of the counts file: what a replica had served at `unix_ms`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ReplicaCount {
+    /// Wall clock (ms since the Unix epoch), to line up with the probe's calls.
+    pub unix_ms: u64,
+    pub replica: u32,
+    /// `Who` calls answered so far.
+    pub served: u64,
+    /// The replica's resident memory (VmRSS of /proc/self/status); 0 where it cannot be read.
+    pub rss_kib: u64,
+}
+
+/// The lines of a counts file (`origin` names it in errors), in the order written.
+pub fn parse_counts(text: &str, origin: &str) -> anyhow::Result<Vec<ReplicaCount>> {
+    use anyhow::Context;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{origin}:{}", i + 1)))
+        .collect()
+}
+
 /// The servers' counts over time, plus what the clients saw.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
 pub struct BalanceObservation {

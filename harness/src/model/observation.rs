@@ -130,6 +130,28 @@ pub struct Observations {
 }
 
 impl Observations {
+    /// A gRPC balance run's observations: no pooled connection, only what the replicas served.
+    pub fn of_balance(
+        service: &str,
+        target: String,
+        finished_ms: u64,
+        balance: crate::model::balance::BalanceObservation,
+    ) -> Self {
+        Observations {
+            service: service.into(),
+            target,
+            pool: 0,
+            idle_started_ms: 0,
+            idle_ms: 0,
+            reuse_started_ms: 0,
+            connections: vec![],
+            finished_ms,
+            peak_rss_kib: 0,
+            notes: vec![],
+            balance: Some(balance),
+        }
+    }
+
     /// What the probe contract promises (`scenarios/PROBE.md`): one row per pooled
     /// connection, ids 0 … pool − 1 each exactly once, and no socket carrying two reuses. A
     /// probe that sent its reuses through one connection again and again would otherwise

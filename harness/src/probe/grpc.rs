@@ -33,8 +33,11 @@ use tonic::transport::{Channel, Endpoint};
 pub struct GrpcProbeSpec {
     /// Sent in each call and echoed in the report: which client this is.
     pub client: String,
-    /// Where to connect: one address for [`GrpcLb::PickFirst`], the replicas for [`GrpcLb::BalanceList`].
-    pub targets: Vec<SocketAddr>,
+    /// Where to connect, as `host:port`: one address for [`GrpcLb::PickFirst`] (a ClusterIP, or
+    /// its Service's name: a name is resolved when the channel connects), the replicas for
+    /// [`GrpcLb::BalanceList`] (each target's every address, resolved once at start: a
+    /// headless Service's name stands for the replicas Ready then).
+    pub targets: Vec<String>,
     pub lb: GrpcLb,
     /// How many channels, each calling on its own.
     pub channels: usize,
@@ -44,6 +47,23 @@ pub struct GrpcProbeSpec {
     pub interval_ms: u64,
     /// A call's deadline (sent as grpc-timeout and enforced here); also the connect timeout.
     pub request_timeout_ms: u64,
+}
+
+impl GrpcProbeSpec {
+    /// Client `client`'s spec in a balance cell: the cell's channels, policy and timing, and
+    /// the targets its backend gives it.
+    pub fn for_client(knobs: &crate::config::CellConfig, client: String, targets: Vec<String>) -> Self {
+        let grpc = knobs.grpc.as_ref().expect("a gRPC balance cell");
+        GrpcProbeSpec {
+            client,
+            targets,
+            lb: grpc.lb,
+            channels: grpc.channels,
+            duration_ms: grpc.duration.0.as_millis() as u64,
+            interval_ms: grpc.request_interval.0.as_millis() as u64,
+            request_timeout_ms: knobs.client.request_timeout.0.as_millis() as u64,
+        }
+    }
 }
 
 /// How a channel spreads its calls (the scenario's `client.lb`).
@@ -104,14 +124,14 @@ pub async fn run_stdin() -> Result<GrpcProbeReport> {
     run(&spec).await
 }
 
-fn endpoint(target: SocketAddr, timeout: Duration) -> Result<Endpoint> {
+fn endpoint(target: &str, timeout: Duration) -> Result<Endpoint> {
     Ok(Endpoint::from_shared(format!("http://{target}"))?.connect_timeout(timeout))
 }
 
 async fn open_channel(spec: &GrpcProbeSpec, index: usize, timeout: Duration) -> Result<Channel> {
     match spec.lb {
         GrpcLb::PickFirst => {
-            let target = spec.targets[0];
+            let target = &spec.targets[0];
             let channel = endpoint(target, timeout)?
                 .connect()
                 .await
@@ -120,13 +140,31 @@ async fn open_channel(spec: &GrpcProbeSpec, index: usize, timeout: Duration) -> 
             Ok(channel)
         }
         GrpcLb::BalanceList => {
-            let endpoints = spec.targets.iter().map(|t| endpoint(*t, timeout)).collect::<Result<Vec<_>>>()?;
+            let addrs = resolve_all(&spec.targets).await?;
+            let endpoints = addrs.iter().map(|a| endpoint(&a.to_string(), timeout)).collect::<Result<Vec<_>>>()?;
+            tracing::debug!(index, ?addrs, "gRPC channel balances over");
             Ok(Channel::balance_list(endpoints.into_iter()))
         }
         GrpcLb::RoundRobin => {
             anyhow::bail!("`round_robin` is grpc-go's (the Go probe); tonic balances with `balance_list`")
         }
     }
+}
+
+/// Every address of every target (an address stands for itself, a name for its records), in
+/// order, each once.
+async fn resolve_all(targets: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for t in targets {
+        let found = tokio::net::lookup_host(t.as_str()).await.with_context(|| format!("resolve {t}"))?;
+        for a in found {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    anyhow::ensure!(!addrs.is_empty(), "{} resolved to no address", targets.join(", "));
+    Ok(addrs)
 }
 
 /// One channel's calls until `until`, each bounded by `request_timeout_ms`.
@@ -180,7 +218,7 @@ mod tests {
     fn spec(client: &str, targets: Vec<SocketAddr>, lb: GrpcLb) -> GrpcProbeSpec {
         GrpcProbeSpec {
             client: client.into(),
-            targets,
+            targets: targets.iter().map(SocketAddr::to_string).collect(),
             lb,
             channels: 2,
             duration_ms: 1000,
@@ -246,6 +284,19 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let err = run(&spec("refused", vec![closed], GrpcLb::PickFirst)).await.unwrap_err();
         assert!(format!("{err:#}").contains(&closed.to_string()), "{err:#}");
+    }
+
+    /// balance_list's list: a name stands for every address it resolves to (a headless
+    /// Service's replicas), an address for itself, each once, in order.
+    #[tokio::test]
+    async fn a_balance_list_resolves_names_to_every_address_once() {
+        let targets = ["127.0.0.1:50051", "localhost:50051", "127.0.0.1:50051"].map(String::from);
+        let addrs = resolve_all(&targets).await.unwrap();
+        let local: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        assert_eq!(addrs[0], local);
+        assert_eq!(addrs.iter().filter(|a| **a == local).count(), 1, "{addrs:?}");
+        let err = resolve_all(&["no-port".to_string()]).await.unwrap_err();
+        assert!(format!("{err:#}").contains("resolve no-port"), "{err:#}");
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //!     Deployment + Service <service>   the server, same settings as the local lab
 //!     Pod mb<i> + Service mb<i>        a middlebox hop: privileged, conntrack + DNAT to the next hop
 //!     ConfigMap + Pod idlelab-probe    `idlelab probe --spec /spec/probe.json`, sidecar per the path
+//!   a gRPC balance cell instead:
+//!     StatefulSet grpc + Service grpc  the replicas (`serve-grpc`), the ClusterIP, and the
+//!       + Service grpc-headless        headless name that lists every Ready replica
+//!     ConfigMap + Pod client-<k>       one per client; its probe runs by `kubectl exec`
 //! ```
 
 use crate::config::CellConfig;
 use crate::hop::{MiddleboxHop, OnUnknown};
 use crate::model::service::Service as Svc;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, ExecAction, HTTPGetAction, Namespace,
     Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec,
@@ -97,7 +101,7 @@ fn server_container(knobs: &CellConfig) -> Container {
         Svc::Http | Svc::Https => {
             vec!["idlelab".into(), "serve-http".into(), "--listen".into(), format!("0.0.0.0:{port}")]
         }
-        // One replica's server (the kind backend refuses balance cells so far).
+        // A gRPC idle cell's one server (a balance cell's replicas are `grpc_replicas`).
         Svc::Grpc => ["idlelab", "serve-grpc", "--replica", "0", "--counts", "/tmp/counts", "--listen"]
             .into_iter()
             .map(String::from)
@@ -205,6 +209,139 @@ fn service(name: &str, ns: &str, s: Svc, app: &str) -> Service {
     }
 }
 
+/// A pod that only waits, its ConfigMap `specs` at /spec: a probe runs in it by `kubectl
+/// exec`, so the pod and its sidecar outlive the probe and the evidence is read after the
+/// probe, however short its run.
+fn waiting_pod(name: &str, ns: &str, app: &str, specs: &str, annotations: BTreeMap<String, String>) -> Pod {
+    Pod {
+        metadata: meta(name, ns, &[("app", app)], annotations),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(GRACE_S),
+            containers: vec![Container {
+                name: "probe".into(),
+                image: Some(LAB_IMAGE.into()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(lab_command(vec!["sleep".into(), "infinity".into()])),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "spec".into(),
+                    mount_path: "/spec".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "spec".into(),
+                config_map: Some(ConfigMapVolumeSource { name: specs.into(), ..Default::default() }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The program that hosts `library`'s side of the lab's gRPC service in the lab image:
+/// `idlelab` for tonic, `idlelab-probe-go` for grpc-go (the same subcommands and contract).
+pub fn grpc_program(library: crate::model::library::Library) -> &'static str {
+    if library == crate::model::library::Library::GrpcGo { "idlelab-probe-go" } else { "idlelab" }
+}
+
+/// Where a replica pod keeps its counts (`serve-grpc --counts`), read back by `kubectl exec`.
+pub const GRPC_COUNTS: &str = "/tmp/counts";
+
+/// The headless Service of a gRPC balance cell: its name resolves to every Ready replica.
+pub fn grpc_headless_name(s: Svc) -> String {
+    format!("{}-headless", s.name())
+}
+
+/// A gRPC balance cell's replicas: a StatefulSet, so that each pod has a stable name
+/// (`grpc-0`, `grpc-1`, …) whose ordinal is the replica id it answers with and by which the
+/// cell reads its counts; `Parallel`, so a scale-up starts every new pod at once, as a
+/// Deployment's would. The ClusterIP Service (kube-proxy balances per connection) and the
+/// headless one (every Ready replica's record) select them all.
+pub fn grpc_replicas(
+    knobs: &CellConfig,
+    grpc: &crate::config::GrpcConfig,
+    ns: &str,
+    annotations: BTreeMap<String, String>,
+) -> (StatefulSet, Service, Service) {
+    let s = knobs.service;
+    let (name, port) = (s.name(), s.port());
+    let mut serve = format!(
+        "exec {} serve-grpc --replica \"${{HOSTNAME##*-}}\" --counts {GRPC_COUNTS} --listen 0.0.0.0:{port}",
+        grpc_program(grpc.server_library)
+    );
+    if let Some(age) = grpc.max_connection_age {
+        serve.push_str(&format!(" --max-connection-age-ms {}", age.0.as_millis()));
+    }
+    if let Some(grace) = grpc.max_connection_age_grace {
+        serve.push_str(&format!(" --max-connection-age-grace-ms {}", grace.0.as_millis()));
+    }
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    let set = StatefulSet {
+        metadata: meta(name, ns, &[("app", name)], BTreeMap::new()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(grpc.replicas as i32),
+            service_name: Some(grpc_headless_name(s)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "server".into(),
+                        image: Some(LAB_IMAGE.into()),
+                        image_pull_policy: Some("IfNotPresent".into()),
+                        command: Some(lab_command(vec!["sh".into(), "-c".into(), serve])),
+                        ports: Some(vec![ContainerPort {
+                            container_port: port as i32,
+                            name: Some(port_name(s)),
+                            ..Default::default()
+                        }]),
+                        readiness_probe: Some(readiness(s)),
+                        ..Default::default()
+                    }],
+                    termination_grace_period_seconds: Some(GRACE_S),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut headless = service(&grpc_headless_name(s), ns, s, name);
+    if let Some(spec) = headless.spec.as_mut() {
+        spec.cluster_ip = Some("None".into());
+    }
+    (set, service(name, ns, s, name), headless)
+}
+
+/// The specs of a gRPC balance cell's clients, one key per client (`client-0.json`, …).
+pub const GRPC_CLIENT_SPECS: &str = "grpc-client-specs";
+
+/// The clients of a gRPC balance cell: one pod each (`client-<k>`, with the client app's
+/// label, so its sidecar is the one the mitigation's objects select), waiting; its probe runs
+/// by `kubectl exec`. Their specs, in one ConfigMap.
+pub fn grpc_clients(
+    ns: &str,
+    specs: &[(String, String)],
+    annotations: BTreeMap<String, String>,
+) -> (ConfigMap, Vec<Pod>) {
+    let app = crate::mitigation::CLIENT_APP;
+    let cm = ConfigMap {
+        metadata: meta(GRPC_CLIENT_SPECS, ns, &[("app", app)], BTreeMap::new()),
+        data: Some(specs.iter().map(|(pod, json)| (format!("{pod}.json"), json.clone())).collect()),
+        ..Default::default()
+    };
+    let pods = specs.iter().map(|(pod, _)| waiting_pod(pod, ns, app, GRPC_CLIENT_SPECS, annotations.clone())).collect();
+    (cm, pods)
+}
+
 /// The name of the middlebox's counter of forgotten-flow segments (`nft list counter ip
 /// idlelab_middlebox forgotten`), which the cell's evidence reads.
 pub const MIDDLEBOX_COUNTER: &str = "forgotten";
@@ -288,36 +425,10 @@ pub fn probe(ns: &str, spec_json: &str, knobs: &CellConfig, annotations: BTreeMa
             Sysctl { name: "net.ipv4.tcp_keepalive_probes".into(), value: k.probes.to_string() },
         ]
     });
-    let pod = Pod {
-        metadata: meta("idlelab-probe", ns, &[("app", "idlelab-probe")], annotations),
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            termination_grace_period_seconds: Some(GRACE_S),
-            security_context: sysctls.map(|s| PodSecurityContext { sysctls: Some(s), ..Default::default() }),
-            // The pod only waits; the probe runs in it by `kubectl exec`, so the pod and its
-            // sidecar outlive the probe and the evidence is read after the reuse, however short
-            // the idle period.
-            containers: vec![Container {
-                name: "probe".into(),
-                image: Some(LAB_IMAGE.into()),
-                image_pull_policy: Some("IfNotPresent".into()),
-                command: Some(lab_command(vec!["sleep".into(), "infinity".into()])),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "spec".into(),
-                    mount_path: "/spec".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "spec".into(),
-                config_map: Some(ConfigMapVolumeSource { name: "idlelab-probe-spec".into(), ..Default::default() }),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut pod = waiting_pod("idlelab-probe", ns, "idlelab-probe", "idlelab-probe-spec", annotations);
+    if let (Some(spec), Some(sysctls)) = (pod.spec.as_mut(), sysctls) {
+        spec.security_context = Some(PodSecurityContext { sysctls: Some(sysctls), ..Default::default() });
+    }
     (cm, pod)
 }
 

@@ -46,7 +46,12 @@ pub fn render(s: &RunSummary) -> String {
         }
         let scaled: Vec<String> =
             c.time_scale.values.iter().map(|v| format!("`{}` {} → {}", v.label, v.real, v.scaled)).collect();
-        let _ = writeln!(out, "\nTime scale ×{}: {}.", c.time_scale.factor, scaled.join(", "));
+        if scaled.is_empty() {
+            // A gRPC balance run keeps its real durations: nothing to list.
+            let _ = writeln!(out, "\nTime scale ×{}: no duration scaled.", c.time_scale.factor);
+        } else {
+            let _ = writeln!(out, "\nTime scale ×{}: {}.", c.time_scale.factor, scaled.join(", "));
+        }
         for note in c.time_scale.notes() {
             let _ = writeln!(out, "- {note}");
         }

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -132,6 +133,34 @@ func (whoCodec) Unmarshal(data []byte, v any) error {
 	return nil
 }
 
+// resolveAll gives every address of every `host:port` target, each once, in order: an address
+// stands for itself, a name (a headless Service's) for its records as resolved now.
+func resolveAll(targets []string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, t := range targets {
+		host, port, err := net.SplitHostPort(t)
+		if err != nil {
+			return nil, fmt.Errorf("target %q: %v", t, err)
+		}
+		ips, err := net.DefaultResolver.LookupHost(context.Background(), host)
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %v", t, err)
+		}
+		sort.Strings(ips)
+		for _, ip := range ips {
+			if a := net.JoinHostPort(ip, port); !seen[a] {
+				seen[a] = true
+				out = append(out, a)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s resolved to no address", strings.Join(targets, ", "))
+	}
+	return out, nil
+}
+
 // dialChannel opens one channel with grpc-go's own policy for `lb`.
 func dialChannel(spec *grpcSpec, index int) (*grpc.ClientConn, error) {
 	r := manual.NewBuilderWithScheme(fmt.Sprintf("idlelab%d", index))
@@ -140,7 +169,11 @@ func dialChannel(spec *grpcSpec, index int) (*grpc.ClientConn, error) {
 	case "pick_first":
 		addrs = []resolver.Address{{Addr: spec.Targets[0]}}
 	case "round_robin":
-		for _, t := range spec.Targets {
+		all, err := resolveAll(spec.Targets)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range all {
 			addrs = append(addrs, resolver.Address{Addr: t})
 		}
 	default:

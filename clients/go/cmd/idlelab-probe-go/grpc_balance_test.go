@@ -75,6 +75,21 @@ func TestAnUnknownPolicyOrADeadTargetFailsTheRun(t *testing.T) {
 	}
 }
 
+// round_robin's list: a name stands for every address it resolves to (a headless Service's
+// replicas), an address for itself, each once; a target that is no host:port fails the run.
+func TestRoundRobinResolvesNamesToEveryAddressOnce(t *testing.T) {
+	got, err := resolveAll([]string{"127.0.0.1:50051", "localhost:50051", "127.0.0.1:50051"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != "127.0.0.1:50051" || strings.Count(strings.Join(got, " "), "127.0.0.1:50051") != 1 {
+		t.Errorf("127.0.0.1 once, first: %v", got)
+	}
+	if _, err := resolveAll([]string{"no-port"}); err == nil || !strings.Contains(err.Error(), `target "no-port"`) {
+		t.Errorf("a target without a port: %v", err)
+	}
+}
+
 // grpc-go in an idle cell, end to end against an in-process replica: each ClientConn's one
 // connection carries its own warm and reuse call; a pool setting it lacks is refused.
 func TestGrpcGoIdleCellReusesEachClientConnsOwnConnection(t *testing.T) {
