@@ -31,7 +31,13 @@ fn quiet(
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
     let exec = Exec {
         title: title.into(),
-        output: OutputArgs { out: Some(dir.clone()), results_dir: PathBuf::from("results"), repeat: 1, verbose: false },
+        output: OutputArgs {
+            out: Some(dir.clone()),
+            results_dir: PathBuf::from("results"),
+            repeat: 1,
+            verbose: false,
+            capture: false,
+        },
         jobs,
         quiet: true,
         time_scale_label: label,

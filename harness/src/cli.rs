@@ -151,6 +151,14 @@ enum Command {
     },
     /// Remove namespaces and temp dirs left by idlelab runs that were killed outright.
     Reap,
+    /// Read a capture (pcap or pcapng, yours or a cell's from `--capture`) and say, for each TCP
+    /// connection that ended badly, how long it sat idle, whether a FIN or keepalive probes
+    /// were seen, who sent the RST, what that points to and which scenario reproduces it.
+    /// Exit 0, or 2 when the file is not a readable capture of TCP.
+    Explain {
+        /// The capture file.
+        file: PathBuf,
+    },
     /// Time every scenario, the whole matrix and a 1,000-connection pool; write results/bench.json.
     Bench {
         /// Scenarios to time (default: every shipped scenario).
@@ -276,6 +284,16 @@ pub fn main() -> i32 {
             }
             Err(e) => {
                 eprintln!("error: cannot list {}: {e}", scenarios_dir.display());
+                2
+            }
+        },
+        Command::Explain { file } => match crate::capture::explain_file(&file) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 2
             }
         },

@@ -40,6 +40,9 @@
 //!   `probe::grpc`, `idlelab probe-grpc`: tonic channels that send requests for a run's
 //!   duration and record which replica answered each; `probe::grpc_idle`: a gRPC idle
 //!   cell's tonic channels (with their HTTP/2 keepalive) behind the same contract.
+//! - [`capture`]: a pcap or pcapng read as a stream of TCP segments, and what one hop's
+//!   packets say about each connection that ended badly (`idlelab explain`); the local lab
+//!   writes a cell's capture with `--capture` (`local::capture`).
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind;
 //!   `backend::balance`: a gRPC balance run's counts and reports made into its numbers, the
@@ -88,6 +91,7 @@ pub mod timescale;
 pub mod scenario;
 pub mod cells;
 pub mod probe;
+pub mod capture;
 pub mod render;
 pub mod backend;
 pub mod local;

@@ -44,6 +44,10 @@ pub struct OutputArgs {
     /// Print each cell's phases as they happen (when the output is not a terminal).
     #[arg(long, short)]
     pub verbose: bool,
+    /// Capture every packet on every hop of each cell: <out>/captures/<scenario>--<cell>.pcapng,
+    /// one interface per hop interface (local backend).
+    #[arg(long)]
+    pub capture: bool,
 }
 
 /// Where the cells run.
@@ -119,7 +123,16 @@ pub fn execute(
     }
     let out_dir = exec.output.out.clone().unwrap_or_else(|| default_out_dir(&exec.output.results_dir, &exec.title));
     match backend {
-        BackendChoice::Local => execute_on(LocalBackend::default(), scenarios, cells, exec, out_dir),
+        BackendChoice::Local => {
+            let captures = exec.output.capture.then(|| out_dir.join("captures"));
+            execute_on(LocalBackend::with_captures(captures), scenarios, cells, exec, out_dir)
+        }
+        BackendChoice::Kind { .. } if exec.output.capture => {
+            eprintln!(
+                "error: --capture runs in the local lab only so far: the kind backend has no per-hop capture yet\n  hint: run it without `--backend kind`, or without --capture"
+            );
+            Err(2)
+        }
         BackendChoice::Kind { target, runner } => {
             execute_on(KindBackend::new(target, out_dir.clone(), runner), scenarios, cells, exec, out_dir)
         }

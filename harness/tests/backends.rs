@@ -192,7 +192,13 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
     let dir = tempdir();
     let exec = |out: &std::path::Path| Exec {
         title: "redis-idle".into(),
-        output: OutputArgs { out: Some(out.to_path_buf()), results_dir: out.to_path_buf(), repeat: 1, verbose: false },
+        output: OutputArgs {
+            out: Some(out.to_path_buf()),
+            results_dir: out.to_path_buf(),
+            repeat: 1,
+            verbose: false,
+            capture: false,
+        },
         jobs: None,
         quiet: true,
         time_scale_label: "auto".into(),

@@ -40,6 +40,8 @@ struct CellLab {
     server: Option<process::LabProcess>,
     topology: Topology,
     dir: tempfile::TempDir,
+    /// With `--capture`: the packets of every namespace, from the servers' start on.
+    capture: Option<super::capture::CellCapture>,
 }
 
 impl CellLab {
@@ -192,6 +194,7 @@ async fn run_in(
     shared: &RunShared,
     phase: &(dyn Fn(Phase) + Send + Sync),
     slot: &mut Option<CellLab>,
+    capture: bool,
 ) -> Result<(Observations, LabEvidence)> {
     let knobs = &cell.scaled;
     let started = Instant::now();
@@ -211,6 +214,13 @@ async fn run_in(
     };
     let mesh = start_mesh(lab, cell, shared, seq).await?;
     evidence.server_start_ms = start_path(lab, knobs, shared, &tag, &mesh).await?;
+    if capture {
+        // From here on: every connection of the probe, from its SYN (the proxies' xDS
+        // connections are older and show mid-stream).
+        let namespaces: Vec<(String, std::path::PathBuf)> =
+            lab.topology.nodes.iter().map(|n| (n.role.clone(), n.netns.path())).collect();
+        lab.capture = Some(super::capture::CellCapture::start(&namespaces).await?);
+    }
     if let (Some(cp), Some(objects)) = (&lab.control_plane, &mesh.objects) {
         evidence.envoy_filters = envoy_filter_status(cp, &objects.docs).await;
     }
@@ -235,7 +245,7 @@ async fn build_lab(knobs: &CellConfig, tag: &str, seq: u32) -> Result<CellLab> {
         let (tag, span) = (tag.to_string(), tracing::Span::current());
         tokio::task::spawn_blocking(move || span.in_scope(|| Topology::build(&tag, seq, &roles))).await??
     };
-    let lab = CellLab { envoys: Vec::new(), control_plane: None, server: None, topology, dir };
+    let lab = CellLab { envoys: Vec::new(), control_plane: None, server: None, topology, dir, capture: None };
     // Probe interval and count for libraries that only set the idle time (mysql_async) come
     // from the namespace's sysctls, as they would from the pod's.
     if let Some(ka) = knobs.client.keepalive {
@@ -441,10 +451,27 @@ pub async fn run_cell(
     cell: &crate::cells::Cell,
     shared: &RunShared,
     phase: &(dyn Fn(Phase) + Send + Sync),
+    captures: Option<&std::path::Path>,
 ) -> Result<CellOutcome, CellFailure> {
     let mut slot = None;
-    let result = run_in(cell, shared, phase, &mut slot).await;
-    let logs = slot.as_ref().map(CellLab::logs).unwrap_or_default();
+    let result = run_in(cell, shared, phase, &mut slot, captures.is_some()).await;
+    let mut logs = slot.as_ref().map(CellLab::logs).unwrap_or_default();
+    // The capture is written whether the cell passed or failed (a failure is when it matters).
+    let capture = match (slot.as_mut().and_then(|lab| lab.capture.take()), captures) {
+        (Some(c), Some(dir)) => {
+            let path = dir.join(super::capture::file_name(&cell.scenario, &cell.label));
+            let span = tracing::Span::current();
+            match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
+                Ok(Ok(file)) => Some(super::capture::note(&file)),
+                Ok(Err(e)) => Some(format!("capture: not written: {e:#}")),
+                Err(e) => Some(format!("capture: not written: {e}")),
+            }
+        }
+        _ => None,
+    };
+    if let Some(line) = &capture {
+        logs.push(("capture".into(), line.clone()));
+    }
     let teardown_ms = match slot {
         Some(lab) => {
             let span = tracing::Span::current();
@@ -466,6 +493,7 @@ pub async fn run_cell(
                 .cloned()
                 .chain(grpc)
                 .chain(evidence.envoy_filters.iter().map(|e| format!("Istio: EnvoyFilter {}: {}", e.name, e.status)))
+                .chain(capture)
                 .collect();
             Ok(CellOutcome { observations, lab: Some(evidence), notes, logs })
         }

@@ -15,6 +15,7 @@
 //! Everything a cell creates is owned by a guard whose `Drop` removes it, so success,
 //! failure, Ctrl-C and panics all clean up the same way.
 
+pub mod capture;
 mod cell;
 pub mod cluster_ip;
 pub mod config_dump;
@@ -45,6 +46,15 @@ pub use shared::RunShared;
 pub struct LocalBackend {
     /// Made by `prepare`; its temp dir goes when the backend is dropped.
     shared: std::sync::OnceLock<RunShared>,
+    /// With `--capture`: where each cell's pcapng goes.
+    captures: Option<std::path::PathBuf>,
+}
+
+impl LocalBackend {
+    /// A local backend that captures each cell's packets into `captures` (when given).
+    pub fn with_captures(captures: Option<std::path::PathBuf>) -> Self {
+        LocalBackend { shared: Default::default(), captures }
+    }
 }
 
 impl Backend for LocalBackend {
@@ -75,6 +85,6 @@ impl Backend for LocalBackend {
         if cell.scaled.grpc.is_some() {
             return grpc_cell::run_cell(&cell, &*phase).await;
         }
-        run_cell(&cell, shared, &*phase).await
+        run_cell(&cell, shared, &*phase, self.captures.as_deref()).await
     }
 }

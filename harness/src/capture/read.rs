@@ -1,0 +1,203 @@
+//! Reading a capture, pcap or pcapng, as a stream: each TCP segment with its interface and
+//! time, decoded from whatever link layer the file has. A capture of millions of packets is
+//! never held whole: blocks are parsed from a fixed buffer as the file is read.
+
+use anyhow::{Result, anyhow, bail};
+use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError};
+use std::net::{IpAddr, SocketAddr};
+
+/// One TCP segment as a capture saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// The interface it was seen on (its index in the file; 0 for a pcap).
+    pub iface: u32,
+    /// Seconds since the Unix epoch.
+    pub ts: f64,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub seq: u32,
+    pub ack_no: u32,
+    /// TCP payload bytes (from the IP lengths: a short snaplen still counts them).
+    pub len: u32,
+}
+
+/// An interface of the capture: its name where the file gives one.
+#[derive(Clone, Debug, Default)]
+pub struct Interface {
+    pub name: Option<String>,
+    linktype: Option<Linktype>,
+    /// Units per second of its timestamps.
+    resolution: u64,
+    offset: i64,
+}
+
+/// What a capture held: its interfaces, and how many packets were not TCP over IP.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub interfaces: Vec<Interface>,
+    pub packets: u64,
+    pub not_tcp: u64,
+}
+
+/// Read `input` block by block and hand each TCP segment to `each`, in file order.
+/// `name` names the input in errors.
+pub fn for_each_segment(
+    input: impl std::io::Read + Send,
+    name: &str,
+    mut each: impl FnMut(&Segment, &Capture),
+) -> Result<Capture> {
+    let mut reader = pcap_parser::create_reader(1 << 20, input).map_err(|e| match e {
+        PcapError::Eof => anyhow!("{name}: empty file; expected a pcap or pcapng capture"),
+        PcapError::HeaderNotRecognized => {
+            anyhow!("{name}: not a capture: expected a pcap or pcapng file (tcpdump -w, Wireshark, kubectl sniff)")
+        }
+        e => anyhow!("{name}: not a readable capture ({e:?}); expected a pcap or pcapng file"),
+    })?;
+    let mut capture = Capture::default();
+    let mut consumed: u64 = 0;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                handle(block, &mut capture, &mut each);
+                consumed += offset as u64;
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::UnexpectedEof) => bail!(
+                "{name}: truncated: the file ends inside a block after {consumed} bytes ({} packets read); expected whole blocks (was the capture still being written?)",
+                capture.packets
+            ),
+            Err(PcapError::Incomplete(_)) => {
+                if reader.reader_exhausted() {
+                    bail!(
+                        "{name}: truncated: the file ends inside a block after {consumed} bytes ({} packets read); expected whole blocks (was the capture still being written?)",
+                        capture.packets
+                    );
+                }
+                reader.refill().map_err(|e| anyhow!("{name}: reading: {e:?}"))?;
+            }
+            Err(e) => bail!("{name}: a damaged block after {consumed} bytes: {e:?}"),
+        }
+    }
+    Ok(capture)
+}
+
+fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&Segment, &Capture)) {
+    let (iface, ts, data) = match block {
+        PcapBlockOwned::LegacyHeader(h) => {
+            let resolution = if h.is_nanosecond_precision() { 1_000_000_000 } else { 1_000_000 };
+            capture.interfaces = vec![Interface { name: None, linktype: Some(h.network), resolution, offset: 0 }];
+            return;
+        }
+        PcapBlockOwned::Legacy(b) => {
+            let res = capture.interfaces.first().map(|i| i.resolution).unwrap_or(1_000_000);
+            (0, b.ts_sec as f64 + b.ts_usec as f64 / res as f64, b.data)
+        }
+        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+            capture.interfaces.clear();
+            return;
+        }
+        PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+            let name = idb
+                .options
+                .iter()
+                .find(|o| o.code == pcap_parser::OptionCode::IfName)
+                .and_then(|o| std::str::from_utf8(&o.value).ok().map(|s| s.trim_end_matches('\0').to_string()));
+            capture.interfaces.push(Interface {
+                name,
+                linktype: Some(idb.linktype),
+                resolution: idb.ts_resolution().unwrap_or(1_000_000),
+                offset: idb.ts_offset(),
+            });
+            return;
+        }
+        PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+            let Some(i) = capture.interfaces.get(epb.if_id as usize) else {
+                capture.packets += 1;
+                capture.not_tcp += 1;
+                return;
+            };
+            let units = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
+            let ts = units as f64 / i.resolution as f64 + i.offset as f64;
+            let caplen = (epb.caplen as usize).min(epb.data.len());
+            (epb.if_id, ts, &epb.data[..caplen])
+        }
+        PcapBlockOwned::NG(Block::SimplePacket(spb)) => (0, 0.0, spb.data),
+        PcapBlockOwned::NG(_) => return,
+    };
+    capture.packets += 1;
+    let linktype = capture.interfaces.get(iface as usize).and_then(|i| i.linktype).unwrap_or(Linktype::ETHERNET);
+    match decode(linktype, data) {
+        Some(mut s) => {
+            s.iface = iface;
+            s.ts = ts;
+            each(&s, capture);
+        }
+        None => capture.not_tcp += 1,
+    }
+}
+
+/// The TCP segment in a frame of `linktype`, if it holds one.
+fn decode(linktype: Linktype, data: &[u8]) -> Option<Segment> {
+    use etherparse::{LaxSlicedPacket, TransportSlice};
+    let ip = match linktype {
+        Linktype::ETHERNET => data,
+        Linktype::RAW | Linktype::IPV4 | Linktype::IPV6 => return from_ip(data),
+        // Linux cooked capture (tcpdump -i any): 16 bytes, then the packet.
+        Linktype::LINUX_SLL => data.get(16..)?,
+        Linktype::LINUX_SLL2 => data.get(20..)?,
+        // BSD loopback: a 4-byte address family.
+        Linktype::NULL | Linktype::LOOP => data.get(4..)?,
+        _ => return None,
+    };
+    if linktype == Linktype::ETHERNET {
+        let p = LaxSlicedPacket::from_ethernet(ip).ok()?;
+        return segment_of(p.net.as_ref()?, p.transport.as_ref()?);
+    }
+    return from_ip(ip);
+
+    fn from_ip(ip: &[u8]) -> Option<Segment> {
+        let p = LaxSlicedPacket::from_ip(ip).ok()?;
+        segment_of(p.net.as_ref()?, p.transport.as_ref()?)
+    }
+
+    fn segment_of(net: &etherparse::LaxNetSlice, transport: &TransportSlice) -> Option<Segment> {
+        let TransportSlice::Tcp(tcp) = transport else { return None };
+        let (src, dst, ip_payload_len) = match net {
+            etherparse::LaxNetSlice::Ipv4(v4) => {
+                let h = v4.header();
+                let total = h.total_len() as u32;
+                let header = (h.ihl() as u32) * 4;
+                (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()), total.saturating_sub(header))
+            }
+            etherparse::LaxNetSlice::Ipv6(v6) => {
+                let h = v6.header();
+                let ext: u32 = v6.extensions().slice().len() as u32;
+                (
+                    IpAddr::V6(h.source_addr()),
+                    IpAddr::V6(h.destination_addr()),
+                    (h.payload_length() as u32).saturating_sub(ext),
+                )
+            }
+            _ => return None,
+        };
+        let len = ip_payload_len.saturating_sub(tcp.header_len() as u32);
+        Some(Segment {
+            iface: 0,
+            ts: 0.0,
+            src: SocketAddr::new(src, tcp.source_port()),
+            dst: SocketAddr::new(dst, tcp.destination_port()),
+            syn: tcp.syn(),
+            ack: tcp.ack(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+            seq: tcp.sequence_number(),
+            ack_no: tcp.acknowledgment_number(),
+            len,
+        })
+    }
+}

@@ -1,0 +1,322 @@
+//! Issue 21 (first part): `--capture` writes one pcapng per cell with an interface per hop
+//! interface, which a second library reads back; `idlelab explain` on captures the lab made
+//! (each shipped failure kind) and on hand-made edge cases; bad input exits 2.
+
+mod common;
+
+use common::{idlelab, require_lab, text};
+use pcap_file::DataLink;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use std::time::Duration;
+
+const CLIENT: ([u8; 4], u16) = ([10, 0, 0, 1], 40000);
+const SERVER: ([u8; 4], u16) = ([10, 0, 0, 2], 6379);
+
+/// One packet of a hand-made connection: when, from which side, what.
+#[derive(Clone, Copy)]
+enum P {
+    /// The handshake: SYN, SYN-ACK, ACK.
+    Handshake,
+    /// Data from the client (`true`) or the server, its length.
+    Data(bool, usize),
+    /// The side's last data again (a retransmission).
+    Again(bool),
+    /// A keepalive probe (no data, one below the next sequence number).
+    Keepalive(bool),
+    Ack(bool),
+    Fin(bool),
+    Rst(bool),
+}
+
+/// A legacy pcap of one connection, `packets` at their times (seconds), Ethernet frames.
+fn pcap(packets: &[(f64, P)]) -> Vec<u8> {
+    let mut next = [1000u32, 5000u32];
+    let mut last_data = [(0u32, 0usize); 2];
+    let mut frames: Vec<(f64, Vec<u8>)> = Vec::new();
+    let frame = |client: bool, seq: u32, ack: u32, flags: &str, len: usize| -> Vec<u8> {
+        let (src, dst) = if client { (CLIENT, SERVER) } else { (SERVER, CLIENT) };
+        let mut b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.0, dst.0, 64)
+            .tcp(src.1, dst.1, seq, 65535);
+        if flags.contains('S') {
+            b = b.syn();
+        }
+        if flags.contains('A') {
+            b = b.ack(ack);
+        }
+        if flags.contains('F') {
+            b = b.fin();
+        }
+        if flags.contains('R') {
+            b = b.rst();
+        }
+        let payload = vec![b'x'; len];
+        let mut out = Vec::new();
+        b.write(&mut out, &payload).unwrap();
+        out
+    };
+    for &(t, p) in packets {
+        let i = |client: bool| if client { 0 } else { 1 };
+        match p {
+            P::Handshake => {
+                frames.push((t, frame(true, next[0], 0, "S", 0)));
+                next[0] += 1;
+                frames.push((t + 0.0001, frame(false, next[1], next[0], "SA", 0)));
+                next[1] += 1;
+                frames.push((t + 0.0002, frame(true, next[0], next[1], "A", 0)));
+            }
+            P::Data(c, len) => {
+                last_data[i(c)] = (next[i(c)], len);
+                frames.push((t, frame(c, next[i(c)], next[i(!c)], "A", len)));
+                next[i(c)] += len as u32;
+            }
+            P::Again(c) => {
+                let (seq, len) = last_data[i(c)];
+                frames.push((t, frame(c, seq, next[i(!c)], "A", len)));
+            }
+            P::Keepalive(c) => frames.push((t, frame(c, next[i(c)] - 1, next[i(!c)], "A", 0))),
+            P::Ack(c) => frames.push((t, frame(c, next[i(c)], next[i(!c)], "A", 0))),
+            P::Fin(c) => {
+                frames.push((t, frame(c, next[i(c)], next[i(!c)], "FA", 0)));
+                next[i(c)] += 1;
+            }
+            P::Rst(c) => frames.push((t, frame(c, next[i(c)], 0, "R", 0))),
+        }
+    }
+    let header = PcapHeader { datalink: DataLink::ETHERNET, ..Default::default() };
+    let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
+    for (t, data) in &frames {
+        let ts = Duration::from_secs_f64(1_700_000_000.0 + t);
+        w.write_packet(&PcapPacket::new(ts, data.len() as u32, data)).unwrap();
+    }
+    w.into_writer()
+}
+
+/// `idlelab explain` on these bytes: exit code and output (stdout, then stderr).
+fn explain(bytes: &[u8]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capture.pcap");
+    std::fs::write(&path, bytes).unwrap();
+    let o = idlelab(&["explain", path.to_str().unwrap()]).output().unwrap();
+    (o.status.code(), text(&o))
+}
+
+/// A warm connection: handshake, a request and its answer.
+fn warm() -> Vec<(f64, P)> {
+    vec![(0.0, P::Handshake), (0.01, P::Data(true, 14)), (0.011, P::Data(false, 5)), (0.012, P::Ack(true))]
+}
+
+#[test]
+fn explain_names_the_hop_behaviour_of_each_hand_made_failure() {
+    let with = |tail: &[(f64, P)]| -> Vec<(f64, P)> { warm().into_iter().chain(tail.iter().copied()).collect() };
+    let cases: Vec<(&str, Vec<(f64, P)>, Vec<&str>)> = vec![
+        (
+            "a FIN after 1 h of idle, then the client's write meets RST",
+            with(&[
+                (3600.012, P::Fin(false)),
+                (3600.013, P::Ack(true)),
+                (3700.0, P::Data(true, 14)),
+                (3700.001, P::Rst(false)),
+            ]),
+            vec![
+                "idle 3600.0 s (1.0 h), then a FIN from the server side; the client wrote to the closed connection and got RST",
+                "Envoy's tcp_proxy idle_timeout",
+                "reproduce with: idlelab run redis-idle",
+            ],
+        ),
+        (
+            "no FIN: the first write after 400 s meets RST",
+            with(&[(400.0, P::Data(true, 14)), (400.0003, P::Rst(false))]),
+            vec![
+                "no FIN; RST from the server side at 400.000 s",
+                "idle 400.0 s (6.7 min), no FIN; the client wrote and the server side answered RST",
+                "forgot the flow",
+                "reproduce with: idlelab run redis-middlebox",
+            ],
+        ),
+        (
+            "RST from the server side while idle",
+            with(&[(100.0, P::Rst(false))]),
+            vec![
+                "no FIN; the server side sent RST with nothing sent by the client",
+                "reproduce with: idlelab run redis-middlebox",
+            ],
+        ),
+        (
+            "keepalive probes unanswered, then the client's kernel gives up",
+            with(&[
+                (60.0, P::Keepalive(true)),
+                (61.0, P::Keepalive(true)),
+                (62.0, P::Keepalive(true)),
+                (63.0, P::Rst(true)),
+            ]),
+            vec!["3 keepalive probe(s) from the client went unanswered", "reproduce with: idlelab run redis-blackhole"],
+        ),
+        (
+            "a black hole: the write after 400 s is retransmitted, never answered",
+            with(&[
+                (400.0, P::Data(true, 14)),
+                (400.2, P::Again(true)),
+                (400.6, P::Again(true)),
+                (401.4, P::Again(true)),
+            ]),
+            vec![
+                "idle 400.0 s (6.7 min), then the client's data went unanswered: 3 retransmission(s) over 1.400 s",
+                "a black hole",
+                "reproduce with: idlelab run redis-blackhole",
+            ],
+        ),
+        (
+            "a capture that starts mid-connection",
+            vec![
+                (0.0, P::Data(true, 14)),
+                (0.001, P::Data(false, 5)),
+                (3600.0, P::Fin(false)),
+                (3650.0, P::Data(true, 14)),
+                (3650.001, P::Rst(false)),
+            ],
+            vec![
+                "the capture starts mid-connection (no SYN)",
+                "10.0.0.1:40000 → 10.0.0.2:6379",
+                "idle 3600.0 s (1.0 h)",
+            ],
+        ),
+    ];
+    for (what, packets, wants) in cases {
+        let (code, out) = explain(&pcap(&packets));
+        assert_eq!(code, Some(0), "{what}: {out}");
+        assert!(out.contains("1 TCP connection(s) on 1 interface(s); 1 ended badly"), "{what}: {out}");
+        for want in wants {
+            assert!(out.contains(want), "{what}: wants `{want}` in:\n{out}");
+        }
+    }
+    // A connection closed by a FIN exchange, then the client's close: nothing ended badly.
+    let clean = with_clean();
+    let (code, out) = explain(&pcap(&clean));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 ended badly") && out.contains("Every connection ended with a FIN exchange"), "{out}");
+}
+
+fn with_clean() -> Vec<(f64, P)> {
+    let mut p = warm();
+    p.extend([(5.0, P::Fin(true)), (5.001, P::Fin(false)), (5.002, P::Ack(true))]);
+    p
+}
+
+#[test]
+fn explain_refuses_what_is_not_a_capture_of_tcp() {
+    let (code, out) = explain(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not a capture: expected a pcap or pcapng file"), "{out}");
+
+    let whole = pcap(&with_clean());
+    let (code, out) = explain(&whole[..whole.len() - 20]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("truncated: the file ends inside a block"), "{out}");
+
+    let (code, out) = explain(&[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("empty file"), "{out}");
+
+    // UDP only.
+    let mut udp = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(5000, 53)
+        .write(&mut udp, b"query")
+        .unwrap();
+    let mut w = PcapWriter::new(Vec::new()).unwrap();
+    w.write_packet(&PcapPacket::new(Duration::from_secs(1), udp.len() as u32, &udp)).unwrap();
+    let (code, out) = explain(&w.into_writer());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("1 packets, none of them TCP over IP"), "{out}");
+
+    let o = idlelab(&["explain", "/nonexistent/capture.pcap"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("cannot open"), "{}", text(&o));
+}
+
+/// The interface blocks' names of a pcapng, as pcap-parser (not the writer's library) reads them.
+fn interface_names(path: &std::path::Path) -> (Vec<String>, usize) {
+    use pcap_parser::traits::PcapReaderIterator;
+    use pcap_parser::{Block, PcapBlockOwned, PcapError};
+    let mut reader = pcap_parser::PcapNGReader::new(1 << 16, std::fs::File::open(path).unwrap()).unwrap();
+    let (mut names, mut packets) = (Vec::new(), 0);
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                match block {
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        let name = idb.options.iter().find(|o| o.code == pcap_parser::OptionCode::IfName);
+                        names.push(
+                            name.map(|o| String::from_utf8_lossy(&o.value).trim_end_matches('\0').to_string())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(_)) => packets += 1,
+                    _ => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => reader.refill().unwrap(),
+            Err(e) => panic!("{}: {e:?}", path.display()),
+        }
+    }
+    (names, packets)
+}
+
+/// The lab's own captures: one cell of each shipped failure kind with `--capture`. Each pcapng
+/// has an interface per hop interface, named after the hop; `idlelab explain` on it names the
+/// failure the cell reproduced, on the interface where the app's connection is.
+#[test]
+fn explain_reads_the_labs_own_captures_of_each_failure_kind() {
+    require_lab();
+    let out = tempfile::tempdir().unwrap();
+    let cases = [
+        // The sidecar's Envoy (in the app's namespace) closes the idle connection: FIN to the app.
+        ("redis-idle", "none", "app lo", "then a FIN from the server side", "idlelab run redis-idle"),
+        (
+            "redis-middlebox",
+            "none",
+            "app to-srv",
+            "no FIN; the client wrote and the server side answered RST",
+            "idlelab run redis-middlebox",
+        ),
+        (
+            "redis-blackhole",
+            "none",
+            "app to-srv",
+            "then the client's data went unanswered",
+            "idlelab run redis-blackhole",
+        ),
+    ];
+    for (scenario, cell, iface, finding, reproduce) in cases {
+        let dir = out.path().join(scenario);
+        let o = idlelab(&["run", scenario, "--mitigation", cell, "--capture", "--out", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{scenario}: {}", text(&o));
+        let file = dir.join("captures").join(format!("{scenario}--{cell}.pcapng"));
+        let (names, packets) = interface_names(&file);
+        assert!(packets > 10, "{scenario}: {packets} packets");
+        assert!(
+            names.iter().any(|n| n.starts_with("app ")) && names.iter().any(|n| n.starts_with("srv ")),
+            "{scenario}: {names:?}"
+        );
+        if scenario != "redis-idle" {
+            assert!(names.iter().any(|n| n.starts_with("mb0 ")), "{scenario}: the middlebox's interfaces: {names:?}");
+        }
+        let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+        assert!(summary.contains(&format!("capture: {}", file.display())), "{scenario}: the cell names its capture");
+
+        let e = idlelab(&["explain", file.to_str().unwrap()]).output().unwrap();
+        let said = text(&e);
+        assert_eq!(e.status.code(), Some(0), "{scenario}: {said}");
+        let block = said
+            .split("\n\n")
+            .find(|b| b.contains(&format!(" on {iface}\n")) && b.contains(finding))
+            .unwrap_or_else(|| panic!("{scenario}: no finding `{finding}` on {iface}:\n{said}"));
+        assert!(block.contains(reproduce), "{scenario}: {block}");
+    }
+}
