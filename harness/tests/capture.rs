@@ -167,6 +167,37 @@ fn explain_names_the_hop_behaviour_of_each_hand_made_failure() {
             ],
         ),
         (
+            "keepalive probes answered every 75 s do not shorten the idle before the sidecar's FIN",
+            with(
+                &(1..=47)
+                    .flat_map(|k| [(k as f64 * 75.0, P::Keepalive(true)), (k as f64 * 75.0 + 0.0001, P::Ack(false))])
+                    .chain([(3600.012, P::Fin(false)), (3600.013, P::Ack(true))])
+                    .collect::<Vec<_>>(),
+            ),
+            vec![
+                "47 keepalive probe(s) seen",
+                "idle 3600.0 s (1.0 h), then a FIN from the server side",
+                "Envoy's tcp_proxy idle_timeout",
+            ],
+        ),
+        (
+            "a capture that starts while the connection idles, its keepalive probes answered",
+            vec![
+                (0.0, P::Keepalive(true)),
+                (0.0001, P::Ack(false)),
+                (75.0, P::Keepalive(true)),
+                (75.0001, P::Ack(false)),
+                (150.0, P::Keepalive(true)),
+                (150.0001, P::Ack(false)),
+                (200.0, P::Fin(false)),
+            ],
+            vec![
+                "the capture starts mid-connection (no SYN)",
+                "2 keepalive probe(s) seen",
+                "idle 200.0 s (3.3 min), then a FIN from the server side",
+            ],
+        ),
+        (
             "a capture that starts mid-connection",
             vec![
                 (0.0, P::Data(true, 14)),
@@ -190,11 +221,45 @@ fn explain_names_the_hop_behaviour_of_each_hand_made_failure() {
             assert!(out.contains(want), "{what}: wants `{want}` in:\n{out}");
         }
     }
-    // A connection closed by a FIN exchange, then the client's close: nothing ended badly.
-    let clean = with_clean();
-    let (code, out) = explain(&pcap(&clean));
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("0 ended badly") && out.contains("Every connection ended with a FIN exchange"), "{out}");
+    // A connection closed by a FIN exchange, then the client's close; and a server that
+    // answers a request after a pause and closes at once (`Connection: close`): nothing
+    // ended badly.
+    let answered_then_closed = with(&[(2.0, P::Data(true, 14)), (2.001, P::Data(false, 5)), (2.0015, P::Fin(false))]);
+    for packets in [with_clean(), answered_then_closed] {
+        let (code, out) = explain(&pcap(&packets));
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("0 ended badly") && out.contains("Every connection ended with a FIN exchange"), "{out}");
+    }
+}
+
+/// The reproducer follows the server's port: MySQL's idle close is mysql-idle; a port none of
+/// the lab's services use gets no scenario named as its own, only the nearest by kind; the
+/// sidecar's own listener (15001) says the service's port is not in the capture.
+#[test]
+fn explain_names_the_reproducer_by_the_servers_port() {
+    let closed = [(0.0, P::Handshake), (0.01, P::Data(true, 14)), (0.011, P::Data(false, 5)), (3600.0, P::Fin(false))];
+    let on_port = |port: u16| {
+        let bytes = pcap(&closed);
+        // The server's port in every frame: rewrite the hand-made capture's 6379 (0x18eb).
+        let from = 6379u16.to_be_bytes();
+        let to = port.to_be_bytes();
+        let mut out = bytes.clone();
+        for i in 0..out.len() - 1 {
+            if out[i..i + 2] == from {
+                out[i..i + 2].copy_from_slice(&to);
+            }
+        }
+        explain(&out)
+    };
+    let (_, out) = on_port(3306);
+    assert!(out.contains("reproduce with: idlelab run mysql-idle"), "{out}");
+    let (_, out) = on_port(9999);
+    assert!(
+        out.contains("port 9999 is none of the lab's services") && out.contains("nearest: idlelab run redis-idle"),
+        "{out}"
+    );
+    let (_, out) = on_port(15001);
+    assert!(out.contains("port 15001 is the sidecar's own listener") && !out.contains("reproduce with"), "{out}");
 }
 
 fn with_clean() -> Vec<(f64, P)> {

@@ -78,24 +78,31 @@ pub struct Finding {
 /// Collects segments into connections; [`Explainer::findings`] judges them.
 #[derive(Default)]
 pub struct Explainer {
-    conns: BTreeMap<(u32, SocketAddr, SocketAddr), Conn>,
+    /// By interface and address pair: the connections in turn (a port used again after a FIN
+    /// or RST is a new connection from its SYN on).
+    conns: BTreeMap<(u32, SocketAddr, SocketAddr), Vec<Conn>>,
 }
 
 impl Explainer {
     pub fn add(&mut self, s: &Segment) {
         let key = if s.src <= s.dst { (s.iface, s.src, s.dst) } else { (s.iface, s.dst, s.src) };
-        self.conns.entry(key).or_default().segments.push(s.clone());
+        let turns = self.conns.entry(key).or_default();
+        let ended = turns.last().is_none_or(|c| c.segments.iter().any(|x| x.fin || x.rst));
+        if turns.is_empty() || (s.syn && !s.ack && ended) {
+            turns.push(Conn::default());
+        }
+        turns.last_mut().expect("a connection").segments.push(s.clone());
     }
 
     /// Every connection that ended badly, by interface, in the order they started.
     pub fn findings(&self) -> Vec<Finding> {
-        let mut out: Vec<Finding> = self.conns.values().filter_map(judge).collect();
+        let mut out: Vec<Finding> = self.conns.values().flatten().filter_map(judge).collect();
         out.sort_by(|a, b| (a.iface, a.first).partial_cmp(&(b.iface, b.first)).unwrap_or(std::cmp::Ordering::Equal));
         out
     }
 
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.values().map(Vec::len).sum()
     }
 }
 
@@ -111,10 +118,61 @@ fn ends(c: &Conn) -> (SocketAddr, SocketAddr, bool) {
     if s.src.port() > s.dst.port() { (s.src, s.dst, false) } else { (s.dst, s.src, false) }
 }
 
-/// A keepalive probe: no new data, its sequence number one below what that side sent next
-/// (Linux sends 0 bytes at snd_nxt − 1; others 1 garbage byte).
-fn is_keepalive(s: &Segment, next_seq: Option<u32>) -> bool {
-    s.len <= 1 && !s.syn && !s.fin && !s.rst && next_seq.is_some_and(|n| s.seq == n.wrapping_sub(1))
+/// A keepalive probe: no new data, its sequence number one below what that side sends next
+/// (Linux sends 0 bytes at snd_nxt − 1; others 1 garbage byte). What it sends next is known
+/// from its own segments, or, in a capture that starts while the connection idles, from what
+/// the peer last acknowledged.
+fn is_keepalive(s: &Segment, own_next: Option<u32>, peer_ack: Option<u32>) -> bool {
+    let below = |n: Option<u32>| n.is_some_and(|n| s.seq == n.wrapping_sub(1));
+    s.len <= 1 && !s.syn && !s.fin && !s.rst && (below(own_next) || below(peer_ack))
+}
+
+/// What each segment of a connection is, for the idle arithmetic.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// Data, a SYN or a FIN: the connection in use.
+    Activity,
+    /// A keepalive probe, or the peer's bare ACK that answers one: not use.
+    Keepalive,
+    /// A bare ACK, an RST.
+    Other,
+}
+
+/// Each segment's role, and the keepalive probes each side sent (client, server).
+fn roles(segs: &[Segment], client: SocketAddr) -> (Vec<Role>, [u32; 2]) {
+    let i = |s: &Segment| usize::from(s.src != client);
+    let mut next: [Option<u32>; 2] = [None, None];
+    let mut acked: [Option<u32>; 2] = [None, None];
+    let mut probes = [0u32; 2];
+    let mut pending_probe = [false, false];
+    let mut roles = Vec::with_capacity(segs.len());
+    for s in segs {
+        let me = i(s);
+        let role = if is_keepalive(s, next[me], acked[1 - me]) {
+            probes[me] += 1;
+            pending_probe[me] = true;
+            Role::Keepalive
+        } else if pending_probe[1 - me] && s.len == 0 && !s.syn && !s.fin && !s.rst {
+            pending_probe[1 - me] = false;
+            Role::Keepalive
+        } else if s.len > 0 || s.syn || s.fin {
+            Role::Activity
+        } else {
+            Role::Other
+        };
+        if role != Role::Keepalive {
+            let end = s.seq.wrapping_add(s.len + u32::from(s.syn) + u32::from(s.fin));
+            // Only forward movement counts (a retransmission does not move it).
+            if next[me].is_none_or(|n| (end.wrapping_sub(n) as i32) > 0) {
+                next[me] = Some(end);
+            }
+        }
+        if s.ack {
+            acked[me] = Some(s.ack_no);
+        }
+        roles.push(role);
+    }
+    (roles, probes)
 }
 
 fn judge(c: &Conn) -> Option<Finding> {
@@ -125,89 +183,70 @@ fn judge(c: &Conn) -> Option<Finding> {
     let last = segs.last()?.ts;
     let fin = segs.iter().find(|s| s.fin).map(|s| (side(s), s.ts));
     let rst = segs.iter().find(|s| s.rst).map(|s| (side(s), s.ts));
+    let (roles, probes) = roles(segs, client);
 
-    // Next sequence number per side, and which segments were keepalive probes.
-    let mut next: [Option<u32>; 2] = [None, None];
-    let mut probes = [0u32; 2];
-    let mut keepalive_ts: Vec<f64> = Vec::new();
-    let idx = |sd: Side| if sd == Side::Client { 0 } else { 1 };
-    for s in segs {
-        let i = idx(side(s));
-        if is_keepalive(s, next[i]) {
-            probes[i] += 1;
-            keepalive_ts.push(s.ts);
-            continue;
-        }
-        let advance = s.len + u32::from(s.syn) + u32::from(s.fin);
-        let end = s.seq.wrapping_add(advance);
-        // Only forward movement counts (a retransmission does not move it).
-        if next[i].is_none_or(|n| (end.wrapping_sub(n) as i32) > 0) {
-            next[i] = Some(end);
-        }
-    }
-
-    // The idle gap: the longest pause between two packets that are not keepalive probes or
-    // their answers, before the connection's end.
-    let data_like: Vec<&Segment> = segs.iter().filter(|s| !keepalive_ts.contains(&s.ts)).collect();
-    let idle = |until: f64| -> (f64, f64) {
-        let mut best = (0.0, first);
-        for w in data_like.windows(2) {
-            if w[1].ts > until {
-                break;
-            }
-            let gap = w[1].ts - w[0].ts;
-            if gap > best.0 {
-                best = (gap, w[0].ts);
-            }
-        }
-        best
+    // The silence before `t`: since the last segment that used the connection (data, SYN,
+    // FIN; not keepalive probes, their answers or bare ACKs); from the capture's start when
+    // there is none.
+    let last_activity_before = |t: f64| {
+        segs.iter()
+            .zip(&roles)
+            .filter(|(s, r)| **r == Role::Activity && s.ts < t)
+            .map(|(s, _)| s.ts)
+            .fold(first, f64::max)
     };
-
-    let probes_unanswered = |i: usize| {
-        probes[i] >= 2 && {
-            // No packet from the other side after the first probe of this side.
-            let sd = if i == 0 { Side::Client } else { Side::Server };
-            let first_probe = segs.iter().find(|s| side(s) == sd && keepalive_ts.contains(&s.ts)).map(|s| s.ts);
-            first_probe.is_some_and(|t| !segs.iter().any(|s| s.ts > t && side(s) != sd))
-        }
+    let probes_unanswered = |sd: Side| {
+        let i = usize::from(sd == Side::Server);
+        let first_probe =
+            segs.iter().zip(&roles).find(|(s, r)| **r == Role::Keepalive && side(s) == sd).map(|(s, _)| s.ts);
+        // Two or more, and nothing at all from the other side after the first of them.
+        probes[i] >= 2 && first_probe.is_some_and(|t| !segs.iter().any(|s| s.ts > t && side(s) != sd))
     };
 
     let diagnosis = match (fin, rst) {
         (Some((Side::Server, fin_ts)), rst) => {
-            let (gap, _) = idle(fin_ts);
+            let idle_s = fin_ts - last_activity_before(fin_ts);
             let then_rst = rst.is_some_and(|(s, _)| s == Side::Server);
             // A server that answers and closes at once (an HTTP `Connection: close`, an admin
             // call) ended nothing badly: only a close after an idle pause, or one the client
             // then wrote into, is an idle close.
-            if gap < MIN_IDLE_S && !then_rst {
+            if idle_s < MIN_IDLE_S && !then_rst {
                 return None;
             }
-            Diagnosis::ClosedWhileIdle { idle_s: gap, then_rst }
+            Diagnosis::ClosedWhileIdle { idle_s, then_rst }
         }
         (_, Some((Side::Server, rst_ts))) => {
-            // Did the client send data after the idle, just before the RST?
-            let (gap, idle_from) = idle(rst_ts);
-            let client_wrote =
-                segs.iter().any(|s| side(s) == Side::Client && s.len > 1 && s.ts > idle_from && s.ts <= rst_ts);
-            if client_wrote {
-                Diagnosis::ForgottenReset { idle_s: gap }
-            } else {
-                Diagnosis::ResetWhileIdle { idle_s: gap }
+            // The client's last write before the RST, if nothing from the server answered it.
+            let write = segs
+                .iter()
+                .zip(&roles)
+                .filter(|(s, r)| **r == Role::Activity && side(s) == Side::Client && s.len > 0 && s.ts <= rst_ts)
+                .map(|(s, _)| s)
+                .next_back();
+            let answered = |w: &Segment| {
+                segs.iter()
+                    .zip(&roles)
+                    .any(|(s, r)| side(s) == Side::Server && *r == Role::Activity && s.ts > w.ts && s.ts < rst_ts)
+            };
+            match write {
+                Some(w) if !answered(w) => Diagnosis::ForgottenReset { idle_s: w.ts - last_activity_before(w.ts) },
+                _ => Diagnosis::ResetWhileIdle { idle_s: rst_ts - last_activity_before(rst_ts) },
             }
         }
-        (_, Some((Side::Client, _))) if probes_unanswered(0) => {
+        (_, Some((Side::Client, _))) if probes_unanswered(Side::Client) => {
             Diagnosis::KeepaliveUnanswered { probes: probes[0], by: Side::Client }
         }
+        // A client's RST after its own retransmissions went unanswered is the black hole's.
         (_, Some((Side::Client, _))) => {
-            // A client's RST after its own retransmissions went unanswered is the black hole's.
-            match unanswered(segs, client) {
-                Some(u) => u,
-                None => Diagnosis::ClientReset,
-            }
+            unanswered(segs, &roles, client, &last_activity_before).unwrap_or(Diagnosis::ClientReset)
         }
-        (_, None) if probes_unanswered(0) => Diagnosis::KeepaliveUnanswered { probes: probes[0], by: Side::Client },
-        (_, None) if probes_unanswered(1) => Diagnosis::KeepaliveUnanswered { probes: probes[1], by: Side::Server },
-        (_, None) => unanswered(segs, client)?,
+        (_, None) if probes_unanswered(Side::Client) => {
+            Diagnosis::KeepaliveUnanswered { probes: probes[0], by: Side::Client }
+        }
+        (_, None) if probes_unanswered(Side::Server) => {
+            Diagnosis::KeepaliveUnanswered { probes: probes[1], by: Side::Server }
+        }
+        (_, None) => unanswered(segs, &roles, client, &last_activity_before)?,
     };
     Some(Finding {
         iface: segs[0].iface,
@@ -225,8 +264,18 @@ fn judge(c: &Conn) -> Option<Finding> {
 
 /// The client's data sent again and again with nothing back from the server side: how long
 /// the connection was idle before, how many retransmissions, how long the client waited.
-fn unanswered(segs: &[Segment], client: SocketAddr) -> Option<Diagnosis> {
-    let from_client: Vec<&Segment> = segs.iter().filter(|s| s.src == client && s.len > 1).collect();
+fn unanswered(
+    segs: &[Segment],
+    roles: &[Role],
+    client: SocketAddr,
+    last_activity_before: &dyn Fn(f64) -> f64,
+) -> Option<Diagnosis> {
+    let from_client: Vec<&Segment> = segs
+        .iter()
+        .zip(roles)
+        .filter(|(s, r)| s.src == client && s.len > 0 && **r == Role::Activity)
+        .map(|(s, _)| s)
+        .collect();
     let last = *from_client.last()?;
     let sent_at = from_client.iter().find(|s| s.seq == last.seq)?.ts;
     let retransmissions = from_client.iter().filter(|s| s.seq == last.seq).count() as u32 - 1;
@@ -234,29 +283,39 @@ fn unanswered(segs: &[Segment], client: SocketAddr) -> Option<Diagnosis> {
     if retransmissions == 0 || answered {
         return None;
     }
-    let before: Vec<&Segment> = segs.iter().filter(|s| s.ts < sent_at).collect();
-    let idle_s = before.last().map(|s| sent_at - s.ts).unwrap_or(0.0);
+    let idle_s = sent_at - last_activity_before(sent_at);
     let waited_s = segs.last().map(|s| s.ts - sent_at).unwrap_or(0.0);
     Some(Diagnosis::Unanswered { idle_s, retransmissions, waited_s })
 }
 
-/// The shipped scenario that reproduces a diagnosis for a server port.
-pub fn reproducer(d: &Diagnosis, server_port: u16) -> &'static str {
+/// The shipped scenario that reproduces a diagnosis for a server port, or why there is none.
+pub fn reproducer(d: &Diagnosis, server_port: u16) -> Result<&'static str, String> {
     let svc = match server_port {
+        6379 => "redis",
         3306 => "mysql",
         11211 => "memcached",
         443 | 8443 => "https",
         80 | 8080 => "http",
         50051 => "grpc",
-        _ => "redis",
+        15001 | 15006 => {
+            return Err(format!(
+                "port {server_port} is the sidecar's own listener (istio-iptables redirected the connection): the service's port is not in this capture; `idlelab list` names the scenarios per service"
+            ));
+        }
+        p => {
+            return Err(format!(
+                "port {p} is none of the lab's services (redis, MySQL, memcached, HTTP, HTTPS, gRPC); the nearest by failure kind is below"
+            ));
+        }
     };
-    match (d, svc) {
+    Ok(match (d, svc) {
         (Diagnosis::ClosedWhileIdle { idle_s, .. }, "redis") if (1100.0..1300.0).contains(idle_s) => {
             "redis-server-timeout"
         }
         (Diagnosis::ClosedWhileIdle { .. }, "mysql") => "mysql-idle",
         (Diagnosis::ClosedWhileIdle { .. }, "memcached") => "memcached-idle",
-        (Diagnosis::ClosedWhileIdle { .. }, "http") => "http-idle",
+        (Diagnosis::ClosedWhileIdle { .. }, "http" | "https") => "http-idle",
+        (Diagnosis::ClosedWhileIdle { .. }, "grpc") => "grpc-keepalive-sidecar",
         (Diagnosis::ClosedWhileIdle { .. }, _) => "redis-idle",
         (Diagnosis::ForgottenReset { .. } | Diagnosis::ResetWhileIdle { .. }, "mysql") => "mysql-sidecar-upstream",
         (Diagnosis::ForgottenReset { .. } | Diagnosis::ResetWhileIdle { .. }, "memcached") => "memcached-middlebox",
@@ -266,8 +325,13 @@ pub fn reproducer(d: &Diagnosis, server_port: u16) -> &'static str {
         (Diagnosis::ForgottenReset { .. } | Diagnosis::ResetWhileIdle { .. }, _) => "redis-middlebox",
         (Diagnosis::Unanswered { .. } | Diagnosis::KeepaliveUnanswered { .. }, "grpc") => "grpc-keepalive-blackhole",
         (Diagnosis::Unanswered { .. } | Diagnosis::KeepaliveUnanswered { .. }, _) => "redis-blackhole",
-        (Diagnosis::ClientReset, _) => "redis-idle",
-    }
+        (Diagnosis::ClientReset, _) => return Err("the client's own reset: no shipped scenario reproduces it".into()),
+    })
+}
+
+/// The nearest scenario by failure kind alone (for a port none of the lab's services use).
+fn nearest(d: &Diagnosis) -> Option<&'static str> {
+    reproducer(d, 6379).ok()
 }
 
 /// Seconds as a person reads them: `3600.0 s (1 h)`.
@@ -343,6 +407,14 @@ pub fn describe(f: &Finding, iface: Option<&str>) -> String {
     };
     lines.push(format!("  {what}"));
     lines.push(format!("  points to: {means}"));
-    lines.push(format!("  reproduce with: idlelab run {}", reproducer(&f.diagnosis, f.server.port())));
+    match reproducer(&f.diagnosis, f.server.port()) {
+        Ok(scenario) => lines.push(format!("  reproduce with: idlelab run {scenario}")),
+        Err(why) => {
+            lines.push(format!("  no reproducer named: {why}"));
+            if let (true, Some(near)) = (why.contains("nearest"), nearest(&f.diagnosis)) {
+                lines.push(format!("  nearest: idlelab run {near}"));
+            }
+        }
+    }
     lines.join("\n")
 }

@@ -131,6 +131,25 @@ fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&S
     };
     capture.packets += 1;
     let linktype = capture.interfaces.get(iface as usize).and_then(|i| i.linktype).unwrap_or(Linktype::ETHERNET);
+    // A Linux cooked capture (`tcpdump -i any`) shows a loopback packet twice, as sent and as
+    // received: keep the received copy. SLL2 names the interface: use it as the interface.
+    let (pkttype, hatype) = match linktype {
+        Linktype::LINUX_SLL if data.len() >= 4 => {
+            (u16::from_be_bytes([data[0], data[1]]), u16::from_be_bytes([data[2], data[3]]))
+        }
+        Linktype::LINUX_SLL2 if data.len() >= 11 => (u16::from(data[10]), u16::from_be_bytes([data[8], data[9]])),
+        _ => (0, 0),
+    };
+    const PACKET_OUTGOING: u16 = 4;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    if pkttype == PACKET_OUTGOING && hatype == ARPHRD_LOOPBACK {
+        capture.packets -= 1;
+        return;
+    }
+    let iface = match linktype {
+        Linktype::LINUX_SLL2 if data.len() >= 8 => u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+        _ => iface,
+    };
     match decode(linktype, data) {
         Some(mut s) => {
             s.iface = iface;

@@ -24,11 +24,8 @@ use crate::probe::ProbeSpec;
 use crate::render::{istio, manifests};
 use std::collections::BTreeMap;
 
-/// Every step of one cell, in order (a gRPC balance cell's are `kind::grpc_cell`'s).
+/// Every step of one cell, in order (a gRPC balance cell's are `kind::grpc_cell`'s; `kind::cell_steps` picks).
 pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
-    if cell.scaled.grpc.is_some() {
-        return super::grpc_cell::grpc_cell_steps(cell, index, target);
-    }
     let mut plan = CellPlan::new(cell, index, target);
     let ctx = crate::render::cluster_context(cell, &plan.ns);
     let mut annotations = plan.setup(&ctx);

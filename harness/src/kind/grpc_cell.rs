@@ -92,7 +92,7 @@ pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<St
         let pod = client_pod(k);
         // In the background, its output in the pod: the clients run at once, and the exec returns.
         let start = format!(
-            "({program} probe-grpc < /spec/{pod}.json > /tmp/report.json 2> /tmp/stderr; echo $? > /tmp/exit) < /dev/null > /dev/null 2>&1 &"
+            "({program} probe-grpc < /spec/{pod}.json > /tmp/report.json 2> /tmp/stderr; echo $? > /tmp/exit.tmp; mv /tmp/exit.tmp /tmp/exit) < /dev/null > /dev/null 2>&1 &"
         );
         let step = plan
             .k(&["-n", &ns, "exec", &pod, "-c", "probe", "--", "sh", "-c", &start], &format!("start {pod}'s probe"));
@@ -103,7 +103,9 @@ pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<St
         let sleep = format!(
             "d=$(( $T0_MS + {at_ms} - $(date +%s%3N) )); if [ $d -gt 0 ]; then sleep $(( d / 1000 )).$(printf %03d $(( d % 1000 ))); fi"
         );
-        plan.steps.push(Step::command("bash", &["-c", &sleep], &format!("until the scale event at {at}")));
+        // It sleeps until the event: its timeout is the event's time and a margin.
+        let step = Step::command("bash", &["-c", &sleep], &format!("until the scale event at {at}"));
+        plan.steps.push(step.with_timeout(at.0.as_secs() + 60));
         let scale = plan.k(
             &["-n", &ns, "scale", &format!("statefulset/{}", service.name()), &format!("--replicas={to}")],
             &format!("scale to {to} replicas"),

@@ -29,7 +29,6 @@ pub mod plan;
 pub mod run;
 pub mod target;
 
-pub use cell::cell_steps;
 pub use target::{KubeTarget, namespace_of};
 
 use crate::cells::Cell;
@@ -147,6 +146,15 @@ pub fn reap() -> Vec<String> {
         }
     }
     out
+}
+
+/// Every step of one cell, in order: a gRPC balance cell's (`grpc_cell`), or any other's
+/// (`cell`).
+pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
+    if cell.scaled.grpc.is_some() {
+        return grpc_cell::grpc_cell_steps(cell, index, target);
+    }
+    cell::cell_steps(cell, index, target)
 }
 
 /// The whole plan for these cells.

@@ -72,21 +72,21 @@ pub struct CaptureFile {
 impl CellCapture {
     /// Start capturing in each `(hop name, namespace path)`, before the cell's traffic.
     pub async fn start(namespaces: &[(String, PathBuf)]) -> Result<CellCapture> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut taps = Vec::new();
+        // Made first, so that a failure below drops it and stops the threads already started.
+        let mut capture = CellCapture { stop: Arc::new(AtomicBool::new(false)), taps: Vec::new() };
         for (hop, ns) in namespaces {
             // The socket belongs to the namespace it is made in; it is read from anywhere.
             let (fd, names) = super::netns::in_netns(ns, open_tap)
                 .await?
                 .with_context(|| format!("a packet socket in {hop}'s namespace"))?;
-            let stop = stop.clone();
+            let stop = capture.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("capture-{hop}"))
                 .spawn(move || read_until(fd, &stop))
                 .context("a capture thread")?;
-            taps.push(NamespaceTap { hop: hop.clone(), names, thread });
+            capture.taps.push(NamespaceTap { hop: hop.clone(), names, thread });
         }
-        Ok(CellCapture { stop, taps })
+        Ok(capture)
     }
 
     /// Stop, and write every packet of every namespace, by time, to `path`.
@@ -213,7 +213,13 @@ fn open_tap() -> Result<(OwnedFd, Vec<(u32, String)>)> {
 fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65536];
-    while !stop.load(Ordering::Relaxed) {
+    // After the stop, what the socket already holds is still read (without waiting): the
+    // last FIN or RST is often the packet that matters.
+    let mut draining = false;
+    loop {
+        if !draining && stop.load(Ordering::Relaxed) {
+            draining = true;
+        }
         // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -223,7 +229,7 @@ fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
                 fd.as_raw_fd(),
                 buf.as_mut_ptr() as *mut libc::c_void,
                 buf.len(),
-                libc::MSG_TRUNC,
+                libc::MSG_TRUNC | if draining { libc::MSG_DONTWAIT } else { 0 },
                 &mut addr as *mut _ as *mut libc::sockaddr,
                 &mut len,
             )
@@ -231,6 +237,7 @@ fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
         if n < 0 {
             let e = std::io::Error::last_os_error();
             match e.kind() {
+                std::io::ErrorKind::WouldBlock if draining => break,
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted => {
                     continue;
                 }
