@@ -21,10 +21,9 @@ pub struct BalanceRun {
     pub end_ms: u64,
     /// Replicas before the first scale event.
     pub initial: usize,
-    /// Each scale event: when its replicas could serve (ms since `t0`) and the count from then.
+    /// Each scale event: when its replicas could serve (ms since `t0`) and the count from then
+    /// (the replicas it added are the indices from the count before it up to this one).
     pub cuts: Vec<(u64, usize)>,
-    /// The replicas each scale event added, by index.
-    pub added: Vec<Vec<usize>>,
     /// Each replica's count lines, by index.
     pub counts: Vec<Vec<ReplicaCount>>,
     pub reports: Vec<GrpcProbeReport>,
@@ -45,10 +44,13 @@ pub fn observe(run: BalanceRun) -> (BalanceObservation, Vec<String>) {
         run.cuts.iter().filter(|(c, _)| *c <= ms).next_back().map(|(_, n)| *n).unwrap_or(run.initial)
     });
     let mut time_to_share_ms = Vec::new();
-    for (j, new) in run.added.iter().enumerate() {
+    let mut before = run.initial;
+    for (j, (_, to)) in run.cuts.iter().enumerate() {
+        let added: Vec<usize> = (before..*to).collect();
         if let Some(seg) = segs.get(j + 1) {
-            time_to_share_ms.extend(time_to_share(&timeline, seg, new));
+            time_to_share_ms.extend(time_to_share(&timeline, seg, &added));
         }
+        before = (*to).max(before);
     }
     let requests: u64 = run.reports.iter().map(|r| r.requests.len() as u64).sum();
     let mut failed: Vec<String> = Vec::new();
@@ -224,7 +226,6 @@ mod tests {
             end_ms: 2000,
             initial: 1,
             cuts: vec![(1000, 2)],
-            added: vec![vec![1]],
             counts,
             reports: vec![],
             threshold: BalanceThreshold { max_cv: 0.3 },

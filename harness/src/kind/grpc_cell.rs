@@ -87,7 +87,7 @@ pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<St
 
     plan.steps.push(Step::Phase { phase: Phase::Warm });
     plan.steps.push(now("T0_MS", "the run's start (ms since the epoch; the pods share this clock)"));
-    let program = manifests::grpc_program(cell.scaled.client.library);
+    let program = manifests::lab_program(cell.scaled.client.library);
     for k in 0..grpc.clients {
         let pod = client_pod(k);
         // In the background, its output in the pod: the clients run at once, and the exec returns.
@@ -151,7 +151,7 @@ fn now(name: &str, purpose: &str) -> Step {
 fn sidecar_evidence(plan: &mut CellPlan, pod: &str, cell: &Cell) {
     let ns = plan.ns.clone();
     let service = cell.scaled.service;
-    let fqdn = format!("{}.{ns}.svc.cluster.local", service.name());
+    let fqdn = crate::render::cluster_target_host(cell, &ns);
     let cluster = format!("outbound|{}||{fqdn}", service.port());
     let ctx_name = plan.target.context();
     let pod_ref = format!("{pod}.{ns}");
@@ -185,14 +185,10 @@ pub fn balance_run(cell: &Cell, vars: &BTreeMap<String, String>) -> Result<(Bala
     let var = |name: &str| vars.get(name).ok_or_else(|| anyhow!("the cell captured no ${name}"));
     let ms = |name: &str| -> Result<u64> { var(name)?.parse().with_context(|| format!("${name} is no time")) };
     let t0 = ms("T0_MS")?;
-    let mut cuts = Vec::new();
-    let mut added = Vec::new();
-    let mut before = grpc.replicas as usize;
-    for (j, (_, to)) in grpc.scale.iter().enumerate() {
-        cuts.push((ms(&format!("CUT_{j}_MS"))?.saturating_sub(t0), *to as usize));
-        added.push((before..*to as usize).collect());
-        before = *to as usize;
-    }
+    let cuts = (0..grpc.scale.len())
+        .zip(&grpc.scale)
+        .map(|(j, (_, to))| Ok((ms(&format!("CUT_{j}_MS"))?.saturating_sub(t0), *to as usize)))
+        .collect::<Result<Vec<_>>>()?;
     let reports = (0..grpc.clients)
         .map(|k| {
             let text = var(&format!("REPORT_{k}"))?;
@@ -207,7 +203,7 @@ pub fn balance_run(cell: &Cell, vars: &BTreeMap<String, String>) -> Result<(Bala
         cell.scaled.service.name(),
         manifests::grpc_headless_name(cell.scaled.service),
         grpc.replicas,
-        manifests::grpc_program(grpc.server_library)
+        manifests::lab_program(grpc.server_library)
     )];
     for (j, (at, to)) in grpc.scale.iter().enumerate() {
         notes.push(format!(
@@ -221,7 +217,6 @@ pub fn balance_run(cell: &Cell, vars: &BTreeMap<String, String>) -> Result<(Bala
         end_ms: ms("END_MS")?.saturating_sub(t0),
         initial: grpc.replicas as usize,
         cuts,
-        added,
         counts,
         reports,
         threshold: grpc.threshold,
@@ -354,7 +349,7 @@ mod tests {
         assert!(at("exec grpc-5 -c server -- cat /tmp/counts") < at("delete namespace"));
 
         let (run, notes) = balance_run(&cell, &done.vars).unwrap();
-        assert_eq!((run.counts.len(), run.reports.len(), run.added.clone()), (6, 3, vec![vec![4, 5]]));
+        assert_eq!((run.counts.len(), run.reports.len(), run.cuts.len()), (6, 3, 1));
         let (balance, _) = crate::backend::balance::observe(run);
         let (balanced, why) = crate::model::balance::judge_balance(&balance);
         assert!(!balanced, "{why}");

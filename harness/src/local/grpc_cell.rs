@@ -421,7 +421,6 @@ async fn run_in(
     // Scale events, on time: new replicas start, then join the ClusterIP once they accept.
     let mut cuts = Vec::new();
     let mut replicas_now = grpc.replicas as usize;
-    let mut added: Vec<Vec<usize>> = Vec::new();
     for (at, to) in &grpc.scale {
         tokio::time::sleep_until((started + at.0).into()).await;
         let new: Vec<usize> = (replicas_now..*to as usize).collect();
@@ -442,7 +441,6 @@ async fn run_in(
             }
         ));
         cuts.push((cut, *to as usize));
-        added.push(new);
         replicas_now = *to as usize;
     }
     let mut reports = Vec::new();
@@ -462,7 +460,6 @@ async fn run_in(
         end_ms,
         initial: grpc.replicas as usize,
         cuts,
-        added,
         counts,
         reports,
         threshold: grpc.threshold,

@@ -241,10 +241,15 @@ fn waiting_pod(name: &str, ns: &str, app: &str, specs: &str, annotations: BTreeM
     }
 }
 
-/// The program that hosts `library`'s side of the lab's gRPC service in the lab image:
-/// `idlelab` for tonic, `idlelab-probe-go` for grpc-go (the same subcommands and contract).
-pub fn grpc_program(library: crate::model::library::Library) -> &'static str {
-    if library == crate::model::library::Library::GrpcGo { "idlelab-probe-go" } else { "idlelab" }
+/// The lab image's program for `library`: `idlelab` for the Rust libraries (tonic too),
+/// `idlelab-probe-go` for the Go ones (grpc-go too); both take the same contracts.
+pub fn lab_program(library: crate::model::library::Library) -> &'static str {
+    use crate::model::library::Runtime;
+    match library.runtime() {
+        Runtime::Go => "idlelab-probe-go",
+        // An external client has no image: the kind backend refuses it before this.
+        Runtime::Rust | Runtime::External => "idlelab",
+    }
 }
 
 /// Where a replica pod keeps its counts (`serve-grpc --counts`), read back by `kubectl exec`.
@@ -270,7 +275,7 @@ pub fn grpc_replicas(
     let (name, port) = (s.name(), s.port());
     let mut serve = format!(
         "exec {} serve-grpc --replica \"${{HOSTNAME##*-}}\" --counts {GRPC_COUNTS} --listen 0.0.0.0:{port}",
-        grpc_program(grpc.server_library)
+        lab_program(grpc.server_library)
     );
     if let Some(age) = grpc.max_connection_age {
         serve.push_str(&format!(" --max-connection-age-ms {}", age.0.as_millis()));
@@ -400,15 +405,10 @@ pub fn middlebox(name: &str, ns: &str, hop: &MiddleboxHop, next_host: &str, s: S
 /// `idlelab probe` for the Rust client libraries, `idlelab-probe-go` (in the same image) for the
 /// Go ones. Both read the spec from the file.
 pub fn probe_command(knobs: &CellConfig) -> Vec<String> {
-    use crate::model::library::Runtime;
-    let spec = ["--spec".to_string(), "/spec/probe.json".to_string()];
-    match knobs.client.library.runtime() {
-        Runtime::Go => std::iter::once("idlelab-probe-go".to_string()).chain(spec).collect(),
-        // An external client has no image: the kind backend refuses it before this.
-        Runtime::Rust | Runtime::External => {
-            ["idlelab".to_string(), "probe".to_string()].into_iter().chain(spec).collect()
-        }
-    }
+    let program = lab_program(knobs.client.library);
+    // `idlelab` hosts other subcommands; the Go probe is only the probe.
+    let sub = (program == "idlelab").then_some("probe");
+    [program].into_iter().chain(sub).chain(["--spec", "/spec/probe.json"]).map(String::from).collect()
 }
 
 pub fn probe(ns: &str, spec_json: &str, knobs: &CellConfig, annotations: BTreeMap<String, String>) -> (ConfigMap, Pod) {
