@@ -6,6 +6,8 @@
 //!   verdict as the 4-connection cell, the probe's peak RSS, and the time to open the pool and
 //!   to classify every reuse.
 //!
+//! - `--capture`'s cost: one `none` cell per failure kind alone, with and without: wall time,
+//!   the runner's peak RSS (the capture's threads and packets live in it), the pcapng's size;
 //! - with `--kind`: the kind backend (kind_section): a warm `just kind-up`, the cluster up from
 //!   cached images and its first cell, redis-idle on kind and on the local lab; with
 //!   `--kind-cold`, also every image built from nothing (an empty Go build cache, no image).
@@ -27,6 +29,18 @@ fn quiet(
     jobs: Option<usize>,
     backend: BackendChoice,
 ) -> Result<RunSummary, i32> {
+    quiet_with(title, scenarios, cells, jobs, backend, false).map(|(s, _)| s)
+}
+
+/// [`quiet`], with `--capture` when asked: also the bytes of the pcapng files it wrote.
+fn quiet_with(
+    title: &str,
+    scenarios: Vec<scenario::Scenario>,
+    cells: Vec<crate::cells::Cell>,
+    jobs: Option<usize>,
+    backend: BackendChoice,
+    capture: bool,
+) -> Result<(RunSummary, u64), i32> {
     let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", local::netns::PREFIX, std::process::id()));
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
     let exec = Exec {
@@ -36,15 +50,72 @@ fn quiet(
             results_dir: PathBuf::from("results"),
             repeat: 1,
             verbose: false,
-            capture: false,
+            capture,
         },
         jobs,
         quiet: true,
         time_scale_label: label,
     };
     let r = execute(scenarios, cells, exec, backend);
+    let bytes = std::fs::read_dir(dir.join("captures"))
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
-    r
+    r.map(|s| (s, bytes))
+}
+
+/// The cells whose capture cost `just bench` measures: one per failure kind.
+const CAPTURE_CELLS: [&str; 4] = ["redis-idle", "redis-middlebox", "redis-sidecar-upstream", "redis-blackhole"];
+
+/// This process's peak RSS since the last reset (KiB), and a reset: the capture's threads
+/// and its packets live in the runner.
+fn peak_rss_kib(reset: bool) -> u64 {
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    if reset {
+        // "5" resets the peak (proc(5), /proc/pid/clear_refs).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+    peak
+}
+
+/// `--capture`'s cost per cell: each `none` cell of [`CAPTURE_CELLS`] alone, twice without and
+/// twice with; the shorter wall time of each, the runner's peak RSS, the pcapng's size.
+fn capture_section(args: &ScenarioArgs) -> Result<Value, i32> {
+    let mut rows = Vec::new();
+    for name in CAPTURE_CELLS {
+        let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
+        let mut best = [u64::MAX; 2];
+        let mut rss = [0u64; 2];
+        let mut bytes = 0;
+        for round in 0..4 {
+            let with = round % 2 == 1;
+            let (s, cells) = prepare(name, &args, None)?;
+            peak_rss_kib(true);
+            let (summary, b) = quiet_with(name, vec![s], cells, Some(1), BackendChoice::Local, with)?;
+            let i = usize::from(with);
+            rss[i] = rss[i].max(peak_rss_kib(false));
+            let wall = summary.cells.iter().map(|c| c.wall_ms).max().unwrap_or(0);
+            best[i] = best[i].min(wall);
+            if with {
+                bytes = b;
+            }
+        }
+        rows.push(json!({
+            "cell": format!("{name}::none"),
+            "wall_ms_without": best[0],
+            "wall_ms_with": best[1],
+            "overhead_pct": (best[1] as f64 / best[0].max(1) as f64 - 1.0) * 100.0,
+            "runner_peak_rss_kib_without": rss[0],
+            "runner_peak_rss_kib_with": rss[1],
+            "pcapng_bytes": bytes,
+        }));
+    }
+    Ok(Value::from(rows))
 }
 
 fn scenario_row(summary: &RunSummary) -> Value {
@@ -205,6 +276,11 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         (Ok(a), Ok(b)) => (a, b),
         (Err(c), _) | (_, Err(c)) => return c,
     };
+    eprintln!("bench: --capture's cost, one cell of each failure kind");
+    let capture = match capture_section(&args) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
     let same = small["verdict"] == large["verdict"];
     if !same || large["pass"] != true {
         code = 1;
@@ -229,6 +305,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         "scenarios": rows,
         "matrix": matrix,
         "pool": {"small": small, "large": large, "same_verdict": same},
+        "capture": capture,
         "kind": kind,
     });
     if let Some(parent) = out.parent() {
@@ -293,6 +370,18 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         );
     }
     println!("same verdict at 4 and 1,000 connections: {same}");
+    for c in capture.as_array().into_iter().flatten() {
+        println!(
+            "--capture on {}: wall {:.2} s → {:.2} s ({:+.1} %), runner peak RSS {:.1} → {:.1} MiB, pcapng {:.1} KiB",
+            c["cell"].as_str().unwrap_or(""),
+            c["wall_ms_without"].as_f64().unwrap_or(0.0) / 1000.0,
+            c["wall_ms_with"].as_f64().unwrap_or(0.0) / 1000.0,
+            c["overhead_pct"].as_f64().unwrap_or(0.0),
+            c["runner_peak_rss_kib_without"].as_f64().unwrap_or(0.0) / 1024.0,
+            c["runner_peak_rss_kib_with"].as_f64().unwrap_or(0.0) / 1024.0,
+            c["pcapng_bytes"].as_f64().unwrap_or(0.0) / 1024.0
+        );
+    }
     if let Some(k) = &kind {
         let s = |v: &Value| format!("{:.1} s", v.as_f64().unwrap_or(0.0) / 1000.0);
         if let Some(cold) = k.get("cold_kind_up_ms") {

@@ -85,6 +85,16 @@ pub struct CellConfig {
     pub grpc: Option<GrpcConfig>,
 }
 
+/// The hop the lab configured to act first on an idle connection, and after how long.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConfiguredAct {
+    pub actor: String,
+    pub after: Dur,
+    /// A middlebox: it forgets the flow and then resets or drops its next segment; else the
+    /// hop closes the connection with a FIN.
+    pub forgets: Option<crate::model::keepalive::OnUnknown>,
+}
+
 impl CellConfig {
     /// Every duration the time scale applies to, with what it decides.
     pub fn durations_mut(&mut self) -> Vec<KnobDuration<'_>> {
@@ -228,6 +238,72 @@ impl CellConfig {
                 crate::model::keepalive::end(ka.time.0, ka.interval.0, ka.probes, &devices).map(|e| (label, e))
             })
             .collect()
+    }
+
+    /// Which hops the lab configured to act first on the idle connection, and how: of every
+    /// hop's idle limit (and the server's), the shortest below the idle period that nothing
+    /// refreshes (several when they are equal: which fires first is then a race). The app's
+    /// heartbeat (data) refreshes every limit; keepalive probes and gRPC's PINGs refresh only
+    /// a middlebox they cross (the PINGs end at the first proxy) and that forgets no flow
+    /// between them. The truth the capture's attribution is scored against; empty when no
+    /// hop should act while the connection idles. A pool that closes its own idle connections
+    /// first is not counted: it leaves no failed connection to attribute.
+    pub fn configured_first_acts(&self) -> Vec<ConfiguredAct> {
+        let mut copy = self.clone();
+        let idle = self.idle.0;
+        let keepalives = self.keepalives();
+        let heartbeat = copy.durations_mut().iter().filter(|d| d.label == "client.heartbeat").map(|d| d.value.0).min();
+        let mut copy = self.clone();
+        let durations = copy.durations_mut();
+        let mut candidates: Vec<ConfiguredAct> = Vec::new();
+        for d in &durations {
+            let Role::Timeout { .. } = d.role else { continue };
+            let limit = d.value.0;
+            if limit.is_zero() || limit >= idle || heartbeat.is_some_and(|h| h < limit) {
+                continue;
+            }
+            let (actor, forgets) = if d.label == "server.idle_timeout" {
+                ("server".to_string(), None)
+            } else {
+                let Some(i) = d
+                    .label
+                    .strip_prefix("path[")
+                    .and_then(|r| r.split(']').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                let hop = self.path[i].on_path();
+                // The service's own idle timeout (a DestinationRule's) replaces the chain's.
+                if d.label.ends_with(".sidecar.idle_timeout")
+                    && durations.iter().any(|o| o.label == format!("path[{i}].sidecar.service_idle_timeout"))
+                {
+                    continue;
+                }
+                // An upstream pool's idle close ends Envoy's upstream connection, not the app's.
+                if d.label.contains("upstream_http_idle_timeout") {
+                    continue;
+                }
+                let actor = hop.own_node(i).or_else(|| hop.proxy_role().map(|r| r.name().to_string()));
+                let Some(actor) = actor else { continue };
+                let forgets = hop.forgets_flows();
+                // A keepalive that crosses it and never ends keeps its flow.
+                if let Some(f) = forgets
+                    && keepalives.iter().any(|(_, ka, devices)| {
+                        devices.contains(&f)
+                            && crate::model::keepalive::end(ka.time.0, ka.interval.0, ka.probes, devices).is_none()
+                            && ka.time.0 < f.timeout
+                    })
+                {
+                    continue;
+                }
+                (actor, forgets.map(|f| f.on_unknown))
+            };
+            candidates.push(ConfiguredAct { actor, after: Dur(limit), forgets });
+        }
+        let Some(first) = candidates.iter().map(|c| c.after.0).min() else { return vec![] };
+        candidates.retain(|c| c.after.0 == first);
+        candidates
     }
 
     /// The pods of the path that have a sidecar: `client`, `server`.

@@ -41,8 +41,11 @@
 //!   duration and record which replica answered each; `probe::grpc_idle`: a gRPC idle
 //!   cell's tonic channels (with their HTTP/2 keepalive) behind the same contract.
 //! - [`capture`]: a pcap or pcapng read as a stream of TCP segments, and what one hop's
-//!   packets say about each connection that ended badly (`idlelab explain`); the local lab
-//!   writes a cell's capture with `--capture` (`local::capture`).
+//!   packets say about each connection that ended badly (`idlelab explain`);
+//!   `capture::attribute`: which hop acted first on each failed connection of a cell's
+//!   capture (every hop's interfaces, the lab's socket listings, Envoy's access logs,
+//!   conntrack's events). The local lab writes a cell's capture with `--capture`
+//!   (`local::capture`).
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind;
 //!   `backend::balance`: a gRPC balance run's counts and reports made into its numbers, the
@@ -71,7 +74,8 @@
 //!   events; handles Ctrl-C.
 //! - [`report`]: reporters (terminal, summary.json, summary.md, junit.xml, report.html); a
 //!   connection timeline per cell (`report::timeline`), or a balance cell's request rate per
-//!   replica (`report::balance_chart`).
+//!   replica (`report::balance_chart`); a failed connection's sequence diagram across the
+//!   hops (`report::sequence`).
 //! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
 //!
 //! Commands:

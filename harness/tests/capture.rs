@@ -355,21 +355,40 @@ fn explain_reads_the_labs_own_captures_of_each_failure_kind() {
             "then the client's data went unanswered",
             "idlelab run redis-blackhole",
         ),
+        // The NLB behind the sidecar resets Envoy's upstream; Envoy resets the app's socket:
+        // on the app's loopback, an RST on reuse with no FIN, to the port the app dialled.
+        (
+            "redis-sidecar-upstream",
+            "none",
+            "app lo",
+            "no FIN; the client wrote and the server side answered RST",
+            "idlelab run redis-middlebox",
+        ),
+        // The app's own keepalive crosses a black hole: its probes go unanswered.
+        (
+            "redis-blackhole",
+            "app-keepalive=400s/30s/3",
+            "app to-srv",
+            "keepalive probe(s) from the client went unanswered",
+            "idlelab run redis-blackhole",
+        ),
+        // redis's own `timeout` closes the idle connection: a FIN from the server itself.
+        ("redis-server-timeout", "none", "app to-srv", "then a FIN from the server side", "reproduce with"),
     ];
     for (scenario, cell, iface, finding, reproduce) in cases {
-        let dir = out.path().join(scenario);
+        let dir = out.path().join(format!("{scenario}-{}", cell.replace('/', "_")));
         let o = idlelab(&["run", scenario, "--mitigation", cell, "--capture", "--out", dir.to_str().unwrap()])
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(0), "{scenario}: {}", text(&o));
-        let file = dir.join("captures").join(format!("{scenario}--{cell}.pcapng"));
+        let file = dir.join("captures").join(format!("{scenario}--{}.pcapng", cell.replace('/', "_")));
         let (names, packets) = interface_names(&file);
         assert!(packets > 10, "{scenario}: {packets} packets");
         assert!(
             names.iter().any(|n| n.starts_with("app ")) && names.iter().any(|n| n.starts_with("srv ")),
             "{scenario}: {names:?}"
         );
-        if scenario != "redis-idle" {
+        if scenario.contains("blackhole") || scenario.contains("middlebox") {
             assert!(names.iter().any(|n| n.starts_with("mb0 ")), "{scenario}: the middlebox's interfaces: {names:?}");
         }
         let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();

@@ -142,3 +142,53 @@ fn matrix_with_repeat_reports_stability_per_cell() {
 fn cells_of(name: &str) -> usize {
     idlelab::scenario::load(&repo().join("scenarios").join(format!("{name}.yaml"))).unwrap().cells.len()
 }
+
+/// The pixels of a PNG close to `rgb`.
+fn pixels_like(png_path: &Path, rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| p.len() >= 3 && (0..3).all(|i| (p[i] as i32 - rgb[i] as i32).abs() <= 24))
+        .count()
+}
+
+/// Issue 21: with `--capture`, report.html draws a sequence diagram per failed connection
+/// (the hops as lifelines, each packet an arrow) and links the cell's pcapng. The diagram is
+/// rendered by a real headless Chromium: the page has no console error, and the diagram's
+/// own screenshot shows the middlebox's RST (red) and the app's data (blue) as drawn arrows.
+#[test]
+fn the_sequence_diagram_of_a_failed_connection_renders_in_chromium() {
+    let dir = run_kept("redis-sidecar-upstream", &["--mitigation", "none", "--capture"]);
+    // minijinja escapes `/` in attributes.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap().replace("&#x2f;", "/");
+    let link = "captures/redis-sidecar-upstream--none.pcapng";
+    assert!(html.contains(&format!("href=\"{link}\"")), "the report links the capture");
+    assert!(dir.join(link).is_file(), "the link resolves beside report.html");
+    let start = html.find("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"sequence\"").expect("a sequence diagram");
+    let svg = &html[start..start + html[start..].find("</svg>").unwrap() + "</svg>".len()];
+    for lifeline in [">app<", ">sidecar<", ">mb1<", ">server<"] {
+        assert!(svg.contains(lifeline), "lifeline {lifeline}: {svg}");
+    }
+    assert!(svg.contains("RST from mb1 to sidecar"), "the middlebox's RST is an arrow: {svg}");
+    assert!(svg.contains("≈"), "the idle gap is drawn as a break: {svg}");
+
+    let profile = tempdir();
+    let log = render(&dir.join("report.html").canonicalize().unwrap(), &dir.join("report.png"), profile.path());
+    let errors: Vec<&str> =
+        log.lines().filter(|l| l.contains("CONSOLE") && !l.contains("idlelab report ready")).collect();
+    assert!(errors.is_empty(), "console messages besides the ready line: {errors:?}");
+
+    let page = dir.join("sequence.html");
+    std::fs::write(&page, format!("<!doctype html><meta charset=utf-8><body style=\"margin:0\">{svg}</body>")).unwrap();
+    let png_path = dir.join("sequence.png");
+    let profile = tempdir();
+    render(&page.canonicalize().unwrap(), &png_path, profile.path());
+    let red = pixels_like(&png_path, [0xcf, 0x22, 0x2e]);
+    let blue = pixels_like(&png_path, [0x09, 0x69, 0xda]);
+    assert!(red > 40, "the RST arrows are drawn: {red} red pixels in {}", png_path.display());
+    assert!(blue > 40, "the data arrows are drawn: {blue} blue pixels in {}", png_path.display());
+}

@@ -33,11 +33,29 @@ pub struct LabEvidence {
     /// server received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// With `--capture`: the cell's pcapng and, per connection of the app that ended badly,
+    /// the hop that acted first (`capture::attribute`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureEvidence>,
     pub setup_ms: u64,
     /// Of the setup: starting the server until it accepts connections (MariaDB includes
     /// copying the template data directory; the run's one-time initialisation is not counted).
     pub server_start_ms: u64,
     pub teardown_ms: u64,
+}
+
+/// A cell's capture and what it says about each connection of the app that ended badly.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CaptureEvidence {
+    pub file: String,
+    pub packets: usize,
+    /// The interface blocks' names: `<node> <interface>`.
+    pub interfaces: Vec<String>,
+    pub attributions: Vec<crate::capture::attribute::Attribution>,
+    /// The hops the lab configured to act first (`CellConfig::configured_first_acts`).
+    pub configured: Vec<crate::config::ConfiguredAct>,
+    /// Of the attributions, how many name that hop and that act.
+    pub agree: usize,
 }
 
 /// What one Envoy of the path recorded.

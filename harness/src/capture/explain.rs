@@ -10,7 +10,7 @@
 //! Every sentence is from the packets; where the capture cannot tell (it starts mid-connection,
 //! so the client is guessed from the ports), the sentence says so.
 
-use super::read::Segment;
+use super::read::{LoopbackRedirects, Segment};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -64,6 +64,9 @@ pub struct Finding {
     pub iface: u32,
     pub client: SocketAddr,
     pub server: SocketAddr,
+    /// When `server` is the sidecar's redirect listener on loopback: the address the app
+    /// dialled (seen on the sidecar's answers).
+    pub dialled: Option<SocketAddr>,
     /// Whether the client was known from a SYN, or guessed from the ports.
     pub client_from_syn: bool,
     /// The connection's first and last packet in the capture (seconds since the epoch).
@@ -73,6 +76,8 @@ pub struct Finding {
     pub rst_by: Option<(Side, f64)>,
     pub keepalive_probes: u32,
     pub diagnosis: Diagnosis,
+    /// Where the silence the diagnosis measured began (seconds since the epoch).
+    pub idle_from: f64,
 }
 
 /// Collects segments into connections; [`Explainer::findings`] judges them.
@@ -81,22 +86,28 @@ pub struct Explainer {
     /// By interface and address pair: the connections in turn (a port used again after a FIN
     /// or RST is a new connection from its SYN on).
     conns: BTreeMap<(u32, SocketAddr, SocketAddr), Vec<Conn>>,
+    redirects: LoopbackRedirects,
 }
 
 impl Explainer {
     pub fn add(&mut self, s: &Segment) {
+        let mut s = s.clone();
+        self.redirects.fix(&mut s);
         let key = if s.src <= s.dst { (s.iface, s.src, s.dst) } else { (s.iface, s.dst, s.src) };
         let turns = self.conns.entry(key).or_default();
         let ended = turns.last().is_none_or(|c| c.segments.iter().any(|x| x.fin || x.rst));
         if turns.is_empty() || (s.syn && !s.ack && ended) {
             turns.push(Conn::default());
         }
-        turns.last_mut().expect("a connection").segments.push(s.clone());
+        turns.last_mut().expect("a connection").segments.push(s);
     }
 
     /// Every connection that ended badly, by interface, in the order they started.
     pub fn findings(&self) -> Vec<Finding> {
         let mut out: Vec<Finding> = self.conns.values().flatten().filter_map(judge).collect();
+        for f in &mut out {
+            f.dialled = self.redirects.original(f.iface, f.client);
+        }
         out.sort_by(|a, b| (a.iface, a.first).partial_cmp(&(b.iface, b.first)).unwrap_or(std::cmp::Ordering::Equal));
         out
     }
@@ -202,7 +213,14 @@ fn judge(c: &Conn) -> Option<Finding> {
         // Two or more, and nothing at all from the other side after the first of them.
         probes[i] >= 2 && first_probe.is_some_and(|t| !segs.iter().any(|s| s.ts > t && side(s) != sd))
     };
+    // The silence before the first keepalive probe of `sd`.
+    let first_probe_idle = |sd: Side| {
+        let t =
+            segs.iter().zip(&roles).find(|(s, r)| **r == Role::Keepalive && side(s) == sd).map_or(last, |(s, _)| s.ts);
+        last_activity_before(t)
+    };
 
+    let idle_from;
     let diagnosis = match (fin, rst) {
         (Some((Side::Server, fin_ts)), rst) => {
             let idle_s = fin_ts - last_activity_before(fin_ts);
@@ -213,6 +231,7 @@ fn judge(c: &Conn) -> Option<Finding> {
             if idle_s < MIN_IDLE_S && !then_rst {
                 return None;
             }
+            idle_from = fin_ts - idle_s;
             Diagnosis::ClosedWhileIdle { idle_s, then_rst }
         }
         (_, Some((Side::Server, rst_ts))) => {
@@ -229,29 +248,50 @@ fn judge(c: &Conn) -> Option<Finding> {
                     .any(|(s, r)| side(s) == Side::Server && *r == Role::Activity && s.ts > w.ts && s.ts < rst_ts)
             };
             match write {
-                Some(w) if !answered(w) => Diagnosis::ForgottenReset { idle_s: w.ts - last_activity_before(w.ts) },
-                _ => Diagnosis::ResetWhileIdle { idle_s: rst_ts - last_activity_before(rst_ts) },
+                Some(w) if !answered(w) => {
+                    idle_from = last_activity_before(w.ts);
+                    Diagnosis::ForgottenReset { idle_s: w.ts - idle_from }
+                }
+                _ => {
+                    idle_from = last_activity_before(rst_ts);
+                    Diagnosis::ResetWhileIdle { idle_s: rst_ts - idle_from }
+                }
             }
         }
         (_, Some((Side::Client, _))) if probes_unanswered(Side::Client) => {
+            idle_from = first_probe_idle(Side::Client);
             Diagnosis::KeepaliveUnanswered { probes: probes[0], by: Side::Client }
         }
         // A client's RST after its own retransmissions went unanswered is the black hole's.
-        (_, Some((Side::Client, _))) => {
-            unanswered(segs, &roles, client, &last_activity_before).unwrap_or(Diagnosis::ClientReset)
-        }
+        (_, Some((Side::Client, rst_ts))) => match unanswered(segs, &roles, client, &last_activity_before) {
+            Some((d, from)) => {
+                idle_from = from;
+                d
+            }
+            None => {
+                idle_from = last_activity_before(rst_ts);
+                Diagnosis::ClientReset
+            }
+        },
         (_, None) if probes_unanswered(Side::Client) => {
+            idle_from = first_probe_idle(Side::Client);
             Diagnosis::KeepaliveUnanswered { probes: probes[0], by: Side::Client }
         }
         (_, None) if probes_unanswered(Side::Server) => {
+            idle_from = first_probe_idle(Side::Server);
             Diagnosis::KeepaliveUnanswered { probes: probes[1], by: Side::Server }
         }
-        (_, None) => unanswered(segs, &roles, client, &last_activity_before)?,
+        (_, None) => {
+            let (d, from) = unanswered(segs, &roles, client, &last_activity_before)?;
+            idle_from = from;
+            d
+        }
     };
     Some(Finding {
         iface: segs[0].iface,
         client,
         server,
+        dialled: None,
         client_from_syn,
         first,
         last,
@@ -259,6 +299,7 @@ fn judge(c: &Conn) -> Option<Finding> {
         rst_by: rst,
         keepalive_probes: probes[0] + probes[1],
         diagnosis,
+        idle_from,
     })
 }
 
@@ -269,7 +310,7 @@ fn unanswered(
     roles: &[Role],
     client: SocketAddr,
     last_activity_before: &dyn Fn(f64) -> f64,
-) -> Option<Diagnosis> {
+) -> Option<(Diagnosis, f64)> {
     let from_client: Vec<&Segment> = segs
         .iter()
         .zip(roles)
@@ -283,9 +324,9 @@ fn unanswered(
     if retransmissions == 0 || answered {
         return None;
     }
-    let idle_s = sent_at - last_activity_before(sent_at);
+    let from = last_activity_before(sent_at);
     let waited_s = segs.last().map(|s| s.ts - sent_at).unwrap_or(0.0);
-    Some(Diagnosis::Unanswered { idle_s, retransmissions, waited_s })
+    Some((Diagnosis::Unanswered { idle_s: sent_at - from, retransmissions, waited_s }, from))
 }
 
 /// The shipped scenario that reproduces a diagnosis for a server port, or why there is none.
@@ -352,6 +393,11 @@ pub fn describe(f: &Finding, iface: Option<&str>) -> String {
     let mut lines = Vec::new();
     let on = iface.map(|n| format!(" on {n}")).unwrap_or_default();
     lines.push(format!("{} → {}{on}", f.client, f.server));
+    if let Some(d) = f.dialled {
+        lines.push(format!(
+            "  the app dialled {d}: istio-iptables redirected it to the sidecar's listener, whose answers come back from {d}"
+        ));
+    }
     if !f.client_from_syn {
         lines.push(
             "  the capture starts mid-connection (no SYN): the client is guessed from the ports (the higher one), and idle time before the capture is unknown".into(),
@@ -407,7 +453,7 @@ pub fn describe(f: &Finding, iface: Option<&str>) -> String {
     };
     lines.push(format!("  {what}"));
     lines.push(format!("  points to: {means}"));
-    match reproducer(&f.diagnosis, f.server.port()) {
+    match reproducer(&f.diagnosis, f.dialled.unwrap_or(f.server).port()) {
         Ok(scenario) => lines.push(format!("  reproduce with: idlelab run {scenario}")),
         Err(why) => {
             lines.push(format!("  no reproducer named: {why}"));

@@ -1,12 +1,16 @@
-//! Captures: reading a pcap or pcapng as a stream of TCP segments (`read`), and what the
+//! Captures: reading a pcap or pcapng as a stream of TCP segments (`read`), what the
 //! packets of one hop say about each connection that ended badly (`explain`, the engine of
-//! `idlelab explain`). The local lab writes its own per-cell captures (`local::capture`);
-//! this module reads them and a team's own alike.
+//! `idlelab explain`), and, over a cell's capture of every hop, which hop acted first
+//! (`attribute`). The local lab writes its own per-cell captures (`local::capture`); this
+//! module reads them and a team's own alike.
 //!
 //! ```text
 //!   FILE.pcap[ng] ──read::for_each_segment──▶ Segment ──explain::Explainer──▶ Finding ──▶ text
+//!   a cell's pcapng + PathMap (hops, sockets' owners, access logs, conntrack) ──attribute──▶
+//!       Attribution { first act, what followed, sentence, diagram's arrows }
 //! ```
 
+pub mod attribute;
 pub mod explain;
 pub mod read;
 

@@ -23,6 +23,9 @@ pub struct Segment {
     pub ack_no: u32,
     /// TCP payload bytes (from the IP lengths: a short snaplen still counts them).
     pub len: u32,
+    /// Sent (`Some(true)`) or received by the interface's host, where the capture says:
+    /// pcapng's `epb_flags` direction bits, or a Linux cooked capture's packet type.
+    pub outbound: Option<bool>,
 }
 
 /// An interface of the capture: its name where the file gives one.
@@ -39,6 +42,8 @@ pub struct Interface {
 #[derive(Debug, Default)]
 pub struct Capture {
     pub interfaces: Vec<Interface>,
+    /// The current pcapng section is big-endian (its options' numbers are).
+    big_endian: bool,
     pub packets: u64,
     pub not_tcp: u64,
 }
@@ -87,6 +92,7 @@ pub fn for_each_segment(
 }
 
 fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&Segment, &Capture)) {
+    let mut outbound = None;
     let (iface, ts, data) = match block {
         PcapBlockOwned::LegacyHeader(h) => {
             let resolution = if h.is_nanosecond_precision() { 1_000_000_000 } else { 1_000_000 };
@@ -97,7 +103,8 @@ fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&S
             let res = capture.interfaces.first().map(|i| i.resolution).unwrap_or(1_000_000);
             (0, b.ts_sec as f64 + b.ts_usec as f64 / res as f64, b.data)
         }
-        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+        PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
+            capture.big_endian = shb.big_endian();
             capture.interfaces.clear();
             return;
         }
@@ -124,6 +131,17 @@ fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&S
             let units = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
             let ts = units as f64 / i.resolution as f64 + i.offset as f64;
             let caplen = (epb.caplen as usize).min(epb.data.len());
+            // epb_flags (option 2): bits 0-1 are the direction, 1 inbound, 2 outbound.
+            if let Some(flags) = epb.options.iter().find(|o| o.code.0 == 2).and_then(|o| {
+                let b: [u8; 4] = o.value.get(..4)?.try_into().ok()?;
+                Some(if capture.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+            }) {
+                outbound = match flags & 3 {
+                    1 => Some(false),
+                    2 => Some(true),
+                    _ => None,
+                };
+            }
             (epb.if_id, ts, &epb.data[..caplen])
         }
         PcapBlockOwned::NG(Block::SimplePacket(spb)) => (0, 0.0, spb.data),
@@ -138,9 +156,12 @@ fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&S
             (u16::from_be_bytes([data[0], data[1]]), u16::from_be_bytes([data[2], data[3]]))
         }
         Linktype::LINUX_SLL2 if data.len() >= 11 => (u16::from(data[10]), u16::from_be_bytes([data[8], data[9]])),
-        _ => (0, 0),
+        _ => (0, u16::MAX),
     };
     const PACKET_OUTGOING: u16 = 4;
+    if hatype != u16::MAX {
+        outbound = Some(pkttype == PACKET_OUTGOING);
+    }
     const ARPHRD_LOOPBACK: u16 = 772;
     if pkttype == PACKET_OUTGOING && hatype == ARPHRD_LOOPBACK {
         capture.packets -= 1;
@@ -154,6 +175,7 @@ fn handle(block: PcapBlockOwned, capture: &mut Capture, each: &mut impl FnMut(&S
         Some(mut s) => {
             s.iface = iface;
             s.ts = ts;
+            s.outbound = outbound;
             each(&s, capture);
         }
         None => capture.not_tcp += 1,
@@ -217,6 +239,43 @@ fn decode(linktype: Linktype, data: &[u8]) -> Option<Segment> {
             seq: tcp.sequence_number(),
             ack_no: tcp.acknowledgment_number(),
             len,
+            outbound: None,
         })
+    }
+}
+
+/// Istio's redirect seen on a pod's loopback: the app's segments go to the sidecar's listener
+/// (`127.0.0.1:15001`, `:15006`) after istio-iptables' REDIRECT, but the sidecar's answers come
+/// back already un-NATed, from the address the app connected to. Seen as is, one connection
+/// would be two halves. [`LoopbackRedirects::fix`] gives every segment of such a connection
+/// the listener's address and remembers the original destination.
+#[derive(Debug, Default)]
+pub struct LoopbackRedirects {
+    /// By interface and the app's address: the listener, and the address the app dialled.
+    by_client: std::collections::BTreeMap<(u32, SocketAddr), (SocketAddr, Option<SocketAddr>)>,
+}
+
+/// Istio's redirect listeners (outbound, inbound).
+pub const REDIRECT_PORTS: [u16; 2] = [15001, 15006];
+
+impl LoopbackRedirects {
+    fn is_listener(a: SocketAddr) -> bool {
+        a.ip().is_loopback() && REDIRECT_PORTS.contains(&a.port())
+    }
+
+    pub fn fix(&mut self, s: &mut Segment) {
+        if Self::is_listener(s.dst) && !Self::is_listener(s.src) {
+            self.by_client.entry((s.iface, s.src)).or_insert((s.dst, None));
+        } else if let Some((listener, original)) = self.by_client.get_mut(&(s.iface, s.dst))
+            && s.src != *listener
+        {
+            original.get_or_insert(s.src);
+            s.src = *listener;
+        }
+    }
+
+    /// The address the app dialled, for its connection to a redirect listener.
+    pub fn original(&self, iface: u32, client: SocketAddr) -> Option<SocketAddr> {
+        self.by_client.get(&(iface, client)).and_then(|(_, o)| *o)
     }
 }

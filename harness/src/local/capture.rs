@@ -14,6 +14,9 @@
 //! payload, what an attribution reads. No tcpdump: the sockets are the kernel's own, the file
 //! is written with `pcap-file`.
 
+use crate::backend::evidence::{CaptureEvidence, LabEvidence};
+use crate::capture::attribute::{NodeActors, PathMap};
+use crate::hop::ProxyRole;
 use anyhow::{Context, Result, bail};
 use std::borrow::Cow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,6 +39,9 @@ struct Packet {
     /// The kernel's receive time, since the Unix epoch.
     ts: Duration,
     original_len: u32,
+    /// Sent by the namespace (not received): the `epb_flags` direction Wireshark shows, and
+    /// how an attribution tells the hop that sent a segment from those that forwarded it.
+    outbound: bool,
     data: Vec<u8>,
 }
 
@@ -51,6 +57,8 @@ struct NamespaceTap {
 pub struct CellCapture {
     stop: Arc<AtomicBool>,
     taps: Vec<NamespaceTap>,
+    /// Each middlebox's `conntrack -E` (its node, the process, its output file).
+    conntrack: Vec<(String, super::process::LabProcess, PathBuf)>,
 }
 
 /// A capture never finished (the cell panicked): its threads stop within a read timeout, and
@@ -67,13 +75,23 @@ pub struct CaptureFile {
     pub packets: usize,
     /// The interface blocks' names, in order.
     pub interfaces: Vec<String>,
+    /// Conntrack's DESTROY events: (node, time, flow's source, destination).
+    pub destroys: Vec<(String, f64, std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl CellCapture {
-    /// Start capturing in each `(hop name, namespace path)`, before the cell's traffic.
-    pub async fn start(namespaces: &[(String, PathBuf)]) -> Result<CellCapture> {
+    /// Start capturing in each `(hop name, namespace path)`, before the cell's traffic, and
+    /// watching conntrack in each forwarding one (`forwarders`); `dir` holds the events.
+    pub async fn start(namespaces: &[(String, PathBuf)], forwarders: &[String], dir: &Path) -> Result<CellCapture> {
         // Made first, so that a failure below drops it and stops the threads already started.
-        let mut capture = CellCapture { stop: Arc::new(AtomicBool::new(false)), taps: Vec::new() };
+        let mut capture =
+            CellCapture { stop: Arc::new(AtomicBool::new(false)), taps: Vec::new(), conntrack: Vec::new() };
+        for (hop, ns) in namespaces.iter().filter(|(hop, _)| forwarders.contains(hop)) {
+            let out = dir.join(format!("conntrack-{hop}.events"));
+            let process = super::device::middlebox::watch_destroys(ns, &out)
+                .with_context(|| format!("conntrack -E in {hop}'s namespace"))?;
+            capture.conntrack.push((hop.clone(), process, out));
+        }
         for (hop, ns) in namespaces {
             // The socket belongs to the namespace it is made in; it is read from anywhere.
             let (fd, names) = super::netns::in_netns(ns, open_tap)
@@ -90,10 +108,21 @@ impl CellCapture {
     }
 
     /// Stop, and write every packet of every namespace, by time, to `path`.
-    pub fn finish(self, path: &Path) -> Result<CaptureFile> {
-        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+    pub fn finish(mut self, path: &Path) -> Result<CaptureFile> {
+        use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
         use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
         self.stop.store(true, Ordering::Relaxed);
+        let mut destroys = Vec::new();
+        for (hop, process, out) in std::mem::take(&mut self.conntrack) {
+            // Its events are written as they come: stopping it loses none already seen.
+            drop(process);
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            destroys.extend(
+                text.lines()
+                    .filter_map(super::device::middlebox::parse_destroy)
+                    .map(|(t, s, d)| (hop.clone(), t, s, d)),
+            );
+        }
         let mut interfaces: Vec<String> = Vec::new();
         let mut packets: Vec<Packet> = Vec::new();
         let mut this = self;
@@ -112,6 +141,7 @@ impl CellCapture {
                     iface: id,
                     ts: p.ts,
                     original_len: p.original_len,
+                    outbound: p.outbound,
                     data: p.data.clone(),
                 }));
             }
@@ -139,12 +169,13 @@ impl CellCapture {
                 timestamp: p.ts,
                 original_len: p.original_len,
                 data: Cow::Borrowed(&p.data),
-                options: vec![],
+                // epb_flags: direction 2 outbound, 1 inbound.
+                options: vec![EnhancedPacketOption::Flags(if p.outbound { 2 } else { 1 })],
             })?;
         }
         use std::io::Write;
         writer.into_inner().flush().with_context(|| format!("writing {}", path.display()))?;
-        Ok(CaptureFile { path: path.to_path_buf(), packets: packets.len(), interfaces })
+        Ok(CaptureFile { path: path.to_path_buf(), packets: packets.len(), interfaces, destroys })
     }
 }
 
@@ -166,6 +197,97 @@ pub fn note(file: &CaptureFile) -> String {
         file.interfaces.len(),
         file.interfaces.join(", ")
     )
+}
+
+/// What the lab knows about a cell's path, for the attribution: the lifelines in path order,
+/// each node's actors (the app's namespace holds the client sidecar, the server's the server
+/// sidecar; a middlebox forwards), the sockets' owners from the listings, Envoy's access logs.
+pub fn path_map(knobs: &crate::config::CellConfig, evidence: &LabEvidence) -> PathMap {
+    let mut map = PathMap::default();
+    map.actors.push("app".into());
+    map.nodes.insert("app".into(), NodeActors { main: "app".into(), ..Default::default() });
+    map.nodes.insert("srv".into(), NodeActors { main: "server".into(), ..Default::default() });
+    let mut gateway_actor = None;
+    for (i, hop) in knobs.path.iter().enumerate() {
+        let on = hop.on_path();
+        let (actor, node) = match (on.own_node(i), on.proxy_role()) {
+            (Some(node), role) => {
+                let forwards = role.is_none();
+                if let Some(f) = on.forgets_flows() {
+                    map.forget_after.insert(node.clone(), f.timeout.as_secs_f64());
+                }
+                if role == Some(ProxyRole::Gateway) {
+                    gateway_actor = Some(node.clone());
+                }
+                let proxy = role.map(|_| node.clone());
+                map.nodes.insert(node.clone(), NodeActors { main: node.clone(), proxy, forwards });
+                (node.clone(), node)
+            }
+            (None, Some(role)) => {
+                let node = if role == ProxyRole::ServerSidecar { "srv" } else { "app" };
+                (role.name().to_string(), node.to_string())
+            }
+            (None, None) => continue,
+        };
+        if let Some(n) = map.nodes.get_mut(&node)
+            && node != actor
+            && n.main != actor
+        {
+            n.proxy = Some(actor.clone());
+        }
+        map.actors.push(actor);
+    }
+    map.actors.push("server".into());
+    for snapshot in &evidence.sockets {
+        let Some(node) = map.nodes.get(&snapshot.netns_role) else { continue };
+        for socket in &snapshot.sockets {
+            let Ok(local) = socket.local.parse::<std::net::SocketAddr>() else { continue };
+            let actor = match socket.process.as_deref() {
+                Some("envoy") => node.proxy.clone().unwrap_or_else(|| node.main.clone()),
+                Some(_) => node.main.clone(),
+                None => continue,
+            };
+            if let Ok(peer) = socket.peer.parse::<std::net::SocketAddr>() {
+                map.sockets.insert((snapshot.netns_role.clone(), local, peer), actor.clone());
+            }
+            map.owners.insert((snapshot.netns_role.clone(), local), actor);
+        }
+    }
+    for e in &evidence.envoys {
+        let actor = if e.role == ProxyRole::Gateway.name() { gateway_actor.clone() } else { None };
+        map.access_logs.insert(actor.unwrap_or_else(|| e.role.clone()), e.access_log.clone());
+    }
+    // Envoy's admin, the agent's ports, xDS and the control plane's debug port: not the path.
+    map.control_ports = [15000, 15004, 15010, 15012, 15014, 15017, 15020, 15021, 15053, 15090].into();
+    map
+}
+
+/// The attributions of a written capture: its packets read back as any capture is.
+pub fn attribute(
+    file: &CaptureFile,
+    map: &PathMap,
+    factor: u32,
+    configured: Vec<crate::config::ConfiguredAct>,
+) -> Result<CaptureEvidence> {
+    let name = file.path.display().to_string();
+    let input = std::fs::File::open(&file.path).with_context(|| format!("opening {name}"))?;
+    let mut segments = Vec::new();
+    crate::capture::read::for_each_segment(std::io::BufReader::new(input), &name, |s, _| segments.push(s.clone()))?;
+    let mut map = map.clone();
+    map.destroys = file.destroys.clone();
+    let attributions = crate::capture::attribute::attribute(&segments, &file.interfaces, &map, f64::from(factor));
+    let agree = attributions
+        .iter()
+        .filter(|a| configured.iter().any(|c| crate::capture::attribute::agrees(c, &a.first)))
+        .count();
+    Ok(CaptureEvidence {
+        file: name,
+        packets: file.packets,
+        interfaces: file.interfaces.clone(),
+        attributions,
+        configured,
+        agree,
+    })
 }
 
 /// Inside a namespace: a packet socket for every protocol on every interface, and the
@@ -245,7 +367,7 @@ fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
             }
         }
         // Loopback: the same packet as sent and as received; keep the received one.
-        if addr.sll_hatype == libc::ARPHRD_LOOPBACK && addr.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if addr.sll_hatype == libc::ARPHRD_LOOPBACK && addr.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -259,7 +381,13 @@ fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
         let kept = original_len.min(SNAPLEN).min(buf.len());
         out.push((
             addr.sll_ifindex as u32,
-            Packet { iface: 0, ts, original_len: original_len as u32, data: buf[..kept].to_vec() },
+            Packet {
+                iface: 0,
+                ts,
+                original_len: original_len as u32,
+                outbound: addr.sll_pkttype == libc::PACKET_OUTGOING,
+                data: buf[..kept].to_vec(),
+            },
         ));
     }
     Ok(out)

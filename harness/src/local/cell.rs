@@ -219,7 +219,14 @@ async fn run_in(
         // connections are older and show mid-stream).
         let namespaces: Vec<(String, std::path::PathBuf)> =
             lab.topology.nodes.iter().map(|n| (n.role.clone(), n.netns.path())).collect();
-        lab.capture = Some(super::capture::CellCapture::start(&namespaces).await?);
+        let forwarders: Vec<String> = knobs
+            .path
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.on_path().forgets_flows().is_some())
+            .filter_map(|(i, h)| node_role(i, h))
+            .collect();
+        lab.capture = Some(super::capture::CellCapture::start(&namespaces, &forwarders, lab.dir.path()).await?);
     }
     if let (Some(cp), Some(objects)) = (&lab.control_plane, &mesh.objects) {
         evidence.envoy_filters = envoy_filter_status(cp, &objects.docs).await;
@@ -462,14 +469,19 @@ pub async fn run_cell(
             let path = dir.join(super::capture::file_name(&cell.scenario, &cell.label));
             let span = tracing::Span::current();
             match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
-                Ok(Ok(file)) => Some(super::capture::note(&file)),
-                Ok(Err(e)) => Some(format!("capture: not written: {e:#}")),
-                Err(e) => Some(format!("capture: not written: {e}")),
+                Ok(Ok(file)) => Ok(file),
+                Ok(Err(e)) => Err(format!("capture: not written: {e:#}")),
+                Err(e) => Err(format!("capture: not written: {e}")),
             }
         }
-        _ => None,
+        _ => Err(String::new()),
     };
-    if let Some(line) = &capture {
+    let capture_note = match &capture {
+        Ok(file) => Some(super::capture::note(file)),
+        Err(e) if !e.is_empty() => Some(e.clone()),
+        Err(_) => None,
+    };
+    if let Some(line) = &capture_note {
         logs.push(("capture".into(), line.clone()));
     }
     let teardown_ms = match slot {
@@ -482,6 +494,23 @@ pub async fn run_cell(
     match result {
         Ok((observations, mut evidence)) => {
             evidence.teardown_ms = teardown_ms;
+            // Which hop acted first on each connection of the app that ended badly.
+            let mut attributions = Vec::new();
+            if let Ok(file) = &capture {
+                let map = super::capture::path_map(&cell.scaled, &evidence);
+                let configured = cell.scaled.configured_first_acts();
+                match super::capture::attribute(file, &map, cell.time_scale.factor, configured) {
+                    Ok(c) => {
+                        attributions = c
+                            .attributions
+                            .iter()
+                            .map(|a| format!("which hop: {}: {}", a.connection, a.sentence))
+                            .collect();
+                        evidence.capture = Some(c);
+                    }
+                    Err(e) => attributions.push(format!("which hop: the capture could not be read back: {e:#}")),
+                }
+            }
             let grpc = if cell.scaled.service == Service::Grpc {
                 super::evidence::grpc_view(&observations, &evidence.envoys)
             } else {
@@ -493,7 +522,8 @@ pub async fn run_cell(
                 .cloned()
                 .chain(grpc)
                 .chain(evidence.envoy_filters.iter().map(|e| format!("Istio: EnvoyFilter {}: {}", e.name, e.status)))
-                .chain(capture)
+                .chain(capture_note)
+                .chain(attributions)
                 .collect();
             Ok(CellOutcome { observations, lab: Some(evidence), notes, logs })
         }

@@ -22,6 +22,11 @@ pub fn access_log_fields(chain: &str) -> Value {
         "duration_ms": "%DURATION%",
         "flags": "%RESPONSE_FLAGS%",
         "close_reason": "%DOWNSTREAM_LOCAL_CLOSE_REASON%",
+        // Who closed each side, as Envoy detected it (Envoy 1.38+): the attribution quotes them.
+        "upstream_close_reason": "%UPSTREAM_LOCAL_CLOSE_REASON%",
+        "downstream_close": "%DOWNSTREAM_DETECTED_CLOSE_TYPE%",
+        "upstream_close": "%UPSTREAM_DETECTED_CLOSE_TYPE%",
+        "termination": "%CONNECTION_TERMINATION_DETAILS%",
         "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
         "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
         "upstream": "%UPSTREAM_HOST%",

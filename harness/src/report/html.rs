@@ -91,6 +91,49 @@ fn istio_lines(c: &CellReport) -> Vec<String> {
         .collect()
 }
 
+/// Diagrams drawn per cell; the other attributions stay in summary.json.
+const MAX_SEQUENCES: usize = 2;
+
+/// A cell's capture: the link to its pcapng (beside report.html, under `captures/`), the hop
+/// configured to act first, and a sequence diagram per failed connection.
+fn capture_section(capture: &crate::backend::evidence::CaptureEvidence, factor: u32) -> Value {
+    let name =
+        std::path::Path::new(&capture.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let sequences: Vec<BTreeMap<String, Value>> = capture
+        .attributions
+        .iter()
+        .take(MAX_SEQUENCES)
+        .map(|a| {
+            BTreeMap::from([
+                ("connection".to_string(), Value::from(a.connection.clone())),
+                ("sentence".to_string(), Value::from(a.sentence.clone())),
+                ("svg".to_string(), Value::from_safe_string(super::sequence::svg(a, factor))),
+            ])
+        })
+        .collect();
+    let configured: Vec<String> = capture
+        .configured
+        .iter()
+        .map(|c| {
+            let how = match c.forgets {
+                None => "closes with a FIN".to_string(),
+                Some(o) => format!("forgets the flow, then {}", format!("{o:?}").to_lowercase()),
+            };
+            format!("{} after {} idle ({how})", c.actor, c.after)
+        })
+        .collect();
+    let configured =
+        if configured.is_empty() { "no hop acts while the connection idles".into() } else { configured.join(" or ") };
+    Value::from(BTreeMap::from([
+        ("link".to_string(), Value::from(format!("captures/{name}"))),
+        ("configured".to_string(), Value::from(configured)),
+        ("agree".to_string(), Value::from(capture.agree)),
+        ("count".to_string(), Value::from(capture.attributions.len())),
+        ("more".to_string(), Value::from(capture.attributions.len().saturating_sub(MAX_SEQUENCES))),
+        ("sequences".to_string(), Value::from(sequences)),
+    ]))
+}
+
 pub fn render(s: &RunSummary) -> anyhow::Result<String> {
     let mut env = Environment::new();
     env.add_template("report.html", TEMPLATE)?;
@@ -142,6 +185,9 @@ pub fn render(s: &RunSummary) -> anyhow::Result<String> {
                 .collect();
             if let Some(t) = timeline {
                 map.insert("timeline".into(), t);
+            }
+            if let Some(capture) = c.evidence.lab.as_ref().and_then(|l| l.capture.as_ref()) {
+                map.insert("capture".into(), capture_section(capture, c.time_scale.factor));
             }
             Value::from(map)
         })

@@ -5,7 +5,8 @@
 //!                 ├──▶ JsonReporter       (summary.json, schema in results/README.md)
 //!                 ├──▶ MarkdownReporter   (summary.md)
 //!                 ├──▶ JunitReporter      (junit.xml)
-//!                 └──▶ HtmlReporter       (report.html, with a timeline per cell)
+//!                 └──▶ HtmlReporter       (report.html, with a timeline per cell and, with
+//!                                          `--capture`, a sequence diagram per failed connection)
 //! ```
 
 pub mod balance_chart;
@@ -13,6 +14,7 @@ pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod sequence;
 pub mod terminal;
 pub mod timeline;
 

@@ -20,7 +20,9 @@ const LEFT: f64 = 70.0;
 const ROW: f64 = 26.0;
 const TOP: f64 = 34.0;
 
-fn esc(s: &str) -> String {
+/// Text for SVG and HTML, with the characters that would end it escaped (the other diagrams
+/// use it too).
+pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

@@ -1,0 +1,784 @@
+//! Which hop closed it: a cell's capture (every hop's interfaces, one clock, each packet's
+//! direction) read against what the lab knows about its path, so that each connection of the
+//! app that ended badly gets the hop that acted first, how, and what followed.
+//!
+//! ```text
+//!   segments ─▶ sightings of one packet grouped (same ends, numbers, flags; within 20 ms)
+//!       ─▶ who sent it: the node that sent it out and never received it (a loopback packet:
+//!          its node), named by the socket's owner (PathMap.owners) or the node's actor
+//!       ─▶ acts: FIN, RST, a segment a forwarding node received and never sent on (dropped)
+//!   app's connections ─explain::judge─▶ ended badly ─▶ first act after its idle began
+//!       ─▶ Attribution { first, then, sentence, arrows for the sequence diagram }
+//! ```
+//!
+//! Every act is a packet seen on a hop's interface; the owner of a socket comes from the
+//! lab's socket listings, or, for a socket they do not show, from its namespace (the sentence
+//! says so).
+
+use super::explain::{Diagnosis, Explainer, Finding};
+use super::read::Segment;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+/// Sightings of the same packet further apart than this are two packets (a retransmission
+/// comes 200 ms later at the earliest).
+const SAME_PACKET_S: f64 = 0.02;
+/// The most arrows a diagram draws; SYN, FIN, RST, drops and keepalives are always kept.
+const MAX_ARROWS: usize = 48;
+
+/// A node of the path (a namespace, a pod) and who in it owns the sockets.
+#[derive(Clone, Debug, Default)]
+pub struct NodeActors {
+    /// The actor of its sockets that no proxy owns: `app`, `server`; for a middlebox, itself.
+    pub main: String,
+    /// The proxy in it (`sidecar`, `server-sidecar`, `gw1`), if any.
+    pub proxy: Option<String>,
+    /// It forwards packets (a middlebox): what it receives and does not send on, it dropped.
+    pub forwards: bool,
+}
+
+/// What the lab knows about a cell's path, to name who sent each packet.
+#[derive(Clone, Debug, Default)]
+pub struct PathMap {
+    /// The lifelines, from the app to the server: `app`, `sidecar`, `mb1`, `server`.
+    pub actors: Vec<String>,
+    /// By node name (the first word of an interface's name in the capture).
+    pub nodes: BTreeMap<String, NodeActors>,
+    /// `(node, local address)` → actor, from the lab's socket listings.
+    pub owners: BTreeMap<(String, SocketAddr), String>,
+    /// `(node, local address, peer address)` → actor: the listings' sockets exactly.
+    pub sockets: BTreeMap<(String, SocketAddr, SocketAddr), String>,
+    /// Per proxy actor: its access log lines (JSON), for Envoy's own close reasons.
+    pub access_logs: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Ports of the lab's own control connections (Envoy's admin, xDS): not the data path.
+    pub control_ports: BTreeSet<u16>,
+    /// A forwarding node's configured flow timeout in seconds (scaled): configuration.
+    pub forget_after: BTreeMap<String, f64>,
+    /// Conntrack's DESTROY events: (node, time, the flow's source, destination), measured.
+    pub destroys: Vec<(String, f64, SocketAddr, SocketAddr)>,
+}
+
+/// What a hop did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// It closed a connection: FIN.
+    Fin,
+    /// It reset one: RST (a proxy's reset, a middlebox's answer to a flow it forgot).
+    Reset,
+    /// It received a segment and never sent it on (a middlebox that forgot the flow).
+    Drop,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Fin => "FIN",
+            Action::Reset => "RST",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+/// Whether an act the capture attributed is the one the lab configured: the same hop, and a
+/// FIN from a hop that closes, the RST or the drop of a middlebox that forgets.
+pub fn agrees(configured: &crate::config::ConfiguredAct, act: &Act) -> bool {
+    use crate::model::keepalive::OnUnknown;
+    let expected = match configured.forgets {
+        None => Action::Fin,
+        Some(OnUnknown::Reset) => Action::Reset,
+        Some(OnUnknown::Drop) => Action::Drop,
+    };
+    configured.actor == act.actor && expected == act.action
+}
+
+/// One act of a hop, as the capture saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Act {
+    pub actor: String,
+    pub action: Action,
+    /// Seconds since the app's connection began to idle (scaled: as the lab ran it).
+    pub at_idle_s: f64,
+    /// The same in the scenario's own time (× the cell's factor).
+    pub at_idle_real_s: f64,
+    /// The packet's ends, and who was on the other end.
+    pub from: String,
+    pub to: String,
+    pub peer: String,
+    /// `socket`: the owner in the lab's socket listings; `namespace`: a socket the listings do
+    /// not show, named by its namespace; `node`: a forwarding node's own act.
+    pub named_by: &'static str,
+    /// Envoy's own account of that connection's end (access log), for a proxy's act.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<String>,
+    /// A forwarding node's conntrack: when the flow's entry expired (its last segment there +
+    /// the configured timeout) and when conntrack reported it removed (DESTROY, measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackView>,
+}
+
+/// What a middlebox's conntrack says about the flow it acted on.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConntrackView {
+    /// Seconds of idle at the flow's last segment through the node (measured).
+    pub last_segment_at_idle_s: f64,
+    /// Plus the node's configured timeout: when the entry expired.
+    pub expired_at_idle_s: Option<f64>,
+    /// Conntrack's DESTROY event for the flow (measured; the kernel removes an expired entry
+    /// when the next segment looks it up, or when its garbage collector passes).
+    pub destroyed_at_idle_s: Option<f64>,
+}
+
+/// One arrow of a sequence diagram: a packet from one lifeline to another.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Arrow {
+    /// Seconds since the app's connection's first packet.
+    pub t: f64,
+    /// Indexes into the lifelines.
+    pub from: usize,
+    pub to: usize,
+    /// `SYN`, `FIN`, `RST`, `data`, `keepalive`.
+    pub kind: String,
+    /// It ended at `to` without going on (a forwarding node dropped it).
+    pub dropped: bool,
+}
+
+/// Which hop acted first on one connection of the app that ended badly, and what followed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attribution {
+    /// The connection that ended badly: `client → server` as its client's socket sees it.
+    pub connection: String,
+    /// Whose connection it is: `app`, or a proxy's upstream one (`sidecar`) when the app's
+    /// own stayed up (an HTTP or HTTP/2 pool).
+    pub client: String,
+    /// What the app's own side of it showed (`idlelab explain`'s diagnosis).
+    pub app_saw: String,
+    /// The hop that acted first after the idle began.
+    pub first: Act,
+    /// What followed, up to the end of the app's connection (at most a few).
+    pub then: Vec<Act>,
+    pub sentence: String,
+    /// The cell's lifelines, and the packets of the diagram.
+    pub lifelines: Vec<String>,
+    pub arrows: Vec<Arrow>,
+    /// Where the idle gap is on the diagram's time axis (seconds since the first packet).
+    pub idle_from_t: f64,
+    pub idle_to_t: f64,
+}
+
+/// One packet, however many interfaces saw it.
+struct Packet {
+    seg: Segment,
+    /// (node, interface name, outbound) of each sighting.
+    seen: Vec<(String, String, Option<bool>)>,
+    first_ts: f64,
+}
+
+impl Packet {
+    /// The node that sent it: a loopback packet's node; else the node that sent it out and
+    /// never received it.
+    fn origin(&self) -> Option<&str> {
+        if let Some((n, _, _)) = self.seen.iter().find(|(_, i, _)| i == "lo") {
+            return Some(n);
+        }
+        let received: BTreeSet<&str> =
+            self.seen.iter().filter(|(_, _, o)| *o == Some(false)).map(|(n, _, _)| n.as_str()).collect();
+        self.seen
+            .iter()
+            .find(|(n, _, o)| *o == Some(true) && !received.contains(n.as_str()))
+            .map(|(n, _, _)| n.as_str())
+    }
+
+    /// The node it reached last: a loopback packet's node, a node that received it and did
+    /// not send it on, or a forwarding node that dropped it (`true`).
+    fn end(&self, map: &PathMap) -> Option<(&str, bool)> {
+        if let Some((n, _, _)) = self.seen.iter().find(|(_, i, _)| i == "lo") {
+            return Some((n, false));
+        }
+        let sent: BTreeSet<&str> =
+            self.seen.iter().filter(|(_, _, o)| *o == Some(true)).map(|(n, _, _)| n.as_str()).collect();
+        let mut ends = self.seen.iter().filter(|(n, _, o)| *o == Some(false) && !sent.contains(n.as_str()));
+        ends.next().map(|(n, _, _)| (n.as_str(), map.nodes.get(n).is_some_and(|a| a.forwards)))
+    }
+}
+
+/// Who owns `addr` (talking to `peer`) in `node`: the socket listings (the exact socket, else
+/// the one socket talking to `peer` from that address's host — a redirect listener's socket
+/// shows its own port, its packets the service's —, else any socket on `addr`); else the
+/// node's actors (a proxy's listener ports on loopback; a socket of the app's namespace on its
+/// veth is its proxy's).
+fn owner(map: &PathMap, node: &str, addr: SocketAddr, peer: SocketAddr, on_lo: bool) -> (String, &'static str) {
+    let n = node.to_string();
+    if let Some(a) = map.sockets.get(&(n.clone(), addr, peer)) {
+        return (a.clone(), "socket");
+    }
+    let by_peer: Vec<&String> = map
+        .sockets
+        .iter()
+        .filter(|((nn, local, p), _)| *nn == n && *p == peer && local.ip() == addr.ip())
+        .map(|(_, a)| a)
+        .collect();
+    if let [only] = by_peer[..] {
+        return (only.clone(), "socket");
+    }
+    if let Some(a) = map.owners.get(&(n, addr)) {
+        return (a.clone(), "socket");
+    }
+    let Some(n) = map.nodes.get(node) else { return (node.to_string(), "namespace") };
+    if n.forwards {
+        return (n.main.clone(), "node");
+    }
+    let actor = match &n.proxy {
+        Some(p) if on_lo && super::read::REDIRECT_PORTS.contains(&addr.port()) => p.clone(),
+        Some(p) if !on_lo && n.main == "app" => p.clone(),
+        _ => n.main.clone(),
+    };
+    (actor, "namespace")
+}
+
+/// The node of an interface named `<node> <ifname>`.
+fn split_iface(name: &str) -> (String, String) {
+    match name.split_once(' ') {
+        Some((n, i)) => (n.to_string(), i.to_string()),
+        None => (name.to_string(), String::new()),
+    }
+}
+
+/// Every connection of the app that ended badly in a cell's capture, each with the hop that
+/// acted first. `iface_names` are the capture's interface names; `factor` the cell's.
+pub fn attribute(segments: &[Segment], iface_names: &[String], map: &PathMap, factor: f64) -> Vec<Attribution> {
+    let ifaces: Vec<(String, String)> = iface_names.iter().map(|n| split_iface(n)).collect();
+    let data_path =
+        |s: &Segment| !map.control_ports.contains(&s.src.port()) && !map.control_ports.contains(&s.dst.port());
+    // One address pair per connection on a pod's loopback, as `explain` reads it.
+    let mut redirects = super::read::LoopbackRedirects::default();
+    let segments: Vec<Segment> = segments
+        .iter()
+        .filter(|s| data_path(s))
+        .map(|s| {
+            let mut s = s.clone();
+            redirects.fix(&mut s);
+            s
+        })
+        .collect();
+    let packets = group(segments.iter(), &ifaces);
+
+    // Every connection as each node saw it; judged from its client's own node: the app's,
+    // and a proxy's upstream ones (an HTTP/2 or HTTP pool's connection fails while the app's
+    // own stays up). The app's come first; a proxy's is attributed only when no connection it
+    // carries already was.
+    let mut explainer = Explainer::default();
+    for s in &segments {
+        explainer.add(s);
+    }
+    let proxies: BTreeSet<&str> = map.nodes.values().filter_map(|n| n.proxy.as_deref()).collect();
+    let mut judged: Vec<(u8, Finding, String)> = Vec::new();
+    for f in explainer.findings() {
+        // Its own reset is the client's end of the run, not a hop's act.
+        if f.diagnosis == Diagnosis::ClientReset {
+            continue;
+        }
+        let Some((node, ifname)) = ifaces.get(f.iface as usize) else { continue };
+        let (client, named_by) = owner(map, node, f.client, f.dialled.unwrap_or(f.server), ifname == "lo");
+        let rank = match client.as_str() {
+            "app" => 0,
+            c if proxies.contains(c) && named_by == "socket" => 1,
+            _ => continue,
+        };
+        judged.push((rank, f, client));
+    }
+    judged.sort_by_key(|(rank, _, _)| *rank);
+    let mut out: Vec<Attribution> = Vec::new();
+    let mut carried: BTreeSet<SocketAddr> = BTreeSet::new();
+    for (_, f, client) in judged {
+        if carried.contains(&f.client) {
+            continue;
+        }
+        let ends = chain(map, f.client);
+        if let Some(a) = attribute_one(&f, &client, &ends, &packets, map, factor) {
+            carried.extend(ends);
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Sightings of one packet, grouped, in time order.
+fn group<'a>(segments: impl Iterator<Item = &'a Segment>, ifaces: &[(String, String)]) -> Vec<Packet> {
+    type Key = (SocketAddr, SocketAddr, u32, u32, u8, u32);
+    let key = |s: &Segment| -> Key {
+        let flags = u8::from(s.syn) | u8::from(s.ack) << 1 | u8::from(s.fin) << 2 | u8::from(s.rst) << 3;
+        (s.src, s.dst, s.seq, s.ack_no, flags, s.len)
+    };
+    let mut packets: Vec<Packet> = Vec::new();
+    let mut open: BTreeMap<Key, usize> = BTreeMap::new();
+    for s in segments {
+        let (node, ifname) =
+            ifaces.get(s.iface as usize).cloned().unwrap_or_else(|| (format!("if{}", s.iface), String::new()));
+        let k = key(s);
+        match open.get(&k) {
+            Some(&i)
+                if s.ts - packets[i].first_ts <= SAME_PACKET_S
+                    && !packets[i].seen.iter().any(|(n, f, _)| *n == node && *f == ifname) =>
+            {
+                packets[i].seen.push((node, ifname, s.outbound));
+            }
+            _ => {
+                open.insert(k, packets.len());
+                packets.push(Packet { seg: s.clone(), seen: vec![(node, ifname, s.outbound)], first_ts: s.ts });
+            }
+        }
+    }
+    packets
+}
+
+/// Envoy's account of the connection with `local` as one of its ends, from its access log.
+fn envoy_account(map: &PathMap, actor: &str, ends: &[SocketAddr]) -> Option<String> {
+    let lines = map.access_logs.get(actor)?;
+    let line = lines.iter().find(|l| {
+        ["downstream", "upstream_local"]
+            .iter()
+            .any(|k| l[*k].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| ends.contains(&a)))
+    })?;
+    let field = |k: &str| l_str(line, k);
+    let mut parts = Vec::new();
+    for (k, name) in [
+        ("flags", "flags"),
+        ("close_reason", "downstream local close"),
+        ("upstream_close_reason", "upstream local close"),
+        ("downstream_close", "downstream close type"),
+        ("upstream_close", "upstream close type"),
+        ("termination", "termination"),
+    ] {
+        if let Some(v) = field(k) {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn l_str(line: &serde_json::Value, k: &str) -> Option<String> {
+    line[k].as_str().filter(|v| !v.is_empty() && *v != "-").map(str::to_string)
+}
+
+/// The addresses of the client ends of every connection that carries the app's connection
+/// `client`: the app's own, then each proxy's upstream socket for it (its access log pairs
+/// a downstream address with the upstream one it used). A middlebox keeps the addresses.
+fn chain(map: &PathMap, client: SocketAddr) -> BTreeSet<SocketAddr> {
+    let mut ends: BTreeSet<SocketAddr> = [client].into();
+    loop {
+        let before = ends.len();
+        for line in map.access_logs.values().flatten() {
+            let addr = |k: &str| line[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+            if let (Some(down), Some(up)) = (addr("downstream"), addr("upstream_local"))
+                && (ends.contains(&down) || ends.contains(&up))
+            {
+                ends.insert(down);
+                ends.insert(up);
+            }
+        }
+        if ends.len() == before {
+            return ends;
+        }
+    }
+}
+
+fn attribute_one(
+    f: &Finding,
+    client: &str,
+    ends: &BTreeSet<SocketAddr>,
+    packets: &[Packet],
+    map: &PathMap,
+    factor: f64,
+) -> Option<Attribution> {
+    let on_chain = |p: &&Packet| ends.contains(&p.seg.src) || ends.contains(&p.seg.dst);
+    let packets: Vec<&Packet> = packets.iter().filter(on_chain).collect();
+    let packets = &packets[..];
+    let idle_from = f.idle_from;
+    let end = f.last + SAME_PACKET_S;
+    let act_of = |p: &Packet| -> Option<Act> {
+        let action = if p.seg.rst {
+            Action::Reset
+        } else if p.seg.fin {
+            Action::Fin
+        } else if matches!(p.end(map), Some((_, true))) {
+            Action::Drop
+        } else {
+            return None;
+        };
+        let lo = p.seen.iter().any(|(_, i, _)| i == "lo");
+        let (actor, named_by) = match action {
+            Action::Drop => (p.end(map)?.0.to_string(), "node"),
+            _ => {
+                let node = p.origin()?;
+                owner(map, node, p.seg.src, p.seg.dst, lo)
+            }
+        };
+        // Whom it was for: the receiver; for a drop, the sender.
+        let peer = match (action, p.end(map)) {
+            (Action::Drop, _) => p.origin().map(|n| owner(map, n, p.seg.src, p.seg.dst, lo).0),
+            (_, Some((node, false))) => Some(owner(map, node, p.seg.dst, p.seg.src, lo).0),
+            (_, Some((node, true))) => Some(format!("far end (dropped at {node})")),
+            (_, None) => None,
+        }
+        .unwrap_or_else(|| "hop outside the capture".into());
+        let envoy = (action != Action::Drop && map.nodes.values().any(|n| n.proxy.as_deref() == Some(actor.as_str())))
+            .then(|| envoy_account(map, &actor, &[p.seg.src, p.seg.dst]))
+            .flatten();
+        let at = p.first_ts - idle_from;
+        let conntrack = map.nodes.get(&actor).filter(|n| n.forwards).map(|_| {
+            let flow =
+                |a: SocketAddr, b: SocketAddr| (a == p.seg.src && b == p.seg.dst) || (a == p.seg.dst && b == p.seg.src);
+            // The flow's last segment the node forwarded (received and sent on) before the act.
+            let forwarded = |q: &Packet| {
+                let at = |out: bool| q.seen.iter().any(|(n, _, o)| *n == actor && *o == Some(out));
+                at(true) && at(false)
+            };
+            let last = packets
+                .iter()
+                .filter(|q| q.first_ts < p.first_ts && flow(q.seg.src, q.seg.dst) && forwarded(q))
+                .map(|q| q.first_ts)
+                .fold(f64::NAN, f64::max);
+            let destroyed = map
+                .destroys
+                .iter()
+                .filter(|(n, t, s, d)| *n == actor && flow(*s, *d) && *t <= p.first_ts + SAME_PACKET_S)
+                .map(|(_, t, _, _)| *t)
+                .fold(f64::NAN, f64::max);
+            let of = |t: f64| (!t.is_nan()).then_some(t - idle_from);
+            ConntrackView {
+                last_segment_at_idle_s: of(last).unwrap_or(0.0).max(0.0),
+                expired_at_idle_s: of(last).zip(map.forget_after.get(&actor)).map(|(l, t)| l + t),
+                destroyed_at_idle_s: of(destroyed),
+            }
+        });
+        Some(Act {
+            conntrack,
+            actor,
+            action,
+            at_idle_s: at,
+            at_idle_real_s: at * factor,
+            from: p.seg.src.to_string(),
+            to: p.seg.dst.to_string(),
+            peer,
+            named_by,
+            envoy,
+        })
+    };
+    let all: Vec<Act> =
+        packets.iter().filter(|p| p.first_ts >= idle_from && p.first_ts <= end).filter_map(|p| act_of(p)).collect();
+    // A forwarding node that answers a segment with an RST (reject) did not drop it: its act
+    // is the reset.
+    let answered = |d: &Act| {
+        all.iter().any(|r| {
+            r.action == Action::Reset
+                && r.actor == d.actor
+                && r.at_idle_s >= d.at_idle_s
+                && r.at_idle_s - d.at_idle_s <= SAME_PACKET_S
+        })
+    };
+    let mut acts = all.iter().filter(|a| a.action != Action::Drop || !answered(a)).cloned();
+    let first = acts.next()?;
+    // What followed: each other hop's first act, and the app's connection's own end.
+    let mut then: Vec<Act> = Vec::new();
+    for a in acts {
+        let seen = then.iter().chain(std::iter::once(&first)).any(|t| t.actor == a.actor && t.action == a.action);
+        if !seen && then.len() < 4 {
+            then.push(a);
+        }
+    }
+    let sentence = sentence(&first, &then, client, &f.diagnosis, factor);
+    let first_at = first.at_idle_s;
+    let (lifelines, arrows) = diagram(f, packets, map, &first);
+    Some(Attribution {
+        connection: format!("{} → {}", f.client, f.dialled.unwrap_or(f.server)),
+        client: client.to_string(),
+        app_saw: app_saw(&f.diagnosis),
+        first,
+        then,
+        sentence,
+        lifelines,
+        arrows,
+        idle_from_t: idle_from - f.first,
+        idle_to_t: idle_from - f.first + first_at,
+    })
+}
+
+fn app_saw(d: &Diagnosis) -> String {
+    match d {
+        Diagnosis::ClosedWhileIdle { then_rst: false, .. } => "a FIN while idle".into(),
+        Diagnosis::ClosedWhileIdle { then_rst: true, .. } => "a FIN while idle, then an RST on reuse".into(),
+        Diagnosis::ForgottenReset { .. } => "an RST on reuse, no FIN before".into(),
+        Diagnosis::ResetWhileIdle { .. } => "an RST while idle".into(),
+        Diagnosis::Unanswered { retransmissions, .. } => {
+            format!("its data unanswered ({retransmissions} retransmissions)")
+        }
+        Diagnosis::KeepaliveUnanswered { probes, .. } => format!("{probes} keepalive probes unanswered"),
+        Diagnosis::ClientReset => "its own reset".into(),
+    }
+}
+
+/// `6.000 s of idle (1.0 h in the scenario's time)`.
+fn when(scaled: f64, factor: f64) -> String {
+    let real = if factor <= 1.0 {
+        String::new()
+    } else {
+        format!(" ({} in the scenario's time)", scenario_time(scaled * factor))
+    };
+    format!("{scaled:.3} s of idle{real}")
+}
+
+/// Real-world seconds as the scenario states durations: `1.00 h`, `6.7 min`, `40.0 s`.
+pub fn scenario_time(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.2} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// An actor as a sentence names it: `the middlebox mb1`, `the gateway gw1`, `the sidecar`.
+fn the(actor: &str) -> String {
+    let numbered = |prefix: &str| {
+        actor.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    if numbered("mb") {
+        format!("the middlebox {actor}")
+    } else if numbered("gw") {
+        format!("the gateway {actor}")
+    } else {
+        format!("the {actor}")
+    }
+}
+
+fn verb(a: &Act) -> String {
+    match a.action {
+        Action::Fin => format!("closed its connection to {} with a FIN", the(&a.peer)),
+        Action::Reset => format!("sent an RST to {}", the(&a.peer)),
+        Action::Drop => format!("dropped a segment from {} (no FIN, no RST)", the(&a.peer)),
+    }
+}
+
+fn sentence(first: &Act, then: &[Act], client: &str, d: &Diagnosis, factor: f64) -> String {
+    let mut s = format!("{} acted first: it {} at {}", the(&first.actor), verb(first), when(first.at_idle_s, factor));
+    if first.named_by == "namespace" {
+        s.push_str(" (its socket named by its namespace)");
+    }
+    if let Some(e) = &first.envoy {
+        s.push_str(&format!("; Envoy logged {e}"));
+    }
+    if let Some(c) = &first.conntrack
+        && let Some(expired) = c.expired_at_idle_s
+    {
+        s.push_str(&format!(
+                " (its conntrack entry had expired at {}: the last segment it forwarded at {:.3} s of idle plus its timeout (configuration)",
+                when(expired, factor),
+                c.last_segment_at_idle_s
+            ));
+        match c.destroyed_at_idle_s {
+            Some(d) if (first.at_idle_s - d).abs() <= SAME_PACKET_S => {
+                s.push_str("; conntrack reported it destroyed as that segment arrived)")
+            }
+            Some(d) => s.push_str(&format!("; conntrack reported it destroyed at {d:.3} s)")),
+            None => s.push_str("; no DESTROY event seen)"),
+        }
+    }
+    for a in then {
+        let dt = a.at_idle_s - first.at_idle_s;
+        let dt = if dt < 1.0 { format!("{:.1} ms", dt * 1000.0) } else { format!("{dt:.3} s") };
+        s.push_str(&format!("; {dt} later {} {}", the(&a.actor), verb(a)));
+    }
+    match client {
+        "app" => s.push_str(&format!("; the app saw {}", app_saw(d))),
+        proxy => s.push_str(&format!("; the {proxy}'s own upstream connection saw {}", app_saw(d))),
+    }
+    s
+}
+
+/// The diagram's lifelines and arrows: the packets of the data path from the app's
+/// connection's first packet to its last, one arrow per packet however many hops saw it.
+fn diagram(f: &Finding, packets: &[&Packet], map: &PathMap, first: &Act) -> (Vec<String>, Vec<Arrow>) {
+    let (act_actor, act_conntrack, idle_from) = (first.actor.clone(), first.conntrack.clone(), f.idle_from);
+    let mut lifelines = map.actors.clone();
+    let index = |name: &str, lifelines: &mut Vec<String>| {
+        lifelines.iter().position(|l| l == name).unwrap_or_else(|| {
+            lifelines.push(name.to_string());
+            lifelines.len() - 1
+        })
+    };
+    // Keepalive probes: no new data, one below what that direction sent next.
+    let mut next: BTreeMap<(SocketAddr, SocketAddr), u32> = BTreeMap::new();
+    let mut all = Vec::new();
+    for p in packets.iter().filter(|p| p.first_ts >= f.first - SAME_PACKET_S && p.first_ts <= f.last + SAME_PACKET_S) {
+        let s = &p.seg;
+        let dir = (s.src, s.dst);
+        let keepalive =
+            s.len <= 1 && !s.syn && !s.fin && !s.rst && next.get(&dir).is_some_and(|n| s.seq == n.wrapping_sub(1));
+        if !keepalive {
+            let e = s.seq.wrapping_add(s.len + u32::from(s.syn) + u32::from(s.fin));
+            let ahead = next.get(&dir).is_none_or(|n| (e.wrapping_sub(*n) as i32) > 0);
+            if ahead {
+                next.insert(dir, e);
+            }
+        }
+        let kind = if s.rst {
+            "RST"
+        } else if s.syn && s.ack {
+            "SYN-ACK"
+        } else if s.syn {
+            "SYN"
+        } else if s.fin {
+            "FIN"
+        } else if keepalive {
+            "keepalive"
+        } else if s.len > 0 {
+            "data"
+        } else {
+            continue;
+        };
+        let lo = p.seen.iter().any(|(_, i, _)| i == "lo");
+        let (Some(origin), Some((end, dropped))) = (p.origin(), p.end(map)) else { continue };
+        let from = owner(map, origin, s.src, s.dst, lo).0;
+        let to = if dropped { end.to_string() } else { owner(map, end, s.dst, s.src, lo).0 };
+        if from == to {
+            continue;
+        }
+        let (from, to) = (index(&from, &mut lifelines), index(&to, &mut lifelines));
+        all.push(Arrow { t: p.first_ts - f.first, from, to, kind: kind.into(), dropped });
+    }
+    // A middlebox's conntrack, on its lifeline: when the entry expired (configuration) and
+    // when conntrack reported it destroyed (measured).
+    if let Some(c) = act_conntrack {
+        let i = index(&act_actor, &mut lifelines);
+        let at = |idle_s: f64| idle_from + idle_s - f.first;
+        if let Some(e) = c.expired_at_idle_s {
+            all.push(Arrow { t: at(e), from: i, to: i, kind: "expired".into(), dropped: false });
+        }
+        if let Some(d) = c.destroyed_at_idle_s {
+            all.push(Arrow { t: at(d), from: i, to: i, kind: "DESTROY".into(), dropped: false });
+        }
+        all.sort_by(|a, b| a.t.total_cmp(&b.t));
+    }
+    // Keep every SYN, FIN, RST, keepalive and drop; data at the start and the end.
+    let data: Vec<usize> =
+        all.iter().enumerate().filter(|(_, a)| a.kind == "data" && !a.dropped).map(|(i, _)| i).collect();
+    let other = all.len() - data.len();
+    let room = MAX_ARROWS.saturating_sub(other);
+    let keep: BTreeSet<usize> = if data.len() > room {
+        data.iter().take(room / 2).chain(data.iter().skip(data.len() - (room - room / 2))).copied().collect()
+    } else {
+        data.iter().copied().collect()
+    };
+    let arrows = all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, a)| a.kind != "data" || a.dropped || keep.contains(i))
+        .map(|(_, a)| a)
+        .collect();
+    (lifelines, arrows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "198.18.0.1:40000";
+    const SRV: &str = "198.18.0.6:6379";
+
+    /// A middlebox path's interfaces, and what the lab knows of it.
+    fn middlebox_path() -> (Vec<String>, PathMap) {
+        let names = ["app to-srv", "mb0 to-app", "mb0 to-srv", "srv to-app"].map(String::from).to_vec();
+        let mut map = PathMap { actors: vec!["app".into(), "mb0".into(), "server".into()], ..Default::default() };
+        map.nodes.insert("app".into(), NodeActors { main: "app".into(), ..Default::default() });
+        map.nodes.insert("mb0".into(), NodeActors { main: "mb0".into(), proxy: None, forwards: true });
+        map.nodes.insert("srv".into(), NodeActors { main: "server".into(), ..Default::default() });
+        map.owners.insert(("app".into(), APP.parse().unwrap()), "app".into());
+        map.owners.insert(("srv".into(), SRV.parse().unwrap()), "server".into());
+        map.forget_after.insert("mb0".into(), 2.0);
+        (names, map)
+    }
+
+    /// One segment seen on `hops` (interface index, outbound), at `ts`.
+    fn seen(out: &mut Vec<Segment>, ts: f64, from_app: bool, flags: &str, seq: u32, len: u32, hops: &[(u32, bool)]) {
+        let (src, dst) = if from_app { (APP, SRV) } else { (SRV, APP) };
+        for (i, &(iface, outbound)) in hops.iter().enumerate() {
+            out.push(Segment {
+                iface,
+                ts: ts + i as f64 * 1e-5,
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                syn: flags.contains('S'),
+                ack: flags.contains('A'),
+                fin: flags.contains('F'),
+                rst: flags.contains('R'),
+                seq,
+                ack_no: 0,
+                len,
+                outbound: Some(outbound),
+            });
+        }
+    }
+
+    /// App to server across the middlebox: each of the four sightings.
+    const FORWARD: [(u32, bool); 4] = [(0, true), (1, false), (2, true), (3, false)];
+    const BACK: [(u32, bool); 4] = [(3, true), (2, false), (1, true), (0, false)];
+
+    fn warm() -> Vec<Segment> {
+        let mut s = Vec::new();
+        seen(&mut s, 0.0, true, "S", 100, 0, &FORWARD);
+        seen(&mut s, 0.001, false, "SA", 500, 0, &BACK);
+        seen(&mut s, 0.002, true, "A", 101, 14, &FORWARD);
+        seen(&mut s, 0.003, false, "A", 501, 7, &BACK);
+        s
+    }
+
+    #[test]
+    fn a_middlebox_that_answers_a_forgotten_flow_with_rst_acted_first() {
+        let (names, map) = middlebox_path();
+        let mut s = warm();
+        // After 10 s of idle: the app writes; the middlebox takes it in, never sends it on, and
+        // sends an RST in the server's name.
+        seen(&mut s, 10.0, true, "A", 115, 14, &FORWARD[..2]);
+        seen(&mut s, 10.001, false, "R", 508, 0, &[(1, true), (0, false)]);
+        let a = attribute(&s, &names, &map, 100.0);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].first.actor.as_str(), a[0].first.action), ("mb0", Action::Reset), "{}", a[0].sentence);
+        assert!((a[0].first.at_idle_s - 10.0).abs() < 0.01, "{}", a[0].first.at_idle_s);
+        assert!(a[0].sentence.contains("(16.7 min in the scenario's time)"), "{}", a[0].sentence);
+        let c = a[0].first.conntrack.as_ref().unwrap();
+        assert!((c.expired_at_idle_s.unwrap() - 2.0).abs() < 0.01, "{c:?}");
+        assert_eq!(a[0].lifelines, ["app", "mb0", "server"]);
+        let rst = a[0].arrows.iter().find(|x| x.kind == "RST").unwrap();
+        assert_eq!((rst.from, rst.to, rst.dropped), (1, 0, false));
+        let write = a[0].arrows.iter().rfind(|x| x.kind == "data").unwrap();
+        assert_eq!((write.from, write.to, write.dropped), (0, 1, true), "the write ends at the middlebox");
+    }
+
+    #[test]
+    fn a_middlebox_that_drops_acted_first_and_the_server_never_saw_the_write() {
+        let (names, map) = middlebox_path();
+        let mut s = warm();
+        for t in [10.0, 10.2, 10.6, 11.4] {
+            seen(&mut s, t, true, "A", 115, 14, &FORWARD[..2]);
+        }
+        let a = attribute(&s, &names, &map, 1.0);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].first.actor.as_str(), a[0].first.action), ("mb0", Action::Drop), "{}", a[0].sentence);
+        assert!(a[0].sentence.contains("its data unanswered (3 retransmissions)"), "{}", a[0].sentence);
+    }
+
+    #[test]
+    fn the_server_closing_first_is_the_server_not_the_hop_that_forwarded_its_fin() {
+        let (names, map) = middlebox_path();
+        let mut s = warm();
+        seen(&mut s, 5.0, false, "FA", 508, 0, &BACK);
+        seen(&mut s, 5.001, true, "FA", 115, 0, &FORWARD);
+        let a = attribute(&s, &names, &map, 1.0);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].first.actor.as_str(), a[0].first.action), ("server", Action::Fin), "{}", a[0].sentence);
+        assert_eq!(a[0].first.peer, "app");
+    }
+}
