@@ -6,6 +6,8 @@
 //!   verdict as the 4-connection cell, the probe's peak RSS, and the time to open the pool and
 //!   to classify every reuse.
 //!
+//! - a second Envoy release: its first install into an empty cache, its cached start, one
+//!   cell's wall time on it and on the default Envoy;
 //! - `--capture`'s cost: one `none` cell per failure kind alone, with and without: wall time,
 //!   the runner's peak RSS (the capture's threads and packets live in it), the pcapng's size;
 //! - with `--kind`: the kind backend (kind_section): a warm `just kind-up`, the cluster up from
@@ -29,10 +31,11 @@ fn quiet(
     jobs: Option<usize>,
     backend: BackendChoice,
 ) -> Result<RunSummary, i32> {
-    quiet_with(title, scenarios, cells, jobs, backend, false).map(|(s, _)| s)
+    quiet_with(title, scenarios, cells, jobs, backend, false, None).map(|(s, _)| s)
 }
 
-/// [`quiet`], with `--capture` when asked: also the bytes of the pcapng files it wrote.
+/// [`quiet`], with `--capture` and `--envoy` when asked: also the bytes of the pcapng files
+/// it wrote.
 fn quiet_with(
     title: &str,
     scenarios: Vec<scenario::Scenario>,
@@ -40,6 +43,7 @@ fn quiet_with(
     jobs: Option<usize>,
     backend: BackendChoice,
     capture: bool,
+    envoy: Option<String>,
 ) -> Result<(RunSummary, u64), i32> {
     let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", local::netns::PREFIX, std::process::id()));
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
@@ -51,6 +55,7 @@ fn quiet_with(
             repeat: 1,
             verbose: false,
             capture,
+            envoy,
         },
         jobs,
         quiet: true,
@@ -62,6 +67,57 @@ fn quiet_with(
         .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
     r.map(|s| (s, bytes))
+}
+
+/// The Envoy release `just bench` installs beside the default one, and the cell it times on
+/// both.
+const SECOND_ENVOY: &str = "1.36.4";
+const VERSION_CELL: &str = "redis-sidecar-upstream";
+
+/// A second Envoy release: its first install (an empty cache of its own, removed after), its
+/// start from the cache (`envoy --version`, the process as a whole), and one cell's wall time
+/// on it and on the default Envoy.
+fn envoy_section(args: &ScenarioArgs) -> Result<Value, i32> {
+    let root = std::env::temp_dir().join(format!("{}{}-bench-envoy", local::netns::PREFIX, std::process::id()));
+    let t = std::time::Instant::now();
+    let installed = crate::tools::envoy_release_in(&root, SECOND_ENVOY);
+    let install_ms = t.elapsed().as_millis() as u64;
+    let _ = std::fs::remove_dir_all(&root);
+    if let Err(e) = installed {
+        eprintln!("error: {e}");
+        return Err(2);
+    }
+    let cached = crate::tools::envoy_release(SECOND_ENVOY).map_err(|e| {
+        eprintln!("error: {e}");
+        2
+    })?;
+    // The process as a whole, from the cache: what every proxy's start pays for the binary.
+    let t = std::time::Instant::now();
+    let started = std::process::Command::new(&cached).arg("--version").output().is_ok_and(|o| o.status.success());
+    let start_ms = t.elapsed().as_millis() as u64;
+    let mut cells = Vec::new();
+    for version in [Some(SECOND_ENVOY), None] {
+        let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
+        let (s, c) = prepare(VERSION_CELL, &args, None)?;
+        let envoy = version.map(str::to_string);
+        let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, envoy)?;
+        let cell = summary.cells.first();
+        let reported =
+            cell.and_then(|c| c.evidence.lab.as_ref()).and_then(|l| l.envoys.first()).and_then(|e| e.version.clone());
+        cells.push(json!({
+            "envoy": reported,
+            "cell": format!("{VERSION_CELL}::none"),
+            "verdict": cell.and_then(|c| c.verdict).map(|v| v.to_string()),
+            "wall_ms": cell.map(|c| c.wall_ms),
+        }));
+    }
+    Ok(json!({
+        "release": SECOND_ENVOY,
+        "first_install_ms": install_ms,
+        "cached_start_ms": start_ms,
+        "cached_start_ok": started,
+        "cells": cells,
+    }))
 }
 
 /// The cells whose capture cost `just bench` measures: one per failure kind.
@@ -96,7 +152,7 @@ fn capture_section(args: &ScenarioArgs) -> Result<Value, i32> {
             let with = round % 2 == 1;
             let (s, cells) = prepare(name, &args, None)?;
             peak_rss_kib(true);
-            let (summary, b) = quiet_with(name, vec![s], cells, Some(1), BackendChoice::Local, with)?;
+            let (summary, b) = quiet_with(name, vec![s], cells, Some(1), BackendChoice::Local, with, None)?;
             let i = usize::from(with);
             rss[i] = rss[i].max(peak_rss_kib(false));
             let wall = summary.cells.iter().map(|c| c.wall_ms).max().unwrap_or(0);
@@ -281,6 +337,11 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         Ok(c) => c,
         Err(c) => return c,
     };
+    eprintln!("bench: a second Envoy release ({SECOND_ENVOY}): first install, cached start, one cell on each");
+    let envoy = match envoy_section(&args) {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
     let same = small["verdict"] == large["verdict"];
     if !same || large["pass"] != true {
         code = 1;
@@ -306,6 +367,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         "matrix": matrix,
         "pool": {"small": small, "large": large, "same_verdict": same},
         "capture": capture,
+        "envoy_releases": envoy,
         "kind": kind,
     });
     if let Some(parent) = out.parent() {
@@ -370,6 +432,21 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         );
     }
     println!("same verdict at 4 and 1,000 connections: {same}");
+    println!(
+        "Envoy {}: first install {:.1} s, cached start (envoy --version) {} ms",
+        envoy["release"].as_str().unwrap_or(""),
+        envoy["first_install_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        envoy["cached_start_ms"]
+    );
+    for c in envoy["cells"].as_array().into_iter().flatten() {
+        println!(
+            "{} on Envoy {}: {} in {:.2} s",
+            c["cell"].as_str().unwrap_or(""),
+            c["envoy"].as_str().unwrap_or("?"),
+            c["verdict"].as_str().unwrap_or("error"),
+            c["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+    }
     for c in capture.as_array().into_iter().flatten() {
         println!(
             "--capture on {}: wall {:.2} s → {:.2} s ({:+.1} %), runner peak RSS {:.1} → {:.1} MiB, pcapng {:.1} KiB",

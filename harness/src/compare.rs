@@ -1,4 +1,5 @@
-//! `idlelab compare OLD NEW`: the cells whose verdict changed between two runs.
+//! `idlelab compare OLD NEW`: the cells whose verdict changed between two runs; and
+//! [`versions_table`]: the same cells on several Envoy releases (`--envoy A,B`).
 //!
 //! Cells are matched by `scenario::mitigation`. A cell *regressed* when it matched its
 //! expectation in OLD and does not in NEW (or is gone from NEW); that, and only that, makes the
@@ -91,6 +92,72 @@ pub fn main(old: &Path, new: &Path) -> i32 {
     let regressed = changed.iter().filter(|c| c.regressed()).count();
     println!("{} cells changed, {regressed} regressed", changed.len());
     if regressed > 0 { 1 } else { 0 }
+}
+
+/// What the app got on reuse in a cell, e.g. `4 reset`: its connections' first request after
+/// the idle period, counted by outcome.
+fn reuse_outcomes(cell: &crate::events::CellReport) -> String {
+    let Some(o) = &cell.evidence.observations else { return "no observations".into() };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &o.connections {
+        let name = serde_json::to_value(c.reuse.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", c.reuse.outcome).to_lowercase());
+        *counts.entry(name).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "no connection".into();
+    }
+    counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The same cells on several Envoy releases (`--envoy A,B`): a verdict per release, and per
+/// cell whose verdict or reuse outcome changed, one sentence naming the change.
+pub fn versions_table(runs: &[(String, crate::report::RunSummary)]) -> String {
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut header = vec!["cell".to_string()];
+    header.extend(runs.iter().map(|(v, _)| format!("Envoy {v}")));
+    table.set_header(header);
+    let keys: Vec<&str> =
+        runs.first().map(|(_, s)| s.cells.iter().map(|c| c.key.as_str()).collect()).unwrap_or_default();
+    let mut changes = Vec::new();
+    for key in keys {
+        let per: Vec<Option<&crate::events::CellReport>> =
+            runs.iter().map(|(_, s)| s.cells.iter().find(|c| c.key == key)).collect();
+        let shown = |c: Option<&crate::events::CellReport>| match c {
+            Some(c) => format!(
+                "{}{}",
+                c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into()),
+                if c.pass { "" } else { " ✗" }
+            ),
+            None => "-".into(),
+        };
+        let mut row = vec![key.to_string()];
+        row.extend(per.iter().map(|c| shown(*c)));
+        table.add_row(row);
+        for (i, pair) in per.windows(2).enumerate() {
+            let (Some(a), Some(b)) = (pair[0], pair[1]) else { continue };
+            let (va, vb) = (shown(Some(a)), shown(Some(b)));
+            let (oa, ob) = (reuse_outcomes(a), reuse_outcomes(b));
+            if va != vb || oa != ob {
+                changes.push(format!(
+                    "{key}: Envoy {} → {}: verdict {va} → {vb}; the app got {oa} → {ob} on reuse",
+                    runs[i].0,
+                    runs[i + 1].0
+                ));
+            }
+        }
+    }
+    let mut out = format!("{table}\n");
+    if changes.is_empty() {
+        out.push_str("no cell's verdict or reuse outcome changed between the releases\n");
+    } else {
+        out.push_str(&changes.join("\n"));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -255,7 +255,7 @@ impl CellConfig {
         let heartbeat = copy.durations_mut().iter().filter(|d| d.label == "client.heartbeat").map(|d| d.value.0).min();
         let mut copy = self.clone();
         let durations = copy.durations_mut();
-        let mut candidates: Vec<ConfiguredAct> = Vec::new();
+        let mut candidates: Vec<(ConfiguredAct, std::time::Duration)> = Vec::new();
         for d in &durations {
             let Role::Timeout { .. } = d.role else { continue };
             let limit = d.value.0;
@@ -274,14 +274,22 @@ impl CellConfig {
                     continue;
                 };
                 let hop = self.path[i].on_path();
-                // The service's own idle timeout (a DestinationRule's) replaces the chain's.
-                if d.label.ends_with(".sidecar.idle_timeout")
+                let http = self.service.is_http();
+                // On a TCP port the service's own idle timeout (a DestinationRule's) replaces
+                // the chain's; on an HTTP port it goes to the upstream pool (below).
+                if !http
+                    && d.label.ends_with(".sidecar.idle_timeout")
                     && durations.iter().any(|o| o.label == format!("path[{i}].sidecar.service_idle_timeout"))
                 {
                     continue;
                 }
-                // An upstream pool's idle close ends Envoy's upstream connection, not the app's.
-                if d.label.contains("upstream_http_idle_timeout") {
+                // An upstream pool's idle close ends Envoy's upstream connection, not the app's:
+                // Envoy's default and the PassthroughCluster's, a DestinationRule's
+                // `http.idleTimeout`, and on an HTTP port its `tcp.idleTimeout`.
+                if d.label.contains("upstream_http_idle_timeout")
+                    || d.label.ends_with(".service_http_idle_timeout")
+                    || (http && d.label.ends_with(".service_idle_timeout"))
+                {
                     continue;
                 }
                 let actor = hop.own_node(i).or_else(|| hop.proxy_role().map(|r| r.name().to_string()));
@@ -299,11 +307,14 @@ impl CellConfig {
                 }
                 (actor, forgets.map(|f| f.on_unknown))
             };
-            candidates.push(ConfiguredAct { actor, after: Dur(limit), forgets });
+            // A timer that acts late (a server's whole-second clock, the connection manager's
+            // drain) acts anywhere in [limit, limit + late].
+            candidates.push((ConfiguredAct { actor, after: Dur(limit), forgets }, limit + d.precision.late_by()));
         }
-        let Some(first) = candidates.iter().map(|c| c.after.0).min() else { return vec![] };
-        candidates.retain(|c| c.after.0 == first);
-        candidates
+        // The first to act is the earliest to be sure to have acted; any that may act before
+        // it is a race with it.
+        let Some(first_sure) = candidates.iter().map(|(_, sure)| *sure).min() else { return vec![] };
+        candidates.into_iter().filter(|(c, _)| c.after.0 <= first_sure).map(|(c, _)| c).collect()
     }
 
     /// The pods of the path that have a sidecar: `client`, `server`.

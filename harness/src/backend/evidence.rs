@@ -56,6 +56,9 @@ pub struct CaptureEvidence {
     pub configured: Vec<crate::config::ConfiguredAct>,
     /// Of the attributions, how many name that hop and that act.
     pub agree: usize,
+    /// Per node whose capture socket lost packets (the kernel's count): how many.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lost: std::collections::BTreeMap<String, u32>,
 }
 
 /// What one Envoy of the path recorded.
@@ -63,6 +66,9 @@ pub struct CaptureEvidence {
 pub struct EnvoyEvidence {
     /// `sidecar`, …
     pub role: String,
+    /// Its release, as the running Envoy reported it (admin `/server_info`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Non-zero counters about connections and idle timeouts.
     pub counters: BTreeMap<String, u64>,
     /// One JSON object per closed connection (duration, response flags, close reason).

@@ -57,6 +57,11 @@ pub struct PathMap {
     pub forget_after: BTreeMap<String, f64>,
     /// Conntrack's DESTROY events: (node, time, the flow's source, destination), measured.
     pub destroys: Vec<(String, f64, SocketAddr, SocketAddr)>,
+    /// Per forwarding node: whether its `conntrack -E` ran to the capture's end.
+    pub conntrack_watched: BTreeMap<String, bool>,
+    /// Per node: packets its capture socket lost (the kernel's count). A drop seen where the
+    /// capture lost packets may be the capture's, and its sentence says so.
+    pub capture_lost: BTreeMap<String, u32>,
 }
 
 /// What a hop did.
@@ -125,9 +130,12 @@ pub struct ConntrackView {
     pub last_segment_at_idle_s: f64,
     /// Plus the node's configured timeout: when the entry expired.
     pub expired_at_idle_s: Option<f64>,
-    /// Conntrack's DESTROY event for the flow (measured; the kernel removes an expired entry
-    /// when the next segment looks it up, or when its garbage collector passes).
+    /// Conntrack's DESTROY event for the flow, as `conntrack -E` received it (measured; the
+    /// kernel removes an expired entry when the next segment looks it up, or when its garbage
+    /// collector passes).
     pub destroyed_at_idle_s: Option<f64>,
+    /// `conntrack -E` ran from the capture's start to its end: no event means none came.
+    pub watched: bool,
 }
 
 /// One arrow of a sequence diagram: a packet from one lifeline to another.
@@ -291,13 +299,18 @@ pub fn attribute(segments: &[Segment], iface_names: &[String], map: &PathMap, fa
     judged.sort_by_key(|(rank, _, _)| *rank);
     let mut out: Vec<Attribution> = Vec::new();
     let mut carried: BTreeSet<SocketAddr> = BTreeSet::new();
-    for (_, f, client) in judged {
-        if carried.contains(&f.client) {
+    for (rank, mut f, client) in judged {
+        // A proxy's failed upstream connection is attributed only when no app connection it
+        // carried already was; every app connection is.
+        if rank > 0 && carried.contains(&f.client) {
             continue;
         }
-        let ends = chain(map, f.client);
-        if let Some(a) = attribute_one(&f, &client, &ends, &packets, map, factor) {
-            carried.extend(ends);
+        if f.dialled.is_none() {
+            f.dialled = redirects.original(f.iface, f.client);
+        }
+        let chain = chain(map, (f.client, f.server), (f.first, f.last), rank > 0);
+        if let Some(a) = attribute_one(&f, &client, &chain, &packets, map, factor) {
+            carried.extend(chain.1.iter().copied());
             out.push(a);
         }
     }
@@ -333,14 +346,22 @@ fn group<'a>(segments: impl Iterator<Item = &'a Segment>, ifaces: &[(String, Str
     packets
 }
 
-/// Envoy's account of the connection with `local` as one of its ends, from its access log.
-fn envoy_account(map: &PathMap, actor: &str, ends: &[SocketAddr]) -> Option<String> {
+/// Envoy's account of the connection with one of `ends` as an end, from its access log: of
+/// the lines that name it (a pooled upstream is on every request's), the one that ended
+/// nearest `at`.
+fn envoy_account(map: &PathMap, actor: &str, ends: &[SocketAddr], at: f64) -> Option<String> {
     let lines = map.access_logs.get(actor)?;
-    let line = lines.iter().find(|l| {
-        ["downstream", "upstream_local"]
-            .iter()
-            .any(|k| l[*k].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| ends.contains(&a)))
-    })?;
+    let line = lines
+        .iter()
+        .filter(|l| {
+            ["downstream", "upstream_local"]
+                .iter()
+                .any(|k| l[*k].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| ends.contains(&a)))
+        })
+        .min_by(|a, b| {
+            let off = |l: &serde_json::Value| line_span(l).map_or(f64::MAX, |(_, e)| (e - at).abs());
+            off(a).total_cmp(&off(b))
+        })?;
     let field = |k: &str| l_str(line, k);
     let mut parts = Vec::new();
     for (k, name) in [
@@ -362,24 +383,53 @@ fn l_str(line: &serde_json::Value, k: &str) -> Option<String> {
     line[k].as_str().filter(|v| !v.is_empty() && *v != "-").map(str::to_string)
 }
 
-/// The addresses of the client ends of every connection that carries the app's connection
-/// `client`: the app's own, then each proxy's upstream socket for it (its access log pairs
-/// a downstream address with the upstream one it used). A middlebox keeps the addresses.
-fn chain(map: &PathMap, client: SocketAddr) -> BTreeSet<SocketAddr> {
-    let mut ends: BTreeSet<SocketAddr> = [client].into();
+/// When an access log line's connection or request was open: its start and end (seconds
+/// since the epoch), when the line says.
+fn line_span(line: &serde_json::Value) -> Option<(f64, f64)> {
+    let start: jiff::Timestamp = line["start"].as_str()?.parse().ok()?;
+    let start = start.as_millisecond() as f64 / 1000.0;
+    let duration = line["duration_ms"].as_str().and_then(|d| d.parse::<f64>().ok()).or(line["duration_ms"].as_f64())?;
+    Some((start, start + duration / 1000.0))
+}
+
+/// The connections that carry the one from `client` to `server` over `[first, last]`: the
+/// pairs of ends on each hop. Each proxy's access log pairs a downstream address with the
+/// upstream socket it used (`upstream_local` → `upstream`); only lines open during the
+/// connection count. From the app's connection the chain follows downstream → upstream only,
+/// so the app connections that shared one pooled upstream stay apart. From a proxy's upstream
+/// connection it also follows back to the app connections it carried (`carried`). A
+/// middlebox keeps the addresses.
+fn chain(
+    map: &PathMap,
+    (client, server): (SocketAddr, SocketAddr),
+    (first, last): (f64, f64),
+    back: bool,
+) -> (BTreeSet<(SocketAddr, SocketAddr)>, BTreeSet<SocketAddr>) {
+    let mut pairs: BTreeSet<(SocketAddr, SocketAddr)> = [(client, server)].into();
+    let mut clients: BTreeSet<SocketAddr> = [client].into();
+    let lines: Vec<&serde_json::Value> = map
+        .access_logs
+        .values()
+        .flatten()
+        .filter(|l| line_span(l).is_none_or(|(s, e)| s <= last + 1.0 && e >= first - 1.0))
+        .collect();
     loop {
-        let before = ends.len();
-        for line in map.access_logs.values().flatten() {
+        let before = (pairs.len(), clients.len());
+        for line in &lines {
             let addr = |k: &str| line[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
-            if let (Some(down), Some(up)) = (addr("downstream"), addr("upstream_local"))
-                && (ends.contains(&down) || ends.contains(&up))
-            {
-                ends.insert(down);
-                ends.insert(up);
+            let (Some(down), Some(up)) = (addr("downstream"), addr("upstream_local")) else { continue };
+            if clients.contains(&down) || (back && clients.contains(&up)) {
+                clients.insert(up);
+                if let Some(host) = addr("upstream") {
+                    pairs.insert((up, host));
+                }
+                if back {
+                    clients.insert(down);
+                }
             }
         }
-        if ends.len() == before {
-            return ends;
+        if (pairs.len(), clients.len()) == before {
+            return (pairs, clients);
         }
     }
 }
@@ -387,12 +437,17 @@ fn chain(map: &PathMap, client: SocketAddr) -> BTreeSet<SocketAddr> {
 fn attribute_one(
     f: &Finding,
     client: &str,
-    ends: &BTreeSet<SocketAddr>,
+    (pairs, clients): &(BTreeSet<(SocketAddr, SocketAddr)>, BTreeSet<SocketAddr>),
     packets: &[Packet],
     map: &PathMap,
     factor: f64,
 ) -> Option<Attribution> {
-    let on_chain = |p: &&Packet| ends.contains(&p.seg.src) || ends.contains(&p.seg.dst);
+    // A packet of the chain: one of its connections, or to or from a client address of it (a
+    // downstream connection whose listener address the log does not give).
+    let on_chain = |p: &&Packet| {
+        let (s, d) = (p.seg.src, p.seg.dst);
+        pairs.contains(&(s, d)) || pairs.contains(&(d, s)) || clients.contains(&s) || clients.contains(&d)
+    };
     let packets: Vec<&Packet> = packets.iter().filter(on_chain).collect();
     let packets = &packets[..];
     let idle_from = f.idle_from;
@@ -424,7 +479,7 @@ fn attribute_one(
         }
         .unwrap_or_else(|| "hop outside the capture".into());
         let envoy = (action != Action::Drop && map.nodes.values().any(|n| n.proxy.as_deref() == Some(actor.as_str())))
-            .then(|| envoy_account(map, &actor, &[p.seg.src, p.seg.dst]))
+            .then(|| envoy_account(map, &actor, &[p.seg.src, p.seg.dst], p.first_ts))
             .flatten();
         let at = p.first_ts - idle_from;
         let conntrack = map.nodes.get(&actor).filter(|n| n.forwards).map(|_| {
@@ -448,9 +503,10 @@ fn attribute_one(
                 .fold(f64::NAN, f64::max);
             let of = |t: f64| (!t.is_nan()).then_some(t - idle_from);
             ConntrackView {
-                last_segment_at_idle_s: of(last).unwrap_or(0.0).max(0.0),
+                last_segment_at_idle_s: of(last).unwrap_or(0.0),
                 expired_at_idle_s: of(last).zip(map.forget_after.get(&actor)).map(|(l, t)| l + t),
                 destroyed_at_idle_s: of(destroyed),
+                watched: map.conntrack_watched.get(&actor).copied().unwrap_or(false),
             }
         });
         Some(Act {
@@ -488,7 +544,8 @@ fn attribute_one(
             then.push(a);
         }
     }
-    let sentence = sentence(&first, &then, client, &f.diagnosis, factor);
+    let lost = map.capture_lost.values().sum();
+    let sentence = sentence(&first, &then, client, &f.diagnosis, factor, lost);
     let first_at = first.at_idle_s;
     let (lifelines, arrows) = diagram(f, packets, map, &first);
     Some(Attribution {
@@ -562,10 +619,15 @@ fn verb(a: &Act) -> String {
     }
 }
 
-fn sentence(first: &Act, then: &[Act], client: &str, d: &Diagnosis, factor: f64) -> String {
+fn sentence(first: &Act, then: &[Act], client: &str, d: &Diagnosis, factor: f64, lost: u32) -> String {
     let mut s = format!("{} acted first: it {} at {}", the(&first.actor), verb(first), when(first.at_idle_s, factor));
     if first.named_by == "namespace" {
         s.push_str(" (its socket named by its namespace)");
+    }
+    if first.action == Action::Drop && lost > 0 {
+        s.push_str(&format!(
+            " (but the capture itself lost {lost} packet(s): this drop may be the capture's, not the hop's)"
+        ));
     }
     if let Some(e) = &first.envoy {
         s.push_str(&format!("; Envoy logged {e}"));
@@ -573,17 +635,25 @@ fn sentence(first: &Act, then: &[Act], client: &str, d: &Diagnosis, factor: f64)
     if let Some(c) = &first.conntrack
         && let Some(expired) = c.expired_at_idle_s
     {
+        let last = c.last_segment_at_idle_s;
+        let last = if last.abs() < 0.0005 {
+            "as the idle began".to_string()
+        } else if last < 0.0 {
+            format!("{:.3} s before the idle began", -last)
+        } else {
+            format!("at {last:.3} s of idle")
+        };
         s.push_str(&format!(
-                " (its conntrack entry had expired at {}: the last segment it forwarded at {:.3} s of idle plus its timeout (configuration)",
-                when(expired, factor),
-                c.last_segment_at_idle_s
-            ));
+            " (its conntrack entry had expired at {}: the last segment it forwarded, {last}, plus its timeout (configuration)",
+            when(expired, factor)
+        ));
         match c.destroyed_at_idle_s {
             Some(d) if (first.at_idle_s - d).abs() <= SAME_PACKET_S => {
-                s.push_str("; conntrack reported it destroyed as that segment arrived)")
+                s.push_str("; conntrack -E reported the entry destroyed as that segment arrived)")
             }
-            Some(d) => s.push_str(&format!("; conntrack reported it destroyed at {d:.3} s)")),
-            None => s.push_str("; no DESTROY event seen)"),
+            Some(d) => s.push_str(&format!("; conntrack -E reported the entry destroyed at {d:.3} s)")),
+            None if c.watched => s.push_str("; conntrack -E reported no DESTROY for it)"),
+            None => s.push_str("; conntrack -E did not run to the end: no DESTROY to show)"),
         }
     }
     for a in then {
@@ -780,5 +850,67 @@ mod tests {
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!((a[0].first.actor.as_str(), a[0].first.action), ("server", Action::Fin), "{}", a[0].sentence);
         assert_eq!(a[0].first.peer, "app");
+    }
+
+    /// A sidecar path as the lab captures it: the app's connection on the app's loopback
+    /// (to the listener after istio-iptables' redirect, the answers from the address dialled),
+    /// the sidecar's upstream one on the veth.
+    #[test]
+    fn the_sidecars_idle_close_is_the_sidecars_on_the_connection_the_app_dialled() {
+        let (app, up, srv, listener): (SocketAddr, SocketAddr, SocketAddr, SocketAddr) = (
+            "198.18.0.1:40000".parse().unwrap(),
+            "198.18.0.1:40010".parse().unwrap(),
+            "198.18.0.2:6379".parse().unwrap(),
+            "127.0.0.1:15001".parse().unwrap(),
+        );
+        let names = ["app lo", "app to-srv", "srv to-app"].map(String::from).to_vec();
+        let mut map = PathMap { actors: vec!["app".into(), "sidecar".into(), "server".into()], ..Default::default() };
+        map.nodes
+            .insert("app".into(), NodeActors { main: "app".into(), proxy: Some("sidecar".into()), forwards: false });
+        map.nodes.insert("srv".into(), NodeActors { main: "server".into(), ..Default::default() });
+        map.sockets.insert(("app".into(), app, srv), "app".into());
+        map.sockets.insert(("app".into(), listener, app), "sidecar".into());
+        map.sockets.insert(("app".into(), up, srv), "sidecar".into());
+        map.sockets.insert(("srv".into(), srv, up), "server".into());
+        map.access_logs.insert(
+            "sidecar".into(),
+            vec![serde_json::json!({"downstream": app.to_string(), "upstream_local": up.to_string(), "upstream": srv.to_string()})],
+        );
+        let seg = |iface, ts, src, dst, flags: &str, len, outbound| Segment {
+            iface,
+            ts,
+            src,
+            dst,
+            syn: flags.contains('S'),
+            ack: flags.contains('A'),
+            fin: flags.contains('F'),
+            rst: flags.contains('R'),
+            seq: 1,
+            ack_no: 1,
+            len,
+            outbound: Some(outbound),
+        };
+        let mut s = vec![
+            seg(0, 0.000, app, listener, "S", 0, false),
+            seg(0, 0.001, srv, app, "SA", 0, false),
+            seg(1, 0.002, up, srv, "S", 0, true),
+            seg(2, 0.00201, up, srv, "S", 0, false),
+            seg(2, 0.003, srv, up, "SA", 0, true),
+            seg(1, 0.00301, srv, up, "SA", 0, false),
+            seg(0, 0.004, app, listener, "A", 14, false),
+        ];
+        // 6 s later the sidecar closes both sides.
+        s.push(seg(0, 6.004, srv, app, "FA", 0, false));
+        s.push(seg(1, 6.0041, up, srv, "FA", 0, true));
+        s.push(seg(2, 6.00411, up, srv, "FA", 0, false));
+        let a = attribute(&s, &names, &map, 600.0);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].connection, "198.18.0.1:40000 → 198.18.0.2:6379", "the address the app dialled");
+        assert_eq!((a[0].first.actor.as_str(), a[0].first.action), ("sidecar", Action::Fin), "{}", a[0].sentence);
+        assert_eq!(a[0].first.peer, "app");
+        assert!(a[0].sentence.contains("at 6.000 s of idle (1.00 h in the scenario's time)"), "{}", a[0].sentence);
+        // The chain holds the sidecar's upstream connection too: its FIN to the server is drawn.
+        let fin_up = a[0].arrows.iter().find(|x| x.kind == "FIN" && x.from == 1 && x.to == 2);
+        assert!(fin_up.is_some(), "{:?}", a[0].arrows);
     }
 }

@@ -45,12 +45,16 @@ struct Packet {
     data: Vec<u8>,
 }
 
+/// What one namespace's socket read: `(ifindex, packet)`, and how many packets the kernel
+/// dropped because the socket's buffer was full.
+type TapRead = (Vec<(u32, Packet)>, u32);
+
 /// One namespace's socket and reading thread.
 struct NamespaceTap {
     hop: String,
     /// The namespace's interfaces by index, as named inside it.
     names: Vec<(u32, String)>,
-    thread: std::thread::JoinHandle<Result<Vec<(u32, Packet)>>>,
+    thread: std::thread::JoinHandle<Result<TapRead>>,
 }
 
 /// A cell's capture while it runs; [`CellCapture::finish`] stops it and writes the file.
@@ -77,6 +81,10 @@ pub struct CaptureFile {
     pub interfaces: Vec<String>,
     /// Conntrack's DESTROY events: (node, time, flow's source, destination).
     pub destroys: Vec<(String, f64, std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Per middlebox: whether its `conntrack -E` ran to the end and complained of nothing.
+    pub conntrack_watched: Vec<(String, bool)>,
+    /// Per node whose socket lost packets (its buffer was full): how many.
+    pub lost: Vec<(String, u32)>,
 }
 
 impl CellCapture {
@@ -113,9 +121,15 @@ impl CellCapture {
         use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
         self.stop.store(true, Ordering::Relaxed);
         let mut destroys = Vec::new();
-        for (hop, process, out) in std::mem::take(&mut self.conntrack) {
+        let mut conntrack_watched = Vec::new();
+        for (hop, mut process, out) in std::mem::take(&mut self.conntrack) {
+            // Still running, and nothing said on stderr (`conntrack -E` reports lost events
+            // there): its events are the kernel's whole story.
+            let running = process.exited().is_none();
             // Its events are written as they come: stopping it loses none already seen.
             drop(process);
+            let quiet = std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default().trim().is_empty();
+            conntrack_watched.push((hop.clone(), running && quiet));
             let text = std::fs::read_to_string(&out).unwrap_or_default();
             destroys.extend(
                 text.lines()
@@ -126,9 +140,13 @@ impl CellCapture {
         let mut interfaces: Vec<String> = Vec::new();
         let mut packets: Vec<Packet> = Vec::new();
         let mut this = self;
+        let mut lost = Vec::new();
         for tap in std::mem::take(&mut this.taps) {
-            let read =
+            let (read, dropped) =
                 tap.thread.join().map_err(|_| anyhow::anyhow!("the capture thread of {} panicked", tap.hop))??;
+            if dropped > 0 {
+                lost.push((tap.hop.clone(), dropped));
+            }
             // Only the interfaces that carried packets get a block, in the hops' order.
             let mut used: Vec<u32> = read.iter().map(|(ifindex, _)| *ifindex).collect();
             used.sort_unstable();
@@ -175,7 +193,14 @@ impl CellCapture {
         }
         use std::io::Write;
         writer.into_inner().flush().with_context(|| format!("writing {}", path.display()))?;
-        Ok(CaptureFile { path: path.to_path_buf(), packets: packets.len(), interfaces, destroys })
+        Ok(CaptureFile {
+            path: path.to_path_buf(),
+            packets: packets.len(),
+            interfaces,
+            destroys,
+            conntrack_watched,
+            lost,
+        })
     }
 }
 
@@ -190,8 +215,14 @@ pub fn file_name(scenario: &str, label: &str) -> String {
 
 /// The cell's note about its capture.
 pub fn note(file: &CaptureFile) -> String {
+    let lost = if file.lost.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = file.lost.iter().map(|(hop, n)| format!("{n} on {hop}")).collect();
+        format!("; the kernel dropped packets the capture could not take in time: {}", each.join(", "))
+    };
     format!(
-        "capture: {} ({} packets on {} interfaces: {}); `idlelab explain` reads it",
+        "capture: {} ({} packets on {} interfaces: {}){lost}; `idlelab explain` reads it",
         file.path.display(),
         file.packets,
         file.interfaces.len(),
@@ -275,6 +306,8 @@ pub fn attribute(
     crate::capture::read::for_each_segment(std::io::BufReader::new(input), &name, |s, _| segments.push(s.clone()))?;
     let mut map = map.clone();
     map.destroys = file.destroys.clone();
+    map.conntrack_watched = file.conntrack_watched.iter().cloned().collect();
+    map.capture_lost = file.lost.iter().cloned().collect();
     let attributions = crate::capture::attribute::attribute(&segments, &file.interfaces, &map, f64::from(factor));
     let agree = attributions
         .iter()
@@ -287,6 +320,7 @@ pub fn attribute(
         attributions,
         configured,
         agree,
+        lost: file.lost.iter().cloned().collect(),
     })
 }
 
@@ -331,8 +365,9 @@ fn open_tap() -> Result<(OwnedFd, Vec<(u32, String)>)> {
     Ok((fd, names))
 }
 
-/// Read packets until `stop`: `(ifindex, packet)`, the loopback's sent copies left out.
-fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
+/// Read packets until `stop`: `(ifindex, packet)`, the loopback's sent copies left out, and
+/// the packets the kernel dropped for want of room in the socket (`PACKET_STATISTICS`).
+fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<TapRead> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65536];
     // After the stop, what the socket already holds is still read (without waiting): the
@@ -390,5 +425,20 @@ fn read_until(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<(u32, Packet)>> {
             },
         ));
     }
-    Ok(out)
+    let mut stats = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: stats is a live tpacket_stats of `len` bytes.
+    let read = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut stats as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if read != 0 {
+        bail!("reading the packet socket's statistics: {}", std::io::Error::last_os_error());
+    }
+    Ok((out, stats.tp_drops))
 }

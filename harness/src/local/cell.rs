@@ -34,14 +34,15 @@ pub(super) fn next_cell_seq() -> u32 {
 
 /// Everything a cell owns, in the order it must go: processes, then namespaces, then files.
 struct CellLab {
+    /// With `--capture`: the packets of every namespace, from the servers' start on, and each
+    /// middlebox's `conntrack -E` (a process: it goes first).
+    capture: Option<super::capture::CellCapture>,
     envoys: Vec<(String, envoy::Envoy)>,
     /// Istio's control plane for the cell's proxies (in the app's namespace).
     control_plane: Option<crate::local::control_plane::ControlPlane>,
     server: Option<process::LabProcess>,
     topology: Topology,
     dir: tempfile::TempDir,
-    /// With `--capture`: the packets of every namespace, from the servers' start on.
-    capture: Option<super::capture::CellCapture>,
 }
 
 impl CellLab {
@@ -438,6 +439,7 @@ async fn collect_evidence(lab: &CellLab, knobs: &CellConfig, observations: &Obse
     for (role, envoy) in &lab.envoys {
         evidence.envoys.push(EnvoyEvidence {
             role: role.clone(),
+            version: envoy.version().await,
             counters: envoy
                 .counters(&["idle_timeout", "downstream_cx_total", "upstream_cx_total", "upstream_cx_destroy"])
                 .await

@@ -15,17 +15,14 @@ use std::time::Duration;
 pub const ENVOY_UID: u32 = 1337;
 
 /// The fields of one access log line (JSON), the same for every proxy of the lab (MeshConfig `accessLogFormat`): `chain` is
-/// the stat prefix, or a command operator such as `%UPSTREAM_CLUSTER%`.
-pub fn access_log_fields(chain: &str) -> Value {
-    json!({
+/// the stat prefix, or a command operator such as `%UPSTREAM_CLUSTER%`. Envoy before 1.38
+/// rejects the close-reason operators (a format it rejects fails the listener): they are
+/// asked of `envoy` 1.38 and later only.
+pub fn access_log_fields(chain: &str, envoy: crate::tools::EnvoyVersion) -> Value {
+    let mut fields = json!({
         "start": "%START_TIME%",
         "duration_ms": "%DURATION%",
         "flags": "%RESPONSE_FLAGS%",
-        "close_reason": "%DOWNSTREAM_LOCAL_CLOSE_REASON%",
-        // Who closed each side, as Envoy detected it (Envoy 1.38+): the attribution quotes them.
-        "upstream_close_reason": "%UPSTREAM_LOCAL_CLOSE_REASON%",
-        "downstream_close": "%DOWNSTREAM_DETECTED_CLOSE_TYPE%",
-        "upstream_close": "%UPSTREAM_DETECTED_CLOSE_TYPE%",
         "termination": "%CONNECTION_TERMINATION_DETAILS%",
         "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
         "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
@@ -41,7 +38,19 @@ pub fn access_log_fields(chain: &str) -> Value {
         "path": "%REQ(:PATH)%",
         // Istio mTLS between sidecars shows here as TLSv1.3 on the inbound side.
         "downstream_tls": "%DOWNSTREAM_TLS_VERSION%"
-    })
+    });
+    if envoy >= (1, 38, 0) {
+        // Who closed each side and why, as Envoy saw it: the attribution quotes them.
+        for (k, op) in [
+            ("close_reason", "%DOWNSTREAM_LOCAL_CLOSE_REASON%"),
+            ("upstream_close_reason", "%UPSTREAM_LOCAL_CLOSE_REASON%"),
+            ("downstream_close", "%DOWNSTREAM_DETECTED_CLOSE_TYPE%"),
+            ("upstream_close", "%UPSTREAM_DETECTED_CLOSE_TYPE%"),
+        ] {
+            fields[k] = op.into();
+        }
+    }
+    fields
 }
 
 /// Envoy's admin API: TCP on the loopback of the pod's namespace (Istio's bootstrap).
@@ -93,6 +102,14 @@ impl EnvoyFiles {
 }
 
 impl Envoy {
+    /// Its release as the running Envoy reports it (admin `/server_info`: `<sha>/1.40.0/…`).
+    pub async fn version(&self) -> Option<String> {
+        let body = self.admin.get("/server_info").await.ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let (a, b, c) = crate::tools::parse_envoy_version(v["version"].as_str()?)?;
+        Some(format!("{a}.{b}.{c}"))
+    }
+
     /// Counters whose names match one of these substrings, with non-zero values.
     pub async fn counters(&self, contains: &[&str]) -> Result<BTreeMap<String, u64>> {
         let body = self.admin.get("/stats?format=json").await?;
@@ -157,5 +174,17 @@ mod tests {
     fn dechunks_admin_answers() {
         assert_eq!(super::dechunk("5\r\nLIVE\n\r\n0\r\n\r\n"), "LIVE\n");
         assert_eq!(super::dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
+
+    /// Envoy before 1.38 rejects the close-reason operators: they are asked of 1.38 on only.
+    #[test]
+    fn the_close_reasons_are_asked_of_envoy_1_38_and_later_only() {
+        let old = super::access_log_fields("c", (1, 36, 4));
+        let new = super::access_log_fields("c", (1, 40, 0));
+        for k in ["close_reason", "upstream_close_reason", "downstream_close", "upstream_close"] {
+            assert!(old.get(k).is_none(), "{k} on 1.36: {old}");
+            assert!(new[k].as_str().is_some_and(|v| v.starts_with('%')), "{k} on 1.40: {new}");
+        }
+        assert_eq!(old["flags"], "%RESPONSE_FLAGS%");
     }
 }

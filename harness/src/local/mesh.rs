@@ -28,7 +28,10 @@ const ACCESS_LOG: &str = "access.log";
 /// MeshConfig for a cell's control plane: an access log line per connection or HTTP request
 /// (JSON, [`super::envoy::access_log_fields`]), and the mesh-wide settings the path has.
 pub fn mesh_config(mesh: Option<&str>) -> String {
-    let format = super::envoy::access_log_fields("%UPSTREAM_CLUSTER%");
+    // The run's Envoy (`--envoy`) decides which fields its access log may ask for; with no
+    // Envoy at all nothing starts, and the newest format is as good as any.
+    let envoy = crate::tools::envoy_bin().and_then(|b| crate::tools::envoy_version(&b).ok()).unwrap_or((1, 40, 0));
+    let format = super::envoy::access_log_fields("%UPSTREAM_CLUSTER%", envoy);
     format!(
         "accessLogFile: {ACCESS_LOG}\naccessLogEncoding: JSON\naccessLogFormat: {}\n{}",
         serde_json::to_string(&format.to_string()).expect("a string"),

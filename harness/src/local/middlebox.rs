@@ -55,15 +55,17 @@ pub fn snapshot(ns: &Netns, role: &str, moment: &str) -> MiddleboxView {
     MiddleboxView { role: role.into(), moment: moment.into(), forgotten_segments: parse_packets(&counter), conntrack }
 }
 
-/// With `--capture`: conntrack's DESTROY events of the middlebox, each with the kernel's
-/// event time (`conntrack -E -o timestamp`, the same clock as the capture), written to `out`.
+/// With `--capture`: conntrack's DESTROY events of the middlebox, each stamped when
+/// `conntrack -E -o timestamp` received it (the wall clock, the capture's), written to `out`
+/// (its complaints, such as lost events, to `out.stderr`).
 /// An entry that expired is removed when the kernel next looks it up (the flow's next
 /// segment) or when its garbage collector passes, so a DESTROY says when conntrack removed
 /// the flow, not when its timeout ran out.
 pub fn watch_destroys(netns: &std::path::Path, out: &std::path::Path) -> Result<crate::local::process::LabProcess> {
     let file = std::fs::File::create(out)?;
+    let errors = std::fs::File::create(out.with_extension("stderr"))?;
     let mut cmd = tokio::process::Command::new("conntrack");
-    cmd.args(["-E", "-e", "DESTROY", "-p", "tcp", "-o", "timestamp"]).stdout(file).stderr(std::process::Stdio::null());
+    cmd.args(["-E", "-e", "DESTROY", "-p", "tcp", "-o", "timestamp"]).stdout(file).stderr(errors);
     crate::local::process::spawn("conntrack -E", cmd, netns, None)
 }
 

@@ -102,9 +102,9 @@ pub fn svg(a: &Attribution, factor: u32) -> String {
         // An event on one lifeline (a middlebox's conntrack): a diamond and its name.
         if arrow.from == arrow.to {
             let what = if arrow.kind == "expired" {
-                "conntrack entry expired (last segment + timeout)"
+                "conntrack entry expired (last segment + timeout, configuration)"
             } else {
-                "conntrack DESTROY event"
+                "conntrack -E: DESTROY"
             };
             let _ = write!(
                 out,
