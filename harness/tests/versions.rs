@@ -8,7 +8,7 @@ use common::*;
 
 /// The cache's entries for `version` (its venv, or a half-made one).
 fn cached(version: &str) -> Vec<String> {
-    let root = std::path::Path::new("/var/cache/idlelab/envoy");
+    let root = idlelab::tools::tools_dir().join("envoy");
     std::fs::read_dir(root)
         .map(|d| {
             d.flatten()
@@ -35,6 +35,14 @@ fn an_envoy_release_that_is_not_served_exits_2_and_leaves_nothing_behind() {
     let o = run(&["run", "redis-middlebox", "--envoy", "latest", "--out", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("expected an Envoy release such as 1.36.4"), "{}", text(&o));
+    // Several releases are all checked before any cell runs.
+    let o = run(&["run", "redis-middlebox", "--envoy", "1.40.0,1.99.0", "--out", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Envoy 1.99.0 is not served here"), "{}", text(&o));
+    assert!(!dir.exists(), "no cell ran on 1.40.0 first");
+    let o = run(&["run", "redis-middlebox", "--envoy", "1.40.0,1.40.0", "--out", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1.40.0 twice"), "{}", text(&o));
 }
 
 /// The middlebox behind the sidecar resets Envoy's idle upstream connection. Measured here:

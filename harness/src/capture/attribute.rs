@@ -544,7 +544,8 @@ fn attribute_one(
             then.push(a);
         }
     }
-    let lost = map.capture_lost.values().sum();
+    // Packets lost by the capture of the node where the drop was seen.
+    let lost = map.capture_lost.get(&first.actor).copied().unwrap_or(0);
     let sentence = sentence(&first, &then, client, &f.diagnosis, factor, lost);
     let first_at = first.at_idle_s;
     let (lifelines, arrows) = diagram(f, packets, map, &first);

@@ -28,9 +28,17 @@ const ACCESS_LOG: &str = "access.log";
 /// MeshConfig for a cell's control plane: an access log line per connection or HTTP request
 /// (JSON, [`super::envoy::access_log_fields`]), and the mesh-wide settings the path has.
 pub fn mesh_config(mesh: Option<&str>) -> String {
-    // The run's Envoy (`--envoy`) decides which fields its access log may ask for; with no
-    // Envoy at all nothing starts, and the newest format is as good as any.
-    let envoy = crate::tools::envoy_bin().and_then(|b| crate::tools::envoy_version(&b).ok()).unwrap_or((1, 40, 0));
+    // The run's Envoy (`--envoy`) decides which fields its access log may ask for. With no
+    // Envoy at all nothing starts; one whose release cannot be read gets the fields every
+    // release takes.
+    let envoy = match crate::tools::envoy_bin().map(|b| crate::tools::envoy_version(&b)) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the Envoy's release is unknown: its access log asks for no close reasons");
+            (0, 0, 0)
+        }
+        None => (1, 40, 0),
+    };
     let format = super::envoy::access_log_fields("%UPSTREAM_CLUSTER%", envoy);
     format!(
         "accessLogFile: {ACCESS_LOG}\naccessLogEncoding: JSON\naccessLogFormat: {}\n{}",
