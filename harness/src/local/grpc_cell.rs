@@ -300,16 +300,16 @@ async fn sidecar_notes(lab: &GrpcLab) -> Vec<String> {
         if let Some(lb) = f["lb_policy"].as_str() {
             line.push_str(&format!(", lb_policy {lb}"));
         }
-        // The release, as the running Envoy reports it (`--envoy` or the default one).
-        if let Some(v) = envoy.version().await {
-            line.push_str(&format!(", Envoy {v}"));
-        }
         if prefix == "client-" {
             let cluster = f["cluster"].as_str().unwrap_or_default();
             if let Ok(text) = envoy.admin.get("/clusters").await {
                 let hosts = super::config_dump::healthy_hosts(&text, cluster);
                 line.push_str(&format!(", {} endpoints (EDS): {}", hosts.len(), hosts.join(" ")));
             }
+        }
+        // The release, as the running Envoy reports it (`--envoy` or the default one).
+        if let Some(v) = envoy.version().await {
+            line.push_str(&format!("; Envoy {v}"));
         }
         notes.push(line);
     }
