@@ -130,48 +130,7 @@ pub fn execute(
         // Several releases: the same cells on each, one after another, each in a directory of
         // its own, then a release × cell table.
         BackendChoice::Local if exec.output.envoy.as_deref().is_some_and(|v| v.contains(',')) => {
-            let versions: Vec<String> =
-                exec.output.envoy.as_deref().unwrap_or_default().split(',').map(|v| v.trim().to_string()).collect();
-            // Every release checked and installed before any cell runs.
-            for (i, v) in versions.iter().enumerate() {
-                if v.is_empty() || versions[..i].contains(v) {
-                    eprintln!(
-                        "error: --envoy {}: {}\n  hint: name each release once, separated by commas: --envoy 1.36.4,1.40.0",
-                        exec.output.envoy.as_deref().unwrap_or_default(),
-                        if v.is_empty() { "an empty release".to_string() } else { format!("{v} twice") }
-                    );
-                    return Err(2);
-                }
-                if let Err(e) = crate::tools::envoy_release(v) {
-                    eprintln!("error: {e}");
-                    return Err(2);
-                }
-            }
-            let mut runs = Vec::new();
-            for v in &versions {
-                let mut output = exec.output.clone();
-                output.envoy = Some(v.clone());
-                output.out = Some(out_dir.join(format!("envoy-{v}")));
-                let one = Exec {
-                    title: exec.title.clone(),
-                    output,
-                    jobs: exec.jobs,
-                    quiet: exec.quiet,
-                    time_scale_label: exec.time_scale_label.clone(),
-                };
-                runs.push((v.clone(), execute(scenarios.clone(), cells.clone(), one, BackendChoice::Local)?));
-            }
-            let table = crate::compare::versions_table(&runs);
-            let _ = std::fs::write(out_dir.join("versions.txt"), &table);
-            if !exec.quiet {
-                println!("\n{table}");
-            }
-            if exec.output.out.is_none() {
-                link_latest(&exec.output.results_dir, &out_dir);
-            }
-            let mut last = runs.pop().map(|(_, s)| s).ok_or(2)?;
-            last.pass = last.pass && runs.iter().all(|(_, s)| s.pass);
-            Ok(last)
+            execute_releases(scenarios, cells, exec, out_dir)
         }
         BackendChoice::Local => {
             // The run's Envoy: a release asked for, installed before anything else exists.
@@ -201,6 +160,58 @@ pub fn execute(
             execute_on(KindBackend::new(target, out_dir.clone(), runner), scenarios, cells, exec, out_dir)
         }
     }
+}
+
+/// `--envoy A,B`: the same cells on each release, one after another, each in a directory of its
+/// own (`<out>/envoy-<release>`), then a release × cell table (`versions.txt`).
+fn execute_releases(
+    scenarios: Vec<scenario::Scenario>,
+    cells: Vec<cells::Cell>,
+    exec: Exec,
+    out_dir: PathBuf,
+) -> Result<RunSummary, i32> {
+    let versions: Vec<String> =
+        exec.output.envoy.as_deref().unwrap_or_default().split(',').map(|v| v.trim().to_string()).collect();
+    // Every release checked and installed before any cell runs.
+    for (i, v) in versions.iter().enumerate() {
+        if v.is_empty() || versions[..i].contains(v) {
+            eprintln!(
+                "error: --envoy {}: {}\n  hint: name each release once, separated by commas: --envoy 1.36.4,1.40.0",
+                exec.output.envoy.as_deref().unwrap_or_default(),
+                if v.is_empty() { "an empty release".to_string() } else { format!("{v} twice") }
+            );
+            return Err(2);
+        }
+        if let Err(e) = crate::tools::envoy_release(v) {
+            eprintln!("error: {e}");
+            return Err(2);
+        }
+    }
+    let mut runs = Vec::new();
+    for v in &versions {
+        let mut output = exec.output.clone();
+        output.envoy = Some(v.clone());
+        output.out = Some(out_dir.join(format!("envoy-{v}")));
+        let one = Exec {
+            title: exec.title.clone(),
+            output,
+            jobs: exec.jobs,
+            quiet: exec.quiet,
+            time_scale_label: exec.time_scale_label.clone(),
+        };
+        runs.push((v.clone(), execute(scenarios.clone(), cells.clone(), one, BackendChoice::Local)?));
+    }
+    let table = crate::compare::versions_table(&runs);
+    let _ = std::fs::write(out_dir.join("versions.txt"), &table);
+    if !exec.quiet {
+        println!("\n{table}");
+    }
+    if exec.output.out.is_none() {
+        link_latest(&exec.output.results_dir, &out_dir);
+    }
+    let mut last = runs.pop().map(|(_, s)| s).ok_or(2)?;
+    last.pass = last.pass && runs.iter().all(|(_, s)| s.pass);
+    Ok(last)
 }
 
 fn execute_on<B: Backend>(

@@ -19,11 +19,11 @@ pub fn tools_dir() -> PathBuf {
     cache.join("idlelab")
 }
 
-/// The Envoy a run chose with `--envoy VERSION` ([`choose_envoy`]); None: the default one.
+/// The Envoy a run chose with `--envoy VERSION` ([`EnvoyChoice`]); None: the default one.
 static CHOSEN_ENVOY: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
 
 /// Every proxy of the run from here on runs `bin` (None: back to the default Envoy).
-pub fn choose_envoy(bin: Option<PathBuf>) {
+fn choose_envoy(bin: Option<PathBuf>) {
     *CHOSEN_ENVOY.write().unwrap_or_else(|e| e.into_inner()) = bin;
 }
 

@@ -5,7 +5,7 @@
 //! ```text
 //!   segments ─▶ sightings of one packet grouped (same ends, numbers, flags; within 20 ms)
 //!       ─▶ who sent it: the node that sent it out and never received it (a loopback packet:
-//!          its node), named by the socket's owner (PathMap.owners) or the node's actor
+//!          its node), named by the socket's owner (PathMap.sockets) or the node's actor
 //!       ─▶ acts: FIN, RST, a segment a forwarding node received and never sent on (dropped)
 //!   app's connections ─explain::judge─▶ ended badly ─▶ first act after its idle began
 //!       ─▶ Attribution { first, then, sentence, arrows for the sequence diagram }
@@ -45,9 +45,7 @@ pub struct PathMap {
     pub actors: Vec<String>,
     /// By node name (the first word of an interface's name in the capture).
     pub nodes: BTreeMap<String, NodeActors>,
-    /// `(node, local address)` → actor, from the lab's socket listings.
-    pub owners: BTreeMap<(String, SocketAddr), String>,
-    /// `(node, local address, peer address)` → actor: the listings' sockets exactly.
+    /// `(node, local address, peer address)` → actor: the lab's socket listings.
     pub sockets: BTreeMap<(String, SocketAddr, SocketAddr), String>,
     /// Per proxy actor: its access log lines (JSON), for Envoy's own close reasons.
     pub access_logs: BTreeMap<String, Vec<serde_json::Value>>,
@@ -230,7 +228,7 @@ fn owner(map: &PathMap, node: &str, addr: SocketAddr, peer: SocketAddr, on_lo: b
     if let [only] = by_peer[..] {
         return (only.clone(), "socket");
     }
-    if let Some(a) = map.owners.get(&(n, addr)) {
+    if let Some((_, a)) = map.sockets.iter().find(|((nn, local, _), _)| *nn == n && *local == addr) {
         return (a.clone(), "socket");
     }
     let Some(n) = map.nodes.get(node) else { return (node.to_string(), "namespace") };
@@ -766,8 +764,8 @@ mod tests {
         map.nodes.insert("app".into(), NodeActors { main: "app".into(), ..Default::default() });
         map.nodes.insert("mb0".into(), NodeActors { main: "mb0".into(), proxy: None, forwards: true });
         map.nodes.insert("srv".into(), NodeActors { main: "server".into(), ..Default::default() });
-        map.owners.insert(("app".into(), APP.parse().unwrap()), "app".into());
-        map.owners.insert(("srv".into(), SRV.parse().unwrap()), "server".into());
+        map.sockets.insert(("app".into(), APP.parse().unwrap(), SRV.parse().unwrap()), "app".into());
+        map.sockets.insert(("srv".into(), SRV.parse().unwrap(), APP.parse().unwrap()), "server".into());
         map.forget_after.insert("mb0".into(), 2.0);
         (names, map)
     }

@@ -230,10 +230,19 @@ pub fn note(file: &CaptureFile) -> String {
     )
 }
 
+/// The node of a hop that forwards packets without terminating them (a middlebox: a node of
+/// its own, no proxy in it): what it takes in and does not send on, it dropped; its conntrack
+/// is watched.
+pub fn forwarding_node(index: usize, hop: &crate::hop::Hop) -> Option<String> {
+    let on = hop.on_path();
+    on.own_node(index).filter(|_| on.proxy_role().is_none())
+}
+
 /// What the lab knows about a cell's path, for the attribution: the lifelines in path order,
 /// each node's actors (the app's namespace holds the client sidecar, the server's the server
-/// sidecar; a middlebox forwards), the sockets' owners from the listings, Envoy's access logs.
-pub fn path_map(knobs: &crate::config::CellConfig, evidence: &LabEvidence) -> PathMap {
+/// sidecar; a middlebox forwards), the sockets' owners from the listings, Envoy's access logs,
+/// and what the capture itself recorded (conntrack's DESTROY events, the kernel's drops).
+fn path_map(knobs: &crate::config::CellConfig, evidence: &LabEvidence, file: &CaptureFile) -> PathMap {
     let mut map = PathMap::default();
     map.actors.push("app".into());
     map.nodes.insert("app".into(), NodeActors { main: "app".into(), ..Default::default() });
@@ -243,7 +252,7 @@ pub fn path_map(knobs: &crate::config::CellConfig, evidence: &LabEvidence) -> Pa
         let on = hop.on_path();
         let (actor, node) = match (on.own_node(i), on.proxy_role()) {
             (Some(node), role) => {
-                let forwards = role.is_none();
+                let forwards = forwarding_node(i, hop).is_some();
                 if let Some(f) = on.forgets_flows() {
                     map.forget_after.insert(node.clone(), f.timeout.as_secs_f64());
                 }
@@ -278,10 +287,8 @@ pub fn path_map(knobs: &crate::config::CellConfig, evidence: &LabEvidence) -> Pa
                 Some(_) => node.main.clone(),
                 None => continue,
             };
-            if let Ok(peer) = socket.peer.parse::<std::net::SocketAddr>() {
-                map.sockets.insert((snapshot.netns_role.clone(), local, peer), actor.clone());
-            }
-            map.owners.insert((snapshot.netns_role.clone(), local), actor);
+            let Ok(peer) = socket.peer.parse::<std::net::SocketAddr>() else { continue };
+            map.sockets.insert((snapshot.netns_role.clone(), local, peer), actor);
         }
     }
     for e in &evidence.envoys {
@@ -290,24 +297,26 @@ pub fn path_map(knobs: &crate::config::CellConfig, evidence: &LabEvidence) -> Pa
     }
     // Envoy's admin, the agent's ports, xDS and the control plane's debug port: not the path.
     map.control_ports = [15000, 15004, 15010, 15012, 15014, 15017, 15020, 15021, 15053, 15090].into();
+    map.destroys = file.destroys.clone();
+    map.conntrack_watched = file.conntrack_watched.iter().cloned().collect();
+    map.capture_lost = file.lost.iter().cloned().collect();
     map
 }
 
-/// The attributions of a written capture: its packets read back as any capture is.
+/// The attributions of a cell's written capture (its packets read back as any capture is),
+/// scored against what the cell's configuration says acts first.
 pub fn attribute(
     file: &CaptureFile,
-    map: &PathMap,
+    knobs: &crate::config::CellConfig,
+    evidence: &LabEvidence,
     factor: u32,
-    configured: Vec<crate::config::ConfiguredAct>,
 ) -> Result<CaptureEvidence> {
     let name = file.path.display().to_string();
     let input = std::fs::File::open(&file.path).with_context(|| format!("opening {name}"))?;
     let mut segments = Vec::new();
     crate::capture::read::for_each_segment(std::io::BufReader::new(input), &name, |s, _| segments.push(s.clone()))?;
-    let mut map = map.clone();
-    map.destroys = file.destroys.clone();
-    map.conntrack_watched = file.conntrack_watched.iter().cloned().collect();
-    map.capture_lost = file.lost.iter().cloned().collect();
+    let map = path_map(knobs, evidence, file);
+    let configured = knobs.configured_first_acts();
     let attributions = crate::capture::attribute::attribute(&segments, &file.interfaces, &map, f64::from(factor));
     let agree = attributions
         .iter()

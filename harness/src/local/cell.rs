@@ -220,13 +220,8 @@ async fn run_in(
         // connections are older and show mid-stream).
         let namespaces: Vec<(String, std::path::PathBuf)> =
             lab.topology.nodes.iter().map(|n| (n.role.clone(), n.netns.path())).collect();
-        let forwarders: Vec<String> = knobs
-            .path
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.on_path().forgets_flows().is_some())
-            .filter_map(|(i, h)| node_role(i, h))
-            .collect();
+        let forwarders: Vec<String> =
+            knobs.path.iter().enumerate().filter_map(|(i, h)| super::capture::forwarding_node(i, h)).collect();
         lab.capture = Some(super::capture::CellCapture::start(&namespaces, &forwarders, lab.dir.path()).await?);
     }
     if let (Some(cp), Some(objects)) = (&lab.control_plane, &mesh.objects) {
@@ -466,23 +461,23 @@ pub async fn run_cell(
     let result = run_in(cell, shared, phase, &mut slot, captures.is_some()).await;
     let mut logs = slot.as_ref().map(CellLab::logs).unwrap_or_default();
     // The capture is written whether the cell passed or failed (a failure is when it matters).
+    // None: no capture was asked for (or the cell ended before it started).
     let capture = match (slot.as_mut().and_then(|lab| lab.capture.take()), captures) {
         (Some(c), Some(dir)) => {
             let path = dir.join(super::capture::file_name(&cell.scenario, &cell.label));
             let span = tracing::Span::current();
-            match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
+            Some(match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
                 Ok(Ok(file)) => Ok(file),
                 Ok(Err(e)) => Err(format!("capture: not written: {e:#}")),
                 Err(e) => Err(format!("capture: not written: {e}")),
-            }
+            })
         }
-        _ => Err(String::new()),
+        _ => None,
     };
-    let capture_note = match &capture {
-        Ok(file) => Some(super::capture::note(file)),
-        Err(e) if !e.is_empty() => Some(e.clone()),
-        Err(_) => None,
-    };
+    let capture_note = capture.as_ref().map(|c| match c {
+        Ok(file) => super::capture::note(file),
+        Err(e) => e.clone(),
+    });
     if let Some(line) = &capture_note {
         logs.push(("capture".into(), line.clone()));
     }
@@ -498,10 +493,8 @@ pub async fn run_cell(
             evidence.teardown_ms = teardown_ms;
             // Which hop acted first on each connection of the app that ended badly.
             let mut attributions = Vec::new();
-            if let Ok(file) = &capture {
-                let map = super::capture::path_map(&cell.scaled, &evidence);
-                let configured = cell.scaled.configured_first_acts();
-                match super::capture::attribute(file, &map, cell.time_scale.factor, configured) {
+            if let Some(Ok(file)) = &capture {
+                match super::capture::attribute(file, &cell.scaled, &evidence, cell.time_scale.factor) {
                     Ok(c) => {
                         attributions = c
                             .attributions
