@@ -52,49 +52,16 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Istio's own code (istio/, Go): idlelab-xds (xDS from Istio's production generators) and
-# pilot-agent, built into $IDLELAB_HOME/bin. Rebuilt only when a binary is missing or the Go
-# toolchain, the build recipe below, istio/go.mod, istio/go.sum or a .go file under istio/
-# changed (hash stamp beside the binaries); otherwise this only checks. A cold build takes
-# ~8-10 min on 2 cores. The Envoy bootstrap template pilot-agent needs is copied from the module
-# to $IDLELAB_HOME/share/istio/. IDLELAB_SKIP_ISTIO=1 skips this section.
+# pilot-agent, built into $IDLELAB_HOME/bin by scripts/build-istio.sh (Istio's release recipe;
+# rebuilt only when the Go toolchain, the recipe, istio/go.mod, istio/go.sum or a .go file under
+# istio/ changed; otherwise this only checks; a cold build takes ~8-10 min on 2 cores). The other
+# Istio releases of istio/versions/ are built on first use (`--istio NAME`).
+# IDLELAB_SKIP_ISTIO=1 skips this section.
 if [ -z "${IDLELAB_SKIP_ISTIO:-}" ]; then
-  istio_src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/istio"
-  istio_stamp="$IDLELAB_HOME/bin/.istio-build.sha256"
-  istio_tmpl="$IDLELAB_HOME/share/istio/envoy_bootstrap.json"
-  # Istio's own release recipe: static (CGO off), AGENT_TAGS of Makefile.core.mk for pilot-agent
-  istio_recipe="CGO_ENABLED=0 -trimpath -ldflags=-s,-w,pkg/version agent-tags=agent,disable_pgv,grpcnotrace,retrynotrace"
   if ! command -v go >/dev/null; then
     echo "setup: WARNING: go not found; idlelab-xds and pilot-agent (istio/) not built (needs Go >= 1.26)" >&2
   else
-    istio_hash=$(cd "$istio_src" && { go env GOVERSION; echo "$istio_recipe"; find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)
-    if [ -x "$IDLELAB_HOME/bin/idlelab-xds" ] && [ -x "$IDLELAB_HOME/bin/pilot-agent" ] && [ -f "$istio_tmpl" ] \
-       && [ "$(cat "$istio_stamp" 2>/dev/null)" = "$istio_hash" ]; then
-      echo "setup: idlelab-xds and pilot-agent up to date in $IDLELAB_HOME/bin"
-    else
-      echo "setup: building idlelab-xds and pilot-agent from $istio_src (cold: ~8-10 min)"
-      istio_t0=$(date +%s)
-      mkdir -p "$IDLELAB_HOME/bin" "$IDLELAB_HOME/share/istio"
-      (
-        cd "$istio_src"
-        export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
-        go mod download istio.io/istio # .Dir is empty until the module is in the module cache
-        istio_dir=$(go list -m -f '{{.Dir}}' istio.io/istio)
-        istio_ver=$(go list -m -f '{{.Version}}' istio.io/istio)
-        # what Istio's Makefile stamps in (pkg/version): the proxy then reports a parseable version
-        ldflags="-s -w -X istio.io/istio/pkg/version.buildVersion=$(cat "$istio_dir/VERSION")-dev"
-        ldflags="$ldflags -X istio.io/istio/pkg/version.buildGitRevision=${istio_ver##*-}"
-        ldflags="$ldflags -X istio.io/istio/pkg/version.buildStatus=Clean"
-        nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$IDLELAB_HOME/bin/idlelab-xds.tmp" ./cmd/idlelab-xds
-        nice -n 19 go build -trimpath -ldflags "$ldflags" -tags agent,disable_pgv,grpcnotrace,retrynotrace \
-          -o "$IDLELAB_HOME/bin/pilot-agent.tmp" istio.io/istio/pilot/cmd/pilot-agent
-        install -m 0644 "$istio_dir/tools/packaging/common/envoy_bootstrap.json" "$istio_tmpl"
-      )
-      mv -f "$IDLELAB_HOME/bin/idlelab-xds.tmp" "$IDLELAB_HOME/bin/idlelab-xds"
-      mv -f "$IDLELAB_HOME/bin/pilot-agent.tmp" "$IDLELAB_HOME/bin/pilot-agent"
-      chmod -R a+rX "$IDLELAB_HOME/bin" "$IDLELAB_HOME/share"
-      echo "$istio_hash" > "$istio_stamp"
-      echo "setup: built idlelab-xds and pilot-agent in $(( $(date +%s) - istio_t0 ))s"
-    fi
+    bash "$(dirname "${BASH_SOURCE[0]}")/build-istio.sh" "$IDLELAB_HOME" | sed 's/^build-istio:/setup:/'
   fi
 fi
 # ---------------------------------------------------------------------------------------------

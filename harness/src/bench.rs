@@ -56,6 +56,7 @@ fn quiet_with(
             verbose: false,
             capture,
             envoy,
+            istio: None,
         },
         jobs,
         quiet: true,

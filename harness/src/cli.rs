@@ -334,6 +334,12 @@ pub fn main() -> i32 {
                 Err(code) => code,
                 Ok((s, cells)) => {
                     let time_scale_label = args.time_scale.unwrap_or(s.time_scale).to_string();
+                    let mut output = output;
+                    // The scenario's `versions:` in the local lab, unless the command line names others.
+                    if matches!(backend, Backend::Local) {
+                        output.envoy = output.envoy.or_else(|| s.versions.envoy.clone());
+                        output.istio = output.istio.or_else(|| s.versions.istio.clone());
+                    }
                     let exec = Exec { title: s.name.clone(), output, jobs, quiet: false, time_scale_label };
                     let backend = match backend {
                         Backend::Local => BackendChoice::Local,

@@ -1,5 +1,7 @@
-//! `idlelab compare OLD NEW`: the cells whose verdict changed between two runs; and
-//! [`versions_table`]: the same cells on several Envoy releases (`--envoy A,B`).
+//! `idlelab compare OLD NEW`: the cells whose verdict changed between two runs, and those whose
+//! evidence changed (what the app got on reuse), naming the releases each run ran (two runs on
+//! other Envoy or Istio releases compare like any two); and [`versions_table`]: the same cells
+//! on several releases (`--envoy A,B`, `--istio A,B`).
 //!
 //! Cells are matched by `scenario::mitigation`. A cell *regressed* when it matched its
 //! expectation in OLD and does not in NEW (or is gone from NEW); that, and only that, makes the
@@ -37,19 +39,75 @@ fn summary_path(p: &Path) -> PathBuf {
     if p.is_dir() { p.join("summary.json") } else { p.to_path_buf() }
 }
 
-fn load(p: &Path) -> Result<BTreeMap<String, (String, bool)>, String> {
+/// What a comparison reads of a cell (a summary.json cell): its verdict and match, what the
+/// app got on reuse, and the releases that ran it.
+#[derive(Clone, Debug, PartialEq)]
+struct CellSide {
+    verdict: String,
+    pass: bool,
+    /// e.g. `4 reset`: the app's connections' first request after the idle, by outcome.
+    reuse: String,
+    /// e.g. `Envoy 1.40.0, Istio 1.30-dev (9739e10eb9d7)`, as the running binaries reported.
+    releases: String,
+}
+
+fn side(c: &Value) -> CellSide {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for conn in c["evidence"]["observations"]["connections"].as_array().into_iter().flatten() {
+        *counts.entry(conn["reuse"]["outcome"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    let reuse = if c["evidence"]["observations"].is_null() {
+        "no observations".to_string()
+    } else if counts.is_empty() {
+        "no connection".to_string()
+    } else {
+        counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+    };
+    let lab = &c["evidence"]["lab"];
+    let mut envoys: Vec<&str> =
+        lab["envoys"].as_array().into_iter().flatten().filter_map(|e| e["version"].as_str()).collect();
+    envoys.dedup();
+    let mut releases: Vec<String> = envoys.iter().map(|v| format!("Envoy {v}")).collect();
+    releases.extend(lab["istio_release"].as_str().map(|v| format!("Istio {v}")));
+    CellSide {
+        verdict: c["verdict"].as_str().unwrap_or("error").to_string(),
+        pass: c["pass"].as_bool().unwrap_or(false),
+        reuse,
+        releases: releases.join(", "),
+    }
+}
+
+fn cell_key(c: &Value) -> String {
+    format!("{}::{}", c["scenario"].as_str().unwrap_or(""), c["cell"].as_str().unwrap_or(""))
+}
+
+fn load(p: &Path) -> Result<BTreeMap<String, CellSide>, String> {
     let path = summary_path(p);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not a summary.json ({e})", path.display()))?;
     let cells = v["cells"].as_array().ok_or_else(|| format!("{}: no `cells` array", path.display()))?;
-    Ok(cells
-        .iter()
-        .map(|c| {
-            let key = format!("{}::{}", c["scenario"].as_str().unwrap_or(""), c["cell"].as_str().unwrap_or(""));
-            let verdict = c["verdict"].as_str().unwrap_or("error").to_string();
-            (key, (verdict, c["pass"].as_bool().unwrap_or(false)))
+    Ok(cells.iter().map(|c| (cell_key(c), side(c))).collect())
+}
+
+/// The releases a run's cells ran, most common first (`Envoy 1.40.0, Istio …`).
+fn releases_of(run: &BTreeMap<String, CellSide>) -> String {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in run.values().filter(|c| !c.releases.is_empty()) {
+        *seen.entry(c.releases.as_str()).or_default() += 1;
+    }
+    let mut seen: Vec<(&str, usize)> = seen.into_iter().collect();
+    seen.sort_by_key(|s| std::cmp::Reverse(s.1));
+    if seen.is_empty() { "no proxy".into() } else { seen.iter().map(|(r, _)| *r).collect::<Vec<_>>().join("; ") }
+}
+
+/// Per cell in both runs whose verdict held but whose evidence changed: one sentence.
+fn evidence_changes(old: &BTreeMap<String, CellSide>, new: &BTreeMap<String, CellSide>) -> Vec<String> {
+    old.iter()
+        .filter_map(|(k, o)| {
+            let n = new.get(k)?;
+            (o.reuse != n.reuse).then(|| format!("{k}: the app got {} → {} on reuse", o.reuse, n.reuse))
         })
-        .collect())
+        .collect()
 }
 
 /// Every cell whose verdict or match changed, or that is only in one of the runs.
@@ -73,79 +131,76 @@ pub fn main(old: &Path, new: &Path) -> i32 {
             return 2;
         }
     };
-    let changed = changes(&o, &n);
+    let (ro, rn) = (releases_of(&o), releases_of(&n));
+    if ro != rn {
+        println!("old ran {ro}\nnew ran {rn}");
+    }
+    let verdicts = |run: &BTreeMap<String, CellSide>| -> BTreeMap<String, (String, bool)> {
+        run.iter().map(|(k, c)| (k.clone(), (c.verdict.clone(), c.pass))).collect()
+    };
+    let changed = changes(&verdicts(&o), &verdicts(&n));
+    let evidence = evidence_changes(&o, &n);
     if changed.is_empty() {
         println!("no verdict changed ({} cells compared)", n.len());
-        return 0;
+    } else {
+        let show = |x: &Option<(String, bool)>| match x {
+            Some((v, pass)) => format!("{v}{}", if *pass { "" } else { " (mismatch)" }),
+            None => "—".into(),
+        };
+        let mut table = Table::new();
+        table.load_style(presets::UTF8_FULL_CONDENSED);
+        table.set_header(vec!["cell", "old", "new", ""]);
+        for c in &changed {
+            table.add_row(vec![c.key.clone(), show(&c.old), show(&c.new), c.kind().to_string()]);
+        }
+        println!("{table}");
     }
-    let show = |x: &Option<(String, bool)>| match x {
-        Some((v, pass)) => format!("{v}{}", if *pass { "" } else { " (mismatch)" }),
-        None => "—".into(),
-    };
-    let mut table = Table::new();
-    table.load_style(presets::UTF8_FULL_CONDENSED);
-    table.set_header(vec!["cell", "old", "new", ""]);
-    for c in &changed {
-        table.add_row(vec![c.key.clone(), show(&c.old), show(&c.new), c.kind().to_string()]);
+    for line in &evidence {
+        println!("{line}");
     }
-    println!("{table}");
     let regressed = changed.iter().filter(|c| c.regressed()).count();
-    println!("{} cells changed, {regressed} regressed", changed.len());
+    println!(
+        "{} cells changed verdict ({regressed} regressed), {} changed what the app got on reuse",
+        changed.len(),
+        evidence.len()
+    );
     if regressed > 0 { 1 } else { 0 }
 }
 
-/// What the app got on reuse in a cell, e.g. `4 reset`: its connections' first request after
-/// the idle period, counted by outcome.
-fn reuse_outcomes(cell: &crate::events::CellReport) -> String {
-    let Some(o) = &cell.evidence.observations else { return "no observations".into() };
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &o.connections {
-        let name = serde_json::to_value(c.reuse.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("{:?}", c.reuse.outcome).to_lowercase());
-        *counts.entry(name).or_default() += 1;
-    }
-    if counts.is_empty() {
-        return "no connection".into();
-    }
-    counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
-}
-
-/// The same cells on several Envoy releases (`--envoy A,B`): a verdict per release, and per
-/// cell whose verdict or reuse outcome changed, one sentence naming the change.
-pub fn versions_table(runs: &[(String, crate::report::RunSummary)]) -> String {
+/// The same cells on several releases (`--envoy A,B` or `--istio A,B`; `axis` names which): a
+/// verdict per release, and per cell whose verdict or reuse outcome changed, one sentence
+/// naming the change.
+pub fn versions_table(axis: &str, runs: &[(String, crate::report::RunSummary)]) -> String {
+    let sides: Vec<BTreeMap<String, CellSide>> = runs
+        .iter()
+        .map(|(_, s)| {
+            s.cells.iter().filter_map(|c| serde_json::to_value(c).ok()).map(|c| (cell_key(&c), side(&c))).collect()
+        })
+        .collect();
     let mut table = Table::new();
     table.load_style(presets::UTF8_FULL_CONDENSED);
     let mut header = vec!["cell".to_string()];
-    header.extend(runs.iter().map(|(v, _)| format!("Envoy {v}")));
+    header.extend(runs.iter().map(|(v, _)| format!("{axis} {v}")));
     table.set_header(header);
     let keys: Vec<&str> =
         runs.first().map(|(_, s)| s.cells.iter().map(|c| c.key.as_str()).collect()).unwrap_or_default();
     let mut changes = Vec::new();
     for key in keys {
-        let per: Vec<Option<&crate::events::CellReport>> =
-            runs.iter().map(|(_, s)| s.cells.iter().find(|c| c.key == key)).collect();
-        let shown = |c: Option<&crate::events::CellReport>| match c {
-            Some(c) => format!(
-                "{}{}",
-                c.verdict.map(|v| v.to_string()).unwrap_or_else(|| "error".into()),
-                if c.pass { "" } else { " ✗" }
-            ),
-            None => "-".into(),
-        };
+        let per: Vec<Option<&CellSide>> = sides.iter().map(|s| s.get(key)).collect();
+        let shown = |c: &CellSide| format!("{}{}", c.verdict, if c.pass { "" } else { " ✗" });
         let mut row = vec![key.to_string()];
-        row.extend(per.iter().map(|c| shown(*c)));
+        row.extend(per.iter().map(|c| c.map(shown).unwrap_or_else(|| "-".into())));
         table.add_row(row);
         for (i, pair) in per.windows(2).enumerate() {
             let (Some(a), Some(b)) = (pair[0], pair[1]) else { continue };
-            let (va, vb) = (shown(Some(a)), shown(Some(b)));
-            let (oa, ob) = (reuse_outcomes(a), reuse_outcomes(b));
-            if va != vb || oa != ob {
+            let (va, vb) = (shown(a), shown(b));
+            if va != vb || a.reuse != b.reuse {
                 changes.push(format!(
-                    "{key}: Envoy {} → {}: verdict {va} → {vb}; the app got {oa} → {ob} on reuse",
+                    "{key}: {axis} {} → {}: verdict {va} → {vb}; the app got {} → {} on reuse",
                     runs[i].0,
-                    runs[i + 1].0
+                    runs[i + 1].0,
+                    a.reuse,
+                    b.reuse
                 ));
             }
         }

@@ -52,6 +52,11 @@ pub struct OutputArgs {
     /// installed in a cached venv of its own on first use (local backend).
     #[arg(long, value_name = "VERSION")]
     pub envoy: Option<String>,
+    /// Configure every proxy with this Istio release's code: its control plane and pilot-agent,
+    /// built on first use from the module istio/versions/NAME pins (`1.30`, the default, is
+    /// istio/go.mod's; local backend).
+    #[arg(long, value_name = "NAME")]
+    pub istio: Option<String>,
 }
 
 /// Where the cells run.
@@ -129,13 +134,21 @@ pub fn execute(
     match backend {
         // Several releases: the same cells on each, one after another, each in a directory of
         // its own, then a release × cell table.
-        BackendChoice::Local if exec.output.envoy.as_deref().is_some_and(|v| v.contains(',')) => {
+        BackendChoice::Local if several(&exec.output.envoy) || several(&exec.output.istio) => {
             execute_releases(scenarios, cells, exec, out_dir)
         }
         BackendChoice::Local => {
-            // The run's Envoy: a release asked for, installed before anything else exists.
+            // The run's Envoy and Istio: the releases asked for, installed (built) before
+            // anything else exists.
             let _envoy = match exec.output.envoy.as_deref().map(crate::tools::envoy_release).transpose() {
                 Ok(bin) => crate::tools::EnvoyChoice::new(bin),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Err(2);
+                }
+            };
+            let _istio = match exec.output.istio.as_deref().map(crate::tools::istio_release).transpose() {
+                Ok(root) => crate::tools::IstioChoice::new(root.flatten()),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return Err(2);
@@ -144,9 +157,9 @@ pub fn execute(
             let captures = exec.output.capture.then(|| out_dir.join("captures"));
             execute_on(LocalBackend::with_captures(captures), scenarios, cells, exec, out_dir)
         }
-        BackendChoice::Kind { .. } if exec.output.envoy.is_some() => {
+        BackendChoice::Kind { .. } if exec.output.envoy.is_some() || exec.output.istio.is_some() => {
             eprintln!(
-                "error: --envoy runs in the local lab only: on a cluster the proxies are Istio's proxyv2 image and its Envoy\n  hint: run it without `--backend kind`, or without --envoy"
+                "error: --envoy and --istio run in the local lab only: on a cluster the releases are those of the images `idlelab kind-up` built (istio/go.mod's Istio, its proxyv2's Envoy)\n  hint: run it without `--backend kind`, or without --envoy/--istio"
             );
             Err(2)
         }
@@ -162,27 +175,47 @@ pub fn execute(
     }
 }
 
-/// `--envoy A,B`: the same cells on each release, one after another, each in a directory of its
-/// own (`<out>/envoy-<release>`), then a release × cell table (`versions.txt`).
+fn several(releases: &Option<String>) -> bool {
+    releases.as_deref().is_some_and(|v| v.contains(','))
+}
+
+/// `--envoy A,B` (or `--istio A,B`): the same cells on each release, one after another, each in
+/// a directory of its own (`<out>/envoy-<release>`, `<out>/istio-<release>`), then a release ×
+/// cell table (`versions.txt`). One of the two names several releases at a time.
 fn execute_releases(
     scenarios: Vec<scenario::Scenario>,
     cells: Vec<cells::Cell>,
     exec: Exec,
     out_dir: PathBuf,
 ) -> Result<RunSummary, i32> {
-    let versions: Vec<String> =
-        exec.output.envoy.as_deref().unwrap_or_default().split(',').map(|v| v.trim().to_string()).collect();
+    if several(&exec.output.envoy) && several(&exec.output.istio) {
+        eprintln!(
+            "error: --envoy and --istio both name several releases\n  hint: vary one at a time: --envoy 1.36.4,1.40.0 --istio 1.30, or --istio 1.30,1.31-dev.20260827"
+        );
+        return Err(2);
+    }
+    let (flag, axis, list) = if several(&exec.output.envoy) {
+        ("envoy", "Envoy", exec.output.envoy.clone().unwrap_or_default())
+    } else {
+        ("istio", "Istio", exec.output.istio.clone().unwrap_or_default())
+    };
+    let versions: Vec<String> = list.split(',').map(|v| v.trim().to_string()).collect();
     // Every release checked and installed before any cell runs.
     for (i, v) in versions.iter().enumerate() {
         if v.is_empty() || versions[..i].contains(v) {
             eprintln!(
-                "error: --envoy {}: {}\n  hint: name each release once, separated by commas: --envoy 1.36.4,1.40.0",
-                exec.output.envoy.as_deref().unwrap_or_default(),
-                if v.is_empty() { "an empty release".to_string() } else { format!("{v} twice") }
+                "error: --{flag} {list}: {}\n  hint: name each release once, separated by commas: --{flag} {}",
+                if v.is_empty() { "an empty release".to_string() } else { format!("{v} twice") },
+                if flag == "envoy" { "1.36.4,1.40.0" } else { "1.30,1.31-dev.20260827" }
             );
             return Err(2);
         }
-        if let Err(e) = crate::tools::envoy_release(v) {
+        let installed = if flag == "envoy" {
+            crate::tools::envoy_release(v).map(|_| ()).map_err(|e| e.to_string())
+        } else {
+            crate::tools::istio_release(v).map(|_| ()).map_err(|e| e.to_string())
+        };
+        if let Err(e) = installed {
             eprintln!("error: {e}");
             return Err(2);
         }
@@ -190,8 +223,12 @@ fn execute_releases(
     let mut runs = Vec::new();
     for v in &versions {
         let mut output = exec.output.clone();
-        output.envoy = Some(v.clone());
-        output.out = Some(out_dir.join(format!("envoy-{v}")));
+        if flag == "envoy" {
+            output.envoy = Some(v.clone());
+        } else {
+            output.istio = Some(v.clone());
+        }
+        output.out = Some(out_dir.join(format!("{flag}-{v}")));
         let one = Exec {
             title: exec.title.clone(),
             output,
@@ -201,7 +238,7 @@ fn execute_releases(
         };
         runs.push((v.clone(), execute(scenarios.clone(), cells.clone(), one, BackendChoice::Local)?));
     }
-    let table = crate::compare::versions_table(&runs);
+    let table = crate::compare::versions_table(axis, &runs);
     let _ = std::fs::write(out_dir.join("versions.txt"), &table);
     if !exec.quiet {
         println!("\n{table}");

@@ -219,19 +219,119 @@ pub fn go_probe_bin() -> PathBuf {
     tools_dir().join("bin/idlelab-probe-go")
 }
 
-/// `idlelab-xds`, as `just setup` builds it.
+/// `idlelab-xds`, as `just setup` builds it (or the run's Istio release's).
 pub fn xds_bin() -> PathBuf {
-    tools_dir().join("bin/idlelab-xds")
+    istio_root().join("bin/idlelab-xds")
 }
 
 /// `pilot-agent`, built from the same Istio module.
 pub fn agent_bin() -> PathBuf {
-    tools_dir().join("bin/pilot-agent")
+    istio_root().join("bin/pilot-agent")
 }
 
-/// Istio's Envoy bootstrap template (`tools/packaging/common/envoy_bootstrap.json`).
+/// Istio's Envoy bootstrap template (`tools/packaging/common/envoy_bootstrap.json`) of the
+/// same module.
 pub fn bootstrap_template() -> PathBuf {
-    tools_dir().join("share/istio/envoy_bootstrap.json")
+    istio_root().join("share/istio/envoy_bootstrap.json")
+}
+
+/// The Istio release `istio/go.mod` pins: what `just setup` builds and a run uses without
+/// `--istio` (the release-1.30 branch).
+pub const PINNED_ISTIO: &str = "1.30";
+
+/// The Istio release a run chose with `--istio NAME` ([`IstioChoice`]): the directory of its
+/// build; None: the pinned one, in the tools directory itself.
+static CHOSEN_ISTIO: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+fn istio_root() -> PathBuf {
+    CHOSEN_ISTIO.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(tools_dir)
+}
+
+/// The run's Istio release for as long as the guard lives; the pinned one again after.
+pub struct IstioChoice;
+
+impl IstioChoice {
+    pub fn new(root: Option<PathBuf>) -> IstioChoice {
+        *CHOSEN_ISTIO.write().unwrap_or_else(|e| e.into_inner()) = root;
+        IstioChoice
+    }
+}
+
+impl Drop for IstioChoice {
+    fn drop(&mut self) {
+        *CHOSEN_ISTIO.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// The repository's folder of a source file the lab runs at run time (scripts/, istio/).
+fn checkout(rel: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Where the other Istio releases are pinned: one folder per release with its go.mod and go.sum
+/// (`$IDLELAB_ISTIO_VERSIONS`, else the checkout's istio/versions).
+fn istio_versions_dir() -> PathBuf {
+    std::env::var_os("IDLELAB_ISTIO_VERSIONS").map(PathBuf::from).unwrap_or_else(|| checkout("istio/versions"))
+}
+
+/// The Istio releases a run can name: the pinned one, then those of istio/versions.
+pub fn istio_releases() -> Vec<String> {
+    let mut pinned: Vec<String> = std::fs::read_dir(istio_versions_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("go.mod").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    pinned.sort();
+    std::iter::once(PINNED_ISTIO.to_string()).chain(pinned).collect()
+}
+
+/// Why an Istio release could not be had: the release asked for is named, and what to do.
+#[derive(Debug)]
+pub struct IstioInstallError(pub String);
+
+impl std::fmt::Display for IstioInstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The directory of Istio release `name`'s build (idlelab-xds, pilot-agent and the bootstrap
+/// template), under `<tools>/istio/<name>`, built on first use by scripts/build-istio.sh from
+/// the module its folder in istio/versions pins; None for the pinned release (`just setup`'s).
+/// A build that fails leaves no stamp and no partial directory: the next use builds again.
+pub fn istio_release(name: &str) -> Result<Option<PathBuf>, IstioInstallError> {
+    if name == PINNED_ISTIO {
+        return Ok(None);
+    }
+    let known = istio_releases();
+    let safe = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !safe || !known.iter().any(|k| k == name) {
+        return Err(IstioInstallError(format!(
+            "--istio {name}: no such Istio release is pinned here (pinned: {})\n  hint: `bash scripts/pin-istio.sh <istio.io/istio module version> <name>` pins another one from the Go module proxy",
+            known.join(", ")
+        )));
+    }
+    let dest = tools_dir().join("istio").join(name);
+    tracing::info!(name, dest = %dest.display(), "Istio release: building or checking its binaries");
+    let out = std::process::Command::new("bash")
+        .arg(checkout("scripts/build-istio.sh"))
+        .arg(&dest)
+        .arg(name)
+        .env("IDLELAB_ISTIO_VERSIONS", istio_versions_dir())
+        .output()
+        .map_err(|e| IstioInstallError(format!("--istio {name}: running scripts/build-istio.sh: {e}")))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let last: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = last[last.len().saturating_sub(3)..].join("\n    ");
+        return Err(IstioInstallError(format!(
+            "Istio {name} does not build here (nothing was installed):\n    {tail}\n  hint: pick another release ({}), or pin it again with `bash scripts/pin-istio.sh`",
+            known.join(", ")
+        )));
+    }
+    Ok(Some(dest))
 }
 
 /// The `idlelab` binary the lab starts its probe and HTTP server from: this very binary

@@ -259,11 +259,27 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         );
         return 2;
     }
-    if args.output.envoy.as_deref().is_some_and(|v| v.contains(',')) {
+    // The scenarios' `versions:`, unless the command line names others; they must agree.
+    let mut args = args;
+    let pins: Vec<(Option<String>, Option<String>)> =
+        loaded_scenarios.iter().map(|s| (s.versions.envoy.clone(), s.versions.istio.clone())).collect();
+    if pins.windows(2).any(|w| w[0] != w[1]) && (args.output.envoy.is_none() || args.output.istio.is_none()) {
         eprintln!(
-            "error: try --envoy takes one release (it judges the fix against the baseline on that release)\n  hint: run `idlelab try` once per release"
+            "error: the scenarios this fix acts on name different `versions:`\n  hint: pick one with --scenario, or name the releases with --envoy and --istio"
         );
         return 2;
+    }
+    if let Some((envoy, istio)) = pins.into_iter().next() {
+        args.output.envoy = args.output.envoy.or(envoy);
+        args.output.istio = args.output.istio.or(istio);
+    }
+    for (flag, releases) in [("envoy", &args.output.envoy), ("istio", &args.output.istio)] {
+        if releases.as_deref().is_some_and(|v| v.contains(',')) {
+            eprintln!(
+                "error: try --{flag} takes one release (it judges the fix against the baseline on that release)\n  hint: run `idlelab try` once per release"
+            );
+            return 2;
+        }
     }
     let names: Vec<String> = loaded_scenarios.iter().map(|s| s.name.clone()).collect();
     eprintln!("try: {} against {}", fix.label(), names.join(", "));

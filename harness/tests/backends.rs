@@ -199,6 +199,7 @@ fn the_run_command_drives_the_kind_backend_through_the_session() {
             verbose: false,
             capture: false,
             envoy: None,
+            istio: None,
         },
         jobs: None,
         quiet: true,

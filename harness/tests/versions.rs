@@ -1,7 +1,9 @@
-//! Issue 22 (first part): the same cells on another Envoy release. `--envoy VERSION` runs
-//! every proxy of the run on that release, from a cached venv of its own; each cell's evidence
-//! names the release the running Envoy reported; `--envoy A,B` runs the cells on each and
-//! names every cell whose verdict or reuse outcome changed.
+//! Issue 22: the same cells on other Envoy and Istio releases. `--envoy VERSION` runs every
+//! proxy of the run on that release, from a cached venv of its own; `--istio NAME` configures
+//! them with that Istio release's control plane and pilot-agent, built on first use from the
+//! module istio/versions/NAME pins. Each cell's evidence names the releases the running
+//! binaries reported; `--envoy A,B` / `--istio A,B` run the cells on each and name every cell
+//! whose verdict or reuse outcome changed, and `idlelab compare` does the same for two runs.
 
 mod common;
 use common::*;
@@ -85,4 +87,159 @@ fn the_same_middlebox_cell_on_envoy_1_36_and_1_40_gets_eof_then_reset() {
         "{table}"
     );
     assert!(!cached("1.36.4").iter().any(|n| n.starts_with('.')), "no half-made venv left: {:?}", cached("1.36.4"));
+
+    // `compare` across the two runs names the releases and what the app now gets.
+    let (old, new) = (out.path().join("envoy-1.36.4"), out.path().join("envoy-1.40.0"));
+    let o = run(&["compare", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "1.40.0 matches where 1.36.4 did not: fixed, not a regression\n{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("old ran Envoy 1.36.4, Istio 1.30-dev") && said.contains("new ran Envoy 1.40.0"), "{said}");
+    assert!(said.contains("redis-sidecar-upstream::none: the app got 4 eof → 4 reset on reuse"), "{said}");
+    let o = run(&["compare", new.to_str().unwrap(), old.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "back to 1.36.4 regresses the cell\n{}", text(&o));
+}
+
+/// The builds of pinned Istio releases under `home` (`<home>/istio`), finished or partial.
+fn istio_builds(home: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(home.join("istio"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_istio_release_not_pinned_or_that_does_not_build_exits_2_and_leaves_nothing_behind() {
+    require_lab();
+    let out = tempdir();
+    let dir = out.path().join("run");
+    for name in ["1.99", "../1.31-dev.20260827", ""] {
+        let o =
+            run(&["run", "redis-middlebox", "--mitigation", "none", "--istio", name, "--out", dir.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "--istio {name:?}: {}", text(&o));
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            said.contains("no such Istio release is pinned here (pinned: 1.30, 1.31-dev.20260423, 1.31-dev.20260827)")
+                && said.contains("scripts/pin-istio.sh"),
+            "{said}"
+        );
+        assert!(!dir.exists(), "no run directory for a run that never started");
+    }
+    // A release whose pins do not build (its istio.io/istio is not served): exit 2 naming it,
+    // and neither a build nor a partial directory in the cache.
+    let pins = out.path().join("pins/1.29-broken");
+    std::fs::create_dir_all(&pins).unwrap();
+    std::fs::write(
+        pins.join("go.mod"),
+        "module idlelab.dev/istio\n\ngo 1.26\n\nrequire istio.io/istio v0.0.0-20990101000000-0123456789ab\n",
+    )
+    .unwrap();
+    std::fs::write(pins.join("go.sum"), "").unwrap();
+    let home = out.path().join("home");
+    let o = idlelab(&[
+        "run",
+        "redis-middlebox",
+        "--mitigation",
+        "none",
+        "--istio",
+        "1.29-broken",
+        "--out",
+        dir.to_str().unwrap(),
+    ])
+    .env("IDLELAB_ISTIO_VERSIONS", out.path().join("pins"))
+    .env("IDLELAB_HOME", &home)
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("Istio 1.29-broken does not build here (nothing was installed)") && said.contains("hint:"),
+        "{said}"
+    );
+    assert!(said.contains("istio.io/istio"), "the Go error is quoted: {said}");
+    assert!(istio_builds(&home).is_empty(), "nothing half-built: {:?}", istio_builds(&home));
+    assert!(!dir.exists());
+    // One axis at a time.
+    let o = run(&["run", "redis-middlebox", "--envoy", "1.36.4,1.40.0", "--istio", "1.30,1.31-dev.20260827"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("both name several releases"), "{}", text(&o));
+}
+
+/// The same cells configured by Istio 1.30 (the release-1.30 branch istio/go.mod pins) and by
+/// Istio 1.31 (a pre-release of 1.31, pinned in istio/versions): each cell names the release
+/// its control plane and its proxies' pilot-agent reported, read from the running binaries.
+/// Measured here: the shipped cells' verdicts and reuse outcomes do not change.
+#[test]
+fn the_same_cells_on_istio_1_30_and_1_31_name_the_releases_their_binaries_report() {
+    require_lab();
+    let out = tempdir();
+    let o = run(&[
+        "run",
+        "redis-sidecar-upstream",
+        "--istio",
+        "1.30,1.31-dev.20260827",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for (name, reported, agent) in
+        [("1.30", "1.30-dev (9739e10eb9d7)", "1.30-dev"), ("1.31-dev.20260827", "1.31-dev (eed52ebb66ad)", "1.31-dev")]
+    {
+        let s = summary(&out.path().join(format!("istio-{name}")));
+        for c in s["cells"].as_array().unwrap() {
+            assert_eq!(c["evidence"]["lab"]["istio_release"], reported, "Istio {name}: {}", c["cell"]);
+            let envoys = envoys(c);
+            assert!(
+                !envoys.is_empty() && envoys.iter().all(|e| e["istio_agent"] == agent && e["version"] == "1.40.0"),
+                "Istio {name}: {envoys:?}"
+            );
+        }
+    }
+    let table = std::fs::read_to_string(out.path().join("versions.txt")).unwrap();
+    assert!(table.contains("Istio 1.30") && table.contains("Istio 1.31-dev.20260827"), "{table}");
+    assert!(table.contains("no cell's verdict or reuse outcome changed between the releases"), "{table}");
+}
+
+/// `versions:` in a scenario pins the releases its cluster runs: `run` uses them unless the
+/// command line names others; a malformed or unpinned one is refused at its line.
+#[test]
+fn a_scenarios_versions_pin_the_releases_unless_the_command_line_names_others() {
+    require_lab();
+    let out = tempdir();
+    let shipped = std::fs::read_to_string(repo().join("scenarios/redis-sidecar-upstream.yaml")).unwrap();
+    let lines = shipped.lines().count();
+    let pinned = out.path().join("pinned.yaml");
+    // Unquoted: YAML would read 1.30 as a number; the lab reads the release as written.
+    std::fs::write(&pinned, format!("{shipped}versions:\n  envoy: 1.36.4\n  istio: 1.30\n")).unwrap();
+    for (extra, want) in [(None, "1.36.4"), (Some("1.40.0"), "1.40.0")] {
+        let dir = out.path().join(format!("run-{want}"));
+        let mut args = vec!["run", pinned.to_str().unwrap(), "--mitigation", "none", "--out", dir.to_str().unwrap()];
+        if let Some(e) = extra {
+            args.extend(["--envoy", e]);
+        }
+        let o = run(&args);
+        assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{}", text(&o));
+        let s = summary(&dir);
+        let c = cell(&s, "none");
+        let envoys = envoys(c);
+        assert!(!envoys.is_empty() && envoys.iter().all(|e| e["version"] == want), "{want}: {envoys:?}");
+        assert_eq!(c["evidence"]["lab"]["istio_release"], "1.30-dev (9739e10eb9d7)");
+    }
+    for (versions, line, said) in [
+        (
+            "versions:\n  envoy: latest\n",
+            lines + 2,
+            "versions.envoy `latest`: expected an Envoy release such as 1.36.4",
+        ),
+        ("versions:\n  istio: \"1.29\"\n", lines + 2, "versions.istio `1.29`: no such Istio release is pinned here"),
+    ] {
+        let bad = out.path().join("bad.yaml");
+        std::fs::write(&bad, format!("{shipped}{versions}")).unwrap();
+        let o = run(&["run", bad.to_str().unwrap(), "--out", out.path().join("bad").to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{}:{line}:", bad.display())) && err.contains(said) && err.contains("hint:"),
+            "{err}"
+        );
+        assert!(!out.path().join("bad").exists());
+    }
 }

@@ -41,7 +41,7 @@ pub fn observe(run: BalanceRun) -> (BalanceObservation, Vec<String>) {
     let timeline = timeline(&run.counts, t0, run.end_ms);
     let cut_ms: Vec<u64> = run.cuts.iter().map(|(c, _)| *c).collect();
     let segs = segments(&timeline, &cut_ms, |ms| {
-        run.cuts.iter().filter(|(c, _)| *c <= ms).next_back().map(|(_, n)| *n).unwrap_or(run.initial)
+        run.cuts.iter().rfind(|(c, _)| *c <= ms).map(|(_, n)| *n).unwrap_or(run.initial)
     });
     let mut time_to_share_ms = Vec::new();
     let mut before = run.initial;

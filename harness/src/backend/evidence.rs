@@ -11,6 +11,10 @@ use std::collections::BTreeMap;
 pub struct LabEvidence {
     pub namespaces: Vec<String>,
     pub addresses: BTreeMap<String, String>,
+    /// The Istio release of the cell's control plane, as the running binary reported it
+    /// (`1.30-dev (9739e10eb9d7)`); None: the cell has no proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub istio_release: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub envoys: Vec<EnvoyEvidence>,
     /// The TCP sockets of the namespaces with sockets (sock_diag, what `ss -tano` shows),
@@ -69,6 +73,10 @@ pub struct EnvoyEvidence {
     /// Its release, as the running Envoy reported it (admin `/server_info`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The Istio release of the pilot-agent that bootstrapped it (its node metadata's
+    /// `ISTIO_VERSION` in `/server_info`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub istio_agent: Option<String>,
     /// Non-zero counters about connections and idle timeouts.
     pub counters: BTreeMap<String, u64>,
     /// One JSON object per closed connection (duration, response flags, close reason).

