@@ -5,13 +5,18 @@
 # Usage: build-istio.sh DEST          the release istio/go.mod pins (what `just setup` builds)
 #        build-istio.sh DEST NAME     the release istio/versions/NAME/go.mod pins (--istio NAME)
 #                                     (go.mod and go.sum: scripts/pin-istio.sh)
-# Up to date (a stamp of the Go toolchain, this recipe, the glue's .go files and the go.mod and
-# go.sum used): it only checks. Otherwise it builds in DEST.partial-PID and moves the files in,
-# the stamp last: a failed or interrupted build leaves no stamp, and its partial directory is
-# removed on exit (or, after a SIGKILL, by the next build). A cold build takes ~8-10 min.
+# Up to date (a stamp of the Go toolchain, this script, the glue's .go files and the go.mod
+# and go.sum used): it only checks. Otherwise it builds in DEST.partial-PID and moves the files
+# in, the stamp last: a failed or interrupted build leaves no stamp, and its partial directory
+# is removed on exit (or, after a SIGKILL, by the next run). A cold build takes ~8-10 min.
+# Progress and errors go to stderr.
 set -euo pipefail
 
-dest="${1:?usage: build-istio.sh DEST [NAME]}"
+if ! command -v go >/dev/null; then
+  echo "build-istio: go not found: Istio's code is built with Go >= 1.26 (just setup installs the rest)" >&2
+  exit 3
+fi
+dest=$(realpath -m -- "${1:?usage: build-istio.sh DEST [NAME]}")
 name="${2:-}"
 istio_src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/istio"
 if [ -n "$name" ]; then
@@ -24,23 +29,24 @@ if [ -n "$name" ]; then
 else
   pins="$istio_src"
 fi
-# Istio's own release recipe: static (CGO off), AGENT_TAGS of Makefile.core.mk for pilot-agent
-recipe="CGO_ENABLED=0 -trimpath -ldflags=-s,-w,pkg/version agent-tags=agent,disable_pgv,grpcnotrace,retrynotrace"
 export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
+
+# What a killed build left: partial directories of processes that are gone.
+for stale in "$dest".partial-*; do
+  if [ -d "$stale" ] && [ ! -d "/proc/${stale##*.partial-}" ]; then rm -rf "$stale"; fi
+done
+
 stamp="$dest/bin/.istio-build.sha256"
-hash=$({ go env GOVERSION; echo "$recipe"
+gover=$(go env GOVERSION)
+hash=$({ echo "$gover"; sha256sum < "${BASH_SOURCE[0]}"
          (cd "$istio_src" && find cmd -name '*.go' | LC_ALL=C sort | xargs sha256sum; sha256sum tools.go)
          (cd "$pins" && sha256sum go.mod go.sum); } | sha256sum | cut -d' ' -f1)
 if [ -x "$dest/bin/idlelab-xds" ] && [ -x "$dest/bin/pilot-agent" ] && [ -f "$dest/share/istio/envoy_bootstrap.json" ] \
    && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
-  echo "build-istio: idlelab-xds and pilot-agent${name:+ of $name} up to date in $dest/bin"
+  echo "build-istio: idlelab-xds and pilot-agent${name:+ of Istio $name} up to date in $dest/bin" >&2
   exit 0
 fi
 
-# What a killed build left: partial directories of processes that are gone.
-for stale in "$dest".partial-*; do
-  [ -d "$stale" ] && [ ! -d "/proc/${stale##*.partial-}" ] && rm -rf "$stale"
-done
 partial="$dest.partial-$$"
 trap 'rm -rf "$partial"' EXIT
 mkdir -p "$partial/src" "$partial/bin" "$partial/share/istio"
@@ -51,14 +57,15 @@ if [ -n "$name" ]; then
 else
   src="$istio_src"
 fi
-echo "build-istio: building idlelab-xds and pilot-agent${name:+ of Istio $name} (cold: ~8-10 min)"
+echo "build-istio: building idlelab-xds and pilot-agent${name:+ of Istio $name} (cold: ~8-10 min)" >&2
 t0=$(date +%s)
 (
   cd "$src"
   go mod download istio.io/istio # .Dir is empty until the module is in the module cache
   istio_dir=$(go list -m -f '{{.Dir}}' istio.io/istio)
   istio_ver=$(go list -m -f '{{.Version}}' istio.io/istio)
-  # what Istio's Makefile stamps in (pkg/version): the proxy then reports a parseable version
+  # Istio's own release recipe: static (CGO off); what its Makefile stamps in (pkg/version),
+  # so the proxy reports a parseable version; AGENT_TAGS of Makefile.core.mk for pilot-agent
   ldflags="-s -w -X istio.io/istio/pkg/version.buildVersion=$(cat "$istio_dir/VERSION")-dev"
   ldflags="$ldflags -X istio.io/istio/pkg/version.buildGitRevision=${istio_ver##*-}"
   ldflags="$ldflags -X istio.io/istio/pkg/version.buildStatus=Clean"
@@ -71,6 +78,9 @@ mkdir -p "$dest/bin" "$dest/share/istio"
 rm -f "$stamp"
 mv -f "$partial/bin/idlelab-xds" "$partial/bin/pilot-agent" "$dest/bin/"
 mv -f "$partial/share/istio/envoy_bootstrap.json" "$dest/share/istio/"
-chmod -R a+rX "$dest/bin" "$dest/share"
+# pilot-agent and Envoy run as uid 1337: every directory on the way must let it through.
+chmod a+rX "$dest" "$dest/bin" "$dest/share" "$dest/share/istio" "$dest/bin/idlelab-xds" "$dest/bin/pilot-agent" \
+  "$dest/share/istio/envoy_bootstrap.json"
+if [ -n "$name" ]; then chmod a+rX "${dest%/*}"; fi
 echo "$hash" > "$stamp"
-echo "build-istio: built idlelab-xds and pilot-agent${name:+ of Istio $name} in $(( $(date +%s) - t0 ))s"
+echo "build-istio: built idlelab-xds and pilot-agent${name:+ of Istio $name} in $(( $(date +%s) - t0 ))s" >&2

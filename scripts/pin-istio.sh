@@ -9,7 +9,10 @@ set -euo pipefail
 
 version="${1:?usage: pin-istio.sh MODULE_VERSION NAME}"
 name="${2:?usage: pin-istio.sh MODULE_VERSION NAME}"
-case "$name" in *[!A-Za-z0-9.-]*|"") echo "pin-istio: NAME: letters, digits, '.' and '-' only" >&2; exit 2 ;; esac
+case "$name" in
+  *[!A-Za-z0-9.-]*|""|.*) echo "pin-istio: NAME: letters, digits, '.' and '-' only, not starting with '.'" >&2; exit 2 ;;
+  1.30) echo "pin-istio: 1.30 is the release istio/go.mod pins (the default); pick another name" >&2; exit 2 ;;
+esac
 istio_src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/istio"
 work=$(mktemp -d /tmp/idlelab-pin-istio.XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -53,15 +53,16 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Istio's own code (istio/, Go): idlelab-xds (xDS from Istio's production generators) and
 # pilot-agent, built into $IDLELAB_HOME/bin by scripts/build-istio.sh (Istio's release recipe;
-# rebuilt only when the Go toolchain, the recipe, istio/go.mod, istio/go.sum or a .go file under
-# istio/ changed; otherwise this only checks; a cold build takes ~8-10 min on 2 cores). The other
+# rebuilt only when the Go toolchain, that script, istio/go.mod, istio/go.sum or a .go file of
+# istio/cmd or istio/tools.go changed; otherwise this only checks; a cold build takes ~8-10 min
+# on 2 cores). The other
 # Istio releases of istio/versions/ are built on first use (`--istio NAME`).
 # IDLELAB_SKIP_ISTIO=1 skips this section.
 if [ -z "${IDLELAB_SKIP_ISTIO:-}" ]; then
   if ! command -v go >/dev/null; then
     echo "setup: WARNING: go not found; idlelab-xds and pilot-agent (istio/) not built (needs Go >= 1.26)" >&2
   else
-    bash "$(dirname "${BASH_SOURCE[0]}")/build-istio.sh" "$IDLELAB_HOME" | sed 's/^build-istio:/setup:/'
+    bash "$(dirname "${BASH_SOURCE[0]}")/build-istio.sh" "$IDLELAB_HOME" 2>&1 | sed 's/^build-istio:/setup:/'
   fi
 fi
 # ---------------------------------------------------------------------------------------------

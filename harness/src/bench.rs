@@ -31,11 +31,11 @@ fn quiet(
     jobs: Option<usize>,
     backend: BackendChoice,
 ) -> Result<RunSummary, i32> {
-    quiet_with(title, scenarios, cells, jobs, backend, false, None).map(|(s, _)| s)
+    quiet_with(title, scenarios, cells, jobs, backend, false, (None, None)).map(|(s, _)| s)
 }
 
-/// [`quiet`], with `--capture` and `--envoy` when asked: also the bytes of the pcapng files
-/// it wrote.
+/// [`quiet`], with `--capture`, `--envoy` and `--istio` when asked: also the bytes of the
+/// pcapng files it wrote.
 fn quiet_with(
     title: &str,
     scenarios: Vec<scenario::Scenario>,
@@ -43,7 +43,7 @@ fn quiet_with(
     jobs: Option<usize>,
     backend: BackendChoice,
     capture: bool,
-    envoy: Option<String>,
+    (envoy, istio): (Option<String>, Option<String>),
 ) -> Result<(RunSummary, u64), i32> {
     let dir = std::env::temp_dir().join(format!("{}{}-bench-{title}", local::netns::PREFIX, std::process::id()));
     let label = scenarios.first().map(|s| s.time_scale.to_string()).unwrap_or_default();
@@ -56,7 +56,7 @@ fn quiet_with(
             verbose: false,
             capture,
             envoy,
-            istio: None,
+            istio,
         },
         jobs,
         quiet: true,
@@ -103,7 +103,7 @@ fn envoy_section(args: &ScenarioArgs) -> Result<Value, i32> {
         let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
         let (s, c) = prepare(VERSION_CELL, &args, None)?;
         let envoy = version.map(str::to_string);
-        let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, envoy)?;
+        let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, (envoy, None))?;
         let cell = summary.cells.first();
         let reported =
             cell.and_then(|c| c.evidence.lab.as_ref()).and_then(|l| l.envoys.first()).and_then(|e| e.version.clone());
@@ -121,6 +121,36 @@ fn envoy_section(args: &ScenarioArgs) -> Result<Value, i32> {
         "cached_start_ok": started,
         "cells": cells,
     }))
+}
+
+/// The Istio release `just bench` runs beside the pinned one.
+const SECOND_ISTIO: &str = "1.31-dev.20260827";
+
+/// A second Istio release: making it ready (its build on a machine that never built it, else
+/// the check that it is up to date: both what a run with `--istio` pays first), and one cell's
+/// wall time on it and on the pinned release.
+fn istio_section(args: &ScenarioArgs) -> Result<Value, i32> {
+    let t = std::time::Instant::now();
+    if let Err(e) = crate::tools::istio_release(SECOND_ISTIO) {
+        eprintln!("error: {e}");
+        return Err(2);
+    }
+    let ready_ms = t.elapsed().as_millis() as u64;
+    let mut cells = Vec::new();
+    for name in [Some(SECOND_ISTIO), None] {
+        let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
+        let (s, c) = prepare(VERSION_CELL, &args, None)?;
+        let istio = name.map(str::to_string);
+        let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, (None, istio))?;
+        let cell = summary.cells.first();
+        cells.push(json!({
+            "istio": cell.and_then(|c| c.evidence.lab.as_ref()).and_then(|l| l.istio_release.clone()),
+            "cell": format!("{VERSION_CELL}::none"),
+            "verdict": cell.and_then(|c| c.verdict).map(|v| v.to_string()),
+            "wall_ms": cell.map(|c| c.wall_ms),
+        }));
+    }
+    Ok(json!({ "release": SECOND_ISTIO, "ready_ms": ready_ms, "cells": cells }))
 }
 
 /// The cells whose capture cost `just bench` measures: one per failure kind.
@@ -155,7 +185,7 @@ fn capture_section(args: &ScenarioArgs) -> Result<Value, i32> {
             let with = round % 2 == 1;
             let (s, cells) = prepare(name, &args, None)?;
             peak_rss_kib(true);
-            let (summary, b) = quiet_with(name, vec![s], cells, Some(1), BackendChoice::Local, with, None)?;
+            let (summary, b) = quiet_with(name, vec![s], cells, Some(1), BackendChoice::Local, with, (None, None))?;
             let i = usize::from(with);
             rss[i] = rss[i].max(peak_rss_kib(false));
             let wall = summary.cells.iter().map(|c| c.wall_ms).max().unwrap_or(0);
@@ -345,6 +375,11 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         Ok(e) => e,
         Err(c) => return c,
     };
+    eprintln!("bench: a second Istio release ({SECOND_ISTIO}): ready to run, one cell on each");
+    let istio = match istio_section(&args) {
+        Ok(i) => i,
+        Err(c) => return c,
+    };
     let same = small["verdict"] == large["verdict"];
     if !same || large["pass"] != true {
         code = 1;
@@ -371,6 +406,7 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         "pool": {"small": small, "large": large, "same_verdict": same},
         "capture": capture,
         "envoy_releases": envoy,
+        "istio_releases": istio,
         "kind": kind,
     });
     if let Some(parent) = out.parent() {
@@ -446,6 +482,20 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
             "{} on Envoy {}: {} in {:.2} s",
             c["cell"].as_str().unwrap_or(""),
             c["envoy"].as_str().unwrap_or("?"),
+            c["verdict"].as_str().unwrap_or("error"),
+            c["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+    }
+    println!(
+        "Istio {}: ready to run (built, or checked up to date) in {:.1} s",
+        istio["release"].as_str().unwrap_or(""),
+        istio["ready_ms"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    for c in istio["cells"].as_array().into_iter().flatten() {
+        println!(
+            "{} on Istio {}: {} in {:.2} s",
+            c["cell"].as_str().unwrap_or(""),
+            c["istio"].as_str().unwrap_or("?"),
             c["verdict"].as_str().unwrap_or("error"),
             c["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0
         );

@@ -370,6 +370,20 @@ pub fn main() -> i32 {
                 eprintln!("error: no scenarios in {}", args.scenarios_dir.display());
                 return 2;
             }
+            // One run of every cell on the same releases: a scenario's own `versions:` is for `run`.
+            for s in &loaded {
+                let pins = [("envoy", &s.versions.envoy, &output.envoy), ("istio", &s.versions.istio, &output.istio)];
+                for (kind, pinned, flag) in pins {
+                    if let Some(p) = pinned
+                        && flag.as_deref() != Some(p.as_str())
+                    {
+                        eprintln!(
+                            "warning: {}: versions.{kind} {p} is not what the matrix runs (`idlelab run {}` does; or pass --{kind} {p})",
+                            s.name, s.name
+                        );
+                    }
+                }
+            }
             let label = args.time_scale.map(|t| t.to_string()).unwrap_or_else(|| "per scenario".into());
             let exec = Exec { title: "matrix".into(), output, jobs: Some(jobs), quiet: false, time_scale_label: label };
             execute(loaded, all, exec, BackendChoice::Local)

@@ -66,6 +66,7 @@ fn side(c: &Value) -> CellSide {
     let lab = &c["evidence"]["lab"];
     let mut envoys: Vec<&str> =
         lab["envoys"].as_array().into_iter().flatten().filter_map(|e| e["version"].as_str()).collect();
+    envoys.sort();
     envoys.dedup();
     let mut releases: Vec<String> = envoys.iter().map(|v| format!("Envoy {v}")).collect();
     releases.extend(lab["istio_release"].as_str().map(|v| format!("Istio {v}")));
@@ -97,10 +98,15 @@ fn releases_of(run: &BTreeMap<String, CellSide>) -> String {
     }
     let mut seen: Vec<(&str, usize)> = seen.into_iter().collect();
     seen.sort_by_key(|s| std::cmp::Reverse(s.1));
-    if seen.is_empty() { "no proxy".into() } else { seen.iter().map(|(r, _)| *r).collect::<Vec<_>>().join("; ") }
+    if seen.is_empty() {
+        "releases not recorded (no proxy, or an older summary)".into()
+    } else {
+        seen.iter().map(|(r, _)| *r).collect::<Vec<_>>().join("; ")
+    }
 }
 
-/// Per cell in both runs whose verdict held but whose evidence changed: one sentence.
+/// Per cell in both runs whose evidence changed (what the app got on reuse; whether or not its
+/// verdict changed too): one sentence.
 fn evidence_changes(old: &BTreeMap<String, CellSide>, new: &BTreeMap<String, CellSide>) -> Vec<String> {
     old.iter()
         .filter_map(|(k, o)| {
@@ -171,19 +177,25 @@ pub fn main(old: &Path, new: &Path) -> i32 {
 /// verdict per release, and per cell whose verdict or reuse outcome changed, one sentence
 /// naming the change.
 pub fn versions_table(axis: &str, runs: &[(String, crate::report::RunSummary)]) -> String {
+    let names: Vec<String> = runs.iter().map(|(v, _)| v.clone()).collect();
+    let keys: Vec<String> =
+        runs.first().map(|(_, s)| s.cells.iter().map(|c| c.key.clone()).collect()).unwrap_or_default();
     let sides: Vec<BTreeMap<String, CellSide>> = runs
         .iter()
         .map(|(_, s)| {
             s.cells.iter().filter_map(|c| serde_json::to_value(c).ok()).map(|c| (cell_key(&c), side(&c))).collect()
         })
         .collect();
+    table_of(axis, &names, &keys, &sides)
+}
+
+/// [`versions_table`] of the cells `keys` as each release's run (`names`) saw them.
+fn table_of(axis: &str, names: &[String], keys: &[String], sides: &[BTreeMap<String, CellSide>]) -> String {
     let mut table = Table::new();
     table.load_style(presets::UTF8_FULL_CONDENSED);
     let mut header = vec!["cell".to_string()];
-    header.extend(runs.iter().map(|(v, _)| format!("{axis} {v}")));
+    header.extend(names.iter().map(|v| format!("{axis} {v}")));
     table.set_header(header);
-    let keys: Vec<&str> =
-        runs.first().map(|(_, s)| s.cells.iter().map(|c| c.key.as_str()).collect()).unwrap_or_default();
     let mut changes = Vec::new();
     for key in keys {
         let per: Vec<Option<&CellSide>> = sides.iter().map(|s| s.get(key)).collect();
@@ -197,8 +209,8 @@ pub fn versions_table(axis: &str, runs: &[(String, crate::report::RunSummary)]) 
             if va != vb || a.reuse != b.reuse {
                 changes.push(format!(
                     "{key}: {axis} {} → {}: verdict {va} → {vb}; the app got {} → {} on reuse",
-                    runs[i].0,
-                    runs[i + 1].0,
+                    names[i],
+                    names[i + 1],
                     a.reuse,
                     b.reuse
                 ));
@@ -218,6 +230,40 @@ pub fn versions_table(axis: &str, runs: &[(String, crate::report::RunSummary)]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A summary.json cell: its verdict and match, the outcomes of its reuses, its releases.
+    fn cell(verdict: &str, pass: bool, reuses: &[&str], envoy: &str) -> Value {
+        let connections: Vec<Value> = reuses.iter().map(|r| serde_json::json!({"reuse": {"outcome": r}})).collect();
+        serde_json::json!({
+            "scenario": "redis-sidecar-upstream", "cell": "none", "verdict": verdict, "pass": pass,
+            "evidence": {
+                "observations": {"connections": connections},
+                "lab": {"istio_release": "1.30-dev (9739e10eb9d7)",
+                        "envoys": [{"version": envoy}, {"version": envoy}]}
+            }
+        })
+    }
+
+    #[test]
+    fn a_cell_whose_reuse_outcome_changed_between_releases_is_named_once_per_step() {
+        let old = cell("failed-on-reuse", false, &["eof"; 4], "1.36.4");
+        let new = cell("reset-on-reuse", true, &["reset"; 4], "1.40.0");
+        let (a, b) = (side(&old), side(&new));
+        assert_eq!(a.reuse, "4 eof");
+        assert_eq!(a.releases, "Envoy 1.36.4, Istio 1.30-dev (9739e10eb9d7)");
+        let key = cell_key(&old);
+        let names = ["1.36.4".to_string(), "1.38.3".to_string(), "1.40.0".to_string()];
+        let sides: Vec<BTreeMap<String, CellSide>> =
+            [a.clone(), b.clone(), b.clone()].into_iter().map(|s| [(key.clone(), s)].into()).collect();
+        let table = table_of("Envoy", &names, std::slice::from_ref(&key), &sides);
+        assert!(table.contains("redis-sidecar-upstream::none: Envoy 1.36.4 → 1.38.3: verdict failed-on-reuse ✗ → reset-on-reuse; the app got 4 eof → 4 reset on reuse"), "{table}");
+        assert!(!table.contains("1.38.3 → 1.40.0"), "no change between the last two: {table}");
+        let same = table_of("Istio", &names[..2], std::slice::from_ref(&key), &[sides[1].clone(), sides[2].clone()]);
+        assert!(same.contains("no cell's verdict or reuse outcome changed"), "{same}");
+        let (o, n): (BTreeMap<_, _>, BTreeMap<_, _>) = ([(key.clone(), a)].into(), [(key.clone(), b)].into());
+        assert_eq!(evidence_changes(&o, &n), ["redis-sidecar-upstream::none: the app got 4 eof → 4 reset on reuse"]);
+        assert_eq!(releases_of(&n), "Envoy 1.40.0, Istio 1.30-dev (9739e10eb9d7)");
+    }
 
     #[test]
     fn only_a_lost_match_is_a_regression() {

@@ -20,8 +20,9 @@
 //!   them (`model::balance`: a gRPC run's requests per replica and its balance verdict).
 //!   Imports nothing of the lab.
 //! - [`tools`]: where the lab's tools are installed (Envoy, Istio's binaries, the Go probe),
-//!   and each Envoy release `--envoy` asks for (a cached venv per release; the release a
-//!   binary reports).
+//!   each Envoy release `--envoy` asks for (a cached venv per release; the release a binary
+//!   reports) and each Istio release `--istio` asks for (built on first use from its pins in
+//!   istio/versions by scripts/build-istio.sh).
 //! - [`certs`]: the CA of a run and of a cell's mesh.
 //!
 //! A cell's configuration:
@@ -78,8 +79,9 @@
 //!   connection timeline per cell (`report::timeline`), or a balance cell's request rate per
 //!   replica (`report::balance_chart`); a failed connection's sequence diagram across the
 //!   hops (`report::sequence`).
-//! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict changed; and the release
-//!   × cell table of `--envoy A,B` (what changed from one Envoy release to the next).
+//! - [`compare`]: `idlelab compare OLD NEW`, the cells whose verdict or reuse outcome changed
+//!   and the releases each run ran; and the release × cell table of `--envoy A,B` and
+//!   `--istio A,B` (what changed from one release to the next).
 //!
 //! Commands:
 //! - [`session`]: what `run`, `matrix`, `try` and `bench` share: load, choose the backend,

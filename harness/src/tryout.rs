@@ -173,26 +173,42 @@ pub(crate) fn main(args: TryArgs) -> i32 {
     };
     let loaded = fix.loaded.clone().expect("loaded");
     let docs: Vec<String> = loaded.docs.iter().map(|d| crate::mitigation::to_yaml(&fix.render(d, &ctx).0)).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(crate::local::control_plane::validate(&docs)) {
-        Ok(warnings) => {
-            for w in warnings {
-                eprintln!("warning (Istio): {w}");
+    // Judged by the Istio release the cells will run: the command line's here; a scenario's
+    // `versions:` is judged again below once the scenarios are known.
+    let judge = |istio: Option<&str>| -> Result<(), i32> {
+        let root = match istio.map(crate::tools::istio_release).transpose() {
+            Ok(root) => root.flatten(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(2);
             }
-        }
-        Err(e) => {
-            match e.downcast_ref::<crate::local::control_plane::Rejected>() {
-                Some(r) => {
-                    let at = r.index.and_then(|i| loaded.docs.get(i));
-                    let place = at.map(|d| format!("{}:{}: ", d.file.display(), d.line)).unwrap_or_default();
-                    eprintln!("error: {place}Istio rejected {} {}: {}", r.kind, r.name, r.message);
+        };
+        let _istio = crate::tools::IstioChoice::new(root);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        match rt.block_on(crate::local::control_plane::validate(&docs)) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("warning (Istio): {w}");
                 }
-                None => eprintln!("error: {e:#}"),
+                Ok(())
             }
-            return 2;
+            Err(e) => {
+                match e.downcast_ref::<crate::local::control_plane::Rejected>() {
+                    Some(r) => {
+                        let at = r.index.and_then(|i| loaded.docs.get(i));
+                        let place = at.map(|d| format!("{}:{}: ", d.file.display(), d.line)).unwrap_or_default();
+                        eprintln!("error: {place}Istio rejected {} {}: {}", r.kind, r.name, r.message);
+                    }
+                    None => eprintln!("error: {e:#}"),
+                }
+                Err(2)
+            }
         }
+    };
+    let judged_by = args.output.istio.clone();
+    if let Err(code) = judge(judged_by.as_deref()) {
+        return code;
     }
-    drop(rt);
 
     // The scenarios the files can touch, each as its baseline cell and the cell with the files.
     let (sidecar, gateway, server) = touches(&fix);
@@ -259,27 +275,40 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         );
         return 2;
     }
-    // The scenarios' `versions:`, unless the command line names others; they must agree.
+    // The scenarios' `versions:`, per release kind unless the command line names it; the
+    // scenarios must agree on it.
     let mut args = args;
-    let pins: Vec<(Option<String>, Option<String>)> =
-        loaded_scenarios.iter().map(|s| (s.versions.envoy.clone(), s.versions.istio.clone())).collect();
-    if pins.windows(2).any(|w| w[0] != w[1]) && (args.output.envoy.is_none() || args.output.istio.is_none()) {
-        eprintln!(
-            "error: the scenarios this fix acts on name different `versions:`\n  hint: pick one with --scenario, or name the releases with --envoy and --istio"
-        );
-        return 2;
-    }
-    if let Some((envoy, istio)) = pins.into_iter().next() {
-        args.output.envoy = args.output.envoy.or(envoy);
-        args.output.istio = args.output.istio.or(istio);
+    for (flag, chosen, pinned) in [
+        (
+            "envoy",
+            &mut args.output.envoy,
+            loaded_scenarios.iter().map(|s| s.versions.envoy.clone()).collect::<Vec<_>>(),
+        ),
+        ("istio", &mut args.output.istio, loaded_scenarios.iter().map(|s| s.versions.istio.clone()).collect()),
+    ] {
+        if chosen.is_some() {
+            continue;
+        }
+        if pinned.windows(2).any(|w| w[0] != w[1]) {
+            eprintln!(
+                "error: the scenarios this fix acts on name different `versions.{flag}`\n  hint: pick one with --scenario, or name the release with --{flag}"
+            );
+            return 2;
+        }
+        *chosen = pinned.into_iter().next().flatten();
     }
     for (flag, releases) in [("envoy", &args.output.envoy), ("istio", &args.output.istio)] {
         if releases.as_deref().is_some_and(|v| v.contains(',')) {
             eprintln!(
-                "error: try --{flag} takes one release (it judges the fix against the baseline on that release)\n  hint: run `idlelab try` once per release"
+                "error: try takes one {flag} release (it judges the fix against the baseline on that release), and --{flag} or the scenario's `versions.{flag}` names several\n  hint: run `idlelab try` once per release, with --{flag}"
             );
             return 2;
         }
+    }
+    if args.output.istio != judged_by
+        && let Err(code) = judge(args.output.istio.as_deref())
+    {
+        return code;
     }
     let names: Vec<String> = loaded_scenarios.iter().map(|s| s.name.clone()).collect();
     eprintln!("try: {} against {}", fix.label(), names.join(", "));

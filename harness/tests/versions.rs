@@ -193,6 +193,9 @@ fn the_same_cells_on_istio_1_30_and_1_31_name_the_releases_their_binaries_report
             );
         }
     }
+    let builds = istio_builds(&idlelab::tools::tools_dir());
+    assert!(builds.contains(&"1.31-dev.20260827".to_string()), "{builds:?}");
+    assert!(!builds.iter().any(|b| b.contains(".partial-")), "no partial build left: {builds:?}");
     let table = std::fs::read_to_string(out.path().join("versions.txt")).unwrap();
     assert!(table.contains("Istio 1.30") && table.contains("Istio 1.31-dev.20260827"), "{table}");
     assert!(table.contains("no cell's verdict or reuse outcome changed between the releases"), "{table}");

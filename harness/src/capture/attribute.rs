@@ -804,6 +804,24 @@ mod tests {
         s
     }
 
+    /// The listings name a socket by its two ends; a segment whose peer the listings never saw
+    /// with that local address (a redirect's other side) still gets the socket's owner by its
+    /// local address, before the node's actors are guessed.
+    #[test]
+    fn a_socket_is_owned_by_its_local_address_when_its_peer_differs() {
+        let mut map = PathMap::default();
+        map.nodes
+            .insert("app".into(), NodeActors { main: "app".into(), proxy: Some("sidecar".into()), forwards: false });
+        let local: SocketAddr = "127.0.0.6:43000".parse().unwrap();
+        map.sockets.insert(("app".into(), local, "198.18.0.6:6379".parse().unwrap()), "sidecar".into());
+        let elsewhere: SocketAddr = "198.18.0.9:6379".parse().unwrap();
+        assert_eq!(owner(&map, "app", local, elsewhere, false), ("sidecar".to_string(), "socket"));
+        // Not in the listings: the node's actors (a socket of the app's namespace on its veth
+        // is its proxy's; on loopback, outside the redirect ports, the app's).
+        let unknown: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        assert_eq!(owner(&map, "app", unknown, elsewhere, true), ("app".to_string(), "namespace"));
+    }
+
     #[test]
     fn a_middlebox_that_answers_a_forgotten_flow_with_rst_acted_first() {
         let (names, map) = middlebox_path();

@@ -396,6 +396,9 @@ async fn run_in(
         "configuration: ClusterIP {}:{PORT} in the node's namespace, kube-proxy's nftables form (numgen random mod {} → dnat to each replica)",
         lab.cluster_ip, grpc.replicas
     )];
+    if let Some(release) = lab.control_plane.as_ref().and_then(|cp| cp.istio.as_ref()) {
+        notes.push(format!("configuration: Istio {release} configured the sidecars (its control plane reported it)"));
+    }
     notes.extend(sidecar_notes(lab).await);
     if let Some(age) = grpc.max_connection_age {
         notes.push(match grpc.server_library {

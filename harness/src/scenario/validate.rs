@@ -159,7 +159,7 @@ impl Scenario {
             v.as_deref().map(|v| v.split(',').map(|r| r.trim().to_string()).collect()).unwrap_or_default()
         };
         for r in releases(&self.versions.envoy) {
-            if crate::tools::parse_release(&r).is_none() {
+            if crate::tools::parse_release_name(&r).is_none() {
                 return Err(self.error_at(
                     at.versions_envoy,
                     format!("versions.envoy `{r}`: expected an Envoy release such as 1.36.4"),
