@@ -487,9 +487,9 @@ pub fn main(names: Vec<String>, scenarios_dir: PathBuf, out: PathBuf, kind: bool
         );
     }
     println!(
-        "Istio {}: ready to run (built, or checked up to date) in {:.1} s",
+        "Istio {}: ready to run (built, or checked up to date) in {} ms",
         istio["release"].as_str().unwrap_or(""),
-        istio["ready_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        istio["ready_ms"].as_u64().unwrap_or(0)
     );
     for c in istio["cells"].as_array().into_iter().flatten() {
         println!(

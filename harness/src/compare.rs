@@ -165,9 +165,10 @@ pub fn main(old: &Path, new: &Path) -> i32 {
         println!("{line}");
     }
     let regressed = changed.iter().filter(|c| c.regressed()).count();
+    let cells = |n: usize| if n == 1 { "1 cell".to_string() } else { format!("{n} cells") };
     println!(
-        "{} cells changed verdict ({regressed} regressed), {} changed what the app got on reuse",
-        changed.len(),
+        "{} changed verdict ({regressed} regressed), {} changed what the app got on reuse",
+        cells(changed.len()),
         evidence.len()
     );
     if regressed > 0 { 1 } else { 0 }
