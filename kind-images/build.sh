@@ -228,7 +228,7 @@ build_istio() {
 # The lab's own image: Debian's servers (the same versions as the local lab), nftables for the
 # middlebox, tini as PID 1 (SIGTERM ends a pod at once), and the lab's binaries.
 lab_image() {
-  local idlelab="${IDLELAB_EXE:-$repo/target/debug/idlelab}"
+  local idlelab="${IDLELAB_EXE:-${CARGO_TARGET_DIR:-$repo/target}/debug/idlelab}"
   echo "idlelab/lab:$(inputs_hash "$idlelab" "$IDLELAB_HOME/bin/idlelab-probe-go" "$LAB_PACKAGES")"
 }
 build_lab() {
@@ -242,7 +242,7 @@ build_lab() {
   fi
   local image; image=$(lab_image)
   has_image "$image" && { echo "$image"; return 0; }
-  local idlelab="${IDLELAB_EXE:-$repo/target/debug/idlelab}"
+  local idlelab="${IDLELAB_EXE:-${CARGO_TARGET_DIR:-$repo/target}/debug/idlelab}"
   [ -x "$idlelab" ] || { say "no $idlelab: run cargo build first"; return 2; }
   local base; base=$(rootfs_image lab $LAB_PACKAGES)
   local d; d=$(mktemp -d); cp "$idlelab" "$d/idlelab"; cp "$IDLELAB_HOME/bin/idlelab-probe-go" "$d/"
@@ -259,7 +259,7 @@ case "${1:-all}" in
   node) build_node; node_image ;;
   node-name) node_image ;;
   istio) build_istio ;;
-  # build.sh lab [IDLELAB]: the binary the image carries (default: target/debug/idlelab)
+  # build.sh lab [IDLELAB]: the binary the image carries (default: $CARGO_TARGET_DIR or target, debug/idlelab)
   lab) [ -n "${2:-}" ] && export IDLELAB_EXE="$2"; build_lab ;;
   lab-name) [ -n "${2:-}" ] && export IDLELAB_EXE="$2"; lab_image ;;
   rootfs) rootfs_image lab $LAB_PACKAGES; rootfs_image node $NODE_PACKAGES ;;

@@ -98,22 +98,10 @@ fn envoy_section(args: &ScenarioArgs) -> Result<Value, i32> {
     let t = std::time::Instant::now();
     let started = std::process::Command::new(&cached).arg("--version").output().is_ok_and(|o| o.status.success());
     let start_ms = t.elapsed().as_millis() as u64;
-    let mut cells = Vec::new();
-    for version in [Some(SECOND_ENVOY), None] {
-        let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
-        let (s, c) = prepare(VERSION_CELL, &args, None)?;
-        let envoy = version.map(str::to_string);
-        let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, (envoy, None))?;
-        let cell = summary.cells.first();
-        let reported =
-            cell.and_then(|c| c.evidence.lab.as_ref()).and_then(|l| l.envoys.first()).and_then(|e| e.version.clone());
-        cells.push(json!({
-            "envoy": reported,
-            "cell": format!("{VERSION_CELL}::none"),
-            "verdict": cell.and_then(|c| c.verdict).map(|v| v.to_string()),
-            "wall_ms": cell.map(|c| c.wall_ms),
-        }));
-    }
+    let cells = [Some(SECOND_ENVOY), None]
+        .into_iter()
+        .map(|v| version_cell(args, (v.map(str::to_string), None)))
+        .collect::<Result<Vec<_>, i32>>()?;
     Ok(json!({
         "release": SECOND_ENVOY,
         "first_install_ms": install_ms,
@@ -136,21 +124,28 @@ fn istio_section(args: &ScenarioArgs) -> Result<Value, i32> {
         return Err(2);
     }
     let ready_ms = t.elapsed().as_millis() as u64;
-    let mut cells = Vec::new();
-    for name in [Some(SECOND_ISTIO), None] {
-        let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
-        let (s, c) = prepare(VERSION_CELL, &args, None)?;
-        let istio = name.map(str::to_string);
-        let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, (None, istio))?;
-        let cell = summary.cells.first();
-        cells.push(json!({
-            "istio": cell.and_then(|c| c.evidence.lab.as_ref()).and_then(|l| l.istio_release.clone()),
-            "cell": format!("{VERSION_CELL}::none"),
-            "verdict": cell.and_then(|c| c.verdict).map(|v| v.to_string()),
-            "wall_ms": cell.map(|c| c.wall_ms),
-        }));
-    }
+    let cells = [Some(SECOND_ISTIO), None]
+        .into_iter()
+        .map(|v| version_cell(args, (None, v.map(str::to_string))))
+        .collect::<Result<Vec<_>, i32>>()?;
     Ok(json!({ "release": SECOND_ISTIO, "ready_ms": ready_ms, "cells": cells }))
+}
+
+/// [`VERSION_CELL`]'s `none` cell alone on the given (Envoy, Istio) releases (`None`: the
+/// default), with the releases its binaries reported.
+fn version_cell(args: &ScenarioArgs, releases: (Option<String>, Option<String>)) -> Result<Value, i32> {
+    let args = ScenarioArgs { mitigations: vec!["none".into()], ..args.clone() };
+    let (s, c) = prepare(VERSION_CELL, &args, None)?;
+    let (summary, _) = quiet_with(VERSION_CELL, vec![s], c, Some(1), BackendChoice::Local, false, releases)?;
+    let cell = summary.cells.first();
+    let lab = cell.and_then(|c| c.evidence.lab.as_ref());
+    Ok(json!({
+        "envoy": lab.and_then(|l| l.envoys.first()).and_then(|e| e.version.clone()),
+        "istio": lab.and_then(|l| l.istio_release.clone()),
+        "cell": format!("{VERSION_CELL}::none"),
+        "verdict": cell.and_then(|c| c.verdict).map(|v| v.to_string()),
+        "wall_ms": cell.map(|c| c.wall_ms),
+    }))
 }
 
 /// The cells whose capture cost `just bench` measures: one per failure kind.

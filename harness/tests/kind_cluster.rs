@@ -38,6 +38,8 @@ fn kind_up() {
     let status = Command::new("bash")
         .arg(repo().join("kind-images/kind-up.sh"))
         .current_dir(repo())
+        // The lab image carries the binary under test, wherever cargo put it.
+        .env("IDLELAB_EXE", env!("CARGO_BIN_EXE_idlelab"))
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
