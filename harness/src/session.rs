@@ -175,7 +175,8 @@ pub fn execute(
     }
 }
 
-fn several(releases: &Option<String>) -> bool {
+/// Whether `--envoy` or `--istio` (or a scenario's `versions:`) names several releases.
+pub(crate) fn several(releases: &Option<String>) -> bool {
     releases.as_deref().is_some_and(|v| v.contains(','))
 }
 
@@ -199,7 +200,7 @@ fn execute_releases(
     } else {
         ("istio", "Istio", exec.output.istio.clone().unwrap_or_default())
     };
-    let versions: Vec<String> = list.split(',').map(|v| v.trim().to_string()).collect();
+    let versions = crate::tools::release_list(&list);
     // Every release checked and installed before any cell runs.
     for (i, v) in versions.iter().enumerate() {
         if v.is_empty() || versions[..i].contains(v) {

@@ -90,10 +90,22 @@ pub fn parse_envoy_version(text: &str) -> Option<EnvoyVersion> {
     text.split(['/', ' ', '\n']).find_map(parse_release)
 }
 
-/// A release as a user names it (`--envoy`, `versions.envoy`): [`parse_release`], and only
-/// letters, digits, `.` and `-` (it names a directory of the cache).
+/// A release as a user names it (`--envoy`, `versions.envoy`): [`parse_release`], and a
+/// [`cache_name`].
 pub fn parse_release_name(s: &str) -> Option<EnvoyVersion> {
-    s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-').then(|| parse_release(s)).flatten()
+    cache_name(s).then(|| parse_release(s)).flatten()
+}
+
+/// Whether a release's name can name a directory of the cache: letters, digits, `.` and `-`
+/// only (nothing that walks out of it).
+fn cache_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+/// The releases of `--envoy A,B` or `--istio A,B` (and of `versions:`), as named: an empty
+/// entry stays, for the caller to refuse.
+pub fn release_list(list: &str) -> Vec<String> {
+    list.split(',').map(|v| v.trim().to_string()).collect()
 }
 
 /// `1.36.4` as numbers (a build's suffix, `1.36.4-dev`, is left out); anything else is None.
@@ -312,8 +324,7 @@ pub fn istio_release(name: &str) -> Result<Option<PathBuf>, IstioInstallError> {
         return Ok(None);
     }
     let known = istio_releases();
-    let safe = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-    if !safe || !known.iter().any(|k| k == name) {
+    if !cache_name(name) || !known.iter().any(|k| k == name) {
         return Err(IstioInstallError(format!(
             "--istio {name}: no such Istio release is pinned here (pinned: {})\n  hint: `bash scripts/pin-istio.sh <istio.io/istio module version> <name>` pins another one from the Go module proxy",
             known.join(", ")

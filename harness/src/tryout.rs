@@ -298,7 +298,7 @@ pub(crate) fn main(args: TryArgs) -> i32 {
         *chosen = pinned.into_iter().next().flatten();
     }
     for (flag, releases) in [("envoy", &args.output.envoy), ("istio", &args.output.istio)] {
-        if releases.as_deref().is_some_and(|v| v.contains(',')) {
+        if crate::session::several(releases) {
             eprintln!(
                 "error: try takes one {flag} release (it judges the fix against the baseline on that release), and --{flag} or the scenario's `versions.{flag}` names several\n  hint: run `idlelab try` once per release, with --{flag}"
             );

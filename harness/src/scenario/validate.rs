@@ -155,9 +155,8 @@ impl Scenario {
     /// an Envoy release is served is known only when it is installed, at the run).
     fn validate_versions(&self) -> Result<(), ScenarioError> {
         let at = &self.positions;
-        let releases = |v: &Option<String>| -> Vec<String> {
-            v.as_deref().map(|v| v.split(',').map(|r| r.trim().to_string()).collect()).unwrap_or_default()
-        };
+        let releases =
+            |v: &Option<String>| -> Vec<String> { v.as_deref().map(crate::tools::release_list).unwrap_or_default() };
         for r in releases(&self.versions.envoy) {
             if crate::tools::parse_release_name(&r).is_none() {
                 return Err(self.error_at(
