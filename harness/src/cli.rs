@@ -91,6 +91,14 @@ enum Command {
     },
     /// Check the prerequisites of the local lab.
     Doctor,
+    /// The timing facts of Envoy releases that the time scale rests on (the connection
+    /// manager's close delay, whether idle timers run while connecting), measured from each
+    /// binary once and cached: the default Envoy, or each `--envoy` release.
+    EnvoyTiming {
+        /// Releases to measure, e.g. 1.36.4,1.40.0 (installed on first use, as `run --envoy`).
+        #[arg(long, value_name = "VERSION[,VERSION…]")]
+        envoy: Option<String>,
+    },
     /// Run the probe: a probe spec as JSON (stdin, or --spec FILE), observations as JSON
     /// lines on stdout.
     Probe {
@@ -175,6 +183,29 @@ enum Command {
         #[arg(long)]
         kind_cold: bool,
     },
+}
+
+/// `idlelab envoy-timing`: one line per release; exit 2 when a release cannot be had or
+/// measured.
+fn envoy_timing(releases: Option<&str>) -> i32 {
+    let bins: Vec<Result<PathBuf, String>> = match releases {
+        None => vec![crate::tools::envoy_bin().ok_or_else(|| "no Envoy: run `just setup`".to_string())],
+        Some(list) => crate::tools::release_list(list)
+            .iter()
+            .map(|v| crate::tools::envoy_release(v).map_err(|e| e.to_string()))
+            .collect(),
+    };
+    let mut code = 0;
+    for bin in bins {
+        match bin.and_then(|b| crate::local::envoy_timing::of(&b).map_err(|e| format!("{}: {e:#}", b.display()))) {
+            Ok(t) => println!("{}", t.describe()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 2;
+            }
+        }
+    }
+    code
 }
 
 /// Name this process `idlelab`: the lab starts its probe and server as /proc/self/exe, whose
@@ -275,6 +306,7 @@ pub fn main() -> i32 {
                 2
             }
         }
+        Command::EnvoyTiming { envoy } => envoy_timing(envoy.as_deref()),
         Command::List { scenarios_dir } => match scenario::list(&scenarios_dir) {
             Ok(names) => {
                 for n in names {

@@ -5,7 +5,7 @@
 
 use crate::hop::{Hop, Toward};
 use crate::model::duration::Dur;
-use crate::model::scale::{ENVOY_HTTP_DRAIN_MS, ENVOY_HTTP_DRAIN_SLACK_MS, KnobDuration, Precision, Role};
+use crate::model::scale::{KnobDuration, Precision, Role};
 use crate::model::service::{Keepalive, Service};
 use serde::Serialize;
 
@@ -83,6 +83,9 @@ pub struct CellConfig {
     /// `service: grpc`: the balance run (`None` for every other service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcConfig>,
+    /// The timing facts of the Envoy that runs the cell (the time scale's record names them).
+    #[serde(skip)]
+    pub envoy_timing: crate::model::scale::EnvoyTiming,
 }
 
 /// The hop the lab configured to act first on an idle connection, and after how long.
@@ -169,6 +172,7 @@ impl CellConfig {
         }
         // An `http-*` or `grpc-*` port: Istio gives it the HTTP connection manager.
         let http = self.service.is_http();
+        let drain = self.envoy_timing.http_drain();
         for (i, hop) in self.path.iter_mut().enumerate() {
             let client_sidecar = matches!(hop, crate::hop::Hop::Sidecar(_));
             for mut d in hop.durations_mut(i) {
@@ -182,7 +186,7 @@ impl CellConfig {
                 // On an `http-*` port the client sidecar's idle timeout is the connection
                 // manager's (downstream): it closes after the drain.
                 if http && client_sidecar && d.label.ends_with(".sidecar.idle_timeout") {
-                    d.precision = Precision::HttpDrain { drain_ms: ENVOY_HTTP_DRAIN_MS + ENVOY_HTTP_DRAIN_SLACK_MS };
+                    d.precision = drain;
                 }
                 out.push(d);
             }

@@ -57,7 +57,9 @@
 //!   of its own, each hop kind that is no proxy (`local::device`: the nftables middlebox),
 //!   each service's real server (`local::servers`), and
 //!   Istio's control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
-//!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites. A gRPC
+//!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites;
+//!   `local::envoy_timing` measures, once per Envoy binary, the timing facts the time scale
+//!   rests on (the session scales every cell for the Envoy that runs it, `cells::for_envoy`). A gRPC
 //!   balance cell has its own stage (`local::grpc_cell`): client and replica namespaces
 //!   around a node with kube-proxy's ClusterIP rules (`local::cluster_ip`), the replicas
 //!   being `idlelab serve-grpc` (`local::grpc_replica`), and with a `sidecar` or

@@ -264,6 +264,7 @@ fn execute_on<B: Backend>(
         eprintln!("error: {msg}");
         return Err(2);
     }
+    let cells = scaled_for_envoy(cells)?;
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
         eprintln!("error: cannot create {}: {e}", out_dir.display());
         return Err(2);
@@ -296,6 +297,27 @@ fn execute_on<B: Backend>(
         link_latest(&exec.output.results_dir, &out_dir);
     }
     Ok(summary)
+}
+
+/// The cells scaled for the Envoy that runs them: its timing facts, measured once per binary
+/// (`local::envoy_timing`). On either backend that is the run's Envoy (`--envoy`, else the one
+/// `just setup` installed, which is also the one the kind images' proxyv2 carries).
+fn scaled_for_envoy(cells: Vec<cells::Cell>) -> Result<Vec<cells::Cell>, i32> {
+    let Some(bin) = crate::tools::envoy_bin() else {
+        tracing::warn!("no Envoy to measure: the time scale assumes Envoy's documented timing");
+        return Ok(cells);
+    };
+    let timing = crate::local::envoy_timing::of(&bin).map_err(|e| {
+        eprintln!(
+            "error: measuring the timing facts of {}: {e:#}\n  hint: check that this Envoy runs (`idlelab doctor`), or run `just setup`",
+            bin.display()
+        );
+        2
+    })?;
+    cells::for_envoy(cells, &timing).map_err(|e| {
+        eprintln!("error: {e}");
+        2
+    })
 }
 
 /// `<results>/latest` → the run's directory.

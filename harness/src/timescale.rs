@@ -416,7 +416,7 @@ pub fn scale(knobs: &CellConfig, spec: TimeScaleSpec) -> Result<(CellConfig, Tim
         let g = end_label(&label, &end);
         orderings.push(if Dur(end.at) < knobs.idle { format!("{g} < idle") } else { format!("idle < {g}") });
     }
-    Ok((scaled, TimeScale { factor, auto, values, orderings }))
+    Ok((scaled, TimeScale { factor, auto, envoy: knobs.envoy_timing.clone(), values, orderings }))
 }
 
 #[cfg(test)]

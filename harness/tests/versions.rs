@@ -80,6 +80,11 @@ fn the_same_middlebox_cell_on_envoy_1_36_and_1_40_gets_eof_then_reset() {
             .map(|k| k["reuse"]["outcome"].as_str().unwrap())
             .collect();
         assert!(!reuse.is_empty() && reuse.iter().all(|r| *r == outcome), "Envoy {version}: {reuse:?}");
+        // Scaled for the facts measured from the Envoy that ran it.
+        let timing = &c["time_scale"]["envoy"];
+        assert_eq!(timing["release"], version, "{timing}");
+        assert_eq!(timing["source"], "measured", "{timing}");
+        assert_eq!(timing["http_upstream_idle_timer_while_connecting"], version == "1.36.4", "{timing}");
     }
     let table = std::fs::read_to_string(out.path().join("versions.txt")).unwrap();
     assert!(
@@ -97,6 +102,40 @@ fn the_same_middlebox_cell_on_envoy_1_36_and_1_40_gets_eof_then_reset() {
     assert!(said.contains("redis-sidecar-upstream::none: the app got 4 eof → 4 reset on reuse"), "{said}");
     let o = run(&["compare", new.to_str().unwrap(), old.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "back to 1.36.4 regresses the cell\n{}", text(&o));
+}
+
+/// The time scale's Envoy facts are measured from each release's binary, not assumed. Measured
+/// here: the connection manager closes an idle HTTP/1.1 connection 6 s after its idle timeout
+/// on both releases (its drain, then its delayed close); an upstream HTTP connection's idle
+/// timer runs while the connect hangs on 1.36.4 and no longer on 1.40.0 (Envoy 1.38's change);
+/// tcp_proxy's idle timer runs while connecting on both.
+#[test]
+fn each_envoy_releases_timing_facts_are_measured_from_its_binary_and_cached() {
+    require_lab();
+    let o = run(&["envoy-timing", "--envoy", "1.36.4,1.40.0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    for (version, http_upstream) in [("1.36.4", "yes"), ("1.40.0", "no")] {
+        let line = format!(
+            "Envoy {version} (measured): an idle HTTP/1.1 connection closes 6 s after the connection manager's idle timeout; idle timers run while connecting: tcp_proxy yes, HTTP upstream {http_upstream}"
+        );
+        assert!(said.lines().any(|l| l == line), "expected {line:?} in:\n{said}");
+    }
+    let cache = idlelab::tools::tools_dir().join("envoy-timing");
+    let names: Vec<String> =
+        std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    for version in ["1.36.4", "1.40.0"] {
+        let file = names.iter().find(|n| n.starts_with(&format!("{version}-"))).expect("a cached record");
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cache.join(file)).unwrap()).unwrap();
+        assert_eq!(record["release"], version, "{record}");
+        assert_eq!(record["http_close_delay_ms"], 6000, "{record}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with(".tmp-")), "no half-written record: {names:?}");
+
+    let o = run(&["envoy-timing", "--envoy", "1.99.0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Envoy 1.99.0 is not served here"), "{}", text(&o));
 }
 
 /// The builds of pinned Istio releases under `home` (`<home>/istio`), finished or partial.

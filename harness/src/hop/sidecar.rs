@@ -12,8 +12,9 @@
 //! `idle_timeout` (Istio's default: 1 h), with a FIN to both sides. Kernel keepalive probes
 //! carry no bytes and end at Envoy's own socket, so they never reset that timer. On an
 //! `http-*` port the same knob is the HTTP connection manager's idle timeout toward the app
-//! (it closes after Envoy's 5 s drain), and Envoy keeps its own upstream pool behind it. This
-//! type is the time-scale model of the hop; the config itself is Istio's (`local::mesh`).
+//! (it closes 6 s later: Envoy's drain, then its delayed close), and Envoy keeps its own
+//! upstream pool behind it. This type is the time-scale model of the hop; the config itself
+//! is Istio's (`local::mesh`).
 
 use super::contract::{PathHop, ProxyRole, Toward};
 use crate::model::duration::Dur;

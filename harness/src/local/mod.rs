@@ -23,6 +23,7 @@ pub mod control_plane;
 pub mod device;
 pub mod doctor;
 pub mod envoy;
+pub mod envoy_timing;
 mod evidence;
 mod grpc_cell;
 pub mod grpc_replica;

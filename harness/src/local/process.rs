@@ -20,7 +20,7 @@ pub struct LabProcess {
 /// Make a child die with the harness: `PR_SET_PDEATHSIG(SIGKILL)`, and exit at once if the
 /// harness already died between `fork` and the `prctl` (the signal would never come).
 /// Call it last in `pre_exec`, after any change of credentials (which clears the signal).
-fn die_with_parent(parent: i32) -> std::io::Result<()> {
+pub(crate) fn die_with_parent(parent: i32) -> std::io::Result<()> {
     // SAFETY: async-signal-safe libc calls in the forked child.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -20,8 +20,9 @@ pub enum Precision {
     /// (the clock's tick plus how often the server looks), never before.
     ServerClock { late_ms: u64 },
     /// Envoy's HTTP connection manager idle timeout: exact to the millisecond, but an idle
-    /// HTTP/1.1 connection is closed only after the manager's `drain_timeout` (Envoy's
-    /// default 5 s, which Istio leaves alone) — a fixed delay that no time scale shrinks.
+    /// HTTP/1.1 connection is closed only `drain_ms` later (the manager's `drain_timeout`,
+    /// then its `delayed_close_timeout`, which Istio leaves alone: 6 s, measured per Envoy
+    /// binary, [`EnvoyTiming`]) — a fixed delay that no time scale shrinks.
     HttpDrain { drain_ms: u64 },
     /// Milliseconds, but never below `floor_ms` once scaled: a deadline the lab's own
     /// measuring must have room for (gRPC's PING ACK timeout: shorter than the lab's gap it
@@ -52,12 +53,63 @@ impl Precision {
     }
 }
 
-/// Envoy's HTTP connection manager `drain_timeout` default (Istio does not set it).
-pub const ENVOY_HTTP_DRAIN_MS: u64 = 5000;
-/// How much later than idle timeout + drain the close may come when every core is busy: a
-/// matrix under `--repeat 20` on two cores saw a reuse meet the closing connection (an RST,
-/// not the FIN) with only the usual 1 s apart.
-pub const ENVOY_HTTP_DRAIN_SLACK_MS: u64 = 1000;
+/// How long after its idle timeout Envoy's HTTP connection manager closes an idle HTTP/1.1
+/// connection, as measured on Envoy 1.40.0 (5 s `drain_timeout`, then 1 s
+/// `delayed_close_timeout`): what the time scale assumes where no Envoy was measured.
+pub const ENVOY_HTTP_CLOSE_DELAY_MS: u64 = 6000;
+
+/// The timing facts of one Envoy binary that the time scale rests on. A release may change
+/// them, so each binary's are measured once (`local::envoy_timing`: a throwaway Envoy on
+/// loopback) and cached; a cell is scaled with the facts of the Envoy that runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnvoyTiming {
+    /// The release the binary reported (`1.36.4`); empty when assumed.
+    pub release: String,
+    /// How long after its idle timeout the HTTP connection manager closes an idle HTTP/1.1
+    /// connection, to the nearest 0.5 s: its `drain_timeout` (5 s by default) and then its
+    /// `delayed_close_timeout` (1 s), neither of which Istio sets.
+    pub http_close_delay_ms: u64,
+    /// Whether tcp_proxy's `idle_timeout` runs while its upstream connect is still pending
+    /// (it then ends a connection whose connect hangs before the connect timeout does).
+    pub tcp_idle_timer_while_connecting: bool,
+    /// Whether an upstream HTTP connection's `idle_timeout` runs while it is still connecting.
+    pub http_upstream_idle_timer_while_connecting: bool,
+    /// `measured` (from the binary, `local::envoy_timing`) or `assumed` (no Envoy measured:
+    /// the values measured on Envoy 1.40.0).
+    pub source: &'static str,
+}
+
+impl Default for EnvoyTiming {
+    fn default() -> Self {
+        EnvoyTiming {
+            release: String::new(),
+            http_close_delay_ms: ENVOY_HTTP_CLOSE_DELAY_MS,
+            tcp_idle_timer_while_connecting: true,
+            http_upstream_idle_timer_while_connecting: false,
+            source: "assumed",
+        }
+    }
+}
+
+impl EnvoyTiming {
+    /// What the time scale allows between the connection manager's idle timeout and its close.
+    pub fn http_drain(&self) -> Precision {
+        Precision::HttpDrain { drain_ms: self.http_close_delay_ms }
+    }
+
+    /// "Envoy 1.36.4 (measured): an idle HTTP/1.1 connection closes 6 s after …".
+    pub fn describe(&self) -> String {
+        let release = if self.release.is_empty() { String::new() } else { format!(" {}", self.release) };
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "Envoy{release} ({}): an idle HTTP/1.1 connection closes {} s after the connection manager's idle timeout; idle timers run while connecting: tcp_proxy {}, HTTP upstream {}",
+            self.source,
+            self.http_close_delay_ms as f64 / 1000.0,
+            yes(self.tcp_idle_timer_while_connecting),
+            yes(self.http_upstream_idle_timer_while_connecting)
+        )
+    }
+}
 
 /// What a duration is on the path; the time scale derives from it which orderings decide
 /// the outcome (see `timescale::deciding_pairs`).
@@ -121,14 +173,22 @@ pub struct ScaledValue {
 pub struct TimeScale {
     pub factor: u32,
     pub auto: bool,
+    /// The facts of the Envoy the cell was scaled for.
+    pub envoy: EnvoyTiming,
     pub values: Vec<ScaledValue>,
     /// The orderings that decide this cell, as `a < b` in real-world time.
     pub orderings: Vec<String>,
 }
 
 impl TimeScale {
+    /// Why values are not simply `real / factor`, and, where a value waits for Envoy's drain,
+    /// the facts of the Envoy it was scaled for.
     pub fn notes(&self) -> impl Iterator<Item = String> + '_ {
-        self.values.iter().filter_map(|v| v.note.as_ref().map(|n| format!("{}: {n}", v.label)))
+        let drain = self.values.iter().any(|v| matches!(v.precision, Precision::HttpDrain { .. }));
+        self.values
+            .iter()
+            .filter_map(|v| v.note.as_ref().map(|n| format!("{}: {n}", v.label)))
+            .chain(drain.then(|| self.envoy.describe()))
     }
 }
 

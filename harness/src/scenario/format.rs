@@ -389,6 +389,7 @@ impl Scenario {
                     .unwrap_or(Library::Tonic),
                 threshold: self.balance.unwrap_or_default(),
             }),
+            envoy_timing: Default::default(),
         }
     }
 }
