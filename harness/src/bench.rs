@@ -105,9 +105,12 @@ fn envoy_section(args: &ScenarioArgs) -> Result<Value, i32> {
     let t = std::time::Instant::now();
     let read = crate::local::envoy_timing::of(&cached);
     let timing_cached_ms = t.elapsed().as_millis() as u64;
-    let (Ok(facts), Ok(_)) = (measured, read) else {
-        eprintln!("error: measuring Envoy {SECOND_ENVOY}'s timing facts failed: run `idlelab envoy-timing --envoy {SECOND_ENVOY}`");
-        return Err(2);
+    let facts = match measured.and_then(|m| read.map(|_| m)) {
+        Ok(facts) => facts,
+        Err(e) => {
+            eprintln!("error: measuring Envoy {SECOND_ENVOY}'s timing facts: {e:#}");
+            return Err(2);
+        }
     };
     let cells = [Some(SECOND_ENVOY), None]
         .into_iter()
