@@ -1,5 +1,6 @@
 //! Issue 21: which hop closed it, scored against the truth. Every shipped scenario's cells
-//! (the gRPC balance ones take no capture) run with `--capture`; for every connection that
+//! (but the gRPC balance ones, which measure spread and fail no connection; their capture is
+//! tested in capture.rs) run with `--capture`; for every connection that
 //! ended badly, the hop the capture says acted first, and how, must be the hop the lab
 //! configured to close or forget (`CellConfig::configured_first_acts`): N of N.
 
@@ -17,7 +18,7 @@ fn every_failed_connection_of_the_matrix_is_attributed_to_the_configured_hop() {
         .filter_map(|e| {
             let path = e.unwrap().path();
             let text = std::fs::read_to_string(&path).ok()?;
-            // gRPC balance cells measure spread, not a failed connection: no capture.
+            // gRPC balance cells measure spread and fail no connection: nothing to attribute.
             (path.extension()? == "yaml" && !text.contains("replicas:"))
                 .then(|| path.file_stem().unwrap().to_string_lossy().into_owned())
         })

@@ -404,3 +404,36 @@ fn explain_reads_the_labs_own_captures_of_each_failure_kind() {
         assert!(block.contains(reproduce), "{scenario}: {block}");
     }
 }
+
+/// A gRPC balance cell's capture: one interface per interface of each pod (`client-K`,
+/// `grpc-I`) and of the node that holds the ClusterIP, from the clients' start; the lab's own
+/// readiness checks of the replicas are not in it (they read the socket table, they do not
+/// connect). Every request of `none` goes to one replica per client, so the packets to the
+/// ClusterIP cross the node to a replica's eth0.
+#[test]
+fn a_grpc_balance_cell_is_captured_on_every_pod_and_the_node() {
+    require_lab();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    let o = idlelab(&["run", "grpc-pinned", "--mitigation", "none", "--capture", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let file = dir.join("captures/grpc-pinned--none.pcapng");
+    let (names, packets) = interface_names(&file);
+    assert!(packets > 1000, "{packets} packets in 16 s of requests every 50 ms from 3 clients");
+    for k in 0..3 {
+        assert!(names.contains(&format!("client-{k} eth0")), "{names:?}");
+        assert!(names.contains(&format!("node c{k}")), "{names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("grpc-") && n.ends_with(" eth0")), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("grpc-") && n.ends_with(" lo")), "no readiness check: {names:?}");
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert!(summary.contains(&format!("capture: {}", file.display())), "the cell names its capture");
+    let e = idlelab(&["explain", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e));
+    // idlelab's reader and pcap-parser count the same packets and interfaces.
+    let first = format!("{}: {packets} packets, ", file.display());
+    assert!(text(&e).contains(&first), "{first:?} in {}", text(&e));
+    assert!(text(&e).contains(&format!(" on {} interface(s)", names.len())), "{}", text(&e));
+}

@@ -44,6 +44,9 @@ const PORT: u16 = 50051;
 
 /// Everything the cell owns, in the order it must go: processes, namespaces, files.
 struct GrpcLab {
+    /// With `--capture`: every namespace's packets, from the clients' start (first, so that
+    /// it stops before the namespaces go).
+    capture: Option<super::capture::CellCapture>,
     /// The sidecars, by pod name (`client-0`, `grpc-3`).
     envoys: Vec<(String, Envoy)>,
     control_plane: Option<crate::local::control_plane::ControlPlane>,
@@ -191,6 +194,7 @@ fn build(grpc: &GrpcConfig, tag: &str, seq: u32) -> Result<GrpcLab> {
     // The ClusterIP: an address of the cell's /24 that no link uses (links take .0 – .191).
     let cluster_ip = Ipv4Addr::from(u32::from(link_addrs(seq, 0).0) - 1 + 252);
     let mut lab = GrpcLab {
+        capture: None,
         envoys: vec![],
         control_plane: None,
         processes: vec![],
@@ -358,6 +362,7 @@ async fn run_in(
     cell: &crate::cells::Cell,
     phase: &(dyn Fn(Phase) + Send + Sync),
     slot: &mut Option<GrpcLab>,
+    capture: bool,
 ) -> Result<(Observations, Vec<String>)> {
     let grpc = cell.scaled.grpc.clone().ok_or_else(|| anyhow!("not a gRPC cell"))?;
     phase(Phase::Setup);
@@ -422,6 +427,18 @@ async fn run_in(
     } else {
         vec![format!("{}:{PORT}", lab.cluster_ip)]
     };
+    if capture {
+        // From the clients' start (the lab's own readiness checks of the replicas are not the
+        // cell's connections): each pod's namespace by its pod name, and the node's, one
+        // interface block per interface, on one clock. The node forwards through kube-proxy's
+        // rules; it is no middlebox, so its conntrack is not watched.
+        let namespaces: Vec<(String, std::path::PathBuf)> = (lab.clients.iter().enumerate())
+            .map(|(k, ns)| (format!("client-{k}"), ns.path()))
+            .chain(std::iter::once(("node".to_string(), lab.node.path())))
+            .chain(lab.replicas.iter().enumerate().map(|(i, ns)| (format!("grpc-{i}"), ns.path())))
+            .collect();
+        lab.capture = Some(super::capture::CellCapture::start(&namespaces, &[], lab.dir.path()).await?);
+    }
     phase(Phase::Warm);
     let t0 = unix_ms();
     let mut clients = Vec::new();
@@ -487,16 +504,37 @@ async fn run_in(
 pub async fn run_cell(
     cell: &crate::cells::Cell,
     phase: &(dyn Fn(Phase) + Send + Sync),
+    captures: Option<&std::path::Path>,
 ) -> Result<CellOutcome, CellFailure> {
     let mut slot = None;
-    let result = run_in(cell, phase, &mut slot).await;
-    let logs = slot.as_ref().map(GrpcLab::logs).unwrap_or_default();
+    let result = run_in(cell, phase, &mut slot, captures.is_some()).await;
+    let mut logs = slot.as_ref().map(GrpcLab::logs).unwrap_or_default();
+    // Written whether the cell passed or failed; a balance run has no connection that ended
+    // badly, so nothing is attributed.
+    let capture_note = match (slot.as_mut().and_then(|lab| lab.capture.take()), captures) {
+        (Some(c), Some(dir)) => {
+            let path = dir.join(super::capture::file_name(&cell.scenario, &cell.label));
+            let span = tracing::Span::current();
+            Some(match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
+                Ok(Ok(file)) => super::capture::note(&file),
+                Ok(Err(e)) => format!("capture: not written: {e:#}"),
+                Err(e) => format!("capture: not written: {e}"),
+            })
+        }
+        _ => None,
+    };
+    if let Some(line) = &capture_note {
+        logs.push(("capture".into(), line.clone()));
+    }
     if let Some(lab) = slot {
         let span = tracing::Span::current();
         let _ = tokio::task::spawn_blocking(move || span.in_scope(|| drop(lab))).await;
     }
     match result {
-        Ok((observations, notes)) => Ok(CellOutcome { observations, lab: None, notes, logs }),
+        Ok((observations, mut notes)) => {
+            notes.extend(capture_note);
+            Ok(CellOutcome { observations, lab: None, notes, logs })
+        }
         Err(error) => Err(CellFailure { error, logs }),
     }
 }

@@ -84,11 +84,7 @@ impl Backend for LocalBackend {
         let shared =
             self.shared.get().ok_or_else(|| CellFailure::new(anyhow!("the local backend was not prepared")))?;
         if cell.scaled.grpc.is_some() {
-            let mut outcome = grpc_cell::run_cell(&cell, &*phase).await;
-            if let (Ok(o), Some(_)) = (&mut outcome, &self.captures) {
-                o.notes.push("capture: not taken: a gRPC balance cell has no per-hop capture yet".into());
-            }
-            return outcome;
+            return grpc_cell::run_cell(&cell, &*phase, self.captures.as_deref()).await;
         }
         run_cell(&cell, shared, &*phase, self.captures.as_deref()).await
     }

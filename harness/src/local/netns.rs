@@ -142,14 +142,15 @@ pub async fn in_netns<T: Send + 'static>(ns: &std::path::Path, f: impl FnOnce() 
     .await?
 }
 
-/// Wait until something in namespace `ns` accepts TCP connections on `port` (127.0.0.1), by
-/// connecting from a thread inside the namespace.
+/// Wait until something in namespace `ns` listens on TCP `port`, read from the namespace's own
+/// socket table (`/proc/thread-self/net/tcp` and `tcp6`, from a thread inside it). Not by
+/// connecting: a check that connects is a connection of its own, which a cell's capture would
+/// record (a gRPC server's SETTINGS left unread make it end in an RST).
 pub async fn wait_listening(ns: &std::path::Path, port: u16, within: std::time::Duration) -> Result<()> {
     in_netns(ns, move || {
         let deadline = std::time::Instant::now() + within;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         loop {
-            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100)).is_ok() {
+            if listening(port) {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
@@ -159,4 +160,45 @@ pub async fn wait_listening(ns: &std::path::Path, port: u16, within: std::time::
         }
     })
     .await?
+}
+
+/// Whether a socket of this thread's namespace is in LISTEN on `port`.
+fn listening(port: u16) -> bool {
+    ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+        .iter()
+        .any(|table| std::fs::read_to_string(table).is_ok_and(|text| listens_on(&text, port)))
+}
+
+/// In a `/proc/net/tcp` table: a line whose local address has `port` and whose state is
+/// LISTEN (`0A`).
+fn listens_on(table: &str, port: u16) -> bool {
+    let port = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let local = fields.next().unwrap_or("");
+        let state = fields.nth(1).unwrap_or("");
+        local.ends_with(&port) && state == "0A"
+    })
+}
+
+#[cfg(test)]
+mod listen_tests {
+    #[test]
+    fn a_listening_socket_is_found_in_the_namespaces_table_by_its_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n   1: 0100007F:C383 0100007F:18EB 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n";
+        assert!(super::listens_on(table, 6379), "0x18EB = 6379, state 0A");
+        assert!(!super::listens_on(table, 50051), "0xC383 is an established client's port, not a listener");
+        assert!(!super::listens_on(table, 1));
+    }
+
+    /// The table read from a thread is that thread's namespace's: here, the host's, where this
+    /// test listens on a port of its own.
+    #[test]
+    fn a_port_this_process_listens_on_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(super::listening(l.local_addr().unwrap().port()));
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        assert!(!super::listening(port));
+    }
 }
