@@ -204,6 +204,23 @@ impl CellCapture {
     }
 }
 
+/// Finish a cell's capture (when one was taken and asked for) into `<captures>/<file_name>`,
+/// off the runtime's threads: the file, or the note that says why it was not written.
+pub async fn finish_cell(
+    capture: Option<CellCapture>,
+    captures: Option<&Path>,
+    cell: &crate::cells::Cell,
+) -> Option<Result<CaptureFile, String>> {
+    let (c, dir) = (capture?, captures?);
+    let path = dir.join(file_name(&cell.scenario, &cell.label));
+    let span = tracing::Span::current();
+    Some(match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(e)) => Err(format!("capture: not written: {e:#}")),
+        Err(e) => Err(format!("capture: not written: {e}")),
+    })
+}
+
 /// A cell's capture file name: `<scenario>--<cell label>.pcapng`, the label's characters that
 /// a file name should not hold replaced.
 pub fn file_name(scenario: &str, label: &str) -> String {

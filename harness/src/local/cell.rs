@@ -465,18 +465,8 @@ pub async fn run_cell(
     let mut logs = slot.as_ref().map(CellLab::logs).unwrap_or_default();
     // The capture is written whether the cell passed or failed (a failure is when it matters).
     // None: no capture was asked for (or the cell ended before it started).
-    let capture = match (slot.as_mut().and_then(|lab| lab.capture.take()), captures) {
-        (Some(c), Some(dir)) => {
-            let path = dir.join(super::capture::file_name(&cell.scenario, &cell.label));
-            let span = tracing::Span::current();
-            Some(match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
-                Ok(Ok(file)) => Ok(file),
-                Ok(Err(e)) => Err(format!("capture: not written: {e:#}")),
-                Err(e) => Err(format!("capture: not written: {e}")),
-            })
-        }
-        _ => None,
-    };
+    let taken = slot.as_mut().and_then(|lab| lab.capture.take());
+    let capture = super::capture::finish_cell(taken, captures, cell).await;
     let capture_note = capture.as_ref().map(|c| match c {
         Ok(file) => super::capture::note(file),
         Err(e) => e.clone(),

@@ -511,18 +511,10 @@ pub async fn run_cell(
     let mut logs = slot.as_ref().map(GrpcLab::logs).unwrap_or_default();
     // Written whether the cell passed or failed; a balance run has no connection that ended
     // badly, so nothing is attributed.
-    let capture_note = match (slot.as_mut().and_then(|lab| lab.capture.take()), captures) {
-        (Some(c), Some(dir)) => {
-            let path = dir.join(super::capture::file_name(&cell.scenario, &cell.label));
-            let span = tracing::Span::current();
-            Some(match tokio::task::spawn_blocking(move || span.in_scope(|| c.finish(&path))).await {
-                Ok(Ok(file)) => super::capture::note(&file),
-                Ok(Err(e)) => format!("capture: not written: {e:#}"),
-                Err(e) => format!("capture: not written: {e}"),
-            })
-        }
-        _ => None,
-    };
+    let capture = slot.as_mut().and_then(|lab| lab.capture.take());
+    let capture_note = super::capture::finish_cell(capture, captures, cell)
+        .await
+        .map(|c| c.map_or_else(|e| e, |file| super::capture::note(&file)));
     if let Some(line) = &capture_note {
         logs.push(("capture".into(), line.clone()));
     }
