@@ -150,7 +150,7 @@ fn http_close_after_idle(port: u16) -> Result<Duration> {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     // The response is complete with its 2-byte body ("ok").
-    while !got.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|at| got.len() >= at + 4 + 2) {
+    while got.windows(4).position(|w| w == b"\r\n\r\n").is_none_or(|at| got.len() < at + 4 + 2) {
         let n = s.read(&mut buf).context("reading the response")?;
         if n == 0 {
             bail!("the connection manager closed before its response: {:?}", String::from_utf8_lossy(&got));
