@@ -182,13 +182,15 @@ fn listens_on(table: &str, port: u16) -> bool {
 }
 
 #[cfg(test)]
-mod listen_tests {
+mod tests {
+    use super::*;
+
     #[test]
     fn a_listening_socket_is_found_in_the_namespaces_table_by_its_port() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n   1: 0100007F:C383 0100007F:18EB 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n";
-        assert!(super::listens_on(table, 6379), "0x18EB = 6379, state 0A");
-        assert!(!super::listens_on(table, 50051), "0xC383 is an established client's port, not a listener");
-        assert!(!super::listens_on(table, 1));
+        assert!(listens_on(table, 6379), "0x18EB = 6379, state 0A");
+        assert!(!listens_on(table, 50051), "0xC383 is an established client's port, not a listener");
+        assert!(!listens_on(table, 1));
     }
 
     /// The table read from a thread is that thread's namespace's: here, the host's, where this
@@ -196,9 +198,9 @@ mod listen_tests {
     #[test]
     fn a_port_this_process_listens_on_is_found() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(super::listening(l.local_addr().unwrap().port()));
+        assert!(listening(l.local_addr().unwrap().port()));
         let port = l.local_addr().unwrap().port();
         drop(l);
-        assert!(!super::listening(port));
+        assert!(!listening(port));
     }
 }
