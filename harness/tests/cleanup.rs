@@ -115,3 +115,26 @@ fn nix_kill(pid: u32, sig: i32) {
         libc::kill(pid as i32, sig);
     }
 }
+
+/// `./just` on a machine without `just` fetches the pinned wheel into a temporary directory,
+/// then `exec`s just, which ends the shell before its EXIT trap could run: the directory is
+/// removed before the `exec`, so nothing of it is left.
+#[test]
+fn fetching_just_leaves_no_temporary_directory() {
+    let tmp = tempdir();
+    let home = tempdir();
+    let o = std::process::Command::new(repo().join("just"))
+        .arg("--version")
+        .env("TMPDIR", tmp.path())
+        .env("IDLELAB_HOME", home.path())
+        // Only the system's directories: no `just` found, so the wheel is fetched.
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fetching just"), "it fetched: {}", text(&o));
+    assert!(home.path().join("bin/just").is_file(), "the pinned just is installed");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
