@@ -41,22 +41,7 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
         let baseline = scenario.base_knobs();
         let mut real = baseline.clone();
         m.as_mitigation().apply(&mut real).map_err(|e| format!("cell `{label}`: {e}"))?;
-        // A balance run is real time: none of its durations is a timer whose order decides it.
-        let scaled = if real.grpc.is_some() {
-            Ok((
-                real.clone(),
-                crate::model::scale::TimeScale {
-                    factor: 1,
-                    auto: false,
-                    envoy: real.envoy_timing.clone(),
-                    values: vec![],
-                    orderings: vec![],
-                },
-            ))
-        } else {
-            timescale::scale(&real, spec)
-        };
-        let (scaled, time_scale) = scaled.map_err(|e| {
+        let (scaled, time_scale) = scale_cell(&real, spec).map_err(|e| {
             let at = c.mitigation.referenced;
             format!(
                 "{}:{}:{}: cell `{label}`: {e}\n  hint: {}",
@@ -90,6 +75,16 @@ pub fn expand(scenario: &Scenario, only: &[String], time_scale: Option<TimeScale
     Ok(cells)
 }
 
+/// A cell's knobs scaled. A balance run is real time: none of its durations is a timer whose
+/// order decides it.
+fn scale_cell(real: &CellConfig, spec: TimeScaleSpec) -> Result<(CellConfig, TimeScale), timescale::OrderingError> {
+    if real.grpc.is_some() {
+        let envoy = real.envoy_timing.clone();
+        return Ok((real.clone(), TimeScale { factor: 1, auto: false, envoy, values: vec![], orderings: vec![] }));
+    }
+    timescale::scale(real, spec)
+}
+
 /// The cells scaled again for the Envoy that will run them: its measured timing facts
 /// (`local::envoy_timing`) in place of the ones they were expanded with. A cell whose factor
 /// was asked for (`--time-scale N`) keeps it, or is refused if the facts make it flip an
@@ -103,14 +98,9 @@ pub fn for_envoy(cells: Vec<Cell>, timing: &EnvoyTiming) -> Result<Vec<Cell>, St
             }
             cell.real.envoy_timing = timing.clone();
             cell.baseline.envoy_timing = timing.clone();
-            if cell.real.grpc.is_some() {
-                cell.scaled.envoy_timing = timing.clone();
-                cell.time_scale.envoy = timing.clone();
-                return Ok(cell);
-            }
             let spec =
                 if cell.time_scale.auto { TimeScaleSpec::Auto } else { TimeScaleSpec::Factor(cell.time_scale.factor) };
-            let (scaled, time_scale) = timescale::scale(&cell.real, spec).map_err(|e| {
+            let (scaled, time_scale) = scale_cell(&cell.real, spec).map_err(|e| {
                 format!("{}::{} on {}: {e}\n  hint: {}", cell.scenario, cell.label, timing.describe(), e.hint)
             })?;
             cell.scaled = scaled;
@@ -136,7 +126,7 @@ mod tests {
             http_close_delay_ms: close_delay_ms,
             tcp_idle_timer_while_connecting: true,
             http_upstream_idle_timer_while_connecting: false,
-            source: "measured",
+            source: crate::model::scale::TimingSource::Measured,
         }
     }
 
@@ -151,7 +141,11 @@ mod tests {
         // The same facts as assumed: nothing changes but the record of the release.
         let same = for_envoy(
             cells.clone(),
-            &EnvoyTiming { release: "1.40.0".into(), source: "measured", ..Default::default() },
+            &EnvoyTiming {
+                release: "1.40.0".into(),
+                source: crate::model::scale::TimingSource::Measured,
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(same[0].time_scale.factor, before.factor);

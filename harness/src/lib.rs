@@ -59,8 +59,8 @@
 //!   Istio's control plane with pilot-agent + Envoy per proxy (`local::control_plane`,
 //!   `local::proxy`, `local::config_dump`); `local::doctor` checks its prerequisites;
 //!   `local::envoy_timing` measures, once per Envoy binary, the timing facts the time scale
-//!   rests on (the session scales every cell for the Envoy that runs it, `cells::for_envoy`). A gRPC
-//!   balance cell has its own stage (`local::grpc_cell`): client and replica namespaces
+//!   rests on (the session scales every cell for the Envoy that runs it, `cells::for_envoy`).
+//!   A gRPC balance cell has its own stage (`local::grpc_cell`): client and replica namespaces
 //!   around a node with kube-proxy's ClusterIP rules (`local::cluster_ip`), the replicas
 //!   being `idlelab serve-grpc` (`local::grpc_replica`), and with a `sidecar` or
 //!   `server-sidecar` hop, a sidecar per client or replica pod from the same control plane

@@ -23,7 +23,7 @@
 //! The three run side by side: about 7 s for a binary never measured, a file read after.
 //! Traffic stays on the host's loopback; the Envoy dies with this process.
 
-use crate::model::scale::EnvoyTiming;
+use crate::model::scale::{EnvoyTiming, TimingSource};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,16 +58,11 @@ pub fn of(bin: &Path) -> Result<EnvoyTiming> {
     Ok(timing)
 }
 
+/// A cached record, if it is one of this release's measurements in today's shape.
 fn parse_cached(text: &str, release: &str) -> Option<EnvoyTiming> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    (v.get("release")?.as_str()? == release).then_some(())?;
-    Some(EnvoyTiming {
-        release: release.to_string(),
-        http_close_delay_ms: v.get("http_close_delay_ms")?.as_u64()?,
-        tcp_idle_timer_while_connecting: v.get("tcp_idle_timer_while_connecting")?.as_bool()?,
-        http_upstream_idle_timer_while_connecting: v.get("http_upstream_idle_timer_while_connecting")?.as_bool()?,
-        source: "measured",
-    })
+    serde_json::from_str::<EnvoyTiming>(text)
+        .ok()
+        .filter(|t| t.release == release && t.source == TimingSource::Measured)
 }
 
 /// Written whole or not at all (a temporary file renamed into place); a cache that cannot be
@@ -122,7 +117,7 @@ pub fn measure(bin: &Path, release: &str) -> Result<EnvoyTiming> {
         http_close_delay_ms: close_delay_ms(close_after_idle),
         tcp_idle_timer_while_connecting: ran_while_connecting(tcp_connecting),
         http_upstream_idle_timer_while_connecting: ran_while_connecting(http_connecting),
-        source: "measured",
+        source: TimingSource::Measured,
     };
     tracing::info!(
         http_closed_after_idle_ms = close_after_idle.as_millis() as u64,
@@ -339,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_cached_record_of_another_release_or_an_older_shape_is_not_used() {
-        let t = EnvoyTiming { release: "1.36.4".into(), source: "measured", ..Default::default() };
+        let t = EnvoyTiming { release: "1.36.4".into(), source: TimingSource::Measured, ..Default::default() };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(parse_cached(&text, "1.36.4"), Some(t));
         assert_eq!(parse_cached(&text, "1.40.0"), None);

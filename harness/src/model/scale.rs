@@ -3,7 +3,7 @@
 //! what it, the cells and the reports share.
 
 use crate::model::duration::Dur;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How a duration is handed to the component that enforces it. Reports write it as
@@ -61,7 +61,7 @@ pub const ENVOY_HTTP_CLOSE_DELAY_MS: u64 = 6000;
 /// The timing facts of one Envoy binary that the time scale rests on. A release may change
 /// them, so each binary's are measured once (`local::envoy_timing`: a throwaway Envoy on
 /// loopback) and cached; a cell is scaled with the facts of the Envoy that runs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvoyTiming {
     /// The release the binary reported (`1.36.4`); empty when assumed.
     pub release: String,
@@ -74,9 +74,26 @@ pub struct EnvoyTiming {
     pub tcp_idle_timer_while_connecting: bool,
     /// Whether an upstream HTTP connection's `idle_timeout` runs while it is still connecting.
     pub http_upstream_idle_timer_while_connecting: bool,
-    /// `measured` (from the binary, `local::envoy_timing`) or `assumed` (no Envoy measured:
-    /// the values measured on Envoy 1.40.0).
-    pub source: &'static str,
+    pub source: TimingSource,
+}
+
+/// Where an [`EnvoyTiming`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimingSource {
+    /// From the binary (`local::envoy_timing`).
+    Measured,
+    /// No Envoy measured: the values measured on Envoy 1.40.0.
+    Assumed,
+}
+
+impl std::fmt::Display for TimingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimingSource::Measured => "measured",
+            TimingSource::Assumed => "assumed",
+        })
+    }
 }
 
 impl Default for EnvoyTiming {
@@ -86,7 +103,7 @@ impl Default for EnvoyTiming {
             http_close_delay_ms: ENVOY_HTTP_CLOSE_DELAY_MS,
             tcp_idle_timer_while_connecting: true,
             http_upstream_idle_timer_while_connecting: false,
-            source: "assumed",
+            source: TimingSource::Assumed,
         }
     }
 }
