@@ -133,12 +133,16 @@ images=("$lab_image")
 step "loading images into the node"
 bash "$here/kind-up.sh" --load "${images[@]}"
 
-installed=$("${in_ns[@]}" kubectl "${ctx[@]}" -n istio-system get deploy istiod -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null || true)
-if [ "$installed" = "$hub/pilot:$tag" ]; then
-  step "Istio $tag is installed; reusing it"
+# Reused when the same images run with the same profile (its hash, kept on istiod as an
+# annotation): a changed profile (the access log's format, say) is installed over it.
+profile_hash=$(sha256sum "$repo/istio-profiles/minimal.yaml" | cut -c1-12)
+installed=$("${in_ns[@]}" kubectl "${ctx[@]}" -n istio-system get deploy istiod -o jsonpath='{.spec.template.spec.containers[0].image} {.metadata.annotations.idlelab\.dev/profile}' 2>/dev/null || true)
+if [ "$installed" = "$hub/pilot:$tag $profile_hash" ]; then
+  step "Istio $tag is installed with istio-profiles/minimal.yaml as it is; reusing it"
 else
-  step "installing Istio $tag ($hub)"
+  step "installing Istio $tag ($hub, istio-profiles/minimal.yaml $profile_hash)"
   "${in_ns[@]}" istioctl install "${ctx[@]}" -y -f "$repo/istio-profiles/minimal.yaml" --set "hub=$hub" --set "tag=$tag"
+  "${in_ns[@]}" kubectl "${ctx[@]}" -n istio-system annotate --overwrite deploy istiod "idlelab.dev/profile=$profile_hash" >/dev/null
 fi
 "${in_ns[@]}" kubectl "${ctx[@]}" -n istio-system rollout status deploy/istiod deploy/istio-ingressgateway --timeout=300s >/dev/null
 step "ready: cluster $CLUSTER, Istio $tag, lab image $lab_image"

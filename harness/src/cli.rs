@@ -62,6 +62,9 @@ enum Command {
         /// Print the plan as JSON instead of as a shell script.
         #[arg(long)]
         json: bool,
+        /// With the steps `run --capture` adds (each pod's capture, the proxies' access logs).
+        #[arg(long)]
+        capture: bool,
     },
     /// Run every cell of every shipped scenario (or of the ones named), concurrently.
     Matrix {
@@ -339,7 +342,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Check { scenarios, args } => check(&scenarios, &args),
-        Command::Plan { scenario, args, backend, context, json } => {
+        Command::Plan { scenario, args, backend, context, json, capture } => {
             if backend != Backend::Kind {
                 eprintln!(
                     "error: the local backend has no plan to print; `idlelab check {scenario}` shows its scaled cells"
@@ -349,7 +352,7 @@ pub fn main() -> i32 {
             match prepare(&scenario, &args, None) {
                 Err(code) => code,
                 Ok((_, cells)) => {
-                    let plan = crate::kind::plan(&cells, &crate::kind::KubeTarget { context });
+                    let plan = crate::kind::plan(&cells, &crate::kind::KubeTarget { context }, capture);
                     let text = if json {
                         serde_json::to_string_pretty(&plan).expect("a plan serializes") + "\n"
                     } else {

@@ -46,9 +46,9 @@
 //! - [`capture`]: a pcap or pcapng read as a stream of TCP segments, and what one hop's
 //!   packets say about each connection that ended badly (`idlelab explain`);
 //!   `capture::attribute`: which hop acted first on each failed connection of a cell's
-//!   capture (every hop's interfaces, the lab's socket listings, Envoy's access logs,
-//!   conntrack's events). The local lab writes a cell's capture with `--capture`
-//!   (`local::capture`).
+//!   capture (every hop's interfaces, a NAT's sides joined by sequence number, the lab's
+//!   socket listings, Envoy's access logs, conntrack's events). Both backends write a cell's
+//!   capture with `--capture` (`local::capture`, `kind::capture`).
 //! - [`render`]: the one renderer of a cell's Kubernetes and Istio objects, for both backends.
 //! - [`backend`]: the `Backend` trait the runner drives, and what a cell leaves behind;
 //!   `backend::balance`: a gRPC balance run's counts and reports made into its numbers, the
@@ -69,7 +69,9 @@
 //!   `kind::device`) in a plan of kind / istioctl / kubectl commands, executed through one
 //!   command runner (`kind::run`) that reaches the cluster through the lab's own Docker engine
 //!   when kind-up started one (`kind::engine`); a gRPC balance cell's steps are
-//!   `kind::grpc_cell`'s (a StatefulSet of replicas, client pods, `kubectl scale`). The
+//!   `kind::grpc_cell`'s (a StatefulSet of replicas, client pods, `kubectl scale`);
+//!   `kind::capture`: `--capture` on the lab's own cluster, each pod's network namespace found
+//!   on this machine and captured by `local::capture`. The
 //!   cluster and its images come from
 //!   `kind-images/` (`just kind-up`).
 //!

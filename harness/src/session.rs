@@ -163,14 +163,16 @@ pub fn execute(
             );
             Err(2)
         }
-        BackendChoice::Kind { .. } if exec.output.capture => {
+        BackendChoice::Kind { target, .. } if exec.output.capture && target.context.is_some() => {
             eprintln!(
-                "error: --capture runs in the local lab only so far: the kind backend has no per-hop capture yet\n  hint: run it without `--backend kind`, or without --capture"
+                "error: --capture takes each pod's packets in its network namespace on this machine: it runs on the lab's own kind cluster (`just kind-up`), not on a cluster of your own (`--context {}`)\n  hint: run it without `--context`, or without --capture",
+                target.context()
             );
             Err(2)
         }
         BackendChoice::Kind { target, runner } => {
-            execute_on(KindBackend::new(target, out_dir.clone(), runner), scenarios, cells, exec, out_dir)
+            let backend = KindBackend::new(target, out_dir.clone(), runner).with_capture(exec.output.capture);
+            execute_on(backend, scenarios, cells, exec, out_dir)
         }
     }
 }

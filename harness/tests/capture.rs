@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{idlelab, require_lab, text};
+use common::{idlelab, interface_names, require_lab, text};
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use std::time::Duration;
@@ -299,36 +299,6 @@ fn explain_refuses_what_is_not_a_capture_of_tcp() {
     let o = idlelab(&["explain", "/nonexistent/capture.pcap"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("cannot open"), "{}", text(&o));
-}
-
-/// The interface blocks' names of a pcapng, as pcap-parser (not the writer's library) reads them.
-fn interface_names(path: &std::path::Path) -> (Vec<String>, usize) {
-    use pcap_parser::traits::PcapReaderIterator;
-    use pcap_parser::{Block, PcapBlockOwned, PcapError};
-    let mut reader = pcap_parser::PcapNGReader::new(1 << 16, std::fs::File::open(path).unwrap()).unwrap();
-    let (mut names, mut packets) = (Vec::new(), 0);
-    loop {
-        match reader.next() {
-            Ok((offset, block)) => {
-                match block {
-                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        let name = idb.options.iter().find(|o| o.code == pcap_parser::OptionCode::IfName);
-                        names.push(
-                            name.map(|o| String::from_utf8_lossy(&o.value).trim_end_matches('\0').to_string())
-                                .unwrap_or_default(),
-                        );
-                    }
-                    PcapBlockOwned::NG(Block::EnhancedPacket(_)) => packets += 1,
-                    _ => {}
-                }
-                reader.consume(offset);
-            }
-            Err(PcapError::Eof) => break,
-            Err(PcapError::Incomplete(_)) => reader.refill().unwrap(),
-            Err(e) => panic!("{}: {e:?}", path.display()),
-        }
-    }
-    (names, packets)
 }
 
 /// The lab's own captures: one cell of each shipped failure kind with `--capture`. Each pcapng

@@ -9,6 +9,8 @@
 //!    the local lab's config dump shows it) and a middlebox counted the segments it forgot.
 //!    gRPC too: balance runs (replicas behind the cluster's kube-proxy, `kubectl scale`) and
 //!    keepalive PINGs that end at the client sidecar.
+//!    With `--capture`, every failed connection is attributed to the hop the lab configured
+//!    (issue 21), through the cluster's NATs.
 //! 3. A run killed with SIGKILL mid-cell, then `idlelab reap`: nothing of the lab left on the
 //!    cluster.
 //! 4. `kind-up.sh --down`: no cluster, no dockerd, no namespace of the lab; the host's nft and
@@ -54,10 +56,12 @@ fn kind_up() {
     eprintln!("kind-up: {:.0} s", started.elapsed().as_secs_f64());
 }
 
-/// `idlelab run SCENARIO` on one backend; its summary.json.
-fn run(scenario: &str, backend: &str, out: &std::path::Path) -> Value {
+/// `idlelab run SCENARIO` on one backend (and `extra` arguments); its summary.json.
+fn run(scenario: &str, backend: &str, out: &std::path::Path, extra: &[&str]) -> Value {
     let started = std::time::Instant::now();
-    let o = common::run(&["run", scenario, "--backend", backend, "--out", out.to_str().unwrap()]);
+    let mut args = vec!["run", scenario, "--backend", backend, "--out", out.to_str().unwrap()];
+    args.extend(extra);
+    let o = common::run(&args);
     assert!(
         out.join("summary.json").exists(),
         "{scenario} on {backend} wrote no summary ({}):\n{}",
@@ -137,8 +141,10 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
         "grpc-keepalive-sidecar",
     ];
     for scenario in scenarios {
-        let local = run(scenario, "local", &dir.path().join(format!("{scenario}-local")));
-        let kind = run(scenario, "kind", &dir.path().join(format!("{scenario}-kind")));
+        let local = run(scenario, "local", &dir.path().join(format!("{scenario}-local")), &[]);
+        // A balance cell's capture is passive: grpc-pinned runs captured (below).
+        let extra: &[&str] = if scenario == "grpc-pinned" { &["--capture"] } else { &[] };
+        let kind = run(scenario, "kind", &dir.path().join(format!("{scenario}-kind")), extra);
         assert_eq!(kind["backend"], "kind (kind-idlelab)");
         let (l, k) = (verdicts(&local), verdicts(&kind));
         assert_eq!(k, l, "{scenario}: every cell's verdict on kind equals the local lab's (kind, then local)");
@@ -184,6 +190,17 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
                 let added_idle = why.contains("replica 4, replica 5 served nothing");
                 assert_eq!(added_idle, label != "client-sidecar", "{scenario}::{label}: {why}\n{notes}");
                 assert!(notes.contains("scaled to 6 replicas"), "{scenario}::{label}:\n{notes}");
+                if scenario == "grpc-pinned" {
+                    // Captured on every client and replica pod, the two `kubectl scale` added
+                    // included (from when they were Ready).
+                    let capture = notes.lines().find(|l| l.starts_with("capture: ")).unwrap_or_default();
+                    let file = capture.strip_prefix("capture: ").and_then(|r| r.split(" (").next()).unwrap_or_default();
+                    let (names, packets) = common::interface_names(std::path::Path::new(file));
+                    assert!(packets > 0, "{scenario}::{label}: {capture}");
+                    for pod in ["client-0", "client-2", "grpc-0", "grpc-3", "grpc-5"] {
+                        assert!(names.contains(&format!("{pod} eth0")), "{scenario}::{label}: {pod}: {names:?}");
+                    }
+                }
                 if label == "client-sidecar" {
                     // istiod configured each client's sidecar, and EDS brought the new replicas.
                     assert!(notes.contains("lb_policy LEAST_REQUEST"), "{scenario}::{label}:\n{notes}");
@@ -193,6 +210,42 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
         }
     }
     assert_eq!(compared, 7 + 5 + 4 + 4 + 4 + 3 + 3 + 3, "every cell compared");
+
+    // Issue 21 on the cluster: `--capture` takes every pod of the path (the probe's with its
+    // sidecar, each middlebox's, the server's) in its network namespace on this machine's
+    // kernel, on one clock. Through kube-proxy's and the middlebox's NATs, every connection
+    // that ended badly is attributed to the hop the lab configured, N of N, as the local lab's.
+    let (mut attributed, mut failing) = (0, 0);
+    for (scenario, middlebox) in
+        [("redis-idle", None), ("redis-sidecar-upstream", Some("mb1")), ("redis-blackhole", Some("mb0"))]
+    {
+        let out = dir.path().join(format!("{scenario}-kind-capture"));
+        let o = common::run(&["run", scenario, "--backend", "kind", "--capture", "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{scenario} --capture on kind: every cell matches:\n{}", text(&o));
+        let s = common::summary(&out);
+        let score = common::score_attributions(&s);
+        assert!(score.wrong.is_empty(), "{scenario} on kind: attributions that disagree:\n{}", score.wrong.join("\n"));
+        assert_eq!(score.agreeing, score.attributed);
+        (attributed, failing) = (attributed + score.attributed, failing + score.failing_cells);
+        for cell in s["cells"].as_array().unwrap() {
+            let capture = &cell["evidence"]["lab"]["capture"];
+            let file = std::path::Path::new(capture["file"].as_str().unwrap());
+            // A second library reads it: one interface block per pod interface, named after its hop.
+            let (names, packets) = common::interface_names(file);
+            assert_eq!(capture["interfaces"].as_array().unwrap().len(), names.len(), "{}", file.display());
+            assert!(
+                packets > 0 && names.contains(&"app eth0".to_string()) && names.contains(&"srv eth0".to_string()),
+                "{names:?}"
+            );
+            if let Some(mb) = middlebox {
+                assert!(names.contains(&format!("{mb} eth0")), "{}: {names:?}", cell["key"]);
+            }
+        }
+    }
+    eprintln!(
+        "kind --capture: {attributed} of {attributed} failed connections name the configured hop ({failing} failing cells)"
+    );
+    assert!(failing >= 5 && attributed >= 4 * failing, "{attributed} attributions over {failing} failing cells");
 
     // A run killed mid-cell leaves its namespace; reap removes it.
     let mut child = Command::new(bin())

@@ -56,7 +56,7 @@ fn the_nightly_kind_job_runs_every_shipped_scenario() {
 
 /// Every manifest document applied by a plan.
 fn documents(cells: &[Cell]) -> Vec<Value> {
-    plan(cells, &KubeTarget { context: None })
+    plan(cells, &KubeTarget { context: None }, false)
         .steps
         .iter()
         .filter_map(|s| if let Step::Command { stdin: Some(m), .. } = s { Some(m.clone()) } else { None })
@@ -67,11 +67,11 @@ fn documents(cells: &[Cell]) -> Vec<Value> {
 #[test]
 fn plan_snapshots_for_every_shipped_scenario() {
     for name in shipped() {
-        let p = plan(&scenario_cells(&name), &KubeTarget { context: None });
+        let p = plan(&scenario_cells(&name), &KubeTarget { context: None }, false);
         insta::assert_snapshot!(format!("plan-{name}"), p.to_string());
     }
     // An existing cluster: no kind or docker step, the context everywhere.
-    let p = plan(&scenario_cells("redis-idle"), &KubeTarget { context: Some("staging".into()) });
+    let p = plan(&scenario_cells("redis-idle"), &KubeTarget { context: Some("staging".into()) }, false);
     assert_eq!(p.programs(), ["istioctl", "kubectl", "printenv"], "the only local command reads the lab image's name");
     assert!(p.to_string().contains("kubectl --context staging"));
 }
@@ -79,12 +79,14 @@ fn plan_snapshots_for_every_shipped_scenario() {
 #[test]
 fn a_compressed_plan_says_its_baseline_is_explicit_and_a_real_time_plan_keeps_istios_defaults() {
     let s = idlelab::scenario::load(&repo().join("scenarios/redis-idle.yaml")).unwrap();
-    let compressed = plan(&expand(&s, &["none".into()], None).unwrap(), &KubeTarget { context: None }).to_string();
+    let compressed =
+        plan(&expand(&s, &["none".into()], None).unwrap(), &KubeTarget { context: None }, false).to_string();
     assert!(compressed.contains("the baseline is then an explicit value, not Istio's default"), "{compressed}");
     assert!(compressed.contains("ISTIO_META_IDLE_TIMEOUT: 0h0m6s"), "{compressed}");
     let real = plan(
         &expand(&s, &["none".into()], Some(idlelab::model::service::TimeScaleSpec::Factor(1))).unwrap(),
         &KubeTarget { context: None },
+        false,
     )
     .to_string();
     assert!(!real.contains("ISTIO_META_IDLE_TIMEOUT"), "Istio's own 1 h stands: {real}");
@@ -221,9 +223,22 @@ fn run_on_kind_without_the_tools_fails_fast_and_creates_nothing() {
     assert!(!out.exists(), "nothing created");
 }
 
+/// `--capture` on a cluster of the user's own: its pods are on other machines, whose
+/// namespaces this one cannot open. Refused before anything exists, saying what works.
+#[test]
+fn capture_on_a_cluster_of_ones_own_is_refused_and_creates_nothing() {
+    let out = std::env::temp_dir().join(format!("idlelab-test-kind-capture-{}", std::process::id()));
+    let args = ["run", "redis-idle", "--backend", "kind", "--context", "staging", "--capture", "--out"];
+    let o = idlelab(&args).arg(&out).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--context staging") && err.contains("just kind-up") && err.contains("hint:"), "{err}");
+    assert!(!out.exists(), "nothing created");
+}
+
 /// Every document of a plan's `kubectl apply` steps for one cell.
 fn applied(cell: &Cell, index: usize) -> Vec<Value> {
-    idlelab::kind::cell_steps(cell, index, &KubeTarget { context: None })
+    idlelab::kind::cell_steps(cell, index, &KubeTarget { context: None }, false)
         .iter()
         .filter_map(|s| match s {
             Step::Command { stdin: Some(m), .. } => Some(m.clone()),
@@ -420,7 +435,7 @@ fn the_middlebox_pod_gives_forgotten_flows_the_same_verdict_on_input_and_counts_
     ns.exec("nft", &["-c", "-f", "-"], Some(&ruleset))
         .unwrap_or_else(|e| panic!("nft refused the middlebox rules: {e:#}\n{ruleset}"));
     drop(ns);
-    let steps = idlelab::kind::cell_steps(blackhole, 0, &KubeTarget { context: None });
+    let steps = idlelab::kind::cell_steps(blackhole, 0, &KubeTarget { context: None }, false);
     assert!(
         steps.iter().any(|s| matches!(s, Step::Command { args, capture: Some(_), .. } if args.join(" ").contains("nft list counter ip idlelab_middlebox forgotten"))),
         "the evidence reads the counter both rules count in"
@@ -443,7 +458,7 @@ fn every_gateway_envoyfilter_is_per_cell_and_the_teardown_deletes_it() {
                 assert!(d["metadata"]["name"].as_str().unwrap().ends_with(&ns), "{d}");
                 checked += 1;
             }
-            let steps = idlelab::kind::cell_steps(c, i, &KubeTarget { context: None });
+            let steps = idlelab::kind::cell_steps(c, i, &KubeTarget { context: None }, false);
             let teardown = steps
                 .iter()
                 .filter_map(|s| if let Step::Command { args, .. } = s { Some(args.join(" ")) } else { None })

@@ -3,7 +3,9 @@
 //! app that ended badly gets the hop that acted first, how, and what followed.
 //!
 //! ```text
-//!   segments ─▶ sightings of one packet grouped (same ends, numbers, flags; within 20 ms)
+//!   segments ─▶ a NAT's sides joined (one SYN number: one connection, the client's ends)
+//!       ─▶ sightings of one packet grouped (same ends, numbers, flags; within 20 ms; a pod
+//!          that forwards on one interface sees it twice there: in, then out)
 //!       ─▶ who sent it: the node that sent it out and never received it (a loopback packet:
 //!          its node), named by the socket's owner (PathMap.sockets) or the node's actor
 //!       ─▶ acts: FIN, RST, a segment a forwarding node received and never sent on (dropped)
@@ -268,6 +270,16 @@ pub fn attribute(segments: &[Segment], iface_names: &[String], map: &PathMap, fa
             s
         })
         .collect();
+    // A cluster's NATs (kube-proxy's, a middlebox pod's) give one connection other addresses
+    // on each side of them: joined by their SYN's sequence number.
+    let nat = super::read::NatJoin::of(&segments);
+    let segments: Vec<Segment> = segments
+        .into_iter()
+        .map(|mut s| {
+            nat.fix(&mut s);
+            s
+        })
+        .collect();
     let packets = group(segments.iter(), &ifaces);
 
     // Every connection as each node saw it; judged from its client's own node: the app's,
@@ -331,7 +343,7 @@ fn group<'a>(segments: impl Iterator<Item = &'a Segment>, ifaces: &[(String, Str
         match open.get(&k) {
             Some(&i)
                 if s.ts - packets[i].first_ts <= SAME_PACKET_S
-                    && !packets[i].seen.iter().any(|(n, f, _)| *n == node && *f == ifname) =>
+                    && !packets[i].seen.iter().any(|(n, f, o)| *n == node && *f == ifname && *o == s.outbound) =>
             {
                 packets[i].seen.push((node, ifname, s.outbound));
             }
@@ -770,24 +782,38 @@ mod tests {
         (names, map)
     }
 
+    /// A segment on interface `iface`; `flags` among `S`, `A`, `F`, `R`.
+    fn segment(
+        iface: u32,
+        ts: f64,
+        (src, dst): (SocketAddr, SocketAddr),
+        flags: &str,
+        seq: u32,
+        len: u32,
+        outbound: bool,
+    ) -> Segment {
+        Segment {
+            iface,
+            ts,
+            src,
+            dst,
+            syn: flags.contains('S'),
+            ack: flags.contains('A'),
+            fin: flags.contains('F'),
+            rst: flags.contains('R'),
+            seq,
+            ack_no: 0,
+            len,
+            outbound: Some(outbound),
+        }
+    }
+
     /// One segment seen on `hops` (interface index, outbound), at `ts`.
     fn seen(out: &mut Vec<Segment>, ts: f64, from_app: bool, flags: &str, seq: u32, len: u32, hops: &[(u32, bool)]) {
         let (src, dst) = if from_app { (APP, SRV) } else { (SRV, APP) };
         for (i, &(iface, outbound)) in hops.iter().enumerate() {
-            out.push(Segment {
-                iface,
-                ts: ts + i as f64 * 1e-5,
-                src: src.parse().unwrap(),
-                dst: dst.parse().unwrap(),
-                syn: flags.contains('S'),
-                ack: flags.contains('A'),
-                fin: flags.contains('F'),
-                rst: flags.contains('R'),
-                seq,
-                ack_no: 0,
-                len,
-                outbound: Some(outbound),
-            });
+            let ends = (src.parse().unwrap(), dst.parse().unwrap());
+            out.push(segment(iface, ts + i as f64 * 1e-5, ends, flags, seq, len, outbound));
         }
     }
 
@@ -869,6 +895,66 @@ mod tests {
         assert_eq!(a[0].first.peer, "app");
     }
 
+    /// A middlebox pod on a cluster: one interface, in and out; the app dials its Service
+    /// (kube-proxy DNATs on the node, outside the capture), the pod DNATs to the server's
+    /// Service and masquerades. A keepalive it forwards while idle is no drop; the write it
+    /// takes in and never sends on, once it forgot the flow, is.
+    #[test]
+    fn a_middlebox_pod_behind_two_nats_that_drops_acted_first() {
+        let names = ["app eth0", "mb0 eth0", "srv eth0"].map(String::from).to_vec();
+        let mut map = PathMap { actors: vec!["app".into(), "mb0".into(), "server".into()], ..Default::default() };
+        map.nodes.insert("app".into(), NodeActors { main: "app".into(), ..Default::default() });
+        map.nodes.insert("mb0".into(), NodeActors { main: "mb0".into(), proxy: None, forwards: true });
+        map.nodes.insert("srv".into(), NodeActors { main: "server".into(), ..Default::default() });
+        map.forget_after.insert("mb0".into(), 2.0);
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (app, svc, pod, masq, srv_svc, srv) = (
+            a("10.244.0.5:40000"),
+            a("10.96.0.9:6379"),
+            a("10.244.0.7:6379"),
+            a("10.244.0.7:40000"),
+            a("10.96.0.4:6379"),
+            a("10.244.0.8:6379"),
+        );
+        let mut s = Vec::new();
+        let mut push = |iface, ts, src, dst, flags: &str, seq, len, outbound| {
+            s.push(segment(iface, ts, (src, dst), flags, seq, len, outbound))
+        };
+        // One segment each way across the path: app out, mb in, mb out, server in (and back).
+        let mut forward = |ts: f64, flags: &str, seq, len, to_server: bool| {
+            push(0, ts, app, svc, flags, seq, len, true);
+            push(1, ts + 1e-5, app, pod, flags, seq, len, false);
+            if to_server {
+                push(1, ts + 2e-5, masq, srv_svc, flags, seq, len, true);
+                push(2, ts + 3e-5, masq, srv, flags, seq, len, false);
+            }
+        };
+        forward(0.0, "S", 100, 0, true);
+        forward(0.002, "A", 101, 14, true);
+        // Idle: a keepalive probe at 1 s crosses (and is answered: not drawn here).
+        forward(1.002, "A", 114, 0, true);
+        // At 10 s the app writes; the pod forgot the flow and sends nothing on.
+        for t in [10.0, 10.2, 10.6, 11.4] {
+            forward(t, "A", 115, 14, false);
+        }
+        let mut back = |ts: f64, flags: &str, seq, len| {
+            push(2, ts, srv, masq, flags, seq, len, true);
+            push(1, ts + 1e-5, srv_svc, masq, flags, seq, len, false);
+            push(1, ts + 2e-5, pod, app, flags, seq, len, true);
+            push(0, ts + 3e-5, svc, app, flags, seq, len, false);
+        };
+        back(0.001, "SA", 500, 0);
+        back(0.003, "A", 501, 7);
+        s.sort_by(|x, y| x.ts.total_cmp(&y.ts));
+        let at = attribute(&s, &names, &map, 1.0);
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert_eq!(at[0].connection, "10.244.0.5:40000 → 10.96.0.9:6379", "the app's own ends");
+        assert_eq!((at[0].first.actor.as_str(), at[0].first.action), ("mb0", Action::Drop), "{}", at[0].sentence);
+        assert!((at[0].first.at_idle_s - 10.0 + 0.003).abs() < 0.01, "not the keepalive at 1 s: {}", at[0].sentence);
+        let c = at[0].first.conntrack.as_ref().unwrap();
+        assert!((c.last_segment_at_idle_s - 0.999).abs() < 0.01, "the keepalive was forwarded: {c:?}");
+    }
+
     /// A sidecar path as the lab captures it: the app's connection on the app's loopback
     /// (to the listener after istio-iptables' redirect, the answers from the address dialled),
     /// the sidecar's upstream one on the veth.
@@ -893,19 +979,10 @@ mod tests {
             "sidecar".into(),
             vec![serde_json::json!({"downstream": app.to_string(), "upstream_local": up.to_string(), "upstream": srv.to_string()})],
         );
-        let seg = |iface, ts, src, dst, flags: &str, len, outbound| Segment {
-            iface,
-            ts,
-            src,
-            dst,
-            syn: flags.contains('S'),
-            ack: flags.contains('A'),
-            fin: flags.contains('F'),
-            rst: flags.contains('R'),
-            seq: 1,
-            ack_no: 1,
-            len,
-            outbound: Some(outbound),
+        // Each connection its own numbers, as a kernel picks them.
+        let seg = |iface, ts, src, dst, flags: &str, len, outbound| {
+            let seq = if src == up || dst == up { 2 } else { 1 };
+            Segment { ack_no: 1, ..segment(iface, ts, (src, dst), flags, seq, len, outbound) }
         };
         let mut s = vec![
             seg(0, 0.000, app, listener, "S", 0, false),

@@ -279,3 +279,116 @@ impl LoopbackRedirects {
         self.by_client.get(&(iface, client)).and_then(|(_, o)| *o)
     }
 }
+
+/// Sightings of one SYN further apart than this are two connections (a NAT forwards a SYN in
+/// well under a millisecond; a retransmitted SYN keeps its own addresses).
+const SAME_SYN_S: f64 = 1.0;
+
+/// A connection through a NAT (kube-proxy's ClusterIP DNAT on a node, a middlebox pod's DNAT and
+/// masquerade) has other addresses on each side of it, but the same sequence numbers: a NAT
+/// rewrites addresses, never a segment's numbers. [`NatJoin::fix`] gives every sighting of a
+/// connection the address pair its client sent its SYN with (the SYN's first sighting), so that
+/// the hops' sightings of one packet are one packet again. Without a NAT on the path (the local
+/// lab routes) every connection has one pair, and nothing changes.
+#[derive(Debug, Default)]
+pub struct NatJoin {
+    /// A connection's pair as a hop behind a NAT saw it → as its client sent it.
+    alias: std::collections::BTreeMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr)>,
+}
+
+impl NatJoin {
+    /// The joins the SYNs of `segments` (every interface of a capture) show: two pairs whose
+    /// SYNs carry one initial sequence number within [`SAME_SYN_S`].
+    pub fn of<'a>(segments: impl IntoIterator<Item = &'a Segment>) -> NatJoin {
+        let mut syns: Vec<&Segment> = segments.into_iter().filter(|s| s.syn && !s.ack).collect();
+        syns.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+        // By initial sequence number: the first sighting's time and pair.
+        let mut first: std::collections::BTreeMap<u32, (f64, (SocketAddr, SocketAddr))> = Default::default();
+        let mut alias = std::collections::BTreeMap::new();
+        for s in syns {
+            let pair = (s.src, s.dst);
+            match first.get(&s.seq) {
+                Some(&(t, canonical)) if s.ts - t <= SAME_SYN_S => {
+                    if canonical != pair {
+                        alias.entry(pair).or_insert(canonical);
+                    }
+                }
+                _ => {
+                    first.insert(s.seq, (s.ts, pair));
+                }
+            }
+        }
+        NatJoin { alias }
+    }
+
+    /// Give `s` its connection's pair as the client sent it (either direction).
+    pub fn fix(&self, s: &mut Segment) {
+        if let Some(&(src, dst)) = self.alias.get(&(s.src, s.dst)) {
+            (s.src, s.dst) = (src, dst);
+        } else if let Some(&(src, dst)) = self.alias.get(&(s.dst, s.src)) {
+            (s.src, s.dst) = (dst, src);
+        }
+    }
+
+    /// How many pairs behind a NAT were joined to their client's.
+    pub fn joined(&self) -> usize {
+        self.alias.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(ts: f64, src: &str, dst: &str, syn: bool, ack: bool, seq: u32) -> Segment {
+        Segment {
+            iface: 0,
+            ts,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            syn,
+            ack,
+            fin: false,
+            rst: false,
+            seq,
+            ack_no: 0,
+            len: 0,
+            outbound: None,
+        }
+    }
+
+    /// A cluster's middlebox pod: the app dials its Service (kube-proxy DNATs to the pod), the
+    /// pod DNATs to the server's Service and masquerades. Four pairs, one connection.
+    #[test]
+    fn a_connection_through_two_nats_is_one_connection_with_the_clients_pair() {
+        let (app, svc, pod, masq, srv_svc, srv) = (
+            "10.244.0.5:40000",
+            "10.96.0.9:6379",
+            "10.244.0.7:6379",
+            "10.244.0.7:40000",
+            "10.96.0.4:6379",
+            "10.244.0.8:6379",
+        );
+        let mut segments = vec![
+            seg(0.0, app, svc, true, false, 7),
+            seg(0.0001, app, pod, true, false, 7),
+            seg(0.0002, masq, srv_svc, true, false, 7),
+            seg(0.0003, masq, srv, true, false, 7),
+            seg(0.0004, srv, masq, true, true, 900),
+            // Another connection, with its own numbers, and a later one that reuses seq 7.
+            seg(0.5, "10.244.0.5:40001", svc, true, false, 8),
+            seg(3.0, "10.244.0.5:40002", svc, true, false, 7),
+        ];
+        let join = NatJoin::of(&segments);
+        assert_eq!(join.joined(), 3);
+        for s in &mut segments {
+            join.fix(s);
+        }
+        let pairs: Vec<String> = segments.iter().map(|s| format!("{} > {}", s.src, s.dst)).collect();
+        let want = format!("{app} > {svc}");
+        assert!(pairs[..4].iter().all(|p| *p == want), "{pairs:?}");
+        assert_eq!(pairs[4], format!("{svc} > {app}"), "the answer, as the client sees it");
+        assert_eq!(pairs[5], format!("10.244.0.5:40001 > {svc}"));
+        assert_eq!(pairs[6], format!("10.244.0.5:40002 > {svc}"), "3 s later: another connection");
+    }
+}

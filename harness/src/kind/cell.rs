@@ -4,20 +4,23 @@
 //!   setup     namespace · the mitigation's annotations and notes
 //!             server → hops from the server back to the app (each forwards to the next)
 //!             the mitigation's resources · waits
-//!   warm      the probe pod, Ready with its sidecar; then `kubectl exec` of the probe
+//!   warm      the probe pod, Ready with its sidecar; with --capture, every pod's packets
+//!             from here (`kind::capture`); then `kubectl exec` of the probe
 //!   idle      (its target: the first hop with an address, or a pod IP)
 //!   reuse     the probe's output (its observations), then evidence from the pods still up:
-//!             the sidecar's proxy-config and stats · each middlebox's counter
+//!             the sidecar's proxy-config and stats · each middlebox's counter; with
+//!             --capture, the capture written, then each proxy's access log
 //!   teardown  what the cell put in istio-system, then its namespace (also after a failure)
 //! ```
 
+use super::capture::CapturedPod;
 use super::cell_plan::CellPlan;
 use super::device;
 use super::plan::{Capture, Step};
 use super::target::KubeTarget;
 use crate::backend::Phase;
 use crate::cells::Cell;
-use crate::hop::Route;
+use crate::hop::{ProxyRole, Route};
 use crate::mitigation::{IstioContext, IstioForm};
 use crate::model::service::Service;
 use crate::probe::ProbeSpec;
@@ -25,8 +28,8 @@ use crate::render::{istio, manifests};
 use std::collections::BTreeMap;
 
 /// Every step of one cell, in order (a gRPC balance cell's are `kind::grpc_cell`'s; `kind::cell_steps` picks).
-pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
-    let mut plan = CellPlan::new(cell, index, target);
+pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget, capture: bool) -> Vec<Step> {
+    let mut plan = CellPlan::new(cell, index, target, capture);
     let ctx = crate::render::cluster_context(cell, &plan.ns);
     let mut annotations = plan.setup(&ctx);
     let (next_host, waits) = plan.server_and_hops(annotations.remove("server").unwrap_or_default());
@@ -38,6 +41,9 @@ pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
         plan.sidecar_evidence();
     }
     plan.middlebox_evidence();
+    if plan.capture {
+        plan.access_logs(client_sidecar);
+    }
     plan.teardown();
     plan.steps
 }
@@ -167,6 +173,9 @@ impl CellPlan<'_> {
             "wait for the probe pod and its sidecar",
         );
         self.steps.push(wait);
+        if self.capture {
+            self.capture_path();
+        }
         self.steps.push(Step::Phase { phase: Phase::Warm });
         let mut args = vec!["-n", self.ns.as_str(), "exec", "idlelab-probe", "-c", "probe", "--"];
         let command = manifests::probe_command(&self.cell.scaled);
@@ -175,6 +184,54 @@ impl CellPlan<'_> {
         let timeout = self.cell.scaled.idle.0.as_secs() + 300;
         let run = self.k(&args, "the probe: warm, idle, reuse (its observations)");
         self.steps.push(run.with_capture(Capture::ProbeLog).with_timeout(timeout));
+        if self.capture {
+            self.capture_finish();
+        }
+    }
+
+    /// `--capture`: every pod of the path (the probe's, each hop's own, the server's) from the
+    /// moment all are Ready, before the probe's first connection; conntrack watched in each
+    /// middlebox.
+    fn capture_path(&mut self) {
+        let cell = self.cell;
+        let mut pods = vec![CapturedPod::named("app", &self.ns, "idlelab-probe")];
+        let mut forwarders = Vec::new();
+        for (i, hop) in cell.scaled.path.iter().enumerate() {
+            pods.extend(device::on_cluster(hop).and_then(|d| d.pod(self, i)));
+            forwarders.extend(crate::local::capture::forwarding_node(i, hop));
+        }
+        pods.push(CapturedPod::labelled("srv", &self.ns, &format!("app={}", cell.real.service.name())));
+        self.capture_start(&pods, forwarders);
+    }
+
+    /// `--capture`: each proxy's access log, for the attribution (Envoy's close reasons, and
+    /// which upstream connection carried which downstream one).
+    fn access_logs(&mut self, client_sidecar: bool) {
+        let cell = self.cell;
+        let server = format!("deploy/{}", cell.real.service.name());
+        let mut logs: Vec<(&str, Vec<&str>)> = Vec::new();
+        if client_sidecar {
+            logs.push((ProxyRole::Sidecar.name(), vec!["-n", &self.ns, "logs", "idlelab-probe"]));
+        }
+        for hop in &cell.scaled.path {
+            match hop.on_path().proxy_role() {
+                Some(ProxyRole::Gateway) => logs.push((
+                    ProxyRole::Gateway.name(),
+                    vec!["-n", "istio-system", "logs", "deploy/istio-ingressgateway"],
+                )),
+                Some(ProxyRole::ServerSidecar) => {
+                    logs.push((ProxyRole::ServerSidecar.name(), vec!["-n", &self.ns, "logs", &server]))
+                }
+                _ => {}
+            }
+        }
+        for (role, mut args) in logs {
+            args.extend(["-c", "istio-proxy"]);
+            let purpose =
+                format!("capture: the {role}'s access log (Envoy's close reasons, the connections it paired)");
+            let step = self.k(&args, &purpose).with_capture(Capture::AccessLog(role.into())).optional();
+            self.steps.push(step);
+        }
     }
 
     /// Evidence after the reuse, the probe's pod and sidecar still up: the sidecar's config as

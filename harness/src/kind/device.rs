@@ -10,6 +10,10 @@ pub trait OnCluster {
     /// Its objects, applied while the cell is set up (from the server back to the app, each
     /// forwarding to `next_host`); returns the wait for it to be ready, if it has one.
     fn set_up(&self, plan: &mut CellPlan, index: usize, next_host: &str) -> Option<Step>;
+    /// Its pod, for a cell's capture (`--capture`): its node's name and how kubectl finds it.
+    fn pod(&self, _plan: &CellPlan, _index: usize) -> Option<super::capture::CapturedPod> {
+        None
+    }
     /// A step that reads its evidence after the reuse.
     fn evidence(&self, _plan: &CellPlan, _index: usize) -> Option<Step> {
         None

@@ -30,6 +30,12 @@ impl OnCluster for GatewayHop {
         None
     }
 
+    /// Istio's ingress gateway pod, the node `gw<i>` as in the local lab. It is shared: its
+    /// capture holds whatever else it carried meanwhile (none while cells run one at a time).
+    fn pod(&self, _plan: &CellPlan, index: usize) -> Option<crate::kind::capture::CapturedPod> {
+        Some(crate::kind::capture::CapturedPod::labelled(&format!("gw{index}"), "istio-system", "istio=ingressgateway"))
+    }
+
     /// Waited for, and run after a failure too (the stage makes it a cleanup step): what the
     /// cell put in istio-system (the gateway's EnvoyFilters and certificate) must be gone
     /// before the next cell uses the one shared gateway.

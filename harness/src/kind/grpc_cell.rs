@@ -19,6 +19,7 @@
 //! what the numbers measure. [`balance_run`] reads the captured values into the same
 //! [`BalanceRun`] the local lab makes.
 
+use super::capture::CapturedPod;
 use super::cell_plan::CellPlan;
 use super::plan::{Capture, Step};
 use super::target::KubeTarget;
@@ -38,9 +39,9 @@ fn client_pod(k: usize) -> String {
 }
 
 /// Every step of one gRPC balance cell, in order.
-pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
+pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget, capture: bool) -> Vec<Step> {
     let grpc = cell.scaled.grpc.clone().expect("a gRPC balance cell");
-    let mut plan = CellPlan::new(cell, index, target);
+    let mut plan = CellPlan::new(cell, index, target, capture);
     let ctx = crate::render::cluster_context(cell, &plan.ns);
     let mut annotations = plan.setup(&ctx);
     let ns = plan.ns.clone();
@@ -85,6 +86,14 @@ pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<St
         plan.k(&wait.iter().map(String::as_str).collect::<Vec<_>>(), "wait for the client pods and their sidecars");
     plan.steps.push(wait);
 
+    // With --capture: each client pod and each replica, from before the clients start.
+    let replica = |i: u32| format!("{}-{i}", service.name());
+    if capture {
+        let mut pods: Vec<CapturedPod> =
+            (0..grpc.clients).map(|k| CapturedPod::named(&client_pod(k), &ns, &client_pod(k))).collect();
+        pods.extend((0..grpc.replicas).map(|i| CapturedPod::named(&replica(i), &ns, &replica(i))));
+        plan.capture_start(&pods, Vec::new());
+    }
     plan.steps.push(Step::Phase { phase: Phase::Warm });
     plan.steps.push(now("T0_MS", "the run's start (ms since the epoch; the pods share this clock)"));
     let program = manifests::lab_program(cell.scaled.client.library);
@@ -114,6 +123,13 @@ pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<St
         let wait = wait_replicas(&plan, &format!("wait until the {to} replicas are Ready"));
         plan.steps.push(wait);
         plan.steps.push(now(&format!("CUT_{j}_MS"), &format!("when the {to} replicas were Ready")));
+        // The replicas this event added, captured from now on.
+        let before = grpc.scale[..j].iter().map(|(_, n)| *n).fold(grpc.replicas, |_, n| n);
+        if capture && *to > before {
+            let added: Vec<CapturedPod> =
+                (before..*to).map(|i| CapturedPod::named(&replica(i), &ns, &replica(i))).collect();
+            plan.capture_add(&added);
+        }
     }
     let timeout = grpc.duration.0.as_secs() + 120;
     for k in 0..grpc.clients {
@@ -122,6 +138,9 @@ pub fn grpc_cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<St
         let step =
             plan.k(&["-n", &ns, "exec", &pod, "-c", "probe", "--", "sh", "-c", collect], &format!("{pod}'s report"));
         plan.steps.push(step.with_capture(Capture::Var(format!("REPORT_{k}"))).with_timeout(timeout));
+    }
+    if capture {
+        plan.capture_finish();
     }
     // Two of the replicas' sampling periods: every replica's last count is written.
     plan.steps.push(Step::command("sleep", &["0.45"], "the replicas write their last counts"));
@@ -336,7 +355,7 @@ mod tests {
     #[test]
     fn a_balance_cell_scales_while_its_clients_run_and_reads_every_replicas_counts() {
         let cell = pinned_cell("none");
-        let steps = grpc_cell_steps(&cell, 0, &KubeTarget { context: None });
+        let steps = grpc_cell_steps(&cell, 0, &KubeTarget { context: None }, false);
         let mut cluster = PinnedCluster { clock: 0, ran: vec![] };
         let noop: crate::backend::PhaseSink = std::sync::Arc::new(|_| {});
         let done = execute(&steps, &mut cluster, &|s: &str| s.to_string(), &noop);
@@ -357,12 +376,30 @@ mod tests {
         assert!(notes[0].contains("StatefulSet of 4 replicas"), "{notes:?}");
     }
 
+    /// `--capture` on a balance cell: every client and replica pod from before the clients
+    /// start; the replicas a scale event adds, from when they are Ready; written once every
+    /// client reported.
+    #[test]
+    fn a_captured_balance_cell_adds_the_replicas_a_scale_event_brings() {
+        let steps = grpc_cell_steps(&pinned_cell("none"), 0, &KubeTarget { context: None }, true);
+        let text = crate::kind::plan::Plan { steps }.to_string();
+        let at = |what: &str| text.find(what).unwrap_or_else(|| panic!("{what}:\n{text}"));
+        let start = at(
+            "# (idlelab) capture start client-0=$POD_UID_client_0 client-1=$POD_UID_client_1 client-2=$POD_UID_client_2 grpc-0=$POD_UID_grpc_0 grpc-1=$POD_UID_grpc_1 grpc-2=$POD_UID_grpc_2 grpc-3=$POD_UID_grpc_3\n",
+        );
+        let add = at("# (idlelab) capture add grpc-4=$POD_UID_grpc_4 grpc-5=$POD_UID_grpc_5\n");
+        let finish = at("# (idlelab) capture finish $RUN_DIR/captures/grpc-pinned--none.pcapng");
+        assert!(at("get pod grpc-5 -o 'jsonpath={.metadata.uid}'") < add, "read once the new replicas are Ready");
+        assert!(start < at("start client-0's probe") && at("--replicas=6") < add);
+        assert!(at("client-2's report") < finish && finish < at("delete namespace"), "{text}");
+    }
+
     /// The clients address the ClusterIP's name, or with a policy over every replica, the
     /// headless name (resolved at their start).
     #[test]
     fn clients_target_the_cluster_ip_or_the_headless_name() {
         for (label, host) in [("none", "grpc."), ("headless-client-balancing", "grpc-headless.")] {
-            let steps = grpc_cell_steps(&pinned_cell(label), 0, &KubeTarget { context: None });
+            let steps = grpc_cell_steps(&pinned_cell(label), 0, &KubeTarget { context: None }, false);
             let specs = steps
                 .iter()
                 .find_map(|s| match s {

@@ -28,6 +28,12 @@ impl OnCluster for MiddleboxHop {
         ))
     }
 
+    /// Its pod `mb<i>`, the node `mb<i>` as in the local lab.
+    fn pod(&self, plan: &CellPlan, index: usize) -> Option<crate::kind::capture::CapturedPod> {
+        let name = format!("mb{index}");
+        Some(crate::kind::capture::CapturedPod::named(&name, &plan.ns, &name))
+    }
+
     /// Its count of forgotten-flow segments (FORWARD and INPUT paths).
     fn evidence(&self, plan: &CellPlan, index: usize) -> Option<Step> {
         let counter = manifests::MIDDLEBOX_COUNTER;

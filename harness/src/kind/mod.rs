@@ -16,10 +16,13 @@
 //!   a compressed run sets each sidecar's scaled idle timeout explicitly, and the plan says so.
 //! - Evidence: `istioctl proxy-config` of the probe's sidecar (listeners, clusters) and its
 //!   stats, kept with the cell.
+//! - `--capture` (`capture`): every pod of the path captured on this machine's kernel around
+//!   the probe, each proxy's access log read, the failures attributed as in the local lab.
 //! - A gRPC balance cell (`service: grpc` with `replicas`) has steps of its own
 //!   (`grpc_cell`): a StatefulSet of replicas behind the cluster's own ClusterIP, client pods,
 //!   `kubectl scale` on time, and the replicas' counts read back into the local lab's numbers.
 
+pub mod capture;
 pub mod cell;
 pub mod cell_plan;
 pub mod device;
@@ -132,7 +135,7 @@ pub fn sweep_steps(target: &KubeTarget) -> Vec<Step> {
 /// (kubectl's own lines) or why it could not.
 pub fn reap() -> Vec<String> {
     let Some(engine) = engine::LabEngine::detect() else { return vec![] };
-    let mut runner = plan::ProcessRunner { engine: Some(engine) };
+    let mut runner = plan::ProcessRunner::on(Some(engine));
     let mut out = Vec::new();
     for step in sweep_steps(&KubeTarget { context: None }) {
         if let Step::Command { program, args, timeout_s, purpose, .. } = step {
@@ -149,22 +152,22 @@ pub fn reap() -> Vec<String> {
 }
 
 /// Every step of one cell, in order: a gRPC balance cell's (`grpc_cell`), or any other's
-/// (`cell`).
-pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget) -> Vec<Step> {
+/// (`cell`). With `capture`, the cell's pods are captured around the probe (or the clients).
+pub fn cell_steps(cell: &Cell, index: usize, target: &KubeTarget, capture: bool) -> Vec<Step> {
     if cell.scaled.grpc.is_some() {
-        return grpc_cell::grpc_cell_steps(cell, index, target);
+        return grpc_cell::grpc_cell_steps(cell, index, target, capture);
     }
-    cell::cell_steps(cell, index, target)
+    cell::cell_steps(cell, index, target, capture)
 }
 
-/// The whole plan for these cells.
-pub fn plan(cells: &[Cell], target: &KubeTarget) -> Plan {
+/// The whole plan for these cells (with `capture`: `--capture`'s steps too).
+pub fn plan(cells: &[Cell], target: &KubeTarget, capture: bool) -> Plan {
     let mut p = Plan::default();
     for s in cluster_steps(target) {
         p.push(s);
     }
     for (i, c) in cells.iter().enumerate() {
-        for s in cell_steps(c, i, target) {
+        for s in cell_steps(c, i, target, capture) {
             p.push(s);
         }
     }

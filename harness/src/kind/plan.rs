@@ -16,6 +16,9 @@ pub enum Step {
     Phase { phase: crate::backend::Phase },
     /// Something the reader must know (e.g. the baseline is an explicit value, not Istio's default).
     Note { text: String },
+    /// What idlelab itself does between two commands: start or finish a cell's capture
+    /// (`--capture`) in its pods' network namespaces, through [`CommandRunner::capture`].
+    Capture { action: CaptureAction, purpose: String },
     /// A command; `stdin` holds a manifest for `kubectl apply -f -`.
     Command {
         program: String,
@@ -71,7 +74,12 @@ pub enum Capture {
     Var(String),
     /// The output must contain this, else the step fails (a version check).
     Expect(String),
+    /// A proxy's access log (`kubectl logs -c istio-proxy`): its JSON lines, for the
+    /// attribution of a capture, as this proxy role's (`sidecar`, `server-sidecar`, `gateway`).
+    AccessLog(String),
 }
+
+pub use super::capture::CaptureAction;
 
 impl Step {
     pub fn command(program: &str, args: &[&str], purpose: &str) -> Step {
@@ -172,6 +180,9 @@ impl fmt::Display for Plan {
                 Step::Cell { key } => writeln!(f, "\n### cell {key}")?,
                 Step::Note { text } => writeln!(f, "# note: {text}")?,
                 Step::Phase { phase } => writeln!(f, "# phase: {}", phase.name())?,
+                Step::Capture { action, purpose } => {
+                    writeln!(f, "# {purpose}\n# (idlelab) capture {}", action.describe())?
+                }
                 Step::Command { program, args, stdin, purpose, capture, required, cleanup, timeout_s } => {
                     let mut tags = Vec::new();
                     if let Some(c) = capture {
@@ -212,6 +223,11 @@ pub trait CommandRunner: Send {
     fn preflight(&mut self, _programs: &[&str], _engine: bool) -> Result<(), String> {
         Ok(())
     }
+    /// Start a cell's capture, or finish it into its file (`Ok(Some)`: what was written).
+    /// `$NAME`s are already filled in.
+    fn capture(&mut self, action: &CaptureAction) -> anyhow::Result<Option<crate::local::capture::CaptureFile>> {
+        anyhow::bail!("this command runner takes no capture ({action:?})")
+    }
     /// Run one command; returns its stdout, or an error with its stderr (or that it timed out).
     fn run(
         &mut self,
@@ -227,16 +243,26 @@ pub trait CommandRunner: Send {
 #[derive(Default)]
 pub struct ProcessRunner {
     pub engine: Option<super::engine::LabEngine>,
+    /// A cell's capture between its start and finish steps.
+    capture: Option<crate::local::capture::CellCapture>,
 }
 
 impl ProcessRunner {
     /// Against the lab's own engine when it runs, else the user's.
     pub fn detect() -> ProcessRunner {
-        ProcessRunner { engine: super::engine::LabEngine::detect() }
+        ProcessRunner { engine: super::engine::LabEngine::detect(), capture: None }
+    }
+
+    /// Against this engine.
+    pub fn on(engine: Option<super::engine::LabEngine>) -> ProcessRunner {
+        ProcessRunner { engine, capture: None }
     }
 }
 
 impl CommandRunner for ProcessRunner {
+    fn capture(&mut self, action: &CaptureAction) -> anyhow::Result<Option<crate::local::capture::CaptureFile>> {
+        super::capture::carry_out(&mut self.capture, action)
+    }
     fn preflight(&mut self, programs: &[&str], engine: bool) -> Result<(), String> {
         // As `run` finds them: kind-up's tools first, then PATH.
         let tools = super::engine::kind_home().join("bin");

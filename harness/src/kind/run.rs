@@ -8,7 +8,7 @@
 //!
 //! Without docker / kind / kubectl / istioctl it stops before anything exists (exit 2).
 
-use super::plan::{Capture, CommandRunner, Step};
+use super::plan::{Capture, CaptureAction, CommandRunner, Step};
 use super::{KubeTarget, cell_steps, cluster_steps};
 use crate::backend::{Backend, CellFailure, CellOutcome, Phase, PhaseSink};
 use crate::cells::Cell;
@@ -50,6 +50,8 @@ fn fill(s: String, vars: &BTreeMap<String, String>) -> String {
 pub struct KindBackend {
     target: KubeTarget,
     out_dir: PathBuf,
+    /// `--capture`: each cell's pods captured (`kind::capture`), its failures attributed.
+    capture: bool,
     runner: Arc<Mutex<Box<dyn CommandRunner>>>,
     values: OnceLock<Arc<RunValues>>,
 }
@@ -57,7 +59,13 @@ pub struct KindBackend {
 impl KindBackend {
     /// `runner`: [`super::plan::ProcessRunner`] for real; tests give a fake one.
     pub fn new(target: KubeTarget, out_dir: PathBuf, runner: Box<dyn CommandRunner>) -> Self {
-        KindBackend { target, out_dir, runner: Arc::new(Mutex::new(runner)), values: OnceLock::new() }
+        KindBackend { target, out_dir, capture: false, runner: Arc::new(Mutex::new(runner)), values: OnceLock::new() }
+    }
+
+    /// With `--capture` (the lab's own kind cluster only: the session refuses `--context`).
+    pub fn with_capture(mut self, capture: bool) -> Self {
+        self.capture = capture;
+        self
     }
 }
 
@@ -104,17 +112,24 @@ impl Backend for KindBackend {
     async fn run_cell(&self, cell: Arc<Cell>, index: usize, phase: PhaseSink) -> Result<CellOutcome, CellFailure> {
         let values =
             self.values.get().cloned().ok_or_else(|| CellFailure::new(anyhow!("the kind backend was not prepared")))?;
-        let (runner, steps) = (self.runner.clone(), cell_steps(&cell, index, &self.target));
-        let done = tokio::task::spawn_blocking(move || {
+        let (runner, steps) = (self.runner.clone(), cell_steps(&cell, index, &self.target, self.capture));
+        let mut done = tokio::task::spawn_blocking(move || {
             execute(&steps, &mut **runner.lock().expect("command runner"), &|s| values.substitute(s), &phase)
         })
         .await
         .map_err(|e| CellFailure::new(e.into()))?;
         if done.error.is_none() && cell.scaled.grpc.is_some() {
-            return balance_outcome(&cell, done).map_err(CellFailure::new);
+            // A balance run fails no connection: its capture is noted, nothing attributed (as
+            // in the local lab).
+            let capture = done.capture.take().map(|c| c.map_or_else(|e| e, |f| crate::local::capture::note(&f)));
+            let mut outcome = balance_outcome(&cell, done).map_err(CellFailure::new)?;
+            outcome.notes.extend(capture);
+            return Ok(outcome);
         }
+        let (lab, capture_notes) = captured(&cell, &mut done);
+        let notes = done.notes.into_iter().chain(capture_notes).collect();
         match (done.error, done.observations) {
-            (None, Some(observations)) => Ok(CellOutcome { observations, lab: None, notes: done.notes, logs: vec![] }),
+            (None, Some(observations)) => Ok(CellOutcome { observations, lab, notes, logs: vec![] }),
             (Some(e), _) => Err(CellFailure::new(anyhow!("{e}"))),
             (None, None) => Err(CellFailure::new(match done.unreadable {
                 Some(why) => anyhow!("the probe's log has no observations; a line that is not a probe line: {why}"),
@@ -122,6 +137,27 @@ impl Backend for KindBackend {
             })),
         }
     }
+}
+
+/// `--capture`: the lab evidence of a cell whose capture was written (each proxy's access
+/// log, the capture and its attributions, as the local lab keeps them) and the notes that say
+/// so: the file, then per failed connection which hop acted first. `None` and no notes when
+/// no capture was taken.
+fn captured(cell: &Cell, done: &mut Executed) -> (Option<crate::backend::evidence::LabEvidence>, Vec<String>) {
+    use crate::backend::evidence::{EnvoyEvidence, LabEvidence};
+    let Some(capture) = done.capture.take() else { return (None, vec![]) };
+    let file = match capture {
+        Ok(file) => file,
+        Err(e) => return (None, vec![e]),
+    };
+    let envoys = std::mem::take(&mut done.access_logs)
+        .into_iter()
+        .map(|(role, access_log)| EnvoyEvidence { role, access_log, ..Default::default() })
+        .collect();
+    let mut evidence = LabEvidence { envoys, ..Default::default() };
+    let (capture, notes) = crate::local::capture::judge(&file, &cell.scaled, &evidence, cell.time_scale.factor);
+    evidence.capture = capture;
+    (Some(evidence), notes)
 }
 
 /// A gRPC balance cell's outcome from what its steps captured: the same numbers, notes and
@@ -149,6 +185,10 @@ pub struct Executed {
     pub unreadable: Option<String>,
     /// What `Capture::Var` steps captured.
     pub vars: BTreeMap<String, String>,
+    /// `--capture`: the cell's capture file, or why it was not written.
+    pub capture: Option<Result<crate::local::capture::CaptureFile, String>>,
+    /// `--capture`: each proxy's access log lines (JSON), by role.
+    pub access_logs: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// Execute steps in order: a failed required step stops the required steps after it (the
@@ -165,6 +205,22 @@ pub fn execute(
         match step {
             Step::Cell { .. } | Step::Note { .. } => {}
             Step::Phase { phase: p } => phase(p.clone()),
+            // A capture's start (or a pod added to it) is skipped after a failure; its finish
+            // runs regardless (the capture of a failed cell is the one that matters), and its
+            // failure is a note.
+            Step::Capture { action: CaptureAction::Start { .. } | CaptureAction::Add { .. }, .. }
+                if done.error.is_some() => {}
+            Step::Capture { action, purpose } => {
+                let action = action.filled(|s| fill(substitute(s), &done.vars));
+                match (runner.capture(&action), &action) {
+                    (Ok(Some(file)), _) => done.capture = Some(Ok(file)),
+                    (Ok(None), _) => {}
+                    (Err(e), CaptureAction::Finish { .. }) => {
+                        done.capture = Some(Err(format!("capture: not written: {e:#}")))
+                    }
+                    (Err(e), _) => done.error = Some(format!("{purpose}: {e:#}")),
+                }
+            }
             Step::Command { program, args, stdin, capture, required, cleanup, purpose, timeout_s } => {
                 if done.error.is_some() && *required {
                     continue;
@@ -198,6 +254,9 @@ pub fn execute(
                         Some(Capture::Evidence) => done.notes.push(format!("{purpose}: {}", evidence_summary(&output))),
                         Some(Capture::Var(name)) => {
                             done.vars.insert(name.clone(), output.trim().to_string());
+                        }
+                        Some(Capture::AccessLog(role)) => {
+                            done.access_logs.insert(role.clone(), super::capture::access_log_lines(&output));
                         }
                         Some(Capture::Expect(want)) if !output.contains(want.as_str()) => {
                             done.error = Some(format!("{purpose}: expected `{want}`, found `{}`", output.trim()))
@@ -297,6 +356,11 @@ pub(crate) mod tests {
     }
 
     impl CommandRunner for FakeRunner {
+        fn capture(&mut self, action: &CaptureAction) -> anyhow::Result<Option<crate::local::capture::CaptureFile>> {
+            let line = format!("capture {}", action.describe());
+            self.recorded.lock().unwrap().ran.push(line);
+            Ok(None)
+        }
         fn run(
             &mut self,
             program: &str,
@@ -338,7 +402,11 @@ pub(crate) mod tests {
         let noop: PhaseSink = Arc::new(|_| {});
         let cluster = execute(&cluster_steps(&target), runner, &same, &noop);
         assert!(cluster.error.is_none());
-        cells.iter().enumerate().map(|(i, c)| execute(&cell_steps(c, i, &target), runner, &same, &noop)).collect()
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| execute(&cell_steps(c, i, &target, false), runner, &same, &noop))
+            .collect()
     }
 
     /// Each command step as `program args…`.
@@ -395,7 +463,7 @@ pub(crate) mod tests {
     fn a_one_second_idle_cell_reads_its_evidence_after_the_probe_while_the_pod_is_up() {
         let cells = cells_of("redis-idle", "istio-idle-timeout");
         assert_eq!(cells[0].scaled.idle.0.as_secs(), 1, "the shipped 1 s cell");
-        let lines = command_lines(&cell_steps(&cells[0], 0, &KubeTarget { context: None }));
+        let lines = command_lines(&cell_steps(&cells[0], 0, &KubeTarget { context: None }, false));
         let at =
             |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {lines:#?}"));
         let probe = at("exec idlelab-probe -c probe --");
@@ -453,7 +521,7 @@ pub(crate) mod tests {
     #[test]
     fn every_step_has_a_timeout_and_the_runner_enforces_it() {
         let cells = cells_of("https-keepalive", "none");
-        let p = plan(&cells, &KubeTarget { context: None });
+        let p = plan(&cells, &KubeTarget { context: None }, false);
         // Issue 19, defect 5: a timeout fits the command. An API call gets a minute; a wait
         // gets its own `--timeout` plus a margin; the image build and the probe get theirs.
         let idle = cells[0].scaled.idle.0.as_secs();
@@ -534,10 +602,51 @@ pub(crate) mod tests {
         )
     }
 
+    /// Issue 21 on a cluster: `--capture` starts on every pod of the path once they are all
+    /// Ready (the probe's, the middlebox's, the server's, by the UIDs read just before), before
+    /// the probe's first connection; it is written right after the probe, also when the probe
+    /// failed; each proxy's access log is read before the namespace goes.
+    #[test]
+    fn a_captured_cell_is_captured_on_every_pod_around_the_probe_even_when_it_fails() {
+        let cells = cells_of("redis-sidecar-upstream", "none");
+        let target = KubeTarget { context: None };
+        let same = |s: &str| s.to_string();
+        let noop: PhaseSink = Arc::new(|_| {});
+        for fail in [None, Some("exec idlelab-probe -c probe".to_string())] {
+            let mut runner = FakeRunner { log: observations(false), fail_on: fail.clone(), ..Default::default() };
+            let done = execute(&cell_steps(&cells[0], 0, &target, true), &mut runner, &same, &noop);
+            assert_eq!(done.error.is_some(), fail.is_some());
+            let ran = runner.recorded.lock().unwrap().ran.clone();
+            let at =
+                |what: &str| ran.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {ran:#?}"));
+            let start = at("capture start app=10.244.0.7 mb1=10.244.0.7 srv=10.244.0.7 watching conntrack in mb1");
+            assert!(
+                at("--for=condition=Ready pod/idlelab-probe") < at("get pod idlelab-probe -o jsonpath={.metadata.uid}")
+            );
+            assert!(at("get pod mb1 -o jsonpath={.metadata.uid}") < start);
+            assert!(at("get pod -l app=redis -o jsonpath={.items[0].metadata.uid}") < start);
+            let probe = at("exec idlelab-probe -c probe --");
+            let finish = at("capture finish $RUN_DIR/captures/redis-sidecar-upstream--none.pcapng");
+            assert!(start < probe && probe < finish, "{ran:#?}");
+            assert!(
+                finish < at("logs idlelab-probe -c istio-proxy") && at("logs idlelab-probe") < at("delete namespace")
+            );
+        }
+        // Without --capture, none of it.
+        let lines = command_lines(&cell_steps(&cells[0], 0, &target, false));
+        assert!(!lines.iter().any(|l| l.contains("metadata.uid") || l.contains(" logs ")), "{lines:#?}");
+        // The plan shows what idlelab itself does.
+        let text = plan(&cells, &target, true).to_string();
+        assert!(
+            text.contains("# (idlelab) capture start app=$POD_UID_app mb1=$POD_UID_mb1 srv=$POD_UID_srv"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn execution_runs_exactly_the_plans_commands() {
         let cells = cells_of("redis-idle", "none");
-        let p = plan(&cells, &KubeTarget { context: None });
+        let p = plan(&cells, &KubeTarget { context: None }, false);
         let mut runner = FakeRunner { log: observations(true), ..Default::default() };
         let done = execute_all(&cells, &mut runner);
         // What the lab image's build printed (nothing, from the fake) replaces its name.

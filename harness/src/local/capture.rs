@@ -63,6 +63,9 @@ pub struct CellCapture {
     taps: Vec<NamespaceTap>,
     /// Each middlebox's `conntrack -E` (its node, the process, its output file).
     conntrack: Vec<(String, super::process::LabProcess, PathBuf)>,
+    /// The directory of conntrack's events when the capture owns it (the kind backend's; the
+    /// local lab's is the cell's own).
+    own_dir: Option<tempfile::TempDir>,
 }
 
 /// A capture never finished (the cell panicked): its threads stop within a read timeout, and
@@ -92,27 +95,44 @@ impl CellCapture {
     /// watching conntrack in each forwarding one (`forwarders`); `dir` holds the events.
     pub async fn start(namespaces: &[(String, PathBuf)], forwarders: &[String], dir: &Path) -> Result<CellCapture> {
         // Made first, so that a failure below drops it and stops the threads already started.
-        let mut capture =
-            CellCapture { stop: Arc::new(AtomicBool::new(false)), taps: Vec::new(), conntrack: Vec::new() };
+        let mut capture = CellCapture {
+            stop: Arc::new(AtomicBool::new(false)),
+            taps: Vec::new(),
+            conntrack: Vec::new(),
+            own_dir: None,
+        };
         for (hop, ns) in namespaces.iter().filter(|(hop, _)| forwarders.contains(hop)) {
             let out = dir.join(format!("conntrack-{hop}.events"));
             let process = super::device::middlebox::watch_destroys(ns, &out)
                 .with_context(|| format!("conntrack -E in {hop}'s namespace"))?;
             capture.conntrack.push((hop.clone(), process, out));
         }
+        capture.add(namespaces).await?;
+        Ok(capture)
+    }
+
+    /// Capture in these namespaces too, from now on (a replica a scale event added), on the
+    /// same clock.
+    pub async fn add(&mut self, namespaces: &[(String, PathBuf)]) -> Result<()> {
         for (hop, ns) in namespaces {
             // The socket belongs to the namespace it is made in; it is read from anywhere.
             let (fd, names) = super::netns::in_netns(ns, open_tap)
                 .await?
                 .with_context(|| format!("a packet socket in {hop}'s namespace"))?;
-            let stop = capture.stop.clone();
+            let stop = self.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("capture-{hop}"))
                 .spawn(move || read_until(fd, &stop))
                 .context("a capture thread")?;
-            capture.taps.push(NamespaceTap { hop: hop.clone(), names, thread });
+            self.taps.push(NamespaceTap { hop: hop.clone(), names, thread });
         }
-        Ok(capture)
+        Ok(())
+    }
+
+    /// The capture keeps `dir` (where `start` put conntrack's events) until it is finished.
+    pub fn keeping(mut self, dir: tempfile::TempDir) -> Self {
+        self.own_dir = Some(dir);
+        self
     }
 
     /// Stop, and write every packet of every namespace, by time, to `path`.
@@ -348,6 +368,27 @@ pub fn attribute(
         agree,
         lost: file.lost.iter().cloned().collect(),
     })
+}
+
+/// A written capture's evidence and the notes a cell shows of it (both backends): the file,
+/// then per connection of the app that ended badly, which hop acted first.
+pub fn judge(
+    file: &CaptureFile,
+    knobs: &crate::config::CellConfig,
+    evidence: &LabEvidence,
+    factor: u32,
+) -> (Option<CaptureEvidence>, Vec<String>) {
+    let mut notes = vec![note(file)];
+    match attribute(file, knobs, evidence, factor) {
+        Ok(c) => {
+            notes.extend(c.attributions.iter().map(|a| format!("which hop: {}: {}", a.connection, a.sentence)));
+            (Some(c), notes)
+        }
+        Err(e) => {
+            notes.push(format!("which hop: the capture could not be read back: {e:#}"));
+            (None, notes)
+        }
+    }
 }
 
 /// Inside a namespace: a packet socket for every protocol on every interface, and the

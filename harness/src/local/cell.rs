@@ -484,20 +484,13 @@ pub async fn run_cell(
     match result {
         Ok((observations, mut evidence)) => {
             evidence.teardown_ms = teardown_ms;
-            // Which hop acted first on each connection of the app that ended badly.
-            let mut attributions = Vec::new();
+            // The capture's note; with the file, which hop acted first on each connection of
+            // the app that ended badly.
+            let mut capture_notes: Vec<String> = capture_note.into_iter().collect();
             if let Some(Ok(file)) = &capture {
-                match super::capture::attribute(file, &cell.scaled, &evidence, cell.time_scale.factor) {
-                    Ok(c) => {
-                        attributions = c
-                            .attributions
-                            .iter()
-                            .map(|a| format!("which hop: {}: {}", a.connection, a.sentence))
-                            .collect();
-                        evidence.capture = Some(c);
-                    }
-                    Err(e) => attributions.push(format!("which hop: the capture could not be read back: {e:#}")),
-                }
+                let (c, notes) = super::capture::judge(file, &cell.scaled, &evidence, cell.time_scale.factor);
+                evidence.capture = c;
+                capture_notes = notes;
             }
             let grpc = if cell.scaled.service == Service::Grpc {
                 super::evidence::grpc_view(&observations, &evidence.envoys)
@@ -510,8 +503,7 @@ pub async fn run_cell(
                 .cloned()
                 .chain(grpc)
                 .chain(evidence.envoy_filters.iter().map(|e| format!("Istio: EnvoyFilter {}: {}", e.name, e.status)))
-                .chain(capture_note)
-                .chain(attributions)
+                .chain(capture_notes)
                 .collect();
             Ok(CellOutcome { observations, lab: Some(evidence), notes, logs })
         }

@@ -65,10 +65,12 @@ pub fn render(s: &RunSummary) -> String {
                     .collect();
                 let flags: Vec<&str> =
                     envoy.access_log.iter().filter_map(|l| l["flags"].as_str()).filter(|f| *f != "-").collect();
-                if !counters.is_empty() || !flags.is_empty() {
-                    let flags =
-                        if flags.is_empty() { String::new() } else { format!("; response flags {}", flags.join(", ")) };
-                    let _ = writeln!(out, "\nEnvoy ({}): {}{flags}.", envoy.role, counters.join(", "));
+                let mut parts: Vec<String> = (!counters.is_empty()).then(|| counters.join(", ")).into_iter().collect();
+                if !flags.is_empty() {
+                    parts.push(format!("response flags {}", flags.join(", ")));
+                }
+                if !parts.is_empty() {
+                    let _ = writeln!(out, "\nEnvoy ({}): {}.", envoy.role, parts.join("; "));
                 }
             }
             for mb in lab.middleboxes.iter().filter(|m| m.moment == "after-reuse") {

@@ -170,3 +170,108 @@ pub fn run_with_pid(scenario: &str) -> (Option<i32>, String, u32, tempfile::Temp
     let o = child.wait_with_output().unwrap();
     (o.status.code(), text(&o), pid, out)
 }
+
+/// Verdicts of a connection that failed or was closed under the app.
+pub const FAILURES: [&str; 5] = ["idle-closed", "reset-on-reuse", "failed-on-reuse", "timed-out", "hung"];
+
+/// Issue 21's score of a run with `--capture` (either backend).
+pub struct Score {
+    /// Connections that ended badly and were attributed.
+    pub attributed: usize,
+    /// Of them, those that name the hop and act the lab configured.
+    pub agreeing: usize,
+    /// Cells with a failure verdict (each must have an attribution).
+    pub failing_cells: usize,
+    /// The attributions that disagree, each with its cell and sentence.
+    pub wrong: Vec<String>,
+}
+
+/// Score every cell of a `--capture` run's summary: each cell has its capture file; each
+/// failing cell an attribution of an app connection (or of a proxy's pool behind it); each
+/// attribution's time within its connection, its sentence in the notes, its diagram drawn, and
+/// the cell's own count of agreeing ones equal to the one recomputed here.
+pub fn score_attributions(s: &Value) -> Score {
+    let (mut attributed, mut agreeing, mut failing_cells) = (0, 0, 0);
+    let mut wrong: Vec<String> = Vec::new();
+    for c in s["cells"].as_array().unwrap() {
+        let key = c["key"].as_str().unwrap();
+        let capture = &c["evidence"]["lab"]["capture"];
+        assert!(capture.is_object(), "{key}: no capture evidence");
+        let file = std::path::Path::new(capture["file"].as_str().unwrap());
+        assert!(file.is_file(), "{key}: {} missing", file.display());
+        let attributions = capture["attributions"].as_array().unwrap();
+        let verdict = c["verdict"].as_str().unwrap_or("error");
+        if FAILURES.contains(&verdict) {
+            failing_cells += 1;
+            assert!(!attributions.is_empty(), "{key}: {verdict}, but no connection was attributed: {capture}");
+            // The app's own connection failed, unless a proxy's pool failed behind it.
+            assert!(
+                verdict == "failed-on-reuse" || attributions.iter().any(|a| a["client"] == "app"),
+                "{key}: {verdict}, but no app connection was attributed: {capture}"
+            );
+        }
+        for a in attributions {
+            attributed += 1;
+            let first = &a["first"];
+            let agrees = capture["configured"].as_array().unwrap().iter().any(|want| {
+                let action = match want["forgets"].as_str() {
+                    None => "fin",
+                    Some("reset") => "reset",
+                    Some(_) => "drop",
+                };
+                want["actor"] == first["actor"] && first["action"] == action
+            });
+            if agrees {
+                agreeing += 1;
+            } else {
+                wrong.push(format!("{key}: configured {}, attributed {}", capture["configured"], a["sentence"]));
+            }
+            // The sentence is in the cell's notes, and its times are measured (after the idle began).
+            // Within the connection: after its idle began, before its last packet.
+            let at = first["at_idle_s"].as_f64().unwrap();
+            let last_t = a["arrows"].as_array().unwrap().iter().map(|x| x["t"].as_f64().unwrap()).fold(0.0, f64::max);
+            assert!(at >= 0.0 && at <= last_t - a["idle_from_t"].as_f64().unwrap() + 0.05, "{key}: {a}");
+            // Named by the address the app dialled, not by the sidecar's redirect listener.
+            assert!(!a["connection"].as_str().unwrap().ends_with(":15001"), "{key}: {}", a["connection"]);
+            assert!(
+                c["evidence"]["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("which hop:")),
+                "{key}: the attribution is in the evidence's notes"
+            );
+            assert!(!a["arrows"].as_array().unwrap().is_empty(), "{key}: a diagram");
+        }
+        // The count the cell reports is the one recomputed here.
+        let agree_here = attributions.len() - wrong.iter().filter(|w| w.starts_with(&format!("{key}:"))).count();
+        assert_eq!(capture["agree"].as_u64().unwrap() as usize, agree_here, "{key}");
+    }
+    Score { attributed, agreeing, failing_cells, wrong }
+}
+
+/// The interface blocks' names of a pcapng, as pcap-parser (not the writer's library) reads them.
+pub fn interface_names(path: &std::path::Path) -> (Vec<String>, usize) {
+    use pcap_parser::traits::PcapReaderIterator;
+    use pcap_parser::{Block, PcapBlockOwned, PcapError};
+    let mut reader = pcap_parser::PcapNGReader::new(1 << 16, std::fs::File::open(path).unwrap()).unwrap();
+    let (mut names, mut packets) = (Vec::new(), 0);
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                match block {
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        let name = idb.options.iter().find(|o| o.code == pcap_parser::OptionCode::IfName);
+                        names.push(
+                            name.map(|o| String::from_utf8_lossy(&o.value).trim_end_matches('\0').to_string())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(_)) => packets += 1,
+                    _ => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => reader.refill().unwrap(),
+            Err(e) => panic!("{}: {e:?}", path.display()),
+        }
+    }
+    (names, packets)
+}
