@@ -229,6 +229,14 @@ fn the_kind_backend_agrees_with_the_local_lab_on_a_real_cluster() {
         (attributed, failing) = (attributed + score.attributed, failing + score.failing_cells);
         for cell in s["cells"].as_array().unwrap() {
             let capture = &cell["evidence"]["lab"]["capture"];
+            // A middlebox pod's conntrack names the flow by its own side of the NAT: joined, its
+            // DESTROY is the flow's.
+            for a in capture["attributions"].as_array().unwrap() {
+                let ct = &a["first"]["conntrack"];
+                if ct["watched"] == true {
+                    assert!(ct["destroyed_at_idle_s"].is_number(), "{}: {}", cell["key"], a["sentence"]);
+                }
+            }
             let file = std::path::Path::new(capture["file"].as_str().unwrap());
             // A second library reads it: one interface block per pod interface, named after its hop.
             let (names, packets) = common::interface_names(file);

@@ -280,6 +280,15 @@ pub fn attribute(segments: &[Segment], iface_names: &[String], map: &PathMap, fa
             s
         })
         .collect();
+    // …and what the hops themselves recorded of those connections (conntrack's tuples, the
+    // proxies' logged addresses) as the client's pairs too.
+    let joined;
+    let map = if nat.joined() == 0 {
+        map
+    } else {
+        joined = through_nat(map, &nat);
+        &joined
+    };
     let packets = group(segments.iter(), &ifaces);
 
     // Every connection as each node saw it; judged from its client's own node: the app's,
@@ -298,10 +307,16 @@ pub fn attribute(segments: &[Segment], iface_names: &[String], map: &PathMap, fa
             continue;
         }
         let Some((node, ifname)) = ifaces.get(f.iface as usize) else { continue };
-        let (client, named_by) = owner(map, node, f.client, f.dialled.unwrap_or(f.server), ifname == "lo");
+        let (mut client, mut named_by) = owner(map, node, f.client, f.dialled.unwrap_or(f.server), ifname == "lo");
+        // No listing names the socket: a proxy's access log may (its upstream connection).
+        if named_by == "namespace"
+            && let Some(proxy) = logged_upstream(map, f.client)
+        {
+            (client, named_by) = (proxy, "access log");
+        }
         let rank = match client.as_str() {
             "app" => 0,
-            c if proxies.contains(c) && named_by == "socket" => 1,
+            c if proxies.contains(c) && matches!(named_by, "socket" | "access log") => 1,
             _ => continue,
         };
         judged.push((rank, f, client));
@@ -325,6 +340,38 @@ pub fn attribute(segments: &[Segment], iface_names: &[String], map: &PathMap, fa
         }
     }
     out
+}
+
+/// `map` with the addresses a NAT rewrote given as the client's: a middlebox's conntrack
+/// tuple (its own side of the NAT) and a proxy's logged downstream and upstream-local
+/// addresses (behind a masquerade).
+fn through_nat(map: &PathMap, nat: &super::read::NatJoin) -> PathMap {
+    let mut map = map.clone();
+    for (_, t, s, d) in &mut map.destroys {
+        if let Some((cs, cd)) = nat.canonical((*s, *d), *t) {
+            (*s, *d) = (cs, cd);
+        }
+    }
+    for line in map.access_logs.values_mut().flatten() {
+        for k in ["downstream", "upstream_local"] {
+            let client = line[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).and_then(|a| nat.client_of(a));
+            if let Some(c) = client {
+                line[k] = c.to_string().into();
+            }
+        }
+    }
+    map
+}
+
+/// The proxy whose access log names `addr` as its upstream connection's own end: the owner
+/// of that socket when no listing names it (a cluster's pods are not listed).
+fn logged_upstream(map: &PathMap, addr: SocketAddr) -> Option<String> {
+    map.access_logs
+        .iter()
+        .find(|(_, lines)| {
+            lines.iter().any(|l| l["upstream_local"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()) == Some(addr))
+        })
+        .map(|(actor, _)| actor.clone())
 }
 
 /// Sightings of one packet, grouped, in time order.
@@ -946,6 +993,9 @@ mod tests {
         back(0.001, "SA", 500, 0);
         back(0.003, "A", 501, 7);
         s.sort_by(|x, y| x.ts.total_cmp(&y.ts));
+        // The pod's conntrack names the flow by its own side of the NAT.
+        map.destroys.push(("mb0".into(), 10.00001, app, pod));
+        map.conntrack_watched.insert("mb0".into(), true);
         let at = attribute(&s, &names, &map, 1.0);
         assert_eq!(at.len(), 1, "{at:?}");
         assert_eq!(at[0].connection, "10.244.0.5:40000 → 10.96.0.9:6379", "the app's own ends");
@@ -953,6 +1003,12 @@ mod tests {
         assert!((at[0].first.at_idle_s - 10.0 + 0.003).abs() < 0.01, "not the keepalive at 1 s: {}", at[0].sentence);
         let c = at[0].first.conntrack.as_ref().unwrap();
         assert!((c.last_segment_at_idle_s - 0.999).abs() < 0.01, "the keepalive was forwarded: {c:?}");
+        assert!(c.destroyed_at_idle_s.is_some_and(|d| (d - 9.997).abs() < 0.01), "{c:?}");
+        assert!(
+            at[0].sentence.contains("conntrack -E reported the entry destroyed as that segment arrived"),
+            "{}",
+            at[0].sentence
+        );
     }
 
     /// A sidecar path as the lab captures it: the app's connection on the app's loopback

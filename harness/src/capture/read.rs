@@ -292,9 +292,13 @@ const SAME_SYN_S: f64 = 1.0;
 /// lab routes) every connection has one pair, and nothing changes.
 #[derive(Debug, Default)]
 pub struct NatJoin {
-    /// A connection's pair as a hop behind a NAT saw it → as its client sent it.
-    alias: std::collections::BTreeMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr)>,
+    /// A connection's pair as a hop behind a NAT saw it → as its client sent it, from the time
+    /// of that sighting of its SYN on (a later connection may reuse the NAT's pair).
+    alias: std::collections::BTreeMap<Pair, Vec<(f64, Pair)>>,
 }
+
+/// A connection's two ends, as one direction of its segments has them.
+type Pair = (SocketAddr, SocketAddr);
 
 impl NatJoin {
     /// The joins the SYNs of `segments` (every interface of a capture) show: two pairs whose
@@ -303,36 +307,53 @@ impl NatJoin {
         let mut syns: Vec<&Segment> = segments.into_iter().filter(|s| s.syn && !s.ack).collect();
         syns.sort_by(|a, b| a.ts.total_cmp(&b.ts));
         // By initial sequence number: the first sighting's time and pair.
-        let mut first: std::collections::BTreeMap<u32, (f64, (SocketAddr, SocketAddr))> = Default::default();
-        let mut alias = std::collections::BTreeMap::new();
+        let mut first: std::collections::BTreeMap<u32, (f64, Pair)> = Default::default();
+        let mut alias: std::collections::BTreeMap<Pair, Vec<(f64, Pair)>> = Default::default();
         for s in syns {
             let pair = (s.src, s.dst);
-            match first.get(&s.seq) {
-                Some(&(t, canonical)) if s.ts - t <= SAME_SYN_S => {
-                    if canonical != pair {
-                        alias.entry(pair).or_insert(canonical);
-                    }
-                }
+            let canonical = match first.get(&s.seq) {
+                Some(&(t, canonical)) if s.ts - t <= SAME_SYN_S => canonical,
                 _ => {
                     first.insert(s.seq, (s.ts, pair));
+                    pair
                 }
+            };
+            // A pair once behind a NAT and now a connection of its own ends its alias.
+            if canonical != pair || alias.contains_key(&pair) {
+                alias.entry(pair).or_default().push((s.ts, canonical));
             }
         }
         NatJoin { alias }
     }
 
+    /// The client's pair of the connection seen as `pair` at `ts`, when a NAT changed it.
+    pub fn canonical(&self, pair: Pair, ts: f64) -> Option<Pair> {
+        let found = self.alias.get(&pair)?.iter().rev().find(|(from, _)| *from <= ts).map(|(_, c)| *c);
+        found.filter(|c| *c != pair)
+    }
+
     /// Give `s` its connection's pair as the client sent it (either direction).
     pub fn fix(&self, s: &mut Segment) {
-        if let Some(&(src, dst)) = self.alias.get(&(s.src, s.dst)) {
+        if let Some((src, dst)) = self.canonical((s.src, s.dst), s.ts) {
             (s.src, s.dst) = (src, dst);
-        } else if let Some(&(src, dst)) = self.alias.get(&(s.dst, s.src)) {
+        } else if let Some((src, dst)) = self.canonical((s.dst, s.src), s.ts) {
             (s.src, s.dst) = (dst, src);
         }
     }
 
+    /// The client's address of a connection whose source a NAT rewrote to `addr` (a proxy
+    /// behind a masquerading middlebox logs the middlebox's address as its downstream).
+    pub fn client_of(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        self.alias
+            .iter()
+            .filter(|((src, _), _)| *src == addr)
+            .filter_map(|(_, seen)| seen.last().map(|(_, c)| c.0))
+            .rfind(|c| *c != addr)
+    }
+
     /// How many pairs behind a NAT were joined to their client's.
     pub fn joined(&self) -> usize {
-        self.alias.len()
+        self.alias.iter().filter(|(pair, seen)| seen.iter().any(|(_, c)| c != *pair)).count()
     }
 }
 
@@ -390,5 +411,23 @@ mod tests {
         assert_eq!(pairs[4], format!("{svc} > {app}"), "the answer, as the client sees it");
         assert_eq!(pairs[5], format!("10.244.0.5:40001 > {svc}"));
         assert_eq!(pairs[6], format!("10.244.0.5:40002 > {svc}"), "3 s later: another connection");
+        // A proxy behind the masquerade logs the middlebox's address: the client's is known.
+        assert_eq!(join.client_of(masq.parse().unwrap()), Some(app.parse().unwrap()));
+        // Later, a connection of its own on the NAT's pair (no other sighting of its SYN).
+        let later = vec![
+            seg(0.0, app, svc, true, false, 7),
+            seg(0.0001, masq, srv, true, false, 7),
+            seg(9.0, masq, srv, true, false, 99),
+        ];
+        let join = NatJoin::of(&later);
+        assert_eq!(
+            join.canonical((masq.parse().unwrap(), srv.parse().unwrap()), 1.0).map(|p| p.0.to_string()),
+            Some(app.into())
+        );
+        assert_eq!(
+            join.canonical((masq.parse().unwrap(), srv.parse().unwrap()), 9.5),
+            None,
+            "its own connection from 9 s on"
+        );
     }
 }

@@ -124,6 +124,19 @@ pub fn carry_out(slot: &mut Option<CellCapture>, action: &CaptureAction) -> Resu
     }
 }
 
+/// What `--capture` on the cluster needs of this machine, checked before anything exists:
+/// root (to read every process's cgroup and enter the pods' namespaces) and `conntrack`.
+pub fn preflight() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("--capture on the kind backend enters each pod's network namespace on this machine: it needs root\n  hint: run it as root (sudo), or without --capture".into());
+    }
+    if crate::tools::find_in_path("conntrack").is_none() {
+        return Err("--capture watches each middlebox pod's conntrack with `conntrack -E`: conntrack is not on PATH\n  hint: apt-get install conntrack (`just setup` installs it)".into());
+    }
+    Ok(())
+}
+
 /// Each `(node, pod UID)`'s network namespace.
 fn namespaces(pods: &[(String, String)]) -> Result<Vec<(String, PathBuf)>> {
     pods.iter()
@@ -131,31 +144,44 @@ fn namespaces(pods: &[(String, String)]) -> Result<Vec<(String, PathBuf)>> {
         .collect()
 }
 
-/// The network namespace of the pod with this UID: `/proc/<pid>/ns/net` of a process whose
-/// cgroup is the pod's (kubelet names it `…pod<uid>…`, dashes or underscores). A pod on the
-/// host's network is refused: its capture would be the machine's.
+/// The network namespace of the pod with this UID: `/proc/<pid>/ns/net` of a container's first
+/// process, found by its cgroup (kubelet names it `…pod<uid>…`, dashes or underscores). Its
+/// parent (the runtime's shim) is outside the pod, in the node's namespace: a pod that shares
+/// it (on the host's network) is refused, as is one in this machine's own.
 pub fn pod_netns(uid: &str) -> Result<PathBuf> {
+    pod_netns_in(Path::new("/proc"), uid)
+}
+
+fn pod_netns_in(proc: &Path, uid: &str) -> Result<PathBuf> {
     if uid.len() < 8 || !uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         bail!("`{uid}` is not a pod UID");
     }
     let (dashed, underscored) = (format!("pod{uid}"), format!("pod{}", uid.replace('-', "_")));
-    let host = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
-        if !cgroup.contains(&dashed) && !cgroup.contains(&underscored) {
-            continue;
-        }
-        let ns = entry.path().join("ns/net");
-        let Ok(meta) = std::fs::metadata(&ns) else { continue };
+    let in_pod = |pid: &Path| {
+        std::fs::read_to_string(pid.join("cgroup")).is_ok_and(|c| c.contains(&dashed) || c.contains(&underscored))
+    };
+    let netns = |pid: &Path| {
         use std::os::unix::fs::MetadataExt;
-        if (meta.dev(), meta.ino()) == (host.dev(), host.ino()) {
-            bail!("the pod runs on the host's network: its capture would be the machine's");
+        std::fs::metadata(pid.join("ns/net")).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let machine = netns(&proc.join("self")).with_context(|| format!("reading {}/self/ns/net", proc.display()))?;
+    for entry in std::fs::read_dir(proc).with_context(|| format!("reading {}", proc.display()))?.flatten() {
+        let pid = entry.path();
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) || !in_pod(&pid) {
+            continue;
         }
-        return Ok(ns);
+        let status = std::fs::read_to_string(pid.join("status")).unwrap_or_default();
+        let Some(parent) = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(|p| proc.join(p.trim())) else {
+            continue;
+        };
+        if in_pod(&parent) {
+            continue;
+        }
+        let Some(ns) = netns(&pid) else { continue };
+        if ns == machine || Some(ns) == netns(&parent) {
+            bail!("the pod runs on its node's network (hostNetwork): its capture would be the node's");
+        }
+        return Ok(pid.join("ns/net"));
     }
     bail!(
         "no process of this machine is in the pod's cgroup: --capture on the kind backend needs the lab's own kind cluster (`just kind-up`), whose node runs here"
@@ -168,13 +194,58 @@ pub fn access_log_lines(output: &str) -> Vec<serde_json::Value> {
     output
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
-        .filter(|v| v.get("start").is_some() && v.get("downstream").is_some())
+        // pilot-agent prints the mesh config at its start, the format (unfilled) on a line.
+        .filter(|v| v["start"].as_str().is_some_and(|t| !t.contains('%')) && v.get("downstream").is_some())
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A /proc of a node: a shim (pid 50, the node's namespace) and a container's first
+    /// process (pid 100) in the pod's cgroup, kubelet's systemd naming (underscores).
+    fn fake_proc(host_network: bool) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("self/ns/net", "");
+        write("50/cgroup", "0::/docker/948b/system.slice/containerd.service\n");
+        write("50/status", "Name:\tcontainerd-shim\nPPid:\t1\n");
+        write("50/ns/net", "");
+        write(
+            "100/cgroup",
+            "0::/docker/948b/kubelet.slice/kubelet-kubepods-besteffort-podb7471f0a_179e_4b0c_b1ef_13adcfb65114.slice/cri-containerd-c5.scope\n",
+        );
+        write("100/status", "Name:\ttini\nPPid:\t50\n");
+        if host_network {
+            std::fs::create_dir_all(dir.path().join("100/ns")).unwrap();
+            std::fs::hard_link(dir.path().join("50/ns/net"), dir.path().join("100/ns/net")).unwrap();
+        } else {
+            write("100/ns/net", "");
+        }
+        // A process of the container (its parent is in the pod): not the one asked.
+        write(
+            "101/cgroup",
+            "0::/docker/948b/kubelet.slice/kubelet-kubepods-besteffort-podb7471f0a_179e_4b0c_b1ef_13adcfb65114.slice/cri-containerd-c5.scope\n",
+        );
+        write("101/status", "PPid:\t100\n");
+        dir
+    }
+
+    #[test]
+    fn a_pods_namespace_is_its_first_processs_and_a_host_network_pod_is_refused() {
+        let uid = "b7471f0a-179e-4b0c-b1ef-13adcfb65114";
+        let proc = fake_proc(false);
+        assert_eq!(pod_netns_in(proc.path(), uid).unwrap(), proc.path().join("100/ns/net"));
+        let e = pod_netns_in(fake_proc(true).path(), uid).unwrap_err().to_string();
+        assert!(e.contains("hostNetwork"), "{e}");
+        let e = pod_netns_in(proc.path(), "b7471f0a-179e-4b0c-b1ef-000000000000").unwrap_err().to_string();
+        assert!(e.contains("just kind-up"), "{e}");
+    }
 
     #[test]
     fn a_pods_namespace_is_found_by_its_cgroup_and_nothing_else_is() {
@@ -203,7 +274,7 @@ mod tests {
 
     #[test]
     fn only_the_access_logs_json_lines_are_kept() {
-        let out = "2026-12-05T04:00:00Z info agent started\n{\"start\":\"2026-12-05T04:00:01.000Z\",\"downstream\":\"10.244.0.5:4000\",\"flags\":\"-\"}\n{\"level\":\"info\"}\n";
+        let out = "2026-12-05T04:00:00Z info agent started\n      {\"start\": \"%START_TIME%\", \"downstream\": \"%DOWNSTREAM_REMOTE_ADDRESS%\"}\n{\"start\":\"2026-12-05T04:00:01.000Z\",\"downstream\":\"10.244.0.5:4000\",\"flags\":\"-\"}\n{\"level\":\"info\"}\n";
         let lines = access_log_lines(out);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["downstream"], "10.244.0.5:4000");

@@ -209,29 +209,34 @@ impl CellPlan<'_> {
     fn access_logs(&mut self, client_sidecar: bool) {
         let cell = self.cell;
         let server = format!("deploy/{}", cell.real.service.name());
-        let mut logs: Vec<(&str, Vec<&str>)> = Vec::new();
+        // Each proxy's namespace and pod.
+        let mut proxies: Vec<(&str, &str, &str)> = Vec::new();
         if client_sidecar {
-            logs.push((ProxyRole::Sidecar.name(), vec!["-n", &self.ns, "logs", "idlelab-probe"]));
+            proxies.push((ProxyRole::Sidecar.name(), &self.ns, "idlelab-probe"));
         }
         for hop in &cell.scaled.path {
             match hop.on_path().proxy_role() {
-                Some(ProxyRole::Gateway) => logs.push((
-                    ProxyRole::Gateway.name(),
-                    vec!["-n", "istio-system", "logs", "deploy/istio-ingressgateway"],
-                )),
-                Some(ProxyRole::ServerSidecar) => {
-                    logs.push((ProxyRole::ServerSidecar.name(), vec!["-n", &self.ns, "logs", &server]))
+                Some(ProxyRole::Gateway) => {
+                    proxies.push((ProxyRole::Gateway.name(), "istio-system", "deploy/istio-ingressgateway"))
                 }
+                Some(ProxyRole::ServerSidecar) => proxies.push((ProxyRole::ServerSidecar.name(), &self.ns, &server)),
                 _ => {}
             }
         }
-        for (role, mut args) in logs {
-            args.extend(["-c", "istio-proxy"]);
+        let mut steps = Vec::new();
+        for (role, ns, pod) in proxies {
+            // Envoy writes its access log out on a timer (seconds): the lines of the warm-up
+            // may still be in its buffer. Reopening the logs writes them out first.
+            let flush = ["-n", ns, "exec", pod, "-c", "istio-proxy", "--"];
+            let flush = [&flush[..], &["pilot-agent", "request", "POST", "reopen_logs"]].concat();
+            let purpose = format!("capture: the {role}'s Envoy writes out its buffered access log");
+            steps.push(self.k(&flush, &purpose).optional());
             let purpose =
                 format!("capture: the {role}'s access log (Envoy's close reasons, the connections it paired)");
-            let step = self.k(&args, &purpose).with_capture(Capture::AccessLog(role.into())).optional();
-            self.steps.push(step);
+            let logs = self.k(&["-n", ns, "logs", pod, "-c", "istio-proxy"], &purpose);
+            steps.push(logs.with_capture(Capture::AccessLog(role.into())).optional());
         }
+        self.steps.extend(steps);
     }
 
     /// Evidence after the reuse, the probe's pod and sidecar still up: the sidecar's config as

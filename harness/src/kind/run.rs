@@ -42,8 +42,11 @@ impl RunValues {
 }
 
 /// `s` with each `$NAME` of `vars` replaced by its value.
+/// The longest names first: `$POD_UID_grpc_10` is not `$POD_UID_grpc_1` followed by a `0`.
 fn fill(s: String, vars: &BTreeMap<String, String>) -> String {
-    vars.iter().fold(s, |acc, (k, v)| acc.replace(&format!("${k}"), v))
+    let mut names: Vec<(&String, &String)> = vars.iter().collect();
+    names.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+    names.into_iter().fold(s, |acc, (k, v)| acc.replace(&format!("${k}"), v))
 }
 
 /// The kind backend: cells one at a time (they share the cluster's ingress gateway).
@@ -82,6 +85,9 @@ impl Backend for KindBackend {
                 "{}: an external client (`client.command`) runs only in the local lab: the cluster's probe image has the lab's own clients\n  hint: run it without `--backend kind`",
                 c.scenario
             ));
+        }
+        if self.capture {
+            super::capture::preflight()?;
         }
         let mut runner = self.runner.lock().expect("command runner");
         runner.preflight(&self.target.required_programs(), self.target.context.is_none())
@@ -127,11 +133,18 @@ impl Backend for KindBackend {
             return Ok(outcome);
         }
         let (lab, capture_notes) = captured(&cell, &mut done);
+        // As the local lab's: the capture's notes are kept with the cell's logs, so that a cell
+        // that failed still says where its capture is.
+        let logs: Vec<(String, String)> = (!capture_notes.is_empty())
+            .then(|| ("capture".to_string(), capture_notes.join("\n")))
+            .into_iter()
+            .collect();
         let notes = done.notes.into_iter().chain(capture_notes).collect();
+        let failed = |error: anyhow::Error| CellFailure { error, logs: logs.clone() };
         match (done.error, done.observations) {
-            (None, Some(observations)) => Ok(CellOutcome { observations, lab, notes, logs: vec![] }),
-            (Some(e), _) => Err(CellFailure::new(anyhow!("{e}"))),
-            (None, None) => Err(CellFailure::new(match done.unreadable {
+            (None, Some(observations)) => Ok(CellOutcome { observations, lab, notes, logs: logs.clone() }),
+            (Some(e), _) => Err(failed(anyhow!("{e}"))),
+            (None, None) => Err(failed(match done.unreadable {
                 Some(why) => anyhow!("the probe's log has no observations; a line that is not a probe line: {why}"),
                 None => anyhow!("the probe's log has no observations"),
             })),
@@ -631,6 +644,11 @@ pub(crate) mod tests {
             assert!(
                 finish < at("logs idlelab-probe -c istio-proxy") && at("logs idlelab-probe") < at("delete namespace")
             );
+            // The buffered lines of the warm-up are written out before the log is read.
+            assert!(
+                at("exec idlelab-probe -c istio-proxy -- pilot-agent request POST reopen_logs")
+                    < at("logs idlelab-probe")
+            );
         }
         // Without --capture, none of it.
         let lines = command_lines(&cell_steps(&cells[0], 0, &target, false));
@@ -641,6 +659,13 @@ pub(crate) mod tests {
             text.contains("# (idlelab) capture start app=$POD_UID_app mb1=$POD_UID_mb1 srv=$POD_UID_srv"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_name_that_begins_another_does_not_fill_it() {
+        let vars: BTreeMap<String, String> =
+            [("POD_UID_grpc_1", "a"), ("POD_UID_grpc_10", "b")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+        assert_eq!(fill("$POD_UID_grpc_10 $POD_UID_grpc_1".into(), &vars), "b a");
     }
 
     #[test]

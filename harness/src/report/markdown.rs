@@ -80,7 +80,10 @@ pub fn render(s: &RunSummary) -> String {
                     mb.role, mb.forgotten_segments
                 );
             }
-            let _ = writeln!(out, "\nSetup {} ms, teardown {} ms.", lab.setup_ms, lab.teardown_ms);
+            // A cluster's cell keeps lab evidence (its capture) but times no setup of its own.
+            if lab.setup_ms + lab.teardown_ms > 0 {
+                let _ = writeln!(out, "\nSetup {} ms, teardown {} ms.", lab.setup_ms, lab.teardown_ms);
+            }
         }
         for note in &c.evidence.notes {
             let _ = writeln!(out, "- {note}");
