@@ -593,6 +593,11 @@ fn attribute_one(
     };
     let mut acts = all.iter().filter(|a| a.action != Action::Drop || !answered(a)).cloned();
     let first = acts.next()?;
+    // The client closed its own connection first (its pool's lifetime ran out): whatever
+    // came back is the answer to its close, not a hop's act.
+    if first.actor == client && first.action == Action::Fin {
+        return None;
+    }
     // What followed: each other hop's first act, and the app's connection's own end.
     let mut then: Vec<Act> = Vec::new();
     for a in acts {
@@ -928,6 +933,17 @@ mod tests {
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!((a[0].first.actor.as_str(), a[0].first.action), ("mb0", Action::Drop), "{}", a[0].sentence);
         assert!(a[0].sentence.contains("its data unanswered (3 retransmissions)"), "{}", a[0].sentence);
+    }
+
+    /// A pool that closes its connection itself (its lifetime ran out as the idle began): the
+    /// RST that answers its FIN is no hop's act, and nothing is attributed.
+    #[test]
+    fn a_connection_the_app_closed_itself_is_no_hops_act() {
+        let (names, map) = middlebox_path();
+        let mut s = warm();
+        seen(&mut s, 0.004, true, "FA", 115, 0, &FORWARD);
+        seen(&mut s, 0.005, false, "R", 508, 0, &BACK);
+        assert!(attribute(&s, &names, &map, 1.0).is_empty());
     }
 
     #[test]
