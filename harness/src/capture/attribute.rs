@@ -354,8 +354,7 @@ fn through_nat(map: &PathMap, nat: &super::read::NatJoin) -> PathMap {
     }
     for line in map.access_logs.values_mut().flatten() {
         for k in ["downstream", "upstream_local"] {
-            let client = line[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).and_then(|a| nat.client_of(a));
-            if let Some(c) = client {
+            if let Some(c) = logged_addr(line, k).and_then(|a| nat.client_of(a)) {
                 line[k] = c.to_string().into();
             }
         }
@@ -368,9 +367,7 @@ fn through_nat(map: &PathMap, nat: &super::read::NatJoin) -> PathMap {
 fn logged_upstream(map: &PathMap, addr: SocketAddr) -> Option<String> {
     map.access_logs
         .iter()
-        .find(|(_, lines)| {
-            lines.iter().any(|l| l["upstream_local"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()) == Some(addr))
-        })
+        .find(|(_, lines)| lines.iter().any(|l| logged_addr(l, "upstream_local") == Some(addr)))
         .map(|(actor, _)| actor.clone())
 }
 
@@ -411,9 +408,7 @@ fn envoy_account(map: &PathMap, actor: &str, ends: &[SocketAddr], at: f64) -> Op
     let line = lines
         .iter()
         .filter(|l| {
-            ["downstream", "upstream_local"]
-                .iter()
-                .any(|k| l[*k].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| ends.contains(&a)))
+            ["downstream", "upstream_local"].iter().any(|k| logged_addr(l, k).is_some_and(|a| ends.contains(&a)))
         })
         .min_by(|a, b| {
             let off = |l: &serde_json::Value| line_span(l).map_or(f64::MAX, |(_, e)| (e - at).abs());
@@ -434,6 +429,11 @@ fn envoy_account(map: &PathMap, actor: &str, ends: &[SocketAddr], at: f64) -> Op
         }
     }
     (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// An address an access log line gives under `k` (`downstream`, `upstream_local`, …).
+fn logged_addr(line: &serde_json::Value, k: &str) -> Option<SocketAddr> {
+    line[k].as_str().and_then(|a| a.parse().ok())
 }
 
 fn l_str(line: &serde_json::Value, k: &str) -> Option<String> {
@@ -473,7 +473,7 @@ fn chain(
     loop {
         let before = (pairs.len(), clients.len());
         for line in &lines {
-            let addr = |k: &str| line[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+            let addr = |k: &str| logged_addr(line, k);
             let (Some(down), Some(up)) = (addr("downstream"), addr("upstream_local")) else { continue };
             if clients.contains(&down) || (back && clients.contains(&up)) {
                 clients.insert(up);

@@ -104,17 +104,14 @@ pub fn carry_out(slot: &mut Option<CellCapture>, action: &CaptureAction) -> Resu
             // after a killed run.
             let prefix = format!("{}{}-kind-capture-", crate::local::netns::PREFIX, std::process::id());
             let dir = tempfile::Builder::new().prefix(&prefix).tempdir()?;
-            // Inside the kind backend's blocking thread: the runtime is reached by its handle.
-            let handle = tokio::runtime::Handle::try_current().context("no runtime to start the capture on")?;
-            let capture = handle.block_on(CellCapture::start(&namespaces, forwarders, dir.path()))?;
+            let capture = on_runtime(CellCapture::start(&namespaces, forwarders, dir.path()))?;
             *slot = Some(capture.keeping(dir));
             Ok(None)
         }
         CaptureAction::Add { pods } => {
             let namespaces = namespaces(pods)?;
             let Some(capture) = slot.as_mut() else { bail!("no capture to add pods to") };
-            let handle = tokio::runtime::Handle::try_current().context("no runtime to add to the capture on")?;
-            handle.block_on(capture.add(&namespaces))?;
+            on_runtime(capture.add(&namespaces))?;
             Ok(None)
         }
         CaptureAction::Finish { file } => match slot.take() {
@@ -122,6 +119,12 @@ pub fn carry_out(slot: &mut Option<CellCapture>, action: &CaptureAction) -> Resu
             None => Ok(None),
         },
     }
+}
+
+/// Run `f` to its end from the kind backend's blocking thread, on the runtime that thread
+/// belongs to (the capture's namespace threads are started through it).
+fn on_runtime<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Handle::try_current().context("no runtime to run the capture on")?.block_on(f)
 }
 
 /// What `--capture` on the cluster needs of this machine, checked before anything exists:

@@ -227,10 +227,8 @@ impl CellPlan<'_> {
         for (role, ns, pod) in proxies {
             // Envoy writes its access log out on a timer (seconds): the lines of the warm-up
             // may still be in its buffer. Reopening the logs writes them out first.
-            let flush = ["-n", ns, "exec", pod, "-c", "istio-proxy", "--"];
-            let flush = [&flush[..], &["pilot-agent", "request", "POST", "reopen_logs"]].concat();
             let purpose = format!("capture: the {role}'s Envoy writes out its buffered access log");
-            steps.push(self.k(&flush, &purpose).optional());
+            steps.push(self.envoy_admin(ns, pod, "POST", "reopen_logs", &purpose).optional());
             let purpose =
                 format!("capture: the {role}'s access log (Envoy's close reasons, the connections it paired)");
             let logs = self.k(&["-n", ns, "logs", pod, "-c", "istio-proxy"], &purpose);
@@ -267,11 +265,13 @@ impl CellPlan<'_> {
     /// The counters of `pod`'s sidecar whose names match `filter` (Envoy's admin, through
     /// pilot-agent in the sidecar).
     pub(super) fn sidecar_stats(&self, pod: &str, filter: &str, purpose: &str) -> Step {
-        let stats = format!("stats?filter={filter}");
-        self.k(
-            &["-n", &self.ns, "exec", pod, "-c", "istio-proxy", "--", "pilot-agent", "request", "GET", &stats],
-            purpose,
-        )
+        self.envoy_admin(&self.ns, pod, "GET", &format!("stats?filter={filter}"), purpose)
+    }
+
+    /// A request to the Envoy admin of `pod`'s proxy in namespace `ns`, through pilot-agent in
+    /// its `istio-proxy` container.
+    fn envoy_admin(&self, ns: &str, pod: &str, method: &str, path: &str, purpose: &str) -> Step {
+        self.k(&["-n", ns, "exec", pod, "-c", "istio-proxy", "--", "pilot-agent", "request", method, path], purpose)
     }
 
     /// Each middlebox's count of forgotten-flow segments (FORWARD and INPUT paths).

@@ -127,7 +127,7 @@ impl Backend for KindBackend {
         if done.error.is_none() && cell.scaled.grpc.is_some() {
             // A balance run fails no connection: its capture is noted, nothing attributed (as
             // in the local lab).
-            let capture = done.capture.take().map(|c| c.map_or_else(|e| e, |f| crate::local::capture::note(&f)));
+            let capture = done.capture.as_ref().map(crate::local::capture::outcome_note);
             let mut outcome = balance_outcome(&cell, done).map_err(CellFailure::new)?;
             outcome.notes.extend(capture);
             return Ok(outcome);

@@ -250,6 +250,11 @@ pub fn file_name(scenario: &str, label: &str) -> String {
     format!("{}--{}.pcapng", safe(scenario), safe(label))
 }
 
+/// The cell's note about its capture, written or not.
+pub fn outcome_note(capture: &Result<CaptureFile, String>) -> String {
+    capture.as_ref().map_or_else(|e| e.clone(), note)
+}
+
 /// The cell's note about its capture.
 pub fn note(file: &CaptureFile) -> String {
     let lost = if file.lost.is_empty() {

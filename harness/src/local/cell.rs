@@ -467,10 +467,7 @@ pub async fn run_cell(
     // None: no capture was asked for (or the cell ended before it started).
     let taken = slot.as_mut().and_then(|lab| lab.capture.take());
     let capture = super::capture::finish_cell(taken, captures, cell).await;
-    let capture_note = capture.as_ref().map(|c| match c {
-        Ok(file) => super::capture::note(file),
-        Err(e) => e.clone(),
-    });
+    let capture_note = capture.as_ref().map(super::capture::outcome_note);
     if let Some(line) = &capture_note {
         logs.push(("capture".into(), line.clone()));
     }

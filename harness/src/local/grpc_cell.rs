@@ -512,9 +512,8 @@ pub async fn run_cell(
     // Written whether the cell passed or failed; a balance run has no connection that ended
     // badly, so nothing is attributed.
     let capture = slot.as_mut().and_then(|lab| lab.capture.take());
-    let capture_note = super::capture::finish_cell(capture, captures, cell)
-        .await
-        .map(|c| c.map_or_else(|e| e, |file| super::capture::note(&file)));
+    let capture_note =
+        super::capture::finish_cell(capture, captures, cell).await.as_ref().map(super::capture::outcome_note);
     if let Some(line) = &capture_note {
         logs.push(("capture".into(), line.clone()));
     }
