@@ -593,9 +593,10 @@ fn attribute_one(
     };
     let mut acts = all.iter().filter(|a| a.action != Action::Drop || !answered(a)).cloned();
     let first = acts.next()?;
-    // The client closed its own connection first (its pool's lifetime ran out): whatever
-    // came back is the answer to its close, not a hop's act.
-    if first.actor == client && first.action == Action::Fin {
+    // The app closed its own connection first (its pool's lifetime ran out): whatever came
+    // back is the answer to its close, not a hop's act. A proxy that closed its own upstream
+    // connection is a hop, and acted.
+    if client == "app" && first.actor == client && first.action == Action::Fin {
         return None;
     }
     // What followed: each other hop's first act, and the app's connection's own end.
@@ -944,6 +945,23 @@ mod tests {
         seen(&mut s, 0.004, true, "FA", 115, 0, &FORWARD);
         seen(&mut s, 0.005, false, "R", 508, 0, &BACK);
         assert!(attribute(&s, &names, &map, 1.0).is_empty());
+    }
+
+    /// The same close by a sidecar of its own upstream connection is the sidecar's act.
+    #[test]
+    fn a_proxy_that_closed_its_upstream_connection_itself_acted() {
+        let (names, mut map) = middlebox_path();
+        map.nodes.get_mut("app").unwrap().proxy = Some("sidecar".into());
+        map.sockets.insert(("app".into(), APP.parse().unwrap(), SRV.parse().unwrap()), "sidecar".into());
+        let mut s = warm();
+        seen(&mut s, 0.004, true, "FA", 115, 0, &FORWARD);
+        seen(&mut s, 0.005, false, "R", 508, 0, &BACK);
+        let a = attribute(&s, &names, &map, 1.0);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            (a[0].client.as_str(), a[0].first.actor.as_str(), a[0].first.action),
+            ("sidecar", "sidecar", Action::Fin)
+        );
     }
 
     #[test]
